@@ -1,0 +1,2360 @@
+//! The checker: elaborates a parsed model (blocks, parameters, repetition,
+//! conditions) into the graph IR, inferring every shape and naming every
+//! `state_dict` entry as PyTorch would.
+//!
+//! Naming follows two kinds of scope, mirroring PyTorch modules:
+//! - a *module* scope (a model or block body, the inside of `residual`,
+//!   `concat` and a `shortcut`) names children only by their explicit names;
+//!   unnamed items add no path component, so an unnamed layer with weights is
+//!   an error there;
+//! - a *sequential* scope (`seq { }`, `vgg [...]`, `name = X * n`) numbers
+//!   every item by position, as `nn.Sequential` does.
+//!
+//! Errors never stop the walk: a failed shape becomes unknown and later
+//! checks that need it are skipped, so one run reports every independent error.
+
+use crate::diag::Diagnostic;
+use crate::ir::{
+    Activation, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind, Shape, F64,
+};
+use crate::shape::{SizeError, Window};
+use crate::source::Span;
+use crate::syntax::{Arg, BinOp, BlockDecl, Expr, ExprKind, Ident, Item, ModelDecl, Term};
+use std::collections::{BTreeMap, HashMap};
+
+/// Most layers one model may expand to, so `* 1000000000` is an error, not a hang.
+pub const MAX_NODES: usize = 200_000;
+/// Deepest chain of block calls.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+
+/// A value of the `.cnn` expression language.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A bare name that is not a parameter: `same`, `reflect`, `M`, or a typo.
+    Sym(String),
+    Tuple(Vec<Value>),
+    /// The result of an expression that already failed (reported once).
+    Poison,
+}
+
+impl Value {
+    fn describe(&self) -> String {
+        match self {
+            Value::Int(v) => format!("`{v}`"),
+            Value::Float(v) => format!("`{v}`"),
+            Value::Bool(v) => format!("`{v}`"),
+            Value::Sym(s) => format!("`{s}`"),
+            Value::Tuple(items) => format!("a tuple of {}", items.len()),
+            Value::Poison => "an invalid value".to_string(),
+        }
+    }
+
+    /// Parses a `--set name=value` right-hand side.
+    pub fn parse_setting(text: &str) -> Value {
+        let t = text.trim();
+        if let Ok(v) = t.parse::<i64>() {
+            Value::Int(v)
+        } else if let Ok(v) = t.parse::<f64>() {
+            Value::Float(v)
+        } else if t == "true" || t == "false" {
+            Value::Bool(t == "true")
+        } else {
+            Value::Sym(t.to_string())
+        }
+    }
+}
+
+/// A shape where failed dimensions are unknown.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PShape {
+    Chw(Option<i64>, Option<i64>, Option<i64>),
+    Flat(Option<i64>),
+    Unknown,
+}
+
+impl PShape {
+    fn known(&self) -> Option<Shape> {
+        match *self {
+            PShape::Chw(Some(c), Some(h), Some(w)) => Some(Shape::Chw(c, h, w)),
+            PShape::Flat(Some(n)) => Some(Shape::Flat(n)),
+            _ => None,
+        }
+    }
+
+    fn channels(&self) -> Option<i64> {
+        match *self {
+            PShape::Chw(c, _, _) => c,
+            PShape::Flat(n) => n,
+            PShape::Unknown => None,
+        }
+    }
+
+    fn show(&self) -> String {
+        fn d(v: Option<i64>) -> String {
+            v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+        }
+        match *self {
+            PShape::Chw(c, h, w) => format!("[{}, {}, {}]", d(c), d(h), d(w)),
+            PShape::Flat(n) => format!("[{}]", d(n)),
+            PShape::Unknown => "[?]".to_string(),
+        }
+    }
+}
+
+/// A value flowing between layers: its node (when everything before it checked) and its shape.
+#[derive(Clone, Copy, Debug)]
+struct Val {
+    node: Option<NodeId>,
+    shape: PShape,
+    /// Where this value was produced, for labels such as "the body ends here".
+    span: Span,
+}
+
+#[derive(Clone, Debug)]
+enum ScopeKind {
+    Module,
+    Sequential { next: usize },
+}
+
+/// Where an item's copy lives in the `state_dict`.
+#[derive(Clone, Debug)]
+struct Place {
+    path: String,
+    /// Whether `path` is this item's own (named or numbered), rather than its scope's.
+    own: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Scope {
+    path: String,
+    kind: ScopeKind,
+}
+
+fn join(prefix: &str, component: &str) -> String {
+    if prefix.is_empty() {
+        component.to_string()
+    } else {
+        format!("{prefix}.{component}")
+    }
+}
+
+/// Parameters visible to expressions.
+#[derive(Clone, Debug, Default)]
+struct Env {
+    vars: BTreeMap<String, Value>,
+}
+
+/// The declarations a model may use: every block from the file and its includes.
+pub struct Declarations<'a> {
+    pub blocks: HashMap<String, &'a BlockDecl>,
+}
+
+/// Checks one model with parameter overrides; returns the graph when it has no errors.
+pub fn check_model(
+    decls: &Declarations,
+    model: &ModelDecl,
+    overrides: &BTreeMap<String, Value>,
+) -> (Option<Graph>, Vec<Diagnostic>) {
+    let mut elab = Elab {
+        decls,
+        diags: Vec::new(),
+        nodes: Vec::new(),
+        params: Vec::new(),
+        keys: HashMap::new(),
+        stack: Vec::new(),
+        poisoned: false,
+        too_large: false,
+    };
+    let mut env = Env::default();
+    for param in &model.params {
+        let value = match overrides.get(&param.name.text) {
+            Some(v) => v.clone(),
+            None => match &param.default {
+                Some(e) => elab.eval(e, &env, None),
+                None => {
+                    elab.error(
+                        Diagnostic::error(
+                            format!("model parameter `{}` has no default", param.name.text),
+                            param.name.span,
+                            "needs a value",
+                        )
+                        .with_help(format!(
+                            "give it one (`{} = ...`), or pass `--set {}=...`",
+                            param.name.text, param.name.text
+                        )),
+                    );
+                    Value::Poison
+                }
+            },
+        };
+        env.vars.insert(param.name.text.clone(), value);
+    }
+    let input = elab.input(model, &env);
+    let mut scope = Scope {
+        path: String::new(),
+        kind: ScopeKind::Module,
+    };
+    let out = elab.items(&model.body, &mut scope, &env, input);
+    dedup(&mut elab.diags);
+    if !elab.diags.is_empty() || elab.poisoned {
+        return (None, elab.diags);
+    }
+    let Some(output) = out.node else {
+        return (None, elab.diags);
+    };
+    let graph = Graph {
+        name: model.name.text.clone(),
+        nodes: elab.nodes,
+        output,
+        params: elab.params,
+    };
+    (Some(graph), elab.diags)
+}
+
+/// Keeps the first of identical diagnostics (a block used many times reports its own error once).
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| seen.insert((d.message.clone(), d.primary.span)));
+}
+
+struct Elab<'a> {
+    decls: &'a Declarations<'a>,
+    diags: Vec<Diagnostic>,
+    nodes: Vec<Node>,
+    params: Vec<ParamEntry>,
+    keys: HashMap<String, Span>,
+    /// Block calls in progress: block name and call site.
+    stack: Vec<(String, Span)>,
+    /// Set when something failed without a diagnostic of its own (an unknown shape).
+    poisoned: bool,
+    too_large: bool,
+}
+
+impl<'a> Elab<'a> {
+    fn error(&mut self, mut diagnostic: Diagnostic) {
+        if let Some((name, site)) = self.stack.last() {
+            if diagnostic.primary.span.file != site.file
+                || !(site.start..site.end).contains(&diagnostic.primary.span.start)
+            {
+                diagnostic =
+                    diagnostic.with_secondary(*site, format!("in block `{name}`, used here"));
+            }
+            if self.stack.len() > 1 {
+                let chain: Vec<&str> = self.stack.iter().map(|(n, _)| n.as_str()).collect();
+                diagnostic = diagnostic.with_note(format!("reached through {}", chain.join(" → ")));
+            }
+        }
+        self.diags.push(diagnostic);
+    }
+
+    // -- values -------------------------------------------------------------
+
+    fn eval(&mut self, expr: &Expr, env: &Env, input: Option<&Val>) -> Value {
+        match &expr.kind {
+            ExprKind::Int(v) => Value::Int(*v),
+            ExprKind::Float(v) => Value::Float(*v),
+            ExprKind::Bool(v) => Value::Bool(*v),
+            ExprKind::Error => Value::Poison,
+            ExprKind::Name(name) => {
+                if let Some(v) = env.vars.get(name) {
+                    return v.clone();
+                }
+                let shape = input.map(|v| v.shape);
+                let builtin = match (name.as_str(), shape) {
+                    ("in_channels", Some(PShape::Chw(c, _, _))) => Some(c),
+                    ("in_height", Some(PShape::Chw(_, h, _))) => Some(h),
+                    ("in_width", Some(PShape::Chw(_, _, w))) => Some(w),
+                    ("in_features", Some(PShape::Flat(n))) => Some(n),
+                    ("in_channels" | "in_features", Some(s)) => Some(s.channels()),
+                    _ => None,
+                };
+                match builtin {
+                    Some(Some(v)) => Value::Int(v),
+                    Some(None) => {
+                        self.poisoned = true;
+                        Value::Poison
+                    }
+                    None => Value::Sym(name.clone()),
+                }
+            }
+            ExprKind::Tuple(items) => {
+                Value::Tuple(items.iter().map(|e| self.eval(e, env, input)).collect())
+            }
+            ExprKind::Neg(inner) => match self.eval(inner, env, input) {
+                Value::Int(v) => match v.checked_neg() {
+                    Some(v) => Value::Int(v),
+                    None => self.overflow(expr.span),
+                },
+                Value::Float(v) => Value::Float(-v),
+                Value::Poison => Value::Poison,
+                other => self.type_error(inner, &other, "a number", env),
+            },
+            ExprKind::Not(inner) => match self.eval(inner, env, input) {
+                Value::Bool(v) => Value::Bool(!v),
+                Value::Poison => Value::Poison,
+                other => self.type_error(inner, &other, "`true` or `false`", env),
+            },
+            ExprKind::Binary(op, lhs, rhs) => {
+                let a = self.eval(lhs, env, input);
+                let b = self.eval(rhs, env, input);
+                self.binary(*op, expr, lhs, a, rhs, b, env)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn binary(
+        &mut self,
+        op: BinOp,
+        expr: &Expr,
+        lhs: &Expr,
+        a: Value,
+        rhs: &Expr,
+        b: Value,
+        env: &Env,
+    ) -> Value {
+        use Value::*;
+        if a == Poison || b == Poison {
+            return Poison;
+        }
+        match op {
+            BinOp::And | BinOp::Or => match (&a, &b) {
+                (Bool(x), Bool(y)) => Bool(if op == BinOp::And { *x && *y } else { *x || *y }),
+                (Bool(_), _) => self.type_error(rhs, &b, "`true` or `false`", env),
+                _ => self.type_error(lhs, &a, "`true` or `false`", env),
+            },
+            BinOp::Eq | BinOp::Ne => {
+                let equal = match (&a, &b) {
+                    (Int(x), Float(y)) | (Float(y), Int(x)) => (*x as f64) == *y,
+                    _ => a == b,
+                };
+                Bool(if op == BinOp::Eq { equal } else { !equal })
+            }
+            _ => {
+                let (x, y) = match (&a, &b) {
+                    (Int(_) | Float(_), Int(_) | Float(_)) => (a.clone(), b.clone()),
+                    (Int(_) | Float(_), _) => return self.type_error(rhs, &b, "a number", env),
+                    _ => return self.type_error(lhs, &a, "a number", env),
+                };
+                match (x, y) {
+                    (Int(x), Int(y)) => {
+                        let r = match op {
+                            BinOp::Add => x.checked_add(y),
+                            BinOp::Sub => x.checked_sub(y),
+                            BinOp::Mul => x.checked_mul(y),
+                            BinOp::Div | BinOp::Rem if y == 0 => {
+                                self.error(Diagnostic::error(
+                                    "division by zero",
+                                    expr.span,
+                                    "the right side is 0",
+                                ));
+                                return Poison;
+                            }
+                            BinOp::Div => x.checked_div_euclid(y),
+                            BinOp::Rem => x.checked_rem_euclid(y),
+                            BinOp::Lt => return Bool(x < y),
+                            BinOp::Le => return Bool(x <= y),
+                            BinOp::Gt => return Bool(x > y),
+                            _ => return Bool(x >= y),
+                        };
+                        match r {
+                            Some(v) => Int(v),
+                            None => self.overflow(expr.span),
+                        }
+                    }
+                    (x, y) => {
+                        let f = |v: Value| match v {
+                            Int(i) => i as f64,
+                            Float(f) => f,
+                            _ => 0.0,
+                        };
+                        let (x, y) = (f(x), f(y));
+                        match op {
+                            BinOp::Add => Float(x + y),
+                            BinOp::Sub => Float(x - y),
+                            BinOp::Mul => Float(x * y),
+                            BinOp::Div => Float(x / y),
+                            BinOp::Rem => Float(x % y),
+                            BinOp::Lt => Bool(x < y),
+                            BinOp::Le => Bool(x <= y),
+                            BinOp::Gt => Bool(x > y),
+                            _ => Bool(x >= y),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn overflow(&mut self, span: Span) -> Value {
+        self.error(
+            Diagnostic::error("arithmetic overflow", span, "does not fit in 64 bits")
+                .with_note(format!("integers range from {} to {}", i64::MIN, i64::MAX)),
+        );
+        Value::Poison
+    }
+
+    /// Reports a value of the wrong kind; a bare name gets "unknown name" with a suggestion.
+    fn type_error(&mut self, expr: &Expr, value: &Value, expected: &str, env: &Env) -> Value {
+        if let Value::Sym(name) = value {
+            let mut candidates: Vec<&str> = env.vars.keys().map(|s| s.as_str()).collect();
+            candidates.extend(["in_channels", "in_height", "in_width", "in_features"]);
+            let mut d = Diagnostic::error(
+                format!("unknown name `{name}`"),
+                expr.span,
+                "not a parameter in scope",
+            );
+            if let Some(s) = closest(name, candidates.iter().copied()) {
+                d = d.with_help(format!("a parameter with a similar name exists: `{s}`"));
+            } else if !env.vars.is_empty() {
+                d = d.with_note(format!(
+                    "parameters in scope: {}",
+                    env.vars
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            self.error(d);
+        } else if *value != Value::Poison {
+            self.error(Diagnostic::error(
+                format!("expected {expected}, found {}", value.describe()),
+                expr.span,
+                format!("expected {expected}"),
+            ));
+        }
+        Value::Poison
+    }
+
+    // -- the input ------------------------------------------------------------
+
+    fn input(&mut self, model: &ModelDecl, env: &Env) -> Val {
+        let mut dims = Vec::new();
+        for e in &model.input {
+            match self.eval(e, env, None) {
+                Value::Int(v) if v >= 1 => dims.push(Some(v)),
+                Value::Int(v) => {
+                    self.error(Diagnostic::error(
+                        format!("input sizes must be at least 1, found {v}"),
+                        e.span,
+                        "not a size",
+                    ));
+                    dims.push(None);
+                }
+                Value::Poison => dims.push(None),
+                other => {
+                    self.type_error(e, &other, "an integer", env);
+                    dims.push(None);
+                }
+            }
+        }
+        let shape = match dims.as_slice() {
+            [c, h, w] => PShape::Chw(*c, *h, *w),
+            [n] => PShape::Flat(*n),
+            _ => {
+                self.error(
+                    Diagnostic::error(
+                        format!("`input` takes [C, H, W], found {} sizes", dims.len()),
+                        model.input_span,
+                        "expected 3 sizes",
+                    )
+                    .with_help("the batch size is chosen when running; write only channels, height and width, e.g. `input [3, 224, 224]`"),
+                );
+                PShape::Unknown
+            }
+        };
+        let node = shape.known().map(|s| {
+            self.nodes.push(Node {
+                op: Op::Input,
+                inputs: Vec::new(),
+                shape: s,
+                name: String::new(),
+                span: model.input_span,
+                call_stack: Vec::new(),
+            });
+            0
+        });
+        Val {
+            node,
+            shape,
+            span: model.input_span,
+        }
+    }
+
+    // -- items and scopes -------------------------------------------------------
+
+    fn items(&mut self, items: &[Item], scope: &mut Scope, env: &Env, mut input: Val) -> Val {
+        for item in items {
+            input = self.item(item, scope, env, input);
+        }
+        input
+    }
+
+    /// Evaluates an item's condition and repetition; returns how many copies to make.
+    fn copies(&mut self, item: &Item, env: &Env, input: &Val) -> usize {
+        if let Some(cond) = &item.condition {
+            match self.eval(cond, env, Some(input)) {
+                Value::Bool(true) => {}
+                Value::Bool(false) => return 0,
+                Value::Poison => return 0,
+                other => {
+                    self.type_error(cond, &other, "`true` or `false`", env);
+                    return 0;
+                }
+            }
+        }
+        let Some(repeat) = &item.repeat else {
+            return 1;
+        };
+        match self.eval(repeat, env, Some(input)) {
+            Value::Int(n) if (0..=10_000).contains(&n) => n as usize,
+            Value::Int(n) => {
+                self.error(Diagnostic::error(
+                    format!("repetition count must be between 0 and 10000, found {n}"),
+                    repeat.span,
+                    "out of range",
+                ));
+                0
+            }
+            Value::Poison => 0,
+            other => {
+                self.type_error(repeat, &other, "an integer", env);
+                0
+            }
+        }
+    }
+
+    fn item(&mut self, item: &Item, scope: &mut Scope, env: &Env, input: Val) -> Val {
+        let copies = self.copies(item, env, &input);
+        if copies == 0 {
+            return input;
+        }
+        if item.unused {
+            // Declared for its weights only: checked against the current input, not applied.
+            let place = self.place(item, scope);
+            self.term(item, place, env, input, true);
+            return input;
+        }
+        if let (Some(name), true) = (&item.name, item.repeat.is_some()) {
+            // `name = X * n` is `name = seq { X X ... }`.
+            self.advance(scope);
+            let mut inner = Scope {
+                path: join(&scope.path, &name.text),
+                kind: ScopeKind::Sequential { next: 0 },
+            };
+            let mut value = input;
+            for _ in 0..copies {
+                let place = Place {
+                    path: self.advance(&mut inner).unwrap_or_default(),
+                    own: true,
+                };
+                value = self.term(item, place, env, value, false);
+            }
+            return value;
+        }
+        let mut value = input;
+        for _ in 0..copies {
+            let place = self.place(item, scope);
+            value = self.term(item, place, env, value, false);
+        }
+        value
+    }
+
+    /// Where one copy of an item lives: its own name, its position in a
+    /// sequential scope, or (unnamed in a module scope) the scope's own path.
+    fn place(&mut self, item: &Item, scope: &mut Scope) -> Place {
+        let index = self.advance(scope);
+        match (&item.name, index) {
+            (Some(name), _) => Place {
+                path: join(&scope.path, &name.text),
+                own: true,
+            },
+            (None, Some(path)) => Place { path, own: true },
+            (None, None) => Place {
+                path: scope.path.clone(),
+                own: false,
+            },
+        }
+    }
+
+    /// Advances a sequential scope's position counter, returning the child's
+    /// path; a module scope has no positions.
+    fn advance(&mut self, scope: &mut Scope) -> Option<String> {
+        match &mut scope.kind {
+            ScopeKind::Sequential { next } => {
+                let path = join(&scope.path, &next.to_string());
+                *next += 1;
+                Some(path)
+            }
+            ScopeKind::Module => None,
+        }
+    }
+
+    /// Elaborates one copy of an item's term at `place`.
+    fn term(&mut self, item: &Item, place: Place, env: &Env, input: Val, unused: bool) -> Val {
+        if self.nodes.len() > MAX_NODES || self.params.len() > MAX_NODES {
+            if !self.too_large {
+                self.too_large = true;
+                self.error(Diagnostic::error(
+                    format!("model expands to more than {MAX_NODES} layers"),
+                    item.span,
+                    "while expanding this",
+                ));
+            }
+            return self.unknown(item.span);
+        }
+        if unused && !matches!(item.term, Term::Call { .. }) {
+            self.error(Diagnostic::error(
+                "`unused` applies to single layers",
+                item.span,
+                "not a single layer",
+            ));
+            return input;
+        }
+        match &item.term {
+            Term::Seq(items) => {
+                let mut scope = Scope {
+                    path: place.path,
+                    kind: ScopeKind::Sequential { next: 0 },
+                };
+                self.items(items, &mut scope, env, input)
+            }
+            Term::Residual { body, shortcut } => {
+                let mut scope = Scope {
+                    path: place.path.clone(),
+                    kind: ScopeKind::Module,
+                };
+                let main = self.items(body, &mut scope, env, input);
+                let mut short = input;
+                let mut projected = false;
+                if let Some(sc) = shortcut {
+                    let take = match &sc.condition {
+                        None => true,
+                        Some(cond) => match self.eval(cond, env, Some(&input)) {
+                            Value::Bool(b) => b,
+                            Value::Poison => false,
+                            other => {
+                                self.type_error(cond, &other, "`true` or `false`", env);
+                                false
+                            }
+                        },
+                    };
+                    if take {
+                        projected = true;
+                        let mut scope = match &sc.name {
+                            Some(name) => Scope {
+                                path: join(&place.path, &name.text),
+                                kind: ScopeKind::Sequential { next: 0 },
+                            },
+                            None => Scope {
+                                path: place.path.clone(),
+                                kind: ScopeKind::Module,
+                            },
+                        };
+                        short = self.items(&sc.body, &mut scope, env, input);
+                        short.span = sc.span;
+                    }
+                }
+                let keyword = Span {
+                    end: item.term_span.start + "residual".len(),
+                    ..item.term_span
+                };
+                self.residual_add(keyword, main, short, input, projected)
+            }
+            Term::Concat(branches) => {
+                let mut outputs = Vec::new();
+                for branch in branches {
+                    let copies = self.copies(branch, env, &input);
+                    for _ in 0..copies {
+                        let branch_place = match &branch.name {
+                            Some(name) => Place {
+                                path: join(&place.path, &name.text),
+                                own: true,
+                            },
+                            None => Place {
+                                path: place.path.clone(),
+                                own: false,
+                            },
+                        };
+                        let mut out = self.term(branch, branch_place, env, input, false);
+                        out.span = branch.span;
+                        outputs.push(out);
+                    }
+                }
+                let keyword = Span {
+                    end: item.term_span.start + "concat".len(),
+                    ..item.term_span
+                };
+                self.concat(keyword, &outputs, input)
+            }
+            Term::Vgg { args, cfg } => self.vgg(args, cfg, place.path, env, input, item.term_span),
+            Term::Call {
+                name,
+                args,
+                args_span,
+            } => {
+                if let Some(block) = self.decls.blocks.get(&name.text).copied() {
+                    if unused {
+                        self.error(Diagnostic::error(
+                            "`unused` applies to single layers, not blocks",
+                            item.span,
+                            "a block",
+                        ));
+                        return input;
+                    }
+                    self.call_block(block, name, args, place.path, env, input)
+                } else {
+                    let call = Call {
+                        name,
+                        args,
+                        args_span: *args_span,
+                        item_span: item.span,
+                    };
+                    self.layer(&call, place, env, input, unused)
+                }
+            }
+        }
+    }
+
+    fn unknown(&mut self, span: Span) -> Val {
+        self.poisoned = true;
+        Val {
+            node: None,
+            shape: PShape::Unknown,
+            span,
+        }
+    }
+
+    /// Adds a node when its inputs and shape are known.
+    fn push(&mut self, op: Op, inputs: &[Val], shape: PShape, name: &str, span: Span) -> Val {
+        let ids: Option<Vec<NodeId>> = inputs.iter().map(|v| v.node).collect();
+        let node = match (ids, shape.known()) {
+            (Some(ids), Some(known)) => {
+                self.nodes.push(Node {
+                    op,
+                    inputs: ids,
+                    shape: known,
+                    name: name.to_string(),
+                    span,
+                    call_stack: self.stack.iter().map(|(_, s)| *s).collect(),
+                });
+                Some(self.nodes.len() - 1)
+            }
+            _ => {
+                self.poisoned = true;
+                None
+            }
+        };
+        Val { node, shape, span }
+    }
+
+    fn add_param(
+        &mut self,
+        path: &str,
+        kind: ParamKind,
+        shape: Vec<Option<i64>>,
+        node: Option<NodeId>,
+        span: Span,
+    ) {
+        let key = join(path, kind.suffix());
+        if let Some(first) = self.keys.get(&key).copied() {
+            let d = Diagnostic::error(
+                format!("`state_dict` key `{key}` is defined twice"),
+                span,
+                "second definition",
+            )
+            .with_secondary(first, "first defined here")
+            .with_help("give one of the layers a different name, or wrap unnamed layers in `seq { }` so they are numbered");
+            self.error(d);
+            return;
+        }
+        self.keys.insert(key.clone(), span);
+        let shape = shape.into_iter().map(|d| d.unwrap_or(0)).collect();
+        self.params.push(ParamEntry {
+            key,
+            shape,
+            kind,
+            node,
+            span,
+        });
+    }
+
+    fn residual_add(
+        &mut self,
+        keyword: Span,
+        main: Val,
+        short: Val,
+        input: Val,
+        projected: bool,
+    ) -> Val {
+        if let (Some(a), Some(b)) = (main.shape.known(), short.shape.known()) {
+            if a != b {
+                let what = if projected {
+                    "the shortcut gives"
+                } else {
+                    "the identity shortcut passes"
+                };
+                let mut d = Diagnostic::error(
+                    format!("residual shapes differ: the body gives {a}, {what} {b}"),
+                    keyword,
+                    "cannot add these",
+                )
+                .with_secondary(main.span, format!("the body ends here with {a}"));
+                if projected {
+                    d = d.with_secondary(short.span, format!("the shortcut gives {b}"));
+                }
+                if let (Shape::Chw(c, h, _), Shape::Chw(_, hi, _)) =
+                    (a, input.shape.known().unwrap_or(b))
+                {
+                    let stride = if h > 0 && hi % h == 0 { hi / h } else { 1 };
+                    d = d.with_help(format!(
+                        "project the input with a shortcut: `shortcut downsample {{ conv({c}, k=1, s={stride}, bias=false) batchnorm }}`"
+                    ));
+                }
+                self.error(d);
+                return self.unknown(keyword);
+            }
+        }
+        let shape = match (main.shape.known(), short.shape.known()) {
+            (Some(_), Some(_)) => main.shape,
+            _ => PShape::Unknown,
+        };
+        self.push(Op::Add, &[main, short], shape, "", keyword)
+    }
+
+    fn concat(&mut self, keyword: Span, outputs: &[Val], input: Val) -> Val {
+        if outputs.is_empty() {
+            self.error(Diagnostic::error(
+                "`concat` needs at least one branch",
+                keyword,
+                "no branches",
+            ));
+            return self.unknown(keyword);
+        }
+        let mut channels = Some(0i64);
+        let mut spatial: Option<(i64, i64)> = None;
+        let mut bad = false;
+        for out in outputs {
+            match out.shape {
+                PShape::Chw(c, Some(h), Some(w)) => {
+                    channels = channels.zip(c).and_then(|(a, b)| a.checked_add(b));
+                    match spatial {
+                        None => spatial = Some((h, w)),
+                        Some(s) if s != (h, w) => bad = true,
+                        _ => {}
+                    }
+                }
+                PShape::Flat(_) => {
+                    self.error(
+                        Diagnostic::error(
+                            "`concat` joins feature maps along channels, but a branch is flat",
+                            out.span,
+                            format!("this branch gives {}", out.shape.show()),
+                        )
+                        .with_help("concatenate before `flatten`"),
+                    );
+                    return self.unknown(keyword);
+                }
+                _ => return self.unknown(keyword),
+            }
+        }
+        if bad {
+            let mut d = Diagnostic::error(
+                "`concat` branches have different spatial sizes",
+                keyword,
+                "cannot concatenate along channels",
+            );
+            for out in outputs {
+                d = d.with_secondary(out.span, format!("gives {}", out.shape.show()));
+            }
+            if let PShape::Chw(_, Some(h), Some(w)) = input.shape {
+                d = d.with_help(format!(
+                    "every branch must keep the same height and width; the input is {h}×{w}, so use stride 1 and padding (k − 1)/2 in each branch"
+                ));
+            }
+            self.error(d);
+            return self.unknown(keyword);
+        }
+        let (h, w) = spatial.unwrap_or((0, 0));
+        self.push(
+            Op::Concat,
+            outputs,
+            PShape::Chw(channels, Some(h), Some(w)),
+            "",
+            keyword,
+        )
+    }
+
+    fn vgg(
+        &mut self,
+        args: &[Arg],
+        cfg: &[Expr],
+        path: String,
+        env: &Env,
+        input: Val,
+        span: Span,
+    ) -> Val {
+        let specs = [
+            Spec::opt("batch_norm", &["bn"]),
+            Spec::opt("kernel_size", &["k"]),
+        ];
+        let Some(bound) = self.bind("vgg", &specs, args, env, &input, span) else {
+            return self.unknown(span);
+        };
+        let bn = self.get_bool(&bound, 0, false);
+        let k = self.get_int(&bound, 1, 3, 1);
+        let mut scope = Scope {
+            path,
+            kind: ScopeKind::Sequential { next: 0 },
+        };
+        let mut value = input;
+        for entry in cfg {
+            match self.eval(entry, env, Some(&value)) {
+                Value::Sym(s) if s == "M" => {
+                    let place = Place {
+                        path: self.advance(&mut scope).unwrap_or_default(),
+                        own: true,
+                    };
+                    value = self.pool_layer(
+                        true,
+                        (2, 2),
+                        (2, 2),
+                        (0, 0),
+                        (1, 1),
+                        false,
+                        true,
+                        &place,
+                        entry.span,
+                        value,
+                        entry.span,
+                    );
+                }
+                Value::Int(c) if c >= 1 => {
+                    let conv = ConvArgs {
+                        out: c,
+                        kernel: (k, k),
+                        stride: (1, 1),
+                        padding: PadSpec::Explicit(k / 2, k / 2),
+                        dilation: (1, 1),
+                        groups: 1,
+                        bias: true,
+                        mode: PaddingMode::Zeros,
+                        in_check: None,
+                    };
+                    let place = Place {
+                        path: self.advance(&mut scope).unwrap_or_default(),
+                        own: true,
+                    };
+                    value = self.conv_layer(&conv, &place, entry.span, value, entry.span, false);
+                    if bn {
+                        let place = Place {
+                            path: self.advance(&mut scope).unwrap_or_default(),
+                            own: true,
+                        };
+                        value =
+                            self.batchnorm_layer(1e-5, 0.1, None, &place, entry.span, value, false);
+                    }
+                    self.advance(&mut scope);
+                    value = self.push(
+                        Op::Activation(Activation::Relu),
+                        &[value],
+                        value.shape,
+                        "",
+                        entry.span,
+                    );
+                }
+                Value::Poison => value = self.unknown(entry.span),
+                other => {
+                    self.error(
+                        Diagnostic::error(
+                            format!("a `vgg` list holds channel counts and `M`, found {}", other.describe()),
+                            entry.span,
+                            "expected a channel count or `M`",
+                        )
+                        .with_note("`M` is a 2×2 max pool with stride 2; a number n is conv(n, k=3, p=1) then relu"),
+                    );
+                    value = self.unknown(entry.span);
+                }
+            }
+        }
+        value
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_block(
+        &mut self,
+        block: &BlockDecl,
+        name: &Ident,
+        args: &[Arg],
+        path: String,
+        env: &Env,
+        input: Val,
+    ) -> Val {
+        if self.stack.iter().any(|(n, _)| *n == block.name.text) {
+            self.error(
+                Diagnostic::error(
+                    format!("block `{}` uses itself", block.name.text),
+                    name.span,
+                    "recursive use",
+                )
+                .with_secondary(block.name.span, "block defined here")
+                .with_help("blocks cannot be recursive; use repetition (`block(...) * n`) instead"),
+            );
+            return self.unknown(name.span);
+        }
+        if self.stack.len() >= MAX_BLOCK_DEPTH {
+            self.error(Diagnostic::error(
+                "blocks are nested too deeply",
+                name.span,
+                "here",
+            ));
+            return self.unknown(name.span);
+        }
+        // Bind arguments: positional first, then by name, then defaults (which
+        // may refer to earlier parameters).
+        let mut values: Vec<Option<Value>> = vec![None; block.params.len()];
+        let mut ok = true;
+        let mut positional = 0;
+        for arg in args {
+            let index = match &arg.name {
+                None => {
+                    positional += 1;
+                    if positional > block.params.len() {
+                        self.error(
+                            Diagnostic::error(
+                                format!(
+                                    "block `{}` takes {} arguments, found more",
+                                    block.name.text,
+                                    block.params.len()
+                                ),
+                                arg.span,
+                                "extra argument",
+                            )
+                            .with_secondary(block.name.span, "block defined here"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    positional - 1
+                }
+                Some(n) => match block.params.iter().position(|p| p.name.text == n.text) {
+                    Some(i) => i,
+                    None => {
+                        let mut d = Diagnostic::error(
+                            format!("block `{}` has no parameter `{}`", block.name.text, n.text),
+                            n.span,
+                            "unknown parameter",
+                        )
+                        .with_secondary(block.name.span, "block defined here");
+                        if let Some(s) =
+                            closest(&n.text, block.params.iter().map(|p| p.name.text.as_str()))
+                        {
+                            d = d.with_help(format!("did you mean `{s}`?"));
+                        }
+                        self.error(d);
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            if values[index].is_some() {
+                self.error(Diagnostic::error(
+                    format!(
+                        "parameter `{}` is given twice",
+                        block.params[index].name.text
+                    ),
+                    arg.span,
+                    "second value",
+                ));
+                ok = false;
+                continue;
+            }
+            values[index] = Some(self.eval(&arg.value, env, Some(&input)));
+        }
+        let mut inner = Env::default();
+        for (param, value) in block.params.iter().zip(values) {
+            let value = match value {
+                Some(v) => v,
+                None => match &param.default {
+                    Some(e) => self.eval(e, &inner, Some(&input)),
+                    None => {
+                        self.error(
+                            Diagnostic::error(
+                                format!(
+                                    "missing argument `{}` of block `{}`",
+                                    param.name.text, block.name.text
+                                ),
+                                name.span,
+                                format!("`{}` needs a value", param.name.text),
+                            )
+                            .with_secondary(param.name.span, "parameter declared here"),
+                        );
+                        ok = false;
+                        Value::Poison
+                    }
+                },
+            };
+            inner.vars.insert(param.name.text.clone(), value);
+        }
+        if !ok {
+            return self.unknown(name.span);
+        }
+        self.stack.push((block.name.text.clone(), name.span));
+        let mut scope = Scope {
+            path,
+            kind: ScopeKind::Module,
+        };
+        let out = self.items(&block.body, &mut scope, &inner, input);
+        self.stack.pop();
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Built-in layers
+// ---------------------------------------------------------------------------
+
+struct Call<'c> {
+    name: &'c Ident,
+    args: &'c [Arg],
+    args_span: Span,
+    item_span: Span,
+}
+
+/// One accepted argument of a built-in layer.
+struct Spec {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    required: bool,
+}
+
+impl Spec {
+    const fn req(name: &'static str, aliases: &'static [&'static str]) -> Spec {
+        Spec {
+            name,
+            aliases,
+            required: true,
+        }
+    }
+    const fn opt(name: &'static str, aliases: &'static [&'static str]) -> Spec {
+        Spec {
+            name,
+            aliases,
+            required: false,
+        }
+    }
+}
+
+/// Arguments matched to a layer's specs, by position in the spec list.
+struct Bound {
+    values: Vec<Option<(Value, Span)>>,
+}
+
+enum PadSpec {
+    Explicit(i64, i64),
+    Same,
+}
+
+struct ConvArgs {
+    out: i64,
+    kernel: (i64, i64),
+    stride: (i64, i64),
+    padding: PadSpec,
+    dilation: (i64, i64),
+    groups: i64,
+    bias: bool,
+    mode: PaddingMode,
+    in_check: Option<(i64, Span)>,
+}
+
+const LAYERS: &[&str] = &[
+    "conv",
+    "conv2d",
+    "maxpool",
+    "avgpool",
+    "adaptive_avgpool",
+    "adaptive_maxpool",
+    "global_avgpool",
+    "global_maxpool",
+    "batchnorm",
+    "lrn",
+    "local_response_norm",
+    "dropout",
+    "dropout2d",
+    "flatten",
+    "linear",
+    "softmax",
+    "log_softmax",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "gelu",
+    "hardsigmoid",
+    "hardswish",
+    "identity",
+];
+
+impl<'a> Elab<'a> {
+    fn bind(
+        &mut self,
+        op: &str,
+        specs: &[Spec],
+        args: &[Arg],
+        env: &Env,
+        input: &Val,
+        span: Span,
+    ) -> Option<Bound> {
+        let mut values: Vec<Option<(Value, Span)>> = (0..specs.len()).map(|_| None).collect();
+        let mut ok = true;
+        let mut positional = 0;
+        for arg in args {
+            let index = match &arg.name {
+                None => {
+                    // Positional arguments fill the specs in order, as in PyTorch.
+                    if positional >= specs.len() {
+                        self.error(Diagnostic::error(
+                            format!("`{op}` takes at most {} arguments", specs.len()),
+                            arg.span,
+                            "extra argument",
+                        ));
+                        ok = false;
+                        continue;
+                    }
+                    positional += 1;
+                    positional - 1
+                }
+                Some(n) => match specs
+                    .iter()
+                    .position(|s| s.name == n.text || s.aliases.contains(&n.text.as_str()))
+                {
+                    Some(i) => i,
+                    None => {
+                        let names: Vec<&str> = specs
+                            .iter()
+                            .flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied()))
+                            .collect();
+                        let mut d = Diagnostic::error(
+                            format!("`{op}` has no argument `{}`", n.text),
+                            n.span,
+                            "unknown argument",
+                        );
+                        d = match closest(&n.text, names.iter().copied()) {
+                            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                            None => d.with_note(format!(
+                                "`{op}` takes {}",
+                                specs
+                                    .iter()
+                                    .map(|s| format!("`{}`", s.name))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )),
+                        };
+                        self.error(d);
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            if values[index].is_some() {
+                self.error(Diagnostic::error(
+                    format!("argument `{}` of `{op}` is given twice", specs[index].name),
+                    arg.span,
+                    "second value",
+                ));
+                ok = false;
+                continue;
+            }
+            let value = self.eval(&arg.value, env, Some(input));
+            if value == Value::Poison {
+                ok = false;
+            }
+            values[index] = Some((value, arg.value.span));
+        }
+        for (spec, value) in specs.iter().zip(&values) {
+            if spec.required && value.is_none() {
+                self.error(Diagnostic::error(
+                    format!("`{op}` needs `{}`", spec.name),
+                    span,
+                    format!("`{}` is missing", spec.name),
+                ));
+                ok = false;
+            }
+        }
+        // Names that are not parameters are only allowed where a keyword is expected;
+        // report them here, before they turn up as type errors.
+        ok.then_some(Bound { values })
+    }
+
+    fn symbol_or_error(&mut self, value: &Value, span: Span, what: &str) {
+        if let Value::Sym(name) = value {
+            self.error(Diagnostic::error(
+                format!("unknown name `{name}`"),
+                span,
+                format!("expected {what}"),
+            ));
+        } else {
+            self.error(Diagnostic::error(
+                format!("expected {what}, found {}", value.describe()),
+                span,
+                format!("expected {what}"),
+            ));
+        }
+    }
+
+    fn get_int(&mut self, bound: &Bound, i: usize, default: i64, min: i64) -> i64 {
+        match &bound.values[i] {
+            None => default,
+            Some((Value::Int(v), span)) => {
+                if *v < min {
+                    self.error(Diagnostic::error(
+                        format!("this must be at least {min}, found {v}"),
+                        *span,
+                        format!("must be ≥ {min}"),
+                    ));
+                    self.poisoned = true;
+                    default.max(min)
+                } else {
+                    *v
+                }
+            }
+            Some((value, span)) => {
+                let (value, span) = (value.clone(), *span);
+                self.symbol_or_error(&value, span, "an integer");
+                self.poisoned = true;
+                default.max(min)
+            }
+        }
+    }
+
+    fn get_pair(
+        &mut self,
+        bound: &Bound,
+        i: usize,
+        default: (i64, i64),
+        min: i64,
+        what: &str,
+    ) -> (i64, i64) {
+        let Some((value, span)) = bound.values[i].clone() else {
+            return default;
+        };
+        let pair = match &value {
+            Value::Int(v) => Some((*v, *v)),
+            Value::Tuple(items) if items.len() == 2 => match (&items[0], &items[1]) {
+                (Value::Int(a), Value::Int(b)) => Some((*a, *b)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match pair {
+            Some((a, b)) if a >= min && b >= min => (a, b),
+            Some((a, b)) => {
+                let bad = if a < min { a } else { b };
+                let mut d = Diagnostic::error(
+                    format!("{what} must be at least {min}, found {bad}"),
+                    span,
+                    format!("must be ≥ {min}"),
+                );
+                if what == "stride" && bad == 0 {
+                    d = d.with_help("a stride of 1 visits every position; larger strides skip");
+                }
+                self.error(d);
+                self.poisoned = true;
+                (a.max(min), b.max(min))
+            }
+            None => {
+                self.symbol_or_error(
+                    &value,
+                    span,
+                    &format!("{what} as an integer or a pair `(h, w)`"),
+                );
+                self.poisoned = true;
+                (default.0.max(min), default.1.max(min))
+            }
+        }
+    }
+
+    fn get_bool(&mut self, bound: &Bound, i: usize, default: bool) -> bool {
+        match &bound.values[i] {
+            None => default,
+            Some((Value::Bool(b), _)) => *b,
+            Some((value, span)) => {
+                let (value, span) = (value.clone(), *span);
+                self.symbol_or_error(&value, span, "`true` or `false`");
+                self.poisoned = true;
+                default
+            }
+        }
+    }
+
+    fn get_float(&mut self, bound: &Bound, i: usize, default: f64, range: (f64, f64)) -> f64 {
+        let (v, span) = match &bound.values[i] {
+            None => return default,
+            Some((Value::Int(v), span)) => (*v as f64, *span),
+            Some((Value::Float(v), span)) => (*v, *span),
+            Some((value, span)) => {
+                let (value, span) = (value.clone(), *span);
+                self.symbol_or_error(&value, span, "a number");
+                self.poisoned = true;
+                return default;
+            }
+        };
+        if v < range.0 || v > range.1 {
+            self.error(Diagnostic::error(
+                format!(
+                    "this must be between {} and {}, found {v}",
+                    range.0, range.1
+                ),
+                span,
+                "out of range",
+            ));
+            self.poisoned = true;
+            return default;
+        }
+        v
+    }
+
+    /// A keyword argument (`padding_mode = reflect`), one of `choices`.
+    fn get_choice(
+        &mut self,
+        bound: &Bound,
+        i: usize,
+        default: &'static str,
+        choices: &[&'static str],
+    ) -> &'static str {
+        match &bound.values[i] {
+            None => default,
+            Some((Value::Sym(s), span)) => match choices.iter().find(|c| **c == s) {
+                Some(c) => c,
+                None => {
+                    let span = *span;
+                    let mut d = Diagnostic::error(
+                        format!(
+                            "`{s}` is not one of {}",
+                            choices
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        span,
+                        "unknown choice",
+                    );
+                    if let Some(c) = closest(s, choices.iter().copied()) {
+                        d = d.with_help(format!("did you mean `{c}`?"));
+                    }
+                    self.error(d);
+                    self.poisoned = true;
+                    default
+                }
+            },
+            Some((value, span)) => {
+                let (value, span) = (value.clone(), *span);
+                self.symbol_or_error(&value, span, &format!("one of {}", choices.join(", ")));
+                self.poisoned = true;
+                default
+            }
+        }
+    }
+
+    fn layer(&mut self, call: &Call, place: Place, env: &Env, input: Val, unused: bool) -> Val {
+        let op = call.name.text.as_str();
+        let span = call.item_span;
+        macro_rules! bind {
+            ($specs:expr) => {
+                match self.bind(op, &$specs, call.args, env, &input, call.args_span) {
+                    Some(b) => b,
+                    None => return self.unknown(span),
+                }
+            };
+        }
+        let activation = |a: Activation| Some(a);
+        let act = match op {
+            "relu" => activation(Activation::Relu),
+            "relu6" => activation(Activation::Relu6),
+            "tanh" => activation(Activation::Tanh),
+            "sigmoid" => activation(Activation::Sigmoid),
+            "silu" => activation(Activation::Silu),
+            "hardsigmoid" => activation(Activation::Hardsigmoid),
+            "hardswish" => activation(Activation::Hardswish),
+            _ => None,
+        };
+        if let Some(a) = act {
+            let _ = bind!([Spec::opt("inplace", &[])]);
+            return self.simple(Op::Activation(a), input, span, &place);
+        }
+        match op {
+            "conv" | "conv2d" => {
+                let b = bind!([
+                    Spec::req("out_channels", &["out"]),
+                    Spec::req("kernel_size", &["k", "kernel"]),
+                    Spec::opt("stride", &["s"]),
+                    Spec::opt("padding", &["p"]),
+                    Spec::opt("dilation", &["d"]),
+                    Spec::opt("groups", &["g"]),
+                    Spec::opt("bias", &[]),
+                    Spec::opt("padding_mode", &["mode"]),
+                    Spec::opt("in_channels", &["in"]),
+                ]);
+                let out = self.get_int(&b, 0, 1, 1);
+                let kernel = self.get_pair(&b, 1, (1, 1), 1, "kernel size");
+                let stride = self.get_pair(&b, 2, (1, 1), 1, "stride");
+                let padding = match &b.values[3] {
+                    Some((Value::Sym(s), _)) if s == "same" => PadSpec::Same,
+                    Some((Value::Sym(s), _)) if s == "valid" => PadSpec::Explicit(0, 0),
+                    _ => {
+                        let (h, w) = self.get_pair(&b, 3, (0, 0), 0, "padding");
+                        PadSpec::Explicit(h, w)
+                    }
+                };
+                let dilation = self.get_pair(&b, 4, (1, 1), 1, "dilation");
+                let groups = self.get_int(&b, 5, 1, 1);
+                let bias = self.get_bool(&b, 6, true);
+                let mode = match self.get_choice(
+                    &b,
+                    7,
+                    "zeros",
+                    &["zeros", "reflect", "replicate", "circular"],
+                ) {
+                    "reflect" => PaddingMode::Reflect,
+                    "replicate" => PaddingMode::Replicate,
+                    "circular" => PaddingMode::Circular,
+                    _ => PaddingMode::Zeros,
+                };
+                let in_check = b.values[8]
+                    .as_ref()
+                    .map(|(_, s)| (self.get_int(&b, 8, 1, 1), *s));
+                if matches!(padding, PadSpec::Same) && stride != (1, 1) {
+                    let s = b.values[3].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    self.error(
+                        Diagnostic::error("`padding = same` needs stride 1", s, "with a stride above 1")
+                            .with_note(format!("the stride here is {}", pair_text(stride)))
+                            .with_help("PyTorch rejects this too; give the padding as a number, e.g. `p = (k − 1)/2`"),
+                    );
+                    return self.unknown(span);
+                }
+                let conv = ConvArgs {
+                    out,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    bias,
+                    mode,
+                    in_check,
+                };
+                self.conv_layer(&conv, &place, span, input, call.args_span, unused)
+            }
+            "maxpool" | "avgpool" => {
+                let max = op == "maxpool";
+                let b = if max {
+                    bind!([
+                        Spec::req("kernel_size", &["k", "kernel"]),
+                        Spec::opt("stride", &["s"]),
+                        Spec::opt("padding", &["p"]),
+                        Spec::opt("dilation", &["d"]),
+                        Spec::opt("ceil_mode", &["ceil"]),
+                    ])
+                } else {
+                    bind!([
+                        Spec::req("kernel_size", &["k", "kernel"]),
+                        Spec::opt("stride", &["s"]),
+                        Spec::opt("padding", &["p"]),
+                        Spec::opt("ceil_mode", &["ceil"]),
+                        Spec::opt("count_include_pad", &[]),
+                    ])
+                };
+                let kernel = self.get_pair(&b, 0, (1, 1), 1, "kernel size");
+                let stride = self.get_pair(&b, 1, kernel, 1, "stride");
+                let padding = self.get_pair(&b, 2, (0, 0), 0, "padding");
+                let (dilation, ceil, include_pad) = if max {
+                    (
+                        self.get_pair(&b, 3, (1, 1), 1, "dilation"),
+                        self.get_bool(&b, 4, false),
+                        true,
+                    )
+                } else {
+                    (
+                        (1, 1),
+                        self.get_bool(&b, 3, false),
+                        self.get_bool(&b, 4, true),
+                    )
+                };
+                self.pool_layer(
+                    max,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil,
+                    include_pad,
+                    &place,
+                    span,
+                    input,
+                    call.args_span,
+                )
+            }
+            "adaptive_avgpool" | "adaptive_maxpool" | "global_avgpool" | "global_maxpool" => {
+                let output = if op.starts_with("global") {
+                    let _ = bind!([]);
+                    (1, 1)
+                } else {
+                    let b = bind!([
+                        Spec::req("output_size", &["size"]),
+                        Spec::opt("output_width", &[])
+                    ]);
+                    let (h, w) = self.get_pair(&b, 0, (1, 1), 1, "output size");
+                    match &b.values[1] {
+                        Some(_) => (h, self.get_int(&b, 1, 1, 1)),
+                        None => (h, w),
+                    }
+                };
+                let PShape::Chw(c, _, _) = self.needs_maps(op, &input, span) else {
+                    return self.unknown(span);
+                };
+                let node_op = if op.contains("avg") {
+                    Op::AdaptiveAvgPool2d { output }
+                } else {
+                    Op::AdaptiveMaxPool2d { output }
+                };
+                self.push(
+                    node_op,
+                    &[input],
+                    PShape::Chw(c, Some(output.0), Some(output.1)),
+                    place_name(&place),
+                    span,
+                )
+            }
+            "batchnorm" => {
+                let b = bind!([
+                    Spec::opt("num_features", &["features"]),
+                    Spec::opt("eps", &[]),
+                    Spec::opt("momentum", &[]),
+                ]);
+                let check = b.values[0]
+                    .as_ref()
+                    .map(|(_, s)| (self.get_int(&b, 0, 1, 1), *s));
+                let eps = self.get_float(&b, 1, 1e-5, (0.0, 1.0));
+                let momentum = self.get_float(&b, 2, 0.1, (0.0, 1.0));
+                self.batchnorm_layer(eps, momentum, check, &place, span, input, unused)
+            }
+            "lrn" | "local_response_norm" => {
+                let b = bind!([
+                    Spec::req("size", &[]),
+                    Spec::opt("alpha", &[]),
+                    Spec::opt("beta", &[]),
+                    Spec::opt("k", &[]),
+                ]);
+                let size = self.get_int(&b, 0, 1, 1);
+                let alpha = self.get_float(&b, 1, 1e-4, (0.0, f64::MAX));
+                let beta = self.get_float(&b, 2, 0.75, (0.0, f64::MAX));
+                let k = self.get_float(&b, 3, 1.0, (0.0, f64::MAX));
+                let op = Op::LocalResponseNorm {
+                    size,
+                    alpha: F64(alpha),
+                    beta: F64(beta),
+                    k: F64(k),
+                };
+                self.needs_maps("lrn", &input, span);
+                self.simple(op, input, span, &place)
+            }
+            "dropout" | "dropout2d" => {
+                let b = bind!([Spec::opt("p", &[]), Spec::opt("inplace", &[])]);
+                let p = F64(self.get_float(&b, 0, 0.5, (0.0, 1.0)));
+                if op == "dropout2d" {
+                    self.needs_maps(op, &input, span);
+                    self.simple(Op::Dropout2d { p }, input, span, &place)
+                } else {
+                    self.simple(Op::Dropout { p }, input, span, &place)
+                }
+            }
+            "flatten" => {
+                let _ = bind!([]);
+                let shape = match input.shape {
+                    PShape::Chw(c, h, w) => match (c, h, w) {
+                        (Some(c), Some(h), Some(w)) => {
+                            match crate::shape::checked_product(&[c, h, w]) {
+                                Some(n) => PShape::Flat(Some(n)),
+                                None => {
+                                    self.error(Diagnostic::error(
+                                        "`flatten` size overflows",
+                                        span,
+                                        "too many features",
+                                    ));
+                                    PShape::Flat(None)
+                                }
+                            }
+                        }
+                        _ => PShape::Flat(None),
+                    },
+                    other => other,
+                };
+                self.push(Op::Flatten, &[input], shape, place_name(&place), span)
+            }
+            "linear" => {
+                let b = bind!([
+                    Spec::req("out_features", &["out"]),
+                    Spec::opt("bias", &[]),
+                    Spec::opt("in_features", &["in"]),
+                ]);
+                let out = self.get_int(&b, 0, 1, 1);
+                let bias = self.get_bool(&b, 1, true);
+                let in_check = b.values[2]
+                    .as_ref()
+                    .map(|(_, s)| (self.get_int(&b, 2, 1, 1), *s));
+                self.linear_layer(out, bias, in_check, &place, span, input, unused)
+            }
+            "softmax" | "log_softmax" => {
+                let b = bind!([Spec::opt("dim", &[])]);
+                let dim = self.get_int(&b, 0, 1, i64::MIN);
+                if dim != 1 && dim != -1 {
+                    let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    self.error(
+                        Diagnostic::error(format!("`{op}` over dimension {dim} is not supported"), s, "only dim = 1")
+                            .with_note("cnnc normalises over the class (channel) dimension, dim = 1, as classifiers do"),
+                    );
+                    return self.unknown(span);
+                }
+                if dim == -1 && matches!(input.shape, PShape::Chw(..)) {
+                    self.error(Diagnostic::error(
+                        format!("`{op}` over the last dimension of feature maps is not supported"),
+                        span,
+                        "use dim = 1",
+                    ));
+                    return self.unknown(span);
+                }
+                let node_op = if op == "softmax" {
+                    Op::Softmax
+                } else {
+                    Op::LogSoftmax
+                };
+                self.simple(node_op, input, span, &place)
+            }
+            "leaky_relu" => {
+                let b = bind!([
+                    Spec::opt("negative_slope", &["slope"]),
+                    Spec::opt("inplace", &[])
+                ]);
+                let slope = self.get_float(&b, 0, 0.01, (f64::MIN, f64::MAX));
+                self.simple(
+                    Op::Activation(Activation::LeakyRelu(F64(slope))),
+                    input,
+                    span,
+                    &place,
+                )
+            }
+            "elu" => {
+                let b = bind!([Spec::opt("alpha", &[]), Spec::opt("inplace", &[])]);
+                let alpha = self.get_float(&b, 0, 1.0, (f64::MIN, f64::MAX));
+                self.simple(
+                    Op::Activation(Activation::Elu(F64(alpha))),
+                    input,
+                    span,
+                    &place,
+                )
+            }
+            "gelu" => {
+                let b = bind!([Spec::opt("approximate", &[])]);
+                let tanh = self.get_choice(&b, 0, "none", &["none", "tanh"]) == "tanh";
+                self.simple(
+                    Op::Activation(Activation::Gelu {
+                        tanh_approximation: tanh,
+                    }),
+                    input,
+                    span,
+                    &place,
+                )
+            }
+            "identity" => {
+                let _ = bind!([]);
+                self.simple(Op::Identity, input, span, &place)
+            }
+            _ => {
+                let mut candidates: Vec<&str> = LAYERS.to_vec();
+                candidates.extend(self.decls.blocks.keys().map(|k| k.as_str()));
+                let mut d = Diagnostic::error(
+                    format!("unknown layer or block `{op}`"),
+                    call.name.span,
+                    "not defined",
+                );
+                if let Some(s) = closest(op, candidates.into_iter()) {
+                    d = d.with_help(format!("did you mean `{s}`?"));
+                } else {
+                    d = d.with_note("docs/language.md lists the layers; blocks are declared with `block name(...) { ... }`");
+                }
+                self.error(d);
+                self.unknown(span)
+            }
+        }
+    }
+
+    /// Layers without weights: the shape passes through.
+    fn simple(&mut self, op: Op, input: Val, span: Span, place: &Place) -> Val {
+        self.push(op, &[input], input.shape, place_name(place), span)
+    }
+
+    /// Reports a flat input where feature maps are needed; returns the shape.
+    fn needs_maps(&mut self, op: &str, input: &Val, span: Span) -> PShape {
+        if let PShape::Flat(n) = input.shape {
+            let shown = PShape::Flat(n).show();
+            self.error(
+                Diagnostic::error(
+                    format!("`{op}` needs feature maps [C, H, W], but its input is flat {shown}"),
+                    span,
+                    "flat input",
+                )
+                .with_secondary(input.span, format!("the input becomes {shown} here"))
+                .with_help(format!("move `{op}` before `flatten`")),
+            );
+            return PShape::Unknown;
+        }
+        input.shape
+    }
+
+    /// Requires a name for a layer with weights, which an unnamed item in a module scope lacks.
+    fn require_name(&mut self, op: &str, place: &Place, span: Span) -> bool {
+        if place.own {
+            return true;
+        }
+        self.error(
+            Diagnostic::error(format!("`{op}` has weights, so it needs a name here"), span, "unnamed layer with weights")
+                .with_help(format!(
+                    "name it as the PyTorch attribute (`{op}1 = {op}(...)`), or put it in `seq {{ }}` to number it as `nn.Sequential` does"
+                )),
+        );
+        false
+    }
+
+    fn conv_layer(
+        &mut self,
+        a: &ConvArgs,
+        place: &Place,
+        span: Span,
+        input: Val,
+        args_span: Span,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("conv", place, span);
+        let PShape::Chw(c, h, w) = self.needs_maps("conv", &input, span) else {
+            return self.unknown(span);
+        };
+        let mut ok = named;
+        if let (Some((expected, s)), Some(c)) = (a.in_check, c) {
+            if expected != c {
+                self.error(
+                    Diagnostic::error(
+                        format!("`conv` expects {expected} input channels, but its input has {c}"),
+                        s,
+                        format!("the input has {c} channels"),
+                    )
+                    .with_secondary(
+                        input.span,
+                        format!("the input becomes {} here", input.shape.show()),
+                    )
+                    .with_help(
+                        "input channels are inferred; drop `in_channels`, or fix the layer before",
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if let Some(c) = c {
+            if c % a.groups != 0 || a.out % a.groups != 0 {
+                let (what, n) = if c % a.groups != 0 {
+                    ("input channels", c)
+                } else {
+                    ("output channels", a.out)
+                };
+                let mut d = Diagnostic::error(
+                    format!("{what} {n} are not divisible by groups = {}", a.groups),
+                    args_span,
+                    format!("{n} % {} = {}", a.groups, n % a.groups),
+                )
+                .with_note(format!(
+                    "a grouped convolution splits channels into {} equal groups",
+                    a.groups
+                ));
+                let divisors: Vec<i64> = (1..=a.groups.min(4096))
+                    .filter(|g| c % g == 0 && a.out % g == 0)
+                    .collect();
+                if let Some(g) = divisors.last() {
+                    d = d.with_help(format!("groups = {g} divides both {c} and {}", a.out));
+                }
+                self.error(d);
+                ok = false;
+            }
+        }
+        let (pad_h, pad_w) = match a.padding {
+            PadSpec::Explicit(ph, pw) => ((ph, ph), (pw, pw)),
+            PadSpec::Same => {
+                let total_h = a.dilation.0.saturating_mul(a.kernel.0 - 1);
+                let total_w = a.dilation.1.saturating_mul(a.kernel.1 - 1);
+                (
+                    (total_h / 2, total_h - total_h / 2),
+                    (total_w / 2, total_w - total_w / 2),
+                )
+            }
+        };
+        let mut dims = [None, None];
+        for (axis, (size, kernel, stride, pad, dilation)) in [
+            (h, a.kernel.0, a.stride.0, pad_h, a.dilation.0),
+            (w, a.kernel.1, a.stride.1, pad_w, a.dilation.1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(size) = size else { continue };
+            let axis_name = if axis == 0 { "height" } else { "width" };
+            if a.mode != PaddingMode::Zeros
+                && a.mode != PaddingMode::Replicate
+                && pad.0.max(pad.1) >= size + (a.mode == PaddingMode::Circular) as i64
+            {
+                self.error(
+                    Diagnostic::error(
+                        format!(
+                            "{} padding of {} is too large for an input {axis_name} of {size}",
+                            a.mode.name(),
+                            pad.0.max(pad.1)
+                        ),
+                        args_span,
+                        "padding too large",
+                    )
+                    .with_note(if a.mode == PaddingMode::Reflect {
+                        "reflect padding must be smaller than the input size"
+                    } else {
+                        "circular padding must not exceed the input size"
+                    }),
+                );
+                ok = false;
+                continue;
+            }
+            let window = Window {
+                input: size,
+                kernel,
+                stride,
+                pad_before: pad.0,
+                pad_after: pad.1,
+                dilation,
+                ceil_mode: false,
+            };
+            dims[axis] = self.window_size("conv", axis_name, &window, args_span, &input);
+            ok &= dims[axis].is_some();
+        }
+        let in_c = c.unwrap_or(0);
+        let op = Op::Conv2d {
+            in_channels: in_c,
+            out_channels: a.out,
+            kernel: a.kernel,
+            stride: a.stride,
+            padding: crate::ir::Padding {
+                top: pad_h.0,
+                bottom: pad_h.1,
+                left: pad_w.0,
+                right: pad_w.1,
+            },
+            dilation: a.dilation,
+            groups: a.groups,
+            bias: a.bias,
+            padding_mode: a.mode,
+        };
+        let shape = if ok {
+            PShape::Chw(Some(a.out), dims[0], dims[1])
+        } else {
+            PShape::Chw(Some(a.out), None, None)
+        };
+        let out = if unused {
+            Val {
+                node: None,
+                shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], shape, &place.path, span)
+        };
+        if named {
+            let per_group = c.map(|c| c / a.groups);
+            self.add_param(
+                &place.path,
+                ParamKind::Weight,
+                vec![Some(a.out), per_group, Some(a.kernel.0), Some(a.kernel.1)],
+                out.node,
+                span,
+            );
+            if a.bias {
+                self.add_param(
+                    &place.path,
+                    ParamKind::Bias,
+                    vec![Some(a.out)],
+                    out.node,
+                    span,
+                );
+            }
+        }
+        out
+    }
+
+    /// Applies the size rule on one axis, reporting an empty output with its arithmetic.
+    fn window_size(
+        &mut self,
+        op: &str,
+        axis: &str,
+        window: &Window,
+        span: Span,
+        input: &Val,
+    ) -> Option<i64> {
+        let sized = window.output();
+        match sized.result {
+            Ok(v) => Some(v),
+            Err(SizeError::Overflow) => {
+                self.error(
+                    Diagnostic::error(
+                        format!("`{op}` output {axis} overflows"),
+                        span,
+                        "arithmetic overflow",
+                    )
+                    .with_note(sized.arithmetic),
+                );
+                None
+            }
+            Err(SizeError::Empty(v)) => {
+                let extent = window
+                    .dilation
+                    .saturating_mul(window.kernel - 1)
+                    .saturating_add(1);
+                let padded = window.input + window.pad_before + window.pad_after;
+                let label = if extent > padded {
+                    format!("a {}-wide window does not fit in {padded}", extent)
+                } else {
+                    format!("output {axis} would be {v}")
+                };
+                let mut d = Diagnostic::error(
+                    format!(
+                        "`{op}` output {axis} is {}, the input is too small",
+                        if v < 0 {
+                            format!("−{}", v.unsigned_abs())
+                        } else {
+                            v.to_string()
+                        }
+                    ),
+                    span,
+                    label,
+                )
+                .with_note(format!("{axis}: {}", sized.arithmetic))
+                .with_secondary(
+                    input.span,
+                    format!("the input is {} here", input.shape.show()),
+                );
+                let keep = window.padding_keeping_size();
+                let fix = window.padding_for_nonempty();
+                d = match keep {
+                    Some(p) if op == "conv" => {
+                        d.with_help(format!("padding = {p} keeps {axis} {}", window.input))
+                    }
+                    _ if op == "conv" => d.with_help(format!(
+                        "padding = {fix} gives a non-empty output, or use a smaller kernel"
+                    )),
+                    _ => d.with_help(format!(
+                        "use a kernel of at most {} here, or remove this layer",
+                        padded.max(1)
+                    )),
+                };
+                self.error(d);
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pool_layer(
+        &mut self,
+        max: bool,
+        kernel: (i64, i64),
+        stride: (i64, i64),
+        padding: (i64, i64),
+        dilation: (i64, i64),
+        ceil_mode: bool,
+        count_include_pad: bool,
+        place: &Place,
+        span: Span,
+        input: Val,
+        args_span: Span,
+    ) -> Val {
+        let op_name = if max { "maxpool" } else { "avgpool" };
+        let PShape::Chw(c, h, w) = self.needs_maps(op_name, &input, span) else {
+            return self.unknown(span);
+        };
+        let mut dims = [None, None];
+        let mut ok = true;
+        for (axis, size, k, s, p, d) in [
+            (0, h, kernel.0, stride.0, padding.0, dilation.0),
+            (1, w, kernel.1, stride.1, padding.1, dilation.1),
+        ] {
+            let axis_name = if axis == 0 { "height" } else { "width" };
+            // PyTorch: padding at most half the (effective) kernel.
+            let limit = if max { (d * (k - 1) + 1) / 2 } else { k / 2 };
+            if p > limit {
+                self.error(
+                    Diagnostic::error(
+                        format!("`{op_name}` padding {p} is more than half the kernel {k}"),
+                        args_span,
+                        format!("padding must be at most {limit}"),
+                    )
+                    .with_note(
+                        "PyTorch rejects this: a window could then lie entirely in the padding",
+                    )
+                    .with_help(format!("use padding ≤ {limit}, or a larger kernel")),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(size) = size else { continue };
+            let window = Window {
+                input: size,
+                kernel: k,
+                stride: s,
+                pad_before: p,
+                pad_after: p,
+                dilation: d,
+                ceil_mode,
+            };
+            dims[axis] = self.window_size(op_name, axis_name, &window, args_span, &input);
+            ok &= dims[axis].is_some();
+        }
+        let op = if max {
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            }
+        } else {
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            }
+        };
+        let shape = if ok {
+            PShape::Chw(c, dims[0], dims[1])
+        } else {
+            PShape::Chw(c, None, None)
+        };
+        self.push(op, &[input], shape, place_name(place), span)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_layer(
+        &mut self,
+        eps: f64,
+        momentum: f64,
+        check: Option<(i64, Span)>,
+        place: &Place,
+        span: Span,
+        input: Val,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("batchnorm", place, span);
+        let features = input.shape.channels();
+        if let (Some((expected, s)), Some(f)) = (check, features) {
+            if expected != f {
+                self.error(
+                    Diagnostic::error(
+                        format!("`batchnorm` expects {expected} features, but its input has {f}"),
+                        s,
+                        format!("the input has {f}"),
+                    )
+                    .with_secondary(
+                        input.span,
+                        format!("the input becomes {} here", input.shape.show()),
+                    )
+                    .with_help("the feature count is inferred; write `batchnorm` without it"),
+                );
+                return self.unknown(span);
+            }
+        }
+        let op = Op::BatchNorm {
+            features: features.unwrap_or(0),
+            eps: F64(eps),
+            momentum: F64(momentum),
+        };
+        let out = if unused {
+            Val {
+                node: None,
+                shape: input.shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], input.shape, &place.path, span)
+        };
+        if named {
+            for kind in [
+                ParamKind::Weight,
+                ParamKind::Bias,
+                ParamKind::RunningMean,
+                ParamKind::RunningVar,
+            ] {
+                self.add_param(&place.path, kind, vec![features], out.node, span);
+            }
+            self.add_param(
+                &place.path,
+                ParamKind::NumBatchesTracked,
+                vec![],
+                out.node,
+                span,
+            );
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_layer(
+        &mut self,
+        out_features: i64,
+        bias: bool,
+        in_check: Option<(i64, Span)>,
+        place: &Place,
+        span: Span,
+        input: Val,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("linear", place, span);
+        let in_features = match input.shape {
+            PShape::Flat(n) => n,
+            PShape::Chw(c, h, w) => {
+                let product = match (c, h, w) {
+                    (Some(c), Some(h), Some(w)) => crate::shape::checked_product(&[c, h, w]),
+                    _ => None,
+                };
+                let mut d = Diagnostic::error(
+                    format!(
+                        "`linear` needs a flat input, but its input is feature maps {}",
+                        input.shape.show()
+                    ),
+                    span,
+                    "feature-map input",
+                )
+                .with_secondary(
+                    input.span,
+                    format!("the input becomes {} here", input.shape.show()),
+                );
+                d = match (c, h, w, product) {
+                    (Some(c), Some(h), Some(w), Some(n)) => d.with_help(format!(
+                        "insert `flatten` before it: {c}·{h}·{w} = {n} features"
+                    )),
+                    _ => d.with_help("insert `flatten` before it"),
+                };
+                self.error(d);
+                return self.unknown(span);
+            }
+            PShape::Unknown => return self.unknown(span),
+        };
+        if let (Some((expected, s)), Some(n)) = (in_check, in_features) {
+            if expected != n {
+                self.error(
+                    Diagnostic::error(
+                        format!(
+                            "`linear` expects {expected} input features, but its input has {n}"
+                        ),
+                        s,
+                        format!("the input has {n} features"),
+                    )
+                    .with_secondary(
+                        input.span,
+                        format!("the input becomes {} here", input.shape.show()),
+                    )
+                    .with_help(
+                        "input features are inferred; drop `in_features`, or fix the layers before",
+                    ),
+                );
+                return self.unknown(span);
+            }
+        }
+        let op = Op::Linear {
+            in_features: in_features.unwrap_or(0),
+            out_features,
+            bias,
+        };
+        let shape = PShape::Flat(Some(out_features));
+        let out = if unused {
+            Val {
+                node: None,
+                shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], shape, &place.path, span)
+        };
+        if named {
+            self.add_param(
+                &place.path,
+                ParamKind::Weight,
+                vec![Some(out_features), in_features],
+                out.node,
+                span,
+            );
+            if bias {
+                self.add_param(
+                    &place.path,
+                    ParamKind::Bias,
+                    vec![Some(out_features)],
+                    out.node,
+                    span,
+                );
+            }
+        }
+        out
+    }
+}
+
+fn place_name(place: &Place) -> &str {
+    if place.own {
+        &place.path
+    } else {
+        ""
+    }
+}
+
+fn pair_text(p: (i64, i64)) -> String {
+    if p.0 == p.1 {
+        p.0.to_string()
+    } else {
+        format!("({}, {})", p.0, p.1)
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
+pub fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= limit && *c != name)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,570 @@
+//! The graph IR: one closed enum of ops over per-image tensor shapes, in topological order.
+//!
+//! # Invariants (checked by [`Graph::verify`])
+//!
+//! - `nodes[0]` is the only [`Op::Input`]; every other node's inputs are
+//!   earlier nodes, so the vector order is a valid execution order.
+//! - Shapes are per image (no batch dimension) and every dimension is ≥ 1.
+//! - Each node's shape is what its op computes from its inputs' shapes.
+//! - `params` lists every `state_dict` entry in PyTorch's registration order,
+//!   keys unique; entries of parametric nodes name their node.
+//! - `output` is a node index; nodes not reachable from it are allowed (they
+//!   are `unused` layers kept for their weights, which have no node).
+
+use crate::source::Span;
+use serde::Serialize;
+use std::fmt;
+
+/// A per-image tensor shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Shape {
+    /// Feature maps: channels, height, width.
+    Chw(i64, i64, i64),
+    /// A flat feature vector.
+    Flat(i64),
+}
+
+impl Shape {
+    pub fn numel(&self) -> i64 {
+        match *self {
+            Shape::Chw(c, h, w) => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+
+    pub fn dims(&self) -> Vec<i64> {
+        match *self {
+            Shape::Chw(c, h, w) => vec![c, h, w],
+            Shape::Flat(n) => vec![n],
+        }
+    }
+
+    /// Channels for feature maps, features for flat vectors.
+    pub fn channels(&self) -> i64 {
+        match *self {
+            Shape::Chw(c, _, _) => c,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Chw(c, h, w) => write!(f, "[{c}, {h}, {w}]"),
+            Shape::Flat(n) => write!(f, "[{n}]"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum PaddingMode {
+    Zeros,
+    Reflect,
+    Replicate,
+    Circular,
+}
+
+impl PaddingMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PaddingMode::Zeros => "zeros",
+            PaddingMode::Reflect => "reflect",
+            PaddingMode::Replicate => "replicate",
+            PaddingMode::Circular => "circular",
+        }
+    }
+}
+
+/// Padding on each side: top, bottom, left, right (`same` with an even kernel is asymmetric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Padding {
+    pub top: i64,
+    pub bottom: i64,
+    pub left: i64,
+    pub right: i64,
+}
+
+impl Padding {
+    pub fn symmetric(h: i64, w: i64) -> Padding {
+        Padding {
+            top: h,
+            bottom: h,
+            left: w,
+            right: w,
+        }
+    }
+    pub fn is_symmetric(&self) -> bool {
+        self.top == self.bottom && self.left == self.right
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    /// Negative slope, stored as f64 bits so the op stays `Eq`.
+    LeakyRelu(F64),
+    Elu(F64),
+    Tanh,
+    Sigmoid,
+    Silu,
+    Gelu {
+        tanh_approximation: bool,
+    },
+    Hardsigmoid,
+    Hardswish,
+}
+
+impl Activation {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Elu(_) => "elu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Silu => "silu",
+            Activation::Gelu { .. } => "gelu",
+            Activation::Hardsigmoid => "hardsigmoid",
+            Activation::Hardswish => "hardswish",
+        }
+    }
+}
+
+/// An `f64` with bitwise equality, so ops can derive `Eq` and hash deterministically.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct F64(pub f64);
+
+impl PartialEq for F64 {
+    fn eq(&self, other: &F64) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for F64 {}
+
+impl fmt::Display for F64 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The closed set of operations. Sizes are the resolved ones: input channels
+/// are inferred, defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Op {
+    Input,
+    Conv2d {
+        in_channels: i64,
+        out_channels: i64,
+        kernel: (i64, i64),
+        stride: (i64, i64),
+        padding: Padding,
+        dilation: (i64, i64),
+        groups: i64,
+        bias: bool,
+        padding_mode: PaddingMode,
+    },
+    MaxPool2d {
+        kernel: (i64, i64),
+        stride: (i64, i64),
+        padding: (i64, i64),
+        dilation: (i64, i64),
+        ceil_mode: bool,
+    },
+    AvgPool2d {
+        kernel: (i64, i64),
+        stride: (i64, i64),
+        padding: (i64, i64),
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
+    AdaptiveAvgPool2d {
+        output: (i64, i64),
+    },
+    AdaptiveMaxPool2d {
+        output: (i64, i64),
+    },
+    /// BatchNorm2d on feature maps, BatchNorm1d on flat vectors (same `state_dict` entries).
+    BatchNorm {
+        features: i64,
+        eps: F64,
+        momentum: F64,
+    },
+    LocalResponseNorm {
+        size: i64,
+        alpha: F64,
+        beta: F64,
+        k: F64,
+    },
+    Dropout {
+        p: F64,
+    },
+    Dropout2d {
+        p: F64,
+    },
+    Flatten,
+    Linear {
+        in_features: i64,
+        out_features: i64,
+        bias: bool,
+    },
+    Softmax,
+    LogSoftmax,
+    Activation(Activation),
+    Identity,
+    /// Elementwise sum of two equal shapes (a residual connection).
+    Add,
+    /// Concatenation along channels of inputs with equal spatial size.
+    Concat,
+}
+
+impl Op {
+    /// Short lowercase name, as written in `.cnn` files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Conv2d { .. } => "conv",
+            Op::MaxPool2d { .. } => "maxpool",
+            Op::AvgPool2d { .. } => "avgpool",
+            Op::AdaptiveAvgPool2d { .. } => "adaptive_avgpool",
+            Op::AdaptiveMaxPool2d { .. } => "adaptive_maxpool",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::LocalResponseNorm { .. } => "lrn",
+            Op::Dropout { .. } => "dropout",
+            Op::Dropout2d { .. } => "dropout2d",
+            Op::Flatten => "flatten",
+            Op::Linear { .. } => "linear",
+            Op::Softmax => "softmax",
+            Op::LogSoftmax => "log_softmax",
+            Op::Activation(a) => a.name(),
+            Op::Identity => "identity",
+            Op::Add => "add",
+            Op::Concat => "concat",
+        }
+    }
+
+    /// Multiply–accumulates per image, counted as PyTorch forward hooks count
+    /// them: conv and linear only, bias excluded.
+    pub fn macs(&self, output: &Shape) -> i64 {
+        match *self {
+            Op::Conv2d {
+                in_channels,
+                kernel,
+                groups,
+                ..
+            } => output.numel() * (in_channels / groups) * kernel.0 * kernel.1,
+            Op::Linear {
+                in_features,
+                out_features,
+                ..
+            } => in_features * out_features,
+            _ => 0,
+        }
+    }
+
+    /// A compact description with the resolved arguments, for tables.
+    pub fn describe(&self) -> String {
+        fn pair(p: (i64, i64)) -> String {
+            if p.0 == p.1 {
+                p.0.to_string()
+            } else {
+                format!("({}, {})", p.0, p.1)
+            }
+        }
+        match self {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias,
+                padding_mode,
+            } => {
+                let mut s = format!("conv {in_channels}→{out_channels} k={}", pair(*kernel));
+                if *stride != (1, 1) {
+                    s += &format!(" s={}", pair(*stride));
+                }
+                if padding.is_symmetric() {
+                    if (padding.top, padding.left) != (0, 0) {
+                        s += &format!(" p={}", pair((padding.top, padding.left)));
+                    }
+                } else {
+                    s += &format!(
+                        " p=({}, {}, {}, {})",
+                        padding.top, padding.bottom, padding.left, padding.right
+                    );
+                }
+                if *dilation != (1, 1) {
+                    s += &format!(" d={}", pair(*dilation));
+                }
+                if *groups != 1 {
+                    s += &format!(" groups={groups}");
+                }
+                if !bias {
+                    s += " bias=false";
+                }
+                if *padding_mode != PaddingMode::Zeros {
+                    s += &format!(" mode={}", padding_mode.name());
+                }
+                s
+            }
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            } => {
+                let mut s = format!("maxpool k={} s={}", pair(*kernel), pair(*stride));
+                if *padding != (0, 0) {
+                    s += &format!(" p={}", pair(*padding));
+                }
+                if *dilation != (1, 1) {
+                    s += &format!(" d={}", pair(*dilation));
+                }
+                if *ceil_mode {
+                    s += " ceil";
+                }
+                s
+            }
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            } => {
+                let mut s = format!("avgpool k={} s={}", pair(*kernel), pair(*stride));
+                if *padding != (0, 0) {
+                    s += &format!(" p={}", pair(*padding));
+                }
+                if *ceil_mode {
+                    s += " ceil";
+                }
+                if !count_include_pad {
+                    s += " exclude_pad";
+                }
+                s
+            }
+            Op::AdaptiveAvgPool2d { output } => format!("adaptive_avgpool {}", pair(*output)),
+            Op::AdaptiveMaxPool2d { output } => format!("adaptive_maxpool {}", pair(*output)),
+            Op::BatchNorm { features, eps, .. } => {
+                if eps.0 == 1e-5 {
+                    format!("batchnorm {features}")
+                } else {
+                    format!("batchnorm {features} eps={eps}")
+                }
+            }
+            Op::LocalResponseNorm {
+                size,
+                alpha,
+                beta,
+                k,
+            } => format!("lrn size={size} alpha={alpha} beta={beta} k={k}"),
+            Op::Dropout { p } => format!("dropout p={p}"),
+            Op::Dropout2d { p } => format!("dropout2d p={p}"),
+            Op::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
+                if *bias {
+                    format!("linear {in_features}→{out_features}")
+                } else {
+                    format!("linear {in_features}→{out_features} bias=false")
+                }
+            }
+            Op::Activation(Activation::LeakyRelu(slope)) => format!("leaky_relu {slope}"),
+            Op::Activation(Activation::Elu(alpha)) => format!("elu {alpha}"),
+            Op::Activation(Activation::Gelu {
+                tanh_approximation: true,
+            }) => "gelu tanh".to_string(),
+            other => other.name().to_string(),
+        }
+    }
+}
+
+/// Index of a node in [`Graph::nodes`]; a node has exactly one output value.
+pub type NodeId = usize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub shape: Shape,
+    /// The PyTorch module path (`layer1.0.conv1`), empty for functional ops.
+    pub name: String,
+    /// The `.cnn` text this node came from.
+    #[serde(skip)]
+    pub span: Span,
+    /// Block call sites, outermost first, through which this node was reached.
+    #[serde(skip)]
+    pub call_stack: Vec<Span>,
+}
+
+/// What a `state_dict` entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ParamKind {
+    Weight,
+    Bias,
+    RunningMean,
+    RunningVar,
+    /// An int64 scalar counter; not a parameter, but in the `state_dict`.
+    NumBatchesTracked,
+}
+
+impl ParamKind {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ParamKind::Weight => "weight",
+            ParamKind::Bias => "bias",
+            ParamKind::RunningMean => "running_mean",
+            ParamKind::RunningVar => "running_var",
+            ParamKind::NumBatchesTracked => "num_batches_tracked",
+        }
+    }
+
+    /// Whether PyTorch counts it in `model.parameters()` (buffers are not).
+    pub fn is_parameter(self) -> bool {
+        matches!(self, ParamKind::Weight | ParamKind::Bias)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParamEntry {
+    pub key: String,
+    pub shape: Vec<i64>,
+    pub kind: ParamKind,
+    /// The node that uses it; `None` for `unused` layers.
+    pub node: Option<NodeId>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+impl ParamEntry {
+    pub fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+}
+
+/// One checked model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Graph {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    pub output: NodeId,
+    pub params: Vec<ParamEntry>,
+}
+
+impl Graph {
+    pub fn input_shape(&self) -> Shape {
+        self.nodes[0].shape
+    }
+
+    pub fn output_shape(&self) -> Shape {
+        self.nodes[self.output].shape
+    }
+
+    /// Parameters as PyTorch counts them (`sum(p.numel() for p in model.parameters())`).
+    pub fn total_params(&self) -> i64 {
+        self.params
+            .iter()
+            .filter(|p| p.kind.is_parameter())
+            .map(|p| p.numel())
+            .sum()
+    }
+
+    pub fn total_macs(&self) -> i64 {
+        self.nodes.iter().map(|n| n.op.macs(&n.shape)).sum()
+    }
+
+    /// Parameters owned by one node (what its row in a summary counts).
+    pub fn node_params(&self, id: NodeId) -> i64 {
+        self.params
+            .iter()
+            .filter(|p| p.node == Some(id) && p.kind.is_parameter())
+            .map(|p| p.numel())
+            .sum()
+    }
+
+    /// For each node, the index of the last node that reads it (itself if none).
+    pub fn last_uses(&self) -> Vec<NodeId> {
+        let mut last: Vec<NodeId> = (0..self.nodes.len()).collect();
+        for (id, node) in self.nodes.iter().enumerate() {
+            for &input in &node.inputs {
+                last[input] = last[input].max(id);
+            }
+        }
+        last[self.output] = self.nodes.len();
+        last
+    }
+
+    /// Largest total size, in elements per image, of the tensors alive at once
+    /// when nodes run in order and each output is freed after its last reader.
+    pub fn peak_live_elements(&self) -> i64 {
+        let last = self.last_uses();
+        let mut live: i64 = 0;
+        let mut peak: i64 = 0;
+        for (id, node) in self.nodes.iter().enumerate() {
+            live += node.shape.numel();
+            peak = peak.max(live);
+            for (other, &l) in last.iter().enumerate().take(id + 1) {
+                if l == id && other != self.output {
+                    live -= self.nodes[other].shape.numel();
+                }
+            }
+        }
+        peak
+    }
+
+    /// Checks the invariants listed at the top of this module.
+    pub fn verify(&self) -> Result<(), String> {
+        if self.nodes.first().map(|n| &n.op) != Some(&Op::Input) {
+            return Err("node 0 is not the input".into());
+        }
+        for (id, node) in self.nodes.iter().enumerate() {
+            if id > 0 && node.op == Op::Input {
+                return Err(format!("node {id} is a second input"));
+            }
+            if node.inputs.iter().any(|&i| i >= id) {
+                return Err(format!("node {id} reads a later node"));
+            }
+            if node.shape.dims().iter().any(|&d| d < 1) {
+                return Err(format!("node {id} has an empty shape {}", node.shape));
+            }
+            let expected_inputs = match node.op {
+                Op::Input => 0..=0,
+                Op::Add => 2..=2,
+                Op::Concat => 1..=usize::MAX,
+                _ => 1..=1,
+            };
+            if !expected_inputs.contains(&node.inputs.len()) {
+                return Err(format!(
+                    "node {id} ({}) has {} inputs",
+                    node.op.name(),
+                    node.inputs.len()
+                ));
+            }
+        }
+        if self.output >= self.nodes.len() {
+            return Err("output is not a node".into());
+        }
+        let mut keys = std::collections::HashSet::new();
+        for p in &self.params {
+            if !keys.insert(&p.key) {
+                return Err(format!("duplicate key {}", p.key));
+            }
+            if let Some(n) = p.node {
+                if n >= self.nodes.len() {
+                    return Err(format!("{} names a missing node", p.key));
+                }
+            }
+        }
+        Ok(())
+    }
+}

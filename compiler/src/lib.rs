@@ -1,0 +1,338 @@
+//! `cnnc`: a compiler for convolutional neural networks.
+//!
+//! ```text
+//!  .cnn text ──parse (pest)──▶ AST ──check──▶ graph IR ──▶ summary, reports
+//!  (syntax.rs)                     (check.rs)  (ir.rs)      (summary.rs)
+//! ```
+//!
+//! Each stage is a function from one typed value to the next. Problems are
+//! [`diag::Diagnostic`] values with source spans, rendered in one place
+//! ([`diag::render`]). [`compile_file`] and [`compile_source`] only chain the
+//! stages; the command-line tool in `main.rs` only prints what they return.
+
+pub mod check;
+pub mod diag;
+pub mod ir;
+pub mod shape;
+pub mod source;
+pub mod summary;
+pub mod syntax;
+
+use check::{Declarations, Value};
+use diag::Diagnostic;
+use source::{FileId, SourceMap, Span};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use syntax::{Decl, SourceFile};
+
+/// Largest `.cnn` file read, so a stray multi-gigabyte file is an error, not an allocation.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The result of checking one file: every model in it, and every diagnostic.
+pub struct Compilation {
+    pub sources: SourceMap,
+    pub models: Vec<CheckedModel>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+pub struct CheckedModel {
+    pub name: String,
+    /// Present when the model has no errors.
+    pub graph: Option<ir::Graph>,
+}
+
+impl Compilation {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.is_error())
+    }
+
+    /// The checked graphs, in file order, when the whole file is free of errors.
+    pub fn graphs(&self) -> Option<Vec<&ir::Graph>> {
+        if self.has_errors() {
+            return None;
+        }
+        self.models.iter().map(|m| m.graph.as_ref()).collect()
+    }
+
+    pub fn render_diagnostics(&self) -> String {
+        diag::render(&self.sources, &self.diagnostics)
+    }
+}
+
+/// A problem with the command line rather than the model (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses `name=value` settings given with `--set`.
+pub fn parse_settings(settings: &[String]) -> Result<BTreeMap<String, Value>, UsageError> {
+    let mut out = BTreeMap::new();
+    for s in settings {
+        let Some((name, value)) = s.split_once('=') else {
+            return Err(UsageError(format!("`--set {s}`: expected `name=value`")));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(UsageError(format!(
+                "`--set {s}`: `{name}` is not a parameter name"
+            )));
+        }
+        out.insert(name.to_string(), Value::parse_setting(value));
+    }
+    Ok(out)
+}
+
+/// Reads, parses and checks a `.cnn` file and the files it includes.
+pub fn compile_file(
+    path: &Path,
+    overrides: &BTreeMap<String, Value>,
+) -> Result<Compilation, UsageError> {
+    let text = read_source(path).map_err(UsageError)?;
+    Ok(compile_with(
+        path.display().to_string(),
+        text,
+        path.parent().map(Path::to_path_buf),
+        overrides,
+    ))
+}
+
+/// Parses and checks source text; includes are resolved relative to `dir` if given.
+pub fn compile_source(name: &str, text: &str, overrides: &BTreeMap<String, Value>) -> Compilation {
+    let dir = Path::new(name).parent().map(Path::to_path_buf);
+    compile_with(
+        name.to_string(),
+        SourceText::Text(text.to_string()),
+        dir,
+        overrides,
+    )
+}
+
+/// File contents, or the bytes of a file that is not UTF-8.
+enum SourceText {
+    Text(String),
+    NotUtf8 { lossy: String, at: usize },
+}
+
+fn read_source(path: &Path) -> Result<SourceText, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read `{}`: {}", path.display(), io_reason(&e)))?;
+    if meta.is_dir() {
+        return Err(format!(
+            "`{}` is a directory, not a .cnn file",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "`{}` is {} bytes; .cnn files are limited to {MAX_FILE_BYTES}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read `{}`: {}", path.display(), io_reason(&e)))?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => SourceText::Text(text),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            SourceText::NotUtf8 {
+                lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                at,
+            }
+        }
+    })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn add_source(
+    sources: &mut SourceMap,
+    name: String,
+    text: SourceText,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<FileId> {
+    match text {
+        SourceText::Text(t) => Some(sources.add(name, t)),
+        SourceText::NotUtf8 { lossy, at } => {
+            // Point at the first bad byte; the lossy text keeps offsets before it intact.
+            let id = sources.add(name, lossy);
+            let end = sources.text(id)[at..]
+                .chars()
+                .next()
+                .map(|c| at + c.len_utf8())
+                .unwrap_or(at);
+            diagnostics.push(
+                Diagnostic::error(
+                    "file is not valid UTF-8",
+                    Span::new(id, at..end),
+                    "invalid byte here",
+                )
+                .with_help("save the file as UTF-8"),
+            );
+            None
+        }
+    }
+}
+
+fn compile_with(
+    name: String,
+    text: SourceText,
+    dir: Option<PathBuf>,
+    overrides: &BTreeMap<String, Value>,
+) -> Compilation {
+    let mut sources = SourceMap::new();
+    let mut diagnostics = Vec::new();
+    let mut files: Vec<SourceFile> = Vec::new();
+    let Some(root) = add_source(&mut sources, name.clone(), text, &mut diagnostics) else {
+        return Compilation {
+            sources,
+            models: Vec::new(),
+            diagnostics,
+        };
+    };
+    // Parse the root, then what it includes, transitively; each file is read once.
+    let mut queue = vec![(root, dir)];
+    let mut seen: HashMap<PathBuf, FileId> = HashMap::new();
+    while let Some((file, dir)) = queue.pop() {
+        let (parsed, mut diags) = syntax::parse(file, sources.text(file));
+        diagnostics.append(&mut diags);
+        for decl in &parsed.decls {
+            let Decl::Include(include) = decl else {
+                continue;
+            };
+            let path = dir.clone().unwrap_or_default().join(&include.path);
+            let key = path.canonicalize().unwrap_or(path.clone());
+            if seen.contains_key(&key) {
+                continue;
+            }
+            match read_source(&path) {
+                Ok(text) => {
+                    if let Some(id) =
+                        add_source(&mut sources, include.path.clone(), text, &mut diagnostics)
+                    {
+                        seen.insert(key, id);
+                        queue.push((id, path.parent().map(Path::to_path_buf)));
+                    }
+                }
+                Err(reason) => diagnostics.push(
+                    Diagnostic::error(
+                        format!("cannot include `{}`", include.path),
+                        include.span,
+                        reason,
+                    )
+                    .with_note("include paths are relative to the including file"),
+                ),
+            }
+        }
+        files.push(parsed);
+    }
+    files.sort_by_key(|f| f.file);
+
+    // Collect blocks from every file; models from the root file only.
+    let mut blocks: HashMap<String, &syntax::BlockDecl> = HashMap::new();
+    let mut model_decls: Vec<&syntax::ModelDecl> = Vec::new();
+    let mut model_names: HashMap<&str, Span> = HashMap::new();
+    for file in &files {
+        for decl in &file.decls {
+            match decl {
+                Decl::Block(b) => {
+                    if let Some(first) = blocks.get(&b.name.text) {
+                        diagnostics.push(
+                            Diagnostic::error(
+                                format!("block `{}` is defined twice", b.name.text),
+                                b.name.span,
+                                "second definition",
+                            )
+                            .with_secondary(first.name.span, "first defined here"),
+                        );
+                    } else {
+                        blocks.insert(b.name.text.clone(), b);
+                    }
+                }
+                Decl::Model(m) if file.file == root => {
+                    if let Some(first) = model_names.get(m.name.text.as_str()) {
+                        diagnostics.push(
+                            Diagnostic::error(
+                                format!("model `{}` is defined twice", m.name.text),
+                                m.name.span,
+                                "second definition",
+                            )
+                            .with_secondary(*first, "first defined here"),
+                        );
+                        continue;
+                    }
+                    model_names.insert(&m.name.text, m.name.span);
+                    model_decls.push(m);
+                }
+                _ => {}
+            }
+        }
+    }
+    if model_decls.is_empty() && diagnostics.is_empty() {
+        let end = sources.text(root).len();
+        diagnostics.push(
+            Diagnostic::error(
+                "no model in this file",
+                Span::new(root, end..end),
+                "expected `model name { ... }`",
+            )
+            .with_help(
+                "a model starts with `model name {` and its first line is `input [C, H, W]`",
+            ),
+        );
+    }
+    let decls = Declarations { blocks };
+    let mut models = Vec::new();
+    for model in model_decls {
+        // Only the settings a model declares apply to it.
+        let mine: BTreeMap<String, Value> = overrides
+            .iter()
+            .filter(|(k, _)| model.params.iter().any(|p| &p.name.text == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (graph, mut diags) = check::check_model(&decls, model, &mine);
+        diagnostics.append(&mut diags);
+        models.push(CheckedModel {
+            name: model.name.text.clone(),
+            graph,
+        });
+    }
+    Compilation {
+        sources,
+        models,
+        diagnostics,
+    }
+}
+
+/// Settings that no model in the file declares (a command-line mistake).
+pub fn unknown_settings(path: &Path, overrides: &BTreeMap<String, Value>) -> Vec<String> {
+    let Ok(SourceText::Text(text)) = read_source(path) else {
+        return Vec::new();
+    };
+    let (parsed, _) = syntax::parse(FileId(0), &text);
+    let declared: Vec<&str> = parsed
+        .decls
+        .iter()
+        .filter_map(|d| match d {
+            Decl::Model(m) => Some(m.params.iter().map(|p| p.name.text.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    overrides
+        .keys()
+        .filter(|k| !declared.contains(&k.as_str()))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,229 @@
+//! Per-layer summaries of a checked graph: a table like torchinfo's, and JSON.
+
+use crate::ir::{Graph, Shape};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// One row of a summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub op: String,
+    pub output: Vec<i64>,
+    pub params: i64,
+    pub macs: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub input: Vec<i64>,
+    pub output: Vec<i64>,
+    pub total_params: i64,
+    pub total_macs: i64,
+    pub layers: Vec<Row>,
+}
+
+pub fn rows(graph: &Graph) -> Vec<Row> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(id, node)| Row {
+            name: node.name.clone(),
+            op: node.op.describe(),
+            output: node.shape.dims(),
+            params: graph.node_params(id),
+            macs: node.op.macs(&node.shape),
+        })
+        .collect()
+}
+
+pub fn summary(graph: &Graph) -> Summary {
+    Summary {
+        model: graph.name.clone(),
+        input: graph.input_shape().dims(),
+        output: graph.output_shape().dims(),
+        total_params: graph.total_params(),
+        total_macs: graph.total_macs(),
+        layers: rows(graph),
+    }
+}
+
+/// Thousands separators: 25557032 → "25,557,032".
+pub fn grouped(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Bytes in binary units with one decimal: "3.1 MiB".
+pub fn bytes(n: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
+}
+
+/// MACs as "4.09 GMACs" (decimal units, as papers quote them).
+pub fn macs(n: i64) -> String {
+    let v = n as f64;
+    if v >= 1e9 {
+        format!("{:.2} GMACs", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2} MMACs", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2} KMACs", v / 1e3)
+    } else {
+        format!("{n} MACs")
+    }
+}
+
+fn shape_text(dims: &[i64]) -> String {
+    format!(
+        "[{}]",
+        dims.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The one-line verdict of `cnnc check`.
+pub fn check_line(graph: &Graph) -> String {
+    format!(
+        "ok: {} {} -> {}, {} params, {}",
+        graph.name,
+        compact(&graph.input_shape()),
+        compact(&graph.output_shape()),
+        grouped(graph.total_params()),
+        macs(graph.total_macs())
+    )
+}
+
+fn compact(shape: &Shape) -> String {
+    format!(
+        "[{}]",
+        shape
+            .dims()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// The table printed by `cnnc summary`. Activation memory is for `batch` images in f32.
+pub fn table(graph: &Graph, batch: i64) -> String {
+    const F32: i64 = 4;
+    let rows = rows(graph);
+    let mut name_w = "layer".len();
+    let mut op_w = "op".len();
+    let mut shape_w = "output".len();
+    let shapes: Vec<String> = rows.iter().map(|r| shape_text(&r.output)).collect();
+    for (r, s) in rows.iter().zip(&shapes) {
+        name_w = name_w.max(display_name(r).chars().count());
+        op_w = op_w.max(r.op.chars().count());
+        shape_w = shape_w.max(s.chars().count());
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "model {}: input {} (batch {batch})",
+        graph.name,
+        graph.input_shape()
+    );
+    let header = format!(
+        "{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}  {:>10}",
+        "layer", "op", "output", "params", "MACs", "activation"
+    );
+    let rule = "─".repeat(header.chars().count());
+    let _ = writeln!(out, "{header}\n{rule}");
+    for (r, s) in rows.iter().zip(&shapes) {
+        let elements: i64 = r.output.iter().product();
+        let _ = writeln!(
+            out,
+            "{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}  {:>10}",
+            display_name(r),
+            r.op,
+            s,
+            if r.params == 0 {
+                "-".to_string()
+            } else {
+                grouped(r.params)
+            },
+            if r.macs == 0 {
+                "-".to_string()
+            } else {
+                grouped(r.macs)
+            },
+            bytes(elements * F32 * batch),
+        );
+    }
+    let unused: Vec<_> = graph.params.iter().filter(|p| p.node.is_none()).collect();
+    if !unused.is_empty() {
+        let count: i64 = unused
+            .iter()
+            .filter(|p| p.kind.is_parameter())
+            .map(|p| p.numel())
+            .sum();
+        let _ = writeln!(out, "{rule}");
+        let _ = writeln!(
+            out,
+            "unused layers (in the state_dict, not in forward): {} params",
+            grouped(count)
+        );
+        for p in unused {
+            let _ = writeln!(out, "  {} {}", p.key, shape_text(&p.shape));
+        }
+    }
+    let naive: i64 = graph.nodes.iter().map(|n| n.shape.numel()).sum();
+    let _ = writeln!(out, "{rule}");
+    let _ = writeln!(out, "total params:       {}", grouped(graph.total_params()));
+    let _ = writeln!(
+        out,
+        "total MACs:         {} ({})",
+        grouped(graph.total_macs()),
+        macs(graph.total_macs())
+    );
+    let _ = writeln!(out, "output:             {}", graph.output_shape());
+    let _ = writeln!(
+        out,
+        "parameter memory:   {}",
+        bytes(graph.total_params() * F32)
+    );
+    let _ = writeln!(out, "activations, sum:   {}", bytes(naive * F32 * batch));
+    let _ = writeln!(
+        out,
+        "activations, peak:  {} (outputs freed after their last use)",
+        bytes(graph.peak_live_elements() * F32 * batch)
+    );
+    out
+}
+
+fn display_name(r: &Row) -> String {
+    if r.name.is_empty() {
+        "·".to_string()
+    } else {
+        r.name.clone()
+    }
+}
