@@ -1843,11 +1843,16 @@ impl<'a> Elab<'a> {
         unused: bool,
     ) -> Val {
         let named = self.require_name("conv", place, span);
-        let PShape::Chw(c, h, w) = self.needs_maps("conv", &input, span) else {
+        let PShape::Chw(mut c, h, w) = self.needs_maps("conv", &input, span) else {
             return self.unknown(span);
         };
         let mut ok = named;
-        if let (Some((expected, s)), Some(c)) = (a.in_check, c) {
+        // An `unused` layer is connected to nothing, so `in_channels` gives its
+        // input size instead of checking it.
+        if let (true, Some((n, _))) = (unused, a.in_check) {
+            c = Some(n);
+        }
+        if let (false, Some((expected, s)), Some(c)) = (unused, a.in_check, c) {
             if expected != c {
                 self.error(
                     Diagnostic::error(
