@@ -3,6 +3,9 @@
 //! ```text
 //!  .cnn text ──parse (pest)──▶ AST ──check──▶ graph IR ──▶ summary, reports
 //!  (syntax.rs)                     (check.rs)  (ir.rs)      (summary.rs)
+//!                                                  │
+//!          weights (safetensors) ──bind──▶ reference evaluator (eval.rs)
+//!          (weights.rs)                    plain f64 loops, the oracle
 //! ```
 //!
 //! Each stage is a function from one typed value to the next. Problems are
@@ -12,11 +15,13 @@
 
 pub mod check;
 pub mod diag;
+pub mod eval;
 pub mod ir;
 pub mod shape;
 pub mod source;
 pub mod summary;
 pub mod syntax;
+pub mod weights;
 
 use check::{Declarations, Value};
 use diag::Diagnostic;

@@ -3,9 +3,12 @@
 //! Exit codes: 0 fine, 1 the model has errors, 2 bad command line.
 
 use clap::{Parser, Subcommand};
+use cnnc::ir::{Graph, Op};
+use cnnc::weights::InitScheme;
 use cnnc::{
     compile_file, diag, parse_settings, summary, unknown_settings, Compilation, UsageError,
 };
+use cnnc_runtime::input::{ImageOptions, IndexRange, InputOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -41,6 +44,74 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
+    Run(RunArgs),
+    /// Write freshly initialised weights for a model as safetensors.
+    Init {
+        file: PathBuf,
+        /// Where to write the weights.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = InitScheme::Pytorch)]
+        scheme: InitScheme,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// PyTorch state_dict saved with safetensors.torch.save_file.
+    #[arg(long)]
+    weights: PathBuf,
+    /// .npy arrays ([N,C,H,W] or [C,H,W]; f32, f64 or u8), PNG/JPEG images, or an MNIST IDX image file.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Write the outputs (logits) as a float32 .npy file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// How many classes to list per input.
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    /// Class names, one per line (models/labels/imagenet.txt, models/labels/digits.txt).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// True labels as an MNIST IDX label file: prints the accuracy.
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Samples to take from .npy and IDX inputs: `7` or `0..100`.
+    #[arg(long)]
+    index: Option<String>,
+    /// Zero padding around IDX digits (2 turns 28×28 into LeNet's 32×32).
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
+    /// Images: resize the shorter side to this before the centre crop.
+    #[arg(long)]
+    resize: Option<u32>,
+    /// Images: keep values in [0, 1] instead of normalising with ImageNet statistics.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Images: per-channel mean, e.g. `0.5,0.5,0.5` (with --std).
+    #[arg(long, requires = "std")]
+    mean: Option<String>,
+    /// Images: per-channel standard deviation (with --mean).
+    #[arg(long, requires = "mean")]
+    std: Option<String>,
+    /// Images evaluated at once (memory grows with it).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Print at most this many per-input lines.
+    #[arg(long, default_value_t = 20)]
+    show: usize,
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    #[arg(long)]
+    model: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +125,15 @@ fn main() -> ExitCode {
             json,
             model,
         } => summarize(&file, &set, batch, json, model.as_deref()),
+        Command::Run(args) => run(&args),
+        Command::Init {
+            file,
+            output,
+            seed,
+            scheme,
+            set,
+            model,
+        } => init(&file, &output, seed, scheme, &set, model.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -153,5 +233,256 @@ fn summarize(
             print!("{}", summary::table(graph, batch));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a file and picks one model from it; errors are printed, exit code returned.
+fn one_model(
+    compilation: &Compilation,
+    file: &Path,
+    model: Option<&str>,
+) -> Result<Result<Graph, ExitCode>, UsageError> {
+    if compilation.has_errors() {
+        diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics);
+        return Ok(Err(ExitCode::from(1)));
+    }
+    let graphs: Vec<&Graph> = compilation
+        .models
+        .iter()
+        .filter_map(|m| m.graph.as_ref())
+        .collect();
+    let names = || {
+        graphs
+            .iter()
+            .map(|g| format!("`{}`", g.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match model {
+        Some(name) => match graphs.iter().find(|g| g.name == name) {
+            Some(g) => Ok(Ok((*g).clone())),
+            None => Err(UsageError(format!(
+                "no model `{name}` in `{}`; it has {}",
+                file.display(),
+                names()
+            ))),
+        },
+        None if graphs.len() == 1 => Ok(Ok(graphs[0].clone())),
+        None => Err(UsageError(format!(
+            "`{}` has several models ({}); pick one with `--model`",
+            file.display(),
+            names()
+        ))),
+    }
+}
+
+/// A runtime failure (bad weights or inputs): printed, exit code 1.
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(1)
+}
+
+fn parse_floats(text: &str, flag: &str) -> Result<Vec<f32>, UsageError> {
+    text.split(',')
+        .map(|v| {
+            v.trim().parse::<f32>().map_err(|_| {
+                UsageError(format!(
+                    "`--{flag} {text}`: expected numbers separated by commas"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
+    let compilation = load(&args.file, &args.set)?;
+    let graph = match one_model(&compilation, &args.file, args.model.as_deref())? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let index = args
+        .index
+        .as_deref()
+        .map(IndexRange::parse)
+        .transpose()
+        .map_err(|e| UsageError(e.0))?;
+    let normalize = match (&args.mean, &args.std) {
+        (Some(m), Some(s)) => Some((parse_floats(m, "mean")?, parse_floats(s, "std")?)),
+        _ => None,
+    };
+    let options = InputOptions {
+        image: ImageOptions {
+            resize: args.resize,
+            normalize,
+            no_normalize: args.no_normalize,
+        },
+        index,
+        pad: args.pad,
+    };
+    let labels = match &args.labels {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(
+                text.lines()
+                    .map(|l| l.trim().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => return Ok(fail(format!("cannot read `{}`: {e}", path.display()))),
+        },
+        None => None,
+    };
+    let weights = match cnnc_runtime::weights::WeightFile::load(&args.weights) {
+        Ok(w) => w,
+        Err(e) => return Ok(fail(e)),
+    };
+    let bound = match cnnc::weights::bind(&graph, &weights, &compilation.sources) {
+        Ok(b) => b,
+        Err(e) => return Ok(fail(format!("`{}`: {e}", args.weights.display()))),
+    };
+    let dims = graph.input_shape().dims();
+    let chw = match dims.as_slice() {
+        [c, h, w] => [*c as usize, *h as usize, *w as usize],
+        _ => return Ok(fail("cnnc run takes models with [C, H, W] inputs")),
+    };
+    let input = match cnnc_runtime::input::load(&args.input, chw, &options) {
+        Ok(t) => t,
+        Err(e) => return Ok(fail(e)),
+    };
+    let targets = match &args.targets {
+        Some(path) => match cnnc_runtime::input::idx_labels(path) {
+            Ok(t) => Some(t),
+            Err(e) => return Ok(fail(e)),
+        },
+        None => None,
+    };
+    let n = input.shape[0];
+    let per = chw.iter().product::<usize>();
+    let mut outputs: Vec<f64> = Vec::new();
+    for start in (0..n).step_by(args.batch as usize) {
+        let end = (start + args.batch as usize).min(n);
+        match cnnc::eval::evaluate(
+            &graph,
+            &bound,
+            end - start,
+            &input.data[start * per..end * per],
+        ) {
+            Ok(b) => outputs.extend(b.data),
+            Err(e) => return Ok(fail(format!("evaluation failed: {e}"))),
+        }
+    }
+    let out_dims = graph.output_shape().dims();
+    let out_per = graph.output_shape().numel() as usize;
+    if let Some(path) = &args.output {
+        let mut shape = vec![n];
+        shape.extend(out_dims.iter().map(|&d| d as usize));
+        let tensor = cnnc_runtime::Tensor::new(shape, outputs.iter().map(|&v| v as f32).collect())
+            .map_err(|e| UsageError(e.0))?;
+        if let Err(e) = cnnc_runtime::output::write_npy(path, &tensor) {
+            return Ok(fail(e));
+        }
+    }
+    if out_dims.len() != 1 {
+        println!(
+            "{n} outputs of shape {} (no class table for feature maps)",
+            graph.output_shape()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Probabilities: a model that ends in softmax already gives them.
+    let last_op = &graph.nodes[graph.output].op;
+    let mut correct = 0usize;
+    for i in 0..n {
+        let row = &outputs[i * out_per..(i + 1) * out_per];
+        let probs: Vec<f64> = match last_op {
+            Op::Softmax => row.to_vec(),
+            Op::LogSoftmax => row.iter().map(|v| v.exp()).collect(),
+            _ => {
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+                row.iter().map(|v| (v - max).exp() / sum).collect()
+            }
+        };
+        let mut order: Vec<usize> = (0..out_per).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let truth = targets
+            .as_ref()
+            .and_then(|t| t.get(options.index.map_or(0, |r| r.start) + i))
+            .map(|&t| t as usize);
+        if truth == Some(order[0]) {
+            correct += 1;
+        }
+        if i < args.show {
+            let name = |c: usize| {
+                labels
+                    .as_ref()
+                    .and_then(|l| l.get(c))
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default()
+            };
+            let picks: Vec<String> = order
+                .iter()
+                .take(args.topk.max(1))
+                .map(|&c| format!("{c}{} {:.1}%", name(c), probs[c] * 100.0))
+                .collect();
+            let mark = match truth {
+                Some(t) if t == order[0] => format!("  (label {t}: right)"),
+                Some(t) => format!("  (label {t}: WRONG)"),
+                None => String::new(),
+            };
+            println!("#{i:<4} {}{mark}", picks.join(" | "));
+        }
+    }
+    if n > args.show {
+        println!("… {} more (raise --show to list them)", n - args.show);
+    }
+    if let Some(t) = &targets {
+        let offset = options.index.map_or(0, |r| r.start);
+        if t.len() < offset + n {
+            return Ok(fail(format!(
+                "the label file has {} labels, fewer than the {} inputs",
+                t.len(),
+                offset + n
+            )));
+        }
+        println!(
+            "accuracy: {correct}/{n} = {:.2}%",
+            100.0 * correct as f64 / n as f64
+        );
+    }
+    if let Some(path) = &args.output {
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(
+    file: &Path,
+    output: &Path,
+    seed: u64,
+    scheme: InitScheme,
+    set: &[String],
+    model: Option<&str>,
+) -> Result<ExitCode, UsageError> {
+    let compilation = load(file, set)?;
+    let graph = match one_model(&compilation, file, model)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let weights = match cnnc::weights::init(&graph, scheme, seed) {
+        Ok(w) => w,
+        Err(e) => return Ok(fail(e)),
+    };
+    let bytes = match weights.to_bytes() {
+        Ok(b) => b,
+        Err(e) => return Ok(fail(e)),
+    };
+    if let Err(e) = cnnc_runtime::output::write_atomic(output, &bytes) {
+        return Ok(fail(e));
+    }
+    println!(
+        "wrote {} ({} tensors, {} params)",
+        output.display(),
+        weights.tensors.len(),
+        summary::grouped(graph.total_params())
+    );
     Ok(ExitCode::SUCCESS)
 }

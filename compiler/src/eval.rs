@@ -1,0 +1,483 @@
+//! The reference evaluator: runs a checked graph on the CPU with plain loops in
+//! f64, following PyTorch's `eval()` semantics (batch norm with running
+//! statistics, dropout off).
+//!
+//! It is the oracle every faster backend is compared with, so each op is
+//! written the way its definition reads; the only concessions to speed are
+//! f64 accumulation in contiguous inner loops and running independent
+//! (image, channel) planes in parallel.
+
+use crate::ir::{Activation, Graph, Op, PaddingMode, Shape};
+use crate::weights::BoundWeights;
+use rayon::prelude::*;
+
+/// A batch of values: `n` images of `shape`, NCHW, in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub n: usize,
+    pub shape: Shape,
+    pub data: Vec<f64>,
+}
+
+impl Batch {
+    pub fn dims(&self) -> Vec<usize> {
+        let mut d = vec![self.n];
+        d.extend(self.shape.dims().iter().map(|&v| v as usize));
+        d
+    }
+}
+
+/// Runs the graph on `n` images given as NCHW f32 values.
+pub fn evaluate(
+    graph: &Graph,
+    weights: &BoundWeights,
+    n: usize,
+    input: &[f32],
+) -> Result<Batch, String> {
+    let in_shape = graph.input_shape();
+    let per = in_shape.numel() as usize;
+    if input.len() != n * per {
+        return Err(format!(
+            "input has {} values; {n} images of {in_shape} need {}",
+            input.len(),
+            n * per
+        ));
+    }
+    let last = graph.last_uses();
+    let mut values: Vec<Option<Vec<f64>>> = vec![None; graph.nodes.len()];
+    values[0] = Some(input.iter().map(|&v| v as f64).collect());
+    for (id, node) in graph.nodes.iter().enumerate().skip(1) {
+        let inputs: Vec<&[f64]> = node
+            .inputs
+            .iter()
+            .map(|&i| {
+                values[i]
+                    .as_deref()
+                    .ok_or_else(|| format!("node {i} was freed too early"))
+            })
+            .collect::<Result<_, _>>()?;
+        let in_shapes: Vec<Shape> = node.inputs.iter().map(|&i| graph.nodes[i].shape).collect();
+        let out = run_node(
+            &node.op, &node.name, weights, n, &inputs, &in_shapes, node.shape,
+        )?;
+        debug_assert_eq!(out.len(), n * node.shape.numel() as usize);
+        values[id] = Some(out);
+        for &i in &node.inputs {
+            if last[i] == id {
+                values[i] = None;
+            }
+        }
+    }
+    let data = values[graph.output]
+        .take()
+        .ok_or("the output was not computed")?;
+    Ok(Batch {
+        n,
+        shape: graph.output_shape(),
+        data,
+    })
+}
+
+fn chw(shape: Shape) -> (usize, usize, usize) {
+    match shape {
+        Shape::Chw(c, h, w) => (c as usize, h as usize, w as usize),
+        Shape::Flat(f) => (f as usize, 1, 1),
+    }
+}
+
+fn run_node(
+    op: &Op,
+    name: &str,
+    weights: &BoundWeights,
+    n: usize,
+    inputs: &[&[f64]],
+    in_shapes: &[Shape],
+    out_shape: Shape,
+) -> Result<Vec<f64>, String> {
+    let x = inputs[0];
+    let get = |suffix: &str| weights.get(&format!("{name}.{suffix}"));
+    Ok(match *op {
+        Op::Input => x.to_vec(),
+        Op::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+        } => {
+            let w = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
+            let b = if bias {
+                Some(get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?)
+            } else {
+                None
+            };
+            let (c, h, wd) = chw(in_shapes[0]);
+            debug_assert_eq!(c as i64, in_channels);
+            let (oc, oh, ow) = chw(out_shape);
+            debug_assert_eq!(oc as i64, out_channels);
+            let pads =
+                [padding.top, padding.bottom, padding.left, padding.right].map(|p| p as usize);
+            let padded = pad_planes(x, n * c, h, wd, pads, padding_mode);
+            let (hp, wp) = (h + pads[0] + pads[1], wd + pads[2] + pads[3]);
+            let (kh, kw) = (kernel.0 as usize, kernel.1 as usize);
+            let (sh, sw) = (stride.0 as usize, stride.1 as usize);
+            let (dh, dw) = (dilation.0 as usize, dilation.1 as usize);
+            let groups = groups as usize;
+            let cpg = c / groups;
+            let opg = oc / groups;
+            let mut out = vec![0f64; n * oc * oh * ow];
+            out.par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(plane_index, plane)| {
+                    let image = plane_index / oc;
+                    let o = plane_index % oc;
+                    let g = o / opg;
+                    plane.fill(b.map_or(0.0, |b| b[o]));
+                    for ci in 0..cpg {
+                        let ic = g * cpg + ci;
+                        let src =
+                            &padded[(image * c + ic) * hp * wp..(image * c + ic + 1) * hp * wp];
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let wv = w[((o * cpg + ci) * kh + ky) * kw + kx];
+                                for y in 0..oh {
+                                    let row = &src[(y * sh + ky * dh) * wp + kx * dw..];
+                                    let dst = &mut plane[y * ow..(y + 1) * ow];
+                                    for (xo, d) in dst.iter_mut().enumerate() {
+                                        *d += wv * row[xo * sw];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            out
+        }
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            dilation,
+            ..
+        } => {
+            let (c, h, w) = chw(in_shapes[0]);
+            let (_, oh, ow) = chw(out_shape);
+            per_plane(x, n * c, h * w, oh * ow, |src, dst| {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        // Padding never wins a max: PyTorch pads with −∞.
+                        let mut best = f64::NEG_INFINITY;
+                        for ky in 0..kernel.0 {
+                            let iy = (y as i64) * stride.0 - padding.0 + ky * dilation.0;
+                            if iy < 0 || iy >= h as i64 {
+                                continue;
+                            }
+                            for kx in 0..kernel.1 {
+                                let ix = (xo as i64) * stride.1 - padding.1 + kx * dilation.1;
+                                if ix < 0 || ix >= w as i64 {
+                                    continue;
+                                }
+                                let v = src[iy as usize * w + ix as usize];
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                }
+                            }
+                        }
+                        dst[y * ow + xo] = best;
+                    }
+                }
+            })
+        }
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            count_include_pad,
+            ..
+        } => {
+            let (c, h, w) = chw(in_shapes[0]);
+            let (_, oh, ow) = chw(out_shape);
+            per_plane(x, n * c, h * w, oh * ow, |src, dst| {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        // PyTorch: the window is clipped to the padded input for
+                        // the divisor, and to the input for the sum.
+                        let (h, w) = (h as i64, w as i64);
+                        let mut y0 = y as i64 * stride.0 - padding.0;
+                        let mut x0 = xo as i64 * stride.1 - padding.1;
+                        let mut y1 = (y0 + kernel.0).min(h + padding.0);
+                        let mut x1 = (x0 + kernel.1).min(w + padding.1);
+                        let padded_area = (y1 - y0) * (x1 - x0);
+                        y0 = y0.max(0);
+                        x0 = x0.max(0);
+                        y1 = y1.min(h);
+                        x1 = x1.min(w);
+                        let mut sum = 0.0;
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                sum += src[(iy * w + ix) as usize];
+                            }
+                        }
+                        let divisor = if count_include_pad {
+                            padded_area
+                        } else {
+                            (y1 - y0) * (x1 - x0)
+                        };
+                        dst[y * ow + xo] = sum / divisor as f64;
+                    }
+                }
+            })
+        }
+        Op::AdaptiveAvgPool2d { .. } | Op::AdaptiveMaxPool2d { .. } => {
+            let max = matches!(op, Op::AdaptiveMaxPool2d { .. });
+            let (c, h, w) = chw(in_shapes[0]);
+            let (_, oh, ow) = chw(out_shape);
+            per_plane(x, n * c, h * w, oh * ow, |src, dst| {
+                for y in 0..oh {
+                    // PyTorch: start = floor(i·I/O), end = ceil((i+1)·I/O).
+                    let (y0, y1) = (y * h / oh, ((y + 1) * h).div_ceil(oh));
+                    for xo in 0..ow {
+                        let (x0, x1) = (xo * w / ow, ((xo + 1) * w).div_ceil(ow));
+                        let mut acc = if max { f64::NEG_INFINITY } else { 0.0 };
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                let v = src[iy * w + ix];
+                                if max {
+                                    if v > acc || v.is_nan() {
+                                        acc = v;
+                                    }
+                                } else {
+                                    acc += v;
+                                }
+                            }
+                        }
+                        dst[y * ow + xo] = if max {
+                            acc
+                        } else {
+                            acc / ((y1 - y0) * (x1 - x0)) as f64
+                        };
+                    }
+                }
+            })
+        }
+        Op::BatchNorm { eps, .. } => {
+            let gamma = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
+            let beta = get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?;
+            let mean =
+                get("running_mean").ok_or_else(|| format!("missing running_mean of `{name}`"))?;
+            let var =
+                get("running_var").ok_or_else(|| format!("missing running_var of `{name}`"))?;
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = (i / hw) % c;
+                    (v - mean[ch]) / (var[ch] + eps.0).sqrt() * gamma[ch] + beta[ch]
+                })
+                .collect()
+        }
+        Op::LocalResponseNorm {
+            size,
+            alpha,
+            beta,
+            k,
+        } => {
+            // PyTorch: b_c = a_c / (k + α/n · Σ a_j²)^β over channels j in
+            // [c − n/2, c + (n − 1)/2], clipped to the valid channels.
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let size = size as usize;
+            let mut out = vec![0f64; x.len()];
+            out.par_chunks_mut(c * hw)
+                .zip(x.par_chunks(c * hw))
+                .for_each(|(dst, src)| {
+                    for ch in 0..c {
+                        let lo = ch.saturating_sub(size / 2);
+                        let hi = (ch + (size - 1) / 2).min(c - 1);
+                        for p in 0..hw {
+                            let mut sum = 0.0;
+                            for j in lo..=hi {
+                                sum += src[j * hw + p] * src[j * hw + p];
+                            }
+                            dst[ch * hw + p] =
+                                src[ch * hw + p] / (k.0 + alpha.0 * sum / size as f64).powf(beta.0);
+                        }
+                    }
+                });
+            out
+        }
+        Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity | Op::Flatten => x.to_vec(),
+        Op::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => {
+            let w = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
+            let b = if bias {
+                Some(get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?)
+            } else {
+                None
+            };
+            let (fi, fo) = (in_features as usize, out_features as usize);
+            let mut out = vec![0f64; n * fo];
+            out.par_iter_mut().enumerate().for_each(|(i, y)| {
+                let (image, o) = (i / fo, i % fo);
+                let row = &w[o * fi..(o + 1) * fi];
+                let input = &x[image * fi..(image + 1) * fi];
+                let dot: f64 = row.iter().zip(input).map(|(a, b)| a * b).sum();
+                *y = dot + b.map_or(0.0, |b| b[o]);
+            });
+            out
+        }
+        Op::Softmax | Op::LogSoftmax => {
+            // Over dimension 1 (features, or channels at each position).
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let log = matches!(op, Op::LogSoftmax);
+            let mut out = vec![0f64; x.len()];
+            for image in 0..n {
+                for p in 0..hw {
+                    let at = |ch: usize| image * c * hw + ch * hw + p;
+                    let max = (0..c).map(|ch| x[at(ch)]).fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = (0..c).map(|ch| (x[at(ch)] - max).exp()).sum();
+                    for ch in 0..c {
+                        let shifted = x[at(ch)] - max;
+                        out[at(ch)] = if log {
+                            shifted - sum.ln()
+                        } else {
+                            shifted.exp() / sum
+                        };
+                    }
+                }
+            }
+            out
+        }
+        Op::Activation(a) => x.iter().map(|&v| activate(a, v)).collect(),
+        Op::Add => x.iter().zip(inputs[1]).map(|(a, b)| a + b).collect(),
+        Op::Concat => {
+            let (_, h, w) = chw(out_shape);
+            let hw = h * w;
+            let mut out = Vec::with_capacity(n * out_shape.numel() as usize);
+            for image in 0..n {
+                for (part, shape) in inputs.iter().zip(in_shapes) {
+                    let c = chw(*shape).0;
+                    out.extend_from_slice(&part[image * c * hw..(image + 1) * c * hw]);
+                }
+            }
+            out
+        }
+    })
+}
+
+/// One elementwise activation, as PyTorch defines it.
+pub fn activate(a: Activation, v: f64) -> f64 {
+    match a {
+        Activation::Relu => v.max(0.0),
+        Activation::Relu6 => v.clamp(0.0, 6.0),
+        Activation::LeakyRelu(slope) => {
+            if v >= 0.0 {
+                v
+            } else {
+                v * slope.0
+            }
+        }
+        Activation::Elu(alpha) => {
+            if v > 0.0 {
+                v
+            } else {
+                alpha.0 * v.exp_m1()
+            }
+        }
+        Activation::Tanh => v.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::Gelu {
+            tanh_approximation: false,
+        } => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+        Activation::Gelu {
+            tanh_approximation: true,
+        } => {
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+            0.5 * v * (1.0 + inner.tanh())
+        }
+        Activation::Hardsigmoid => ((v + 3.0) / 6.0).clamp(0.0, 1.0),
+        Activation::Hardswish => v * ((v + 3.0).clamp(0.0, 6.0) / 6.0),
+    }
+}
+
+/// Applies `f(src_plane, dst_plane)` to each of `planes` planes, in parallel.
+fn per_plane(
+    x: &[f64],
+    planes: usize,
+    in_size: usize,
+    out_size: usize,
+    f: impl Fn(&[f64], &mut [f64]) + Sync,
+) -> Vec<f64> {
+    let mut out = vec![0f64; planes * out_size];
+    out.par_chunks_mut(out_size)
+        .zip(x.par_chunks(in_size))
+        .for_each(|(dst, src)| f(src, dst));
+    out
+}
+
+/// Where padded coordinate `i` (may be out of range) reads from, per padding mode.
+fn source_index(i: i64, size: i64, mode: PaddingMode) -> Option<usize> {
+    let j = match mode {
+        PaddingMode::Zeros => {
+            if i < 0 || i >= size {
+                return None;
+            }
+            i
+        }
+        PaddingMode::Reflect => {
+            // Mirror without repeating the edge: −1 → 1, size → size − 2.
+            let period = 2 * (size - 1);
+            if period == 0 {
+                0
+            } else {
+                let m = i.rem_euclid(period);
+                if m < size {
+                    m
+                } else {
+                    period - m
+                }
+            }
+        }
+        PaddingMode::Replicate => i.clamp(0, size - 1),
+        PaddingMode::Circular => i.rem_euclid(size),
+    };
+    Some(j as usize)
+}
+
+/// Copies each h×w plane into a padded plane (top, bottom, left, right).
+fn pad_planes(
+    x: &[f64],
+    planes: usize,
+    h: usize,
+    w: usize,
+    pads: [usize; 4],
+    mode: PaddingMode,
+) -> Vec<f64> {
+    let (hp, wp) = (h + pads[0] + pads[1], w + pads[2] + pads[3]);
+    let mut out = vec![0f64; planes * hp * wp];
+    out.par_chunks_mut(hp * wp)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for y in 0..hp {
+                let Some(sy) = source_index(y as i64 - pads[0] as i64, h as i64, mode) else {
+                    continue;
+                };
+                for xo in 0..wp {
+                    if let Some(sx) = source_index(xo as i64 - pads[2] as i64, w as i64, mode) {
+                        dst[y * wp + xo] = src[sy * w + sx];
+                    }
+                }
+            }
+        });
+    out
+}

