@@ -15,7 +15,7 @@
 
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Activation, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind, Shape, F64,
+    Activation, Fusion, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind, Shape, F64,
 };
 use crate::shape::{SizeError, Window};
 use crate::source::Span;
@@ -44,7 +44,7 @@ impl Value {
     fn describe(&self) -> String {
         match self {
             Value::Int(v) => format!("`{v}`"),
-            Value::Float(v) => format!("`{v}`"),
+            Value::Float(v) => format!("`{v:?}`"),
             Value::Bool(v) => format!("`{v}`"),
             Value::Sym(s) => format!("`{s}`"),
             Value::Tuple(items) => format!("a tuple of {}", items.len()),
@@ -150,6 +150,10 @@ struct Env {
 /// The declarations a model may use: every block from the file and its includes.
 pub struct Declarations<'a> {
     pub blocks: HashMap<String, &'a BlockDecl>,
+    /// An `include` could not be read or parsed (already reported): an unknown
+    /// name may be defined there, so it is not reported again unless it looks
+    /// like a typo of a known one.
+    pub missing_includes: bool,
 }
 
 /// Checks one model with parameter overrides; returns the graph when it has no errors.
@@ -158,7 +162,19 @@ pub fn check_model(
     model: &ModelDecl,
     overrides: &BTreeMap<String, Value>,
 ) -> (Option<Graph>, Vec<Diagnostic>) {
+    check_model_at(decls, model, overrides, None)
+}
+
+/// Like [`check_model`], with the input's height and width replaced (to
+/// test or explain a model at another resolution).
+pub fn check_model_at(
+    decls: &Declarations,
+    model: &ModelDecl,
+    overrides: &BTreeMap<String, Value>,
+    input_hw: Option<(i64, i64)>,
+) -> (Option<Graph>, Vec<Diagnostic>) {
     let mut elab = Elab {
+        input_hw,
         decls,
         diags: Vec::new(),
         nodes: Vec::new(),
@@ -211,6 +227,20 @@ pub fn check_model(
         output,
         params: elab.params,
     };
+    if let Some(what) = graph.count_overflow() {
+        elab.diags.push(
+            Diagnostic::error(
+                format!(
+                    "model `{}` is too large: {what} does not fit in 64 bits",
+                    model.name.text
+                ),
+                model.name.span,
+                "too large to count",
+            )
+            .with_note(format!("counts are 64-bit integers, at most {}", i64::MAX)),
+        );
+        return (None, elab.diags);
+    }
     (Some(graph), elab.diags)
 }
 
@@ -221,6 +251,8 @@ fn dedup(diags: &mut Vec<Diagnostic>) {
 }
 
 struct Elab<'a> {
+    /// Replaces the declared input height and width.
+    input_hw: Option<(i64, i64)>,
     decls: &'a Declarations<'a>,
     diags: Vec<Diagnostic>,
     nodes: Vec<Node>,
@@ -244,7 +276,17 @@ impl<'a> Elab<'a> {
             }
             if self.stack.len() > 1 {
                 let chain: Vec<&str> = self.stack.iter().map(|(n, _)| n.as_str()).collect();
-                diagnostic = diagnostic.with_note(format!("reached through {}", chain.join(" → ")));
+                let shown = if chain.len() > 8 {
+                    format!(
+                        "{} → … → {} ({} blocks)",
+                        chain[..3].join(" → "),
+                        chain[chain.len() - 3..].join(" → "),
+                        chain.len()
+                    )
+                } else {
+                    chain.join(" → ")
+                };
+                diagnostic = diagnostic.with_note(format!("reached through {shown}"));
             }
         }
         self.diags.push(diagnostic);
@@ -286,7 +328,7 @@ impl<'a> Elab<'a> {
             ExprKind::Neg(inner) => match self.eval(inner, env, input) {
                 Value::Int(v) => match v.checked_neg() {
                     Some(v) => Value::Int(v),
-                    None => self.overflow(expr.span),
+                    None => self.overflow(expr.span, format!("−({v}) = {}", -(v as i128))),
                 },
                 Value::Float(v) => Value::Float(-v),
                 Value::Poison => Value::Poison,
@@ -346,15 +388,25 @@ impl<'a> Elab<'a> {
                             BinOp::Sub => x.checked_sub(y),
                             BinOp::Mul => x.checked_mul(y),
                             BinOp::Div | BinOp::Rem if y == 0 => {
-                                self.error(Diagnostic::error(
-                                    "division by zero",
-                                    expr.span,
-                                    "the right side is 0",
-                                ));
+                                let label = match &rhs.kind {
+                                    ExprKind::Name(n) => format!("`{n}` is 0"),
+                                    _ => "the right side is 0".to_string(),
+                                };
+                                let arithmetic = format!("{x} {} 0", op.symbol());
+                                self.error(
+                                    Diagnostic::error("division by zero", expr.span, label)
+                                        .with_note(format!(
+                                            "{}{arithmetic}",
+                                            expr_prefix(expr, &arithmetic)
+                                        )),
+                                );
                                 return Poison;
                             }
-                            BinOp::Div => x.checked_div_euclid(y),
-                            BinOp::Rem => x.checked_rem_euclid(y),
+                            // Floor division and its remainder, as Python's `//` and `%`.
+                            BinOp::Div => floor_div(x, y),
+                            BinOp::Rem => floor_div(x, y)
+                                .and_then(|q| q.checked_mul(y))
+                                .and_then(|p| x.checked_sub(p)),
                             BinOp::Lt => return Bool(x < y),
                             BinOp::Le => return Bool(x <= y),
                             BinOp::Gt => return Bool(x > y),
@@ -362,7 +414,24 @@ impl<'a> Elab<'a> {
                         };
                         match r {
                             Some(v) => Int(v),
-                            None => self.overflow(expr.span),
+                            None => {
+                                let (a, b) = (x as i128, y as i128);
+                                let exact = match op {
+                                    BinOp::Add => a + b,
+                                    BinOp::Sub => a - b,
+                                    BinOp::Mul => a * b,
+                                    // Only i64::MIN / −1 overflows a division.
+                                    _ => -a,
+                                };
+                                let arithmetic = format!("{x} {} {y}", op.symbol());
+                                self.overflow(
+                                    expr.span,
+                                    format!(
+                                        "{}{arithmetic} = {exact}",
+                                        expr_prefix(expr, &arithmetic)
+                                    ),
+                                )
+                            }
                         }
                     }
                     (x, y) => {
@@ -389,9 +458,10 @@ impl<'a> Elab<'a> {
         }
     }
 
-    fn overflow(&mut self, span: Span) -> Value {
+    fn overflow(&mut self, span: Span, arithmetic: String) -> Value {
         self.error(
             Diagnostic::error("arithmetic overflow", span, "does not fit in 64 bits")
+                .with_note(arithmetic)
                 .with_note(format!("integers range from {} to {}", i64::MIN, i64::MAX)),
         );
         Value::Poison
@@ -408,7 +478,7 @@ impl<'a> Elab<'a> {
                 "not a parameter in scope",
             );
             if let Some(s) = closest(name, candidates.iter().copied()) {
-                d = d.with_help(format!("a parameter with a similar name exists: `{s}`"));
+                d = d.with_help(format!("did you mean `{s}`?"));
             } else if !env.vars.is_empty() {
                 d = d.with_note(format!(
                     "parameters in scope: {}",
@@ -452,9 +522,10 @@ impl<'a> Elab<'a> {
                 }
             }
         }
-        let shape = match dims.as_slice() {
-            [c, h, w] => PShape::Chw(*c, *h, *w),
-            [n] => PShape::Flat(*n),
+        let shape = match (dims.as_slice(), self.input_hw) {
+            ([c, _, _], Some((h, w))) => PShape::Chw(*c, Some(h), Some(w)),
+            ([c, h, w], _) => PShape::Chw(*c, *h, *w),
+            ([n], _) => PShape::Flat(*n),
             _ => {
                 self.error(
                     Diagnostic::error(
@@ -475,6 +546,7 @@ impl<'a> Elab<'a> {
                 name: String::new(),
                 span: model.input_span,
                 call_stack: Vec::new(),
+                fusion: Fusion::default(),
             });
             0
         });
@@ -495,41 +567,59 @@ impl<'a> Elab<'a> {
     }
 
     /// Evaluates an item's condition and repetition; returns how many copies to make.
-    fn copies(&mut self, item: &Item, env: &Env, input: &Val) -> usize {
+    /// `None` when the condition or count failed (reported): the item's
+    /// output is then unknown rather than guessed.
+    fn copies(&mut self, item: &Item, env: &Env, input: &Val) -> Option<usize> {
         if let Some(cond) = &item.condition {
             match self.eval(cond, env, Some(input)) {
                 Value::Bool(true) => {}
-                Value::Bool(false) => return 0,
-                Value::Poison => return 0,
+                Value::Bool(false) => return Some(0),
+                Value::Poison => return None,
+                Value::Int(v) => {
+                    let mut d = Diagnostic::error(
+                        format!("expected `true` or `false`, found `{v}`"),
+                        cond.span,
+                        "a condition is `true` or `false`",
+                    );
+                    if let ExprKind::Name(n) = &cond.kind {
+                        d = d.with_help(format!(
+                            "compare it (`when {n} != 0`), or make `{n}` `true` or `false`"
+                        ));
+                    }
+                    self.error(d);
+                    return None;
+                }
                 other => {
                     self.type_error(cond, &other, "`true` or `false`", env);
-                    return 0;
+                    return None;
                 }
             }
         }
         let Some(repeat) = &item.repeat else {
-            return 1;
+            return Some(1);
         };
         match self.eval(repeat, env, Some(input)) {
-            Value::Int(n) if (0..=10_000).contains(&n) => n as usize,
+            Value::Int(n) if (0..=10_000).contains(&n) => Some(n as usize),
             Value::Int(n) => {
                 self.error(Diagnostic::error(
                     format!("repetition count must be between 0 and 10000, found {n}"),
                     repeat.span,
                     "out of range",
                 ));
-                0
+                None
             }
-            Value::Poison => 0,
+            Value::Poison => None,
             other => {
                 self.type_error(repeat, &other, "an integer", env);
-                0
+                None
             }
         }
     }
 
     fn item(&mut self, item: &Item, scope: &mut Scope, env: &Env, input: Val) -> Val {
-        let copies = self.copies(item, env, &input);
+        let Some(copies) = self.copies(item, env, &input) else {
+            return self.unknown(item.span);
+        };
         if copies == 0 {
             return input;
         }
@@ -608,11 +698,24 @@ impl<'a> Elab<'a> {
             return self.unknown(item.span);
         }
         if unused && !matches!(item.term, Term::Call { .. }) {
-            self.error(Diagnostic::error(
-                "`unused` applies to single layers",
-                item.span,
-                "not a single layer",
-            ));
+            let what = match &item.term {
+                Term::Seq(_) => "a `seq`",
+                Term::Residual { .. } => "a `residual`",
+                Term::Concat(_) => "a `concat`",
+                Term::Vgg { .. } => "a `vgg` list",
+                Term::Call { .. } => "a call",
+            };
+            self.error(
+                Diagnostic::error(
+                    "`unused` applies to single layers",
+                    unused_keyword(item),
+                    "marks a single layer",
+                )
+                .with_secondary(item.term_span, format!("this is {what}"))
+                .with_help(
+                    "mark each layer inside `unused` instead, e.g. `unused aux = linear(10)`",
+                ),
+            );
             return input;
         }
         match &item.term {
@@ -656,7 +759,11 @@ impl<'a> Elab<'a> {
                             },
                         };
                         short = self.items(&sc.body, &mut scope, env, input);
-                        short.span = sc.span;
+                        // Labels point at the `shortcut` keyword, not the whole block.
+                        short.span = Span {
+                            end: (sc.span.start + "shortcut".len()).min(sc.span.end),
+                            ..sc.span
+                        };
                     }
                 }
                 let keyword = Span {
@@ -667,8 +774,14 @@ impl<'a> Elab<'a> {
             }
             Term::Concat(branches) => {
                 let mut outputs = Vec::new();
+                // Unnamed branches are numbered by position, as the children
+                // of an `nn.ModuleList` of branches would be.
+                let mut position = 0usize;
                 for branch in branches {
-                    let copies = self.copies(branch, env, &input);
+                    let Some(copies) = self.copies(branch, env, &input) else {
+                        outputs.push(self.unknown(branch.span));
+                        continue;
+                    };
                     for _ in 0..copies {
                         let branch_place = match &branch.name {
                             Some(name) => Place {
@@ -676,10 +789,11 @@ impl<'a> Elab<'a> {
                                 own: true,
                             },
                             None => Place {
-                                path: place.path.clone(),
-                                own: false,
+                                path: join(&place.path, &position.to_string()),
+                                own: true,
                             },
                         };
+                        position += 1;
                         let mut out = self.term(branch, branch_place, env, input, false);
                         out.span = branch.span;
                         outputs.push(out);
@@ -699,14 +813,21 @@ impl<'a> Elab<'a> {
             } => {
                 if let Some(block) = self.decls.blocks.get(&name.text).copied() {
                     if unused {
-                        self.error(Diagnostic::error(
-                            "`unused` applies to single layers, not blocks",
-                            item.span,
-                            "a block",
-                        ));
+                        self.error(
+                            Diagnostic::error(
+                                "`unused` applies to single layers, not blocks",
+                                unused_keyword(item),
+                                "marks a single layer",
+                            )
+                            .with_secondary(name.span, format!("`{}` is a block", name.text))
+                            .with_help("mark the layers inside the block `unused` instead"),
+                        );
                         return input;
                     }
-                    self.call_block(block, name, args, place.path, env, input)
+                    // Labels about the result point at the call, not inside the block.
+                    let mut out = self.call_block(block, name, args, place.path, env, input);
+                    out.span = item.term_span;
+                    out
                 } else {
                     let call = Call {
                         name,
@@ -741,6 +862,7 @@ impl<'a> Elab<'a> {
                     name: name.to_string(),
                     span,
                     call_stack: self.stack.iter().map(|(_, s)| *s).collect(),
+                    fusion: Fusion::default(),
                 });
                 Some(self.nodes.len() - 1)
             }
@@ -762,6 +884,14 @@ impl<'a> Elab<'a> {
     ) {
         let key = join(path, kind.suffix());
         if let Some(first) = self.keys.get(&key).copied() {
+            // One report per layer, not one per tensor (`weight`, `bias`, ...).
+            let reported = self
+                .diags
+                .iter()
+                .any(|d| d.primary.span == span && d.message.starts_with("`state_dict` key"));
+            if reported {
+                return;
+            }
             let d = Diagnostic::error(
                 format!("`state_dict` key `{key}` is defined twice"),
                 span,
@@ -811,9 +941,11 @@ impl<'a> Elab<'a> {
                     (a, input.shape.known().unwrap_or(b))
                 {
                     let stride = if h > 0 && hi % h == 0 { hi / h } else { 1 };
-                    d = d.with_help(format!(
-                        "project the input with a shortcut: `shortcut downsample {{ conv({c}, k=1, s={stride}, bias=false) batchnorm }}`"
-                    ));
+                    d = d.with_help(if projected {
+                        format!("make the shortcut give {a}: `conv({c}, k=1, s={stride}, bias=false) batchnorm`")
+                    } else {
+                        format!("project the input with a shortcut: `shortcut downsample {{ conv({c}, k=1, s={stride}, bias=false) batchnorm }}`")
+                    });
                 }
                 self.error(d);
                 return self.unknown(keyword);
@@ -877,6 +1009,14 @@ impl<'a> Elab<'a> {
                 ));
             }
             self.error(d);
+            return self.unknown(keyword);
+        }
+        if channels.is_none() && outputs.iter().all(|o| o.shape.channels().is_some()) {
+            self.error(Diagnostic::error(
+                "`concat` output channels overflow",
+                keyword,
+                "the channel counts add up to more than 64 bits hold",
+            ));
             return self.unknown(keyword);
         }
         let (h, w) = spatial.unwrap_or((0, 0));
@@ -958,25 +1098,34 @@ impl<'a> Elab<'a> {
                         value =
                             self.batchnorm_layer(1e-5, 0.1, None, &place, entry.span, value, false);
                     }
-                    self.advance(&mut scope);
+                    let relu = self.advance(&mut scope).unwrap_or_default();
                     value = self.push(
                         Op::Activation(Activation::Relu),
                         &[value],
                         value.shape,
-                        "",
+                        &relu,
                         entry.span,
                     );
                 }
                 Value::Poison => value = self.unknown(entry.span),
                 other => {
-                    self.error(
-                        Diagnostic::error(
-                            format!("a `vgg` list holds channel counts and `M`, found {}", other.describe()),
-                            entry.span,
-                            "expected a channel count or `M`",
-                        )
-                        .with_note("`M` is a 2×2 max pool with stride 2; a number n is conv(n, k=3, p=1) then relu"),
-                    );
+                    let mut d = Diagnostic::error(
+                        format!("a `vgg` list holds channel counts and `M`, found {}", other.describe()),
+                        entry.span,
+                        "expected a channel count or `M`",
+                    )
+                    .with_note("`M` is a 2×2 max pool with stride 2; a number n is conv(n, k=3, p=1) then relu");
+                    match &other {
+                        Value::Sym(s) => {
+                            let candidates = env.vars.keys().map(String::as_str).chain(["M"]);
+                            if let Some(c) = closest(s, candidates) {
+                                d = d.with_help(format!("did you mean `{c}`?"));
+                            }
+                        }
+                        Value::Int(_) => d = d.with_help("a channel count is at least 1"),
+                        _ => {}
+                    }
+                    self.error(d);
                     value = self.unknown(entry.span);
                 }
             }
@@ -1007,35 +1156,66 @@ impl<'a> Elab<'a> {
             return self.unknown(name.span);
         }
         if self.stack.len() >= MAX_BLOCK_DEPTH {
-            self.error(Diagnostic::error(
-                "blocks are nested too deeply",
-                name.span,
-                "here",
-            ));
+            self.error(
+                Diagnostic::error(
+                    "blocks are nested too deeply",
+                    name.span,
+                    format!("more than {MAX_BLOCK_DEPTH} block calls deep"),
+                )
+                .with_help(
+                    "flatten the chain of blocks; repetition (`block(...) * n`) does not nest",
+                ),
+            );
             return self.unknown(name.span);
         }
         // Bind arguments: positional first, then by name, then defaults (which
         // may refer to earlier parameters).
         let mut values: Vec<Option<Value>> = vec![None; block.params.len()];
+        let mut first_spans: Vec<Option<Span>> = vec![None; block.params.len()];
         let mut ok = true;
         let mut positional = 0;
+        let positional_args: Vec<&Arg> = args.iter().filter(|a| a.name.is_none()).collect();
         for arg in args {
             let index = match &arg.name {
                 None => {
                     positional += 1;
                     if positional > block.params.len() {
-                        self.error(
-                            Diagnostic::error(
-                                format!(
-                                    "block `{}` takes {} arguments, found more",
-                                    block.name.text,
-                                    block.params.len()
+                        if positional == block.params.len() + 1 {
+                            // Reported once, covering every extra argument.
+                            let extra = positional_args[block.params.len()..]
+                                .iter()
+                                .fold(arg.span, |s, a| s.join(a.span));
+                            let count = block.params.len();
+                            let params: Vec<String> = block
+                                .params
+                                .iter()
+                                .map(|p| format!("`{}`", p.name.text))
+                                .collect();
+                            self.error(
+                                Diagnostic::error(
+                                    format!(
+                                        "block `{}` takes {count} argument{}, found {}",
+                                        block.name.text,
+                                        if count == 1 { "" } else { "s" },
+                                        positional_args.len()
+                                    ),
+                                    extra,
+                                    if positional_args.len() - count == 1 {
+                                        "extra argument"
+                                    } else {
+                                        "extra arguments"
+                                    },
+                                )
+                                .with_secondary(
+                                    block.name.span,
+                                    if params.is_empty() {
+                                        "block defined here, without parameters".to_string()
+                                    } else {
+                                        format!("block defined here with {}", params.join(", "))
+                                    },
                                 ),
-                                arg.span,
-                                "extra argument",
-                            )
-                            .with_secondary(block.name.span, "block defined here"),
-                        );
+                            );
+                        }
                         ok = false;
                         continue;
                     }
@@ -1062,18 +1242,23 @@ impl<'a> Elab<'a> {
                 },
             };
             if values[index].is_some() {
-                self.error(Diagnostic::error(
+                let mut d = Diagnostic::error(
                     format!(
-                        "parameter `{}` is given twice",
-                        block.params[index].name.text
+                        "parameter `{}` of block `{}` is given twice",
+                        block.params[index].name.text, block.name.text
                     ),
                     arg.span,
                     "second value",
-                ));
+                );
+                if let Some(first) = first_spans[index] {
+                    d = d.with_secondary(first, "first value");
+                }
+                self.error(d);
                 ok = false;
                 continue;
             }
             values[index] = Some(self.eval(&arg.value, env, Some(&input)));
+            first_spans[index] = Some(arg.span);
         }
         let mut inner = Env::default();
         for (param, value) in block.params.iter().zip(values) {
@@ -1091,7 +1276,11 @@ impl<'a> Elab<'a> {
                                 name.span,
                                 format!("`{}` needs a value", param.name.text),
                             )
-                            .with_secondary(param.name.span, "parameter declared here"),
+                            .with_secondary(param.name.span, "parameter declared here")
+                            .with_help(format!(
+                                "add `{} = ...` to the call, or give the parameter a default",
+                                param.name.text
+                            )),
                         );
                         ok = false;
                         Value::Poison
@@ -1152,6 +1341,10 @@ impl Spec {
 /// Arguments matched to a layer's specs, by position in the spec list.
 struct Bound {
     values: Vec<Option<(Value, Span)>>,
+    /// The argument names, for messages.
+    names: Vec<&'static str>,
+    /// Parameters in scope, for "did you mean" on an unknown name.
+    scope: Vec<String>,
 }
 
 enum PadSpec {
@@ -1214,17 +1407,50 @@ impl<'a> Elab<'a> {
     ) -> Option<Bound> {
         let mut values: Vec<Option<(Value, Span)>> = (0..specs.len()).map(|_| None).collect();
         let mut ok = true;
+        let mut unknown_argument = false;
         let mut positional = 0;
+        let positional_args: Vec<&Arg> = args.iter().filter(|a| a.name.is_none()).collect();
+        let takes = || {
+            specs
+                .iter()
+                .map(|s| match s.aliases.first() {
+                    Some(a) => format!("`{}` (`{a}`)", s.name),
+                    None => format!("`{}`", s.name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for arg in args {
             let index = match &arg.name {
                 None => {
                     // Positional arguments fill the specs in order, as in PyTorch.
                     if positional >= specs.len() {
-                        self.error(Diagnostic::error(
-                            format!("`{op}` takes at most {} arguments", specs.len()),
-                            arg.span,
-                            "extra argument",
-                        ));
+                        if positional == specs.len() {
+                            // Reported once, covering every extra argument.
+                            let extra = positional_args[specs.len()..]
+                                .iter()
+                                .fold(arg.span, |s, a| s.join(a.span));
+                            let mut d = Diagnostic::error(
+                                format!(
+                                    "`{op}` takes at most {} arguments, found {}",
+                                    specs.len(),
+                                    positional_args.len()
+                                ),
+                                extra,
+                                if positional_args.len() - specs.len() == 1 {
+                                    "extra argument".to_string()
+                                } else {
+                                    "extra arguments".to_string()
+                                },
+                            );
+                            d = if specs.is_empty() {
+                                d.with_help(format!("write `{op}` without arguments"))
+                            } else {
+                                d.with_note(format!("`{op}` takes, in order: {}", takes()))
+                            };
+                            self.error(d);
+                        }
+                        positional += 1;
                         ok = false;
                         continue;
                     }
@@ -1248,27 +1474,28 @@ impl<'a> Elab<'a> {
                         );
                         d = match closest(&n.text, names.iter().copied()) {
                             Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                            None => d.with_note(format!(
-                                "`{op}` takes {}",
-                                specs
-                                    .iter()
-                                    .map(|s| format!("`{}`", s.name))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )),
+                            None if specs.is_empty() => {
+                                d.with_note(format!("`{op}` takes no arguments"))
+                            }
+                            None => d.with_note(format!("`{op}` takes {}", takes())),
                         };
                         self.error(d);
                         ok = false;
+                        unknown_argument = true;
                         continue;
                     }
                 },
             };
-            if values[index].is_some() {
-                self.error(Diagnostic::error(
-                    format!("argument `{}` of `{op}` is given twice", specs[index].name),
-                    arg.span,
-                    "second value",
-                ));
+            if let Some((_, first)) = &values[index] {
+                let first = *first;
+                self.error(
+                    Diagnostic::error(
+                        format!("argument `{}` of `{op}` is given twice", specs[index].name),
+                        arg.span,
+                        "second value",
+                    )
+                    .with_secondary(first, "first value"),
+                );
                 ok = false;
                 continue;
             }
@@ -1278,34 +1505,85 @@ impl<'a> Elab<'a> {
             }
             values[index] = Some((value, arg.value.span));
         }
-        for (spec, value) in specs.iter().zip(&values) {
-            if spec.required && value.is_none() {
-                self.error(Diagnostic::error(
-                    format!("`{op}` needs `{}`", spec.name),
-                    span,
-                    format!("`{}` is missing", spec.name),
-                ));
-                ok = false;
+        // A misspelt argument name is already reported; do not also call it missing.
+        if !unknown_argument {
+            for (spec, value) in specs.iter().zip(&values) {
+                if spec.required && value.is_none() {
+                    let short = spec.aliases.first().unwrap_or(&spec.name);
+                    self.error(
+                        Diagnostic::error(
+                            format!("`{op}` needs `{}`", spec.name),
+                            span,
+                            format!("`{}` is missing", spec.name),
+                        )
+                        .with_help(format!("add `{short} = ...`")),
+                    );
+                    ok = false;
+                }
             }
         }
-        // Names that are not parameters are only allowed where a keyword is expected;
-        // report them here, before they turn up as type errors.
-        ok.then_some(Bound { values })
+        let names = specs.iter().map(|s| s.name).collect();
+        let scope = env.vars.keys().cloned().collect();
+        ok.then_some(Bound {
+            values,
+            names,
+            scope,
+        })
     }
 
-    fn symbol_or_error(&mut self, value: &Value, span: Span, what: &str) {
+    /// Reports an argument of the wrong kind. A bare name is an unknown name:
+    /// suggest a parameter in `scope` (or one of `keywords`) it may be a typo of.
+    fn symbol_or_error(
+        &mut self,
+        value: &Value,
+        span: Span,
+        what: &str,
+        scope: &[String],
+        keywords: &[&str],
+    ) {
         if let Value::Sym(name) = value {
-            self.error(Diagnostic::error(
+            let mut d = Diagnostic::error(
                 format!("unknown name `{name}`"),
                 span,
                 format!("expected {what}"),
-            ));
+            );
+            let candidates = scope
+                .iter()
+                .map(String::as_str)
+                .chain(keywords.iter().copied())
+                .chain(["in_channels", "in_height", "in_width", "in_features"]);
+            let lower = name.to_ascii_lowercase();
+            if let Some(s) = closest(name, candidates) {
+                d = d.with_help(format!("did you mean `{s}`?"));
+            } else if what.contains("`true`") && (lower == "true" || lower == "false") {
+                d = d.with_help(format!("write `{lower}`"));
+            } else if !scope.is_empty() {
+                d = d.with_note(format!(
+                    "parameters in scope: {}",
+                    scope
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            self.error(d);
         } else {
-            self.error(Diagnostic::error(
+            let mut d = Diagnostic::error(
                 format!("expected {what}, found {}", value.describe()),
                 span,
                 format!("expected {what}"),
-            ));
+            );
+            match value {
+                Value::Int(v @ (0 | 1)) if what.contains("`true`") => {
+                    d = d.with_help(format!("write `{}`", *v == 1));
+                }
+                Value::Float(f) if what.contains("integer") && f.fract() == 0.0 => {
+                    d = d.with_help(format!("write `{f:.0}`, without the decimal point"));
+                }
+                _ => {}
+            }
+            self.error(d);
         }
     }
 
@@ -1315,7 +1593,7 @@ impl<'a> Elab<'a> {
             Some((Value::Int(v), span)) => {
                 if *v < min {
                     self.error(Diagnostic::error(
-                        format!("this must be at least {min}, found {v}"),
+                        format!("`{}` must be at least {min}, found {v}", bound.names[i]),
                         *span,
                         format!("must be ≥ {min}"),
                     ));
@@ -1327,7 +1605,7 @@ impl<'a> Elab<'a> {
             }
             Some((value, span)) => {
                 let (value, span) = (value.clone(), *span);
-                self.symbol_or_error(&value, span, "an integer");
+                self.symbol_or_error(&value, span, "an integer", &bound.scope, &[]);
                 self.poisoned = true;
                 default.max(min)
             }
@@ -1358,7 +1636,7 @@ impl<'a> Elab<'a> {
             Some((a, b)) => {
                 let bad = if a < min { a } else { b };
                 let mut d = Diagnostic::error(
-                    format!("{what} must be at least {min}, found {bad}"),
+                    format!("`{}` must be at least {min}, found {bad}", bound.names[i]),
                     span,
                     format!("must be ≥ {min}"),
                 );
@@ -1370,10 +1648,17 @@ impl<'a> Elab<'a> {
                 (a.max(min), b.max(min))
             }
             None => {
+                let keywords: &[&str] = if what == "padding" {
+                    &["same", "valid"]
+                } else {
+                    &[]
+                };
                 self.symbol_or_error(
                     &value,
                     span,
                     &format!("{what} as an integer or a pair `(h, w)`"),
+                    &bound.scope,
+                    keywords,
                 );
                 self.poisoned = true;
                 (default.0.max(min), default.1.max(min))
@@ -1387,7 +1672,7 @@ impl<'a> Elab<'a> {
             Some((Value::Bool(b), _)) => *b,
             Some((value, span)) => {
                 let (value, span) = (value.clone(), *span);
-                self.symbol_or_error(&value, span, "`true` or `false`");
+                self.symbol_or_error(&value, span, "`true` or `false`", &bound.scope, &[]);
                 self.poisoned = true;
                 default
             }
@@ -1401,20 +1686,29 @@ impl<'a> Elab<'a> {
             Some((Value::Float(v), span)) => (*v, *span),
             Some((value, span)) => {
                 let (value, span) = (value.clone(), *span);
-                self.symbol_or_error(&value, span, "a number");
+                self.symbol_or_error(&value, span, "a number", &bound.scope, &[]);
                 self.poisoned = true;
                 return default;
             }
         };
         if v < range.0 || v > range.1 {
-            self.error(Diagnostic::error(
-                format!(
-                    "this must be between {} and {}, found {v}",
-                    range.0, range.1
-                ),
+            let name = bound.names[i];
+            let mut d = Diagnostic::error(
+                if range.1 == f64::MAX {
+                    format!("`{name}` must be at least {}, found {v}", range.0)
+                } else {
+                    format!(
+                        "`{name}` must be between {} and {}, found {v}",
+                        range.0, range.1
+                    )
+                },
                 span,
                 "out of range",
-            ));
+            );
+            if name == "p" && v > 1.0 && v <= 100.0 {
+                d = d.with_help(format!("`p` is a probability: {v}% is `p = {}`", v / 100.0));
+            }
+            self.error(d);
             self.poisoned = true;
             return default;
         }
@@ -1457,7 +1751,15 @@ impl<'a> Elab<'a> {
             },
             Some((value, span)) => {
                 let (value, span) = (value.clone(), *span);
-                self.symbol_or_error(&value, span, &format!("one of {}", choices.join(", ")));
+                let what = format!(
+                    "one of {}",
+                    choices
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.symbol_or_error(&value, span, &what, &bound.scope, &[]);
                 self.poisoned = true;
                 default
             }
@@ -1487,7 +1789,9 @@ impl<'a> Elab<'a> {
             _ => None,
         };
         if let Some(a) = act {
-            let _ = bind!([Spec::opt("inplace", &[])]);
+            let b = bind!([Spec::opt("inplace", &[])]);
+            // Accepted for PyTorch familiarity; it changes nothing here.
+            self.get_bool(&b, 0, false);
             return self.simple(Op::Activation(a), input, span, &place);
         }
         match op {
@@ -1536,7 +1840,13 @@ impl<'a> Elab<'a> {
                     self.error(
                         Diagnostic::error("`padding = same` needs stride 1", s, "with a stride above 1")
                             .with_note(format!("the stride here is {}", pair_text(stride)))
-                            .with_help("PyTorch rejects this too; give the padding as a number, e.g. `p = (k − 1)/2`"),
+                            .with_help(format!(
+                                "PyTorch rejects this too; give the padding as a number: `padding = {}`",
+                                pair_text((
+                                    dilation.0.saturating_mul(kernel.0 - 1) / 2,
+                                    dilation.1.saturating_mul(kernel.1 - 1) / 2
+                                ))
+                            )),
                     );
                     return self.unknown(span);
                 }
@@ -1669,6 +1979,7 @@ impl<'a> Elab<'a> {
             "dropout" | "dropout2d" => {
                 let b = bind!([Spec::opt("p", &[]), Spec::opt("inplace", &[])]);
                 let p = F64(self.get_float(&b, 0, 0.5, (0.0, 1.0)));
+                self.get_bool(&b, 1, false);
                 if op == "dropout2d" {
                     self.needs_maps(op, &input, span);
                     self.simple(Op::Dropout2d { p }, input, span, &place)
@@ -1684,18 +1995,39 @@ impl<'a> Elab<'a> {
                             match crate::shape::checked_product(&[c, h, w]) {
                                 Some(n) => PShape::Flat(Some(n)),
                                 None => {
-                                    self.error(Diagnostic::error(
-                                        "`flatten` size overflows",
-                                        span,
-                                        "too many features",
-                                    ));
+                                    self.error(
+                                        Diagnostic::error(
+                                            "`flatten` size overflows",
+                                            span,
+                                            "too many features",
+                                        )
+                                        .with_note(
+                                            match (c as i128)
+                                                .checked_mul(h as i128)
+                                                .and_then(|v| v.checked_mul(w as i128))
+                                            {
+                                                Some(n) => format!(
+                                                    "{c}·{h}·{w} = {n}, more than {}",
+                                                    i64::MAX
+                                                ),
+                                                None => {
+                                                    format!("{c}·{h}·{w} is more than {}", i64::MAX)
+                                                }
+                                            },
+                                        )
+                                        .with_secondary(
+                                            input.span,
+                                            format!("the input is {} here", input.shape.show()),
+                                        ),
+                                    );
                                     PShape::Flat(None)
                                 }
                             }
                         }
                         _ => PShape::Flat(None),
                     },
-                    other => other,
+                    PShape::Flat(n) => PShape::Flat(n),
+                    PShape::Unknown => PShape::Flat(None),
                 };
                 self.push(Op::Flatten, &[input], shape, place_name(&place), span)
             }
@@ -1719,16 +2051,33 @@ impl<'a> Elab<'a> {
                     let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
                     self.error(
                         Diagnostic::error(format!("`{op}` over dimension {dim} is not supported"), s, "only dim = 1")
-                            .with_note("cnnc normalises over the class (channel) dimension, dim = 1, as classifiers do"),
+                            .with_note("cnnc normalises over the class (channel) dimension, dim = 1, as classifiers do")
+                            .with_help(if dim == 0 {
+                                "dimension 0 is the batch; use `dim = 1`"
+                            } else {
+                                "use `dim = 1`"
+                            }),
                     );
                     return self.unknown(span);
                 }
                 if dim == -1 && matches!(input.shape, PShape::Chw(..)) {
-                    self.error(Diagnostic::error(
-                        format!("`{op}` over the last dimension of feature maps is not supported"),
-                        span,
-                        "use dim = 1",
-                    ));
+                    let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    self.error(
+                        Diagnostic::error(
+                            format!(
+                                "`{op}` over the last dimension of feature maps is not supported"
+                            ),
+                            s,
+                            "the last dimension is the width here",
+                        )
+                        .with_secondary(
+                            input.span,
+                            format!("the input is feature maps {} here", input.shape.show()),
+                        )
+                        .with_help(format!(
+                            "use `{op}(dim = 1)` to normalise over channels, or `flatten` first"
+                        )),
+                    );
                     return self.unknown(span);
                 }
                 let node_op = if op == "softmax" {
@@ -1744,6 +2093,7 @@ impl<'a> Elab<'a> {
                     Spec::opt("inplace", &[])
                 ]);
                 let slope = self.get_float(&b, 0, 0.01, (f64::MIN, f64::MAX));
+                self.get_bool(&b, 1, false);
                 self.simple(
                     Op::Activation(Activation::LeakyRelu(F64(slope))),
                     input,
@@ -1754,6 +2104,7 @@ impl<'a> Elab<'a> {
             "elu" => {
                 let b = bind!([Spec::opt("alpha", &[]), Spec::opt("inplace", &[])]);
                 let alpha = self.get_float(&b, 0, 1.0, (f64::MIN, f64::MAX));
+                self.get_bool(&b, 1, false);
                 self.simple(
                     Op::Activation(Activation::Elu(F64(alpha))),
                     input,
@@ -1780,6 +2131,10 @@ impl<'a> Elab<'a> {
             _ => {
                 let mut candidates: Vec<&str> = LAYERS.to_vec();
                 candidates.extend(self.decls.blocks.keys().map(|k| k.as_str()));
+                if self.decls.missing_includes && closest(op, candidates.iter().copied()).is_none()
+                {
+                    return self.unknown(span);
+                }
                 let mut d = Diagnostic::error(
                     format!("unknown layer or block `{op}`"),
                     call.name.span,
@@ -1843,7 +2198,12 @@ impl<'a> Elab<'a> {
         unused: bool,
     ) -> Val {
         let named = self.require_name("conv", place, span);
-        let PShape::Chw(mut c, h, w) = self.needs_maps("conv", &input, span) else {
+        // After an earlier error the input is unknown; still check the arguments.
+        let maps = match input.shape {
+            PShape::Unknown => PShape::Chw(None, None, None),
+            _ => self.needs_maps("conv", &input, span),
+        };
+        let PShape::Chw(mut c, h, w) = maps else {
             return self.unknown(span);
         };
         let mut ok = named;
@@ -1887,12 +2247,24 @@ impl<'a> Elab<'a> {
                     "a grouped convolution splits channels into {} equal groups",
                     a.groups
                 ));
-                let divisors: Vec<i64> = (1..=a.groups.min(4096))
-                    .filter(|g| c % g == 0 && a.out % g == 0)
-                    .collect();
-                if let Some(g) = divisors.last() {
-                    d = d.with_help(format!("groups = {g} divides both {c} and {}", a.out));
-                }
+                let g = a.groups;
+                let best = (1..=g.min(4096))
+                    .filter(|d| c % d == 0 && a.out % d == 0)
+                    .last()
+                    .unwrap_or(1);
+                let multiple = a.out.checked_add(g - 1).map(|v| v / g * g);
+                d = match multiple {
+                    _ if best > 1 => {
+                        d.with_help(format!("groups = {best} divides both {c} and {}", a.out))
+                    }
+                    Some(m) if c % g == 0 => d.with_help(format!(
+                        "make the output channels a multiple of {g} (e.g. {m}), or use fewer groups"
+                    )),
+                    _ => d.with_help(format!(
+                        "groups must divide both {c} and {}; groups = 1 is an ordinary convolution",
+                        a.out
+                    )),
+                };
                 self.error(d);
                 ok = false;
             }
@@ -1909,6 +2281,13 @@ impl<'a> Elab<'a> {
             }
         };
         let mut dims = [None, None];
+        // Both axes alike: report a problem once, for height and width together.
+        let square = h.is_some()
+            && h == w
+            && a.kernel.0 == a.kernel.1
+            && a.stride.0 == a.stride.1
+            && pad_h == pad_w
+            && a.dilation.0 == a.dilation.1;
         for (axis, (size, kernel, stride, pad, dilation)) in [
             (h, a.kernel.0, a.stride.0, pad_h, a.dilation.0),
             (w, a.kernel.1, a.stride.1, pad_w, a.dilation.1),
@@ -1917,26 +2296,43 @@ impl<'a> Elab<'a> {
         .enumerate()
         {
             let Some(size) = size else { continue };
+            if square && axis == 1 {
+                dims[1] = dims[0];
+                continue;
+            }
             let axis_name = if axis == 0 { "height" } else { "width" };
+            let limit = if a.mode == PaddingMode::Circular {
+                size
+            } else {
+                size - 1
+            };
             if a.mode != PaddingMode::Zeros
                 && a.mode != PaddingMode::Replicate
-                && pad.0.max(pad.1) >= size + (a.mode == PaddingMode::Circular) as i64
+                && pad.0.max(pad.1) > limit
             {
+                let input_text = if square {
+                    format!("a {size}×{size} input")
+                } else {
+                    format!("an input {axis_name} of {size}")
+                };
                 self.error(
                     Diagnostic::error(
                         format!(
-                            "{} padding of {} is too large for an input {axis_name} of {size}",
+                            "{} padding of {} is too large for {input_text}",
                             a.mode.name(),
                             pad.0.max(pad.1)
                         ),
                         args_span,
-                        "padding too large",
+                        format!("at most {limit} here"),
                     )
                     .with_note(if a.mode == PaddingMode::Reflect {
-                        "reflect padding must be smaller than the input size"
+                        "reflect padding mirrors the input without its edge, so it must be smaller than the input"
                     } else {
-                        "circular padding must not exceed the input size"
-                    }),
+                        "circular padding wraps the input around, so it cannot exceed the input"
+                    })
+                    .with_help(format!(
+                        "use padding ≤ {limit}, or `padding_mode = replicate` or `zeros`"
+                    )),
                 );
                 ok = false;
                 continue;
@@ -1950,7 +2346,7 @@ impl<'a> Elab<'a> {
                 dilation,
                 ceil_mode: false,
             };
-            dims[axis] = self.window_size("conv", axis_name, &window, args_span, &input);
+            dims[axis] = self.window_size("conv", axis_name, square, &window, args_span, &input);
             ok &= dims[axis].is_some();
         }
         let in_c = c.unwrap_or(0);
@@ -2006,26 +2402,34 @@ impl<'a> Elab<'a> {
         out
     }
 
-    /// Applies the size rule on one axis, reporting an empty output with its arithmetic.
+    /// Applies the size rule on one axis, reporting an empty output with its
+    /// arithmetic. `square` says the other axis is the same, so one report covers both.
+    #[allow(clippy::too_many_arguments)]
     fn window_size(
         &mut self,
         op: &str,
         axis: &str,
+        square: bool,
         window: &Window,
         span: Span,
         input: &Val,
     ) -> Option<i64> {
         let sized = window.output();
+        let (what, axes) = if square {
+            ("size", "height and width")
+        } else {
+            (axis, axis)
+        };
         match sized.result {
             Ok(v) => Some(v),
             Err(SizeError::Overflow) => {
                 self.error(
                     Diagnostic::error(
-                        format!("`{op}` output {axis} overflows"),
+                        format!("`{op}` output {what} overflows"),
                         span,
                         "arithmetic overflow",
                     )
-                    .with_note(sized.arithmetic),
+                    .with_note(format!("{axes}: {}", sized.arithmetic)),
                 );
                 None
             }
@@ -2034,35 +2438,46 @@ impl<'a> Elab<'a> {
                     .dilation
                     .saturating_mul(window.kernel - 1)
                     .saturating_add(1);
-                let padded = window.input + window.pad_before + window.pad_after;
-                let label = if extent > padded {
-                    format!("a {}-wide window does not fit in {padded}", extent)
+                let padded = window
+                    .input
+                    .saturating_add(window.pad_before)
+                    .saturating_add(window.pad_after);
+                let padded_text = if window.pad_before + window.pad_after > 0 {
+                    "padded input"
                 } else {
-                    format!("output {axis} would be {v}")
+                    "input"
+                };
+                let label = match (extent > padded, square) {
+                    (true, true) => format!(
+                        "the {extent}×{extent} window is larger than the {padded}×{padded} {padded_text}"
+                    ),
+                    (true, false) => format!(
+                        "the window's {axis} {extent} is more than the {padded_text} {axis} {padded}"
+                    ),
+                    (false, _) => format!("the output {what} would be {}", minus(v)),
                 };
                 let mut d = Diagnostic::error(
                     format!(
-                        "`{op}` output {axis} is {}, the input is too small",
-                        if v < 0 {
-                            format!("−{}", v.unsigned_abs())
-                        } else {
-                            v.to_string()
-                        }
+                        "`{op}` output {what} is {}, the input is too small",
+                        minus(v)
                     ),
                     span,
                     label,
                 )
-                .with_note(format!("{axis}: {}", sized.arithmetic))
+                .with_note(format!("{axes}: {}", sized.arithmetic))
                 .with_secondary(
                     input.span,
                     format!("the input is {} here", input.shape.show()),
                 );
+                let size = if square {
+                    format!("{0}×{0}", window.input)
+                } else {
+                    format!("{axis} {}", window.input)
+                };
                 let keep = window.padding_keeping_size();
                 let fix = window.padding_for_nonempty();
                 d = match keep {
-                    Some(p) if op == "conv" => {
-                        d.with_help(format!("padding = {p} keeps {axis} {}", window.input))
-                    }
+                    Some(p) if op == "conv" => d.with_help(format!("padding = {p} keeps {size}")),
                     _ if op == "conv" => d.with_help(format!(
                         "padding = {fix} gives a non-empty output, or use a smaller kernel"
                     )),
@@ -2093,18 +2508,32 @@ impl<'a> Elab<'a> {
         args_span: Span,
     ) -> Val {
         let op_name = if max { "maxpool" } else { "avgpool" };
-        let PShape::Chw(c, h, w) = self.needs_maps(op_name, &input, span) else {
+        let maps = match input.shape {
+            PShape::Unknown => PShape::Chw(None, None, None),
+            _ => self.needs_maps(op_name, &input, span),
+        };
+        let PShape::Chw(c, h, w) = maps else {
             return self.unknown(span);
         };
         let mut dims = [None, None];
         let mut ok = true;
+        let square = h.is_some()
+            && h == w
+            && kernel.0 == kernel.1
+            && stride.0 == stride.1
+            && padding.0 == padding.1
+            && dilation.0 == dilation.1;
         for (axis, size, k, s, p, d) in [
             (0, h, kernel.0, stride.0, padding.0, dilation.0),
             (1, w, kernel.1, stride.1, padding.1, dilation.1),
         ] {
+            if square && axis == 1 {
+                dims[1] = dims[0];
+                continue;
+            }
             let axis_name = if axis == 0 { "height" } else { "width" };
-            // PyTorch: padding at most half the (effective) kernel.
-            let limit = if max { (d * (k - 1) + 1) / 2 } else { k / 2 };
+            // PyTorch: padding at most half the kernel size (not the dilated extent).
+            let limit = k / 2;
             if p > limit {
                 self.error(
                     Diagnostic::error(
@@ -2130,7 +2559,7 @@ impl<'a> Elab<'a> {
                 dilation: d,
                 ceil_mode,
             };
-            dims[axis] = self.window_size(op_name, axis_name, &window, args_span, &input);
+            dims[axis] = self.window_size(op_name, axis_name, square, &window, args_span, &input);
             ok &= dims[axis].is_some();
         }
         let op = if max {
@@ -2235,6 +2664,8 @@ impl<'a> Elab<'a> {
     ) -> Val {
         let named = self.require_name("linear", place, span);
         let in_features = match input.shape {
+            // An `unused` layer is connected to nothing: `in_features` gives its size.
+            _ if unused && in_check.is_some() => in_check.map(|(n, _)| n),
             PShape::Flat(n) => n,
             PShape::Chw(c, h, w) => {
                 let product = match (c, h, w) {
@@ -2262,9 +2693,10 @@ impl<'a> Elab<'a> {
                 self.error(d);
                 return self.unknown(span);
             }
-            PShape::Unknown => return self.unknown(span),
+            // After an earlier error: the output size is still known.
+            PShape::Unknown => None,
         };
-        if let (Some((expected, s)), Some(n)) = (in_check, in_features) {
+        if let (false, Some((expected, s)), Some(n)) = (unused, in_check, in_features) {
             if expected != n {
                 self.error(
                     Diagnostic::error(
@@ -2322,11 +2754,61 @@ impl<'a> Elab<'a> {
     }
 }
 
+/// ⌊x / y⌋ for y ≠ 0, or `None` on overflow.
+fn floor_div(x: i64, y: i64) -> Option<i64> {
+    let q = x.checked_div(y)?;
+    if x % y != 0 && ((x < 0) != (y < 0)) {
+        q.checked_sub(1)
+    } else {
+        Some(q)
+    }
+}
+
 fn place_name(place: &Place) -> &str {
     if place.own {
         &place.path
     } else {
         ""
+    }
+}
+
+/// A number with a real minus sign, as the size formulas print it.
+fn minus(v: i64) -> String {
+    if v < 0 {
+        format!("−{}", v.unsigned_abs())
+    } else {
+        v.to_string()
+    }
+}
+
+/// Source-like text of a small expression (names, numbers, arithmetic), for notes.
+fn expr_text(e: &Expr) -> Option<String> {
+    let operand = |e: &Expr| match &e.kind {
+        ExprKind::Binary(..) => expr_text(e).map(|t| format!("({t})")),
+        _ => expr_text(e),
+    };
+    Some(match &e.kind {
+        ExprKind::Int(v) => v.to_string(),
+        ExprKind::Name(n) => n.clone(),
+        ExprKind::Neg(inner) => format!("-{}", operand(inner)?),
+        ExprKind::Binary(op, l, r) => format!("{} {} {}", operand(l)?, op.symbol(), operand(r)?),
+        _ => return None,
+    })
+}
+
+/// `text = ` when the expression is more than its value, for arithmetic notes.
+fn expr_prefix(e: &Expr, value: &str) -> String {
+    match expr_text(e) {
+        Some(t) if t != value => format!("{t} = "),
+        _ => String::new(),
+    }
+}
+
+/// The `unused` keyword at the start of an item marked `unused`.
+fn unused_keyword(item: &Item) -> Span {
+    Span {
+        end: (item.span.start + "unused".len()).min(item.span.end),
+        ..item.span
     }
 }
 
@@ -2348,18 +2830,25 @@ pub fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Opt
         .map(|(_, c)| c)
 }
 
+/// Edit distance counting an insertion, a deletion, a substitution or a swap
+/// of two neighbouring characters (`bais` for `bias`) as one edit.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+    // Three rows of the table: distances from a[..i-2], a[..i-1] and a[..i] to every b[..j].
+    let mut before: Vec<usize> = (0..=b.len()).collect();
+    let mut prev: Vec<usize> = before.clone();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (prev[j - 1] + cost).min(prev[j] + 1).min(cur[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            cur[j] = best;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }

@@ -7,7 +7,7 @@
 //! f64 accumulation in contiguous inner loops and running independent
 //! (image, channel) planes in parallel.
 
-use crate::ir::{Activation, Graph, Op, PaddingMode, Shape};
+use crate::ir::{Activation, Epilogue, Graph, Node, Op, PaddingMode, Prologue, Shape};
 use crate::weights::BoundWeights;
 use rayon::prelude::*;
 
@@ -57,9 +57,19 @@ pub fn evaluate(
             })
             .collect::<Result<_, _>>()?;
         let in_shapes: Vec<Shape> = node.inputs.iter().map(|&i| graph.nodes[i].shape).collect();
-        let out = run_node(
-            &node.op, &node.name, weights, n, &inputs, &in_shapes, node.shape,
-        )?;
+        let mut out = if node.fusion.prologue == Some(Prologue::GlobalAvgPool) {
+            let pooled = global_average(inputs[0], n, in_shapes[0]);
+            let flat = Shape::Flat(in_shapes[0].channels());
+            run_node(&node.op, node, weights, n, &[&pooled], &[flat], node.shape)?
+        } else {
+            run_node(&node.op, node, weights, n, &inputs, &in_shapes, node.shape)?
+        };
+        for e in &node.fusion.epilogue {
+            match *e {
+                Epilogue::Activation(a) => out.iter_mut().for_each(|v| *v = activate(a, *v)),
+                Epilogue::AddInput(k) => out.iter_mut().zip(inputs[k]).for_each(|(v, r)| *v += r),
+            }
+        }
         debug_assert_eq!(out.len(), n * node.shape.numel() as usize);
         values[id] = Some(out);
         for &i in &node.inputs {
@@ -87,7 +97,7 @@ fn chw(shape: Shape) -> (usize, usize, usize) {
 
 fn run_node(
     op: &Op,
-    name: &str,
+    node: &Node,
     weights: &BoundWeights,
     n: usize,
     inputs: &[&[f64]],
@@ -95,7 +105,10 @@ fn run_node(
     out_shape: Shape,
 ) -> Result<Vec<f64>, String> {
     let x = inputs[0];
+    let name = node.name.as_str();
     let get = |suffix: &str| weights.get(&format!("{name}.{suffix}"));
+    // A folded batch norm leaves a bias even where the layer had none.
+    let has_bias = |bias: bool| bias || node.fusion.folded_batchnorm.is_some();
     Ok(match *op {
         Op::Input => x.to_vec(),
         Op::Conv2d {
@@ -110,7 +123,7 @@ fn run_node(
             padding_mode,
         } => {
             let w = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
-            let b = if bias {
+            let b = if has_bias(bias) {
                 Some(get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?)
             } else {
                 None
@@ -318,7 +331,7 @@ fn run_node(
             bias,
         } => {
             let w = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
-            let b = if bias {
+            let b = if has_bias(bias) {
                 Some(get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?)
             } else {
                 None
@@ -372,6 +385,14 @@ fn run_node(
             out
         }
     })
+}
+
+/// Mean of each H×W map: `[n, C, H, W]` → `[n, C]`.
+fn global_average(x: &[f64], n: usize, shape: Shape) -> Vec<f64> {
+    let (c, h, w) = chw(shape);
+    (0..n * c)
+        .map(|i| x[i * h * w..(i + 1) * h * w].iter().sum::<f64>() / (h * w) as f64)
+        .collect()
 }
 
 /// One elementwise activation, as PyTorch defines it.

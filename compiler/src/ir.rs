@@ -405,6 +405,54 @@ pub struct Node {
     /// Block call sites, outermost first, through which this node was reached.
     #[serde(skip)]
     pub call_stack: Vec<Span>,
+    /// What fusion passes merged into this node; empty in a checked graph.
+    pub fusion: Fusion,
+}
+
+/// Work a fused node does besides its op. The passes in `passes.rs` fill it;
+/// every backend must honour it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Fusion {
+    /// A batch norm folded into this conv/linear's weights and bias (its module path).
+    pub folded_batchnorm: Option<FoldedBatchNorm>,
+    /// Reductions applied to the input before the op (only global average pooling before `linear`).
+    pub prologue: Option<Prologue>,
+    /// Applied in order to each output element after the op (and bias).
+    pub epilogue: Vec<Epilogue>,
+    /// The output aliases memory that other nodes write: a flatten (a
+    /// reshape of a contiguous tensor) or a concat whose inputs write their
+    /// channel slices in place. No kernel runs for a view.
+    pub view: bool,
+    /// The layers merged into this node, for reports and kernel comments.
+    pub merged: Vec<MergedLayer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FoldedBatchNorm {
+    pub name: String,
+    pub eps: F64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Prologue {
+    /// Mean over each channel's H×W map of the input (adaptive_avgpool(1) then flatten).
+    GlobalAvgPool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Epilogue {
+    Activation(Activation),
+    /// Add the value of `inputs[index]` elementwise (a residual connection).
+    AddInput(usize),
+}
+
+/// A layer of the checked graph that a fused node now carries.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MergedLayer {
+    pub op: String,
+    pub name: String,
+    #[serde(skip)]
+    pub span: Span,
 }
 
 /// What a `state_dict` entry holds.
@@ -483,6 +531,57 @@ impl Graph {
         self.nodes.iter().map(|n| n.op.macs(&n.shape)).sum()
     }
 
+    /// What, if anything, is too large to count in an `i64`: a tensor or
+    /// parameter size, a layer's MACs, or a total (with f32 bytes for memory).
+    /// The checker rejects such models, so the counts above need no checks.
+    pub fn count_overflow(&self) -> Option<&'static str> {
+        use crate::shape::checked_product;
+        const F32: i64 = 4;
+        let (mut activations, mut macs, mut params) = (0i64, 0i64, 0i64);
+        for node in &self.nodes {
+            let Some(numel) = checked_product(&node.shape.dims()) else {
+                return Some("the size of a tensor");
+            };
+            let layer = match node.op {
+                Op::Conv2d {
+                    in_channels,
+                    kernel,
+                    groups,
+                    ..
+                } => in_channels
+                    .checked_div(groups)
+                    .and_then(|c| checked_product(&[numel, c, kernel.0, kernel.1])),
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => in_features.checked_mul(out_features),
+                _ => Some(0),
+            };
+            macs = match layer.and_then(|m| macs.checked_add(m)) {
+                Some(m) => m,
+                None => return Some("the number of multiply-accumulates"),
+            };
+            activations = match activations.checked_add(numel) {
+                Some(a) => a,
+                None => return Some("the activation memory"),
+            };
+        }
+        for p in &self.params {
+            params = match checked_product(&p.shape).and_then(|n| params.checked_add(n)) {
+                Some(n) => n,
+                None => return Some("the number of parameters"),
+            };
+        }
+        if activations.checked_mul(F32).is_none() {
+            return Some("the activation memory");
+        }
+        if params.checked_mul(F32).is_none() {
+            return Some("the parameter memory");
+        }
+        None
+    }
+
     /// Parameters owned by one node (what its row in a summary counts).
     pub fn node_params(&self, id: NodeId) -> i64 {
         self.params
@@ -537,12 +636,63 @@ impl Graph {
             if node.shape.dims().iter().any(|&d| d < 1) {
                 return Err(format!("node {id} has an empty shape {}", node.shape));
             }
+            let adds = node
+                .fusion
+                .epilogue
+                .iter()
+                .filter(|e| matches!(e, Epilogue::AddInput(_)))
+                .count();
             let expected_inputs = match node.op {
                 Op::Input => 0..=0,
                 Op::Add => 2..=2,
                 Op::Concat => 1..=usize::MAX,
-                _ => 1..=1,
+                _ => 1 + adds..=1 + adds,
             };
+            let gemm = matches!(node.op, Op::Conv2d { .. } | Op::Linear { .. });
+            if !gemm
+                && (node.fusion.folded_batchnorm.is_some()
+                    || !node.fusion.epilogue.is_empty()
+                    || node.fusion.prologue.is_some())
+            {
+                return Err(format!(
+                    "node {id} ({}) carries fused work but is not a conv or linear layer",
+                    node.op.name()
+                ));
+            }
+            if node.fusion.view && !matches!(node.op, Op::Flatten | Op::Concat) {
+                return Err(format!(
+                    "node {id} ({}) is marked as a view",
+                    node.op.name()
+                ));
+            }
+            for e in &node.fusion.epilogue {
+                if let Epilogue::AddInput(k) = *e {
+                    if k == 0
+                        || k >= node.inputs.len()
+                        || self.nodes[node.inputs[k]].shape != node.shape
+                    {
+                        return Err(format!("node {id} adds an input of the wrong shape"));
+                    }
+                }
+            }
+            let input_shape_ok = match (&node.op, node.inputs.first().map(|&i| self.nodes[i].shape))
+            {
+                (Op::Linear { in_features, .. }, Some(Shape::Flat(f))) => {
+                    node.fusion.prologue.is_none() && f == *in_features
+                }
+                (Op::Linear { in_features, .. }, Some(Shape::Chw(c, _, _))) => {
+                    node.fusion.prologue == Some(Prologue::GlobalAvgPool) && c == *in_features
+                }
+                (Op::Conv2d { in_channels, .. }, Some(Shape::Chw(c, _, _))) => c == *in_channels,
+                (Op::Conv2d { .. }, _) => false,
+                _ => true,
+            };
+            if !input_shape_ok {
+                return Err(format!(
+                    "node {id} ({}) reads an input of the wrong shape",
+                    node.op.name()
+                ));
+            }
             if !expected_inputs.contains(&node.inputs.len()) {
                 return Err(format!(
                     "node {id} ({}) has {} inputs",

@@ -17,6 +17,7 @@ pub mod check;
 pub mod diag;
 pub mod eval;
 pub mod ir;
+pub mod passes;
 pub mod shape;
 pub mod source;
 pub mod summary;
@@ -97,12 +98,22 @@ pub fn compile_file(
     path: &Path,
     overrides: &BTreeMap<String, Value>,
 ) -> Result<Compilation, UsageError> {
+    compile_file_at(path, overrides, None)
+}
+
+/// Like [`compile_file`], with every model's input height and width replaced.
+pub fn compile_file_at(
+    path: &Path,
+    overrides: &BTreeMap<String, Value>,
+    input_hw: Option<(i64, i64)>,
+) -> Result<Compilation, UsageError> {
     let text = read_source(path).map_err(UsageError)?;
     Ok(compile_with(
         path.display().to_string(),
         text,
         path.parent().map(Path::to_path_buf),
         overrides,
+        input_hw,
     ))
 }
 
@@ -114,6 +125,7 @@ pub fn compile_source(name: &str, text: &str, overrides: &BTreeMap<String, Value
         SourceText::Text(text.to_string()),
         dir,
         overrides,
+        None,
     )
 }
 
@@ -139,8 +151,20 @@ fn read_source(path: &Path) -> Result<SourceText, String> {
             meta.len()
         ));
     }
-    let bytes = std::fs::read(path)
+    // Read at most one byte past the limit: a device such as /dev/zero reports length 0.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            let mut limited = std::io::Read::take(f, MAX_FILE_BYTES + 1);
+            std::io::Read::read_to_end(&mut limited, &mut bytes)
+        })
         .map_err(|e| format!("cannot read `{}`: {}", path.display(), io_reason(&e)))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "`{}` is more than {MAX_FILE_BYTES} bytes, the limit for .cnn files",
+            path.display()
+        ));
+    }
     Ok(match String::from_utf8(bytes) {
         Ok(text) => SourceText::Text(text),
         Err(e) => {
@@ -195,6 +219,7 @@ fn compile_with(
     text: SourceText,
     dir: Option<PathBuf>,
     overrides: &BTreeMap<String, Value>,
+    input_hw: Option<(i64, i64)>,
 ) -> Compilation {
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
@@ -209,8 +234,13 @@ fn compile_with(
     // Parse the root, then what it includes, transitively; each file is read once.
     let mut queue = vec![(root, dir)];
     let mut seen: HashMap<PathBuf, FileId> = HashMap::new();
+    let mut missing_includes = false;
     while let Some((file, dir)) = queue.pop() {
         let (parsed, mut diags) = syntax::parse(file, sources.text(file));
+        // A syntax error on an `include` line loses the include.
+        missing_includes |= diags
+            .iter()
+            .any(|d| line_at(sources.text(file), d.primary.span.start).starts_with("include"));
         diagnostics.append(&mut diags);
         for decl in &parsed.decls {
             let Decl::Include(include) = decl else {
@@ -228,16 +258,21 @@ fn compile_with(
                     {
                         seen.insert(key, id);
                         queue.push((id, path.parent().map(Path::to_path_buf)));
+                    } else {
+                        missing_includes = true;
                     }
                 }
-                Err(reason) => diagnostics.push(
-                    Diagnostic::error(
-                        format!("cannot include `{}`", include.path),
-                        include.span,
-                        reason,
+                Err(reason) => {
+                    missing_includes = true;
+                    diagnostics.push(
+                        Diagnostic::error(
+                            format!("cannot include `{}`", include.path),
+                            include.span,
+                            reason,
+                        )
+                        .with_note("include paths are relative to the including file"),
                     )
-                    .with_note("include paths are relative to the including file"),
-                ),
+                }
             }
         }
         files.push(parsed);
@@ -285,39 +320,88 @@ fn compile_with(
         }
     }
     if model_decls.is_empty() && diagnostics.is_empty() {
-        let end = sources.text(root).len();
-        diagnostics.push(
-            Diagnostic::error(
-                "no model in this file",
-                Span::new(root, end..end),
-                "expected `model name { ... }`",
-            )
-            .with_help(
-                "a model starts with `model name {` and its first line is `input [C, H, W]`",
-            ),
+        let text = sources.text(root);
+        let end = text.len();
+        let blank = text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        let has_blocks = files
+            .iter()
+            .any(|f| f.file == root && f.decls.iter().any(|d| matches!(d, Decl::Block(_))));
+        let mut d = Diagnostic::error(
+            "no model in this file",
+            Span::new(root, end..end),
+            if blank {
+                "the file is empty"
+            } else {
+                "expected `model name { ... }`"
+            },
         );
+        d = if has_blocks {
+            d.with_help(
+                "this file only declares blocks; `include` it from a file that declares a model",
+            )
+        } else {
+            d.with_help(
+                "a model starts with `model name {` and its first line is `input [C, H, W]`",
+            )
+        };
+        diagnostics.push(d);
     }
-    let decls = Declarations { blocks };
+    let decls = Declarations {
+        blocks,
+        missing_includes,
+    };
     let mut models = Vec::new();
-    for model in model_decls {
+    for model in model_decls.iter().copied() {
         // Only the settings a model declares apply to it.
         let mine: BTreeMap<String, Value> = overrides
             .iter()
             .filter(|(k, _)| model.params.iter().any(|p| &p.name.text == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let (graph, mut diags) = check::check_model(&decls, model, &mine);
+        let (graph, mut diags) = check::check_model_at(&decls, model, &mine, input_hw);
         diagnostics.append(&mut diags);
         models.push(CheckedModel {
             name: model.name.text.clone(),
             graph,
         });
     }
+    // A model without a graph must have an error to show (and exit code 1).
+    if !diagnostics.iter().any(|d| d.is_error()) {
+        for (model, decl) in models.iter().zip(&model_decls) {
+            if model.graph.is_none() {
+                diagnostics.push(Diagnostic::error(
+                    format!(
+                        "internal error: model `{}` could not be checked",
+                        model.name
+                    ),
+                    decl.name.span,
+                    "no error was reported for it",
+                ));
+            }
+        }
+    }
+    // In file order, each once (a block used by two models reports its error once).
+    diagnostics.sort_by_key(|d| (d.primary.span.file, d.primary.span.start));
+    let mut seen = std::collections::HashSet::new();
+    diagnostics.retain(|d| seen.insert((d.message.clone(), d.primary.span)));
     Compilation {
         sources,
         models,
         diagnostics,
     }
+}
+
+/// The text of the line containing `offset`, from its start.
+fn line_at(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text
+        .get(..offset)
+        .and_then(|t| t.rfind('\n'))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    text.get(start..).unwrap_or("")
 }
 
 /// Settings that no model in the file declares (a command-line mistake).

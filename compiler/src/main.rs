@@ -162,9 +162,27 @@ fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
 }
 
 fn check(files: &[PathBuf], set: &[String]) -> Result<ExitCode, UsageError> {
+    // A setting applies to the models that declare it; it is a mistake only
+    // if no file given declares it.
+    let overrides = parse_settings(set)?;
+    let mut unknown: Vec<String> = overrides.keys().cloned().collect();
+    for file in files {
+        let missing = unknown_settings(file, &overrides);
+        unknown.retain(|k| missing.contains(k));
+    }
+    if !unknown.is_empty() {
+        return Err(UsageError(format!(
+            "no model in the files given has a parameter {}",
+            unknown
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut failed = false;
     for file in files {
-        let compilation = load(file, set)?;
+        let compilation = compile_file(file, &overrides)?;
         for model in &compilation.models {
             if let Some(graph) = &model.graph {
                 println!("{}", summary::check_line(graph));
@@ -300,6 +318,12 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
+    // Fail on an unwritable --output before reading weights or evaluating.
+    if let Some(path) = &args.output {
+        if let Err(e) = cnnc_runtime::output::check_target(path) {
+            return Ok(fail(e));
+        }
+    }
     let index = args
         .index
         .as_deref()
@@ -467,6 +491,9 @@ fn init(
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
+    if let Err(e) = cnnc_runtime::output::check_target(output) {
+        return Ok(fail(e));
+    }
     let weights = match cnnc::weights::init(&graph, scheme, seed) {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),

@@ -105,6 +105,59 @@ pub fn bind(graph: &Graph, file: &WeightFile, sources: &SourceMap) -> Result<Bou
     Err(message.trim_end().to_string())
 }
 
+/// Weights as a fused graph uses them: each batch norm folded into the conv or
+/// linear layer before it, w' = w·γ/√(σ² + ε) per output channel and
+/// b' = (b − μ)·γ/√(σ² + ε) + β. Unfused graphs get the weights unchanged.
+pub fn prepare(graph: &Graph, weights: &BoundWeights) -> Result<BoundWeights, String> {
+    let mut out = weights.clone();
+    for node in &graph.nodes {
+        let Some(bn) = &node.fusion.folded_batchnorm else {
+            continue;
+        };
+        let (outputs, has_bias) = match node.op {
+            Op::Conv2d {
+                out_channels, bias, ..
+            } => (out_channels as usize, bias),
+            Op::Linear {
+                out_features, bias, ..
+            } => (out_features as usize, bias),
+            _ => {
+                return Err(format!(
+                    "batch norm `{}` is folded into a {}",
+                    bn.name,
+                    node.op.name()
+                ))
+            }
+        };
+        let get = |key: String| weights.get(&key).ok_or_else(|| format!("missing `{key}`"));
+        let gamma = get(format!("{}.weight", bn.name))?;
+        let beta = get(format!("{}.bias", bn.name))?;
+        let mean = get(format!("{}.running_mean", bn.name))?;
+        let var = get(format!("{}.running_var", bn.name))?;
+        let w = get(format!("{}.weight", node.name))?;
+        let per = w.len() / outputs;
+        let scale: Vec<f64> = (0..outputs)
+            .map(|o| gamma[o] / (var[o] + bn.eps.0).sqrt())
+            .collect();
+        let folded_w: Vec<f64> = w
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * scale[i / per])
+            .collect();
+        let b = if has_bias {
+            get(format!("{}.bias", node.name))?.to_vec()
+        } else {
+            vec![0.0; outputs]
+        };
+        let folded_b: Vec<f64> = (0..outputs)
+            .map(|o| (b[o] - mean[o]) * scale[o] + beta[o])
+            .collect();
+        out.values.insert(format!("{}.weight", node.name), folded_w);
+        out.values.insert(format!("{}.bias", node.name), folded_b);
+    }
+    Ok(out)
+}
+
 fn shape(s: &[usize]) -> String {
     cnnc_runtime::shape_text(s)
 }

@@ -158,8 +158,13 @@ fn select(t: Tensor, index: Option<IndexRange>) -> Result<Tensor> {
 }
 
 fn npy(bytes: &[u8], chw: [usize; 3]) -> Result<Tensor> {
-    let array =
-        npyz::NpyFile::new(bytes).map_err(|e| Error(format!("not a readable .npy file: {e}")))?;
+    let array = npyz::NpyFile::new(bytes).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error("the .npy header is truncated".to_string())
+        } else {
+            Error(format!("not a readable .npy file: {e}"))
+        }
+    })?;
     let shape: Vec<usize> = array.shape().iter().map(|&d| d as usize).collect();
     let order = array.order();
     if order == npyz::Order::Fortran {
@@ -172,6 +177,26 @@ fn npy(bytes: &[u8], chw: [usize; 3]) -> Result<Tensor> {
         npyz::DType::Plain(t) => t.to_string(),
         _ => "a structured type".to_string(),
     };
+    // Say how much is missing rather than "failed to fill whole buffer".
+    let item = match type_str.as_str() {
+        "<f4" => 4,
+        "<f8" => 8,
+        "|u1" => 1,
+        _ => 0,
+    };
+    if let (true, Some(start)) = (item > 0, npy_data_start(bytes)) {
+        let need = shape
+            .iter()
+            .try_fold(item, |acc: usize, &d| acc.checked_mul(d));
+        let have = bytes.len().saturating_sub(start);
+        if need.is_none_or(|n| have < n) {
+            return Err(Error(format!(
+                "the header promises shape {} of `{type_str}`{} but only {have} bytes of data follow (truncated?)",
+                shape_text(&shape),
+                need.map(|n| format!(" ({n} bytes)")).unwrap_or_default()
+            )));
+        }
+    }
     let data: Vec<f32> = match type_str.as_str() {
         "<f4" => array.into_vec::<f32>().map_err(read_err)?,
         "<f8" => array
@@ -215,6 +240,22 @@ fn npy(bytes: &[u8], chw: [usize; 3]) -> Result<Tensor> {
         )));
     }
     Tensor::new(full, data)
+}
+
+/// Where the data of a .npy file starts: after the magic, version, header length and header.
+fn npy_data_start(bytes: &[u8]) -> Option<usize> {
+    match bytes.get(6)? {
+        1 => Some(10 + u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?]) as usize),
+        2 | 3 => Some(
+            12 + u32::from_le_bytes([
+                *bytes.get(8)?,
+                *bytes.get(9)?,
+                *bytes.get(10)?,
+                *bytes.get(11)?,
+            ]) as usize,
+        ),
+        _ => None,
+    }
 }
 
 fn read_err(e: std::io::Error) -> Error {

@@ -5,8 +5,13 @@ use crate::{Error, Result, Tensor};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes bytes to `path` atomically (temp file, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Checks that `path` can be written (its directory exists and it is not a
+/// directory itself), so a command can fail before doing any work.
+pub fn check_target(path: &Path) -> Result<()> {
+    target_dir(path).map(|_| ())
+}
+
+fn target_dir(path: &Path) -> Result<std::path::PathBuf> {
     let display = path.display();
     if path.is_dir() {
         return Err(Error(format!(
@@ -23,6 +28,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             dir.display()
         )));
     }
+    Ok(dir)
+}
+
+/// Writes bytes to `path` atomically (temp file, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let display = path.display();
+    let dir = target_dir(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -1,0 +1,123 @@
+//! Rung 3 of the verification ladder: every pass keeps the numbers. The
+//! reference evaluator on the optimised graph (batch norm folded into weights,
+//! fused epilogues, views) matches it on the checked graph, for every
+//! fixture (real PyTorch weights) and every zoo model (random weights with
+//! random batch-norm statistics, at a reduced input size).
+
+use cnnc::ir::Graph;
+use cnnc::source::SourceMap;
+use cnnc_runtime::weights::{Data, WeightFile};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Runs `graph` unfused and fused on the same weights; returns the worst scaled difference.
+fn fused_vs_unfused(graph: &Graph, file: &WeightFile, sources: &SourceMap, n: usize) -> f64 {
+    let (fused, _) = cnnc::passes::optimize(graph).unwrap();
+    assert!(fused.nodes.len() <= graph.nodes.len());
+    let bound = cnnc::weights::bind(graph, file, sources).unwrap();
+    let fused_bound = cnnc::weights::bind(&fused, file, sources).unwrap();
+    let prepared = cnnc::weights::prepare(&fused, &fused_bound).unwrap();
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let input: Vec<f32> = (0..n * per).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let a = cnnc::eval::evaluate(graph, &bound, n, &input).unwrap();
+    let b = cnnc::eval::evaluate(&fused, &prepared, n, &input).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+        .fold(0.0, f64::max)
+}
+
+/// Random batch-norm statistics, so folding is exercised with non-trivial values.
+fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (key, t) in file.tensors.iter_mut() {
+        if let Data::F32(v) = &mut t.data {
+            if key.ends_with("running_var") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
+            {
+                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
+            } else if t.shape.len() == 1 && key.ends_with("weight") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_equals_unfused_on_fixtures() {
+    for entry in std::fs::read_dir("tests/fixtures").unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("model.cnn").exists() {
+            continue;
+        }
+        let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let file = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
+        let worst = fused_vs_unfused(graph, &file, &compilation.sources, 2);
+        assert!(
+            worst <= 1e-5,
+            "{}: fused differs by {worst:e}",
+            dir.display()
+        );
+    }
+}
+
+/// The smallest input size (of a few) at which a zoo model checks.
+fn small_size(path: &Path) -> Option<i64> {
+    [32, 64, 96, 128, 227, 224].into_iter().find(|&s| {
+        cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s))).is_ok_and(|c| !c.has_errors())
+    })
+}
+
+#[test]
+fn fused_equals_unfused_on_every_zoo_model() {
+    let mut names: Vec<_> = std::fs::read_dir("models")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    names.sort();
+    for path in names {
+        let size =
+            small_size(&path).unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
+        let compilation =
+            cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        // Big classifiers dominate the time and test nothing new; keep them, at batch 1.
+        let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+        randomize_batchnorm(&mut file, 5);
+        let worst = fused_vs_unfused(graph, &file, &compilation.sources, 1);
+        assert!(
+            worst <= 1e-5,
+            "{} at {size}×{size}: fused differs by {worst:e}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_pipeline_fuses_what_it_should() {
+    let compilation =
+        cnnc::compile_file(Path::new("models/resnet18.cnn"), &BTreeMap::new()).unwrap();
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (fused, logs) = cnnc::passes::optimize(graph).unwrap();
+    use cnnc::ir::Op;
+    // No batch norm, no standalone relu or add remains in resnet18.
+    assert!(!fused
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::BatchNorm { .. } | Op::Add | Op::Activation(_))));
+    // 20 convolutions and the classifier are the only GEMM kernels.
+    let gemms = fused
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv2d { .. } | Op::Linear { .. }))
+        .count();
+    assert_eq!(gemms, 21);
+    assert!(logs.iter().all(|l| !l.pass.is_empty()));
+}
