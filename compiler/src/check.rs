@@ -770,7 +770,7 @@ impl<'a> Elab<'a> {
                     end: item.term_span.start + "residual".len(),
                     ..item.term_span
                 };
-                self.residual_add(keyword, main, short, input, projected)
+                self.residual_add(keyword, main, short, input, projected, &place.path)
             }
             Term::Concat(branches) => {
                 let mut outputs = Vec::new();
@@ -803,7 +803,7 @@ impl<'a> Elab<'a> {
                     end: item.term_span.start + "concat".len(),
                     ..item.term_span
                 };
-                self.concat(keyword, &outputs, input)
+                self.concat(keyword, &outputs, input, &place.path)
             }
             Term::Vgg { args, cfg } => self.vgg(args, cfg, place.path, env, input, item.term_span),
             Term::Call {
@@ -920,6 +920,7 @@ impl<'a> Elab<'a> {
         short: Val,
         input: Val,
         projected: bool,
+        name: &str,
     ) -> Val {
         if let (Some(a), Some(b)) = (main.shape.known(), short.shape.known()) {
             if a != b {
@@ -955,10 +956,11 @@ impl<'a> Elab<'a> {
             (Some(_), Some(_)) => main.shape,
             _ => PShape::Unknown,
         };
-        self.push(Op::Add, &[main, short], shape, "", keyword)
+        // Display name only: an add has no state_dict entries.
+        self.push(Op::Add, &[main, short], shape, name, keyword)
     }
 
-    fn concat(&mut self, keyword: Span, outputs: &[Val], input: Val) -> Val {
+    fn concat(&mut self, keyword: Span, outputs: &[Val], input: Val, name: &str) -> Val {
         if outputs.is_empty() {
             self.error(Diagnostic::error(
                 "`concat` needs at least one branch",
@@ -1024,7 +1026,7 @@ impl<'a> Elab<'a> {
             Op::Concat,
             outputs,
             PShape::Chw(channels, Some(h), Some(w)),
-            "",
+            name,
             keyword,
         )
     }
@@ -1393,6 +1395,55 @@ const LAYERS: &[&str] = &[
     "hardsigmoid",
     "hardswish",
     "identity",
+];
+
+/// PyTorch module names users write by habit: the layer, and how to call it.
+const PYTORCH_NAMES: &[(&str, &str, &str)] = &[
+    (
+        "Conv2d",
+        "conv",
+        "`conv(out_channels, k = ...)`, the input channels are inferred",
+    ),
+    (
+        "BatchNorm2d",
+        "batchnorm",
+        "`batchnorm`, the feature count is inferred",
+    ),
+    (
+        "Linear",
+        "linear",
+        "`linear(out_features)`, the input features are inferred",
+    ),
+    ("MaxPool2d", "maxpool", "`maxpool(k, s = ...)`"),
+    ("AvgPool2d", "avgpool", "`avgpool(k, s = ...)`"),
+    (
+        "AdaptiveAvgPool2d",
+        "adaptive_avgpool",
+        "`adaptive_avgpool(size)`",
+    ),
+    (
+        "AdaptiveMaxPool2d",
+        "adaptive_maxpool",
+        "`adaptive_maxpool(size)`",
+    ),
+    ("LocalResponseNorm", "lrn", "`lrn(size)`"),
+    ("Dropout", "dropout", "`dropout(p)`"),
+    ("Dropout2d", "dropout2d", "`dropout2d(p)`"),
+    ("Flatten", "flatten", ""),
+    ("Sequential", "seq", "`seq { ... }`"),
+    ("Identity", "identity", ""),
+    ("ReLU", "relu", ""),
+    ("ReLU6", "relu6", ""),
+    ("LeakyReLU", "leaky_relu", "`leaky_relu(slope)`"),
+    ("ELU", "elu", ""),
+    ("GELU", "gelu", ""),
+    ("SiLU", "silu", ""),
+    ("Tanh", "tanh", ""),
+    ("Sigmoid", "sigmoid", ""),
+    ("Hardsigmoid", "hardsigmoid", ""),
+    ("Hardswish", "hardswish", ""),
+    ("Softmax", "softmax", ""),
+    ("LogSoftmax", "log_softmax", ""),
 ];
 
 impl<'a> Elab<'a> {
@@ -2140,7 +2191,15 @@ impl<'a> Elab<'a> {
                     call.name.span,
                     "not defined",
                 );
-                if let Some(s) = closest(op, candidates.into_iter()) {
+                if let Some((_, layer, usage)) =
+                    PYTORCH_NAMES.iter().find(|(torch, _, _)| *torch == op)
+                {
+                    d = d.with_help(if usage.is_empty() {
+                        format!("`{op}` is PyTorch's name; here it is `{layer}`")
+                    } else {
+                        format!("`{op}` is PyTorch's name; here it is {usage}")
+                    });
+                } else if let Some(s) = closest(op, candidates.into_iter()) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 } else {
                     d = d.with_note("docs/language.md lists the layers; blocks are declared with `block name(...) { ... }`");
@@ -2249,8 +2308,8 @@ impl<'a> Elab<'a> {
                 ));
                 let g = a.groups;
                 let best = (1..=g.min(4096))
-                    .filter(|d| c % d == 0 && a.out % d == 0)
-                    .last()
+                    .rev()
+                    .find(|d| c % d == 0 && a.out % d == 0)
                     .unwrap_or(1);
                 let multiple = a.out.checked_add(g - 1).map(|v| v / g * g);
                 d = match multiple {

@@ -14,9 +14,13 @@
 //! stages; the command-line tool in `main.rs` only prints what they return.
 
 pub mod check;
+pub mod cuda;
 pub mod diag;
+pub mod emit;
 pub mod eval;
 pub mod ir;
+pub mod kernels;
+pub mod memory;
 pub mod passes;
 pub mod shape;
 pub mod source;

@@ -44,6 +44,19 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels or cuda.
+    Emit {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        stage: cnnc::emit::Stage,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(RunArgs),
     /// Write freshly initialised weights for a model as safetensors.
@@ -126,6 +139,13 @@ fn main() -> ExitCode {
             model,
         } => summarize(&file, &set, batch, json, model.as_deref()),
         Command::Run(args) => run(&args),
+        Command::Emit {
+            file,
+            stage,
+            output,
+            set,
+            model,
+        } => emit(&file, stage, output.as_deref(), &set, model.as_deref()),
         Command::Init {
             file,
             output,
@@ -511,5 +531,64 @@ fn init(
         weights.tensors.len(),
         summary::grouped(graph.total_params())
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emit(
+    file: &Path,
+    stage: cnnc::emit::Stage,
+    output: Option<&Path>,
+    set: &[String],
+    model: Option<&str>,
+) -> Result<ExitCode, UsageError> {
+    use cnnc::emit::Stage;
+    if let Some(path) = output {
+        cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
+    }
+    let compilation = load(file, set)?;
+    let text = if stage == Stage::Ast {
+        if compilation.has_errors() {
+            diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics);
+            return Ok(ExitCode::from(1));
+        }
+        let source = std::fs::read_to_string(file).map_err(|e| UsageError(e.to_string()))?;
+        let (parsed, _) = cnnc::syntax::parse(cnnc::source::FileId(0), &source);
+        cnnc::emit::ast(&parsed)
+    } else {
+        let graph = match one_model(&compilation, file, model)? {
+            Ok(g) => g,
+            Err(code) => return Ok(code),
+        };
+        let sources = &compilation.sources;
+        let optimized = cnnc::passes::optimize(&graph);
+        match (stage, optimized) {
+            (Stage::Ir, _) => cnnc::emit::ir(&graph, sources),
+            (_, Err(e)) => return Ok(fail(format!("internal error: {e}"))),
+            (Stage::Fused, Ok((fused, logs))) => cnnc::emit::fused(&graph, &fused, &logs, sources),
+            (Stage::Kernels | Stage::Cuda, Ok((fused, _))) => {
+                let program = match cnnc::kernels::lower(&fused, sources) {
+                    Ok(p) => p,
+                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
+                };
+                if stage == Stage::Kernels {
+                    cnnc::kernels::render(&program)
+                } else {
+                    match cnnc::cuda::print(&program) {
+                        Ok(t) => t,
+                        Err(e) => return Ok(fail(format!("internal error: {e}"))),
+                    }
+                }
+            }
+            (Stage::Ast, _) => unreachable!("handled above"),
+        }
+    };
+    match output {
+        Some(path) => {
+            if let Err(e) = cnnc_runtime::output::write_atomic(path, text.as_bytes()) {
+                return Ok(fail(e));
+            }
+        }
+        None => print!("{text}"),
+    }
     Ok(ExitCode::SUCCESS)
 }

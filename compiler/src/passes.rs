@@ -66,13 +66,21 @@ fn consumers(g: &Graph) -> Vec<Vec<NodeId>> {
     out
 }
 
+/// How reports name a node: its module path, or for functional ops (which
+/// have none) the op and the nearest named layer before it.
 fn label(g: &Graph, id: NodeId) -> String {
     let n = &g.nodes[id];
-    if n.name.is_empty() {
-        format!("`{}` (node {id})", n.op.name())
-    } else {
-        format!("`{}` ({})", n.name, n.op.name())
+    if !n.name.is_empty() {
+        return format!("`{}` ({})", n.name, n.op.name());
     }
+    let mut at = id;
+    while let Some(&input) = g.nodes[at].inputs.first() {
+        if !g.nodes[input].name.is_empty() {
+            return format!("`{}` after `{}`", n.op.name(), g.nodes[input].name);
+        }
+        at = input;
+    }
+    format!("`{}` after the input", n.op.name())
 }
 
 fn merged(g: &Graph, id: NodeId) -> MergedLayer {

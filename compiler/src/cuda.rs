@@ -1,0 +1,559 @@
+//! The CUDA C printer: kernel IR in, one self-contained `.cu` file out.
+//!
+//! It only prints. Every decision (tiles, placements, epilogues) was made in
+//! `kernels.rs`; this file holds the fixed device library (`PRELUDE`) and the
+//! per-kernel wrappers that instantiate it with constants. Output is
+//! deterministic: kernels in launch order, no hash-map iteration, user names
+//! only as sanitised identifiers or cleaned comments.
+
+use crate::ir::{Activation, Epilogue, Op};
+use crate::kernels::{clean, Gemm, Kernel, KernelKind, KernelProgram, TensorRef};
+use std::fmt::Write;
+
+/// The device library every generated file starts with.
+pub const PRELUDE: &str = r#"// ---------------------------------------------------------------------------
+// cnnc device library (the same in every generated file)
+// ---------------------------------------------------------------------------
+namespace cnnc {
+
+// Activations, as PyTorch defines them.
+__device__ __forceinline__ float relu(float v) { return fmaxf(v, 0.0f); }
+__device__ __forceinline__ float relu6(float v) { return fminf(fmaxf(v, 0.0f), 6.0f); }
+__device__ __forceinline__ float leaky_relu(float v, float slope) { return v >= 0.0f ? v : v * slope; }
+__device__ __forceinline__ float elu(float v, float alpha) { return v > 0.0f ? v : alpha * expm1f(v); }
+__device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_tanh(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+}
+__device__ __forceinline__ float hardsigmoid(float v) { return fminf(fmaxf(v / 6.0f + 0.5f, 0.0f), 1.0f); }
+__device__ __forceinline__ float hardswish(float v) { return v * fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f; }
+
+// Padding modes: 0 zeros, 1 reflect, 2 replicate, 3 circular. Returns the
+// source index of padded coordinate i, or -1 where zeros padding reads 0.
+template <int MODE>
+__device__ __forceinline__ int source_index(int i, int size) {
+  if (MODE == 0) return (i < 0 || i >= size) ? -1 : i;
+  if (MODE == 1) { if (size == 1) return 0; const int period = 2 * (size - 1); int m = i % period; if (m < 0) m += period; return m < size ? m : period - m; }
+  if (MODE == 2) return i < 0 ? 0 : (i >= size ? size - 1 : i);
+  int m = i % size; return m < 0 ? m + size : m;
+}
+
+// A convolution (or a linear layer, as a 1x1 convolution on 1x1 maps) seen as
+// a GEMM per group: A = weights [M][K], B = the input under each filter tap
+// [K][N] (gathered on the fly, never materialised), N = batch * OH * OW.
+template <int IC, int IH, int IW, int OC, int OH, int OW, int KH, int KW, int SH, int SW,
+          int PT, int PL, int DH, int DW, int GROUPS, int MODE, bool GLOBAL_POOL, int IN_CT, int IN_CO>
+struct Conv {
+  static constexpr int ICG = IC / GROUPS;
+  static constexpr int M = OC / GROUPS;
+  static constexpr int K = GLOBAL_POOL ? IC : ICG * KH * KW;
+  static constexpr int P = OH * OW;
+  // B[k][n] for group g.
+  static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
+    const int image = n / P;
+    const int p = n - image * P;
+    if (GLOBAL_POOL) {  // the mean of input map k (adaptive_avgpool(1) fused in)
+      const float* map = x + ((long)image * IN_CT + IN_CO + k) * (IH * IW);
+      float s = 0.0f;
+      for (int i = 0; i < IH * IW; ++i) s += map[i];
+      return s * (1.0f / (IH * IW));
+    }
+    const int ic = g * ICG + k / (KH * KW);
+    const int tap = k % (KH * KW);
+    const int oy = p / OW, ox = p - (p / OW) * OW;
+    const int iy = source_index<MODE>(oy * SH - PT + (tap / KW) * DH, IH);
+    const int ix = source_index<MODE>(ox * SW - PL + (tap % KW) * DW, IW);
+    if (iy < 0 || ix < 0) return 0.0f;
+    return x[((long)image * IN_CT + IN_CO + ic) * (IH * IW) + iy * IW + ix];
+  }
+};
+
+// The implicit GEMM: each block computes a BM x BN tile of the output through
+// BK-deep shared-memory tiles; each thread accumulates a TM x TN block in
+// registers. The epilogue (bias, activations, residual adds) runs on the
+// registers before the only write to memory.
+template <class C, int BM, int BN, int BK, int TM, int TN, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void gemm(const float* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ bias, const float* __restrict__ r0,
+                                     float* __restrict__ y, int batch) {
+  constexpr int THREADS = (BM / TM) * (BN / TN);
+  __shared__ float As[BK][BM];
+  __shared__ float Bs[BK][BN];
+  const int n_total = batch * C::P;
+  const int g = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int n0 = blockIdx.x * BN;
+  const int tid = threadIdx.x;
+  const int row = tid / (BN / TN);  // which TM-row block of the tile
+  const int col = tid % (BN / TN);  // which TN-column block
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  for (int k0 = 0; k0 < C::K; k0 += BK) {
+    // A: consecutive threads read consecutive k of one weight row (contiguous).
+    for (int i = tid; i < BM * BK; i += THREADS) {
+      const int mm = i / BK, kk = i - (i / BK) * BK;
+      const int m = m0 + mm, k = k0 + kk;
+      As[kk][mm] = (m < C::M && k < C::K) ? w[((long)g * C::M + m) * C::K + k] : 0.0f;
+    }
+    // B: consecutive threads read consecutive output pixels.
+    for (int i = tid; i < BK * BN; i += THREADS) {
+      const int kk = i / BN, nn = i - (i / BN) * BN;
+      const int k = k0 + kk, n = n0 + nn;
+      Bs[kk][nn] = (k < C::K && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[kk][row * TM + i];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = Bs[kk][col * TN + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + row * TM + i;
+    if (m >= C::M) continue;
+    const int oc = g * C::M + m;
+    const float b = HAS_BIAS ? bias[oc] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + col * TN + j;
+      if (n >= n_total) continue;
+      const int image = n / C::P;
+      const int p = n - image * C::P;
+      const float v = Epi::apply(acc[i][j] + b, image, oc, p, r0);
+      y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = v;
+    }
+  }
+}
+
+// Decomposes a flat output index into (image, channel, y, x).
+struct Index4 {
+  int image, c, y, x;
+  __device__ __forceinline__ Index4(long i, int C, int H, int W) {
+    x = (int)(i % W); i /= W;
+    y = (int)(i % H); i /= H;
+    c = (int)(i % C);
+    image = (int)(i / C);
+  }
+};
+
+__device__ __forceinline__ long global_thread() { return (long)blockIdx.x * blockDim.x + threadIdx.x; }
+
+__device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
+
+// Max or average pooling, as PyTorch's MaxPool2d / AvgPool2d.
+template <int C, int IH, int IW, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+          bool MAX, bool COUNT_PAD, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void pool(const float* __restrict__ x, float* __restrict__ y, int batch) {
+  const long i = global_thread();
+  if (i >= (long)batch * C * OH * OW) return;
+  const Index4 o(i, C, OH, OW);
+  const float* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
+  float r;
+  if (MAX) {
+    r = negative_infinity();
+    for (int ky = 0; ky < KH; ++ky) {
+      const int iy = o.y * SH - PH + ky * DH;
+      if (iy < 0 || iy >= IH) continue;
+      for (int kx = 0; kx < KW; ++kx) {
+        const int ix = o.x * SW - PW + kx * DW;
+        if (ix < 0 || ix >= IW) continue;
+        const float v = map[iy * IW + ix];
+        if (v > r || v != v) r = v;
+      }
+    }
+  } else {
+    int y0 = o.y * SH - PH, x0 = o.x * SW - PW;
+    int y1 = min(y0 + KH, IH + PH), x1 = min(x0 + KW, IW + PW);
+    const int padded_area = (y1 - y0) * (x1 - x0);
+    y0 = max(y0, 0); x0 = max(x0, 0); y1 = min(y1, IH); x1 = min(x1, IW);
+    float s = 0.0f;
+    for (int iy = y0; iy < y1; ++iy)
+      for (int ix = x0; ix < x1; ++ix) s += map[iy * IW + ix];
+    r = s / (float)(COUNT_PAD ? padded_area : (y1 - y0) * (x1 - x0));
+  }
+  y[((long)o.image * OUT_CT + OUT_CO + o.c) * (OH * OW) + o.y * OW + o.x] = r;
+}
+
+// Adaptive pooling: window [floor(i*I/O), ceil((i+1)*I/O)).
+template <int C, int IH, int IW, int OH, int OW, bool MAX, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void adaptive_pool(const float* __restrict__ x, float* __restrict__ y, int batch) {
+  const long i = global_thread();
+  if (i >= (long)batch * C * OH * OW) return;
+  const Index4 o(i, C, OH, OW);
+  const float* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
+  const int y0 = o.y * IH / OH, y1 = ((o.y + 1) * IH + OH - 1) / OH;
+  const int x0 = o.x * IW / OW, x1 = ((o.x + 1) * IW + OW - 1) / OW;
+  float r = MAX ? negative_infinity() : 0.0f;
+  for (int iy = y0; iy < y1; ++iy)
+    for (int ix = x0; ix < x1; ++ix) {
+      const float v = map[iy * IW + ix];
+      if (MAX) { if (v > r || v != v) r = v; } else { r += v; }
+    }
+  if (!MAX) r /= (float)((y1 - y0) * (x1 - x0));
+  y[((long)o.image * OUT_CT + OUT_CO + o.c) * (OH * OW) + o.y * OW + o.x] = r;
+}
+
+// y = x * scale[c] + shift[c]: a batch norm that was not folded into a layer.
+template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void channel_affine(const float* __restrict__ x, const float* __restrict__ scale,
+                                               const float* __restrict__ shift, float* __restrict__ y, int batch) {
+  const long i = global_thread();
+  if (i >= (long)batch * C * H * W) return;
+  const Index4 o(i, C, H, W);
+  const long p = o.y * W + o.x;
+  const float v = x[((long)o.image * IN_CT + IN_CO + o.c) * (H * W) + p];
+  y[((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p] = fmaf(v, scale[o.c], shift[o.c]);
+}
+
+// Local response norm across channels, as PyTorch's LocalResponseNorm.
+template <int C, int H, int W, int SIZE, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void lrn(const float* __restrict__ x, float* __restrict__ y, int batch, float alpha,
+                                    float beta, float k) {
+  const long i = global_thread();
+  if (i >= (long)batch * C * H * W) return;
+  const Index4 o(i, C, H, W);
+  const long p = o.y * W + o.x;
+  const float* base = x + ((long)o.image * IN_CT + IN_CO) * (H * W) + p;
+  const int lo = max(o.c - SIZE / 2, 0), hi = min(o.c + (SIZE - 1) / 2, C - 1);
+  float s = 0.0f;
+  for (int j = lo; j <= hi; ++j) { const float v = base[(long)j * H * W]; s += v * v; }
+  const float v = base[(long)o.c * H * W];
+  y[((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p] = v / powf(k + alpha * s / SIZE, beta);
+}
+
+// Softmax or log-softmax over channels, one thread per (image, pixel).
+template <int C, int H, int W, bool LOG, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void softmax(const float* __restrict__ x, float* __restrict__ y, int batch) {
+  const long i = global_thread();
+  if (i >= (long)batch * H * W) return;
+  const int image = (int)(i / (H * W));
+  const long p = i - (long)image * H * W;
+  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
+  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  float m = negative_infinity();
+  for (int c = 0; c < C; ++c) m = fmaxf(m, in[(long)c * H * W]);
+  float s = 0.0f;
+  for (int c = 0; c < C; ++c) s += expf(in[(long)c * H * W] - m);
+  const float log_s = logf(s);
+  for (int c = 0; c < C; ++c) {
+    const float shifted = in[(long)c * H * W] - m;
+    out[(long)c * H * W] = LOG ? shifted - log_s : expf(shifted) / s;
+  }
+}
+
+// Moves element i of a C x H x W tensor between two placements; returns the
+// source index through `from` and the destination through `to`.
+template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ bool element(long i, int batch, long& from, long& to) {
+  if (i >= (long)batch * C * H * W) return false;
+  const Index4 o(i, C, H, W);
+  const long p = o.y * W + o.x;
+  from = ((long)o.image * IN_CT + IN_CO + o.c) * (H * W) + p;
+  to = ((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p;
+  return true;
+}
+
+}  // namespace cnnc
+
+"#;
+
+/// Prints the whole `.cu` file.
+pub fn print(program: &KernelProgram) -> Result<String, String> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "// Generated by cnnc from {} — do not edit.",
+        clean(&program.source)
+    );
+    let _ = writeln!(
+        out,
+        "// Model {}: input {} -> output {}; {} kernels, launched in this order.",
+        clean(&program.model),
+        program.input.shape,
+        program.output.shape,
+        program.kernels.len()
+    );
+    let _ = writeln!(
+        out,
+        "// Layout NCHW, float32; `batch` is the only runtime size.\n"
+    );
+    out.push_str(PRELUDE);
+    for k in &program.kernels {
+        kernel(&mut out, k)?;
+    }
+    Ok(out)
+}
+
+/// A float as a C literal that reads back to the same f32.
+fn float(v: f64) -> String {
+    let f = v as f32;
+    if f.is_infinite() {
+        return if f > 0.0 {
+            "__int_as_float(0x7f800000)".into()
+        } else {
+            "__int_as_float(0xff800000)".into()
+        };
+    }
+    let s = format!("{f:?}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        format!("{s}f")
+    } else {
+        format!("{s}.0f")
+    }
+}
+
+fn activation(a: Activation, v: &str) -> String {
+    match a {
+        Activation::Relu => format!("cnnc::relu({v})"),
+        Activation::Relu6 => format!("cnnc::relu6({v})"),
+        Activation::LeakyRelu(s) => format!("cnnc::leaky_relu({v}, {})", float(s.0)),
+        Activation::Elu(a) => format!("cnnc::elu({v}, {})", float(a.0)),
+        Activation::Tanh => format!("tanhf({v})"),
+        Activation::Sigmoid => format!("cnnc::sigmoid({v})"),
+        Activation::Silu => format!("cnnc::silu({v})"),
+        Activation::Gelu {
+            tanh_approximation: false,
+        } => format!("cnnc::gelu({v})"),
+        Activation::Gelu {
+            tanh_approximation: true,
+        } => format!("cnnc::gelu_tanh({v})"),
+        Activation::Hardsigmoid => format!("cnnc::hardsigmoid({v})"),
+        Activation::Hardswish => format!("cnnc::hardswish({v})"),
+    }
+}
+
+fn chw(r: &TensorRef) -> (i64, i64, i64) {
+    match r.shape {
+        crate::ir::Shape::Chw(c, h, w) => (c, h, w),
+        crate::ir::Shape::Flat(f) => (f, 1, 1),
+    }
+}
+
+fn header(out: &mut String, k: &Kernel) {
+    let _ = writeln!(out, "\n// {}", k.name);
+    for l in &k.layers {
+        let _ = writeln!(out, "//   {}", clean(l));
+    }
+}
+
+fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
+    header(out, k);
+    let i0 = k
+        .inputs
+        .first()
+        .ok_or_else(|| format!("{} has no input", k.name))?;
+    let o = &k.output;
+    let (c, h, w) = chw(o);
+    let place = format!(
+        "{}, {}, {}, {}",
+        i0.channels_total, i0.channel_offset, o.channels_total, o.channel_offset
+    );
+    let elementwise_head = |out: &mut String, name: &str, extra: &str| {
+        let _ = writeln!(
+            out,
+            "extern \"C\" __global__ void __launch_bounds__({}) {name}(const float* __restrict__ x,{extra} float* __restrict__ y, int batch) {{",
+            k.block
+        );
+    };
+    match &k.kind {
+        KernelKind::Gemm(g) => gemm_kernel(out, k, g)?,
+        KernelKind::Pool { op } => {
+            let (_, ih, iw) = chw(i0);
+            let (kernel, stride, pad, dil, max, count_pad) = match op {
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ..
+                } => (*kernel, *stride, *padding, *dilation, true, true),
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                    ..
+                } => (
+                    *kernel,
+                    *stride,
+                    *padding,
+                    (1, 1),
+                    false,
+                    *count_include_pad,
+                ),
+                other => return Err(format!("{} is not a pool", other.name())),
+            };
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  cnnc::pool<{c}, {ih}, {iw}, {h}, {w}, {}, {}, {}, {}, {}, {}, {}, {}, {max}, {count_pad}, {place}>(x, y, batch);\n}}",
+                kernel.0, kernel.1, stride.0, stride.1, pad.0, pad.1, dil.0, dil.1
+            );
+        }
+        KernelKind::AdaptivePool { max, .. } => {
+            let (_, ih, iw) = chw(i0);
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(out, "  cnnc::adaptive_pool<{c}, {ih}, {iw}, {h}, {w}, {max}, {place}>(x, y, batch);\n}}");
+        }
+        KernelKind::ChannelAffine => {
+            elementwise_head(
+                out,
+                &k.name,
+                " const float* __restrict__ scale, const float* __restrict__ shift,",
+            );
+            let _ = writeln!(
+                out,
+                "  cnnc::channel_affine<{c}, {h}, {w}, {place}>(x, scale, shift, y, batch);\n}}"
+            );
+        }
+        KernelKind::Lrn {
+            size,
+            alpha,
+            beta,
+            k: kk,
+        } => {
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  cnnc::lrn<{c}, {h}, {w}, {size}, {place}>(x, y, batch, {}, {}, {});\n}}",
+                float(*alpha),
+                float(*beta),
+                float(*kk)
+            );
+        }
+        KernelKind::Softmax { log } => {
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  cnnc::softmax<{c}, {h}, {w}, {log}, {place}>(x, y, batch);\n}}"
+            );
+        }
+        KernelKind::Activation(a) => {
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  long from, to;\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(cnnc::global_thread(), batch, from, to)) return;\n  y[to] = {};\n}}",
+                activation(*a, "x[from]")
+            );
+        }
+        KernelKind::Add => {
+            let i1 = k
+                .inputs
+                .get(1)
+                .ok_or_else(|| format!("{} has one input", k.name))?;
+            elementwise_head(out, &k.name, " const float* __restrict__ x2,");
+            let _ = writeln!(
+                out,
+                "  long from, to, from2, unused;\n  const long i = cnnc::global_thread();\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(i, batch, from, to)) return;\n  cnnc::element<{c}, {h}, {w}, {}, {}, {}, {}>(i, batch, from2, unused);\n  y[to] = x[from] + x2[from2];\n}}",
+                i1.channels_total, i1.channel_offset, o.channels_total, o.channel_offset
+            );
+        }
+        KernelKind::CopySlice => {
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  long from, to;\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(cnnc::global_thread(), batch, from, to)) return;\n  y[to] = x[from];\n}}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
+    let i0 = &k.inputs[0];
+    let o = &k.output;
+    let t = g.tile;
+    // The epilogue, spelled out: bias is added by the GEMM, the rest here.
+    let epi = format!("{}_epilogue", k.name);
+    let _ = writeln!(out, "struct {epi} {{");
+    let _ = writeln!(
+        out,
+        "  static __device__ __forceinline__ float apply(float v, int image, int c, int p, const float* __restrict__ r0) {{"
+    );
+    let mut residuals = 0;
+    for e in &k.epilogue {
+        match e {
+            Epilogue::Activation(a) => {
+                let _ = writeln!(out, "    v = {};", activation(*a, "v"));
+            }
+            Epilogue::AddInput(i) => {
+                residuals += 1;
+                if residuals > 1 {
+                    return Err(format!(
+                        "{}: more than one residual add in an epilogue",
+                        k.name
+                    ));
+                }
+                let r = k
+                    .inputs
+                    .get(*i)
+                    .ok_or_else(|| format!("{}: missing residual input", k.name))?;
+                let _ = writeln!(
+                    out,
+                    "    v += r0[((long)image * {} + {} + c) * {} + p];  // residual add",
+                    r.channels_total,
+                    r.channel_offset,
+                    r.pixels()
+                );
+            }
+        }
+    }
+    if residuals == 0 {
+        let _ = writeln!(out, "    (void)image; (void)c; (void)p; (void)r0;");
+    }
+    let _ = writeln!(out, "    return v;\n  }}\n}};");
+    let mode = match g.padding_mode {
+        crate::ir::PaddingMode::Zeros => 0,
+        crate::ir::PaddingMode::Reflect => 1,
+        crate::ir::PaddingMode::Replicate => 2,
+        crate::ir::PaddingMode::Circular => 3,
+    };
+    let _ = writeln!(
+        out,
+        "extern \"C\" __global__ void __launch_bounds__({}) {}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{",
+        t.threads(),
+        k.name
+    );
+    let _ = writeln!(
+        out,
+        "  // Conv<IC, IH, IW, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, GROUPS, MODE, GLOBAL_POOL, IN_CT, IN_CO>\n  using C = cnnc::Conv<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {mode}, {}, {}, {}>;",
+        g.in_channels,
+        g.in_h,
+        g.in_w,
+        g.out_channels,
+        g.out_h,
+        g.out_w,
+        g.kernel.0,
+        g.kernel.1,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.dilation.0,
+        g.dilation.1,
+        g.groups,
+        g.global_pool,
+        i0.channels_total,
+        i0.channel_offset
+    );
+    let _ = writeln!(
+        out,
+        "  // gemm<C, BM, BN, BK, TM, TN, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>\n  cnnc::gemm<C, {}, {}, {}, {}, {}, {epi}, {}, {}, {}>(x, w, bias, r0, y, batch);\n}}",
+        t.bm, t.bn, t.bk, t.tm, t.tn, g.bias, o.channels_total, o.channel_offset
+    );
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `cnnc emit`: each stage of the pipeline as text (AST, IR, fusion report,
+//! kernel IR, CUDA). Every stage is deterministic.
+
+use crate::ir::{Epilogue, Graph, Prologue};
+use crate::passes::PassLog;
+use crate::source::SourceMap;
+use crate::syntax::SourceFile;
+use std::fmt::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// The parsed syntax tree.
+    Ast,
+    /// The checked graph IR, one node per line.
+    Ir,
+    /// The fusion report: what each pass fused, and why the rest was not.
+    Fused,
+    /// The kernel IR: launch configuration, tiles and loop nest per kernel.
+    Kernels,
+    /// One self-contained CUDA C file.
+    Cuda,
+}
+
+pub fn ast(file: &SourceFile) -> String {
+    format!("{:#?}\n", file.decls)
+}
+
+fn location(sources: &SourceMap, span: crate::source::Span) -> String {
+    let (line, col) = sources.line_col(span.file, span.start);
+    format!("{}:{line}:{col}", sources.name(span.file))
+}
+
+/// The graph, one node per line: `%5 = conv 64→64 k=3 p=1 (%4) [64, 56, 56]  layer1.0.conv1  file:line:col`.
+pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "model {} ({} nodes, {} state_dict entries)",
+        graph.name,
+        graph.nodes.len(),
+        graph.params.len()
+    );
+    for (id, n) in graph.nodes.iter().enumerate() {
+        let inputs: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
+        let mut extra = String::new();
+        if let Some(bn) = &n.fusion.folded_batchnorm {
+            let _ = write!(extra, " +bn({})", bn.name);
+        }
+        if n.fusion.prologue == Some(Prologue::GlobalAvgPool) {
+            extra.push_str(" <global_avgpool");
+        }
+        for e in &n.fusion.epilogue {
+            let _ = match e {
+                Epilogue::Activation(a) => write!(extra, " +{}", a.name()),
+                Epilogue::AddInput(k) => write!(extra, " +add(%{})", n.inputs[*k]),
+            };
+        }
+        if n.fusion.view {
+            extra.push_str(" (view)");
+        }
+        let _ = writeln!(
+            out,
+            "%{id} = {}{extra} ({}) {}  {}  {}",
+            n.op.describe(),
+            inputs.join(", "),
+            n.shape,
+            if n.name.is_empty() { "·" } else { &n.name },
+            location(sources, n.span)
+        );
+    }
+    let _ = writeln!(out, "output %{}", graph.output);
+    out
+}
+
+/// The fusion report: the passes in order, what each did and what it left.
+pub fn fused(original: &Graph, fused: &Graph, logs: &[PassLog], sources: &SourceMap) -> String {
+    let mut out = String::new();
+    let kernels = fused
+        .nodes
+        .iter()
+        .skip(1)
+        .filter(|n| !n.fusion.view)
+        .count();
+    let _ = writeln!(
+        out,
+        "model {}: {} layers → {} nodes, {} kernels",
+        fused.name,
+        original.nodes.len() - 1,
+        fused.nodes.len() - 1,
+        kernels
+    );
+    for log in logs {
+        let _ = writeln!(
+            out,
+            "\npass: {}{}",
+            log.pass,
+            if log.changed { "" } else { " (no change)" }
+        );
+        for f in &log.fused {
+            let _ = writeln!(out, "  fused: {f}");
+        }
+        for n in &log.not_fused {
+            let _ = writeln!(out, "  not fused: {n}");
+        }
+    }
+    let _ = writeln!(out, "\nresult:");
+    out.push_str(&ir(fused, sources));
+    out
+}
