@@ -22,6 +22,7 @@ pub mod ir;
 pub mod kernels;
 pub mod memory;
 pub mod passes;
+pub mod plan;
 pub mod shape;
 pub mod source;
 pub mod summary;

@@ -7,6 +7,8 @@
 
 pub mod input;
 pub mod output;
+pub mod plan;
+pub mod prepare;
 pub mod weights;
 
 use std::fmt;

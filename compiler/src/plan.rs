@@ -1,0 +1,194 @@
+//! Lowers kernels and the memory plan to the runtime's execution plan
+//! (`cnnc_runtime::plan`), the data both executors run.
+
+use crate::ir::{Activation, Epilogue, Graph, Op, ParamKind, Shape};
+use crate::kernels::{KernelKind, KernelProgram, TensorRef};
+use crate::memory::MemoryPlan;
+use crate::source::SourceMap;
+use cnnc_runtime::plan::{self as rt, Plan};
+
+fn act(a: Activation) -> rt::Act {
+    match a {
+        Activation::Relu => rt::Act::Relu,
+        Activation::Relu6 => rt::Act::Relu6,
+        Activation::LeakyRelu(s) => rt::Act::LeakyRelu(s.0 as f32),
+        Activation::Elu(a) => rt::Act::Elu(a.0 as f32),
+        Activation::Tanh => rt::Act::Tanh,
+        Activation::Sigmoid => rt::Act::Sigmoid,
+        Activation::Silu => rt::Act::Silu,
+        Activation::Gelu { tanh_approximation: false } => rt::Act::Gelu,
+        Activation::Gelu { tanh_approximation: true } => rt::Act::GeluTanh,
+        Activation::Hardsigmoid => rt::Act::Hardsigmoid,
+        Activation::Hardswish => rt::Act::Hardswish,
+    }
+}
+
+fn place(r: &TensorRef, memory: &MemoryPlan) -> Result<rt::Place, String> {
+    let offset = memory.offset_of(r.owner).ok_or_else(|| format!("node {} has no buffer", r.owner))?;
+    let (c, h, w) = match r.shape {
+        Shape::Chw(c, h, w) => (c, h, w),
+        Shape::Flat(f) => (f, 1, 1),
+    };
+    Ok(rt::Place {
+        offset: offset as usize,
+        channel_offset: r.channel_offset as usize,
+        channels_total: r.channels_total as usize,
+        c: c as usize,
+        h: h as usize,
+        w: w as usize,
+    })
+}
+
+/// Builds the execution plan of a fused graph.
+pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, sources: &SourceMap) -> Result<Plan, String> {
+    let mut prepared: Vec<rt::Prepared> = Vec::new();
+    let mut push = |p: rt::Prepared| {
+        prepared.push(p);
+        prepared.len() - 1
+    };
+    let mut steps = Vec::new();
+    for k in &program.kernels {
+        let node = &graph.nodes[k.node];
+        let mut params = Vec::new();
+        let op = match &k.kind {
+            KernelKind::Gemm(g) => {
+                let weight = format!("{}.weight", node.name);
+                let own_bias = match node.op {
+                    Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => bias,
+                    _ => false,
+                };
+                let bias_key = own_bias.then(|| format!("{}.bias", node.name));
+                match &node.fusion.folded_batchnorm {
+                    Some(bn) => {
+                        params.push(push(rt::Prepared::FoldedWeight { weight, bn: bn.name.clone(), eps: bn.eps.0 }));
+                        params.push(push(rt::Prepared::FoldedBias { bias: bias_key, bn: bn.name.clone(), eps: bn.eps.0 }));
+                    }
+                    None => {
+                        params.push(push(rt::Prepared::Tensor { key: weight }));
+                        if let Some(key) = bias_key {
+                            params.push(push(rt::Prepared::Tensor { key }));
+                        }
+                    }
+                }
+                let mode = match g.padding_mode {
+                    crate::ir::PaddingMode::Zeros => 0,
+                    crate::ir::PaddingMode::Reflect => 1,
+                    crate::ir::PaddingMode::Replicate => 2,
+                    crate::ir::PaddingMode::Circular => 3,
+                };
+                rt::StepOp::Gemm(rt::Gemm {
+                    in_channels: g.in_channels as usize,
+                    out_channels: g.out_channels as usize,
+                    kernel: (g.kernel.0 as usize, g.kernel.1 as usize),
+                    stride: (g.stride.0 as usize, g.stride.1 as usize),
+                    pad: (g.pad.0 as usize, g.pad.1 as usize),
+                    dilation: (g.dilation.0 as usize, g.dilation.1 as usize),
+                    groups: g.groups as usize,
+                    padding_mode: mode,
+                    global_pool: g.global_pool,
+                    bias: g.bias,
+                })
+            }
+            KernelKind::Pool { op } => match op {
+                Op::MaxPool2d { kernel, stride, padding, dilation, .. } => rt::StepOp::Pool {
+                    max: true,
+                    kernel: (kernel.0 as usize, kernel.1 as usize),
+                    stride: (stride.0 as usize, stride.1 as usize),
+                    pad: (padding.0 as usize, padding.1 as usize),
+                    dilation: (dilation.0 as usize, dilation.1 as usize),
+                    count_include_pad: true,
+                },
+                Op::AvgPool2d { kernel, stride, padding, count_include_pad, .. } => rt::StepOp::Pool {
+                    max: false,
+                    kernel: (kernel.0 as usize, kernel.1 as usize),
+                    stride: (stride.0 as usize, stride.1 as usize),
+                    pad: (padding.0 as usize, padding.1 as usize),
+                    dilation: (1, 1),
+                    count_include_pad: *count_include_pad,
+                },
+                other => return Err(format!("{} is not a pool", other.name())),
+            },
+            KernelKind::AdaptivePool { max, .. } => rt::StepOp::AdaptivePool { max: *max },
+            KernelKind::ChannelAffine => {
+                let eps = match node.op {
+                    Op::BatchNorm { eps, .. } => eps.0,
+                    _ => return Err("channel affine without a batch norm".into()),
+                };
+                params.push(push(rt::Prepared::BnScale { bn: node.name.clone(), eps }));
+                params.push(push(rt::Prepared::BnShift { bn: node.name.clone(), eps }));
+                rt::StepOp::ChannelAffine
+            }
+            KernelKind::Lrn { size, alpha, beta, k: kk } => {
+                rt::StepOp::Lrn { size: *size as usize, alpha: *alpha as f32, beta: *beta as f32, k: *kk as f32 }
+            }
+            KernelKind::Softmax { log } => rt::StepOp::Softmax { log: *log },
+            KernelKind::Activation(a) => rt::StepOp::Act(act(*a)),
+            KernelKind::Add => rt::StepOp::Add,
+            KernelKind::CopySlice => rt::StepOp::Copy,
+        };
+        let epilogue = k
+            .epilogue
+            .iter()
+            .map(|e| match e {
+                Epilogue::Activation(a) => rt::Epi::Act(act(*a)),
+                Epilogue::AddInput(i) => rt::Epi::AddInput(*i),
+            })
+            .collect();
+        steps.push(rt::Step {
+            kernel: k.name.clone(),
+            op,
+            inputs: k.inputs.iter().map(|r| place(r, memory)).collect::<Result<_, _>>()?,
+            output: place(&k.output, memory)?,
+            epilogue,
+            params,
+            block: k.block,
+            per_image: k.grid.per_image,
+            per_block: k.grid.per_block,
+            grid_y: k.grid.y as u32,
+            grid_z: k.grid.z as u32,
+            layers: k.layers.clone(),
+        });
+    }
+    let state_dict = graph
+        .params
+        .iter()
+        .map(|p| {
+            let (line, col) = sources.line_col(p.span.file, p.span.start);
+            rt::StateEntry {
+                key: p.key.clone(),
+                shape: p.shape.iter().map(|&d| d as usize).collect(),
+                integer: p.kind == ParamKind::NumBatchesTracked,
+                declared_at: format!("{}:{line}:{col}", sources.name(p.span.file)),
+            }
+        })
+        .collect();
+    let ends_in = match graph.nodes[graph.output].op {
+        Op::Softmax => rt::Ending::Probabilities,
+        Op::LogSoftmax => rt::Ending::LogProbabilities,
+        _ => rt::Ending::Logits,
+    };
+    Ok(Plan {
+        model: graph.name.clone(),
+        input_shape: graph.input_shape().dims().iter().map(|&d| d as usize).collect(),
+        output_shape: graph.output_shape().dims().iter().map(|&d| d as usize).collect(),
+        input: place(&program.input, memory)?,
+        output: place(&program.output, memory)?,
+        arena_per_image: memory.arena as usize,
+        naive_per_image: memory.naive as usize,
+        state_dict,
+        prepared,
+        steps,
+        ends_in,
+    })
+}
+
+/// The whole back half of the pipeline: optimise, lower, plan memory, build the plan.
+pub fn compile(graph: &Graph, sources: &SourceMap) -> Result<(Graph, KernelProgram, Plan), String> {
+    let (fused, _) = crate::passes::optimize(graph)?;
+    let program = crate::kernels::lower(&fused, sources)?;
+    let refs = crate::kernels::placements(&fused);
+    let memory = crate::memory::plan(&fused, &refs);
+    crate::memory::verify(&memory)?;
+    let plan = build(&fused, &program, &memory, sources)?;
+    Ok((fused, program, plan))
+}

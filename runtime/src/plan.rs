@@ -1,0 +1,199 @@
+//! The execution plan of a compiled model: every kernel launch in order, where
+//! each tensor lives in the activation arena, and how each weight tensor is
+//! prepared from the PyTorch `state_dict`. The compiler writes it; the CPU
+//! executor and the CUDA driver both run it, so they cannot disagree on
+//! buffers or launch order.
+//!
+//! Addressing: a batch of `b` images; element (n, c, p) of a [`Place`] is
+//! `arena[place.offset·b + ((n·channels_total + channel_offset + c)·H·W + p)]`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub model: String,
+    /// Per-image input shape [C, H, W].
+    pub input_shape: Vec<usize>,
+    /// Per-image output shape ([classes] or [C, H, W]).
+    pub output_shape: Vec<usize>,
+    pub input: Place,
+    pub output: Place,
+    /// Arena size in floats per image.
+    pub arena_per_image: usize,
+    /// What one buffer per layer would take, in floats per image.
+    pub naive_per_image: usize,
+    /// Every `state_dict` entry the weights file must hold, for strict loading.
+    pub state_dict: Vec<StateEntry>,
+    /// Tensors the kernels read, computed from the `state_dict` at load.
+    pub prepared: Vec<Prepared>,
+    pub steps: Vec<Step>,
+    /// Whether the model ends in softmax (probabilities) or log_softmax.
+    pub ends_in: Ending,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    Logits,
+    Probabilities,
+    LogProbabilities,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateEntry {
+    pub key: String,
+    pub shape: Vec<usize>,
+    /// `num_batches_tracked` holds an integer; everything else floats.
+    pub integer: bool,
+    /// Where the model declares it (`models/resnet50.cnn:12:5`).
+    pub declared_at: String,
+}
+
+/// A tensor a kernel reads, and how to compute it from the `state_dict`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Prepared {
+    /// Used as stored.
+    Tensor { key: String },
+    /// A conv/linear weight with a batch norm folded in: w·γ/√(σ² + ε) per output channel.
+    FoldedWeight { weight: String, bn: String, eps: f64 },
+    /// The matching bias: (b − μ)·γ/√(σ² + ε) + β, b = 0 when the layer has no bias.
+    FoldedBias { bias: Option<String>, bn: String, eps: f64 },
+    /// A standalone batch norm as y = x·scale + shift: scale = γ/√(σ² + ε).
+    BnScale { bn: String, eps: f64 },
+    /// shift = β − μ·scale.
+    BnShift { bn: String, eps: f64 },
+}
+
+/// Where a tensor lives in the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// Buffer offset in floats per image.
+    pub offset: usize,
+    pub channel_offset: usize,
+    pub channels_total: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Place {
+    pub fn numel(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Arena index of element (n, c, p) for a batch of `batch`.
+    #[inline]
+    pub fn index(&self, batch: usize, n: usize, c: usize, p: usize) -> usize {
+        self.offset * batch + (n * self.channels_total + self.channel_offset + c) * self.h * self.w + p
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Act {
+    Relu,
+    Relu6,
+    LeakyRelu(f32),
+    Elu(f32),
+    Tanh,
+    Sigmoid,
+    Silu,
+    Gelu,
+    GeluTanh,
+    Hardsigmoid,
+    Hardswish,
+}
+
+impl Act {
+    /// The same formulas as the CUDA device library, in f32.
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::Relu => v.max(0.0),
+            Act::Relu6 => v.clamp(0.0, 6.0),
+            Act::LeakyRelu(s) => {
+                if v >= 0.0 {
+                    v
+                } else {
+                    v * s
+                }
+            }
+            Act::Elu(a) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    a * v.exp_m1()
+                }
+            }
+            Act::Tanh => v.tanh(),
+            Act::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            Act::Silu => v / (1.0 + (-v).exp()),
+            Act::Gelu => 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)),
+            Act::GeluTanh => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh()),
+            Act::Hardsigmoid => (v / 6.0 + 0.5).clamp(0.0, 1.0),
+            Act::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Epi {
+    Act(Act),
+    /// Add `inputs[k]` at the same (n, c, p).
+    AddInput(usize),
+}
+
+/// A convolution as an implicit GEMM (a linear layer is a 1×1 conv on 1×1 maps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gemm {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    /// 0 zeros, 1 reflect, 2 replicate, 3 circular.
+    pub padding_mode: u8,
+    /// Average the input maps first (a linear layer after global average pooling).
+    pub global_pool: bool,
+    pub bias: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StepOp {
+    Gemm(Gemm),
+    Pool { max: bool, kernel: (usize, usize), stride: (usize, usize), pad: (usize, usize), dilation: (usize, usize), count_include_pad: bool },
+    AdaptivePool { max: bool },
+    /// y = x·scale[c] + shift[c] (params: scale, shift).
+    ChannelAffine,
+    Lrn { size: usize, alpha: f32, beta: f32, k: f32 },
+    Softmax { log: bool },
+    Act(Act),
+    Add,
+    Copy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The CUDA kernel's name.
+    pub kernel: String,
+    pub op: StepOp,
+    pub inputs: Vec<Place>,
+    pub output: Place,
+    pub epilogue: Vec<Epi>,
+    /// Indices into [`Plan::prepared`], in kernel argument order.
+    pub params: Vec<usize>,
+    pub block: u32,
+    /// Blocks along x: ceil(batch·per_image / per_block).
+    pub per_image: u64,
+    pub per_block: u64,
+    pub grid_y: u32,
+    pub grid_z: u32,
+    /// The layers it computes, for error messages ("a failed launch names the kernel and its layers").
+    pub layers: Vec<String>,
+}
+
+impl Step {
+    pub fn grid_x(&self, batch: usize) -> u32 {
+        ((batch as u64 * self.per_image).div_ceil(self.per_block)).max(1) as u32
+    }
+}
