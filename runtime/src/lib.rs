@@ -5,6 +5,9 @@
 //! Nothing here knows about `.cnn` files or the graph IR; the compiler crate
 //! binds these values to a model.
 
+pub mod app;
+pub mod cpu;
+pub mod cuda;
 pub mod input;
 pub mod output;
 pub mod plan;

@@ -76,3 +76,79 @@ pub fn npy_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
 pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<()> {
     write_atomic(path, &npy_bytes(tensor)?)
 }
+
+/// How a model's outputs relate to probabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scores {
+    Logits,
+    Probabilities,
+    LogProbabilities,
+}
+
+/// What to print about a batch of class scores.
+pub struct Report<'a> {
+    pub classes: usize,
+    pub scores: Scores,
+    pub labels: Option<&'a [String]>,
+    /// True class of each input, for accuracy.
+    pub targets: Option<&'a [u8]>,
+    pub topk: usize,
+    /// Print at most this many per-input lines.
+    pub show: usize,
+}
+
+/// The top-k table (one line per input) and, with targets, the accuracy.
+pub fn report(outputs: &[f32], n: usize, r: &Report) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let mut correct = 0usize;
+    for i in 0..n {
+        let row = &outputs[i * r.classes..(i + 1) * r.classes];
+        let probs: Vec<f64> = match r.scores {
+            Scores::Probabilities => row.iter().map(|&v| v as f64).collect(),
+            Scores::LogProbabilities => row.iter().map(|&v| (v as f64).exp()).collect(),
+            Scores::Logits => {
+                let max = row
+                    .iter()
+                    .map(|&v| v as f64)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                row.iter().map(|&v| (v as f64 - max).exp() / sum).collect()
+            }
+        };
+        let mut order: Vec<usize> = (0..r.classes).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let truth = r.targets.and_then(|t| t.get(i)).map(|&t| t as usize);
+        if truth == Some(order[0]) {
+            correct += 1;
+        }
+        if i < r.show {
+            let name = |c: usize| match r.labels.and_then(|l| l.get(c)) {
+                Some(s) if *s != c.to_string() => format!(" {s}"),
+                _ => String::new(),
+            };
+            let picks: Vec<String> = order
+                .iter()
+                .take(r.topk.max(1))
+                .map(|&c| format!("{c}{} {:.1}%", name(c), probs[c] * 100.0))
+                .collect();
+            let mark = match truth {
+                Some(t) if t == order[0] => format!("  (label {t}: right)"),
+                Some(t) => format!("  (label {t}: WRONG)"),
+                None => String::new(),
+            };
+            let _ = writeln!(text, "#{i:<4} {}{mark}", picks.join(" | "));
+        }
+    }
+    if n > r.show {
+        let _ = writeln!(text, "… {} more (raise --show to list them)", n - r.show);
+    }
+    if r.targets.is_some() {
+        let _ = writeln!(
+            text,
+            "accuracy: {correct}/{n} = {:.2}%",
+            100.0 * correct as f64 / n.max(1) as f64
+        );
+    }
+    text
+}

@@ -54,9 +54,17 @@ pub enum Prepared {
     /// Used as stored.
     Tensor { key: String },
     /// A conv/linear weight with a batch norm folded in: w·γ/√(σ² + ε) per output channel.
-    FoldedWeight { weight: String, bn: String, eps: f64 },
+    FoldedWeight {
+        weight: String,
+        bn: String,
+        eps: f64,
+    },
     /// The matching bias: (b − μ)·γ/√(σ² + ε) + β, b = 0 when the layer has no bias.
-    FoldedBias { bias: Option<String>, bn: String, eps: f64 },
+    FoldedBias {
+        bias: Option<String>,
+        bn: String,
+        eps: f64,
+    },
     /// A standalone batch norm as y = x·scale + shift: scale = γ/√(σ² + ε).
     BnScale { bn: String, eps: f64 },
     /// shift = β − μ·scale.
@@ -83,7 +91,9 @@ impl Place {
     /// Arena index of element (n, c, p) for a batch of `batch`.
     #[inline]
     pub fn index(&self, batch: usize, n: usize, c: usize, p: usize) -> usize {
-        self.offset * batch + (n * self.channels_total + self.channel_offset + c) * self.h * self.w + p
+        self.offset * batch
+            + (n * self.channels_total + self.channel_offset + c) * self.h * self.w
+            + p
     }
 }
 
@@ -161,12 +171,28 @@ pub struct Gemm {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StepOp {
     Gemm(Gemm),
-    Pool { max: bool, kernel: (usize, usize), stride: (usize, usize), pad: (usize, usize), dilation: (usize, usize), count_include_pad: bool },
-    AdaptivePool { max: bool },
+    Pool {
+        max: bool,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        dilation: (usize, usize),
+        count_include_pad: bool,
+    },
+    AdaptivePool {
+        max: bool,
+    },
     /// y = x·scale[c] + shift[c] (params: scale, shift).
     ChannelAffine,
-    Lrn { size: usize, alpha: f32, beta: f32, k: f32 },
-    Softmax { log: bool },
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+    },
+    Softmax {
+        log: bool,
+    },
     Act(Act),
     Add,
     Copy,

@@ -14,7 +14,12 @@ pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) 
         let Some(t) = file.tensors.get(&e.key) else {
             // PyTorch also accepts a state_dict without num_batches_tracked.
             if !e.integer {
-                problems.push(format!("missing      `{}` {} (declared at {})", e.key, shape_text(&e.shape), e.declared_at));
+                problems.push(format!(
+                    "missing      `{}` {} (declared at {})",
+                    e.key,
+                    shape_text(&e.shape),
+                    e.declared_at
+                ));
             }
             continue;
         };
@@ -23,7 +28,11 @@ pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) 
                 "wrong dtype  `{}` is {}, the model expects {} (declared at {})",
                 e.key,
                 t.dtype,
-                if e.integer { "an integer (I64)" } else { "floating point (F32, F16, BF16 or F64)" },
+                if e.integer {
+                    "an integer (I64)"
+                } else {
+                    "floating point (F32, F16, BF16 or F64)"
+                },
                 e.declared_at
             ));
         } else if t.shape != e.shape {
@@ -70,7 +79,11 @@ pub fn prepare(plan: &Plan, file: &WeightFile) -> Result<Vec<Vec<f32>>> {
     let scale = |bn: &str, eps: f64| -> Result<Vec<f64>> {
         let gamma = get(&format!("{bn}.weight"))?;
         let var = get(&format!("{bn}.running_var"))?;
-        Ok(gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect())
+        Ok(gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + eps).sqrt())
+            .collect())
     };
     let mut out = Vec::with_capacity(plan.prepared.len());
     for p in &plan.prepared {
@@ -90,7 +103,9 @@ pub fn prepare(plan: &Plan, file: &WeightFile) -> Result<Vec<Vec<f32>>> {
                     Some(key) => get(key)?,
                     None => vec![0.0; s.len()],
                 };
-                (0..s.len()).map(|o| (b[o] - mean[o]) * s[o] + beta[o]).collect()
+                (0..s.len())
+                    .map(|o| (b[o] - mean[o]) * s[o] + beta[o])
+                    .collect()
             }
             Prepared::BnScale { bn, eps } => scale(bn, *eps)?,
             Prepared::BnShift { bn, eps } => {

@@ -1,0 +1,302 @@
+//! The CUDA executor: runs a plan's kernels on an NVIDIA GPU through the
+//! driver API (cudarc, loaded at run time, so binaries start without CUDA).
+//!
+//! Weights are uploaded once (already prepared: batch norms folded); the
+//! activation arena is allocated once for the largest batch; the forward pass
+//! for a batch size is captured once as a CUDA graph and replayed. Any CUDA
+//! error ends the run with a message naming the kernel and its layers; a
+//! sticky error is not retried.
+
+use crate::plan::{Plan, StepOp};
+use crate::{Error, Result};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
+};
+use std::sync::Arc;
+
+/// Compiled kernels shipped in a binary.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelImages {
+    /// (compute capability major·10 + minor, cubin bytes), e.g. (80, …), (90, …).
+    pub cubins: &'static [(u32, &'static [u8])],
+    /// The CUDA C source, compiled with NVRTC when no cubin fits the GPU.
+    pub source: &'static str,
+}
+
+/// Whether a CUDA driver and at least one device are present.
+pub fn probe() -> Result<()> {
+    // SAFETY: only checks whether the driver library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error(
+            "no CUDA driver found (libcuda.so could not be loaded)".to_string(),
+        ));
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(Error("the CUDA driver reports no GPU".to_string())),
+        Err(e) => Err(Error(format!("the CUDA driver failed to start: {e}"))),
+    }
+}
+
+pub struct CudaExecutor {
+    plan: Plan,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: Vec<CudaFunction>,
+    params: Vec<CudaSlice<f32>>,
+    arena: CudaSlice<f32>,
+    max_batch: usize,
+    graph: Option<(usize, CudaGraph)>,
+    pub device_name: String,
+    pub kernels_from: String,
+}
+
+fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error(format!("{what}: {e}"))
+}
+
+impl CudaExecutor {
+    pub fn new(
+        plan: &Plan,
+        prepared: &[Vec<f32>],
+        images: &KernelImages,
+        max_batch: usize,
+    ) -> Result<CudaExecutor> {
+        probe()?;
+        let ctx = CudaContext::new(0).map_err(cuda_err("cannot open GPU 0"))?;
+        // We order all work on one stream and synchronise explicitly; cudarc's
+        // per-buffer events would otherwise be waited on inside graph capture.
+        // SAFETY: no other stream touches these buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let device_name = ctx.name().unwrap_or_else(|_| "GPU 0".to_string());
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(cuda_err("cannot query the GPU"))?;
+        let cc = (major * 10 + minor) as u32;
+        // A cubin runs on GPUs of the same major version and an equal or higher minor one.
+        let cubin = images
+            .cubins
+            .iter()
+            .filter(|(arch, _)| arch / 10 == cc / 10 && *arch <= cc)
+            .max_by_key(|(arch, _)| *arch);
+        let (ptx, kernels_from) = match cubin {
+            Some((arch, bytes)) => (
+                cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
+                format!("cubin sm_{arch}"),
+            ),
+            None => {
+                let opts = cudarc::nvrtc::CompileOptions {
+                    arch: None,
+                    ..Default::default()
+                };
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(images.source, opts)
+                    .map_err(|e| Error(format!("no cubin for compute capability {major}.{minor}, and NVRTC failed to compile the kernels: {e}")))?;
+                (ptx, format!("NVRTC (no cubin for sm_{cc})"))
+            }
+        };
+        let module = ctx
+            .load_module(ptx)
+            .map_err(cuda_err("cannot load the kernels"))?;
+        let mut functions = Vec::new();
+        for step in &plan.steps {
+            functions.push(module.load_function(&step.kernel).map_err(|e| {
+                Error(format!(
+                    "kernel `{}` is missing from the module: {e}",
+                    step.kernel
+                ))
+            })?);
+        }
+        // Graph capture is not allowed on the legacy default stream.
+        let stream = ctx
+            .new_stream()
+            .map_err(cuda_err("cannot create a CUDA stream"))?;
+        let mut params = Vec::new();
+        for (i, values) in prepared.iter().enumerate() {
+            let slice = stream.clone_htod(values).map_err(|e| {
+                Error(format!(
+                    "cannot upload weight tensor {i} ({} bytes): {e}",
+                    values.len() * 4
+                ))
+            })?;
+            params.push(slice);
+        }
+        let floats = plan
+            .arena_per_image
+            .checked_mul(max_batch)
+            .ok_or_else(|| Error("arena size overflows".to_string()))?;
+        let arena = stream.alloc_zeros::<f32>(floats.max(1)).map_err(|e| {
+            Error(format!(
+                "out of memory: the activation arena for batch {max_batch} needs {} bytes: {e}",
+                floats * 4
+            ))
+        })?;
+        Ok(CudaExecutor {
+            plan: plan.clone(),
+            ctx,
+            stream,
+            functions,
+            params,
+            arena,
+            max_batch,
+            graph: None,
+            device_name,
+            kernels_from,
+        })
+    }
+
+    /// Enqueues every kernel of the forward pass for `batch` images.
+    fn enqueue(&self, batch: usize) -> Result<()> {
+        let (base, _sync) = self.arena.device_ptr(&self.stream);
+        let ptr = |offset: usize| base + (offset * batch * 4) as u64;
+        let param_ptrs: Vec<u64> = self
+            .params
+            .iter()
+            .map(|p| p.device_ptr(&self.stream).0)
+            .collect();
+        let batch_arg = batch as i32;
+        let null: u64 = 0;
+        for (step, func) in self.plan.steps.iter().zip(&self.functions) {
+            let x = ptr(step.inputs[0].offset);
+            let y = ptr(step.output.offset);
+            let second = step.inputs.get(1).map(|p| ptr(p.offset)).unwrap_or(null);
+            let p = |k: usize| step.params.get(k).map(|&i| param_ptrs[i]).unwrap_or(null);
+            let (p0, p1) = (p(0), p(1));
+            let cfg = LaunchConfig {
+                grid_dim: (step.grid_x(batch), step.grid_y, step.grid_z),
+                block_dim: (step.block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(func);
+            match step.op {
+                StepOp::Gemm(_) => {
+                    launch
+                        .arg(&x)
+                        .arg(&p0)
+                        .arg(&p1)
+                        .arg(&second)
+                        .arg(&y)
+                        .arg(&batch_arg);
+                }
+                StepOp::ChannelAffine => {
+                    launch.arg(&x).arg(&p0).arg(&p1).arg(&y).arg(&batch_arg);
+                }
+                StepOp::Add => {
+                    launch.arg(&x).arg(&second).arg(&y).arg(&batch_arg);
+                }
+                _ => {
+                    launch.arg(&x).arg(&y).arg(&batch_arg);
+                }
+            }
+            // SAFETY: the arguments match the kernel's signature as printed by
+            // cnnc's CUDA printer for this step kind, and every pointer lies in
+            // the arena or a weight buffer sized by the same plan.
+            unsafe { launch.launch(cfg) }.map_err(|e| {
+                Error(format!(
+                    "launching `{}` ({}) failed: {e}",
+                    step.kernel,
+                    step.layers.join("; ")
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `batch` images (NCHW f32); returns the outputs.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        if batch == 0 || batch > self.max_batch {
+            return Err(Error(format!(
+                "batch {batch} is outside 1..={} (raise --batch)",
+                self.max_batch
+            )));
+        }
+        let per = self.plan.input.numel();
+        if input.len() != batch * per {
+            return Err(Error(format!(
+                "input has {} values; {batch} images need {}",
+                input.len(),
+                batch * per
+            )));
+        }
+        let start = self.plan.input.offset * batch;
+        {
+            let mut view = self.arena.slice_mut(start..start + batch * per);
+            self.stream
+                .memcpy_htod(input, &mut view)
+                .map_err(cuda_err("copying the input to the GPU failed"))?;
+        }
+        // Capture the forward pass once per batch size, then replay it.
+        if self.graph.as_ref().map(|(b, _)| *b) != Some(batch) {
+            self.graph = None;
+            self.stream
+                .begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+                .map_err(cuda_err("starting graph capture failed"))?;
+            let enqueued = self.enqueue(batch);
+            let graph = self
+                .stream
+                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+                .map_err(cuda_err("finishing graph capture failed"))?;
+            enqueued?;
+            let graph =
+                graph.ok_or_else(|| Error("graph capture produced no graph".to_string()))?;
+            self.graph = Some((batch, graph));
+        }
+        if let Some((_, graph)) = &self.graph {
+            graph
+                .launch()
+                .map_err(cuda_err("running the captured forward pass failed"))?;
+        }
+        self.stream.synchronize().map_err(|e| {
+            Error(format!(
+                "a kernel failed on the GPU ({e}); the CUDA context is unusable, stopping"
+            ))
+        })?;
+        let out = self.plan.output;
+        let start = out.offset * batch;
+        let count = batch * out.channels_total * out.h * out.w;
+        let view = self.arena.slice(start..start + count);
+        let full = self
+            .stream
+            .clone_dtoh(&view)
+            .map_err(cuda_err("copying the output from the GPU failed"))?;
+        // The output place may be a channel slice of a wider buffer.
+        let mut result = Vec::with_capacity(batch * out.numel());
+        let hw = out.h * out.w;
+        for n in 0..batch {
+            let s = (n * out.channels_total + out.channel_offset) * hw;
+            result.extend_from_slice(&full[s..s + out.c * hw]);
+        }
+        Ok(result)
+    }
+
+    /// Runs the captured forward pass `iters` times back to back and returns
+    /// the time per pass in milliseconds (GPU events).
+    pub fn time(&mut self, batch: usize, iters: usize) -> Result<Vec<f64>> {
+        let input = vec![0.0f32; batch * self.plan.input.numel()];
+        self.run(&input, batch)?;
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let start = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err("event"))?;
+            let end = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err("event"))?;
+            start.record(&self.stream).map_err(cuda_err("event"))?;
+            if let Some((_, graph)) = &self.graph {
+                graph
+                    .launch()
+                    .map_err(cuda_err("running the captured forward pass failed"))?;
+            }
+            end.record(&self.stream).map_err(cuda_err("event"))?;
+            end.synchronize()
+                .map_err(cuda_err("a kernel failed on the GPU"))?;
+            times.push(start.elapsed_ms(&end).map_err(cuda_err("event"))? as f64);
+        }
+        Ok(times)
+    }
+}

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""The GPU check (rung 7 of the verification ladder), for a machine with an
+NVIDIA GPU and PyTorch but no package registry. Run through scripts/gpu-check.sh.
+
+For each model it: makes weights (trained ones for the MNIST models, seeded
+random ones with random batch-norm statistics for the torchvision models) and
+writes them as a PyTorch state_dict in safetensors; runs the cnnc-built binary
+on the GPU and on the CPU and compares (1e-3 relative), and compares both with
+PyTorch; runs compute-sanitizer (memcheck, racecheck) where it is installed;
+and benchmarks the binary against PyTorch eager (strict FP32 and TF32) and
+torch.compile on the same GPU, same weights, batch 1 and 64.
+
+Needs: torch, torchvision, numpy. Writes a Markdown report to stdout and to
+OUT/report.md. Nothing is downloaded.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("CNNC_GPU_BIN", os.path.join(ROOT, "gpu", "bin"))
+OUT = os.environ.get("OUT", "/tmp/cnnc-gpu-check")
+WORK = os.path.join(OUT, "work")
+DEADLINE = time.time() + float(os.environ.get("CNNC_GPU_BUDGET_S", "480"))
+LINES = []
+
+
+def say(line=""):
+    print(line, flush=True)
+    LINES.append(line)
+
+
+# --- safetensors without the safetensors package -----------------------------
+
+def save_safetensors(path, tensors):
+    header, offset, blobs = {}, 0, []
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        dt = {"F32": np.float32, "I64": np.int64, "F16": np.float16, "F64": np.float64}[info["dtype"]]
+        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"]).copy())
+    return out
+
+
+# --- models -----------------------------------------------------------------
+
+class MnistCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+                                   nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2, 2))
+        self.fc_layer = nn.Sequential(nn.Linear(576, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x):
+        return self.fc_layer(torch.flatten(self.layer(x), 1))
+
+
+class LeNet5(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.conv3 = nn.Conv2d(16, 120, 5)
+        self.fc1 = nn.Linear(120, 84)
+        self.fc2 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
+        x = F.avg_pool2d(torch.tanh(self.conv2(x)), 2)
+        x = torch.tanh(self.conv3(x))
+        x = torch.tanh(self.fc1(torch.flatten(x, 1)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def mnist_digits(n, pad=0):
+    with open(os.path.join(ROOT, "models", "data", "mnist-1000-images.idx"), "rb") as f:
+        raw = f.read()
+    count, rows, cols = struct.unpack(">III", raw[4:16])
+    x = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 1, rows, cols)[:n].astype(np.float32) / 255.0
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return np.ascontiguousarray(x)
+
+
+def randomize_bn(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+
+
+def make(name):
+    """Returns (torch model, input maker(batch) -> np array, weights path)."""
+    torch.manual_seed(0)
+    if name == "mnist_cnn":
+        m = MnistCnn()
+        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")))
+        return m, lambda b: np.resize(mnist_digits(64), (b, 1, 28, 28)).astype(np.float32), os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")
+    if name == "lenet5":
+        m = LeNet5()
+        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "lenet5.safetensors")))
+        return m, lambda b: np.resize(mnist_digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), os.path.join(ROOT, "models", "weights", "lenet5.safetensors")
+    if name == "googlenet":
+        m = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    else:
+        m = getattr(torchvision.models, name)(weights=None)
+    randomize_bn(m, 1)
+    path = os.path.join(WORK, name + ".safetensors")
+    save_safetensors(path, m.state_dict())
+
+    def images(b):
+        g = np.random.default_rng(2)
+        return g.standard_normal((b, 3, 224, 224), dtype=np.float32)
+    return m, images, path
+
+
+def run(cmd, timeout=300):
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr, time.time() - t
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)) / np.maximum(1.0, np.abs(b.astype(np.float64)))))
+
+
+def torch_time(fn, x, iters):
+    for _ in range(5):
+        fn(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn(x)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return float(np.median(times))
+
+
+def ours_time(binary, weights, batch, iters):
+    code, out, err, _ = run([binary, "--weights", weights, "--device", "cuda", "--batch", str(batch), "--bench", str(iters)])
+    if code != 0:
+        return None, err.strip()
+    # "... p50 0.123 ms, ..."
+    p50 = float(out.split("p50 ")[1].split(" ms")[0])
+    return p50, out.strip()
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    models = os.environ.get("CNNC_GPU_MODELS", "mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet").split()
+    gpu = torch.cuda.get_device_name(0)
+    say(f"## GPU check: {gpu}")
+    say("")
+    say(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
+        f"driver reported by nvidia-smi below; binaries built by cnnc with cubins for sm_80/sm_90")
+    code, out, _, _ = run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    say(f"nvidia-smi: {out.strip()}")
+    say("")
+    say("### Numerics (batch 2): cnnc GPU vs cnnc CPU path, and vs PyTorch eager FP32 (TF32 off)")
+    say("")
+    say("| model | GPU vs CPU (max rel) | GPU vs PyTorch | CPU vs PyTorch | top-1 agree | verdict |")
+    say("|---|---|---|---|---|---|")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    prepared = {}
+    for name in models:
+        binary = os.path.join(BIN, name)
+        if not os.path.exists(binary):
+            say(f"| {name} | binary missing | | | | SKIP |")
+            continue
+        m, images, weights = make(name)
+        m = m.eval().cuda()
+        prepared[name] = (m, images, weights, binary)
+        x = images(2)
+        inp = os.path.join(WORK, name + "_in.npy")
+        np.save(inp, x)
+        with torch.no_grad():
+            ref = m(torch.from_numpy(x).cuda()).float().cpu().numpy()
+        outs = {}
+        for dev in ("cuda", "cpu"):
+            o = os.path.join(WORK, f"{name}_{dev}.npy")
+            code, so, se, dt = run([binary, "--weights", weights, "--input", inp, "--device", dev, "--output", o, "--show", "0"])
+            outs[dev] = np.load(o) if code == 0 else None
+            if code != 0:
+                say(f"<!-- {name} {dev} failed: {se.strip()[:300]} -->")
+        if outs["cuda"] is None or outs["cpu"] is None:
+            say(f"| {name} | run failed | | | | FAIL |")
+            continue
+        g_c, g_t, c_t = rel_err(outs["cuda"], outs["cpu"]), rel_err(outs["cuda"], ref), rel_err(outs["cpu"], ref)
+        agree = bool((outs["cuda"].argmax(1) == ref.argmax(1)).all())
+        ok = g_c <= 1e-3 and g_t <= 1e-3
+        say(f"| {name} | {g_c:.2e} | {g_t:.2e} | {c_t:.2e} | {agree} | {'PASS' if ok else 'FAIL'} |")
+
+    say("")
+    say("### compute-sanitizer")
+    say("")
+    san = shutil.which("compute-sanitizer") or next((p for p in ["/usr/local/cuda/bin/compute-sanitizer"] if os.path.exists(p)), None)
+    if san is None:
+        say("compute-sanitizer is not installed on this machine: memcheck and racecheck NOT run.")
+    else:
+        for name in ("mnist_cnn", "resnet18"):
+            if name not in prepared:
+                continue
+            _, _, weights, binary = prepared[name]
+            inp = os.path.join(WORK, name + "_in.npy")
+            for tool in ("memcheck", "racecheck"):
+                if time.time() > DEADLINE - 120:
+                    say(f"- {name} {tool}: skipped (time budget)")
+                    continue
+                code, so, se, dt = run([san, "--tool", tool, "--error-exitcode", "3", binary, "--weights", weights,
+                                        "--input", inp, "--device", "cuda", "--show", "0"], timeout=240)
+                summary = [l for l in (so + se).splitlines() if "ERROR SUMMARY" in l or "RACECHECK SUMMARY" in l]
+                say(f"- {name} {tool}: exit {code}, {summary[-1].strip() if summary else 'no summary'} ({dt:.0f} s)")
+
+    say("")
+    say("### Latency (ms per batch, median of GPU-event timings; ratio = PyTorch / cnnc, above 1 means cnnc is faster)")
+    say("")
+    say("| model | batch | cnnc | eager FP32 | ratio | eager TF32 | ratio | torch.compile FP32 | ratio |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for name in models:
+        if name not in prepared:
+            continue
+        m, images, weights, binary = prepared[name]
+        for batch in (1, 64):
+            if time.time() > DEADLINE - 60:
+                say(f"| {name} | {batch} | skipped (time budget) | | | | | | |")
+                continue
+            ours, _ = ours_time(binary, weights, batch, 100)
+            x = torch.from_numpy(images(batch)).cuda()
+            with torch.inference_mode():
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+                strict = torch_time(m, x, 50)
+                torch.backends.cudnn.allow_tf32 = True
+                torch.backends.cuda.matmul.allow_tf32 = True
+                tf32 = torch_time(m, x, 50)
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+                compiled = None
+                if name in ("mnist_cnn", "resnet18", "resnet50") and time.time() < DEADLINE - 150:
+                    try:
+                        cm = torch.compile(m)
+                        compiled = torch_time(cm, x, 50)
+                    except Exception as e:  # noqa: BLE001 - report, do not stop
+                        say(f"<!-- torch.compile failed for {name}: {str(e)[:200]} -->")
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+            ratio = lambda v: "n/a" if (v is None or ours is None) else f"{v / ours:.2f}"
+            say(f"| {name} | {batch} | {fmt(ours)} | {fmt(strict)} | {ratio(strict)} | {fmt(tf32)} | {ratio(tf32)} | {fmt(compiled)} | {ratio(compiled)} |")
+    say("")
+    say("cnnc kernels are strict FP32 (no tensor cores); per-image latency = batch latency / batch.")
+    with open(os.path.join(OUT, "report.md"), "w") as f:
+        f.write("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    main()
