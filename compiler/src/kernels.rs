@@ -592,7 +592,9 @@ pub fn render(program: &KernelProgram) -> String {
         }
         for e in &k.epilogue {
             let _ = match e {
-                Epilogue::Activation(a) => writeln!(out, "  epilogue: {}", a.name()),
+                Epilogue::Activation(a) => {
+                    writeln!(out, "  epilogue: {}", Op::Activation(*a).describe())
+                }
                 Epilogue::AddInput(i) => writeln!(
                     out,
                     "  epilogue: add input {i} (node {})",
@@ -640,7 +642,9 @@ fn describe_kind(kind: &KernelKind) -> String {
             "{} over channels, one thread per (image, pixel)",
             if *log { "log_softmax" } else { "softmax" }
         ),
-        KernelKind::Activation(a) => format!("{}, one thread per element", a.name()),
+        KernelKind::Activation(a) => {
+            format!("{}, one thread per element", Op::Activation(*a).describe())
+        }
         KernelKind::Add => "elementwise add, one thread per element".to_string(),
         KernelKind::CopySlice => "copy into a channel slice, one thread per element".to_string(),
     }

@@ -9,6 +9,7 @@ use cnnc::{
     compile_file, diag, parse_settings, summary, unknown_settings, Compilation, UsageError,
 };
 use cnnc_runtime::input::{ImageOptions, IndexRange, InputOptions};
+use cnnc_runtime::output::{Report, Scores};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -448,67 +449,34 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // Probabilities: a model that ends in softmax already gives them.
-    let last_op = &graph.nodes[graph.output].op;
-    let mut correct = 0usize;
-    for i in 0..n {
-        let row = &outputs[i * out_per..(i + 1) * out_per];
-        let probs: Vec<f64> = match last_op {
-            Op::Softmax => row.to_vec(),
-            Op::LogSoftmax => row.iter().map(|v| v.exp()).collect(),
-            _ => {
-                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-                row.iter().map(|v| (v - max).exp() / sum).collect()
-            }
-        };
-        let mut order: Vec<usize> = (0..out_per).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        let truth = targets
-            .as_ref()
-            .and_then(|t| t.get(options.index.map_or(0, |r| r.start) + i))
-            .map(|&t| t as usize);
-        if truth == Some(order[0]) {
-            correct += 1;
-        }
-        if i < args.show {
-            let name = |c: usize| {
-                labels
-                    .as_ref()
-                    .and_then(|l| l.get(c))
-                    .map(|s| format!(" {s}"))
-                    .unwrap_or_default()
-            };
-            let picks: Vec<String> = order
-                .iter()
-                .take(args.topk.max(1))
-                .map(|&c| format!("{c}{} {:.1}%", name(c), probs[c] * 100.0))
-                .collect();
-            let mark = match truth {
-                Some(t) if t == order[0] => format!("  (label {t}: right)"),
-                Some(t) => format!("  (label {t}: WRONG)"),
-                None => String::new(),
-            };
-            println!("#{i:<4} {}{mark}", picks.join(" | "));
-        }
-    }
-    if n > args.show {
-        println!("… {} more (raise --show to list them)", n - args.show);
-    }
-    if let Some(t) = &targets {
-        let offset = options.index.map_or(0, |r| r.start);
-        if t.len() < offset + n {
+    // A model that ends in softmax already gives probabilities.
+    let scores = match graph.nodes[graph.output].op {
+        Op::Softmax => Scores::Probabilities,
+        Op::LogSoftmax => Scores::LogProbabilities,
+        _ => Scores::Logits,
+    };
+    let offset = options.index.map_or(0, |r| r.start);
+    let targets = match &targets {
+        Some(t) if t.len() < offset + n => {
             return Ok(fail(format!(
                 "the label file has {} labels, fewer than the {} inputs",
                 t.len(),
                 offset + n
             )));
         }
-        println!(
-            "accuracy: {correct}/{n} = {:.2}%",
-            100.0 * correct as f64 / n as f64
-        );
-    }
+        Some(t) => Some(&t[offset..offset + n]),
+        None => None,
+    };
+    let outputs: Vec<f32> = outputs.iter().map(|&v| v as f32).collect();
+    let report = Report {
+        classes: out_per,
+        scores,
+        labels: labels.as_deref(),
+        targets,
+        topk: args.topk,
+        show: args.show,
+    };
+    print!("{}", cnnc_runtime::output::report(&outputs, n, &report));
     if let Some(path) = &args.output {
         println!("wrote {}", path.display());
     }

@@ -16,15 +16,21 @@ fn act(a: Activation) -> rt::Act {
         Activation::Tanh => rt::Act::Tanh,
         Activation::Sigmoid => rt::Act::Sigmoid,
         Activation::Silu => rt::Act::Silu,
-        Activation::Gelu { tanh_approximation: false } => rt::Act::Gelu,
-        Activation::Gelu { tanh_approximation: true } => rt::Act::GeluTanh,
+        Activation::Gelu {
+            tanh_approximation: false,
+        } => rt::Act::Gelu,
+        Activation::Gelu {
+            tanh_approximation: true,
+        } => rt::Act::GeluTanh,
         Activation::Hardsigmoid => rt::Act::Hardsigmoid,
         Activation::Hardswish => rt::Act::Hardswish,
     }
 }
 
 fn place(r: &TensorRef, memory: &MemoryPlan) -> Result<rt::Place, String> {
-    let offset = memory.offset_of(r.owner).ok_or_else(|| format!("node {} has no buffer", r.owner))?;
+    let offset = memory
+        .offset_of(r.owner)
+        .ok_or_else(|| format!("node {} has no buffer", r.owner))?;
     let (c, h, w) = match r.shape {
         Shape::Chw(c, h, w) => (c, h, w),
         Shape::Flat(f) => (f, 1, 1),
@@ -40,7 +46,12 @@ fn place(r: &TensorRef, memory: &MemoryPlan) -> Result<rt::Place, String> {
 }
 
 /// Builds the execution plan of a fused graph.
-pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, sources: &SourceMap) -> Result<Plan, String> {
+pub fn build(
+    graph: &Graph,
+    program: &KernelProgram,
+    memory: &MemoryPlan,
+    sources: &SourceMap,
+) -> Result<Plan, String> {
     let mut prepared: Vec<rt::Prepared> = Vec::new();
     let mut push = |p: rt::Prepared| {
         prepared.push(p);
@@ -60,8 +71,16 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
                 let bias_key = own_bias.then(|| format!("{}.bias", node.name));
                 match &node.fusion.folded_batchnorm {
                     Some(bn) => {
-                        params.push(push(rt::Prepared::FoldedWeight { weight, bn: bn.name.clone(), eps: bn.eps.0 }));
-                        params.push(push(rt::Prepared::FoldedBias { bias: bias_key, bn: bn.name.clone(), eps: bn.eps.0 }));
+                        params.push(push(rt::Prepared::FoldedWeight {
+                            weight,
+                            bn: bn.name.clone(),
+                            eps: bn.eps.0,
+                        }));
+                        params.push(push(rt::Prepared::FoldedBias {
+                            bias: bias_key,
+                            bn: bn.name.clone(),
+                            eps: bn.eps.0,
+                        }));
                     }
                     None => {
                         params.push(push(rt::Prepared::Tensor { key: weight }));
@@ -90,7 +109,13 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
                 })
             }
             KernelKind::Pool { op } => match op {
-                Op::MaxPool2d { kernel, stride, padding, dilation, .. } => rt::StepOp::Pool {
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ..
+                } => rt::StepOp::Pool {
                     max: true,
                     kernel: (kernel.0 as usize, kernel.1 as usize),
                     stride: (stride.0 as usize, stride.1 as usize),
@@ -98,7 +123,13 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
                     dilation: (dilation.0 as usize, dilation.1 as usize),
                     count_include_pad: true,
                 },
-                Op::AvgPool2d { kernel, stride, padding, count_include_pad, .. } => rt::StepOp::Pool {
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                    ..
+                } => rt::StepOp::Pool {
                     max: false,
                     kernel: (kernel.0 as usize, kernel.1 as usize),
                     stride: (stride.0 as usize, stride.1 as usize),
@@ -114,13 +145,27 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
                     Op::BatchNorm { eps, .. } => eps.0,
                     _ => return Err("channel affine without a batch norm".into()),
                 };
-                params.push(push(rt::Prepared::BnScale { bn: node.name.clone(), eps }));
-                params.push(push(rt::Prepared::BnShift { bn: node.name.clone(), eps }));
+                params.push(push(rt::Prepared::BnScale {
+                    bn: node.name.clone(),
+                    eps,
+                }));
+                params.push(push(rt::Prepared::BnShift {
+                    bn: node.name.clone(),
+                    eps,
+                }));
                 rt::StepOp::ChannelAffine
             }
-            KernelKind::Lrn { size, alpha, beta, k: kk } => {
-                rt::StepOp::Lrn { size: *size as usize, alpha: *alpha as f32, beta: *beta as f32, k: *kk as f32 }
-            }
+            KernelKind::Lrn {
+                size,
+                alpha,
+                beta,
+                k: kk,
+            } => rt::StepOp::Lrn {
+                size: *size as usize,
+                alpha: *alpha as f32,
+                beta: *beta as f32,
+                k: *kk as f32,
+            },
             KernelKind::Softmax { log } => rt::StepOp::Softmax { log: *log },
             KernelKind::Activation(a) => rt::StepOp::Act(act(*a)),
             KernelKind::Add => rt::StepOp::Add,
@@ -137,7 +182,11 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
         steps.push(rt::Step {
             kernel: k.name.clone(),
             op,
-            inputs: k.inputs.iter().map(|r| place(r, memory)).collect::<Result<_, _>>()?,
+            inputs: k
+                .inputs
+                .iter()
+                .map(|r| place(r, memory))
+                .collect::<Result<_, _>>()?,
             output: place(&k.output, memory)?,
             epilogue,
             params,
@@ -169,8 +218,18 @@ pub fn build(graph: &Graph, program: &KernelProgram, memory: &MemoryPlan, source
     };
     Ok(Plan {
         model: graph.name.clone(),
-        input_shape: graph.input_shape().dims().iter().map(|&d| d as usize).collect(),
-        output_shape: graph.output_shape().dims().iter().map(|&d| d as usize).collect(),
+        input_shape: graph
+            .input_shape()
+            .dims()
+            .iter()
+            .map(|&d| d as usize)
+            .collect(),
+        output_shape: graph
+            .output_shape()
+            .dims()
+            .iter()
+            .map(|&d| d as usize)
+            .collect(),
         input: place(&program.input, memory)?,
         output: place(&program.output, memory)?,
         arena_per_image: memory.arena as usize,

@@ -61,11 +61,9 @@ impl Window {
             .and_then(|v| v.checked_sub(1))
             .ok_or(SizeError::Overflow)?;
         let mut out = if self.ceil_mode {
-            numerator
-                .checked_add(self.stride - 1)
-                .ok_or(SizeError::Overflow)?
-                .div_euclid(self.stride)
-                + 1
+            // Ceil division without `numerator + stride − 1`, which can overflow.
+            let round_up = i64::from(numerator.rem_euclid(self.stride) != 0);
+            numerator.div_euclid(self.stride) + round_up + 1
         } else {
             numerator.div_euclid(self.stride) + 1
         };

@@ -84,6 +84,14 @@ pub fn bytes(n: i64) -> String {
     }
 }
 
+/// `bytes(n * batch)`, also where the product does not fit in an `i64`.
+fn scaled_bytes(n: i64, batch: i64) -> String {
+    match n.checked_mul(batch) {
+        Some(total) => bytes(total),
+        None => format!("{:.1} TiB", n as f64 * batch as f64 / 1024f64.powi(4)),
+    }
+}
+
 /// MACs as "4.09 GMACs" (decimal units, as papers quote them).
 pub fn macs(n: i64) -> String {
     let v = n as f64;
@@ -176,7 +184,7 @@ pub fn table(graph: &Graph, batch: i64) -> String {
             } else {
                 grouped(r.macs)
             },
-            bytes(elements * F32 * batch),
+            scaled_bytes(elements * F32, batch),
         );
     }
     let unused: Vec<_> = graph.params.iter().filter(|p| p.node.is_none()).collect();
@@ -211,11 +219,15 @@ pub fn table(graph: &Graph, batch: i64) -> String {
         "parameter memory:   {}",
         bytes(graph.total_params() * F32)
     );
-    let _ = writeln!(out, "activations, sum:   {}", bytes(naive * F32 * batch));
+    let _ = writeln!(
+        out,
+        "activations, sum:   {}",
+        scaled_bytes(naive * F32, batch)
+    );
     let _ = writeln!(
         out,
         "activations, peak:  {} (outputs freed after their last use)",
-        bytes(graph.peak_live_elements() * F32 * batch)
+        scaled_bytes(graph.peak_live_elements() * F32, batch)
     );
     out
 }

@@ -209,7 +209,21 @@ pub fn parse(file: FileId, text: &str) -> (SourceFile, Vec<Diagnostic>) {
                 break;
             }
             Err(error) => {
-                let (error_at, diagnostic) = syntax_error(file, offset, rest, error);
+                // pest records which literals (`)`, `,`, ...) it tried only when
+                // asked; ask on the first error and parse again. The setting is
+                // global and only ever turned on, so the result does not depend
+                // on other threads.
+                let error = if error.parse_attempts().is_some() {
+                    error
+                } else {
+                    pest::set_error_detail(true);
+                    match CnnParser::parse(Rule::file, rest) {
+                        Err(detailed) => detailed,
+                        Ok(_) => error,
+                    }
+                };
+                let lines_before = text[..offset].matches('\n').count();
+                let (error_at, diagnostic) = syntax_error(file, offset, lines_before, rest, error);
                 diagnostics.push(diagnostic);
                 // Keep the declarations that end before the error.
                 let good_prefix = last_decl_start_at_or_before(rest, error_at);
@@ -221,7 +235,14 @@ pub fn parse(file: FileId, text: &str) -> (SourceFile, Vec<Diagnostic>) {
                         }
                     }
                 }
-                match next_decl_start_after(rest, error_at) {
+                // An error right at a declaration (a bracket left open
+                // before it) belongs to the one before: check this one again.
+                let resume = if error_at > 0 && decl_starts(rest).any(|s| s == error_at) {
+                    Some(error_at)
+                } else {
+                    next_decl_start_after(rest, error_at)
+                };
+                match resume {
                     Some(next) => offset += next,
                     None => break,
                 }
@@ -290,6 +311,7 @@ fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
 fn syntax_error(
     file: FileId,
     offset: usize,
+    lines_before: usize,
     text: &str,
     error: pest::error::Error<Rule>,
 ) -> (usize, Diagnostic) {
@@ -298,6 +320,12 @@ fn syntax_error(
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
+    if let Some(diagnostic) = unclosed_bracket(file, offset, lines_before, text, at) {
+        return (at, diagnostic);
+    }
+    if let Some(diagnostic) = string_error(file, offset, text, at) {
+        return (at, diagnostic);
+    }
     let found = describe_found(text, at);
     let end = at + found.1;
     let span = Span::new(file, offset + at..offset + end);
@@ -305,9 +333,21 @@ fn syntax_error(
         ErrorVariant::ParsingError { positives, .. } => {
             let mut expected: Vec<&'static str> =
                 positives.iter().filter_map(|r| friendly_rule(*r)).collect();
+            // pest names rules, not literals; add the punctuation it tried, so
+            // a missing `)` or `,` is named. Operators that could extend an
+            // expression are then noise.
+            let punctuation = expected_punctuation(&error);
+            if !punctuation.is_empty() {
+                expected.retain(|e| !EXPRESSION_TAILS.contains(e));
+                expected.extend(punctuation);
+            }
             expected.sort_unstable();
             expected.dedup();
+            let at_top = text[..at]
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
             let expected = match expected.len() {
+                0 if at_top => "`model`, `block` or `include`".to_string(),
                 0 => "something else".to_string(),
                 1 => expected[0].to_string(),
                 _ => {
@@ -323,10 +363,210 @@ fn syntax_error(
         ErrorVariant::CustomError { message } => (message.clone(), String::new()),
     };
     let mut diagnostic = Diagnostic::error(message, span, label);
-    if let Some(help) = syntax_help(text, at) {
+    let expects_input = matches!(&error.variant, ErrorVariant::ParsingError { positives, .. }
+        if positives.iter().any(|r| matches!(r, Rule::kw_input | Rule::input_decl)));
+    if let Some(help) = syntax_help(text, at, expects_input) {
         diagnostic = diagnostic.with_help(help);
     }
     (at, diagnostic)
+}
+
+/// What `friendly_rule` calls the operators that may continue an expression.
+const EXPRESSION_TAILS: &[&str] = &["`and`", "`or`", "a comparison", "an operator"];
+
+/// The closing and separating punctuation pest tried at the error position.
+fn expected_punctuation(error: &pest::error::Error<Rule>) -> Vec<&'static str> {
+    let Some(attempts) = error.parse_attempts() else {
+        return Vec::new();
+    };
+    attempts
+        .expected_tokens()
+        .iter()
+        .filter_map(|t| match t.to_string().as_str() {
+            ")" => Some("`)`"),
+            "]" => Some("`]`"),
+            "}" => Some("`}`"),
+            "," => Some("`,`"),
+            "=" => Some("`=`"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A bracket left open shows up as an error at the next top-level
+/// declaration or at the end of the file; report the bracket instead.
+fn unclosed_bracket(
+    file: FileId,
+    offset: usize,
+    lines_before: usize,
+    text: &str,
+    at: usize,
+) -> Option<Diagnostic> {
+    let at_end = text[at..].trim().is_empty();
+    let at_decl = decl_starts(text).any(|s| s == at);
+    if !at_end && !at_decl {
+        return None;
+    }
+    // The declaration the error is in starts at the last declaration line before it.
+    let from = decl_starts(text)
+        .take_while(|&s| s < at)
+        .last()
+        .unwrap_or(0);
+    // Brackets from there to the error, skipping comments and strings: the
+    // ones left open, and every `{`.
+    let mut open: Vec<(usize, char)> = Vec::new();
+    let mut braces: Vec<usize> = Vec::new();
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (i, c) in text[from..at].char_indices() {
+        let i = from + i;
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                open.push((i, c));
+                if c == '{' {
+                    braces.push(i);
+                }
+            }
+            ')' | ']' | '}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    let &(innermost, innermost_char) = open.last()?;
+    // A later `}` may have closed the wrong `{`; the indentation tells which
+    // one lacks its `}`: the next line indented no deeper than its own line
+    // does not start with `}`.
+    let by_indent = braces
+        .iter()
+        .find_map(|&i| closing_line(text, i, at).map(|line| (i, line)));
+    let (bracket, bracket_char, before_line) = match by_indent {
+        Some((i, line)) => (i, '{', Some(line)),
+        None => (innermost, innermost_char, None),
+    };
+    let closer = match bracket_char {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    };
+    let (found_span, found_label) = if at_end {
+        let end = text.len();
+        (
+            Span::new(file, offset + end..offset + end),
+            "the file ends here".to_string(),
+        )
+    } else {
+        let keyword: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        (
+            Span::new(file, offset + at..offset + at + keyword.len()),
+            format!("expected `{closer}` before this `{keyword}`"),
+        )
+    };
+    let help = match before_line {
+        Some(line_start) => {
+            let line = lines_before + text[..line_start].matches('\n').count() + 1;
+            format!("add `{closer}` before line {line}")
+        }
+        None => format!("add the missing `{closer}`"),
+    };
+    Some(
+        Diagnostic::error(
+            format!("unclosed `{bracket_char}`"),
+            Span::new(file, offset + bracket..offset + bracket + 1),
+            format!("this `{bracket_char}` is never closed"),
+        )
+        .with_secondary(found_span, found_label)
+        .with_help(help),
+    )
+}
+
+/// How many brackets are open at the end of `text`, skipping comments and strings.
+fn bracket_depth(text: &str) -> usize {
+    let mut depth = 0usize;
+    for line in text.lines() {
+        let mut in_string = false;
+        for c in line.chars() {
+            match c {
+                '"' => in_string = !in_string,
+                _ if in_string => {}
+                '#' => break,
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    depth
+}
+
+/// For a `{` that ends its line, the start of the first later line (before
+/// `limit`) indented no deeper than the `{`'s line, if that line does not close it.
+fn closing_line(text: &str, brace: usize, limit: usize) -> Option<usize> {
+    let line_start = text[..brace].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[brace..]
+        .find('\n')
+        .map(|i| brace + i)
+        .unwrap_or(text.len());
+    let after_brace = text[brace + 1..line_end].trim();
+    if !(after_brace.is_empty() || after_brace.starts_with('#')) {
+        return None;
+    }
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let own = indent(&text[line_start..brace]);
+    let mut start = line_end + 1;
+    while start < limit.min(text.len()) {
+        let end = text[start..]
+            .find('\n')
+            .map(|i| start + i)
+            .unwrap_or(text.len());
+        let line = &text[start..end];
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') && indent(line) <= own {
+            return (!trimmed.starts_with('}')).then_some(start);
+        }
+        start = end + 1;
+    }
+    None
+}
+
+/// A string that is not closed on its line, or a string where a value belongs.
+fn string_error(file: FileId, offset: usize, text: &str, at: usize) -> Option<Diagnostic> {
+    let rest = text[at..].strip_prefix('"')?;
+    let line = rest.split('\n').next().unwrap_or("");
+    let Some(close) = line.find('"') else {
+        let span = Span::new(file, offset + at..offset + at + 1 + line.trim_end().len());
+        return Some(
+            Diagnostic::error("unterminated string", span, "no closing `\"` on this line")
+                .with_help(format!("close it: `\"{}\"`", line.trim_end())),
+        );
+    };
+    let content = &line[..close];
+    let span = Span::new(file, offset + at..offset + at + close + 2);
+    let is_name = content.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && content
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let before = text[..at].trim_end();
+    if before.ends_with("include") {
+        return None;
+    }
+    let d = Diagnostic::error("expected a value, found a string", span, "not a value");
+    Some(if is_name {
+        d.with_help(format!("names are written without quotes: `{content}`"))
+    } else {
+        d.with_note("strings are only used by `include \"file.cnn\"`")
+    })
 }
 
 /// What the parser ran into, and how many bytes of it to underline.
@@ -357,13 +597,67 @@ fn describe_found(text: &str, at: usize) -> (String, usize) {
     }
 }
 
-fn syntax_help(text: &str, at: usize) -> Option<String> {
+fn syntax_help(text: &str, at: usize, expects_input: bool) -> Option<String> {
     let rest = &text[at..];
-    if rest.starts_with('"') {
-        return Some("strings are only used by `include \"file.cnn\"`".to_string());
+    let line_before = &text[text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0)..at];
+    if let Some(after) = rest.strip_prefix("input") {
+        let sizes = after.lines().next().unwrap_or("");
+        let sizes = sizes.split('#').next().unwrap_or("").trim();
+        if !sizes.starts_with('[') && !sizes.is_empty() {
+            return Some(format!("write the sizes in brackets: `input [{sizes}]`"));
+        }
+        return Some("a model has one `input` line, and it comes first".to_string());
     }
-    if rest.starts_with("input") {
-        return Some("`input [C, H, W]` must be the first line of a model".to_string());
+    if rest.starts_with('=') && !rest.starts_with("==") && line_before.contains("when ") {
+        return Some(
+            "conditions compare with `==`; a `true`/`false` parameter needs no comparison"
+                .to_string(),
+        );
+    }
+    let open_parens = line_before.matches(['(', '[']).count();
+    let closed_parens = line_before.matches([')', ']']).count();
+    if rest.starts_with(',') && open_parens <= closed_parens {
+        return Some("layers are separated by spaces or new lines, not commas".to_string());
+    }
+    if rest.starts_with('}') && bracket_depth(&text[..at]) == 0 {
+        return Some("this `}` closes nothing; remove it".to_string());
+    }
+    if expects_input {
+        // Point at a later `input` line of the same model, if there is one.
+        let model_end = next_decl_start_after(text, at).unwrap_or(text.len());
+        let later = text[at..model_end]
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with("input") && l[5..].trim_start().starts_with('['));
+        return Some(match later {
+            Some(line) => format!(
+                "move `{}` up: it must be the first line of the model",
+                line.split('#').next().unwrap_or(line).trim_end()
+            ),
+            None => {
+                "a model's first line is its input shape, e.g. `input [3, 224, 224]`".to_string()
+            }
+        });
+    }
+    if let Some(after_colon) = rest.strip_prefix(':') {
+        let name: String = text[..at]
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let value = after_colon
+            .split([',', ')', '\n'])
+            .next()
+            .unwrap_or("")
+            .trim();
+        if !name.is_empty() && !value.is_empty() {
+            return Some(format!("arguments are named with `=`: `{name} = {value}`"));
+        }
+        return Some("arguments are named with `=`, as in `k = 3`".to_string());
     }
     let before = text[..at].trim_end();
     if before.ends_with("model") || before.ends_with("block") {
@@ -423,9 +717,15 @@ struct Builder {
 }
 
 impl Builder {
+    /// The pair's span without the whitespace and comments pest lets a rule
+    /// end with (an optional part that did not match after implicit whitespace).
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, self.offset + s.start()..self.offset + s.end())
+        let len = trimmed_len(s.as_str());
+        Span::new(
+            self.file,
+            self.offset + s.start()..self.offset + s.start() + len,
+        )
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -688,6 +988,7 @@ impl Builder {
                     };
                 };
                 let mut lhs = self.expr(first, diags);
+                let mut depth = None;
                 while let (Some(op), Some(rhs)) = (inner.next(), inner.next()) {
                     let op = match (op.as_rule(), op.as_str().trim()) {
                         (Rule::or_op, _) => BinOp::Or,
@@ -705,6 +1006,18 @@ impl Builder {
                         _ => BinOp::Ge,
                     };
                     let rhs = self.expr(rhs, diags);
+                    // `1 + 1 + …` nests one level per operator; the checker recurses on it.
+                    let below = depth
+                        .unwrap_or_else(|| expr_depth(&lhs))
+                        .max(expr_depth(&rhs));
+                    depth = Some(below + 1);
+                    if below >= MAX_EXPR_DEPTH {
+                        diags.push(too_deep(span));
+                        return Expr {
+                            kind: ExprKind::Error,
+                            span,
+                        };
+                    }
                     let span = lhs.span.join(rhs.span);
                     lhs = Expr {
                         kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
@@ -723,6 +1036,13 @@ impl Builder {
                         span,
                     },
                 };
+                if nots > 0 && nots + expr_depth(&e) > MAX_EXPR_DEPTH {
+                    diags.push(too_deep(span));
+                    return Expr {
+                        kind: ExprKind::Error,
+                        span,
+                    };
+                }
                 for _ in 0..nots {
                     e = Expr {
                         kind: ExprKind::Not(Box::new(e)),
@@ -750,10 +1070,18 @@ impl Builder {
                     e
                 }
             }
-            Rule::tuple => Expr {
-                kind: ExprKind::Tuple(pair.into_inner().map(|p| self.expr(p, diags)).collect()),
-                span,
-            },
+            Rule::tuple => {
+                let mut items: Vec<Expr> = pair.into_inner().map(|p| self.expr(p, diags)).collect();
+                if items.len() == 1 {
+                    // `(a)`: parentheses that only group.
+                    items.remove(0)
+                } else {
+                    Expr {
+                        kind: ExprKind::Tuple(items),
+                        span,
+                    }
+                }
+            }
             Rule::int => {
                 let digits: String = pair.as_str().chars().filter(|c| *c != '_').collect();
                 match digits.parse::<i64>() {
@@ -783,11 +1111,10 @@ impl Builder {
                     span,
                 },
                 _ => {
-                    diags.push(Diagnostic::error(
-                        "number is too large",
-                        span,
-                        "not a finite number",
-                    ));
+                    diags.push(
+                        Diagnostic::error("number is too large", span, "not a finite number")
+                            .with_note(format!("the largest number is about {:.1e}", f64::MAX)),
+                    );
                     Expr {
                         kind: ExprKind::Error,
                         span,
@@ -808,6 +1135,48 @@ impl Builder {
             },
         }
     }
+}
+
+/// The length of `text` without trailing whitespace and `#` comments.
+fn trimmed_len(text: &str) -> usize {
+    let mut t = text.trim_end();
+    loop {
+        let line_start = t.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line = &t[line_start..];
+        // Strings (only in `include`) may hold `#`; leave such lines alone.
+        match line.find('#') {
+            Some(i) if !line.contains('"') => t = t[..line_start + i].trim_end(),
+            _ => return t.len(),
+        }
+    }
+}
+
+/// Deepest expression tree accepted (operators and `not`s nest one level each).
+pub const MAX_EXPR_DEPTH: usize = 256;
+
+/// The depth of an expression tree, without recursion.
+fn expr_depth(e: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match &e.kind {
+            ExprKind::Neg(x) | ExprKind::Not(x) => stack.push((x, d + 1)),
+            ExprKind::Binary(_, a, b) => stack.extend([(&**a, d + 1), (&**b, d + 1)]),
+            ExprKind::Tuple(items) => stack.extend(items.iter().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn too_deep(span: Span) -> Diagnostic {
+    Diagnostic::error(
+        format!("expression nested deeper than {MAX_EXPR_DEPTH} levels"),
+        span,
+        "too deep",
+    )
+    .with_help("split it into parameters, or simplify it")
 }
 
 fn missing_ident(span: Span) -> Ident {

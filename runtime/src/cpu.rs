@@ -146,6 +146,9 @@ impl CpuExecutor {
 // ---------------------------------------------------------------------------
 
 fn check_place(plan: &Plan, p: &Place, what: &str) -> Result<()> {
+    if p.numel() == 0 {
+        return Err(Error(format!("{what} is empty ({}×{}×{})", p.c, p.h, p.w)));
+    }
     let buffer = p
         .channels_total
         .checked_mul(p.h * p.w)

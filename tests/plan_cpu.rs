@@ -1,0 +1,345 @@
+//! The CPU executor runs the execution plan (placements, arena reuse, concat
+//! in place, fused epilogues) and computes what PyTorch and the reference
+//! evaluator compute: on every fixture (real PyTorch weights) and on every zoo
+//! model (random weights with random batch-norm statistics, reduced input).
+
+use cnnc::ir::Graph;
+use cnnc::source::SourceMap;
+use cnnc_runtime::cpu::CpuExecutor;
+use cnnc_runtime::input::{load, InputOptions};
+use cnnc_runtime::weights::{Data, WeightFile};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+/// max |a − b| / max(1, |b|).
+fn worst_scaled(a: &[f32], b: impl IntoIterator<Item = f64>) -> f64 {
+    let b: Vec<f64> = b.into_iter().collect();
+    assert_eq!(a.len(), b.len(), "output lengths differ");
+    a.iter()
+        .zip(&b)
+        .map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0))
+        .fold(
+            0.0,
+            |w, d| if d.is_nan() { f64::INFINITY } else { w.max(d) },
+        )
+}
+
+/// Compiles `graph` to a plan and loads `file` into a CPU executor.
+fn executor(
+    graph: &Graph,
+    sources: &SourceMap,
+    file: &WeightFile,
+    max_batch: usize,
+) -> CpuExecutor {
+    let (_, _, plan) = cnnc::plan::compile(graph, sources).unwrap();
+    let prepared = cnnc_runtime::prepare::prepare(&plan, file).unwrap();
+    CpuExecutor::new(plan, prepared, max_batch).unwrap()
+}
+
+/// The reference evaluator on the checked (unfused) graph.
+fn reference(
+    graph: &Graph,
+    sources: &SourceMap,
+    file: &WeightFile,
+    n: usize,
+    input: &[f32],
+) -> Vec<f64> {
+    let bound = cnnc::weights::bind(graph, file, sources).unwrap();
+    cnnc::eval::evaluate(graph, &bound, n, input).unwrap().data
+}
+
+struct Fixture {
+    name: String,
+    graph: Graph,
+    sources: SourceMap,
+    file: WeightFile,
+    input: Vec<f32>,
+    n: usize,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = PathBuf::from("tests/fixtures").join(name);
+    let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.clone().unwrap();
+    let file = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
+    let dims = graph.input_shape().dims();
+    let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
+    let input = load(&[dir.join("input.npy")], chw, &InputOptions::default()).unwrap();
+    Fixture {
+        name: name.to_string(),
+        graph,
+        sources: compilation.sources,
+        file,
+        n: input.shape[0],
+        input: input.data,
+    }
+}
+
+fn fixture_names() -> Vec<String> {
+    let manifest: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/manifest.json").unwrap())
+            .unwrap();
+    assert!(manifest.len() >= 7);
+    manifest.into_keys().collect()
+}
+
+#[test]
+fn cpu_matches_pytorch_and_the_evaluator_on_every_fixture() {
+    for name in fixture_names() {
+        let f = fixture(&name);
+        let mut exec = executor(&f.graph, &f.sources, &f.file, f.n);
+        let out = exec.run(&f.input, f.n).unwrap().to_vec();
+        let (shape, expected) = npy_f32(
+            &PathBuf::from("tests/fixtures")
+                .join(&name)
+                .join("expected.npy"),
+        );
+        let mut dims = vec![f.n];
+        dims.extend(&exec.plan().output_shape);
+        assert_eq!(dims, shape, "{name}: output shape");
+        let vs_pytorch = worst_scaled(&out, expected.iter().map(|&v| v as f64));
+        assert!(
+            vs_pytorch <= 1e-4,
+            "{name}: CPU vs PyTorch: max scaled error {vs_pytorch:e}"
+        );
+        let vs_eval = worst_scaled(
+            &out,
+            reference(&f.graph, &f.sources, &f.file, f.n, &f.input),
+        );
+        assert!(
+            vs_eval <= 1e-4,
+            "{name}: CPU vs evaluator: max scaled error {vs_eval:e}"
+        );
+    }
+}
+
+/// Random batch-norm statistics, so folding is exercised with non-trivial values
+/// (as in tests/passes.rs).
+fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (key, t) in file.tensors.iter_mut() {
+        if let Data::F32(v) = &mut t.data {
+            if key.ends_with("running_var") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
+            {
+                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
+            } else if t.shape.len() == 1 && key.ends_with("weight") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            }
+        }
+    }
+}
+
+/// The smallest input size (of a few) at which a zoo model checks (as in tests/passes.rs).
+fn small_size(path: &Path) -> Option<i64> {
+    [32, 64, 96, 128, 227, 224].into_iter().find(|&s| {
+        cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s))).is_ok_and(|c| !c.has_errors())
+    })
+}
+
+#[test]
+fn cpu_matches_the_evaluator_on_every_zoo_model() {
+    let mut paths: Vec<_> = std::fs::read_dir("models")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 20);
+    let batch = 2;
+    for path in paths {
+        let size =
+            small_size(&path).unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
+        let compilation =
+            cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+        randomize_batchnorm(&mut file, 5);
+        let per = graph.input_shape().numel() as usize;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let mut exec = executor(graph, &compilation.sources, &file, batch);
+        let out = exec.run(&input, batch).unwrap().to_vec();
+        let worst = worst_scaled(
+            &out,
+            reference(graph, &compilation.sources, &file, batch, &input),
+        );
+        assert!(
+            worst <= 1e-4,
+            "{} at {size}×{size}: CPU vs evaluator: max scaled error {worst:e}",
+            path.display()
+        );
+    }
+}
+
+/// Kernels that no fixture or zoo model launches on its own: a concat that
+/// copies (a branch is the model input), a standalone batch norm (channel
+/// affine), an add of two non-GEMM operands, standalone activations (one
+/// writing into a concat slice), softmax and log_softmax over the channels
+/// of maps, a strided grouped conv with replicate padding.
+const ODD_OPS: &str = "
+model odd_ops(num_classes = 5) {
+  input [3, 11, 13]
+  both = concat {
+    identity
+    conv(4, k=3, p=1, padding_mode=reflect)
+  }                                              # copied: [7, 11, 13]
+  bn = batchnorm                                 # channel affine
+  res = residual { maxpool(3, s=1, p=1) }        # add kernel
+  relu
+  twice = concat {
+    seq { avgpool(3, s=1, p=1, count_include_pad=false) tanh }
+    seq { conv(7, k=1) relu }
+  }                                              # in place: [14, 11, 13]
+  softmax
+  mixer = conv(6, k=3, s=2, groups=2, padding_mode=replicate)
+  log_softmax
+  global_avgpool
+  flatten
+  fc = linear(num_classes)
+}
+";
+
+#[test]
+fn cpu_matches_the_evaluator_on_standalone_kernels() {
+    let compilation = cnnc::compile_source("odd_ops.cnn", ODD_OPS, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    use cnnc_runtime::plan::StepOp;
+    let has = |f: fn(&StepOp) -> bool| plan.steps.iter().any(|s| f(&s.op));
+    assert!(has(|o| matches!(o, StepOp::Copy)) && has(|o| matches!(o, StepOp::ChannelAffine)));
+    assert!(has(|o| matches!(o, StepOp::Add)) && has(|o| matches!(o, StepOp::Act(_))));
+    assert!(
+        has(|o| matches!(o, StepOp::Softmax { log: false }))
+            && has(|o| matches!(o, StepOp::Softmax { log: true }))
+    );
+    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    randomize_batchnorm(&mut file, 5);
+    let batch = 3;
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let input: Vec<f32> = (0..batch * per)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let mut exec = executor(graph, &compilation.sources, &file, batch);
+    let out = exec.run(&input, batch).unwrap().to_vec();
+    let worst = worst_scaled(
+        &out,
+        reference(graph, &compilation.sources, &file, batch, &input),
+    );
+    assert!(
+        worst <= 1e-4,
+        "odd_ops: CPU vs evaluator: max scaled error {worst:e}"
+    );
+}
+
+#[test]
+fn the_arena_is_reused_across_batch_sizes() {
+    // Concats in place, residual epilogues, every layer kind.
+    for name in ["inception_tiny", "kitchen_sink", "resnet_tiny"] {
+        let f = fixture(name);
+        let per = f.input.len() / f.n;
+        let mut exec = executor(&f.graph, &f.sources, &f.file, 3);
+        let out_per = exec.plan().output_shape.iter().product::<usize>();
+        let first = exec.run(&f.input[..per], 1).unwrap().to_vec();
+        // Image 0 between two others; the arena now holds stale values of batch 1.
+        let mut three = f.input[per..2 * per].to_vec();
+        three.extend_from_slice(&f.input[..per]);
+        three.extend(f.input[..per].iter().map(|v| -v));
+        let batch3 = exec.run(&three, 3).unwrap().to_vec();
+        assert_eq!(batch3.len(), 3 * out_per);
+        let middle = worst_scaled(
+            &batch3[out_per..2 * out_per],
+            first.iter().map(|&v| v as f64),
+        );
+        assert!(
+            middle <= 1e-5,
+            "{}: image 0 in a batch of 3 differs by {middle:e}",
+            f.name
+        );
+        let second = worst_scaled(
+            &batch3[..out_per],
+            exec.run(&f.input[per..2 * per], 1)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64),
+        );
+        assert!(
+            second <= 1e-5,
+            "{}: image 1 in a batch of 3 differs by {second:e}",
+            f.name
+        );
+        // Back to batch 1 after batch 3: the same numbers as the first run.
+        let again = exec.run(&f.input[..per], 1).unwrap().to_vec();
+        assert_eq!(again, first, "{}: batch 1 after batch 3", f.name);
+    }
+}
+
+#[test]
+fn batch_and_input_errors_are_clear() {
+    let f = fixture("mnist_cnn");
+    let per = f.input.len() / f.n;
+    let mut exec = executor(&f.graph, &f.sources, &f.file, 2);
+    let three: Vec<f32> = f.input.iter().chain(&f.input[..per]).copied().collect();
+    let err = exec.run(&three, 3).unwrap_err().to_string();
+    assert!(err.contains("batch 3") && err.contains("1..=2"), "{err}");
+    let err = exec.run(&[], 0).unwrap_err().to_string();
+    assert!(err.contains("batch 0"), "{err}");
+    let err = exec.run(&f.input[..per], 2).unwrap_err().to_string();
+    assert!(err.contains("input has 784 values"), "{err}");
+    // Still usable after the errors.
+    exec.run(&f.input, 2).unwrap();
+    let (_, _, plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
+    assert!(CpuExecutor::new(plan.clone(), prepared.clone(), 0).is_err());
+    assert!(CpuExecutor::new(plan.clone(), prepared[1..].to_vec(), 1).is_err());
+}
+
+#[test]
+fn a_plan_that_writes_what_it_reads_is_refused() {
+    // The executor shares the arena between parallel tasks on the strength of
+    // this check: no step's output may overlap its inputs.
+    let f = fixture("resnet_tiny");
+    let (_, _, mut plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
+    let step = plan
+        .steps
+        .iter_mut()
+        .find(|s| s.inputs.len() > 1)
+        .expect("resnet_tiny has a residual epilogue");
+    step.inputs[1] = step.output;
+    let err = CpuExecutor::new(plan.clone(), prepared.clone(), 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("overlaps its input 1"), "{err}");
+    // And a place outside the arena.
+    let (_, _, mut plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    plan.steps[0].output.offset = plan.arena_per_image;
+    let err = CpuExecutor::new(plan, prepared, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("outside the arena"), "{err}");
+}
