@@ -229,6 +229,18 @@ pub fn table(graph: &Graph, batch: i64) -> String {
         "activations, peak:  {} (outputs freed after their last use)",
         scaled_bytes(graph.peak_live_elements() * F32, batch)
     );
+    // What a built binary allocates: one arena for the fused graph, buffers
+    // reused by liveness (see memory.rs).
+    if let Ok((fused, _)) = crate::passes::optimize(graph) {
+        let refs = crate::kernels::placements(&fused);
+        let plan = crate::memory::plan(&fused, &refs);
+        let _ = writeln!(
+            out,
+            "activations, planned arena: {} (fused graph, buffers reused; {} without reuse)",
+            scaled_bytes(plan.arena as i64 * F32, batch),
+            scaled_bytes(plan.naive as i64 * F32, batch)
+        );
+    }
     out
 }
 
