@@ -1,0 +1,204 @@
+//! Rung 6 of the verification ladder: `cnnc build` makes a working binary.
+//! Its CPU path matches PyTorch on the committed fixtures, `--device cuda`
+//! without a GPU is a clear error, a failed build keeps the previous binary,
+//! and the generated driver is deterministic (snapshot).
+//!
+//! Building compiles the runtime crate in release mode once (a few minutes
+//! on a cold cache); every model after that only compiles its driver.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn cnnc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    // One target directory for every driver crate built by the tests.
+    c.env(
+        "CARGO_TARGET_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-build-target"),
+    );
+    c
+}
+
+fn npy_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    npyz::NpyFile::new(&bytes[..])
+        .unwrap()
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+/// Builds a fixture once per test run (tests run in parallel; two builds into
+/// one directory would race).
+fn build(fixture: &str) -> (PathBuf, PathBuf) {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf, PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, out, bin)) = built.iter().find(|(f, _, _)| f == fixture) {
+        return (out.clone(), bin.clone());
+    }
+    let (out, bin) = build_now(fixture);
+    built.push((fixture.to_string(), out.clone(), bin.clone()));
+    (out, bin)
+}
+
+fn build_now(fixture: &str) -> (PathBuf, PathBuf) {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("builds")
+        .join(fixture);
+    let model = PathBuf::from("tests/fixtures")
+        .join(fixture)
+        .join("model.cnn");
+    let result = cnnc()
+        .arg("build")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let binary = PathBuf::from(String::from_utf8(result.stdout).unwrap().trim());
+    assert!(binary.is_file(), "{} missing", binary.display());
+    (out, binary)
+}
+
+#[test]
+fn built_binaries_match_pytorch_on_the_cpu() {
+    // kitchen_sink has every op; the other fixtures' plans are covered by tests/plan_cpu.rs.
+    for fixture in ["mnist_cnn", "kitchen_sink"] {
+        let (out, binary) = build(fixture);
+        let dir = PathBuf::from("tests/fixtures").join(fixture);
+        let output = out.join("out.npy");
+        let run = Command::new(&binary)
+            .arg("--weights")
+            .arg(dir.join("weights.safetensors"))
+            .arg("--input")
+            .arg(dir.join("input.npy"))
+            .arg("--output")
+            .arg(&output)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{fixture}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let (ours, expected) = (npy_f32(&output), npy_f32(&dir.join("expected.npy")));
+        assert_eq!(ours.len(), expected.len());
+        let worst = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4, "{fixture}: max scaled error {worst:e}");
+
+        // No GPU here: `cuda` is an error, `auto` falls back and says so.
+        let cuda = Command::new(&binary)
+            .arg("--weights")
+            .arg(dir.join("weights.safetensors"))
+            .arg("--input")
+            .arg(dir.join("input.npy"))
+            .args(["--device", "cuda"])
+            .output()
+            .unwrap();
+        if cuda.status.success() {
+            eprintln!("{fixture}: a GPU is present; skipping the no-GPU checks");
+            continue;
+        }
+        assert_eq!(cuda.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&cuda.stderr);
+        assert!(
+            err.contains("error:") && (err.contains("CUDA") || err.contains("GPU")),
+            "{err}"
+        );
+        let auto = Command::new(&binary)
+            .arg("--weights")
+            .arg(dir.join("weights.safetensors"))
+            .arg("--input")
+            .arg(dir.join("input.npy"))
+            .output()
+            .unwrap();
+        assert!(auto.status.success());
+        assert!(String::from_utf8_lossy(&auto.stderr).contains("running on the CPU"));
+    }
+}
+
+#[test]
+fn bench_and_bad_weights() {
+    let (_, binary) = build("mnist_cnn");
+    let bench = Command::new(&binary)
+        .args([
+            "--weights",
+            "models/weights/mnist_cnn.safetensors",
+            "--bench",
+            "5",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(text.contains("p50") && text.contains("images/s"), "{text}");
+    let wrong = Command::new(&binary)
+        .args([
+            "--weights",
+            "tests/fixtures/resnet_tiny/weights.safetensors",
+            "--input",
+            "tests/fixtures/mnist_cnn/input.npy",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("missing"));
+}
+
+/// Held while a test deliberately breaks a build directory.
+static FAILED_BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_failed_build_keeps_the_previous_binary() {
+    let (out, binary) = build("mnist_cnn");
+    let _guard = FAILED_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let before = std::fs::read(&binary).unwrap();
+    let result = cnnc()
+        .env("CARGO", "false")
+        .arg("build")
+        .arg("tests/fixtures/mnist_cnn/model.cnn")
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("cargo"));
+    assert_eq!(
+        std::fs::read(&binary).unwrap(),
+        before,
+        "the earlier binary changed"
+    );
+}
+
+#[test]
+fn the_driver_is_deterministic() {
+    let emit = || {
+        let r = cnnc()
+            .args(["emit", "models/mnist_cnn.cnn", "--stage", "driver"])
+            .output()
+            .unwrap();
+        assert!(r.status.success());
+        String::from_utf8(r.stdout).unwrap()
+    };
+    let first = emit();
+    assert_eq!(first, emit());
+    insta::assert_snapshot!("driver_mnist_cnn", first);
+}

@@ -1,0 +1,880 @@
+//! Code generation, end to end, for every model in `models/` and every fixture:
+//!
+//! - snapshots of the fusion report, the kernel IR and the CUDA (full text for
+//!   the small models; a kernel list with per-kernel digests for the rest; the
+//!   device library `cuda::PRELUDE`, the same in every file, once on its own);
+//! - determinism: emitting twice, from another working directory, in another
+//!   process (another `HashMap` seed), gives the same bytes;
+//! - the memory plan is valid and smaller than one buffer per node;
+//! - nvcc compiles every model's CUDA for sm_80 and sm_90 with no warnings, and
+//!   ptxas reports no spills (skipped without nvcc, unless `CI` is set).
+//!
+//! Accept changed snapshots with `INSTA_UPDATE=always cargo test --test codegen`
+//! (or `cargo insta review`), after reading the diff.
+
+use cnnc::kernels::KernelProgram;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Models whose CUDA is snapshotted in full; the rest get kernel digests.
+const FULL_CUDA: &[&str] = &[
+    "mnist_cnn",
+    "lenet5",
+    "resnet18",
+    "kitchen_sink",
+    "inception_tiny",
+];
+
+/// The CUDA packages CI installs (see `.ci/run`).
+const NVCC_INSTALL: &str = "python3 -m pip install nvidia-cuda-nvcc==13.0.88 \
+     nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88";
+
+const ARCHS: &[&str] = &["sm_80", "sm_90"];
+
+/// Kernels that no zoo model or fixture generates: a conv with neither bias
+/// nor batch norm, batch norm after the input and after a pool (channel
+/// affine), a residual add after a pool (elementwise add), an activation after
+/// an add, and a concat that must copy (a branch is read twice).
+const UNFUSED_OPS: &str = "\
+# Every kernel kind that fusion leaves alone, so nvcc sees each wrapper.
+model unfused_ops {
+  input [3, 10, 12]
+  bn0 = batchnorm(eps=0.001)
+  conv1 = conv(8, k=3, p=1)
+  conv2 = conv(8, k=1, bias=false)
+  pool1 = maxpool(3, s=1, p=1)
+  bn1 = batchnorm
+  res = residual { maxpool(3, s=1, p=1) }
+  leaky_relu(0.1)
+  cat = concat { identity  conv(4, k=1) }
+  cat2 = concat { conv(4, k=1) conv(4, k=3, p=1) }
+  softmax
+}
+";
+
+struct Model {
+    /// `zoo_resnet18`, `fixture_kitchen_sink` or `inline_unfused_ops`: unique, used in snapshot names.
+    id: String,
+    /// The model's own name (`resnet18`).
+    name: String,
+    /// Relative to the crate root, as the compiler's comments show it; for an
+    /// inline model, the name its source is compiled under.
+    path: PathBuf,
+    /// The source of a model defined in this file.
+    inline: Option<&'static str>,
+}
+
+/// Every zoo model and every fixture, sorted.
+fn models() -> Vec<Model> {
+    let mut zoo: Vec<Model> = std::fs::read_dir("models")
+        .expect("models/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            Model {
+                id: format!("zoo_{name}"),
+                name,
+                path: PathBuf::from("models").join(p.file_name().unwrap()),
+                inline: None,
+            }
+        })
+        .collect();
+    let mut fixtures: Vec<Model> = std::fs::read_dir("tests/fixtures")
+        .expect("tests/fixtures/")
+        .map(|e| e.expect("entry").path())
+        .filter(|d| d.join("model.cnn").is_file())
+        .map(|d| {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            Model {
+                id: format!("fixture_{name}"),
+                path: PathBuf::from("tests/fixtures")
+                    .join(&name)
+                    .join("model.cnn"),
+                name,
+                inline: None,
+            }
+        })
+        .collect();
+    zoo.sort_by(|a, b| a.id.cmp(&b.id));
+    fixtures.sort_by(|a, b| a.id.cmp(&b.id));
+    assert!(
+        zoo.len() >= 22,
+        "expected the 22 zoo models, found {}",
+        zoo.len()
+    );
+    assert!(
+        fixtures.len() >= 7,
+        "expected 7 fixtures, found {}",
+        fixtures.len()
+    );
+    let inline = Model {
+        id: "inline_unfused_ops".to_string(),
+        name: "unfused_ops".to_string(),
+        path: PathBuf::from("unfused_ops.cnn"),
+        inline: Some(UNFUSED_OPS),
+    };
+    zoo.into_iter().chain(fixtures).chain([inline]).collect()
+}
+
+/// Every stage's text for one model, from a fresh compilation.
+struct Stages {
+    fused: String,
+    kernels: String,
+    cuda: String,
+    program: KernelProgram,
+    graph: cnnc::ir::Graph,
+}
+
+fn stages(model: &Model) -> Stages {
+    match model.inline {
+        Some(text) => {
+            let name = model.path.to_string_lossy();
+            stages_of(
+                &model.path,
+                cnnc::compile_source(&name, text, &BTreeMap::new()),
+            )
+        }
+        None => stages_of_file(&model.path),
+    }
+}
+
+fn stages_of_file(path: &Path) -> Stages {
+    stages_of(
+        path,
+        cnnc::compile_file(path, &BTreeMap::new()).expect("readable"),
+    )
+}
+
+fn stages_of(path: &Path, compilation: cnnc::Compilation) -> Stages {
+    assert!(
+        !compilation.has_errors(),
+        "{}:\n{}",
+        path.display(),
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().expect("graph");
+    let (fused, logs) =
+        cnnc::passes::optimize(graph).unwrap_or_else(|e| panic!("{}: passes: {e}", path.display()));
+    let program = cnnc::kernels::lower(&fused, &compilation.sources)
+        .unwrap_or_else(|e| panic!("{}: lower: {e}", path.display()));
+    Stages {
+        fused: cnnc::emit::fused(graph, &fused, &logs, &compilation.sources),
+        kernels: cnnc::kernels::render(&program),
+        cuda: cnnc::cuda::print(&program)
+            .unwrap_or_else(|e| panic!("{}: cuda: {e}", path.display())),
+        program,
+        graph: fused,
+    }
+}
+
+/// FNV-1a, 64 bits: a stable digest with no dependency.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A `.cu` file cut at the prelude: (header before it, one chunk per kernel).
+fn split_cuda<'a>(cuda: &'a str, program: &'a KernelProgram) -> (&'a str, Vec<(&'a str, &'a str)>) {
+    let prelude = cnnc::cuda::PRELUDE;
+    assert_eq!(
+        cuda.matches(prelude).count(),
+        1,
+        "{}: the prelude appears once",
+        program.model
+    );
+    let at = cuda.find(prelude).unwrap();
+    let header = &cuda[..at];
+    let body = &cuda[at + prelude.len()..];
+    let mut starts = Vec::new();
+    let mut from = 0;
+    for k in &program.kernels {
+        let marker = format!("\n// {}\n", k.name);
+        let pos = body[from..]
+            .find(&marker)
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("{}: no CUDA for kernel {}", program.model, k.name));
+        starts.push(pos);
+        from = pos + marker.len();
+    }
+    assert_eq!(
+        starts.first().copied().unwrap_or(body.len()),
+        0,
+        "{}: text between the prelude and the first kernel",
+        program.model
+    );
+    let chunks = program
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let end = starts.get(i + 1).copied().unwrap_or(body.len());
+            (k.name.as_str(), &body[starts[i]..end])
+        })
+        .collect();
+    (header, chunks)
+}
+
+/// The CUDA snapshot: full text with the prelude replaced by a pointer to its snapshot.
+fn cuda_full(cuda: &str, program: &KernelProgram) -> String {
+    let (header, chunks) = split_cuda(cuda, program);
+    let mut out = header.to_string();
+    out.push_str("// [cnnc::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n");
+    for (_, text) in chunks {
+        out.push_str(text);
+    }
+    out
+}
+
+/// The CUDA snapshot for big models: header, kernel count, one digest per kernel.
+fn cuda_digests(cuda: &str, program: &KernelProgram) -> String {
+    let (header, chunks) = split_cuda(cuda, program);
+    let mut out = header.to_string();
+    out.push_str("// [cnnc::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n\n");
+    out.push_str(&format!(
+        "{} kernels; whole file fnv1a64 {:016x}\n\n",
+        chunks.len(),
+        fnv1a64(cuda.as_bytes())
+    ));
+    let width = chunks.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, text) in chunks {
+        out.push_str(&format!(
+            "{name:width$}  {:016x}  {:3} lines\n",
+            fnv1a64(text.as_bytes()),
+            text.trim_matches('\n').lines().count()
+        ));
+    }
+    out
+}
+
+/// Runs `check` for every model, then fails once, naming every model that failed.
+fn for_every_model(check: impl Fn(&Model)) {
+    let mut failed = Vec::new();
+    for model in models() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&model)));
+        if result.is_err() {
+            failed.push(model.id);
+        }
+    }
+    assert!(failed.is_empty(), "failed for: {}", failed.join(", "));
+}
+
+/// The command a snapshot shows the output of.
+fn describe(m: &Model, stage: &str) -> String {
+    let mut s = format!("cnnc emit {} --stage {stage}", m.path.display());
+    if m.inline.is_some() {
+        s.push_str(" (the source is UNFUSED_OPS in tests/codegen.rs)");
+    }
+    s
+}
+
+fn snapshot(name: &str, description: &str, text: &str) {
+    insta::with_settings!({ omit_expression => true, description => description }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn fusion_report_snapshots() {
+    for_every_model(|m| {
+        let s = stages(m);
+        snapshot(&format!("{}_fused", m.id), &describe(m, "fused"), &s.fused);
+    });
+}
+
+#[test]
+fn kernel_ir_snapshots() {
+    for_every_model(|m| {
+        let s = stages(m);
+        snapshot(
+            &format!("{}_kernels", m.id),
+            &describe(m, "kernels"),
+            &s.kernels,
+        );
+    });
+}
+
+#[test]
+fn cuda_prelude_snapshot() {
+    snapshot(
+        "cuda_prelude",
+        "cnnc::cuda::PRELUDE, the device library at the top of every generated .cu file",
+        cnnc::cuda::PRELUDE,
+    );
+}
+
+#[test]
+fn cuda_snapshots() {
+    for_every_model(|m| {
+        let s = stages(m);
+        let command = describe(m, "cuda");
+        if FULL_CUDA.contains(&m.name.as_str()) {
+            snapshot(
+                &format!("{}_cuda", m.id),
+                &command,
+                &cuda_full(&s.cuda, &s.program),
+            );
+        } else {
+            snapshot(
+                &format!("{}_cuda_digests", m.id),
+                &format!("{command} (kernel list with FNV-1a 64 digests of each kernel's text)"),
+                &cuda_digests(&s.cuda, &s.program),
+            );
+        }
+    });
+}
+
+/// What a kernel exercises in the CUDA printer and the prelude.
+fn features(k: &cnnc::kernels::Kernel) -> Vec<String> {
+    use cnnc::ir::{Epilogue, Op};
+    use cnnc::kernels::KernelKind;
+    let mut f = vec![match &k.kind {
+        KernelKind::Gemm(g) => format!(
+            "gemm {:?} padding{}{}{}",
+            g.padding_mode,
+            if g.global_pool {
+                ", global pool prologue"
+            } else {
+                ""
+            },
+            if g.groups > 1 { ", grouped" } else { "" },
+            if g.bias { "" } else { ", no bias" }
+        ),
+        KernelKind::Pool {
+            op: Op::MaxPool2d { .. },
+        } => "maxpool".into(),
+        KernelKind::Pool { .. } => "avgpool".into(),
+        KernelKind::AdaptivePool { max, .. } => format!("adaptive pool max={max}"),
+        KernelKind::ChannelAffine => "channel affine".into(),
+        KernelKind::Lrn { .. } => "lrn".into(),
+        KernelKind::Softmax { log } => format!("softmax log={log}"),
+        KernelKind::Activation(_) => "activation kernel".into(),
+        KernelKind::Add => "add kernel".into(),
+        KernelKind::CopySlice => "copy into slice".into(),
+    }];
+    if k.epilogue
+        .iter()
+        .any(|e| matches!(e, Epilogue::AddInput(_)))
+    {
+        f.push("residual epilogue".into());
+    }
+    if k.output.channels_total != k.output.shape.channels() {
+        f.push("writes a channel slice".into());
+    }
+    f
+}
+
+#[test]
+fn every_kernel_kind_is_generated_somewhere() {
+    // So the nvcc test compiles every wrapper the printer can write.
+    let mut seen = std::collections::BTreeSet::new();
+    for m in models() {
+        for k in &stages(&m).program.kernels {
+            seen.extend(features(k));
+        }
+    }
+    let want = [
+        "gemm Zeros padding",
+        "gemm Reflect padding",
+        "gemm Replicate padding",
+        "gemm Circular padding",
+        "gemm Zeros padding, grouped",
+        "gemm Zeros padding, global pool prologue",
+        "gemm Zeros padding, no bias",
+        "maxpool",
+        "avgpool",
+        "adaptive pool max=true",
+        "adaptive pool max=false",
+        "channel affine",
+        "lrn",
+        "softmax log=true",
+        "softmax log=false",
+        "activation kernel",
+        "add kernel",
+        "copy into slice",
+        "residual epilogue",
+        "writes a channel slice",
+    ];
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|w| !seen.contains(*w))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no model generates: {missing:?}\nseen: {seen:?}"
+    );
+}
+
+#[test]
+fn digests_are_stable() {
+    // The published FNV-1a 64 test vectors: the digests in snapshots mean the same everywhere.
+    assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+    assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+    assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+}
+
+#[test]
+fn emitting_twice_gives_identical_text() {
+    for_every_model(|m| {
+        let a = stages(m);
+        let b = stages(m);
+        assert_eq!(a.fused, b.fused, "{}: fused report differs", m.id);
+        assert_eq!(a.kernels, b.kernels, "{}: kernel IR differs", m.id);
+        assert_eq!(a.cuda, b.cuda, "{}: CUDA differs", m.id);
+        // Printing the same program twice, too.
+        assert_eq!(
+            cnnc::cuda::print(&a.program).unwrap(),
+            a.cuda,
+            "{}: print twice",
+            m.id
+        );
+        assert_eq!(cnnc::kernels::render(&a.program), a.kernels);
+    });
+}
+
+/// `cnnc emit FILE --stage STAGE [-o OUT]` run in `cwd`; its standard output (or `OUT`).
+fn emit_in(cwd: &Path, file: &Path, stage: &str, out: Option<&Path>) -> Vec<u8> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    cmd.current_dir(cwd)
+        .arg("emit")
+        .arg(file)
+        .args(["--stage", stage]);
+    if let Some(out) = out {
+        cmd.arg("-o").arg(out);
+    }
+    let run = cmd.output().expect("run cnnc");
+    assert!(
+        run.status.success(),
+        "cnnc emit {} --stage {stage} in {}: {}\n{}",
+        file.display(),
+        cwd.display(),
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    match out {
+        Some(path) => {
+            assert!(run.stdout.is_empty(), "-o also printed to stdout");
+            std::fs::read(path).expect("emitted file")
+        }
+        None => run.stdout,
+    }
+}
+
+#[test]
+fn binary_output_is_independent_of_directory_and_process() {
+    // Each process seeds its HashMaps differently; the two working directories
+    // differ; the absolute path keeps the file names in the comments equal.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let elsewhere = Path::new(env!("CARGO_TARGET_TMPDIR")).join("codegen_cwd");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for_every_model(|m| {
+        let file = match m.inline {
+            Some(text) => {
+                let file = elsewhere.join(&m.path);
+                std::fs::write(&file, text).unwrap();
+                file
+            }
+            None => root.join(&m.path),
+        };
+        let library = stages_of_file(&file);
+        for (stage, expected) in [
+            ("fused", &library.fused),
+            ("kernels", &library.kernels),
+            ("cuda", &library.cuda),
+        ] {
+            let here = emit_in(root, &file, stage, None);
+            let there = emit_in(&elsewhere, &file, stage, None);
+            assert!(
+                here == there,
+                "{}: --stage {stage} differs between working directories",
+                m.id
+            );
+            assert!(
+                here == expected.as_bytes(),
+                "{}: --stage {stage} from the binary differs from the library",
+                m.id
+            );
+        }
+        let out = elsewhere.join(format!("{}.cu", m.id));
+        let written = emit_in(&elsewhere, &file, "cuda", Some(&out));
+        assert!(
+            written == library.cuda.as_bytes(),
+            "{}: `-o` wrote other bytes than standard output",
+            m.id
+        );
+    });
+}
+
+#[test]
+fn memory_plans_are_valid_and_save_memory() {
+    let mut table =
+        String::from("model                          buffers      arena      naive  arena/naive\n");
+    let mut failures = Vec::new();
+    for m in models() {
+        let s = stages(&m);
+        let refs = cnnc::kernels::placements(&s.graph);
+        let plan = cnnc::memory::plan(&s.graph, &refs);
+        if let Err(e) = cnnc::memory::verify(&plan) {
+            failures.push(format!("{}: invalid plan: {e}", m.id));
+        }
+        if plan.arena > plan.naive {
+            failures.push(format!(
+                "{}: arena {} floats/image > naive {}",
+                m.id, plan.arena, plan.naive
+            ));
+        }
+        // Every tensor a kernel touches lives in a planned buffer, inside it.
+        for k in &s.program.kernels {
+            for r in k.inputs.iter().chain([&k.output]) {
+                match plan.buffers.iter().find(|b| b.owner == r.owner) {
+                    None => failures.push(format!(
+                        "{}: {}: node {} has no buffer",
+                        m.id, k.name, r.owner
+                    )),
+                    Some(b) => {
+                        let end =
+                            (r.channel_offset + r.shape.channels()) as u64 * r.pixels() as u64;
+                        let total = r.channels_total as u64 * r.pixels() as u64;
+                        if end > total || total != b.size {
+                            failures.push(format!(
+                                "{}: {}: node {} slice ends at {end}, buffer holds {} (placement says {total})",
+                                m.id, k.name, r.owner, b.size
+                            ));
+                        }
+                        if !(b.first <= k.node && k.node <= b.last) {
+                            failures.push(format!(
+                                "{}: {} (node {}) uses buffer of node {} outside its life {}..={}",
+                                m.id, k.name, k.node, r.owner, b.first, b.last
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if m.id == "zoo_resnet50" && plan.arena * 2 >= plan.naive {
+            failures.push(format!(
+                "resnet50: arena {} floats/image is not under half the naive {} floats/image",
+                plan.arena, plan.naive
+            ));
+        }
+        // verify() is not vacuous: everything at offset 0 must be rejected.
+        let mut broken = plan.clone();
+        broken.buffers.iter_mut().for_each(|b| b.offset = 0);
+        if broken.buffers.len() > 1 && cnnc::memory::verify(&broken).is_ok() {
+            failures.push(format!("{}: verify accepted overlapping buffers", m.id));
+        }
+        table.push_str(&format!(
+            "{:30} {:7} {:10} {:10}  {:.3}\n",
+            m.id,
+            plan.buffers.len(),
+            plan.arena,
+            plan.naive,
+            plan.arena as f64 / plan.naive as f64
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    snapshot(
+        "memory_plans",
+        "memory::plan for every model: floats per image in the arena vs one buffer per node",
+        &table,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// nvcc and ptxas
+// ---------------------------------------------------------------------------
+
+fn is_file(p: &Path) -> bool {
+    p.is_file()
+}
+
+/// nvcc from `CNNC_NVCC`, else `PATH`, else the `nvidia-cuda-nvcc` pip package.
+fn find_nvcc() -> Result<Option<PathBuf>, String> {
+    if let Some(p) = std::env::var_os("CNNC_NVCC").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if is_file(&p) {
+            Ok(Some(p))
+        } else {
+            Err(format!("CNNC_NVCC={} is not a file", p.display()))
+        };
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join("nvcc"))
+            .find(|p| is_file(p))
+        {
+            return Ok(Some(p));
+        }
+    }
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'bin', 'nvcc'))",
+        ])
+        .output();
+    if let Ok(py) = py {
+        let p = PathBuf::from(String::from_utf8_lossy(&py.stdout).trim());
+        if py.status.success() && is_file(&p) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// One function's line from `ptxas -v`.
+#[derive(Debug)]
+struct PtxasFunction {
+    name: String,
+    stack: u64,
+    spill_stores: u64,
+    spill_loads: u64,
+}
+
+/// Parses `ptxas -v`: the entry functions compiled, and each function's properties.
+fn parse_ptxas(log: &str) -> (Vec<(String, String)>, Vec<PtxasFunction>) {
+    let quoted = |s: &str| -> Vec<String> {
+        s.split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let number_before = |line: &str, what: &str| -> Option<u64> {
+        let at = line.find(what)?;
+        line[..at]
+            .split([' ', ','])
+            .rfind(|w| !w.is_empty())?
+            .parse()
+            .ok()
+    };
+    let mut entries = Vec::new();
+    let mut functions = Vec::new();
+    let mut lines = log.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("Compiling entry function") {
+            let q = quoted(line);
+            if q.len() == 2 {
+                entries.push((q[0].clone(), q[1].clone()));
+            }
+        } else if let Some(name) = line.split("Function properties for ").nth(1) {
+            let props = lines.next().unwrap_or("");
+            functions.push(PtxasFunction {
+                name: name.trim().to_string(),
+                stack: number_before(props, "bytes stack frame").unwrap_or(u64::MAX),
+                spill_stores: number_before(props, "bytes spill stores").unwrap_or(u64::MAX),
+                spill_loads: number_before(props, "bytes spill loads").unwrap_or(u64::MAX),
+            });
+        }
+    }
+    (entries, functions)
+}
+
+/// Problems in one nvcc run: every kernel compiled for `arch`, no spills, no stack.
+fn check_ptxas(model: &str, arch: &str, log: &str, program: &KernelProgram) -> Vec<String> {
+    let (entries, functions) = parse_ptxas(log);
+    let mut problems = Vec::new();
+    for k in &program.kernels {
+        if !entries.iter().any(|(n, a)| *n == k.name && a == arch) {
+            problems.push(format!(
+                "{model} {arch} {}: ptxas did not compile it",
+                k.name
+            ));
+        }
+        if !functions.iter().any(|f| f.name == k.name) {
+            problems.push(format!(
+                "{model} {arch} {}: no `Function properties` from ptxas -v",
+                k.name
+            ));
+        }
+    }
+    for f in &functions {
+        if f.spill_stores != 0 || f.spill_loads != 0 {
+            problems.push(format!(
+                "{model} {arch} {}: {} bytes spill stores, {} bytes spill loads",
+                f.name, f.spill_stores, f.spill_loads
+            ));
+        }
+        if f.stack != 0 {
+            problems.push(format!(
+                "{model} {arch} {}: {} bytes stack frame (local memory)",
+                f.name, f.stack
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn ptxas_parser_reads_spills() {
+    let log = "ptxas info    : Compiling entry function 'k00_conv' for 'sm_80'\n\
+               ptxas info    : Function properties for k00_conv\n    \
+               0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n\
+               ptxas info    : Used 255 registers, used 1 barriers, 3072 bytes smem\n";
+    let (entries, functions) = parse_ptxas(log);
+    assert_eq!(entries, [("k00_conv".to_string(), "sm_80".to_string())]);
+    assert_eq!(functions.len(), 1);
+    assert_eq!(
+        (
+            functions[0].stack,
+            functions[0].spill_stores,
+            functions[0].spill_loads
+        ),
+        (0, 8, 12)
+    );
+}
+
+#[test]
+fn nvcc_compiles_every_model_without_spills() {
+    let nvcc = match find_nvcc() {
+        Ok(Some(p)) => p,
+        Ok(None) if std::env::var_os("CI").is_some() => panic!(
+            "nvcc not found, and CI is set: CI must compile the generated CUDA.\n\
+             Install it with `{NVCC_INSTALL}`\n\
+             and set CNNC_NVCC to its nvcc (or put it on PATH); .ci/run does both."
+        ),
+        Ok(None) => {
+            eprintln!(
+                "notice: nvcc not found; skipping the CUDA compile check.\n\
+                 Install it with `{NVCC_INSTALL}`, or set CNNC_NVCC."
+            );
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("codegen_nvcc");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Jobs are (model, arch), biggest file first so the two workers finish together.
+    struct Job {
+        id: String,
+        arch: &'static str,
+        cu: PathBuf,
+        size: usize,
+        program: KernelProgram,
+    }
+    let mut jobs = Vec::new();
+    for m in models() {
+        let s = stages(&m);
+        let cu = dir.join(format!("{}.cu", m.id));
+        std::fs::write(&cu, &s.cuda).unwrap();
+        for &arch in ARCHS {
+            jobs.push(Job {
+                id: m.id.clone(),
+                arch,
+                cu: cu.clone(),
+                size: s.cuda.len(),
+                program: s.program.clone(),
+            });
+        }
+    }
+    jobs.sort_by_key(|j| j.size); // popped from the end: largest first
+    let workers: usize = std::env::var("CNNC_NVCC_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let total = jobs.len();
+    let jobs = Mutex::new(jobs);
+    let problems = Mutex::new(Vec::<String>::new());
+    let timings = Mutex::new(Vec::<(f64, String)>::new());
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let Some(job) = jobs.lock().unwrap().pop() else {
+                    break;
+                };
+                let cubin = job.cu.with_extension(format!("{}.cubin", job.arch));
+                let began = Instant::now();
+                let run = Command::new(&nvcc)
+                    .arg("-cubin")
+                    .arg(format!("-arch={}", job.arch))
+                    .arg("-O3") // as `cnnc build` compiles its cubins
+                    .args(["-Xptxas", "-v,-warn-spills,-warn-lmem-usage,-Werror"])
+                    .args(["-Werror", "all-warnings"])
+                    .arg("-o")
+                    .arg(&cubin)
+                    .arg(&job.cu)
+                    .output();
+                let seconds = began.elapsed().as_secs_f64();
+                timings
+                    .lock()
+                    .unwrap()
+                    .push((seconds, format!("{} {}", job.id, job.arch)));
+                let mut found = Vec::new();
+                match run {
+                    Err(e) => found.push(format!(
+                        "{} {}: cannot run {}: {e}",
+                        job.id,
+                        job.arch,
+                        nvcc.display()
+                    )),
+                    Ok(run) => {
+                        let log = format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&run.stdout),
+                            String::from_utf8_lossy(&run.stderr)
+                        );
+                        if !run.status.success() {
+                            found.push(format!(
+                                "{} {}: nvcc failed ({}) on {}:\n{}",
+                                job.id,
+                                job.arch,
+                                run.status,
+                                job.cu.display(),
+                                log.lines()
+                                    .filter(|l| !l.starts_with("ptxas info")
+                                        && !l.contains("bytes stack frame"))
+                                    .take(40)
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            ));
+                        }
+                        let warnings: Vec<&str> =
+                            log.lines().filter(|l| l.contains("warning")).collect();
+                        if !warnings.is_empty() {
+                            found.push(format!(
+                                "{} {}: warnings:\n{}",
+                                job.id,
+                                job.arch,
+                                warnings.join("\n")
+                            ));
+                        }
+                        found.extend(check_ptxas(&job.id, job.arch, &log, &job.program));
+                        if std::fs::metadata(&cubin).map(|m| m.len()).unwrap_or(0) == 0 {
+                            found.push(format!("{} {}: no cubin written", job.id, job.arch));
+                        }
+                    }
+                }
+                problems.lock().unwrap().extend(found);
+            });
+        }
+    });
+    let mut timings = timings.into_inner().unwrap();
+    timings.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!(
+        "nvcc ({}): {total} compiles, {workers} at a time, {:.1} s; slowest: {}",
+        nvcc.display(),
+        start.elapsed().as_secs_f64(),
+        timings
+            .iter()
+            .take(4)
+            .map(|(s, what)| format!("{what} {s:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let problems = problems.into_inner().unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) compiling the generated CUDA (files in {}):\n{}",
+        problems.len(),
+        dir.display(),
+        problems.join("\n")
+    );
+}
