@@ -260,7 +260,8 @@ fn compile_with(
             match read_source(&path) {
                 Ok(text) => {
                     if let Some(id) =
-                        add_source(&mut sources, include.path.clone(), text, &mut diagnostics)
+                        // Named by its path from where cnnc runs, so locations can be opened.
+                        add_source(&mut sources, path.display().to_string(), text, &mut diagnostics)
                     {
                         seen.insert(key, id);
                         queue.push((id, path.parent().map(Path::to_path_buf)));
