@@ -1,19 +1,26 @@
-//! Keeps the documentation true. In docs/language.md and README.md:
+//! Keeps the documentation true. In docs/language.md, docs/architecture.md
+//! and README.md:
 //!
 //! - every ```cnn block is a complete file that must check without errors;
 //! - a ```state_dict block right after one lists exactly the keys and shapes
 //!   that example gets, in order;
 //! - a ```cnn-error block is a file that must fail to check;
-//! - a ```text block that starts with `$ cnnc check ...` or `$ cnnc summary
-//!   ...` is a transcript, and its output must be what the command prints
-//!   (line prefixes, in order, where the transcript elides with `...`);
+//! - a ```text block that starts with `$ cnnc ...` is a transcript, and its
+//!   output must be what the command prints (line prefixes, in order, where
+//!   the transcript elides with `...`). `check` and `summary` go through the
+//!   library and may name a file shown in an earlier ```cnn block; `run` and
+//!   `emit` run the real binary from the repository root on repository files;
 //! - the README's zoo table quotes each model's input, parameters and MACs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The documents whose examples are checked, relative to the repository root.
-const DOCUMENTS: &[&str] = &["docs/language.md", "README.md"];
+const DOCUMENTS: &[&str] = &["docs/language.md", "docs/architecture.md", "README.md"];
+
+/// Subcommands whose transcripts are reproduced by running the `cnnc` binary.
+const RUN_BY_BINARY: &[&str] = &["run", "emit"];
 
 /// One fenced code block: its info string, its text, and the line of its opening fence.
 struct Fence {
@@ -264,6 +271,20 @@ fn expand(file: &str) -> Vec<String> {
     names
 }
 
+/// What the `cnnc` binary prints (standard output, then standard error) when
+/// run from the repository root with `args`; only repository files may be named.
+fn run_binary(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(|e| format!("cannot run cnnc: {e}"))?;
+    let mut out = String::from_utf8_lossy(&output.stdout).into_owned();
+    out.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok(out)
+}
+
 /// What a transcript's command prints, or why it cannot be reproduced.
 fn run_transcript(command: &str, source: Option<&Fence>) -> Result<String, String> {
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -271,6 +292,12 @@ fn run_transcript(command: &str, source: Option<&Fence>) -> Result<String, Strin
         ["$", "cnnc", sub, rest @ ..] => (*sub, rest),
         _ => return Err(format!("not a `$ cnnc` command: {command}")),
     };
+    if RUN_BY_BINARY.contains(&subcommand) {
+        if rest.iter().any(|a| a.contains(['*', '?', '>', '|', '$'])) {
+            return Err("the test runs no shell: no globs, pipes or redirections".to_string());
+        }
+        return run_binary(&words[2..]);
+    }
     let mut files = Vec::new();
     let mut settings = Vec::new();
     let mut args = rest.iter();

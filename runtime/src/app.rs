@@ -134,11 +134,14 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
     if let Some(iters) = args.bench {
         return bench(&mut executor, plan, max_batch, iters.max(1));
     }
-    let chw = [
-        plan.input_shape[0],
-        plan.input_shape[1],
-        plan.input_shape[2],
-    ];
+    let chw = match plan.input_shape.as_slice() {
+        [c, h, w] => [*c, *h, *w],
+        other => {
+            return Err(Error(format!(
+                "this model takes flat inputs {other:?}; files are read as [C, H, W] images, so only --bench runs it"
+            )))
+        }
+    };
     let index = args.index.as_deref().map(IndexRange::parse).transpose()?;
     let options = InputOptions {
         image: ImageOptions {
