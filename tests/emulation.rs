@@ -1,0 +1,727 @@
+//! Rung 5 of the verification ladder: the generated CUDA kernels compute the
+//! right numbers, checked without a GPU. Each model's printed `.cu` is
+//! compiled as C++20 with tests/emulation/cuda_emulation.h, run through the
+//! execution plan exactly as the CUDA driver runs it, and compared with the
+//! reference evaluator: max |a − b| ≤ 1e-4 · max(1, |b|). See docs/testing.md.
+
+#[path = "emulation/harness.rs"]
+mod harness;
+
+use cnnc::ir::Graph;
+use cnnc_runtime::input::{load, InputOptions};
+use cnnc_runtime::weights::{Data, WeightFile};
+use harness::{check, Arg, Case, Module, TOLERANCE};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+/// Runs `jobs` on every CPU, largest first; returns the failures.
+fn in_parallel<T: Sync>(jobs: &[T], run: impl Fn(&T) -> Result<(), String> + Sync) -> Vec<String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(jobs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                if let Err(e) = run(job) {
+                    failures.lock().unwrap().push(e);
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+fn report(tag: &str, batch: usize, c: &harness::Checked) {
+    println!(
+        "{tag:<28} batch {batch}  {:>3} kernels  worst {:.1e}  compile {:>5.1}s  emulate {:>5.1}s  evaluate {:>5.1}s",
+        c.kernels,
+        c.worst,
+        c.compile.as_secs_f64(),
+        c.emulate.as_secs_f64(),
+        c.evaluate.as_secs_f64()
+    );
+}
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("tests/fixtures")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.join("model.cnn").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+struct Fixture {
+    name: String,
+    compilation: cnnc::Compilation,
+    weights: WeightFile,
+    input: Vec<f32>,
+    batch: usize,
+    expected: (Vec<usize>, Vec<f32>),
+}
+
+fn fixture(dir: &Path) -> Fixture {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let weights = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
+    let dims = graph.input_shape().dims();
+    let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
+    let input = load(&[dir.join("input.npy")], chw, &InputOptions::default()).unwrap();
+    Fixture {
+        name,
+        compilation,
+        weights,
+        batch: input.shape[0],
+        input: input.data,
+        expected: npy_f32(&dir.join("expected.npy")),
+    }
+}
+
+impl Fixture {
+    fn graph(&self) -> &Graph {
+        self.compilation.models[0].graph.as_ref().unwrap()
+    }
+
+    fn case(&self) -> Case<'_> {
+        Case {
+            tag: self.name.clone(),
+            graph: self.graph(),
+            sources: &self.compilation.sources,
+            weights: &self.weights,
+            input: self.input.clone(),
+            batch: self.batch,
+            both_orders: true,
+            tile: None,
+        }
+    }
+}
+
+#[test]
+fn every_fixture_matches_the_evaluator_and_pytorch() {
+    let dirs = fixture_dirs();
+    assert!(dirs.len() >= 7, "expected the 7 committed fixtures");
+    let failures = in_parallel(&dirs, |dir| {
+        let f = fixture(dir);
+        let checked = check(&f.case(), &|cuda| cuda)?;
+        report(&f.name, f.batch, &checked);
+        // And against PyTorch's own output.
+        let (shape, expected) = &f.expected;
+        let mut dims = vec![f.batch];
+        dims.extend(f.graph().output_shape().dims().iter().map(|&d| d as usize));
+        if *shape != dims {
+            return Err(format!(
+                "{}: expected.npy is {shape:?}, the model gives {dims:?}",
+                f.name
+            ));
+        }
+        let want: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+        let (worst, mismatch) = harness::compare(&checked.output, &want);
+        if let Some(m) = mismatch {
+            return Err(format!(
+                "{}: the emulated kernels differ from PyTorch (expected.npy): worst scaled error {worst:.3e}, first at output {}: {} vs {}",
+                f.name, m.index, m.got, m.want
+            ));
+        }
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// The smallest input size (of a few) at which a zoo model checks.
+fn small_size(path: &Path) -> Option<i64> {
+    [32, 64, 96, 128, 160, 193, 224, 227]
+        .into_iter()
+        .find(|&s| {
+            cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s)))
+                .is_ok_and(|c| !c.has_errors())
+        })
+}
+
+/// Random batch-norm statistics, so folding is exercised with non-trivial values.
+fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (key, t) in file.tensors.iter_mut() {
+        if let Data::F32(v) = &mut t.data {
+            if key.ends_with("running_var") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
+            {
+                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
+            } else if t.shape.len() == 1 && key.ends_with("weight") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_zoo_model_matches_the_evaluator() {
+    let start = Instant::now();
+    let mut models: Vec<(PathBuf, i64, i64)> = std::fs::read_dir("models")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .filter(|p| {
+            // CNNC_EMU_MODELS=resnet18,vgg11 runs only those (for debugging).
+            std::env::var("CNNC_EMU_MODELS").map_or(true, |only| {
+                only.split(',')
+                    .any(|m| p.file_stem().is_some_and(|s| s == m.trim()))
+            })
+        })
+        .map(|path| {
+            let size = small_size(&path)
+                .unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
+            let c = cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
+            let macs = c.models[0].graph.as_ref().unwrap().total_macs();
+            (path, size, macs)
+        })
+        .collect();
+    if std::env::var_os("CNNC_EMU_MODELS").is_none() {
+        assert!(models.len() >= 22, "expected the 22 zoo models");
+    }
+    // Largest first, so the long ones do not finish last.
+    models.sort_by_key(|m| std::cmp::Reverse(m.2));
+    // Models with big classifiers (the VGGs: 130M parameters, 2 GB while checked)
+    // take turns, so that the test fits in the memory of a small CI machine.
+    let heavy = Mutex::new(());
+    let failures = in_parallel(&models, |(path, size, macs)| {
+        let compilation =
+            cnnc::compile_file_at(path, &BTreeMap::new(), Some((*size, *size))).unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let _turn = (graph.total_params() > 50_000_000)
+            .then(|| heavy.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut weights =
+            cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+        randomize_batchnorm(&mut weights, 5);
+        // Batch 2 exercises the image index; the largest models run one image.
+        let batch = if *macs > 200_000_000 { 1 } else { 2 };
+        let per = graph.input_shape().numel() as usize;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let stem = path.file_stem().unwrap().to_string_lossy();
+        let case = Case {
+            tag: format!("{stem}@{size}"),
+            graph,
+            sources: &compilation.sources,
+            weights: &weights,
+            input,
+            batch,
+            // The race check doubles the emulation; the small models carry it.
+            both_orders: batch == 2,
+            tile: None,
+        };
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, batch, &checked);
+        Ok(())
+    });
+    println!("zoo: {:.1}s", start.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_gemm_tile_computes_the_same_numbers() {
+    // At test sizes the compiler picks the small tiles; the big ones (8×4 and
+    // 4×4 registers per thread) only at full size. Force each in turn on two
+    // fixtures with every conv variant (groups, dilation, padding modes,
+    // strides, residual epilogues, linear layers with global pooling).
+    let mut jobs = Vec::new();
+    for name in ["resnet_tiny", "kitchen_sink"] {
+        for tile in cnnc::kernels::TILES {
+            jobs.push((name, *tile));
+        }
+    }
+    let failures = in_parallel(&jobs, |(name, tile)| {
+        let f = fixture(&Path::new("tests/fixtures").join(name));
+        let mut case = f.case();
+        case.tag = format!(
+            "{name}-tile{}x{}x{}-{}x{}",
+            tile.bm, tile.bn, tile.bk, tile.tm, tile.tn
+        );
+        case.tile = Some(*tile);
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, f.batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// Kernel kinds no zoo model or fixture produces (every batch norm there
+/// folds, every add fuses, every concat is written in place, every
+/// activation joins an epilogue), on odd sizes, batch 3.
+const KERNEL_COVERAGE: &str = "
+model kernel_coverage {
+  input [3, 13, 11]
+  bn0 = batchnorm                           # nothing to fold into: channel affine
+  both = concat {                           # the input branch cannot be written in
+    identity                                # place: two slice copies
+    maxpool(3, s=1, p=1)
+  }
+  tanh                                      # after a concat: a standalone activation
+  res = residual { avgpool(3, s=1, p=1) }   # no GEMM to fuse into: a standalone add
+  c = conv(4, k=3, p=1)
+  relu
+  global_avgpool
+  flatten
+  fc = linear(5)
+  softmax
+}
+";
+
+#[test]
+fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
+    let compilation =
+        cnnc::compile_source("kernel_coverage.cnn", KERNEL_COVERAGE, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (_, program, _) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    let kinds: Vec<String> = program
+        .kernels
+        .iter()
+        .map(|k| {
+            format!("{:?}", k.kind)
+                .split(['(', ' '])
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for kind in [
+        "ChannelAffine",
+        "CopySlice",
+        "Activation",
+        "Add",
+        "Pool",
+        "Gemm",
+        "Softmax",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} kernel: {kinds:?}"
+        );
+    }
+    let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    randomize_batchnorm(&mut weights, 5);
+    let batch = 3;
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let input: Vec<f32> = (0..batch * per)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let case = Case {
+        tag: "kernel_coverage".into(),
+        graph,
+        sources: &compilation.sources,
+        weights: &weights,
+        input,
+        batch,
+        both_orders: true,
+        tile: None,
+    };
+    let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
+    report(&case.tag, batch, &checked);
+}
+
+/// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.
+fn planted(edit: &dyn Fn(String) -> String) -> String {
+    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    assert_eq!(f.batch, 2);
+    match check(&f.case(), edit) {
+        Ok(c) => panic!(
+            "the planted bug went unnoticed (worst scaled error {:e})",
+            c.worst
+        ),
+        Err(e) => {
+            println!("the planted bug is reported as:\n{e}\n");
+            e
+        }
+    }
+}
+
+fn resnet_tiny_program() -> cnnc::kernels::KernelProgram {
+    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    cnnc::plan::compile(f.graph(), &f.compilation.sources)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn a_planted_bound_error_is_reported_with_its_kernel_and_element() {
+    // Off by one in a bound: each GEMM's epilogue skips the last output pixel.
+    let error = planted(&|cuda| {
+        let right = "if (n >= n_total) continue;";
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(right, "if (n >= n_total - 1) continue;")
+    });
+    // The first kernel is the first GEMM; its last element (image 1, every
+    // channel, the last of 32×32 pixels) was never written.
+    let first = &resnet_tiny_program().kernels[0].name;
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "first wrong element image 1, channel 0, pixel 1023 (y 31, x 31): emulated NaN"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_planted_index_error_is_reported_with_its_kernel_and_element() {
+    // Off by one in an index, in one kernel only: the first residual add reads
+    // the next pixel of the shortcut.
+    let program = resnet_tiny_program();
+    let victim = program
+        .kernels
+        .iter()
+        .find(|k| {
+            k.epilogue
+                .iter()
+                .any(|e| matches!(e, cnnc::ir::Epilogue::AddInput(_)))
+        })
+        .expect("resnet_tiny has a residual add in an epilogue");
+    let (index, name) = (victim.index, victim.name.clone());
+    assert!(index > 0, "the victim is not the first kernel");
+    let epilogue = format!("struct {name}_epilogue {{");
+    let error = planted(&|cuda| {
+        let at = cuda.find(&epilogue).expect("the victim's epilogue");
+        let end = at + cuda[at..].find("};").unwrap();
+        let body = &cuda[at..end];
+        assert_eq!(body.matches(" + p];  // residual add").count(), 1);
+        let bad = body.replace(" + p];  // residual add", " + p + 1];  // residual add");
+        format!("{}{bad}{}", &cuda[..at], &cuda[end..])
+    });
+    assert!(
+        error.contains(&format!("first wrong kernel: step {index}, `{name}`")),
+        "{error}"
+    );
+    assert!(
+        error.contains("first wrong element image 0, channel 0, pixel 0 (y 0, x 0)"),
+        "{error}"
+    );
+    // The end-to-end summary comes first.
+    assert!(
+        error.starts_with("resnet_tiny: the emulated kernels differ from the reference evaluator"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_barrier_is_reported() {
+    // Without the barrier that ends each K step, a thread that finishes early
+    // overwrites the shared tiles while the others still read them.
+    let error = planted(&|cuda| {
+        let right = "acc[i][j]);\n    }\n    __syncthreads();\n  }\n";
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(right, "acc[i][j]);\n    }\n  }\n")
+    });
+    // The first GEMM has two K steps (K = 3·3·3 = 27, BK = 16), so it is the first to go wrong.
+    let first = &resnet_tiny_program().kernels[0].name;
+    assert!(
+        error.contains(&format!("step 0, kernel `{first}`"))
+            && error.contains("gives different results when its threads run in another order"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_write_outside_the_output_place_is_reported() {
+    // An epilogue that writes one image too far lands in another buffer (or
+    // the guard zone): the harness stops at that kernel.
+    let name = resnet_tiny_program().kernels[0].name.clone();
+    let error = planted(&|cuda| {
+        let at = cuda
+            .find(&format!("void __launch_bounds__(256) {name}("))
+            .unwrap();
+        let end = at + cuda[at..].find("\n}").unwrap();
+        let body = cuda[at..end].replace(
+            "(x, w, bias, r0, y, batch)",
+            "(x, w, bias, r0, y + 1, batch)",
+        );
+        format!("{}{body}{}", &cuda[..at], &cuda[end..])
+    });
+    assert!(
+        error.contains(&format!("step 0, kernel `{name}`"))
+            && error.contains("wrote outside its output place"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_emulator_keeps_cuda_semantics() {
+    let source = std::fs::read_to_string("tests/emulation/selftest.cu").unwrap();
+    let module = Module::build("selftest", &source).unwrap();
+
+    // A block reduction over 3 blocks of 256 (the last partly empty).
+    let n = 700;
+    let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let mut y = vec![f32::NAN; 3];
+    module
+        .launch(
+            "block_sum",
+            (3, 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::In(x.as_ptr()), Arg::Out(y.as_mut_ptr()), Arg::Int(n)],
+        )
+        .unwrap();
+    for b in 0..3 {
+        let want: f32 = x[b * 256..((b + 1) * 256).min(n as usize)].iter().sum();
+        assert_eq!(y[b], want, "block {b}");
+    }
+
+    // A race: right in one scheduling order, wrong (uninitialised shared
+    // memory) in the other. The harness compares both orders.
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let mut forward = vec![0.0f32; 64];
+    let mut reverse = vec![0.0f32; 64];
+    let args = |y: &mut Vec<f32>| [Arg::In(x.as_ptr()), Arg::Out(y.as_mut_ptr())];
+    module
+        .launch("racy_shift", (1, 1, 1), (64, 1, 1), 0, &args(&mut forward))
+        .unwrap();
+    module
+        .launch_in(
+            harness::Order::Reverse,
+            "racy_shift",
+            (1, 1, 1),
+            (64, 1, 1),
+            0,
+            &args(&mut reverse),
+        )
+        .unwrap();
+    assert_eq!(forward[1..], x[..63]);
+    assert!(reverse[1..].iter().all(|v| v.is_nan()), "{reverse:?}");
+
+    // Dynamic shared memory: each block of 64 reverses its slice.
+    let x: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let mut y = vec![0.0f32; 256];
+    module
+        .launch(
+            "reverse_dynamic",
+            (4, 1, 1),
+            (64, 1, 1),
+            64 * 4,
+            &[Arg::In(x.as_ptr()), Arg::Out(y.as_mut_ptr())],
+        )
+        .unwrap();
+    for i in 0..256 {
+        assert_eq!(y[i], x[(i / 64) * 64 + 63 - i % 64]);
+    }
+
+    // Warp shuffles, ballots and atomics across blocks.
+    let x: Vec<f32> = (0..1000).map(|i| (i % 5) as f32).collect();
+    let mut y = vec![0.0f32; 1];
+    module
+        .launch(
+            "warp_sum",
+            (8, 1, 1),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::In(x.as_ptr()),
+                Arg::Out(y.as_mut_ptr()),
+                Arg::Int(1000),
+            ],
+        )
+        .unwrap();
+    assert_eq!(y[0], x.iter().sum::<f32>());
+
+    // Built-in variables in 2-D blocks and a 3-D grid.
+    let (gx, gy, gz, bx, by) = (3u32, 2u32, 2u32, 8u32, 4u32);
+    let count = (gx * gy * gz * bx * by) as usize;
+    let mut y = vec![f32::NAN; 4 * count];
+    module
+        .launch(
+            "coordinates",
+            (gx, gy, gz),
+            (bx, by, 1),
+            0,
+            &[Arg::Out(y.as_mut_ptr())],
+        )
+        .unwrap();
+    let mut i = 0;
+    for z in 0..gz {
+        for yb in 0..gy {
+            for xb in 0..gx {
+                for ty in 0..by {
+                    for tx in 0..bx {
+                        let want = [
+                            tx as f32 + 100.0 * ty as f32,
+                            xb as f32,
+                            yb as f32,
+                            z as f32,
+                        ];
+                        assert_eq!(y[4 * i..4 * i + 4], want, "thread {i}");
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    // Errors a GPU would hang on or leave undefined are reported, not hung on.
+    let mut y = vec![0.0f32; 64];
+    let e = module
+        .launch(
+            "divergent_barrier",
+            (1, 1, 1),
+            (64, 1, 1),
+            0,
+            &[Arg::Out(y.as_mut_ptr())],
+        )
+        .unwrap_err();
+    assert!(
+        e.contains("divergent __syncthreads(): 32 of 64 threads wait"),
+        "{e}"
+    );
+    let e = module
+        .launch(
+            "shuffle_after_exit",
+            (1, 1, 1),
+            (32, 1, 1),
+            0,
+            &[Arg::Out(y.as_mut_ptr())],
+        )
+        .unwrap_err();
+    assert!(
+        e.contains("names lanes 0xffff0000 of warp 0 that have exited"),
+        "{e}"
+    );
+    // CUDA's launch limits, and the kernel's own __launch_bounds__.
+    let e = module
+        .launch(
+            "coordinates",
+            (1, 1, 1),
+            (2048, 1, 1),
+            0,
+            &[Arg::Out(y.as_mut_ptr())],
+        )
+        .unwrap_err();
+    assert!(e.contains("invalid launch configuration"), "{e}");
+    let e = module
+        .launch(
+            "block_sum",
+            (1, 1, 1),
+            (512, 1, 1),
+            0,
+            &[Arg::In(x.as_ptr()), Arg::Out(y.as_mut_ptr()), Arg::Int(1)],
+        )
+        .unwrap_err();
+    assert!(e.contains("__launch_bounds__(256)"), "{e}");
+    // Arguments are checked against the printed signature.
+    let e = module
+        .launch(
+            "coordinates",
+            (1, 1, 1),
+            (1, 1, 1),
+            0,
+            &[Arg::In(x.as_ptr())],
+        )
+        .unwrap_err();
+    assert!(e.contains("argument 0 (`y`) is `float*`"), "{e}");
+
+    // The math library: the C library's float functions, as CUDA's are specified.
+    let mut y = vec![0.0f32; 10];
+    module
+        .launch("math", (1, 1, 1), (1, 1, 1), 0, &[Arg::Out(y.as_mut_ptr())])
+        .unwrap();
+    let v = 0.75f64;
+    let want = [
+        2.5,
+        v.exp(),
+        v.exp_m1(),
+        v.tanh(),
+        0.7111556336535151,
+        v.ln(),
+        v.powf(1.5),
+        0.0,
+        1.0,
+        7.0,
+    ];
+    for (i, (&g, w)) in y.iter().zip(want).enumerate() {
+        assert!(
+            harness::scaled_error(g as f64, w) <= TOLERANCE,
+            "math[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+/// Run by `a_crash_in_a_kernel_names_it` in a child process: a kernel writes
+/// through a wild pointer.
+#[test]
+#[ignore = "crashes on purpose; run by a_crash_in_a_kernel_names_it"]
+fn crash_in_a_kernel() {
+    let source = std::fs::read_to_string("tests/emulation/selftest.cu").unwrap();
+    let module = Module::build("selftest", &source).unwrap();
+    let wild = 16 as *mut f32;
+    let _ = module.launch("coordinates", (1, 1, 1), (4, 1, 1), 0, &[Arg::Out(wild)]);
+    unreachable!("the launch should have crashed");
+}
+
+#[test]
+fn a_crash_in_a_kernel_names_it() {
+    // Build first, so the child finds the library in the cache.
+    let source = std::fs::read_to_string("tests/emulation/selftest.cu").unwrap();
+    Module::build("selftest", &source).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "crash_in_a_kernel", "--nocapture"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cnnc CUDA emulation: kernel `coordinates` crashed (SIGSEGV at address 0x10) in block (0,0,0), thread (0,0,0)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_source_parser_reads_printed_signatures() {
+    let k = harness::kernels_in(
+        "extern \"C\" __global__ void __launch_bounds__(128) k00_conv(const float* __restrict__ x, float* __restrict__ y, int batch) {",
+    )
+    .unwrap();
+    assert_eq!(k.len(), 1);
+    assert_eq!(k[0].name, "k00_conv");
+    assert_eq!(k[0].launch_bounds, Some(128));
+    let types: Vec<&str> = k[0].params.iter().map(|p| p.ty.as_str()).collect();
+    assert_eq!(types, ["const float*", "float*", "int"]);
+    assert_eq!(
+        harness::rewrite_shared("void f() {\n  extern __shared__ __align__(16) float tile[];\n}"),
+        "void f() {\n  float* const tile = static_cast<float*>(::cnnc_emu::dynamic_shared());\n}"
+    );
+    // Static shared arrays in functions are poisoned per block; comments and
+    // namespaces are not functions.
+    assert_eq!(
+        harness::rewrite_shared(
+            "namespace a {\n// __shared__ x;\ntemplate <int N> void g() {\n  __shared__ float As[N][4];\n}\n}"
+        ),
+        "namespace a {\n// __shared__ x;\ntemplate <int N> void g() {\n  __shared__ float As[N][4]; ::cnnc_emu::shared_declared(&As, sizeof(As));\n}\n}"
+    );
+}
