@@ -261,7 +261,12 @@ fn compile_with(
                 Ok(text) => {
                     if let Some(id) =
                         // Named by its path from where cnnc runs, so locations can be opened.
-                        add_source(&mut sources, path.display().to_string(), text, &mut diagnostics)
+                        add_source(
+                            &mut sources,
+                            path.display().to_string(),
+                            text,
+                            &mut diagnostics,
+                        )
                     {
                         seen.insert(key, id);
                         queue.push((id, path.parent().map(Path::to_path_buf)));

@@ -70,7 +70,7 @@ enum Command {
         model: Option<String>,
     },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write freshly initialised weights for a model as safetensors.
     Init {
         file: PathBuf,

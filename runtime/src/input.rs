@@ -9,7 +9,7 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// How images become tensors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageOptions {
     /// Resize the shorter side to this before the centre crop; `None` picks
     /// 256/224 of the input size for 3-channel models (torchvision's recipe)
@@ -20,16 +20,6 @@ pub struct ImageOptions {
     pub normalize: Option<(Vec<f32>, Vec<f32>)>,
     /// Leave values in [0, 1] even for 3-channel models.
     pub no_normalize: bool,
-}
-
-impl Default for ImageOptions {
-    fn default() -> Self {
-        ImageOptions {
-            resize: None,
-            normalize: None,
-            no_normalize: false,
-        }
-    }
 }
 
 /// Which samples of a multi-sample file to use (`--index 3` or `--index 0..100`).
@@ -290,7 +280,7 @@ fn idx_images(bytes: &[u8], chw: [usize; 3], options: &InputOptions) -> Result<T
     let (h, w) = (rows + 2 * options.pad, cols + 2 * options.pad);
     if (h, w) != (chw[1], chw[2]) {
         let hint = if chw[1] >= rows
-            && (chw[1] - rows) % 2 == 0
+            && (chw[1] - rows).is_multiple_of(2)
             && chw[1] - rows == chw[2].saturating_sub(cols)
         {
             format!(
