@@ -198,19 +198,7 @@ pub fn build(
             layers: k.layers.clone(),
         });
     }
-    let state_dict = graph
-        .params
-        .iter()
-        .map(|p| {
-            let (line, col) = sources.line_col(p.span.file, p.span.start);
-            rt::StateEntry {
-                key: p.key.clone(),
-                shape: p.shape.iter().map(|&d| d as usize).collect(),
-                integer: p.kind == ParamKind::NumBatchesTracked,
-                declared_at: format!("{}:{line}:{col}", sources.name(p.span.file)),
-            }
-        })
-        .collect();
+    let state_dict = crate::weights::state_entries(graph, sources);
     let ends_in = match graph.nodes[graph.output].op {
         Op::Softmax => rt::Ending::Probabilities,
         Op::LogSoftmax => rt::Ending::LogProbabilities,

@@ -3,6 +3,8 @@
 
 use crate::ir::{Graph, Op, ParamKind};
 use crate::source::SourceMap;
+use cnnc_runtime::plan::StateEntry;
+use cnnc_runtime::prepare::check_state_dict;
 use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -20,89 +22,65 @@ impl BoundWeights {
     }
 }
 
-/// Checks every tensor against the model and reports every problem at once.
+/// The `state_dict` entries a graph declares, with their `.cnn` locations.
+pub fn state_entries(graph: &Graph, sources: &SourceMap) -> Vec<StateEntry> {
+    graph
+        .params
+        .iter()
+        .map(|p| {
+            let (line, col) = sources.line_col(p.span.file, p.span.start);
+            StateEntry {
+                key: p.key.clone(),
+                shape: p.shape.iter().map(|&d| d as usize).collect(),
+                integer: p.kind == ParamKind::NumBatchesTracked,
+                declared_at: format!("{}:{line}:{col}", sources.name(p.span.file)),
+            }
+        })
+        .collect()
+}
+
+/// Checks every tensor against the model (the runtime's strict check, shared
+/// with built binaries) and widens the weights to f64.
 pub fn bind(graph: &Graph, file: &WeightFile, sources: &SourceMap) -> Result<BoundWeights, String> {
-    let mut problems: Vec<String> = Vec::new();
-    let mut values = HashMap::new();
-    let mut class_hint = None;
-    let last_linear = graph
+    if let Err(e) = check_state_dict(&graph.name, &state_entries(graph, sources), file) {
+        return Err(match class_hint(graph, file) {
+            Some(classes) => format!(
+                "{}\nhelp: the weights have {classes} classes; try `--set num_classes={classes}`",
+                e.0
+            ),
+            None => e.0,
+        });
+    }
+    let values = graph
+        .params
+        .iter()
+        .filter_map(|p| {
+            file.tensors
+                .get(&p.key)
+                .map(|t| (p.key.clone(), t.data.to_f64()))
+        })
+        .collect();
+    Ok(BoundWeights { values })
+}
+
+/// The class count of the weights when only the classifier's rows differ.
+fn class_hint(graph: &Graph, file: &WeightFile) -> Option<usize> {
+    let last = graph
         .nodes
         .iter()
         .rev()
-        .find(|n| matches!(n.op, Op::Linear { .. } | Op::Conv2d { .. }))
-        .map(|n| n.name.clone());
-    for p in &graph.params {
-        let (line, col) = sources.line_col(p.span.file, p.span.start);
-        let at = format!("{}:{line}:{col}", sources.name(p.span.file));
-        let expected: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-        let Some(t) = file.tensors.get(&p.key) else {
-            // PyTorch also accepts a state_dict without num_batches_tracked.
-            if p.kind != ParamKind::NumBatchesTracked {
-                problems.push(format!(
-                    "missing      `{}` {} (declared at {at})",
-                    p.key,
-                    shape(&expected)
-                ));
-            }
-            continue;
-        };
-        let want_int = p.kind == ParamKind::NumBatchesTracked;
-        if t.data.is_float() == want_int {
-            problems.push(format!(
-                "wrong dtype  `{}` is {}, the model expects {} (declared at {at})",
-                p.key,
-                t.dtype,
-                if want_int {
-                    "an integer (I64)"
-                } else {
-                    "floating point (F32, F16, BF16 or F64)"
-                }
-            ));
-            continue;
-        }
-        if t.shape != expected {
-            problems.push(format!(
-                "wrong shape  `{}` is {}, the model expects {} (declared at {at})",
-                p.key,
-                shape(&t.shape),
-                shape(&expected)
-            ));
-            let owner = p.key.rsplit_once('.').map(|(o, _)| o.to_string());
-            if owner == last_linear && !t.shape.is_empty() && t.shape[1..] == expected[1..] {
-                class_hint = Some(t.shape[0]);
-            }
-            continue;
-        }
-        values.insert(p.key.clone(), t.data.to_f64());
-    }
-    let known: std::collections::HashSet<&str> =
-        graph.params.iter().map(|p| p.key.as_str()).collect();
-    for (key, t) in &file.tensors {
-        if !known.contains(key.as_str()) {
-            problems.push(format!("unexpected   `{key}` {}", t.describe()));
-        }
-    }
-    if problems.is_empty() {
-        return Ok(BoundWeights { values });
-    }
-    let mut message = format!(
-        "the weights do not match model `{}` ({} problem{}):\n",
-        graph.name,
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
-    for p in problems.iter().take(50) {
-        message += &format!("  {p}\n");
-    }
-    if problems.len() > 50 {
-        message += &format!("  … and {} more\n", problems.len() - 50);
-    }
-    if let Some(classes) = class_hint {
-        message += &format!(
-            "help: the weights have {classes} classes; try `--set num_classes={classes}`\n"
-        );
-    }
-    Err(message.trim_end().to_string())
+        .find(|n| matches!(n.op, Op::Linear { .. } | Op::Conv2d { .. }))?;
+    let p = graph
+        .params
+        .iter()
+        .find(|p| p.key == format!("{}.weight", last.name))?;
+    let t = file.tensors.get(&p.key)?;
+    let expected: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+    (t.shape.len() == expected.len()
+        && !t.shape.is_empty()
+        && t.shape[1..] == expected[1..]
+        && t.shape[0] != expected[0])
+        .then_some(t.shape[0])
 }
 
 /// Weights as a fused graph uses them: each batch norm folded into the conv or
@@ -156,10 +134,6 @@ pub fn prepare(graph: &Graph, weights: &BoundWeights) -> Result<BoundWeights, St
         out.values.insert(format!("{}.bias", node.name), folded_b);
     }
     Ok(out)
-}
-
-fn shape(s: &[usize]) -> String {
-    cnnc_runtime::shape_text(s)
 }
 
 /// How `cnnc init` draws weights.
