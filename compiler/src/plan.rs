@@ -1,7 +1,7 @@
 //! Lowers kernels and the memory plan to the runtime's execution plan
 //! (`cnnc_runtime::plan`), the data both executors run.
 
-use crate::ir::{Activation, Epilogue, Graph, Op, ParamKind, Shape};
+use crate::ir::{Activation, Epilogue, Graph, Op, Shape};
 use crate::kernels::{KernelKind, KernelProgram, TensorRef};
 use crate::memory::MemoryPlan;
 use crate::source::SourceMap;
