@@ -9,7 +9,7 @@ mod harness;
 
 use cnnc::ir::Graph;
 use cnnc_runtime::input::{load, InputOptions};
-use cnnc_runtime::weights::{Data, WeightFile};
+use cnnc_runtime::weights::WeightFile;
 use harness::{check, Arg, Case, Module, TOLERANCE};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -17,12 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
+mod common;
+use common::{npy_f32, randomize_batchnorm, small_size};
+
+/// Input sizes tried, smallest first, for running zoo models quickly.
+const SIZES: [i64; 8] = [32, 64, 96, 128, 160, 193, 224, 227];
 
 /// Runs `jobs` on every CPU, largest first; returns the failures.
 fn in_parallel<T: Sync>(jobs: &[T], run: impl Fn(&T) -> Result<(), String> + Sync) -> Vec<String> {
@@ -146,33 +145,6 @@ fn every_fixture_matches_the_evaluator_and_pytorch() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
 
-/// The smallest input size (of a few) at which a zoo model checks.
-fn small_size(path: &Path) -> Option<i64> {
-    [32, 64, 96, 128, 160, 193, 224, 227]
-        .into_iter()
-        .find(|&s| {
-            cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s)))
-                .is_ok_and(|c| !c.has_errors())
-        })
-}
-
-/// Random batch-norm statistics, so folding is exercised with non-trivial values.
-fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (key, t) in file.tensors.iter_mut() {
-        if let Data::F32(v) = &mut t.data {
-            if key.ends_with("running_var") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
-            {
-                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
-            } else if t.shape.len() == 1 && key.ends_with("weight") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            }
-        }
-    }
-}
-
 #[test]
 fn every_zoo_model_matches_the_evaluator() {
     let start = Instant::now();
@@ -188,7 +160,7 @@ fn every_zoo_model_matches_the_evaluator() {
             })
         })
         .map(|path| {
-            let size = small_size(&path)
+            let size = small_size(&path, &SIZES)
                 .unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
             let c = cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
             let macs = c.models[0].graph.as_ref().unwrap().total_macs();

@@ -6,10 +6,16 @@
 
 use cnnc::ir::Graph;
 use cnnc::source::SourceMap;
-use cnnc_runtime::weights::{Data, WeightFile};
+use cnnc_runtime::weights::WeightFile;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+mod common;
+use common::{randomize_batchnorm, small_size};
+
+/// Input sizes tried, smallest first, for running zoo models quickly.
+const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];
 
 /// Runs `graph` unfused and fused on the same weights; returns the worst scaled difference.
 fn fused_vs_unfused(graph: &Graph, file: &WeightFile, sources: &SourceMap, n: usize) -> f64 {
@@ -31,23 +37,6 @@ fn fused_vs_unfused(graph: &Graph, file: &WeightFile, sources: &SourceMap, n: us
         .fold(0.0, f64::max)
 }
 
-/// Random batch-norm statistics, so folding is exercised with non-trivial values.
-fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (key, t) in file.tensors.iter_mut() {
-        if let Data::F32(v) = &mut t.data {
-            if key.ends_with("running_var") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
-            {
-                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
-            } else if t.shape.len() == 1 && key.ends_with("weight") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            }
-        }
-    }
-}
-
 #[test]
 fn fused_equals_unfused_on_fixtures() {
     for entry in std::fs::read_dir("tests/fixtures").unwrap() {
@@ -67,13 +56,6 @@ fn fused_equals_unfused_on_fixtures() {
     }
 }
 
-/// The smallest input size (of a few) at which a zoo model checks.
-fn small_size(path: &Path) -> Option<i64> {
-    [32, 64, 96, 128, 227, 224].into_iter().find(|&s| {
-        cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s))).is_ok_and(|c| !c.has_errors())
-    })
-}
-
 #[test]
 fn fused_equals_unfused_on_every_zoo_model() {
     let mut names: Vec<_> = std::fs::read_dir("models")
@@ -83,8 +65,8 @@ fn fused_equals_unfused_on_every_zoo_model() {
         .collect();
     names.sort();
     for path in names {
-        let size =
-            small_size(&path).unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
+        let size = small_size(&path, &SIZES)
+            .unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
         let compilation =
             cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();

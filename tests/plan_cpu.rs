@@ -7,17 +7,16 @@ use cnnc::ir::Graph;
 use cnnc::source::SourceMap;
 use cnnc_runtime::cpu::CpuExecutor;
 use cnnc_runtime::input::{load, InputOptions};
-use cnnc_runtime::weights::{Data, WeightFile};
+use cnnc_runtime::weights::WeightFile;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
+mod common;
+use common::{npy_f32, randomize_batchnorm, small_size};
+
+/// Input sizes tried, smallest first, for running zoo models quickly.
+const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];
 
 /// max |a − b| / max(1, |b|).
 fn worst_scaled(a: &[f32], b: impl IntoIterator<Item = f64>) -> f64 {
@@ -126,31 +125,6 @@ fn cpu_matches_pytorch_and_the_evaluator_on_every_fixture() {
     }
 }
 
-/// Random batch-norm statistics, so folding is exercised with non-trivial values
-/// (as in tests/passes.rs).
-fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (key, t) in file.tensors.iter_mut() {
-        if let Data::F32(v) = &mut t.data {
-            if key.ends_with("running_var") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
-            {
-                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
-            } else if t.shape.len() == 1 && key.ends_with("weight") {
-                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
-            }
-        }
-    }
-}
-
-/// The smallest input size (of a few) at which a zoo model checks (as in tests/passes.rs).
-fn small_size(path: &Path) -> Option<i64> {
-    [32, 64, 96, 128, 227, 224].into_iter().find(|&s| {
-        cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s))).is_ok_and(|c| !c.has_errors())
-    })
-}
-
 #[test]
 fn cpu_matches_the_evaluator_on_every_zoo_model() {
     let mut paths: Vec<_> = std::fs::read_dir("models")
@@ -162,8 +136,8 @@ fn cpu_matches_the_evaluator_on_every_zoo_model() {
     assert!(paths.len() >= 20);
     let batch = 2;
     for path in paths {
-        let size =
-            small_size(&path).unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
+        let size = small_size(&path, &SIZES)
+            .unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
         let compilation =
             cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();

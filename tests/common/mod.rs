@@ -1,0 +1,41 @@
+//! Helpers shared by the integration tests that run whole models.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use cnnc_runtime::weights::{Data, WeightFile};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Random batch-norm statistics (and 1-D weights and biases), so that folding
+/// and the batch-norm kernels are exercised with non-trivial values.
+pub fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (key, t) in file.tensors.iter_mut() {
+        if let Data::F32(v) = &mut t.data {
+            if key.ends_with("running_var") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            } else if key.ends_with("running_mean") || (t.shape.len() == 1 && key.ends_with("bias"))
+            {
+                v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
+            } else if t.shape.len() == 1 && key.ends_with("weight") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+            }
+        }
+    }
+}
+
+/// The first of `sizes` at which a model checks with that input height and width.
+pub fn small_size(path: &Path, sizes: &[i64]) -> Option<i64> {
+    sizes.iter().copied().find(|&s| {
+        cnnc::compile_file_at(path, &BTreeMap::new(), Some((s, s))).is_ok_and(|c| !c.has_errors())
+    })
+}
+
+/// A float32 `.npy` file: shape and values.
+pub fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
