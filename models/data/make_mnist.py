@@ -19,12 +19,22 @@ IDX files (big-endian header):
     mnist-1000-images.idx  magic 2051, dims [1000, 28, 28], u8 pixels (0 = background)
     mnist-1000-labels.idx  magic 2049, dims [1000], u8 labels
 
+Also all 10,000 digits, for `cnnc train` (gzipped, reproducible: no name, mtime 0):
+    mnist-10k-images.idx.gz  magic 2051, dims [10000, 28, 28]
+    mnist-10k-labels.idx.gz  magic 2049, dims [10000]
+in round-robin order over the digits (sample 0 of digits 0..9, sample 1 of 0..9, ...,
+skipping a digit once its file runs out), so the first 1000 are exactly the
+mnist-1000 files and the first 2000 are the first 200 samples of each digit:
+`cnnc train` holds those 2000 out and trains on the other 8000.
+
 The other 9,000 digits of the package (sample 100 onwards of each digit file)
 are the training data of models/weights/train_mnist.py, which imports
 `package_tarball`, `read_package` and `HELD_OUT` from here so that both sides
 use the same selection.
 """
+import gzip
 import hashlib
+import io
 import json
 import os
 import struct
@@ -40,6 +50,10 @@ PER_DIGIT = 100
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGES = os.path.join(HERE, "mnist-1000-images.idx")
 LABELS = os.path.join(HERE, "mnist-1000-labels.idx")
+IMAGES_10K = os.path.join(HERE, "mnist-10k-images.idx.gz")
+LABELS_10K = os.path.join(HERE, "mnist-10k-labels.idx.gz")
+# `cnnc train` holds out the first HELD_OUT_10K images of the 10k files (200 of each digit).
+HELD_OUT_10K = 2000
 
 # The committed digits, in file order: entry i is (digit, sample) = (i % 10, i // 10),
 # i.e. sample `sample` of package/src/digits/<digit>.json.
@@ -73,6 +87,22 @@ def read_package(tgz):
     return digits
 
 
+def all_digits_order(digits):
+    """Every digit of the package, round-robin over the digits: sample 0 of 0..9, sample 1 of
+    0..9, ..., skipping digits whose file has run out. The first 1000 entries are HELD_OUT
+    and the first 2000 are the first 200 samples of each digit."""
+    longest = max(len(x) for x in digits)
+    return [(d, k) for k in range(longest) for d in range(10) if k < len(digits[d])]
+
+
+def gzip_bytes(data):
+    """gzip with a fixed header (no name, mtime 0), so the output is reproducible."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as f:
+        f.write(data)
+    return buf.getvalue()
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         digits = read_package(package_tarball(tmp, sys.argv[1] if len(sys.argv) > 1 else None))
@@ -84,6 +114,17 @@ def main():
     with open(LABELS, "wb") as f:
         f.write(struct.pack(">II", 2049, n) + labels)
     print(f"wrote {n} images and labels to {HERE}")
+
+    order = all_digits_order(digits)
+    assert order[:len(HELD_OUT)] == HELD_OUT and len(order) == 10000
+    images = b"".join(digits[d][k] for d, k in order)
+    labels = bytes(d for d, _ in order)
+    n = len(labels)
+    with open(IMAGES_10K, "wb") as f:
+        f.write(gzip_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images))
+    with open(LABELS_10K, "wb") as f:
+        f.write(gzip_bytes(struct.pack(">II", 2049, n) + labels))
+    print(f"wrote {n} images and labels (gzipped) to {HERE}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cpu;
 pub mod cuda;
+pub mod idx;
 pub mod input;
 pub mod output;
 pub mod plan;
