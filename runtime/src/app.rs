@@ -83,6 +83,14 @@ impl Executor {
 /// Entry point of a built binary.
 pub fn main(plan: Plan, images: KernelImages) -> ExitCode {
     let args = Args::parse();
+    // The main thread joins rayon's pool as worker 0, so the CPU executor's
+    // parallel steps start on it directly instead of handing each one over to
+    // a pool thread and sleeping until it is done (RAYON_NUM_THREADS sets the
+    // size, the machine's cores by default). If this fails, rayon's default
+    // pool still works.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     match run(&plan, &images, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error(message)) => {

@@ -1,0 +1,551 @@
+//! Convolutions and linear layers (`cnnc::Conv` + `cnnc::gemm`) as GEMMs:
+//! per group, `Y[M][N] = W[M][K] · B[K][N]`, then bias and the fused
+//! epilogue.
+//!
+//! The work of one step is cut into tasks, each small enough that its B matrix
+//! stays in the L2 cache, and each task gathers B, multiplies and applies the
+//! epilogue while the data is hot:
+//!
+//! - a task is a range of output pixels of one image (large maps), or a run of
+//!   whole images (small maps, so the GEMM still has some columns);
+//! - with at least as many tasks as threads, tasks run in parallel, each with
+//!   a single-threaded GEMM and its own scratch; with fewer (batch 1 on the
+//!   deep layers), tasks run one after another and the GEMM itself is split
+//!   over the threads; tiny steps run on the calling thread;
+//! - B is not gathered at all where it already lies in the arena: 1×1
+//!   convolutions with stride 1 and no padding read the input planes, and
+//!   linear layers read the batch's feature vectors, with strides;
+//! - the GEMM writes into the output place directly when one image's pixels
+//!   (or a batch of 1×1 outputs) are contiguous there; otherwise into scratch,
+//!   and the epilogue moves it.
+//!
+//! im2col works a row (input channel, kernel tap) at a time: the valid output
+//! x range of a tap is computed once, edges are zeroed and the interior copied
+//! with `copy_from_slice` (stride 1) or a strided loop. Padding modes other
+//! than zeros go through `source_index` per element.
+
+use super::act::apply_slice;
+use super::{Arena, Scratch};
+use crate::plan::{Epi, Gemm, Place, Step};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Floats of one task's im2col matrix: 1 MiB, the L2 of one core on the
+/// machines we measure.
+pub(super) const COL_BUDGET: usize = 1 << 18;
+/// A GEMM over small maps takes whole images until it has this many columns.
+const COLS_TARGET: usize = 256;
+/// Pixel ranges are not cut below this many columns to make parallel tasks.
+const MIN_TILE: usize = 64;
+/// Steps under this many multiply-adds run on the calling thread.
+const SERIAL_MACS: usize = 150_000;
+
+/// How a step at a given batch is cut into tasks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tiling {
+    /// Images per task (> 1 only for small maps; then a task takes whole images).
+    pub images: usize,
+    /// Output pixels per task (the whole map when `images` > 1).
+    pub pixels: usize,
+    /// Tasks per image (1 when `images` > 1).
+    pub per_image: usize,
+    pub tasks: usize,
+}
+
+pub(super) fn k_total(g: &Gemm) -> usize {
+    if g.global_pool {
+        g.in_channels
+    } else {
+        g.in_channels * g.kernel.0 * g.kernel.1
+    }
+}
+
+/// A 1×1 convolution with stride 1 and no padding: B is the input planes.
+fn pointwise(g: &Gemm) -> bool {
+    !g.global_pool && g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == (0, 0)
+}
+
+/// A kernel that covers the whole unpadded input (a linear layer, or a conv
+/// to a 1×1 map): B's column for an image is that image's input, as stored.
+fn full_window(g: &Gemm, x: &Place) -> bool {
+    !g.global_pool && g.kernel == (x.h, x.w) && g.pad == (0, 0) && g.dilation == (1, 1)
+}
+
+/// Where B can be read in place, (row stride, column stride between images).
+fn direct_b(g: &Gemm, x: &Place, images: usize) -> Option<(usize, usize)> {
+    let hw = x.h * x.w;
+    if full_window(g, x) {
+        Some((1, x.channels_total * hw))
+    } else if pointwise(g) && images == 1 {
+        Some((hw, 1))
+    } else {
+        None
+    }
+}
+
+pub(super) fn tiling(g: &Gemm, y: &Place, batch: usize, threads: usize) -> Tiling {
+    let p = y.h * y.w;
+    let k = k_total(g);
+    let threads = threads.max(1);
+    if p < COLS_TARGET {
+        // Small maps: whole images per task, enough of them for COLS_TARGET
+        // columns, but leave every thread a task and keep B within budget.
+        let images = COLS_TARGET
+            .div_ceil(p)
+            .min(batch.div_ceil(threads))
+            .min((COL_BUDGET / (k * p)).max(1))
+            .max(1);
+        return Tiling {
+            images,
+            pixels: p,
+            per_image: 1,
+            tasks: batch.div_ceil(images),
+        };
+    }
+    // Large maps: ranges of whole output rows.
+    let (oh, ow) = (y.h, y.w);
+    let budget_rows = (COL_BUDGET / (k * ow)).max(1);
+    let mut per_image = oh.div_ceil(budget_rows);
+    if batch * per_image < threads {
+        let split = threads.div_ceil(batch).min((p / MIN_TILE).max(1));
+        per_image = per_image.max(split).min(oh);
+    }
+    let rows = oh.div_ceil(per_image);
+    let pixels = rows * ow;
+    let per_image = oh.div_ceil(rows);
+    Tiling {
+        images: 1,
+        pixels,
+        per_image,
+        tasks: batch * per_image,
+    }
+}
+
+/// Scratch one task needs: (im2col floats, product floats).
+pub(super) fn scratch_len(g: &Gemm, x: &Place, y: &Place, t: &Tiling) -> (usize, usize) {
+    let p = y.h * y.w;
+    let cols = t.images * t.pixels;
+    let col = if direct_b(g, x, t.images).is_some() {
+        0
+    } else {
+        k_total(g) * cols
+    };
+    let product = if t.images > 1 && p > 1 {
+        g.out_channels * cols
+    } else {
+        0
+    };
+    (col, product)
+}
+
+/// Everything a task of one step reads.
+struct Ctx<'a> {
+    g: &'a Gemm,
+    step: &'a Step,
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    arena: Arena<'a>,
+    t: Tiling,
+}
+
+pub(super) fn conv(
+    g: &Gemm,
+    step: &Step,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    arena: Arena,
+    scratch: &[Mutex<Scratch>],
+) {
+    let y = &step.output;
+    let threads = rayon::current_num_threads();
+    let t = tiling(g, y, arena.batch, threads);
+    let ctx = Ctx {
+        g,
+        step,
+        w,
+        bias,
+        arena,
+        t,
+    };
+    let macs = arena.batch * y.h * y.w * g.out_channels * (k_total(g) / g.groups);
+    let lock = |i: usize| {
+        scratch[i % scratch.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    if macs < SERIAL_MACS || threads == 1 {
+        let mut s = lock(rayon::current_thread_index().unwrap_or(0));
+        for i in 0..t.tasks {
+            task(&ctx, i, &mut s, false);
+        }
+    } else if t.tasks >= threads {
+        // A task holds its thread's scratch and makes no rayon call, so no
+        // other task can be stolen onto this thread while it holds the lock.
+        (0..t.tasks).into_par_iter().for_each(|i| {
+            let mut s = lock(rayon::current_thread_index().unwrap_or(0));
+            task(&ctx, i, &mut s, false);
+        });
+    } else {
+        let mut s = lock(rayon::current_thread_index().unwrap_or(0));
+        for i in 0..t.tasks {
+            task(&ctx, i, &mut s, true);
+        }
+    }
+}
+
+/// Task `i`: gather B, multiply per group, epilogue. `parallel`: split the
+/// gather and the GEMM over the pool.
+fn task(ctx: &Ctx, i: usize, s: &mut Scratch, parallel: bool) {
+    let Ctx {
+        g, step, arena, t, ..
+    } = *ctx;
+    let (x, y) = (&step.inputs[0], &step.output);
+    let batch = arena.batch;
+    let p = y.h * y.w;
+    let (n0, images, p0, p1) = if t.images > 1 {
+        let n0 = i * t.images;
+        (n0, t.images.min(batch - n0), 0, p)
+    } else {
+        let (n, tile) = (i / t.per_image, i % t.per_image);
+        (n, 1, tile * t.pixels, ((tile + 1) * t.pixels).min(p))
+    };
+    let cols = images * (p1 - p0);
+    let k = k_total(g);
+    let (kg, mg) = (k / g.groups, g.out_channels / g.groups);
+    let in_hw = x.h * x.w;
+
+    // B: (pointer, row stride, column stride).
+    let (b_ptr, b_rs, b_cs): (*const f32, usize, usize) =
+        if let Some((rs, cs)) = direct_b(g, x, images) {
+            // A full window has one output pixel (p0 = 0); a pointwise conv
+            // reads its pixel range.
+            let start = arena.start(x, n0, 0) + p0;
+            // SAFETY: in the arena (`start` asserts the first plane; the checks
+            // in `CpuExecutor::new` place every plane of every image inside it).
+            (unsafe { arena.ptr.add(start) }, rs, cs)
+        } else {
+            let col = &mut s.col[..k * cols];
+            if g.global_pool {
+                let inv = 1.0 / in_hw as f32;
+                for r in 0..k {
+                    for j in 0..images {
+                        col[r * cols + j] = arena.plane(x, n0 + j, r).iter().sum::<f32>() * inv;
+                    }
+                }
+            } else if parallel && k * cols >= 32 * 1024 {
+                let rows_per = (4096 / cols).max(1);
+                col.par_chunks_mut(rows_per * cols)
+                    .enumerate()
+                    .for_each(|(c, rows)| {
+                        im2col(g, arena, x, y, n0, images, p0, p1, rows, c * rows_per)
+                    });
+            } else {
+                im2col(g, arena, x, y, n0, images, p0, p1, col, 0);
+            }
+            (col.as_ptr(), cols, 1)
+        };
+
+    // Destination: the output place itself where possible.
+    let direct_dst = images == 1 || p == 1;
+    let (d_ptr, d_rs, d_cs): (*mut f32, usize, usize) = if direct_dst {
+        let start = arena.start(y, n0, 0) + p0;
+        let cs = if images == 1 { 1 } else { y.channels_total };
+        // SAFETY: as for B; this task alone writes these columns.
+        (unsafe { arena.ptr.add(start) }, p, cs)
+    } else {
+        (s.product[..g.out_channels * cols].as_mut_ptr(), cols, 1)
+    };
+
+    let par = if parallel {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    for grp in 0..g.groups {
+        let a = &ctx.w[grp * mg * kg..][..mg * kg];
+        // SAFETY: A is [mg][kg] row-major (length checked in `new`); B and the
+        // destination are the strided views described above, all in bounds:
+        // group `grp` reads B rows grp·kg.. and writes rows grp·mg.. of `mg`.
+        unsafe {
+            gemm::gemm(
+                mg,
+                cols,
+                kg,
+                d_ptr.add(grp * mg * d_rs),
+                d_cs as isize,
+                d_rs as isize,
+                false,
+                a.as_ptr(),
+                1,
+                kg as isize,
+                b_ptr.add(grp * kg * b_rs),
+                b_cs as isize,
+                b_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    }
+
+    // Bias, then the epilogue in order (`Epi::apply(acc + b, image, oc, p, r0)`).
+    let finish = |out: &mut [f32], n: usize, oc: usize| {
+        for e in &step.epilogue {
+            match *e {
+                Epi::Act(act) => apply_slice(act, out),
+                Epi::AddInput(k) => {
+                    let r = &arena.plane(&step.inputs[k], n, oc)[p0..p1];
+                    out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+                }
+            }
+        }
+    };
+    if p == 1 && direct_dst {
+        // 1×1 outputs: per image, the channels are contiguous.
+        for n in n0..n0 + images {
+            // SAFETY: this task alone writes image n's outputs.
+            let out = unsafe { arena.span_mut(arena.start(y, n, 0), y.c) };
+            if let Some(b) = ctx.bias {
+                out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+            for e in &step.epilogue {
+                match *e {
+                    Epi::Act(act) => apply_slice(act, out),
+                    Epi::AddInput(k) => {
+                        let xk = &step.inputs[k];
+                        // SAFETY: read-only; inputs never overlap the output.
+                        let r = unsafe { arena.span(arena.start(xk, n, 0), xk.c) };
+                        out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+                    }
+                }
+            }
+        }
+    } else if direct_dst {
+        for oc in 0..y.c {
+            // SAFETY: this task alone writes pixels p0..p1 of image n0.
+            let out = unsafe { arena.span_mut(arena.start(y, n0, oc) + p0, p1 - p0) };
+            if let Some(b) = ctx.bias {
+                let b = b[oc];
+                out.iter_mut().for_each(|o| *o += b);
+            }
+            finish(out, n0, oc);
+        }
+    } else {
+        let product = &s.product[..g.out_channels * cols];
+        for j in 0..images {
+            for oc in 0..y.c {
+                let acc = &product[oc * cols + j * p..][..p];
+                // SAFETY: this task alone writes image n0 + j.
+                let out = unsafe { arena.span_mut(arena.start(y, n0 + j, oc), p) };
+                let b = ctx.bias.map_or(0.0, |b| b[oc]);
+                out.iter_mut().zip(acc).for_each(|(o, a)| *o = a + b);
+                finish(out, n0 + j, oc);
+            }
+        }
+    }
+}
+
+/// Fills rows `row0..` of the column matrix (`rows`, `cols` floats each, the
+/// images side by side) for output pixels `p0..p1` of images `n0..n0 + images`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    g: &Gemm,
+    arena: Arena,
+    x: &Place,
+    y: &Place,
+    n0: usize,
+    images: usize,
+    p0: usize,
+    p1: usize,
+    rows: &mut [f32],
+    row0: usize,
+) {
+    let span = p1 - p0;
+    let cols = images * span;
+    let (kh, kw) = g.kernel;
+    for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
+        let r = row0 + r;
+        let (ic, tap) = (r / (kh * kw), r % (kh * kw));
+        let (ky, kx) = (tap / kw, tap % kw);
+        for (j, dst) in row.chunks_exact_mut(span).enumerate() {
+            let map = arena.plane(x, n0 + j, ic);
+            if g.padding_mode == 0 {
+                gather_zeros(g, map, (x.h, x.w), y.w, (ky, kx), p0, dst);
+            } else {
+                gather_padded(g, map, (x.h, x.w), y.w, (ky, kx), p0, dst);
+            }
+        }
+    }
+}
+
+/// One im2col row segment with zero padding: output pixels p0..p0 + dst.len()
+/// for kernel tap (ky, kx).
+fn gather_zeros(
+    g: &Gemm,
+    map: &[f32],
+    (ih, iw): (usize, usize),
+    ow: usize,
+    (ky, kx): (usize, usize),
+    p0: usize,
+    dst: &mut [f32],
+) {
+    let (sh, sw) = g.stride;
+    let xoff = (kx * g.dilation.1) as isize - g.pad.1 as isize;
+    let yoff = (ky * g.dilation.0) as isize - g.pad.0 as isize;
+    // Output x with 0 ≤ ox·sw + xoff < iw: [lo, hi).
+    let lo = if xoff >= 0 {
+        0
+    } else {
+        (-xoff as usize).div_ceil(sw)
+    };
+    let last = iw as isize - 1 - xoff;
+    let hi = if last < 0 {
+        0
+    } else {
+        (last as usize / sw + 1).min(ow)
+    };
+    let lo = lo.min(hi);
+    if sw == 1 && p0 % ow == 0 && dst.len() % ow == 0 {
+        // Whole rows at stride 1: the same [lo, hi) interior for each.
+        let oy0 = p0 / ow;
+        for (r, d) in dst.chunks_exact_mut(ow).enumerate() {
+            let iy = ((oy0 + r) * sh) as isize + yoff;
+            if iy < 0 || iy >= ih as isize {
+                d.fill(0.0);
+                continue;
+            }
+            if lo > 0 {
+                d[..lo].fill(0.0);
+            }
+            if hi < ow {
+                d[hi..].fill(0.0);
+            }
+            let s0 = (iy as usize * iw) as isize + lo as isize + xoff;
+            copy_short(&mut d[lo..hi], &map[s0 as usize..][..hi - lo]);
+        }
+        return;
+    }
+    let p1 = p0 + dst.len();
+    let mut d = 0;
+    let mut oy = p0 / ow;
+    while oy * ow < p1 {
+        let xa = p0.saturating_sub(oy * ow);
+        let xb = (p1 - oy * ow).min(ow);
+        let seg = &mut dst[d..d + (xb - xa)];
+        d += xb - xa;
+        let iy = (oy * sh) as isize + yoff;
+        if iy < 0 || iy >= ih as isize {
+            seg.fill(0.0);
+        } else {
+            let src = &map[iy as usize * iw..][..iw];
+            let (l, h) = (lo.clamp(xa, xb), hi.clamp(xa, xb));
+            if l > xa {
+                seg[..l - xa].fill(0.0);
+            }
+            if h < xb {
+                seg[h - xa..].fill(0.0);
+            }
+            let interior = &mut seg[l - xa..h - xa];
+            if sw == 1 {
+                let s0 = (l as isize + xoff) as usize;
+                copy_short(interior, &src[s0..s0 + (h - l)]);
+            } else {
+                let s0 = ((l * sw) as isize + xoff) as usize;
+                for (v, s) in interior.iter_mut().zip(src[s0..].iter().step_by(sw)) {
+                    *v = *s;
+                }
+            }
+        }
+        oy += 1;
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a `memcpy` call for the short rows of
+/// small maps (a call costs more than copying 20 floats): below 64 values,
+/// two overlapping copies of a fixed size, which compile to vector moves.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    macro_rules! two {
+        ($c:literal) => {{
+            dst[..$c].copy_from_slice(&src[..$c]);
+            dst[n - $c..].copy_from_slice(&src[n - $c..]);
+        }};
+    }
+    match n {
+        0 => {}
+        1 => dst[0] = src[0],
+        2 => two!(1),
+        3 => two!(2),
+        4..=7 => two!(4),
+        8..=15 => two!(8),
+        16..=31 => two!(16),
+        32..=63 => two!(32),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Padding modes: 0 zeros, 1 reflect, 2 replicate, 3 circular. The source
+/// index of padded coordinate `i`, or `None` where zeros padding reads 0
+/// (`cnnc::source_index`).
+#[inline]
+fn source_index(mode: u8, i: isize, size: isize) -> Option<usize> {
+    let j = match mode {
+        0 => {
+            if i < 0 || i >= size {
+                return None;
+            }
+            i
+        }
+        1 => {
+            if size == 1 {
+                0
+            } else {
+                let period = 2 * (size - 1);
+                let m = i.rem_euclid(period);
+                if m < size {
+                    m
+                } else {
+                    period - m
+                }
+            }
+        }
+        2 => i.clamp(0, size - 1),
+        _ => i.rem_euclid(size),
+    };
+    Some(j as usize)
+}
+
+/// One im2col row segment for reflect, replicate or circular padding.
+fn gather_padded(
+    g: &Gemm,
+    map: &[f32],
+    (ih, iw): (usize, usize),
+    ow: usize,
+    (ky, kx): (usize, usize),
+    p0: usize,
+    dst: &mut [f32],
+) {
+    for (d, v) in dst.iter_mut().enumerate() {
+        let (oy, ox) = ((p0 + d) / ow, (p0 + d) % ow);
+        let iy = source_index(
+            g.padding_mode,
+            (oy * g.stride.0 + ky * g.dilation.0) as isize - g.pad.0 as isize,
+            ih as isize,
+        );
+        let ix = source_index(
+            g.padding_mode,
+            (ox * g.stride.1 + kx * g.dilation.1) as isize - g.pad.1 as isize,
+            iw as isize,
+        );
+        *v = match (iy, ix) {
+            (Some(iy), Some(ix)) => map[iy * iw + ix],
+            _ => 0.0,
+        };
+    }
+}
