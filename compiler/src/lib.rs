@@ -29,6 +29,7 @@ pub mod source;
 pub mod summary;
 pub mod syntax;
 pub mod weights;
+pub mod train;
 
 use check::{Declarations, Value};
 use diag::Diagnostic;

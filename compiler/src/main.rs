@@ -90,6 +90,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Train a model on MNIST-style IDX data (CPU, f32): Adam/SGD, checkpoints, loss plot.
+    Train(Box<cnnc::train::run::TrainArgs>),
     file: PathBuf,
     /// PyTorch state_dict saved with safetensors.torch.save_file.
     #[arg(long)]
@@ -170,6 +172,7 @@ fn main() -> ExitCode {
             seed,
             scheme,
             set,
+        Command::Train(args) => train(&args),
             model,
         } => init(&file, &output, seed, scheme, &set, model.as_deref()),
     };
@@ -518,6 +521,19 @@ fn init(
     );
     Ok(ExitCode::SUCCESS)
 }
+fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
+    let compilation = load(&args.file, &[])?;
+    let graph = match one_model(&compilation, &args.file, None)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match cnnc::train::run::train(graph, args, &repo) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Ok(fail(e)),
+    }
+}
+
 
 fn emit(
     file: &Path,

@@ -1,0 +1,1096 @@
+//! f32 forward and backward kernels for training, on NCHW batches.
+//!
+//! Convolutions are im2col + GEMM (the `gemm` crate) over chunks of images,
+//! chunks in parallel with rayon; the backward pass rebuilds the columns
+//! rather than keeping them. Everything else is plain loops, parallel over
+//! (image, channel) planes. Reductions over the batch (weight gradients,
+//! batch-norm statistics) accumulate per chunk and then in a fixed order, so
+//! results do not depend on the thread count more than float addition order
+//! within a chunk does.
+
+use crate::ir::{Activation, PaddingMode};
+use rayon::prelude::*;
+
+/// Row-major `C = A·B` (or `C += A·B`) with arbitrary strides, single-threaded.
+/// `a` is m×k with element (i, p) at `a[i*a_rs + p*a_cs]`, `b` is k×n likewise,
+/// `c` is m×n with row stride `c_rs` and unit column stride.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * c_rs..i * c_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // Bounds: the last element each operand touches must be inside its slice.
+    assert!((m - 1) * c_rs + n <= c.len());
+    assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len());
+    assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len());
+    let par = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access of the three strided
+    // matrices inside their slices; `c` does not alias `a` or `b` (&mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Where padded coordinate `i` reads from (PyTorch's padding modes).
+pub fn source_index(i: i64, size: i64, mode: PaddingMode) -> Option<usize> {
+    let j = match mode {
+        PaddingMode::Zeros => {
+            if i < 0 || i >= size {
+                return None;
+            }
+            i
+        }
+        PaddingMode::Reflect => {
+            let period = 2 * (size - 1);
+            if period == 0 {
+                0
+            } else {
+                let m = i.rem_euclid(period);
+                if m < size {
+                    m
+                } else {
+                    period - m
+                }
+            }
+        }
+        PaddingMode::Replicate => i.clamp(0, size - 1),
+        PaddingMode::Circular => i.rem_euclid(size),
+    };
+    Some(j as usize)
+}
+
+/// A convolution's geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvGeom {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oc: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// top, bottom, left, right
+    pub pads: [usize; 4],
+    pub groups: usize,
+    pub mode: PaddingMode,
+}
+
+impl ConvGeom {
+    fn hp(&self) -> usize {
+        self.h + self.pads[0] + self.pads[1]
+    }
+    fn wp(&self) -> usize {
+        self.w + self.pads[2] + self.pads[3]
+    }
+    fn padded(&self) -> bool {
+        self.pads.iter().any(|&p| p > 0)
+    }
+    fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Images per task: enough tasks for every thread, columns at most ~16 MB.
+    fn chunk(&self, n: usize) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        let per_thread = n.div_ceil(threads).max(1);
+        let cap = (4 << 20) / (self.ckk() * self.ohw()).max(1);
+        per_thread.min(cap.max(1))
+    }
+
+    /// Pads one image's planes into `out` ([C, Hp, Wp]).
+    fn pad_image(&self, x: &[f32], out: &mut [f32]) {
+        let (hp, wp) = (self.hp(), self.wp());
+        let (h, w) = (self.h, self.w);
+        for ci in 0..self.c {
+            let src = &x[ci * h * w..(ci + 1) * h * w];
+            let dst = &mut out[ci * hp * wp..(ci + 1) * hp * wp];
+            for y in 0..hp {
+                let sy = source_index(y as i64 - self.pads[0] as i64, h as i64, self.mode);
+                for xo in 0..wp {
+                    let sx = source_index(xo as i64 - self.pads[2] as i64, w as i64, self.mode);
+                    dst[y * wp + xo] = match (sy, sx) {
+                        (Some(sy), Some(sx)) => src[sy * w + sx],
+                        _ => 0.0,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Adds the gradient of a padded image back onto the unpadded one.
+    fn unpad_grad(&self, dpad: &[f32], dx: &mut [f32]) {
+        let (hp, wp) = (self.hp(), self.wp());
+        let (h, w) = (self.h, self.w);
+        for ci in 0..self.c {
+            let src = &dpad[ci * hp * wp..(ci + 1) * hp * wp];
+            let dst = &mut dx[ci * h * w..(ci + 1) * h * w];
+            for y in 0..hp {
+                let Some(sy) = source_index(y as i64 - self.pads[0] as i64, h as i64, self.mode)
+                else {
+                    continue;
+                };
+                for xo in 0..wp {
+                    if let Some(sx) =
+                        source_index(xo as i64 - self.pads[2] as i64, w as i64, self.mode)
+                    {
+                        dst[sy * w + sx] += src[y * wp + xo];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one (padded) image's columns at column offset `off` of `col` ([CKK, stride]).
+    fn im2col(&self, src: &[f32], col: &mut [f32], stride: usize, off: usize) {
+        let (hp, wp) = if self.padded() {
+            (self.hp(), self.wp())
+        } else {
+            (self.h, self.w)
+        };
+        let (oh, ow) = (self.oh, self.ow);
+        for ci in 0..self.c {
+            let plane = &src[ci * hp * wp..(ci + 1) * hp * wp];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let dst = &mut col[row * stride + off..row * stride + off + oh * ow];
+                    for y in 0..oh {
+                        let s = &plane[(y * self.sh + ky * self.dh) * wp + kx * self.dw..];
+                        let d = &mut dst[y * ow..(y + 1) * ow];
+                        if self.sw == 1 {
+                            d.copy_from_slice(&s[..ow]);
+                        } else {
+                            for (xo, v) in d.iter_mut().enumerate() {
+                                *v = s[xo * self.sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds columns back into a (padded) image: the adjoint of `im2col`.
+    fn col2im(&self, col: &[f32], stride: usize, off: usize, dst: &mut [f32]) {
+        let (hp, wp) = if self.padded() {
+            (self.hp(), self.wp())
+        } else {
+            (self.h, self.w)
+        };
+        let (oh, ow) = (self.oh, self.ow);
+        for ci in 0..self.c {
+            let plane = &mut dst[ci * hp * wp..(ci + 1) * hp * wp];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let src = &col[row * stride + off..row * stride + off + oh * ow];
+                    for y in 0..oh {
+                        let base = (y * self.sh + ky * self.dh) * wp + kx * self.dw;
+                        let s = &src[y * ow..(y + 1) * ow];
+                        if self.sw == 1 {
+                            for (d, v) in plane[base..base + ow].iter_mut().zip(s) {
+                                *d += v;
+                            }
+                        } else {
+                            for (xo, v) in s.iter().enumerate() {
+                                plane[base + xo * self.sw] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns of `nb` images of `x` ([nb, C, H, W]) into `col` ([CKK, nb·OHW]).
+    fn columns(&self, x: &[f32], nb: usize, col: &mut [f32], scratch: &mut Vec<f32>) {
+        let per = self.c * self.h * self.w;
+        let stride = nb * self.ohw();
+        for b in 0..nb {
+            let img = &x[b * per..(b + 1) * per];
+            if self.padded() {
+                scratch.resize(self.c * self.hp() * self.wp(), 0.0);
+                self.pad_image(img, scratch);
+                self.im2col(scratch, col, stride, b * self.ohw());
+            } else {
+                self.im2col(img, col, stride, b * self.ohw());
+            }
+        }
+    }
+}
+
+/// Convolution forward: `y = conv(x, w) + b` for `n` images.
+pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let (ohw, ckk) = (g.ohw(), g.ckk());
+    let in_per = g.c * g.h * g.w;
+    let out_per = g.oc * ohw;
+    let mut y = vec![0f32; n * out_per];
+    let chunk = g.chunk(n);
+    let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
+    let kk = g.kh * g.kw;
+    y.par_chunks_mut(chunk * out_per)
+        .zip(x.par_chunks(chunk * in_per))
+        .for_each(|(yc, xc)| {
+            let nb = xc.len() / in_per;
+            let p = nb * ohw;
+            let mut col = vec![0f32; ckk * p];
+            let mut scratch = Vec::new();
+            g.columns(xc, nb, &mut col, &mut scratch);
+            let mut out = vec![0f32; g.oc * p];
+            for gi in 0..g.groups {
+                mm(
+                    opg,
+                    p,
+                    cpg * kk,
+                    &mut out[gi * opg * p..],
+                    p,
+                    false,
+                    &w[gi * opg * cpg * kk..],
+                    cpg * kk,
+                    1,
+                    &col[gi * cpg * kk * p..],
+                    p,
+                    1,
+                    false,
+                );
+            }
+            for bi in 0..nb {
+                for o in 0..g.oc {
+                    let bias = b.map_or(0.0, |b| b[o]);
+                    let src = &out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
+                    let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = s + bias;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Convolution backward: returns (dx if wanted, dw, db).
+pub fn conv_backward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (ohw, ckk) = (g.ohw(), g.ckk());
+    let in_per = g.c * g.h * g.w;
+    let out_per = g.oc * ohw;
+    let chunk = g.chunk(n);
+    let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
+    let kk = g.kh * g.kw;
+    let wlen = g.oc * cpg * kk;
+    let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
+    let work = |xc: &[f32], dyc: &[f32], dxc: Option<&mut [f32]>| -> (Vec<f32>, Vec<f64>) {
+        let nb = xc.len() / in_per;
+        let p = nb * ohw;
+        let mut col = vec![0f32; ckk * p];
+        let mut scratch = Vec::new();
+        g.columns(xc, nb, &mut col, &mut scratch);
+        // dY packed as [OC, nb·OHW].
+        let mut dyp = vec![0f32; g.oc * p];
+        let mut db = vec![0f64; g.oc];
+        for bi in 0..nb {
+            for o in 0..g.oc {
+                let src = &dyc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
+                dyp[o * p + bi * ohw..o * p + (bi + 1) * ohw].copy_from_slice(src);
+                db[o] += src.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
+        let mut dw = vec![0f32; wlen];
+        for gi in 0..g.groups {
+            // dW_g [opg, cpg·kk] = dY_g [opg, P] · col_gᵀ [P, cpg·kk]
+            mm(
+                opg,
+                cpg * kk,
+                p,
+                &mut dw[gi * opg * cpg * kk..],
+                cpg * kk,
+                false,
+                &dyp[gi * opg * p..],
+                p,
+                1,
+                &col[gi * cpg * kk * p..],
+                1,
+                p,
+                false,
+            );
+        }
+        if let Some(dxc) = dxc {
+            // dcol_g [cpg·kk, P] = W_gᵀ [cpg·kk, opg] · dY_g [opg, P]
+            for gi in 0..g.groups {
+                mm(
+                    cpg * kk,
+                    p,
+                    opg,
+                    &mut col[gi * cpg * kk * p..],
+                    p,
+                    false,
+                    &w[gi * opg * cpg * kk..],
+                    1,
+                    cpg * kk,
+                    &dyp[gi * opg * p..],
+                    p,
+                    1,
+                    false,
+                );
+            }
+            let mut dpad = vec![0f32; if g.padded() { g.c * g.hp() * g.wp() } else { 0 }];
+            for bi in 0..nb {
+                let dximg = &mut dxc[bi * in_per..(bi + 1) * in_per];
+                if g.padded() {
+                    dpad.fill(0.0);
+                    g.col2im(&col, p, bi * ohw, &mut dpad);
+                    g.unpad_grad(&dpad, dximg);
+                } else {
+                    g.col2im(&col, p, bi * ohw, dximg);
+                }
+            }
+        }
+        (dw, db)
+    };
+    let parts: Vec<(Vec<f32>, Vec<f64>)> = if need_dx {
+        dx.par_chunks_mut(chunk * in_per)
+            .zip(x.par_chunks(chunk * in_per))
+            .zip(dy.par_chunks(chunk * out_per))
+            .map(|((dxc, xc), dyc)| work(xc, dyc, Some(dxc)))
+            .collect()
+    } else {
+        x.par_chunks(chunk * in_per)
+            .zip(dy.par_chunks(chunk * out_per))
+            .map(|(xc, dyc)| work(xc, dyc, None))
+            .collect()
+    };
+    let mut dw = vec![0f32; wlen];
+    let mut db = vec![0f64; g.oc];
+    for (pw, pb) in parts {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    (
+        need_dx.then_some(dx),
+        dw,
+        db.iter().map(|&v| v as f32).collect(),
+    )
+}
+
+/// Linear forward: `y[n, fo] = x[n, fi] · wᵀ + b`.
+pub fn linear_forward(
+    n: usize,
+    fi: usize,
+    fo: usize,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0f32; n * fo];
+    if let Some(b) = b {
+        for row in y.chunks_mut(fo) {
+            row.copy_from_slice(b);
+        }
+    }
+    mm(n, fo, fi, &mut y, fo, b.is_some(), x, fi, 1, w, 1, fi, true);
+    y
+}
+
+/// Linear backward: (dx if wanted, dw, db).
+pub fn linear_backward(
+    n: usize,
+    fi: usize,
+    fo: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let dx = need_dx.then(|| {
+        let mut dx = vec![0f32; n * fi];
+        mm(n, fi, fo, &mut dx, fi, false, dy, fo, 1, w, fi, 1, true);
+        dx
+    });
+    let mut dw = vec![0f32; fo * fi];
+    // dW [fo, fi] = dYᵀ [fo, n] · X [n, fi]
+    mm(fo, fi, n, &mut dw, fi, false, dy, 1, fo, x, fi, 1, true);
+    let mut db = vec![0f64; fo];
+    for row in dy.chunks(fo) {
+        db.iter_mut().zip(row).for_each(|(a, &b)| *a += b as f64);
+    }
+    (dx, dw, db.iter().map(|&v| v as f32).collect())
+}
+
+/// Pool window geometry (per plane).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolGeom {
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kernel: (i64, i64),
+    pub stride: (i64, i64),
+    pub padding: (i64, i64),
+    pub dilation: (i64, i64),
+}
+
+/// Max pool forward: values and the in-plane index of each maximum (u32::MAX if the window is empty).
+pub fn maxpool_forward(g: &PoolGeom, planes: usize, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
+    let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    let mut y = vec![0f32; planes * oh * ow];
+    let mut arg = vec![u32::MAX; planes * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(arg.par_chunks_mut(oh * ow))
+        .zip(x.par_chunks(h * w))
+        .for_each(|((yp, ap), src)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut at = u32::MAX;
+                    for ky in 0..g.kernel.0 {
+                        let iy = oy as i64 * g.stride.0 - g.padding.0 + ky * g.dilation.0;
+                        if iy < 0 || iy >= h as i64 {
+                            continue;
+                        }
+                        for kx in 0..g.kernel.1 {
+                            let ix = ox as i64 * g.stride.1 - g.padding.1 + kx * g.dilation.1;
+                            if ix < 0 || ix >= w as i64 {
+                                continue;
+                            }
+                            let i = iy as usize * w + ix as usize;
+                            let v = src[i];
+                            if v > best || v.is_nan() || at == u32::MAX {
+                                best = v;
+                                at = i as u32;
+                                if v.is_nan() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    yp[oy * ow + ox] = best;
+                    ap[oy * ow + ox] = at;
+                }
+            }
+        });
+    (y, arg)
+}
+
+/// Scatters gradients to the recorded maxima (max pools, adaptive max pools).
+pub fn argmax_backward(planes: usize, in_size: usize, arg: &[u32], dy: &[f32]) -> Vec<f32> {
+    let out_size = arg.len() / planes.max(1);
+    let mut dx = vec![0f32; planes * in_size];
+    dx.par_chunks_mut(in_size)
+        .zip(arg.par_chunks(out_size))
+        .zip(dy.par_chunks(out_size))
+        .for_each(|((d, a), g)| {
+            for (&i, &v) in a.iter().zip(g) {
+                if i != u32::MAX {
+                    d[i as usize] += v;
+                }
+            }
+        });
+    dx
+}
+
+/// Average pool windows: (y0, y1, x0, x1, divisor) of each output, as PyTorch clips them.
+fn avg_windows(g: &PoolGeom, count_include_pad: bool) -> Vec<(usize, usize, usize, usize, f32)> {
+    let (h, w) = (g.h as i64, g.w as i64);
+    let mut out = Vec::with_capacity(g.oh * g.ow);
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let mut y0 = oy as i64 * g.stride.0 - g.padding.0;
+            let mut x0 = ox as i64 * g.stride.1 - g.padding.1;
+            let mut y1 = (y0 + g.kernel.0).min(h + g.padding.0);
+            let mut x1 = (x0 + g.kernel.1).min(w + g.padding.1);
+            let padded_area = (y1 - y0) * (x1 - x0);
+            y0 = y0.max(0);
+            x0 = x0.max(0);
+            y1 = y1.min(h);
+            x1 = x1.min(w);
+            let div = if count_include_pad {
+                padded_area
+            } else {
+                (y1 - y0) * (x1 - x0)
+            };
+            out.push((
+                y0 as usize,
+                y1.max(y0) as usize,
+                x0 as usize,
+                x1.max(x0) as usize,
+                div as f32,
+            ));
+        }
+    }
+    out
+}
+
+pub fn avgpool_forward(
+    g: &PoolGeom,
+    count_include_pad: bool,
+    planes: usize,
+    x: &[f32],
+) -> Vec<f32> {
+    let win = avg_windows(g, count_include_pad);
+    let (h, w) = (g.h, g.w);
+    let mut y = vec![0f32; planes * g.oh * g.ow];
+    y.par_chunks_mut(g.oh * g.ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(yp, src)| {
+            for (o, &(y0, y1, x0, x1, div)) in win.iter().enumerate() {
+                let mut s = 0f32;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        s += src[iy * w + ix];
+                    }
+                }
+                yp[o] = s / div;
+            }
+        });
+    y
+}
+
+pub fn avgpool_backward(
+    g: &PoolGeom,
+    count_include_pad: bool,
+    planes: usize,
+    dy: &[f32],
+) -> Vec<f32> {
+    let win = avg_windows(g, count_include_pad);
+    let (h, w) = (g.h, g.w);
+    let mut dx = vec![0f32; planes * h * w];
+    dx.par_chunks_mut(h * w)
+        .zip(dy.par_chunks(g.oh * g.ow))
+        .for_each(|(d, gy)| {
+            for (o, &(y0, y1, x0, x1, div)) in win.iter().enumerate() {
+                let v = gy[o] / div;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        d[iy * w + ix] += v;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// Adaptive pool windows: PyTorch's start = ⌊i·I/O⌋, end = ⌈(i+1)·I/O⌉.
+fn adaptive_windows(h: usize, w: usize, oh: usize, ow: usize) -> Vec<(usize, usize, usize, usize)> {
+    let mut out = Vec::with_capacity(oh * ow);
+    for y in 0..oh {
+        let (y0, y1) = (y * h / oh, ((y + 1) * h).div_ceil(oh));
+        for x in 0..ow {
+            let (x0, x1) = (x * w / ow, ((x + 1) * w).div_ceil(ow));
+            out.push((y0, y1, x0, x1));
+        }
+    }
+    out
+}
+
+pub fn adaptive_avg_forward(
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    x: &[f32],
+) -> Vec<f32> {
+    let win = adaptive_windows(h, w, oh, ow);
+    let mut y = vec![0f32; planes * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(yp, src)| {
+            for (o, &(y0, y1, x0, x1)) in win.iter().enumerate() {
+                let mut s = 0f32;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        s += src[iy * w + ix];
+                    }
+                }
+                yp[o] = s / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+        });
+    y
+}
+
+pub fn adaptive_avg_backward(
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    dy: &[f32],
+) -> Vec<f32> {
+    let win = adaptive_windows(h, w, oh, ow);
+    let mut dx = vec![0f32; planes * h * w];
+    dx.par_chunks_mut(h * w)
+        .zip(dy.par_chunks(oh * ow))
+        .for_each(|(d, gy)| {
+            for (o, &(y0, y1, x0, x1)) in win.iter().enumerate() {
+                let v = gy[o] / ((y1 - y0) * (x1 - x0)) as f32;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        d[iy * w + ix] += v;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+pub fn adaptive_max_forward(
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    x: &[f32],
+) -> (Vec<f32>, Vec<u32>) {
+    let win = adaptive_windows(h, w, oh, ow);
+    let mut y = vec![0f32; planes * oh * ow];
+    let mut arg = vec![u32::MAX; planes * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(arg.par_chunks_mut(oh * ow))
+        .zip(x.par_chunks(h * w))
+        .for_each(|((yp, ap), src)| {
+            for (o, &(y0, y1, x0, x1)) in win.iter().enumerate() {
+                let mut best = f32::NEG_INFINITY;
+                let mut at = u32::MAX;
+                'win: for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let i = iy * w + ix;
+                        if src[i] > best || src[i].is_nan() || at == u32::MAX {
+                            best = src[i];
+                            at = i as u32;
+                            if best.is_nan() {
+                                break 'win;
+                            }
+                        }
+                    }
+                }
+                yp[o] = best;
+                ap[o] = at;
+            }
+        });
+    (y, arg)
+}
+
+/// Batch norm in training mode over `n` images of `c` channels of `hw` values.
+/// Returns (y, x̂, 1/σ per channel, batch mean, unbiased batch variance).
+pub struct BnSaved {
+    pub xhat: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_train_forward(
+    n: usize,
+    c: usize,
+    hw: usize,
+    eps: f64,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) -> Result<(Vec<f32>, BnSaved, Vec<f64>, Vec<f64>), String> {
+    let m = n * hw;
+    if m <= 1 {
+        return Err(format!(
+            "batch norm in training mode needs more than 1 value per channel (got a batch of {n} with {hw} values per channel); use a larger batch"
+        ));
+    }
+    let stats: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = 0f64;
+            for i in 0..n {
+                s += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            let mean = s / m as f64;
+            let mut q = 0f64;
+            for i in 0..n {
+                q += x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>();
+            }
+            (mean, q / m as f64)
+        })
+        .collect();
+    let inv_std: Vec<f32> = stats
+        .iter()
+        .map(|&(_, var)| (1.0 / (var + eps).sqrt()) as f32)
+        .collect();
+    let mut xhat = vec![0f32; x.len()];
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(hw)
+        .zip(xhat.par_chunks_mut(hw))
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((yp, hp), xp))| {
+            let ch = plane % c;
+            let mean = stats[ch].0 as f32;
+            for ((yv, hv), &xv) in yp.iter_mut().zip(hp.iter_mut()).zip(xp) {
+                *hv = (xv - mean) * inv_std[ch];
+                *yv = *hv * gamma[ch] + beta[ch];
+            }
+        });
+    let means = stats.iter().map(|s| s.0).collect();
+    let unbiased = stats
+        .iter()
+        .map(|s| s.1 * m as f64 / (m - 1) as f64)
+        .collect();
+    Ok((y, BnSaved { xhat, inv_std }, means, unbiased))
+}
+
+/// Batch norm backward (training mode): (dx, dγ, dβ).
+pub fn batchnorm_train_backward(
+    n: usize,
+    c: usize,
+    hw: usize,
+    saved: &BnSaved,
+    gamma: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = (n * hw) as f64;
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (&g, &h) in dy[r.clone()].iter().zip(&saved.xhat[r]) {
+                    sd += g as f64;
+                    sdx += g as f64 * h as f64;
+                }
+            }
+            (sd, sdx)
+        })
+        .collect();
+    let mut dx = vec![0f32; dy.len()];
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_chunks(hw))
+        .zip(saved.xhat.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((d, g), h))| {
+            let ch = plane % c;
+            let k = gamma[ch] * saved.inv_std[ch];
+            let mean_d = (sums[ch].0 / m) as f32;
+            let mean_dx = (sums[ch].1 / m) as f32;
+            for ((dv, &gv), &hv) in d.iter_mut().zip(g).zip(h) {
+                *dv = k * (gv - mean_d - hv * mean_dx);
+            }
+        });
+    let dgamma = sums.iter().map(|s| s.1 as f32).collect();
+    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    (dx, dgamma, dbeta)
+}
+
+/// Batch norm with fixed statistics (evaluation mode).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_eval(
+    c: usize,
+    hw: usize,
+    eps: f64,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+) -> Vec<f32> {
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| (gamma[ch] as f64 / (var[ch] as f64 + eps).sqrt()) as f32)
+        .collect();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, (yp, xp))| {
+            let ch = plane % c;
+            for (yv, &xv) in yp.iter_mut().zip(xp) {
+                *yv = (xv - mean[ch]) * scale[ch] + beta[ch];
+            }
+        });
+    y
+}
+
+/// Local response norm forward: (y, D) with D_c = k + α/n·Σ a_j².
+pub fn lrn_forward(
+    n: usize,
+    c: usize,
+    hw: usize,
+    (size, alpha, beta, k): (usize, f64, f64, f64),
+    x: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0f32; x.len()];
+    let mut den = vec![0f32; x.len()];
+    let _ = n;
+    y.par_chunks_mut(c * hw)
+        .zip(den.par_chunks_mut(c * hw))
+        .zip(x.par_chunks(c * hw))
+        .for_each(|((yi, di), xi)| {
+            for ch in 0..c {
+                let lo = ch.saturating_sub(size / 2);
+                let hi = (ch + (size - 1) / 2).min(c - 1);
+                for p in 0..hw {
+                    let mut s = 0f64;
+                    for j in lo..=hi {
+                        let v = xi[j * hw + p] as f64;
+                        s += v * v;
+                    }
+                    let d = k + alpha * s / size as f64;
+                    di[ch * hw + p] = d as f32;
+                    yi[ch * hw + p] = (xi[ch * hw + p] as f64 * d.powf(-beta)) as f32;
+                }
+            }
+        });
+    (y, den)
+}
+
+pub fn lrn_backward(
+    c: usize,
+    hw: usize,
+    (size, alpha, beta, _k): (usize, f64, f64, f64),
+    x: &[f32],
+    den: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(c * hw)
+        .zip(x.par_chunks(c * hw))
+        .zip(den.par_chunks(c * hw).zip(dy.par_chunks(c * hw)))
+        .for_each(|((dxi, xi), (di, gi))| {
+            for j in 0..c {
+                // Outputs c whose window holds j: c ∈ [j − (size−1)/2, j + size/2].
+                let lo = j.saturating_sub((size - 1) / 2);
+                let hi = (j + size / 2).min(c - 1);
+                for p in 0..hw {
+                    let dj = di[j * hw + p] as f64;
+                    let mut s = 0f64;
+                    for ch in lo..=hi {
+                        let d = di[ch * hw + p] as f64;
+                        s += gi[ch * hw + p] as f64 * xi[ch * hw + p] as f64 * d.powf(-beta - 1.0);
+                    }
+                    let a = xi[j * hw + p] as f64;
+                    dxi[j * hw + p] = (gi[j * hw + p] as f64 * dj.powf(-beta)
+                        - 2.0 * alpha * beta / size as f64 * a * s)
+                        as f32;
+                }
+            }
+        });
+    dx
+}
+
+/// One activation in f32 (PyTorch's definitions).
+pub fn activate(a: Activation, v: f32) -> f32 {
+    match a {
+        Activation::Relu => v.max(0.0),
+        Activation::Relu6 => v.clamp(0.0, 6.0),
+        Activation::LeakyRelu(s) => {
+            if v > 0.0 {
+                v
+            } else {
+                v * s.0 as f32
+            }
+        }
+        Activation::Elu(al) => {
+            if v > 0.0 {
+                v
+            } else {
+                al.0 as f32 * v.exp_m1()
+            }
+        }
+        Activation::Tanh => v.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::Gelu {
+            tanh_approximation: false,
+        } => (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32,
+        Activation::Gelu {
+            tanh_approximation: true,
+        } => {
+            let v = v as f64;
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+            (0.5 * v * (1.0 + inner.tanh())) as f32
+        }
+        Activation::Hardsigmoid => ((v + 3.0) / 6.0).clamp(0.0, 1.0),
+        Activation::Hardswish => v * ((v + 3.0).clamp(0.0, 6.0) / 6.0),
+    }
+}
+
+/// d activation / d input at input `x` (PyTorch's backward formulas, including at kinks).
+pub fn activation_grad(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Relu6 => {
+            if x > 0.0 && x < 6.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::LeakyRelu(s) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                s.0 as f32
+            }
+        }
+        Activation::Elu(al) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                al.0 as f32 * x.exp()
+            }
+        }
+        Activation::Tanh => {
+            let t = x.tanh();
+            1.0 - t * t
+        }
+        Activation::Sigmoid => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 - s)
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
+        }
+        Activation::Gelu {
+            tanh_approximation: false,
+        } => {
+            let v = x as f64;
+            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (cdf + v * pdf) as f32
+        }
+        Activation::Gelu {
+            tanh_approximation: true,
+        } => {
+            let v = x as f64;
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (c * (v + 0.044715 * v * v * v)).tanh();
+            (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * v * v)) as f32
+        }
+        Activation::Hardsigmoid => {
+            if x > -3.0 && x < 3.0 {
+                1.0 / 6.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Hardswish => {
+            if x < -3.0 {
+                0.0
+            } else if x <= 3.0 {
+                x / 3.0 + 0.5
+            } else {
+                1.0
+            }
+        }
+    }
+}
+
+/// Softmax or log-softmax over channels at each position.
+pub fn softmax_forward(n: usize, c: usize, hw: usize, log: bool, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for i in 0..n {
+        for p in 0..hw {
+            let at = |ch: usize| (i * c + ch) * hw + p;
+            let max = (0..c).map(|ch| x[at(ch)]).fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = (0..c).map(|ch| ((x[at(ch)] - max) as f64).exp()).sum();
+            for ch in 0..c {
+                let s = (x[at(ch)] - max) as f64;
+                y[at(ch)] = if log {
+                    (s - sum.ln()) as f32
+                } else {
+                    (s.exp() / sum) as f32
+                };
+            }
+        }
+    }
+    y
+}
+
+pub fn softmax_backward(
+    n: usize,
+    c: usize,
+    hw: usize,
+    log: bool,
+    y: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0f32; y.len()];
+    for i in 0..n {
+        for p in 0..hw {
+            let at = |ch: usize| (i * c + ch) * hw + p;
+            if log {
+                let s: f64 = (0..c).map(|ch| dy[at(ch)] as f64).sum();
+                for ch in 0..c {
+                    dx[at(ch)] = (dy[at(ch)] as f64 - (y[at(ch)] as f64).exp() * s) as f32;
+                }
+            } else {
+                let s: f64 = (0..c).map(|ch| dy[at(ch)] as f64 * y[at(ch)] as f64).sum();
+                for ch in 0..c {
+                    dx[at(ch)] = (y[at(ch)] as f64 * (dy[at(ch)] as f64 - s)) as f32;
+                }
+            }
+        }
+    }
+    dx
+}

@@ -1,0 +1,615 @@
+//! A trainable network: a checked graph with f32 parameters, a forward pass
+//! that records what the backward pass needs, and reverse-mode
+//! differentiation over the graph IR.
+
+use super::kernels::{self as k, BnSaved, ConvGeom, PoolGeom};
+use super::rng;
+use crate::ir::{Graph, NodeId, Op, ParamKind, Shape};
+use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};
+use std::collections::BTreeMap;
+
+/// Parameters and buffers, aligned with `graph.params`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// f32 values (empty for `num_batches_tracked`).
+    pub values: Vec<Vec<f32>>,
+    /// `num_batches_tracked` counters (0 elsewhere).
+    pub counts: Vec<i64>,
+}
+
+/// Which entries of `graph.params` a node uses.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slots {
+    weight: Option<usize>,
+    bias: Option<usize>,
+    mean: Option<usize>,
+    var: Option<usize>,
+    count: Option<usize>,
+}
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// `model.train()`: batch statistics (running ones updated), dropout with
+    /// masks drawn from `rng::key(&[dropout_key, ordinal])` (see [`dropout_mask`]).
+    Train { dropout_key: u64 },
+    /// `model.eval()`: running statistics, no dropout.
+    Eval,
+}
+
+enum Saved {
+    None,
+    Arg(Vec<u32>),
+    Bn(BnSaved),
+    /// Per-element multiplier of dropout (0 or 1/(1−p)).
+    Mask(Vec<f32>),
+    /// LRN denominators.
+    Lrn(Vec<f32>),
+}
+
+/// What a forward pass leaves for the backward pass.
+pub struct Forward {
+    pub n: usize,
+    /// Every node's output, `n` images each.
+    pub values: Vec<Vec<f32>>,
+    saved: Vec<Saved>,
+}
+
+impl Forward {
+    pub fn output(&self, graph: &Graph) -> &[f32] {
+        &self.values[graph.output]
+    }
+}
+
+pub struct Net {
+    pub graph: Graph,
+    pub state: State,
+    slots: Vec<Slots>,
+    /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
+    dropout_ordinal: Vec<u64>,
+}
+
+fn chw(shape: Shape) -> (usize, usize, usize) {
+    match shape {
+        Shape::Chw(c, h, w) => (c as usize, h as usize, w as usize),
+        Shape::Flat(f) => (f as usize, 1, 1),
+    }
+}
+
+impl Net {
+    /// A network with weights from a state_dict (checked strictly: every key, shape).
+    pub fn new(graph: Graph, weights: &WeightFile) -> Result<Net, String> {
+        if graph.nodes.iter().any(|n| n.fusion != Default::default()) {
+            return Err("training needs the checked graph, not a fused one".into());
+        }
+        let mut values = Vec::new();
+        let mut counts = Vec::new();
+        for p in &graph.params {
+            let t = weights
+                .tensors
+                .get(&p.key)
+                .ok_or_else(|| format!("the weights have no `{}`", p.key))?;
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let numel: usize = shape.iter().product();
+            if p.kind == ParamKind::NumBatchesTracked {
+                let v = match &t.data {
+                    Data::I64(v) if v.len() == 1 => v[0],
+                    _ => return Err(format!("`{}` must be one int64", p.key)),
+                };
+                values.push(Vec::new());
+                counts.push(v);
+            } else {
+                if t.shape != shape || t.data.to_f32().len() != numel {
+                    return Err(format!(
+                        "`{}` has shape {:?}, the model needs {:?}",
+                        p.key, t.shape, shape
+                    ));
+                }
+                values.push(t.data.to_f32());
+                counts.push(0);
+            }
+        }
+        let extra: Vec<&String> = weights
+            .tensors
+            .keys()
+            .filter(|k| !graph.params.iter().any(|p| &p.key == *k))
+            .collect();
+        if let Some(e) = extra.first() {
+            return Err(format!(
+                "the weights have `{e}`, which the model `{}` does not declare",
+                graph.name
+            ));
+        }
+        let mut slots = vec![Slots::default(); graph.nodes.len()];
+        for (i, p) in graph.params.iter().enumerate() {
+            let Some(node) = p.node else { continue };
+            let s = &mut slots[node];
+            match p.kind {
+                ParamKind::Weight => s.weight = Some(i),
+                ParamKind::Bias => s.bias = Some(i),
+                ParamKind::RunningMean => s.mean = Some(i),
+                ParamKind::RunningVar => s.var = Some(i),
+                ParamKind::NumBatchesTracked => s.count = Some(i),
+            }
+        }
+        let mut dropout_ordinal = vec![0; graph.nodes.len()];
+        let mut next = 0;
+        for (id, node) in graph.nodes.iter().enumerate() {
+            if matches!(node.op, Op::Dropout { .. } | Op::Dropout2d { .. }) {
+                dropout_ordinal[id] = next;
+                next += 1;
+            }
+        }
+        Ok(Net {
+            graph,
+            state: State { values, counts },
+            slots,
+            dropout_ordinal,
+        })
+    }
+
+    /// The state_dict as a weight file (f32 tensors, int64 counters), PyTorch's names.
+    pub fn to_weight_file(&self) -> WeightFile {
+        let mut tensors = BTreeMap::new();
+        for (i, p) in self.graph.params.iter().enumerate() {
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let (dtype, data) = if p.kind == ParamKind::NumBatchesTracked {
+                ("I64", Data::I64(vec![self.state.counts[i]]))
+            } else {
+                ("F32", Data::F32(self.state.values[i].clone()))
+            };
+            tensors.insert(
+                p.key.clone(),
+                WeightTensor {
+                    dtype: dtype.into(),
+                    shape,
+                    data,
+                },
+            );
+        }
+        WeightFile { tensors }
+    }
+
+    /// Indices of `graph.params` that the optimiser updates: weights and
+    /// biases of layers in the graph (PyTorch skips parameters without a
+    /// gradient, which is what `unused` layers' parameters are).
+    pub fn trainable(&self) -> Vec<usize> {
+        self.graph
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind.is_parameter() && p.node.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn param(
+        &self,
+        slot: Option<usize>,
+        node: &crate::ir::Node,
+        what: &str,
+    ) -> Result<&[f32], String> {
+        slot.map(|i| self.state.values[i].as_slice())
+            .ok_or_else(|| format!("missing {what} of `{}`", node.name))
+    }
+
+    /// Runs `n` images (NCHW f32). In training mode batch norms use batch
+    /// statistics and update their running statistics as PyTorch does.
+    pub fn forward(&mut self, x: &[f32], n: usize, mode: Mode) -> Result<Forward, String> {
+        let per = self.graph.input_shape().numel() as usize;
+        if x.len() != n * per {
+            return Err(format!(
+                "input has {} values, {n} images need {}",
+                x.len(),
+                n * per
+            ));
+        }
+        let train = matches!(mode, Mode::Train { .. });
+        let mut values: Vec<Vec<f32>> = Vec::with_capacity(self.graph.nodes.len());
+        let mut saved = Vec::with_capacity(self.graph.nodes.len());
+        values.push(x.to_vec());
+        saved.push(Saved::None);
+        for id in 1..self.graph.nodes.len() {
+            let node = &self.graph.nodes[id];
+            let slots = self.slots[id];
+            let in_shape = self.graph.nodes[node.inputs[0]].shape;
+            let (c, h, w) = chw(in_shape);
+            let (oc, oh, ow) = chw(node.shape);
+            let xin = &values[node.inputs[0]];
+            let mut keep = Saved::None;
+            let out = match node.op {
+                Op::Input => return Err("a second input node".into()),
+                Op::Conv2d { .. } => {
+                    let g = conv_geom(node, in_shape)?;
+                    let wt = self.param(slots.weight, node, "weight")?;
+                    let b = slots.bias.map(|i| self.state.values[i].as_slice());
+                    k::conv_forward(&g, n, xin, wt, b)
+                }
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => {
+                    let wt = self.param(slots.weight, node, "weight")?;
+                    let b = slots.bias.map(|i| self.state.values[i].as_slice());
+                    k::linear_forward(n, in_features as usize, out_features as usize, xin, wt, b)
+                }
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ..
+                } => {
+                    let g = PoolGeom {
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation,
+                    };
+                    let (y, arg) = k::maxpool_forward(&g, n * c, xin);
+                    keep = Saved::Arg(arg);
+                    y
+                }
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                    ..
+                } => {
+                    let g = PoolGeom {
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation: (1, 1),
+                    };
+                    k::avgpool_forward(&g, count_include_pad, n * c, xin)
+                }
+                Op::AdaptiveAvgPool2d { .. } => {
+                    k::adaptive_avg_forward(n * c, (h, w), (oh, ow), xin)
+                }
+                Op::AdaptiveMaxPool2d { .. } => {
+                    let (y, arg) = k::adaptive_max_forward(n * c, (h, w), (oh, ow), xin);
+                    keep = Saved::Arg(arg);
+                    y
+                }
+                Op::BatchNorm { eps, momentum, .. } => {
+                    let gamma = self.param(slots.weight, node, "weight")?;
+                    let beta = self.param(slots.bias, node, "bias")?;
+                    if train {
+                        let (y, s, mean, var) =
+                            k::batchnorm_train_forward(n, c, h * w, eps.0, xin, gamma, beta)
+                                .map_err(|e| format!("`{}`: {e}", node.name))?;
+                        keep = Saved::Bn(s);
+                        // PyTorch: running = (1 − m)·running + m·batch (unbiased variance).
+                        let m = momentum.0 as f32;
+                        if let Some(i) = slots.mean {
+                            for (r, &b) in self.state.values[i].iter_mut().zip(&mean) {
+                                *r = (1.0 - m) * *r + m * b as f32;
+                            }
+                        }
+                        if let Some(i) = slots.var {
+                            for (r, &b) in self.state.values[i].iter_mut().zip(&var) {
+                                *r = (1.0 - m) * *r + m * b as f32;
+                            }
+                        }
+                        if let Some(i) = slots.count {
+                            self.state.counts[i] += 1;
+                        }
+                        y
+                    } else {
+                        let mean = self.param(slots.mean, node, "running_mean")?;
+                        let var = self.param(slots.var, node, "running_var")?;
+                        k::batchnorm_eval(c, h * w, eps.0, xin, gamma, beta, mean, var)
+                    }
+                }
+                Op::LocalResponseNorm {
+                    size,
+                    alpha,
+                    beta,
+                    k: kk,
+                } => {
+                    let (y, den) =
+                        k::lrn_forward(n, c, h * w, (size as usize, alpha.0, beta.0, kk.0), xin);
+                    keep = Saved::Lrn(den);
+                    y
+                }
+                Op::Dropout { p } | Op::Dropout2d { p } => match mode {
+                    Mode::Train { dropout_key } if p.0 > 0.0 => {
+                        let per_channel = matches!(node.op, Op::Dropout2d { .. });
+                        let mask = dropout_mask(
+                            dropout_key,
+                            self.dropout_ordinal[id],
+                            n,
+                            c,
+                            h * w,
+                            p.0,
+                            per_channel,
+                        );
+                        let y = xin.iter().zip(&mask).map(|(a, b)| a * b).collect();
+                        keep = Saved::Mask(mask);
+                        y
+                    }
+                    _ => xin.clone(),
+                },
+                Op::Flatten | Op::Identity => xin.clone(),
+                Op::Softmax | Op::LogSoftmax => {
+                    k::softmax_forward(n, c, h * w, matches!(node.op, Op::LogSoftmax), xin)
+                }
+                Op::Activation(a) => xin.iter().map(|&v| k::activate(a, v)).collect(),
+                Op::Add => {
+                    let other = &values[node.inputs[1]];
+                    xin.iter().zip(other).map(|(a, b)| a + b).collect()
+                }
+                Op::Concat => {
+                    let hw = oh * ow;
+                    let mut y = Vec::with_capacity(n * oc * hw);
+                    for i in 0..n {
+                        for &inp in &node.inputs {
+                            let ci = chw(self.graph.nodes[inp].shape).0;
+                            y.extend_from_slice(&values[inp][i * ci * hw..(i + 1) * ci * hw]);
+                        }
+                    }
+                    y
+                }
+            };
+            debug_assert_eq!(out.len(), n * node.shape.numel() as usize, "node {id}");
+            values.push(out);
+            saved.push(keep);
+        }
+        Ok(Forward { n, values, saved })
+    }
+
+    /// Gradients of every trainable parameter (aligned with `graph.params`,
+    /// `None` where there is none) given d(loss)/d(output).
+    pub fn backward(&self, fwd: &Forward, dout: Vec<f32>) -> Result<Vec<Option<Vec<f32>>>, String> {
+        let g = &self.graph;
+        let n = fwd.n;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; g.nodes.len()];
+        let mut pgrads: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
+        grads[g.output] = Some(dout);
+        let add = |grads: &mut Vec<Option<Vec<f32>>>, to: NodeId, d: Vec<f32>| {
+            if to == 0 {
+                return;
+            }
+            match &mut grads[to] {
+                Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+                slot => *slot = Some(d),
+            }
+        };
+        for id in (1..g.nodes.len()).rev() {
+            let Some(dy) = grads[id].take() else { continue };
+            let node = &g.nodes[id];
+            let slots = self.slots[id];
+            let src = node.inputs[0];
+            let need_dx = src != 0;
+            let in_shape = g.nodes[src].shape;
+            let (c, h, w) = chw(in_shape);
+            let (_, oh, ow) = chw(node.shape);
+            let x = &fwd.values[src];
+            let y = &fwd.values[id];
+            match node.op {
+                Op::Input => {}
+                Op::Conv2d { .. } => {
+                    let geom = conv_geom(node, in_shape)?;
+                    let wt = self.param(slots.weight, node, "weight")?;
+                    let (dx, dw, db) = k::conv_backward(&geom, n, x, wt, &dy, need_dx);
+                    pgrads[slots.weight.unwrap()] = Some(dw);
+                    if let Some(b) = slots.bias {
+                        pgrads[b] = Some(db);
+                    }
+                    if let Some(dx) = dx {
+                        add(&mut grads, src, dx);
+                    }
+                }
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => {
+                    let wt = self.param(slots.weight, node, "weight")?;
+                    let (dx, dw, db) = k::linear_backward(
+                        n,
+                        in_features as usize,
+                        out_features as usize,
+                        x,
+                        wt,
+                        &dy,
+                        need_dx,
+                    );
+                    pgrads[slots.weight.unwrap()] = Some(dw);
+                    if let Some(b) = slots.bias {
+                        pgrads[b] = Some(db);
+                    }
+                    if let Some(dx) = dx {
+                        add(&mut grads, src, dx);
+                    }
+                }
+                Op::MaxPool2d { .. } | Op::AdaptiveMaxPool2d { .. } => {
+                    let Saved::Arg(arg) = &fwd.saved[id] else {
+                        return Err("max pool without saved indices".into());
+                    };
+                    add(&mut grads, src, k::argmax_backward(n * c, h * w, arg, &dy));
+                }
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                    ..
+                } => {
+                    let geom = PoolGeom {
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation: (1, 1),
+                    };
+                    add(
+                        &mut grads,
+                        src,
+                        k::avgpool_backward(&geom, count_include_pad, n * c, &dy),
+                    );
+                }
+                Op::AdaptiveAvgPool2d { .. } => {
+                    add(
+                        &mut grads,
+                        src,
+                        k::adaptive_avg_backward(n * c, (h, w), (oh, ow), &dy),
+                    );
+                }
+                Op::BatchNorm { .. } => {
+                    let Saved::Bn(s) = &fwd.saved[id] else {
+                        return Err(format!(
+                            "`{}`: backward needs a training-mode forward pass",
+                            node.name
+                        ));
+                    };
+                    let gamma = self.param(slots.weight, node, "weight")?;
+                    let (dx, dg, db) = k::batchnorm_train_backward(n, c, h * w, s, gamma, &dy);
+                    pgrads[slots.weight.unwrap()] = Some(dg);
+                    pgrads[slots.bias.unwrap()] = Some(db);
+                    add(&mut grads, src, dx);
+                }
+                Op::LocalResponseNorm {
+                    size,
+                    alpha,
+                    beta,
+                    k: kk,
+                } => {
+                    let Saved::Lrn(den) = &fwd.saved[id] else {
+                        return Err("LRN without saved denominators".into());
+                    };
+                    let dx = k::lrn_backward(
+                        c,
+                        h * w,
+                        (size as usize, alpha.0, beta.0, kk.0),
+                        x,
+                        den,
+                        &dy,
+                    );
+                    add(&mut grads, src, dx);
+                }
+                Op::Dropout { .. } | Op::Dropout2d { .. } => match &fwd.saved[id] {
+                    Saved::Mask(m) => add(
+                        &mut grads,
+                        src,
+                        dy.iter().zip(m).map(|(a, b)| a * b).collect(),
+                    ),
+                    _ => add(&mut grads, src, dy),
+                },
+                Op::Flatten | Op::Identity => add(&mut grads, src, dy),
+                Op::Softmax | Op::LogSoftmax => {
+                    let log = matches!(node.op, Op::LogSoftmax);
+                    add(
+                        &mut grads,
+                        src,
+                        k::softmax_backward(n, c, h * w, log, y, &dy),
+                    );
+                }
+                Op::Activation(a) => {
+                    let dx = dy
+                        .iter()
+                        .zip(x)
+                        .map(|(&d, &v)| d * k::activation_grad(a, v))
+                        .collect();
+                    add(&mut grads, src, dx);
+                }
+                Op::Add => {
+                    add(&mut grads, node.inputs[1], dy.clone());
+                    add(&mut grads, src, dy);
+                }
+                Op::Concat => {
+                    let hw = oh * ow;
+                    let total = chw(node.shape).0;
+                    let mut offset = 0;
+                    for &inp in &node.inputs {
+                        let ci = chw(g.nodes[inp].shape).0;
+                        let mut d = Vec::with_capacity(n * ci * hw);
+                        for i in 0..n {
+                            let at = (i * total + offset) * hw;
+                            d.extend_from_slice(&dy[at..at + ci * hw]);
+                        }
+                        add(&mut grads, inp, d);
+                        offset += ci;
+                    }
+                }
+            }
+        }
+        Ok(pgrads)
+    }
+}
+
+/// Dropout multipliers: 0 with probability p, else 1/(1−p); one draw per
+/// element, or per (image, channel) for dropout2d. Draw `i` is
+/// `uniform(key([key, ordinal]), i)`, `ordinal` the node's position among
+/// the dropout nodes.
+pub fn dropout_mask(
+    key: u64,
+    ordinal: u64,
+    n: usize,
+    c: usize,
+    hw: usize,
+    p: f64,
+    per_channel: bool,
+) -> Vec<f32> {
+    let key = rng::key(&[key, ordinal]);
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let unit = if per_channel { hw } else { 1 };
+    (0..n * c * hw)
+        .map(|i| {
+            if rng::uniform(key, (i / unit) as u64) < p {
+                0.0
+            } else {
+                scale
+            }
+        })
+        .collect()
+}
+
+fn conv_geom(node: &crate::ir::Node, in_shape: Shape) -> Result<ConvGeom, String> {
+    let Op::Conv2d {
+        out_channels,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+        ..
+    } = node.op
+    else {
+        return Err("not a convolution".into());
+    };
+    let (c, h, w) = chw(in_shape);
+    let (_, oh, ow) = chw(node.shape);
+    Ok(ConvGeom {
+        c,
+        h,
+        w,
+        oc: out_channels as usize,
+        oh,
+        ow,
+        kh: kernel.0 as usize,
+        kw: kernel.1 as usize,
+        sh: stride.0 as usize,
+        sw: stride.1 as usize,
+        dh: dilation.0 as usize,
+        dw: dilation.1 as usize,
+        pads: [padding.top, padding.bottom, padding.left, padding.right].map(|p| p as usize),
+        groups: groups as usize,
+        mode: padding_mode,
+    })
+}

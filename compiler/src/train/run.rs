@@ -1,0 +1,588 @@
+//! `cnnc train`: the training loop, its configuration, checkpoints and the
+//! loss plot.
+
+use super::data::{self, Split};
+use super::net::{Mode, Net};
+use super::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use super::rng;
+use crate::ir::{Graph, Op};
+use cnnc_runtime::output::write_atomic;
+use cnnc_runtime::weights::WeightFile;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Command-line options of `cnnc train` (each overrides the YAML config).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    pub file: PathBuf,
+    /// MNIST IDX data: a directory (official MNIST files, or mnist-10k-*.idx.gz) or an image file (default: the bundled 10,000 digits).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Hyperparameters as YAML (keys as the long flags, e.g. `lr: 0.001`); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// SGD momentum.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// L2 weight decay (added to the gradient, as torch.optim's weight_decay).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Loss (default: cross-entropy, or NLL for models that end in log_softmax).
+    #[arg(long, value_enum)]
+    pub loss: Option<Loss>,
+    /// Seed of the initial weights, shuffling and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Images held out for evaluation when the data is one file (default: 2000 of the bundled digits, else a fifth).
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Zero padding around each digit (2 turns MNIST's 28×28 into LeNet's 32×32).
+    #[arg(long)]
+    pub pad: Option<usize>,
+    /// Start from these weights (safetensors) instead of a fresh initialisation.
+    #[arg(long, conflicts_with = "resume")]
+    pub weights: Option<PathBuf>,
+    /// Continue a run from its checkpoint (`<output>.ckpt`).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where the trained weights go (a PyTorch state_dict as safetensors), rewritten after each epoch.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The loss curve (SVG; default: the output with `.loss.svg`).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Stop after this many optimisation steps (for benchmarks and tests).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+}
+
+/// Everything that decides a run; saved in checkpoints.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    pub batch: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub loss: Option<Loss>,
+    pub seed: u64,
+    pub holdout: Option<usize>,
+    pub pad: usize,
+    pub data: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    /// The source chapter's setup: Adam, lr 0.0002, batch 256, 10 epochs, cross-entropy.
+    fn default() -> Self {
+        let o = OptimConfig::default();
+        TrainConfig {
+            epochs: 10,
+            batch: 256,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.0002,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            loss: None,
+            seed: 0,
+            holdout: None,
+            pad: 0,
+            data: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn resolve(args: &TrainArgs) -> Result<TrainConfig, String> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let mut c: TrainConfig = serde_yaml::from_str(&text)
+                    .map_err(|e| format!("`{}`: {e}", path.display()))?;
+                // A data path in the config is relative to the config file.
+                if let (Some(d), Some(dir)) = (&c.data, path.parent()) {
+                    if d.is_relative() {
+                        c.data = Some(dir.join(d));
+                    }
+                }
+                c
+            }
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            epochs,
+            batch,
+            lr,
+            optimizer,
+            momentum,
+            weight_decay,
+            seed,
+            pad
+        );
+        if args.loss.is_some() {
+            c.loss = args.loss;
+        }
+        if args.holdout.is_some() {
+            c.holdout = args.holdout;
+        }
+        if args.data.is_some() {
+            c.data = args.data.clone();
+        }
+        if c.batch == 0 {
+            return Err("the batch size must be at least 1".into());
+        }
+        if !(c.lr > 0.0 && c.lr.is_finite()) {
+            return Err(format!("the learning rate must be positive, not {}", c.lr));
+        }
+        if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+            return Err("nesterov needs a momentum and zero dampening (as in PyTorch)".into());
+        }
+        Ok(c)
+    }
+
+    pub fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            kind: self.optimizer,
+            lr: self.lr,
+            momentum: self.momentum,
+            dampening: self.dampening,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+}
+
+/// Progress so far, saved in checkpoints and drawn in the plot.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct History {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// (fractional epoch, mean training loss) every few steps.
+    pub train: Vec<(f64, f64)>,
+    /// (epoch, held-out loss, held-out accuracy in %) after each epoch.
+    pub test: Vec<(f64, f64, f64)>,
+}
+
+/// The loss a model trains with: cross-entropy on logits, NLL after log_softmax.
+pub fn pick_loss(graph: &Graph, asked: Option<Loss>) -> Result<Loss, String> {
+    let last = &graph.nodes[graph.output].op;
+    match (asked, last) {
+        (_, Op::Softmax) => Err(
+            "the model ends in softmax; train on logits (remove the softmax) or end in log_softmax"
+                .into(),
+        ),
+        (Some(Loss::CrossEntropy), Op::LogSoftmax) => Err(
+            "the model ends in log_softmax: use `--loss nll` (cross-entropy would apply log-softmax twice)".into(),
+        ),
+        (Some(l), _) => Ok(l),
+        (None, Op::LogSoftmax) => Ok(Loss::Nll),
+        (None, _) => Ok(Loss::CrossEntropy),
+    }
+}
+
+/// Mean loss and accuracy (%) on a data set, in evaluation mode.
+pub fn evaluate(net: &mut Net, data: &data::Dataset, kind: Loss) -> Result<(f64, f64), String> {
+    let classes = net.graph.output_shape().numel() as usize;
+    let (mut total, mut correct) = (0f64, 0usize);
+    let order: Vec<usize> = (0..data.n).collect();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for chunk in order.chunks(500) {
+        data.gather(chunk, &mut x, &mut y);
+        let fwd = net.forward(&x, y.len(), Mode::Eval)?;
+        let out = fwd.output(&net.graph);
+        let (l, _) = loss(kind, out, &y, classes);
+        total += l * y.len() as f64;
+        for (i, &t) in y.iter().enumerate() {
+            let row = &out[i * classes..(i + 1) * classes];
+            let best = (0..classes)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            correct += (best == t as usize) as usize;
+        }
+    }
+    Ok((
+        total / data.n as f64,
+        100.0 * correct as f64 / data.n as f64,
+    ))
+}
+
+/// The checkpoint next to the weights: `W.safetensors` → `W.ckpt`.
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    output.with_extension("ckpt")
+}
+
+/// Weights, optimiser moments (`optim.m.<key>`, `optim.v.<key>`) and, in the
+/// header metadata, the config, step counter and history.
+fn save_checkpoint(
+    path: &Path,
+    net: &Net,
+    opt: &Optimizer,
+    config: &TrainConfig,
+    history: &History,
+) -> Result<(), String> {
+    use cnnc_runtime::weights::{Data, WeightTensor};
+    let mut file = net.to_weight_file();
+    for (i, p) in net.graph.params.iter().enumerate() {
+        for (tag, moments) in [("m", &opt.m), ("v", &opt.v)] {
+            if !moments[i].is_empty() {
+                file.tensors.insert(
+                    format!("optim.{tag}.{}", p.key),
+                    WeightTensor {
+                        dtype: "F32".into(),
+                        shape: vec![moments[i].len()],
+                        data: Data::F32(moments[i].clone()),
+                    },
+                );
+            }
+        }
+    }
+    let bytes = file.to_bytes().map_err(|e| e.0)?;
+    // Re-serialise with metadata (WeightFile::to_bytes writes none).
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+    let meta = std::collections::HashMap::from([
+        ("cnnc_train".to_string(), "1".to_string()),
+        (
+            "config".to_string(),
+            serde_json::to_string(config).map_err(|e| e.to_string())?,
+        ),
+        ("step".to_string(), opt.step.to_string()),
+        (
+            "history".to_string(),
+            serde_json::to_string(history).map_err(|e| e.to_string())?,
+        ),
+    ]);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().collect();
+    let out = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    write_atomic(path, &out).map_err(|e| e.0)
+}
+
+struct Resumed {
+    weights: WeightFile,
+    config: TrainConfig,
+    step: u64,
+    history: History,
+    moments: WeightFile,
+}
+
+fn load_checkpoint(path: &Path) -> Result<Resumed, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("`{}`: not a safetensors file: {e}", path.display()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("cnnc_train").map(String::as_str) != Some("1") {
+        return Err(format!(
+            "`{}` is not a `cnnc train` checkpoint (those are the `.ckpt` files written next to the weights)",
+            path.display()
+        ));
+    }
+    let field = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| format!("`{}`: the checkpoint has no `{k}`", path.display()))
+    };
+    let config: TrainConfig = serde_json::from_str(&field("config")?).map_err(|e| e.to_string())?;
+    let history: History = serde_json::from_str(&field("history")?).map_err(|e| e.to_string())?;
+    let step: u64 = field("step")?.parse().map_err(|_| "bad step".to_string())?;
+    let all = WeightFile::from_bytes(&bytes).map_err(|e| e.0)?;
+    let (mut weights, mut moments) = (WeightFile::default(), WeightFile::default());
+    for (k, t) in all.tensors {
+        if k.starts_with("optim.") {
+            moments.tensors.insert(k, t);
+        } else {
+            weights.tensors.insert(k, t);
+        }
+    }
+    Ok(Resumed {
+        weights,
+        config,
+        step,
+        history,
+        moments,
+    })
+}
+
+/// The loss curve as SVG: training loss per logged step, held-out loss per epoch.
+pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let xmax = history
+            .train
+            .iter()
+            .map(|p| p.0)
+            .chain(history.test.iter().map(|p| p.0))
+            .fold(1.0f64, f64::max);
+        let ymax = history
+            .train
+            .iter()
+            .map(|p| p.1)
+            .chain(history.test.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+            .fold(0.1f64, f64::max)
+            * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("loss")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(history.train.iter().copied(), &BLUE))
+            .map_err(|e| e.to_string())?
+            .label("training loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(
+                history.test.iter().map(|p| (p.0, p.1)),
+                RED.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("held-out loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .draw_series(
+                history
+                    .test
+                    .iter()
+                    .map(|p| Circle::new((p.0, p.1), 3, RED.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Runs `cnnc train` on a checked graph. Errors are messages for `error: `.
+pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> {
+    let resumed = args.resume.as_deref().map(load_checkpoint).transpose()?;
+    let config = match &resumed {
+        Some(r) => {
+            // The checkpoint's settings, with a new epoch count if given.
+            let mut c = r.config.clone();
+            if let Some(e) = args.epochs {
+                c.epochs = e;
+            }
+            c
+        }
+        None => TrainConfig::resolve(args)?,
+    };
+    let kind = pick_loss(&graph, config.loss)?;
+    cnnc_runtime::output::check_target(&args.output).map_err(|e| e.0)?;
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.output.with_extension("loss.svg"));
+    cnnc_runtime::output::check_target(&plot).map_err(|e| e.0)?;
+    let ckpt = checkpoint_path(&args.output);
+
+    // Data first: bad files are errors before any work.
+    let chw = match graph.input_shape().dims().as_slice() {
+        [c, h, w] => [*c as usize, *h as usize, *w as usize],
+        _ => return Err("cnnc train takes models with [C, H, W] inputs".into()),
+    };
+    let classes = graph.output_shape().numel() as usize;
+    if graph.output_shape().dims().len() != 1 {
+        return Err(format!(
+            "the model's output is {}, not a vector of class scores",
+            graph.output_shape()
+        ));
+    }
+    let data_path = config
+        .data
+        .clone()
+        .unwrap_or_else(|| repo.join("models").join("data"));
+    let Split {
+        train: train_set,
+        test: test_set,
+        description,
+    } = data::load(&data_path, config.holdout, config.pad, chw, classes)?;
+
+    let weights = match (&resumed, &args.weights) {
+        (Some(r), _) => r.weights.clone(),
+        (None, Some(path)) => WeightFile::load(path).map_err(|e| e.0)?,
+        (None, None) => {
+            crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?
+        }
+    };
+    let mut net = Net::new(graph, &weights)?;
+    let mut opt = Optimizer::new(config.optim(), net.graph.params.len());
+    let mut history = History::default();
+    if let Some(r) = &resumed {
+        opt.step = r.step;
+        history = r.history.clone();
+        for (i, p) in net.graph.params.iter().enumerate() {
+            for (tag, dst) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+                if let Some(t) = r.moments.tensors.get(&format!("optim.{tag}.{}", p.key)) {
+                    dst[i] = t.data.to_f32();
+                }
+            }
+        }
+    }
+    eprintln!(
+        "training {} ({} params) on {description}",
+        net.graph.name,
+        crate::summary::grouped(net.graph.total_params())
+    );
+    eprintln!(
+        "{:?} lr {} batch {} epochs {} loss {:?} seed {}, {} threads",
+        config.optimizer,
+        config.lr,
+        config.batch,
+        config.epochs,
+        kind,
+        config.seed,
+        rayon::current_num_threads()
+    );
+    if history.epoch >= config.epochs {
+        eprintln!(
+            "the checkpoint has already done {} of {} epochs",
+            history.epoch, config.epochs
+        );
+    }
+    let steps_per_epoch = train_set.n.div_ceil(config.batch) as f64;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for epoch in history.epoch..config.epochs {
+        let order = rng::permutation(train_set.n, rng::key(&[config.seed, 1, epoch]));
+        let bar = indicatif::ProgressBar::new(train_set.n as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+        let start = Instant::now();
+        let (mut sum, mut count, mut logged_sum, mut logged_n) = (0f64, 0usize, 0f64, 0usize);
+        // Throughput is timed from the end of the epoch's first step (warm-up: allocation, caches).
+        let mut timed: Option<(Instant, usize)> = None;
+        for (b, chunk) in order.chunks(config.batch).enumerate() {
+            train_set.gather(chunk, &mut x, &mut y);
+            let mode = Mode::Train {
+                dropout_key: rng::key(&[config.seed, 2, opt.step]),
+            };
+            let fwd = net.forward(&x, y.len(), mode)?;
+            let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
+            if !l.is_finite() {
+                return Err(format!(
+                    "the loss became {l} at epoch {}, step {}; lower the learning rate (the last good checkpoint is `{}`)",
+                    epoch + 1,
+                    b + 1,
+                    ckpt.display()
+                ));
+            }
+            let grads = net.backward(&fwd, dout)?;
+            drop(fwd);
+            opt.step(&mut net.state.values, &grads);
+            sum += l * y.len() as f64;
+            count += y.len();
+            logged_sum += l * y.len() as f64;
+            logged_n += y.len();
+            if b % 5 == 4 || count == train_set.n {
+                history.train.push((
+                    epoch as f64 + (b + 1) as f64 / steps_per_epoch,
+                    logged_sum / logged_n as f64,
+                ));
+                logged_sum = 0.0;
+                logged_n = 0;
+            }
+            let rate = match timed {
+                Some((t, c)) => (count - c) as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                None => {
+                    timed = Some((Instant::now(), count));
+                    count as f64 / start.elapsed().as_secs_f64().max(1e-9)
+                }
+            };
+            bar.set_position(count as u64);
+            bar.set_message(format!(
+                "loss {:.4} {rate:.0} samples/s",
+                sum / count as f64
+            ));
+            if args.max_steps.is_some_and(|m| opt.step >= m) {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let train_time = start.elapsed().as_secs_f64();
+        let rate = match timed {
+            Some((t, c)) if count > c => (count - c) as f64 / t.elapsed().as_secs_f64(),
+            _ => count as f64 / train_time,
+        };
+        let (test_loss, acc) = evaluate(&mut net, &test_set, kind)?;
+        history.epoch = epoch + 1;
+        history.test.push(((epoch + 1) as f64, test_loss, acc));
+        // Checkpoint first (weights + optimiser), then the plain weights:
+        // each is written to a temporary file and renamed.
+        save_checkpoint(&ckpt, &net, &opt, &config, &history)?;
+        let bytes = net.to_weight_file().to_bytes().map_err(|e| e.0)?;
+        write_atomic(&args.output, &bytes).map_err(|e| e.0)?;
+        let svg = plot_svg(&history, &format!("{}: training", net.graph.name))?;
+        write_atomic(&plot, svg.as_bytes()).map_err(|e| e.0)?;
+        println!(
+            "epoch {}/{}: train loss {:.4}, held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps",
+            epoch + 1,
+            config.epochs,
+            sum / count.max(1) as f64,
+            test_loss,
+            acc,
+            (acc / 100.0 * test_set.n as f64).round(),
+            test_set.n,
+            rate,
+            train_time,
+            count.div_ceil(config.batch)
+        );
+        if args.max_steps.is_some_and(|m| opt.step >= m) {
+            break;
+        }
+    }
+    println!(
+        "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve)",
+        args.output.display(),
+        ckpt.display(),
+        plot.display()
+    );
+    Ok(())
+}
