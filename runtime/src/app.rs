@@ -109,8 +109,9 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
             "give --input (or --bench ITERS to time the model)".to_string(),
         ));
     }
+    // The file's tensors move into the prepared ones (or are freed) here.
     let weights = crate::weights::WeightFile::load(&args.weights)?;
-    let prepared = crate::prepare::prepare(plan, &weights)?;
+    let prepared = crate::prepare::prepare_owned(plan, weights)?;
     let max_batch = args.batch as usize;
     let mut executor = match args.device {
         Device::Cuda => Executor::Cuda(Box::new(CudaExecutor::new(

@@ -1,10 +1,10 @@
 //! Loading weights for a plan: the strict `state_dict` check (every missing,
 //! unexpected, wrong-shape or wrong-dtype tensor listed at once, as PyTorch's
 //! `load_state_dict` does), then the tensors the kernels read, with batch
-//! norms folded in f64.
+//! norms folded in f64 element by element (the results are f32).
 
 use crate::plan::{Plan, Prepared, StateEntry};
-use crate::weights::WeightFile;
+use crate::weights::{Data, WeightFile};
 use crate::{shape_text, Error, Result};
 
 /// Checks a weight file against the entries a model declares.
@@ -70,12 +70,59 @@ pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) 
 /// Checks the weights and computes every prepared tensor of the plan, in order.
 pub fn prepare(plan: &Plan, file: &WeightFile) -> Result<Vec<Vec<f32>>> {
     check_state_dict(&plan.model, &plan.state_dict, file)?;
-    let get = |key: &str| -> Result<Vec<f64>> {
+    plan.prepared.iter().map(|p| compute(p, file)).collect()
+}
+
+/// [`prepare`], consuming the file: a tensor used as stored is moved out of it
+/// (no copy) at its last use, and the rest of the file is freed on return, so
+/// the weights are held about once rather than twice.
+pub fn prepare_owned(plan: &Plan, mut file: WeightFile) -> Result<Vec<Vec<f32>>> {
+    check_state_dict(&plan.model, &plan.state_dict, &file)?;
+    let mut out = Vec::with_capacity(plan.prepared.len());
+    for (i, p) in plan.prepared.iter().enumerate() {
+        let movable = match p {
+            Prepared::Tensor { key } if !plan.prepared[i + 1..].iter().any(|q| reads(q, key)) => {
+                Some(key)
+            }
+            _ => None,
+        };
+        let values = match movable.and_then(|key| file.tensors.remove(key)) {
+            Some(t) => match t.data {
+                Data::F32(v) => v,
+                other => other.to_f32(),
+            },
+            None => compute(p, &file)?,
+        };
+        out.push(values);
+    }
+    Ok(out)
+}
+
+/// Whether computing `p` reads `state_dict` entry `key`.
+fn reads(p: &Prepared, key: &str) -> bool {
+    let bn_reads = |bn: &str| {
+        key.strip_prefix(bn)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    match p {
+        Prepared::Tensor { key: k } => k == key,
+        Prepared::FoldedWeight { weight, bn, .. } => weight == key || bn_reads(bn),
+        Prepared::FoldedBias { bias, bn, .. } => bias.as_deref() == Some(key) || bn_reads(bn),
+        Prepared::BnScale { bn, .. } | Prepared::BnShift { bn, .. } => bn_reads(bn),
+    }
+}
+
+/// One prepared tensor. Batch-norm statistics (one value per channel) are
+/// widened to f64; weights are folded element by element, in f64, straight
+/// into the f32 result (no f64 copy of a whole tensor).
+fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
+    let tensor = |key: &str| -> Result<&Data> {
         file.tensors
             .get(key)
-            .map(|t| t.data.to_f64())
+            .map(|t| &t.data)
             .ok_or_else(|| Error(format!("missing `{key}`")))
     };
+    let get = |key: &str| -> Result<Vec<f64>> { tensor(key).map(Data::to_f64) };
     let scale = |bn: &str, eps: f64| -> Result<Vec<f64>> {
         let gamma = get(&format!("{bn}.weight"))?;
         let var = get(&format!("{bn}.running_var"))?;
@@ -85,37 +132,169 @@ pub fn prepare(plan: &Plan, file: &WeightFile) -> Result<Vec<Vec<f32>>> {
             .map(|(g, v)| g / (v + eps).sqrt())
             .collect())
     };
-    let mut out = Vec::with_capacity(plan.prepared.len());
-    for p in &plan.prepared {
-        let values: Vec<f64> = match p {
-            Prepared::Tensor { key } => get(key)?,
-            Prepared::FoldedWeight { weight, bn, eps } => {
-                let w = get(weight)?;
-                let s = scale(bn, *eps)?;
-                let per = w.len() / s.len().max(1);
-                w.iter().enumerate().map(|(i, v)| v * s[i / per]).collect()
+    let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    Ok(match p {
+        Prepared::Tensor { key } => tensor(key)?.to_f32(),
+        Prepared::FoldedWeight { weight, bn, eps } => {
+            let s = scale(bn, *eps)?;
+            let w = tensor(weight)?;
+            let len = match w {
+                Data::F32(v) => v.len(),
+                Data::F64(v) => v.len(),
+                Data::I64(v) => v.len(),
+            };
+            let per = len / s.len().max(1);
+            let fold = |i: usize, v: f64| (v * s[i / per]) as f32;
+            match w {
+                Data::F32(v) => v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| fold(i, v as f64))
+                    .collect(),
+                Data::F64(v) => v.iter().enumerate().map(|(i, &v)| fold(i, v)).collect(),
+                Data::I64(v) => v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| fold(i, v as f64))
+                    .collect(),
             }
-            Prepared::FoldedBias { bias, bn, eps } => {
-                let s = scale(bn, *eps)?;
-                let beta = get(&format!("{bn}.bias"))?;
-                let mean = get(&format!("{bn}.running_mean"))?;
-                let b = match bias {
-                    Some(key) => get(key)?,
-                    None => vec![0.0; s.len()],
-                };
+        }
+        Prepared::FoldedBias { bias, bn, eps } => {
+            let s = scale(bn, *eps)?;
+            let beta = get(&format!("{bn}.bias"))?;
+            let mean = get(&format!("{bn}.running_mean"))?;
+            let b = match bias {
+                Some(key) => get(key)?,
+                None => vec![0.0; s.len()],
+            };
+            narrow(
                 (0..s.len())
                     .map(|o| (b[o] - mean[o]) * s[o] + beta[o])
-                    .collect()
-            }
-            Prepared::BnScale { bn, eps } => scale(bn, *eps)?,
-            Prepared::BnShift { bn, eps } => {
-                let s = scale(bn, *eps)?;
-                let beta = get(&format!("{bn}.bias"))?;
-                let mean = get(&format!("{bn}.running_mean"))?;
-                (0..s.len()).map(|o| beta[o] - mean[o] * s[o]).collect()
-            }
-        };
-        out.push(values.into_iter().map(|v| v as f32).collect());
+                    .collect(),
+            )
+        }
+        Prepared::BnScale { bn, eps } => narrow(scale(bn, *eps)?),
+        Prepared::BnShift { bn, eps } => {
+            let s = scale(bn, *eps)?;
+            let beta = get(&format!("{bn}.bias"))?;
+            let mean = get(&format!("{bn}.running_mean"))?;
+            narrow((0..s.len()).map(|o| beta[o] - mean[o] * s[o]).collect())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Ending, Place, StateEntry};
+    use crate::weights::WeightTensor;
+
+    fn entry(key: &str, shape: &[usize]) -> StateEntry {
+        StateEntry {
+            key: key.into(),
+            shape: shape.to_vec(),
+            integer: false,
+            declared_at: "test".into(),
+        }
     }
-    Ok(out)
+
+    fn f32_tensor(shape: &[usize], v: Vec<f32>) -> WeightTensor {
+        WeightTensor {
+            dtype: "F32".into(),
+            shape: shape.to_vec(),
+            data: Data::F32(v),
+        }
+    }
+
+    #[test]
+    fn owned_and_borrowed_preparation_agree_and_fold_in_f64() {
+        let place = Place {
+            offset: 0,
+            channel_offset: 0,
+            channels_total: 1,
+            c: 1,
+            h: 1,
+            w: 1,
+        };
+        let bn = |k: &str| format!("bn.{k}");
+        let mut entries = vec![entry("w", &[2, 3]), entry("fc", &[4])];
+        for k in ["weight", "bias", "running_mean", "running_var"] {
+            entries.push(entry(&bn(k), &[2]));
+        }
+        let plan = Plan {
+            model: "t".into(),
+            input_shape: vec![1, 1, 1],
+            output_shape: vec![1],
+            input: place,
+            output: place,
+            arena_per_image: 1,
+            naive_per_image: 1,
+            state_dict: entries,
+            prepared: vec![
+                Prepared::Tensor { key: "fc".into() },
+                Prepared::FoldedWeight {
+                    weight: "w".into(),
+                    bn: "bn".into(),
+                    eps: 1e-5,
+                },
+                Prepared::FoldedBias {
+                    bias: None,
+                    bn: "bn".into(),
+                    eps: 1e-5,
+                },
+                // Read twice: the first use must not move it away.
+                Prepared::Tensor { key: "w".into() },
+                Prepared::BnScale {
+                    bn: "bn".into(),
+                    eps: 1e-5,
+                },
+                Prepared::BnShift {
+                    bn: "bn".into(),
+                    eps: 1e-5,
+                },
+            ],
+            steps: vec![],
+            ends_in: Ending::Logits,
+        };
+        let mut file = WeightFile::default();
+        let w = vec![1.0, -2.0, 3.5, 0.25, 1e-3, -7.0];
+        file.tensors
+            .insert("w".into(), f32_tensor(&[2, 3], w.clone()));
+        file.tensors
+            .insert("fc".into(), f32_tensor(&[4], vec![1.0, 2.0, 3.0, 4.0]));
+        let (gamma, beta, mean, var) = (
+            [0.5f32, 2.0],
+            [0.1f32, -0.3],
+            [0.2f32, -1.5],
+            [4.0f32, 0.01],
+        );
+        for (k, v) in [
+            ("weight", gamma),
+            ("bias", beta),
+            ("running_mean", mean),
+            ("running_var", var),
+        ] {
+            file.tensors.insert(bn(k), f32_tensor(&[2], v.to_vec()));
+        }
+        let borrowed = prepare(&plan, &file).unwrap();
+        let owned = prepare_owned(&plan, file).unwrap();
+        assert_eq!(borrowed, owned);
+        // Independent f64 arithmetic.
+        let s: Vec<f64> = (0..2)
+            .map(|o| gamma[o] as f64 / (var[o] as f64 + 1e-5).sqrt())
+            .collect();
+        let folded: Vec<f32> = (0..6).map(|i| (w[i] as f64 * s[i / 3]) as f32).collect();
+        assert_eq!(owned[1], folded);
+        let bias: Vec<f32> = (0..2)
+            .map(|o| ((0.0 - mean[o] as f64) * s[o] + beta[o] as f64) as f32)
+            .collect();
+        assert_eq!(owned[2], bias);
+        assert_eq!(owned[3], w);
+        assert_eq!(owned[0], vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(owned[4], s.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let shift: Vec<f32> = (0..2)
+            .map(|o| (beta[o] as f64 - mean[o] as f64 * s[o]) as f32)
+            .collect();
+        assert_eq!(owned[5], shift);
+    }
 }

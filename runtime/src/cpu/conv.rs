@@ -351,8 +351,50 @@ fn task(ctx: &Ctx, i: usize, s: &mut Scratch, parallel: bool) {
 
 /// Fills rows `row0..` of the column matrix (`rows`, `cols` floats each, the
 /// images side by side) for output pixels `p0..p1` of images `n0..n0 + images`.
+/// On x86-64 with AVX2 the same code is compiled for 32-byte moves.
 #[allow(clippy::too_many_arguments)]
 fn im2col(
+    g: &Gemm,
+    arena: Arena,
+    x: &Place,
+    y: &Place,
+    n0: usize,
+    images: usize,
+    p0: usize,
+    p1: usize,
+    rows: &mut [f32],
+    row0: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (just checked).
+        unsafe { im2col_avx2(g, arena, x, y, n0, images, p0, p1, rows, row0) };
+        return;
+    }
+    im2col_any(g, arena, x, y, n0, images, p0, p1, rows, row0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn im2col_avx2(
+    g: &Gemm,
+    arena: Arena,
+    x: &Place,
+    y: &Place,
+    n0: usize,
+    images: usize,
+    p0: usize,
+    p1: usize,
+    rows: &mut [f32],
+    row0: usize,
+) {
+    im2col_any(g, arena, x, y, n0, images, p0, p1, rows, row0)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn im2col_any(
     g: &Gemm,
     arena: Arena,
     x: &Place,
@@ -384,6 +426,7 @@ fn im2col(
 
 /// One im2col row segment with zero padding: output pixels p0..p0 + dst.len()
 /// for kernel tap (ky, kx).
+#[inline(always)]
 fn gather_zeros(
     g: &Gemm,
     map: &[f32],

@@ -579,17 +579,12 @@ fn pool(
             let r = if max {
                 // Padding never wins: PyTorch pads with −∞; NaN propagates.
                 let mut r = f32::NEG_INFINITY;
-                for ky in 0..kh {
-                    let iy = oy_s - ph + (ky * dh) as isize;
-                    if iy < 0 || iy >= ih {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = ox_s - pw + (kx * dw) as isize;
-                        if ix < 0 || ix >= iw {
-                            continue;
-                        }
-                        let v = map[(iy * iw + ix) as usize];
+                let (ky0, ky1) = taps(oy_s - ph, kh, dh, ih);
+                let (kx0, kx1) = taps(ox_s - pw, kw, dw, iw);
+                for ky in ky0..ky1 {
+                    let row = (oy_s - ph + (ky * dh) as isize) * iw;
+                    for kx in kx0..kx1 {
+                        let v = map[(row + ox_s - pw + (kx * dw) as isize) as usize];
                         if v > r || v.is_nan() {
                             r = v;
                         }
@@ -620,6 +615,20 @@ fn pool(
             out[oy * ow + ox] = r;
         }
     }
+}
+
+/// The taps k in [k0, k1) of a window starting at `start` (dilation `d`)
+/// that land inside 0..size.
+#[inline]
+fn taps(start: isize, k: usize, d: usize, size: isize) -> (usize, usize) {
+    let d = d as isize;
+    let k0 = if start >= 0 { 0 } else { (-start + d - 1) / d };
+    let k1 = if start >= size {
+        0
+    } else {
+        ((size - 1 - start) / d + 1).min(k as isize)
+    };
+    (k0 as usize, (k1.max(k0)) as usize)
 }
 
 /// `pool` without padding: no bounds to check; 2×2 windows of stride 2 (the
