@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Helper of bench/train.sh: alternates `cnnc train` and a PyTorch loop, same
+model (mnist_cnn), batch, optimiser and data; prints samples/s and the ratio.
+
+cnnc: `cnnc train models/mnist_cnn.cnn --max-steps N+1 --epochs 1`, whose
+epoch line reports samples/s timed from the end of its first step (so N timed
+steps). PyTorch: the same N+1 steps in this process (torch's default thread
+count, float32, model.train(), Adam(lr=2e-4), CrossEntropyLoss, batches drawn
+from a seeded permutation of the 8000 training digits), timed from the end of
+its first step. Each round runs cnnc, then PyTorch; the median round counts.
+"""
+import gzip
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = int(os.environ.get("CNNC_TRAIN_ROUNDS", "3"))
+STEPS = int(os.environ.get("CNNC_TRAIN_STEPS", "20"))
+BATCH = 256
+CNNC = os.path.join(ROOT, "target", "release", "cnnc")
+
+
+class MnistCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(
+            nn.Conv2d(1, 16, 5), nn.ReLU(),
+            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2, 2))
+        self.fc_layer = nn.Sequential(nn.Linear(576, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x):
+        return self.fc_layer(torch.flatten(self.layer(x), 1))
+
+
+def load_train():
+    d = os.path.join(ROOT, "models", "data")
+    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
+    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
+    x = np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28)[2000:].astype(np.float32) / 255
+    y = np.frombuffer(lb, dtype=np.uint8)[2000:].astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def torch_round(x, y):
+    torch.manual_seed(0)
+    model = MnistCnn()
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    t0 = None
+    for s in range(STEPS + 1):
+        idx = order[(s * BATCH) % (len(x) - BATCH):][:BATCH]
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        if s == 0:
+            t0 = time.perf_counter()
+    return STEPS * BATCH / (time.perf_counter() - t0)
+
+
+def cnnc_round(tmp):
+    out = subprocess.run(
+        [CNNC, "train", os.path.join(ROOT, "models", "mnist_cnn.cnn"), "--epochs", "1",
+         "--max-steps", str(STEPS + 1), "--batch", str(BATCH), "-o", os.path.join(tmp, "w.safetensors")],
+        check=True, capture_output=True, text=True).stdout
+    m = re.search(r"([0-9.]+) samples/s", out)
+    if not m:
+        sys.exit(f"no samples/s in cnnc's output:\n{out}")
+    return float(m.group(1))
+
+
+def main():
+    x, y = load_train()
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(ROUNDS):
+            ours.append(cnnc_round(tmp))
+            theirs.append(torch_round(x, y))
+            print(f"round {r + 1}: cnnc {ours[-1]:.0f} samples/s, PyTorch {theirs[-1]:.0f} samples/s",
+                  file=sys.stderr)
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(os.environ.get("CNNC_BENCH_MACHINE", ""))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; cnnc with rayon's default "
+          f"({os.cpu_count()} threads); mnist_cnn, batch {BATCH}, Adam, {STEPS} timed steps per round, "
+          f"{ROUNDS} alternating rounds")
+    print(f"cnnc train:  {o:.0f} samples/s (median; rounds {', '.join(f'{v:.0f}' for v in ours)})")
+    print(f"PyTorch:     {t:.0f} samples/s (median; rounds {', '.join(f'{v:.0f}' for v in theirs)})")
+    print(f"ratio cnnc/PyTorch: {o / t:.2f}x")
+    print(f"load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+
+
+if __name__ == "__main__":
+    main()

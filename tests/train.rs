@@ -1,0 +1,591 @@
+//! Training parity with PyTorch and gradient checks.
+//!
+//! - Parity: tests/fixtures/train/make_train_fixtures.py runs 5 optimisation
+//!   steps of mnist_cnn, a residual network with batch norm, and a network
+//!   with every remaining op, in float64 PyTorch, with SGD (momentum, weight
+//!   decay; nesterov for `ops`) and Adam (weight decay). Our f32 trainer must
+//!   match its losses, step-1 gradients, weights after steps 1 and 5 and
+//!   batch-norm running statistics within 1e-4 relative (to each tensor's
+//!   largest magnitude); for weights after 5 steps, or within 3× of how far
+//!   PyTorch's own float32 run lands from float64, if that is larger (Adam
+//!   divides by √v, which amplifies float32 rounding of small gradients).
+//! - Gradient checks: for each op, the analytic gradients of a small network
+//!   against central finite differences of the f64 reference evaluator.
+
+use cnnc::ir::{Graph, ParamKind};
+use cnnc::train::net::{Mode, Net};
+use cnnc::train::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use cnnc::train::rng;
+use cnnc_runtime::weights::{Data, WeightFile};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const SAMPLES: usize = 256;
+const TOL: f64 = 1e-4;
+
+fn graph_of(path: &str) -> Graph {
+    let c = cnnc::compile_file(Path::new(path), &BTreeMap::new()).unwrap();
+    assert!(!c.has_errors(), "{}", c.render_diagnostics());
+    c.models[0].graph.clone().unwrap()
+}
+
+fn sample(v: &[f32]) -> Vec<f64> {
+    let n = v.len();
+    if n <= SAMPLES {
+        v.iter().map(|&x| x as f64).collect()
+    } else {
+        (0..SAMPLES).map(|j| v[j * n / SAMPLES] as f64).collect()
+    }
+}
+
+struct Fixture(WeightFile);
+
+impl Fixture {
+    fn get(&self, key: &str) -> Vec<f64> {
+        self.0
+            .tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture has no `{key}`"))
+            .data
+            .to_f64()
+    }
+}
+
+/// Largest |ours − theirs| over the largest |theirs|.
+fn rel_err(ours: &[f64], theirs: &[f64]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().fold(0f64, |a, &b| a.max(b.abs())).max(1e-12);
+    ours.iter()
+        .zip(theirs)
+        .fold(0f64, |a, (x, y)| a.max((x - y).abs()))
+        / scale
+}
+
+struct Report {
+    worst: f64,
+    what: String,
+}
+
+impl Report {
+    fn check(&mut self, what: &str, ours: &[f64], theirs: &[f64], tol: f64) {
+        let e = rel_err(ours, theirs);
+        if e > self.worst {
+            self.worst = e;
+            self.what = what.to_string();
+        }
+        assert!(
+            e <= tol,
+            "{what}: relative error {e:.3e} > {tol:.0e}\n ours   {:?}\n theirs {:?}",
+            &ours[..ours.len().min(6)],
+            &theirs[..theirs.len().min(6)]
+        );
+    }
+    fn check_sumsq(&mut self, what: &str, ours: &[f32], theirs: f64, tol: f64) {
+        let s: f64 = ours.iter().map(|&v| (v as f64).powi(2)).sum();
+        self.check(what, &[s], &[theirs], 2.0 * tol);
+    }
+}
+
+fn mnist_batches(batch: usize) -> Vec<(Vec<f32>, Vec<u8>)> {
+    let images = std::fs::read("models/data/mnist-1000-images.idx").unwrap();
+    let labels = std::fs::read("models/data/mnist-1000-labels.idx").unwrap();
+    (0..5)
+        .map(|s| {
+            let x = images[16 + s * batch * 784..16 + (s + 1) * batch * 784]
+                .iter()
+                .map(|&b| b as f32 / 255.0)
+                .collect();
+            (x, labels[8 + s * batch..8 + (s + 1) * batch].to_vec())
+        })
+        .collect()
+}
+
+fn hashed_batches(batch: usize, per: usize) -> Vec<(Vec<f32>, Vec<u8>)> {
+    (0..5u64)
+        .map(|s| {
+            let k = rng::key(&[99, s]);
+            let x = (0..batch * per)
+                .map(|i| (2.0 * rng::uniform(k, i as u64) - 1.0) as f32)
+                .collect();
+            let y = (0..batch).map(|i| ((i as u64 + s) % 10) as u8).collect();
+            (x, y)
+        })
+        .collect()
+}
+
+fn sgd(weight_decay: f64, nesterov: bool) -> OptimConfig {
+    OptimConfig {
+        kind: OptimizerKind::Sgd,
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov,
+        weight_decay,
+        ..OptimConfig::default()
+    }
+}
+
+fn adam() -> OptimConfig {
+    OptimConfig {
+        kind: OptimizerKind::Adam,
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        ..OptimConfig::default()
+    }
+}
+
+fn parity(
+    model: &str,
+    fixture: &str,
+    seed: u64,
+    batches: &[(Vec<f32>, Vec<u8>)],
+    kind: Loss,
+    sgd: OptimConfig,
+) {
+    let graph = graph_of(model);
+    let fx = Fixture(
+        WeightFile::load(Path::new(&format!(
+            "tests/fixtures/train/{fixture}.safetensors"
+        )))
+        .unwrap(),
+    );
+    let classes = graph.output_shape().numel() as usize;
+    let mut report = Report {
+        worst: 0.0,
+        what: String::new(),
+    };
+    for (name, config) in [("sgd", sgd), ("adam", adam())] {
+        let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, seed)).unwrap();
+        let mut opt = Optimizer::new(config, graph.params.len());
+        let losses = fx.get(&format!("loss.{name}"));
+        for (step, (x, y)) in batches.iter().enumerate() {
+            let mode = Mode::Train {
+                dropout_key: rng::key(&[7, step as u64]),
+            };
+            let fwd = net.forward(x, y.len(), mode).unwrap();
+            let (l, dout) = loss(kind, fwd.output(&net.graph), y, classes);
+            report.check(
+                &format!("{fixture} {name} loss at step {}", step + 1),
+                &[l],
+                &[losses[step]],
+                TOL,
+            );
+            let grads = net.backward(&fwd, dout).unwrap();
+            if step == 0 {
+                for (i, p) in graph.params.iter().enumerate() {
+                    if !p.kind.is_parameter() {
+                        continue;
+                    }
+                    let g = grads[i].as_ref().expect("a gradient for every parameter");
+                    report.check(
+                        &format!("{fixture} grad {}", p.key),
+                        &sample(g),
+                        &fx.get(&format!("grad.{}", p.key)),
+                        TOL,
+                    );
+                    report.check_sumsq(
+                        &format!("{fixture} grad sumsq {}", p.key),
+                        g,
+                        fx.get(&format!("gradsq.{}", p.key))[0],
+                        TOL,
+                    );
+                }
+            }
+            opt.step(&mut net.state.values, &grads);
+            if step == 0 || step == 4 {
+                let tag = if step == 0 { "w1" } else { "w5" };
+                for (i, p) in graph.params.iter().enumerate() {
+                    let what = format!("{fixture} {name} {tag} {}", p.key);
+                    if p.kind == ParamKind::NumBatchesTracked {
+                        let theirs = fx.get(&format!("{tag}.{name}.{}", p.key));
+                        assert_eq!(net.state.counts[i] as f64, theirs[0], "{what}");
+                        continue;
+                    }
+                    let v = &net.state.values[i];
+                    let ours = if p.kind.is_parameter() {
+                        sample(v)
+                    } else {
+                        v.iter().map(|&x| x as f64).collect()
+                    };
+                    // After 5 steps Adam divides by √v, amplifying float32
+                    // rounding in small gradients: allow 3× what PyTorch's own
+                    // float32 run deviates from float64 there, if that is larger.
+                    let tol = if tag == "w5" && p.kind.is_parameter() {
+                        TOL.max(3.0 * fx.get(&format!("f32err.w5.{name}.{}", p.key))[0])
+                    } else {
+                        TOL
+                    };
+                    report.check(
+                        &what,
+                        &ours,
+                        &fx.get(&format!("{tag}.{name}.{}", p.key)),
+                        tol,
+                    );
+                    report.check_sumsq(
+                        &format!("{what} sumsq"),
+                        v,
+                        fx.get(&format!("{tag}sq.{name}.{}", p.key))[0],
+                        TOL,
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{fixture}: worst relative error {:.2e} ({})",
+        report.worst, report.what
+    );
+}
+
+#[test]
+fn mnist_cnn_matches_pytorch() {
+    parity(
+        "models/mnist_cnn.cnn",
+        "mnist_cnn",
+        1,
+        &mnist_batches(16),
+        Loss::CrossEntropy,
+        sgd(5e-4, false),
+    );
+}
+
+#[test]
+fn resnet_with_batchnorm_matches_pytorch() {
+    parity(
+        "tests/fixtures/train/resnet_bn.cnn",
+        "resnet_bn",
+        2,
+        &mnist_batches(8),
+        Loss::CrossEntropy,
+        sgd(5e-4, false),
+    );
+}
+
+#[test]
+fn every_other_op_matches_pytorch() {
+    parity(
+        "tests/fixtures/train/ops.cnn",
+        "ops",
+        3,
+        &hashed_batches(6, 3 * 12 * 12),
+        Loss::Nll,
+        sgd(1e-3, true),
+    );
+}
+
+/// Σ r·f(x; θ) with the f64 reference evaluator.
+fn weighted_output(
+    graph: &Graph,
+    sources: &cnnc::source::SourceMap,
+    weights: &WeightFile,
+    n: usize,
+    x: &[f32],
+    r: &[f32],
+) -> f64 {
+    let bound = cnnc::weights::bind(graph, weights, sources).unwrap();
+    let out = cnnc::eval::evaluate(graph, &bound, n, x).unwrap();
+    out.data.iter().zip(r).map(|(a, &b)| a * b as f64).sum()
+}
+
+/// Analytic gradients of Σ r·f against central differences of the f64 evaluator,
+/// at up to 8 elements of every parameter (the first layer's gradient also checks
+/// each later op's input gradient).
+fn gradient_check(body: &str, input: &str) {
+    let text = format!("model m {{\n  input {input}\n  {body}\n}}\n");
+    let c = cnnc::compile_source("m.cnn", &text, &BTreeMap::new());
+    assert!(!c.has_errors(), "{}", c.render_diagnostics());
+    let graph = c.models[0].graph.clone().unwrap();
+    let wf = rng::hashed_weights(&graph, 11);
+    let n = 2;
+    let per = graph.input_shape().numel() as usize;
+    let kx = rng::key(&[12]);
+    let x: Vec<f32> = (0..n * per)
+        .map(|i| (2.0 * rng::uniform(kx, i as u64) - 1.0) as f32)
+        .collect();
+    let kr = rng::key(&[13]);
+    let outs = n * graph.output_shape().numel() as usize;
+    let r: Vec<f32> = (0..outs)
+        .map(|i| (2.0 * rng::uniform(kr, i as u64) - 1.0) as f32)
+        .collect();
+    let mut net = Net::new(graph.clone(), &wf).unwrap();
+    let fwd = net.forward(&x, n, Mode::Eval).unwrap();
+    let grads = net.backward(&fwd, r.clone()).unwrap();
+    // Small steps: the f64 evaluator keeps them accurate, and they rarely cross a kink.
+    let h = 1e-6;
+    let mut checked = 0;
+    for (i, p) in graph.params.iter().enumerate() {
+        if !p.kind.is_parameter() {
+            continue;
+        }
+        let g = grads[i].as_ref().unwrap();
+        let scale = g.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64;
+        let len = g.len();
+        for j in (0..8)
+            .map(|s| s * len / 8)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let at = |delta: f64| {
+                let mut w = wf.clone();
+                let t = w.tensors.get_mut(&p.key).unwrap();
+                let mut v = t.data.to_f64();
+                v[j] += delta;
+                t.data = Data::F64(v);
+                t.dtype = "F64".into();
+                weighted_output(&graph, &c.sources, &w, n, &x, &r)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let ours = g[j] as f64;
+            assert!(
+                (ours - fd).abs() <= 2e-3 * scale.max(fd.abs()) + 1e-6,
+                "`{body}`: d/d {}[{j}] = {ours}, finite differences give {fd} (scale {scale})",
+                p.key
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn convolution_gradients_match_finite_differences() {
+    for conv in [
+        "conv(4, k=3)",
+        "conv(4, k=3, s=2, p=1)",
+        "conv(4, k=(3, 2), s=(2, 1), p=(1, 0))",
+        "conv(4, k=3, d=2, p=2)",
+        "conv(6, k=3, p=1, groups=3)",
+        "conv(4, k=3, p=same)",
+        "conv(4, k=4, p=same)",
+        "conv(4, k=3, p=2, mode=reflect)",
+        "conv(4, k=3, p=1, mode=replicate)",
+        "conv(4, k=3, p=2, mode=circular)",
+        "conv(4, k=1, bias=false)",
+    ] {
+        gradient_check(&format!("a = conv(3, k=1)\n  b = {conv}"), "[3, 7, 7]");
+    }
+}
+
+#[test]
+fn pool_and_norm_gradients_match_finite_differences() {
+    for op in [
+        "maxpool(2)",
+        "maxpool(3, s=2, p=1)",
+        "maxpool(3, s=2, ceil=true)",
+        "maxpool(2, d=2)",
+        "avgpool(2)",
+        "avgpool(3, s=2, p=1)",
+        "avgpool(3, s=2, p=1, ceil=true, count_include_pad=false)",
+        "adaptive_avgpool(3)",
+        "adaptive_avgpool((2, 4))",
+        "adaptive_maxpool(3)",
+        "adaptive_maxpool((4, 2))",
+        "lrn(3, alpha=0.1, beta=0.75, k=1)",
+        "lrn(4, alpha=0.05, beta=0.5, k=2)",
+        "dropout(0.5)",
+        "dropout2d(0.3)",
+        "identity",
+    ] {
+        gradient_check(
+            &format!("a = conv(4, k=2)\n  {op}\n  b = conv(3, k=1)"),
+            "[2, 9, 9]",
+        );
+    }
+}
+
+#[test]
+fn activation_and_output_gradients_match_finite_differences() {
+    for act in [
+        "relu",
+        "relu6",
+        "leaky_relu(0.2)",
+        "elu(0.7)",
+        "tanh",
+        "sigmoid",
+        "silu",
+        "gelu",
+        "gelu(approximate=tanh)",
+        "hardsigmoid",
+        "hardswish",
+    ] {
+        // Scaled inputs reach both sides of every kink (relu6 at 6, hard* at ±3).
+        gradient_check(
+            &format!("a = conv(6, k=2)\n  {act}\n  b = conv(2, k=1)"),
+            "[2, 5, 5]",
+        );
+        gradient_check(
+            &format!("flatten\n  a = linear(8)\n  {act}\n  b = linear(3)"),
+            "[2, 3, 3]",
+        );
+    }
+    gradient_check("flatten\n  a = linear(6)\n  softmax", "[2, 3, 3]");
+    gradient_check("flatten\n  a = linear(6)\n  log_softmax", "[2, 3, 3]");
+    gradient_check("a = conv(4, k=1)\n  softmax", "[2, 3, 3]");
+}
+
+#[test]
+fn residual_and_concat_gradients_match_finite_differences() {
+    gradient_check(
+        "a = conv(4, k=1)\n  r = residual { c = conv(4, k=3, p=1) relu d = conv(4, k=1) }\n  cat = concat { x = conv(2, k=1) y = seq { maxpool(3, s=1, p=1) conv(3, k=1) } z = identity }\n  flatten\n  fc = linear(3)",
+        "[2, 5, 5]",
+    );
+}
+
+fn cnnc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cnnc-train-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn bad_data_is_an_error_before_training() {
+    let dir = temp_dir("bad");
+    let images = std::fs::read("models/data/mnist-1000-images.idx").unwrap();
+    let labels = std::fs::read("models/data/mnist-1000-labels.idx").unwrap();
+    let out = dir.join("w.safetensors");
+    let out_s = out.to_str().unwrap();
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            "magic",
+            [&[0u8, 0, 9, 3][..], &images[4..]].concat(),
+            labels.clone(),
+            "type code",
+        ),
+        (
+            "truncated",
+            images[..images.len() - 100].to_vec(),
+            labels.clone(),
+            "truncated",
+        ),
+        (
+            "count",
+            images.clone(),
+            [&[0u8, 0, 8, 1, 0, 0, 3, 0xe7][..], &labels[8..8 + 999]].concat(),
+            "999 labels",
+        ),
+        (
+            "label",
+            images.clone(),
+            [&labels[..8], &[12u8][..], &labels[9..]].concat(),
+            "label 12",
+        ),
+    ];
+    for (tag, im, lb, expect) in cases {
+        let ip = dir.join(format!("{tag}-images.idx"));
+        std::fs::write(&ip, im).unwrap();
+        std::fs::write(dir.join(format!("{tag}-labels.idx")), lb).unwrap();
+        let o = cnnc(&[
+            "train",
+            "models/mnist_cnn.cnn",
+            "--data",
+            ip.to_str().unwrap(),
+            "-o",
+            out_s,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{tag}: {err}");
+        assert!(err.contains(expect) && err.contains(tag), "{tag}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{tag}: wrote weights");
+    }
+    // Images of the wrong size for the model, with the fix suggested.
+    let o = cnnc(&["train", "models/lenet5.cnn", "-o", out_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--pad 2"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_resume_and_load_in_cnnc_run() {
+    let dir = temp_dir("resume");
+    let out = dir.join("w.safetensors");
+    let out_s = out.to_str().unwrap();
+    let cfg = dir.join("train.yaml");
+    std::fs::write(
+        &cfg,
+        "optimizer: sgd\nlr: 0.01\nmomentum: 0.9\nbatch: 64\nholdout: 200\n",
+    )
+    .unwrap();
+    let base = [
+        "train",
+        "tests/fixtures/train/resnet_bn.cnn",
+        "--data",
+        "models/data/mnist-1000-images.idx",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let o = cnnc(
+        &[
+            &base[..],
+            &["--epochs", "1", "--max-steps", "3", "-o", out_s],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("epoch 1/1") && text.contains("accuracy"),
+        "{text}"
+    );
+    assert!(dir.join("w.ckpt").exists() && dir.join("w.loss.svg").exists());
+    let svg = std::fs::read_to_string(dir.join("w.loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("held-out loss"));
+    // The weights are a strict state_dict: `cnnc run` binds them.
+    let o = cnnc(&[
+        "run",
+        "tests/fixtures/train/resnet_bn.cnn",
+        "--weights",
+        out_s,
+        "--input",
+        "models/data/mnist-1000-images.idx",
+        "--index",
+        "0..4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = WeightFile::load(&out).unwrap();
+    assert_eq!(
+        w.tensors["bn1.num_batches_tracked"].data,
+        Data::I64(vec![3])
+    );
+    // Resume: the step counter and epoch continue from the checkpoint.
+    let o = cnnc(
+        &[
+            &base[..],
+            &[
+                "--epochs",
+                "2",
+                "--max-steps",
+                "5",
+                "--resume",
+                dir.join("w.ckpt").to_str().unwrap(),
+                "-o",
+                out_s,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("epoch 2/2"));
+    let w = WeightFile::load(&out).unwrap();
+    assert_eq!(
+        w.tensors["bn1.num_batches_tracked"].data,
+        Data::I64(vec![5])
+    );
+    // A weights file is not a checkpoint.
+    let o = cnnc(&[
+        "train",
+        "models/mnist_cnn.cnn",
+        "--resume",
+        out_s,
+        "-o",
+        out_s,
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a `cnnc train` checkpoint"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
