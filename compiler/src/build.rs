@@ -5,7 +5,9 @@
 //! embedded and compiled on first run with NVRTC), builds the crate with
 //! cargo, and moves the binary into place only when everything succeeded.
 
-use cnnc_runtime::plan::{Act, Ending, Epi, Place, Plan, Prepared, StateEntry, Step, StepOp};
+use cnnc_runtime::plan::{
+    Act, Ending, Epi, Place, Plan, Prepared, StateEntry, Step, StepOp, Variant,
+};
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 use std::path::{Path, PathBuf};
@@ -150,6 +152,7 @@ fn step(s: &Step) -> TokenStream {
         Literal::u32_unsuffixed(s.grid_z),
     );
     let layers: Vec<TokenStream> = s.layers.iter().map(|l| string(l)).collect();
+    let variants: Vec<TokenStream> = s.variants.iter().map(variant).collect();
     quote!(Step {
         kernel: #kernel,
         op: #op,
@@ -163,6 +166,30 @@ fn step(s: &Step) -> TokenStream {
         grid_y: #gy,
         grid_z: #gz,
         layers: Vec::from([#(#layers),*]),
+        variants: Vec::from([#(#variants),*]),
+    })
+}
+
+fn variant(v: &Variant) -> TokenStream {
+    let kernel = string(&v.kernel);
+    let min_batch = usize_lit(v.min_batch);
+    let block = Literal::u32_unsuffixed(v.block);
+    let (per_image, per_block) = (
+        Literal::u64_unsuffixed(v.per_image),
+        Literal::u64_unsuffixed(v.per_block),
+    );
+    let (gy, gz) = (
+        Literal::u32_unsuffixed(v.grid_y),
+        Literal::u32_unsuffixed(v.grid_z),
+    );
+    quote!(Variant {
+        min_batch: #min_batch,
+        kernel: #kernel,
+        block: #block,
+        per_image: #per_image,
+        per_block: #per_block,
+        grid_y: #gy,
+        grid_z: #gz,
     })
 }
 
@@ -346,6 +373,33 @@ pub fn build(
 ) -> Result<PathBuf, String> {
     let name = crate_name(&plan.model);
     let dir = &opts.out_dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "cannot build into `{}`: it is a file, not a directory",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    // Two builds into one directory would interleave their files; the second
+    // waits for the first. The lock is released when the file is closed,
+    // also when the process is killed.
+    let lock_path = dir.join(".cnnc-build.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    if lock.try_write().is_err() {
+        log(&format!(
+            "waiting for another cnnc build into `{}` to finish",
+            dir.display()
+        ));
+    }
+    let _guard = lock
+        .write()
+        .map_err(|e| format!("cannot lock `{}`: {e}", lock_path.display()))?;
     for sub in ["src", "kernels"] {
         std::fs::create_dir_all(dir.join(sub))
             .map_err(|e| format!("cannot create `{}`: {e}", dir.join(sub).display()))?;
@@ -363,9 +417,12 @@ pub fn build(
                     nvcc.display()
                 ));
                 let tmp = dir.join("kernels").join(format!(".{file}.tmp"));
-                nvcc_cubin(nvcc, &cu, arch, &tmp)?;
+                if let Err(e) = nvcc_cubin(nvcc, &cu, arch, &tmp) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
                 std::fs::rename(&tmp, dir.join("kernels").join(&file))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
                 cubins.push((arch, file));
             }
         }
@@ -410,11 +467,32 @@ pub fn build(
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("target"));
     let built = target.join("release").join(&name);
-    let final_path = dir.join(&name);
     // Replace the binary only now that everything succeeded.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::copy(&built, &tmp).map_err(|e| format!("cannot copy `{}`: {e}", built.display()))?;
-    std::fs::rename(&tmp, &final_path)
-        .map_err(|e| format!("cannot move the binary into place: {e}"))?;
+    replace_binary(&built, dir, &name)
+}
+
+/// Copies the built binary next to its final place, syncs it, and renames it
+/// over the previous one, so an interrupted or failed step leaves either the
+/// old binary or the new one, never a partial file.
+fn replace_binary(built: &Path, dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let final_path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<(), String> {
+        std::fs::copy(built, &tmp)
+            .map_err(|e| format!("cannot copy `{}`: {e}", built.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &final_path)
+            .map_err(|e| format!("cannot move the binary into place: {e}"))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(final_path)
 }

@@ -135,6 +135,9 @@ struct RunArgs {
     /// Print at most this many per-input lines.
     #[arg(long, default_value_t = 20)]
     show: usize,
+    /// Fail, instead of warning, when a weight is NaN or infinite.
+    #[arg(long)]
+    strict_weights: bool,
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
     #[arg(long)]
@@ -364,6 +367,14 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         if let Err(e) = cnnc_runtime::output::check_target(path) {
             return Ok(fail(e));
         }
+        let inputs = args.input.iter().chain([&args.weights, &args.file]);
+        if let Some(same) = cnnc_runtime::output::same_file_as(path, inputs) {
+            return Ok(fail(format!(
+                "`--output {}` is the input `{}`; write the outputs to another file",
+                path.display(),
+                same.display()
+            )));
+        }
     }
     let index = args
         .index
@@ -399,6 +410,11 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),
     };
+    match weights.check_finite(args.strict_weights) {
+        Ok(None) => {}
+        Ok(Some(warning)) => eprintln!("warning: `{}`: {warning}", args.weights.display()),
+        Err(e) => return Ok(fail(format!("`{}`: {e}", args.weights.display()))),
+    }
     let bound = match cnnc::weights::bind(&graph, &weights, &compilation.sources) {
         Ok(b) => b,
         Err(e) => return Ok(fail(format!("`{}`: {e}", args.weights.display()))),
@@ -502,6 +518,12 @@ fn init(
     if let Err(e) = cnnc_runtime::output::check_target(output) {
         return Ok(fail(e));
     }
+    if cnnc_runtime::output::same_file_as(output, [&file.to_path_buf()]).is_some() {
+        return Ok(fail(format!(
+            "`--output {}` is the model file; write the weights to another file",
+            output.display()
+        )));
+    }
     let weights = match cnnc::weights::init(&graph, scheme, seed) {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),
@@ -545,6 +567,12 @@ fn emit(
     use cnnc::emit::Stage;
     if let Some(path) = output {
         cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
+        if cnnc_runtime::output::same_file_as(path, [&file.to_path_buf()]).is_some() {
+            return Ok(fail(format!(
+                "`--output {}` is the model file; write to another file",
+                path.display()
+            )));
+        }
     }
     let compilation = load(file, set)?;
     let text = if stage == Stage::Ast {

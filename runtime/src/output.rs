@@ -31,6 +31,18 @@ fn target_dir(path: &Path) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// The first of `inputs` that is the same file as `output` (after following
+/// links), if `output` exists; writing there would replace an input.
+pub fn same_file_as<'a>(
+    output: &Path,
+    inputs: impl IntoIterator<Item = &'a std::path::PathBuf>,
+) -> Option<&'a std::path::PathBuf> {
+    let out = std::fs::canonicalize(output).ok()?;
+    inputs
+        .into_iter()
+        .find(|p| std::fs::canonicalize(p).is_ok_and(|c| c == out))
+}
+
 /// Writes bytes to `path` atomically (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let display = path.display();
@@ -39,9 +51,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per process and per call, so two threads never share a temp file.
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -49,6 +67,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error(format!("cannot write `{display}`: {e}")));
+    }
+    // Make the rename durable too; some file systems cannot sync a directory.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }
