@@ -8,6 +8,11 @@ steps). PyTorch: the same N+1 steps in this process (torch's default thread
 count, float32, model.train(), Adam(lr=2e-4), CrossEntropyLoss, batches drawn
 from a seeded permutation of the 8000 training digits), timed from the end of
 its first step. Each round runs cnnc, then PyTorch; the median round counts.
+
+`python3 bench/train_bench.py --accuracy [EPOCHS [LR]]` instead trains PyTorch
+with `cnnc train`'s defaults (Adam, lr 2e-4, batch 256, 10 epochs) on the same
+8000/2000 split and prints the held-out accuracy per epoch, as a reference
+for cnnc's.
 """
 import gzip
 import os
@@ -81,7 +86,42 @@ def cnnc_round(tmp):
     return float(m.group(1))
 
 
+def load_split():
+    d = os.path.join(ROOT, "models", "data")
+    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
+    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
+    x = torch.from_numpy(np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28).astype(np.float32) / 255)
+    y = torch.from_numpy(np.frombuffer(lb, dtype=np.uint8).astype(np.int64))
+    return x[2000:], y[2000:], x[:2000], y[:2000]
+
+
+def accuracy_reference(epochs, lr):
+    """PyTorch with cnnc train's defaults on the same split: what accuracy to expect."""
+    xt, yt, xh, yh = load_split()
+    torch.manual_seed(0)
+    model = MnistCnn()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+    for e in range(epochs):
+        model.train()
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(order), BATCH):
+            idx = order[i:i + BATCH]
+            opt.zero_grad()
+            loss_fn(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(xh).argmax(1) == yh).double().mean().item() * 100
+        print(f"PyTorch epoch {e + 1}/{epochs}: held-out accuracy {acc:.2f}%", flush=True)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--accuracy":
+        epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+        lr = float(sys.argv[3]) if len(sys.argv) > 3 else 2e-4
+        return accuracy_reference(epochs, lr)
     x, y = load_train()
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -723,14 +723,16 @@ pub fn adaptive_max_forward(
     (y, arg)
 }
 
-/// Batch norm in training mode over `n` images of `c` channels of `hw` values.
-/// Returns (y, x̂, 1/σ per channel, batch mean, unbiased batch variance).
+/// What batch norm's backward pass needs: x̂ and 1/σ per channel.
 pub struct BnSaved {
     pub xhat: Vec<f32>,
     pub inv_std: Vec<f32>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// (y, saved, batch mean, unbiased batch variance) per channel.
+pub type BnTrainOut = (Vec<f32>, BnSaved, Vec<f64>, Vec<f64>);
+
+/// Batch norm in training mode over `n` images of `c` channels of `hw` values.
 pub fn batchnorm_train_forward(
     n: usize,
     c: usize,
@@ -739,7 +741,7 @@ pub fn batchnorm_train_forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
-) -> Result<(Vec<f32>, BnSaved, Vec<f64>, Vec<f64>), String> {
+) -> Result<BnTrainOut, String> {
     let m = n * hw;
     if m <= 1 {
         return Err(format!(
