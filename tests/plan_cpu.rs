@@ -317,3 +317,84 @@ fn a_plan_that_writes_what_it_reads_is_refused() {
         .to_string();
     assert!(err.contains("outside the arena"), "{err}");
 }
+
+/// The CPU executor's GEMM and pool paths, one small model each so an error
+/// is not damped by later layers: a map cut into several pixel ranges (its
+/// im2col matrix exceeds one task's budget), a pointwise conv read in place
+/// with a residual epilogue, strided 1×1 convs over small maps (several
+/// images per GEMM) and large ones (pixel ranges), strided padded convs,
+/// dilation with groups and circular padding, reflect padding at stride 2,
+/// ceil-mode and padded pools, a pointwise conv over small maps, a conv whose
+/// kernel covers its whole input and a linear layer (both read in place), and
+/// vectorised sigmoid, SiLU, tanh and tanh-GELU epilogues.
+const CPU_PATHS: &[(&str, &str)] = &[
+    ("tiles", "input [96, 26, 24]\n big = conv(16, k=3, p=1) sigmoid"),
+    (
+        "pointwise_residual",
+        "input [16, 26, 24]\n res = residual { pconv = conv(16, k=1) silu }",
+    ),
+    ("strided_1x1_small", "input [8, 13, 12]\n down = conv(24, k=1, s=2) tanh"),
+    ("strided_1x1_large", "input [8, 40, 30]\n down = conv(8, k=1, s=2)"),
+    ("strided_padded_small", "input [4, 30, 30]\n c = conv(8, k=5, s=2, p=2) relu"),
+    ("strided_padded_large", "input [4, 50, 50]\n c = conv(8, k=3, s=2, p=1) relu"),
+    (
+        "dilated_grouped_circular",
+        "input [6, 13, 12]\n circ = conv(24, k=3, p=2, d=2, groups=3, mode=circular)",
+    ),
+    (
+        "reflect_strided",
+        "input [6, 13, 12]\n refl = conv(24, k=3, p=1, s=2, mode=reflect) gelu(approximate=tanh)",
+    ),
+    (
+        "pools",
+        "input [5, 18, 16]\n maxpool(2)\n maxpool(3, s=2, ceil=true)\n avgpool(3, s=1, p=1)\n maxpool(3, s=2, p=1)",
+    ),
+    ("avgpool_2x2", "input [5, 10, 8]\n avgpool(2)\n avgpool(2, s=1)"),
+    ("pointwise_small", "input [24, 3, 3]\n pw = conv(32, k=1) relu"),
+    (
+        "full_window_and_linear",
+        "input [24, 3, 3]\n full = conv(40, k=3) relu\n flatten\n fc = linear(6) tanh",
+    ),
+];
+
+/// Every case of [`CPU_PATHS`] at batch sizes that do and do not divide the
+/// images per task, on pools of 1, 2 and 3 threads (so the serial,
+/// parallel-task and parallel-GEMM schedules all run).
+#[test]
+fn cpu_gemm_and_pool_paths_match_the_evaluator_at_any_batch_and_thread_count() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    for (name, body) in CPU_PATHS {
+        let source = format!("model {name} {{\n {body}\n}}\n");
+        let compilation = cnnc::compile_source(&format!("{name}.cnn"), &source, &BTreeMap::new());
+        assert!(
+            !compilation.has_errors(),
+            "{}",
+            compilation.render_diagnostics()
+        );
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 7).unwrap();
+        let per = graph.input_shape().numel() as usize;
+        for batch in [1usize, 2, 7] {
+            let input: Vec<f32> = (0..batch * per)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect();
+            let expected = reference(graph, &compilation.sources, &file, batch, &input);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let out = pool.install(|| {
+                    // Made for a larger batch than it runs: the tasks of a smaller one must fit.
+                    let mut exec = executor(graph, &compilation.sources, &file, 8);
+                    exec.run(&input, batch).unwrap().to_vec()
+                });
+                let worst = worst_scaled(&out, expected.iter().copied());
+                assert!(
+                    worst <= 1e-5,
+                    "{name}, batch {batch}, {threads} threads: CPU vs evaluator: max scaled error {worst:e}"
+                );
+            }
+        }
+    }
+}
