@@ -154,6 +154,30 @@ fn long_expressions_and_many_layers() {
     assert_eq!(check_and_summarize("many-layers", &layers), 0);
 }
 
+#[test]
+fn megabyte_identifier() {
+    // Names become state_dict keys, kernel names and table columns; a 1 MB
+    // name once made `cnnc summary` panic (a format width over 65535).
+    let long = model(&format!("  {} = conv(8, k=3)", "a".repeat(1 << 20)));
+    let stderr = check("mb-name", &long, 1);
+    assert!(
+        stderr.contains("error: name is 1048576 characters long"),
+        "{}",
+        &stderr[..300]
+    );
+    assert!(stderr.contains("names may have at most 255 characters"));
+    assert_eq!(check_and_summarize("mb-name-summary", &long), 1);
+    let unknown = model(&format!("  {}", "b".repeat(1 << 20)));
+    check("mb-unknown", &unknown, 1);
+    // 255 characters is fine, in comments any length is.
+    let ok = model(&format!(
+        "  {} = conv(8, k=3)  # {}",
+        "c".repeat(255),
+        "d".repeat(1 << 20)
+    ));
+    assert_eq!(check_and_summarize("255-name", &ok), 0);
+}
+
 // -- numbers ------------------------------------------------------------------
 
 #[test]

@@ -193,6 +193,15 @@ pub fn parse(file: FileId, text: &str) -> (SourceFile, Vec<Diagnostic>) {
             vec![diagnostic],
         );
     }
+    if let Some(diagnostic) = check_name_lengths(file, text) {
+        return (
+            SourceFile {
+                file,
+                decls: Vec::new(),
+            },
+            vec![diagnostic],
+        );
+    }
     let mut decls = Vec::new();
     let mut offset = 0;
     // Parse the whole file; on a syntax error, keep what came before, report
@@ -306,6 +315,60 @@ fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
         }
     }
     None
+}
+
+/// Longest name accepted. Names become state_dict keys, kernel names and
+/// table columns; 64 levels of 255-character names still fit the 65535-column
+/// width limit of Rust's formatter (a 1 MB name once made `cnnc summary` panic).
+pub const MAX_NAME: usize = 255;
+
+/// Finds a name longer than [`MAX_NAME`] before parsing, skipping comments
+/// and strings. The span is the name's first character, so the diagnostic
+/// does not underline a megabyte.
+fn check_name_lengths(file: FileId, text: &str) -> Option<Diagnostic> {
+    let (mut in_comment, mut in_string) = (false, false);
+    let mut run: Option<(usize, usize)> = None; // (start, chars) of the current word
+    let too_long = |start: usize, chars: usize| {
+        Diagnostic::error(
+            format!("name is {chars} characters long"),
+            Span::new(file, start..start + 1),
+            "this name is too long",
+        )
+        .with_help(format!("names may have at most {MAX_NAME} characters"))
+    };
+    for (i, c) in text.char_indices() {
+        let word = c.is_ascii_alphanumeric() || c == '_';
+        if !in_comment && !in_string && word {
+            match &mut run {
+                Some((_, n)) => *n += 1,
+                None if !c.is_ascii_digit() => run = Some((i, 1)),
+                None => run = Some((i, 0)), // a number: not counted
+            }
+            continue;
+        }
+        if let Some((start, n)) = run.take() {
+            if n > MAX_NAME && !text[start..].starts_with(|d: char| d.is_ascii_digit()) {
+                return Some(too_long(start, n));
+            }
+        }
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            '#' if !in_string => in_comment = true,
+            '"' if !in_comment => in_string = !in_string,
+            _ => {}
+        }
+    }
+    match run {
+        Some((start, n))
+            if n > MAX_NAME && !text[start..].starts_with(|d: char| d.is_ascii_digit()) =>
+        {
+            Some(too_long(start, n))
+        }
+        _ => None,
+    }
 }
 
 fn syntax_error(

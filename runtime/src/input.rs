@@ -342,6 +342,16 @@ fn npy_check_shape(bytes: &[u8]) -> Result<()> {
     };
     let header = &bytes[bytes.len().min(10)..bytes.len().min(start)];
     let text = String::from_utf8_lossy(header);
+    // npyz parses the header as a Python literal with backtracking that is
+    // exponential in the nesting: a 39-byte header of `{{{{…` hung it for
+    // minutes (found by fuzzing). numpy writes one flat dict with one tuple.
+    let count = |c: char| text.chars().filter(|&x| x == c).count();
+    if count('{') > 1 || count('(') > 1 || count('[') > 0 {
+        return Err(Error(
+            "the .npy header is not a plain array header (nested or structured headers are not supported)"
+                .to_string(),
+        ));
+    }
     let unreadable = || Error("cannot read the `shape` of the .npy header".to_string());
     let Some(at) = text.find("'shape'").or_else(|| text.find("\"shape\"")) else {
         return Ok(()); // no shape key: npyz reports it
@@ -716,11 +726,19 @@ mod tests {
             m.contains("(384000000000 bytes) but only 0 bytes of data follow (truncated?)"),
             "{m}"
         );
-        let odd = npy_header("<f8", "[3, 4, 4]");
+        let odd = npy_header("<f8", "3");
         assert_eq!(
             error(&odd, [3, 4, 4]),
             "cannot read the `shape` of the .npy header"
         );
+        // Found by fuzzing: npyz's header parser is exponential in the nesting;
+        // this 39-byte file took minutes before the check.
+        let mut nested = b"\x93NUMPY\x01\x00".to_vec();
+        nested.extend(29u16.to_le_bytes());
+        nested.extend([b'{'; 29]);
+        assert_eq!(error(&nested, [3, 4, 4]), "the .npy header is not a plain array header (nested or structured headers are not supported)");
+        let structured = npy_header("[('a', '<f4')]", "(3, 4, 4)");
+        assert!(error(&structured, [3, 4, 4]).contains("not a plain array header"));
         let mut ints = npy_header("<i2", "(1, 3, 4, 4)");
         ints.extend(vec![0u8; 96]);
         assert_eq!(
