@@ -2,7 +2,8 @@
 # CPU benchmark: cnnc-built binaries (--device cpu) against PyTorch eager, same
 # weights, same inputs, alternating rounds in one run; numerics and peak memory
 # too. Builds the binaries it needs (scripts/build-gpu-bins.sh, into gpu/bin)
-# when they are missing, or all of them with CNNC_REBUILD=1.
+# when they are missing or older than their sources, or all of them with
+# CNNC_REBUILD=1.
 #   bench/cpu.sh                      # every case of the issue (about 6 minutes on 2 quiet cores)
 #   CNNC_BENCH_CASES="resnet18:1" bench/cpu.sh
 # Results: stdout and $CNNC_BENCH_OUT/results.md (default /tmp/cnnc-cpu-bench).
@@ -15,7 +16,11 @@ export CNNC_BENCH_CASES="$cases"
 models="$(for c in $cases; do echo "${c%%:*}"; done | sort -u | tr '\n' ' ')"
 missing=""
 for m in $models; do
-  if [ "${CNNC_REBUILD:-0}" = 1 ] || [ ! -x "gpu/bin/$m" ]; then missing="$missing $m"; fi
+  # Missing, forced, or older than the model or any source it is built from.
+  if [ "${CNNC_REBUILD:-0}" = 1 ] || [ ! -x "gpu/bin/$m" ] ||
+     [ -n "$(find "models/$m.cnn" runtime compiler Cargo.toml Cargo.lock -newer "gpu/bin/$m" -type f -print -quit)" ]; then
+    missing="$missing $m"
+  fi
 done
 if [ -n "$missing" ]; then
   echo "building:$missing" >&2

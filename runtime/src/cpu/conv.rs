@@ -452,7 +452,7 @@ fn gather_zeros(
         (last as usize / sw + 1).min(ow)
     };
     let lo = lo.min(hi);
-    if sw == 1 && p0 % ow == 0 && dst.len() % ow == 0 {
+    if sw == 1 && p0.is_multiple_of(ow) && dst.len().is_multiple_of(ow) {
         // Whole rows at stride 1: the same [lo, hi) interior for each.
         let oy0 = p0 / ow;
         for (r, d) in dst.chunks_exact_mut(ow).enumerate() {
