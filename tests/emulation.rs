@@ -110,6 +110,7 @@ impl Fixture {
             batch: self.batch,
             both_orders: true,
             tile: None,
+            batch1_kernels_only: false,
         }
     }
 }
@@ -202,6 +203,7 @@ fn every_zoo_model_matches_the_evaluator() {
             // The race check doubles the emulation; the small models carry it.
             both_orders: batch == 2,
             tile: None,
+            batch1_kernels_only: false,
         };
         let checked = check(&case, &|cuda| cuda)?;
         report(&case.tag, batch, &checked);
@@ -313,6 +315,7 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
         batch,
         both_orders: true,
         tile: None,
+        batch1_kernels_only: false,
     };
     let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
     report(&case.tag, batch, &checked);
@@ -696,4 +699,88 @@ fn the_source_parser_reads_printed_signatures() {
         ),
         "namespace a {\n// __shared__ x;\ntemplate <int N> void g() {\n  __shared__ float As[N][4]; ::cnnc_emu::shared_declared(&As, sizeof(As));\n}\n}"
     );
+}
+
+/// A fixture's input, repeated (with noise, so images differ) to `batch` images.
+fn batch_of(f: &Fixture, batch: usize, seed: u64) -> Vec<f32> {
+    let per = f.input.len() / f.batch;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..batch * per)
+        .map(|i| f.input[i % f.input.len()] + rng.random_range(-0.5..0.5))
+        .collect()
+}
+
+#[test]
+fn every_batch_bucket_variant_matches_the_evaluator() {
+    // Batch 9 launches the variants for 8 and up, batch 64 those for 64 and
+    // up (tuned for large batches); with the variants dropped, batch 9 runs
+    // the batch-1 kernels, so a linear layer's GEMV covers 9 images with two
+    // blocks. Batch 9 also runs in reverse thread order (the race check).
+    // (About 30 s on two cores: batch 64 only on the fixtures that run it quickly.)
+    let mut jobs = Vec::new();
+    for dir in fixture_dirs() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if matches!(
+            name.as_str(),
+            "train" | "reliability" | "kitchen_sink_softmax"
+        ) {
+            continue;
+        }
+        jobs.push((dir.clone(), 9, false));
+        if matches!(
+            name.as_str(),
+            "mnist_cnn" | "lenet5" | "kitchen_sink" | "inception_tiny"
+        ) {
+            jobs.push((dir.clone(), 64, false));
+        }
+        if matches!(name.as_str(), "mnist_cnn" | "lenet5" | "kitchen_sink") {
+            jobs.push((dir, 9, true));
+        }
+    }
+    let launched = Mutex::new(std::collections::BTreeSet::new());
+    let failures = in_parallel(&jobs, |(dir, batch, batch1_only)| {
+        let f = fixture(dir);
+        let mut case = f.case();
+        case.tag = format!(
+            "{}-b{batch}{}",
+            f.name,
+            if *batch1_only { "-batch1-kernels" } else { "" }
+        );
+        case.batch = *batch;
+        case.input = batch_of(&f, *batch, 17);
+        case.both_orders = *batch == 9;
+        case.batch1_kernels_only = *batch1_only;
+        // Which schedules ran: a GEMV past one block, a variant per bucket.
+        let (_, program, _) = cnnc::plan::compile(f.graph(), &f.compilation.sources)?;
+        for k in &program.kernels {
+            if let cnnc::kernels::KernelKind::Gemm(g) = &k.kind {
+                let chosen = k
+                    .variants
+                    .iter()
+                    .rev()
+                    .find(|v| v.min_batch <= *batch as u64);
+                let mut l = launched.lock().unwrap();
+                match (chosen, batch1_only) {
+                    (Some(v), false) => {
+                        l.insert(format!("variant b{}", v.min_batch));
+                    }
+                    _ if matches!(g.schedule, cnnc::kernels::Schedule::Gemv(_)) && *batch > 7 => {
+                        l.insert("gemv over several blocks".to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, *batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+    let launched = launched.into_inner().unwrap();
+    for want in ["variant b8", "variant b64", "gemv over several blocks"] {
+        assert!(
+            launched.contains(want),
+            "no fixture ran a {want}: {launched:?}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! only as sanitised identifiers or cleaned comments.
 
 use crate::ir::{Activation, Epilogue, Op};
-use crate::kernels::{clean, Gemm, Kernel, KernelKind, KernelProgram, TensorRef};
+use crate::kernels::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
 use std::fmt::Write;
 
 /// The device library every generated file starts with.
@@ -70,17 +70,43 @@ struct Conv {
   }
 };
 
+// 16-byte loads. Every call site is aligned by construction (the kernel IR
+// vectorises only when K is a multiple of 4 and the offset a multiple of 4
+// floats; weights and shared arrays start 16-byte aligned); CNNC_CHECK_ALIGN is
+// empty on the GPU, and the CPU emulation defines it to verify that.
+#ifndef CNNC_CHECK_ALIGN
+#define CNNC_CHECK_ALIGN(p)
+#endif
+__device__ __forceinline__ float4 load4(const float* p) {
+  CNNC_CHECK_ALIGN(p);
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float component(const float4& v, int e) {
+  return e == 0 ? v.x : (e == 1 ? v.y : (e == 2 ? v.z : v.w));
+}
+
 // The implicit GEMM: each block computes a BM x BN tile of the output through
 // BK-deep shared-memory tiles; each thread accumulates a TM x TN block in
-// registers. The epilogue (bias, activations, residual adds) runs on the
-// registers before the only write to memory.
-template <class C, int BM, int BN, int BK, int TM, int TN, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
+// registers. The shared tiles are double-buffered and the global loads of the
+// next K-slice go to registers before the current slice is multiplied, so
+// they are in flight during the arithmetic; one barrier per slice. With VEC_A
+// each thread reads 4 consecutive weights of a row with one 16-byte load. The
+// weight tile is padded by 4 floats per row, so the transposing stores do not
+// all fall into one bank. The epilogue (bias, activations, residual adds) runs
+// on the registers before the only write to memory.
+template <class C, int BM, int BN, int BK, int TM, int TN, bool VEC_A, class Epi, bool HAS_BIAS, int OUT_CT,
+          int OUT_CO>
 __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* __restrict__ w,
                                      const float* __restrict__ bias, const float* __restrict__ r0,
                                      float* __restrict__ y, int batch) {
   constexpr int THREADS = (BM / TM) * (BN / TN);
-  __shared__ float As[BK][BM];
-  __shared__ float Bs[BK][BN];
+  constexpr int A_VEC = VEC_A ? 4 : 1;
+  constexpr int A_LOADS = BM * BK / A_VEC;
+  constexpr int A_ITERS = (A_LOADS + THREADS - 1) / THREADS;
+  constexpr int B_ITERS = (BK * BN + THREADS - 1) / THREADS;
+  constexpr int APAD = 4;
+  __align__(16) __shared__ float As[2][BK][BM + APAD];
+  __align__(16) __shared__ float Bs[2][BK][BN];
   const int n_total = batch * C::P;
   const int g = blockIdx.z;
   const int m0 = blockIdx.y * BM;
@@ -88,37 +114,94 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
   const int tid = threadIdx.x;
   const int row = tid / (BN / TN);  // which TM-row block of the tile
   const int col = tid % (BN / TN);  // which TN-column block
+  float4 ra[A_ITERS];
+  float rb[B_ITERS];
+  // A: consecutive threads read consecutive k of one weight row (contiguous).
+  auto load_a = [&](int k0) {
+#pragma unroll
+    for (int j = 0; j < A_ITERS; ++j) {
+      const int f = tid + j * THREADS;
+      const int mm = f / (BK / A_VEC), kk = (f % (BK / A_VEC)) * A_VEC;
+      const int m = m0 + mm, k = k0 + kk;
+      const bool in = f < A_LOADS && m < C::M && k < C::K;
+      const float* p = w + ((long)g * C::M + m) * C::K + k;
+      if (VEC_A) {
+        ra[j] = in ? load4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else {
+        ra[j].x = in ? *p : 0.0f;
+      }
+    }
+  };
+  // B: consecutive threads read consecutive output pixels.
+  auto load_b = [&](int k0) {
+#pragma unroll
+    for (int j = 0; j < B_ITERS; ++j) {
+      const int i = tid + j * THREADS;
+      const int kk = i / BN, nn = i % BN;
+      const int k = k0 + kk, n = n0 + nn;
+      rb[j] = (i < BK * BN && k < C::K && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int j = 0; j < A_ITERS; ++j) {
+      const int f = tid + j * THREADS;
+      if (f >= A_LOADS) continue;
+      const int mm = f / (BK / A_VEC), kk = (f % (BK / A_VEC)) * A_VEC;
+#pragma unroll
+      for (int e = 0; e < A_VEC; ++e) As[buf][kk + e][mm] = component(ra[j], e);
+    }
+#pragma unroll
+    for (int j = 0; j < B_ITERS; ++j) {
+      const int i = tid + j * THREADS;
+      if (i < BK * BN) Bs[buf][i / BN][i % BN] = rb[j];
+    }
+  };
   float acc[TM][TN];
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
-  for (int k0 = 0; k0 < C::K; k0 += BK) {
-    // A: consecutive threads read consecutive k of one weight row (contiguous).
-    for (int i = tid; i < BM * BK; i += THREADS) {
-      const int mm = i / BK, kk = i - (i / BK) * BK;
-      const int m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < C::M && k < C::K) ? w[((long)g * C::M + m) * C::K + k] : 0.0f;
+  load_a(0);
+  load_b(0);
+  store(0);
+  __syncthreads();
+  for (int k0 = 0, buf = 0; k0 < C::K; k0 += BK, buf ^= 1) {
+    const bool more = k0 + BK < C::K;
+    if (more) {  // the next slice's loads overlap this slice's arithmetic
+      load_a(k0 + BK);
+      load_b(k0 + BK);
     }
-    // B: consecutive threads read consecutive output pixels.
-    for (int i = tid; i < BK * BN; i += THREADS) {
-      const int kk = i / BN, nn = i - (i / BN) * BN;
-      const int k = k0 + kk, n = n0 + nn;
-      Bs[kk][nn] = (k < C::K && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
-    }
-    __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
+      if constexpr (TM % 4 == 0) {
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[kk][row * TM + i];
+        for (int i = 0; i < TM; i += 4) {
+          const float4 v = load4(&As[buf][kk][row * TM + i]);
+          a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w;
+        }
+      } else {
 #pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = Bs[kk][col * TN + j];
+        for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][row * TM + i];
+      }
+      if constexpr (TN % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) {
+          const float4 v = load4(&Bs[buf][kk][col * TN + j]);
+          b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][col * TN + j];
+      }
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
+    // The other buffer was last read before the previous barrier: safe to fill.
+    if (more) store(buf ^ 1);
     __syncthreads();
   }
 #pragma unroll
@@ -135,6 +218,90 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       const int p = n - image * C::P;
       const float v = Epi::apply(acc[i][j] + b, image, oc, p, r0);
       y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = v;
+    }
+  }
+}
+
+// A linear layer at a small batch as a matrix-vector product, bound by
+// reading the weights once: each warp owns ROWS output features for IMAGES
+// images (block x takes images x*IMAGES onwards, so any batch is computed
+// right; the driver uses it while one block covers the batch); the block
+// stages CHUNK inputs of each of its images in shared memory
+// (through C::load_b, so a fused global average pool works as in gemm); each
+// lane streams 4 consecutive weights per load (VEC4: K is a multiple of 4) and
+// keeps ROWS x IMAGES partial sums; warp shuffles add them up and lane 0
+// applies bias and epilogue. grid = [ceil(batch / IMAGES), ceil(M / (WARPS * ROWS))].
+template <class C, int WARPS, int ROWS, int IMAGES, int CHUNK, bool VEC4, class Epi, bool HAS_BIAS, int OUT_CT,
+          int OUT_CO>
+__device__ __forceinline__ void gemv(const float* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ bias, const float* __restrict__ r0,
+                                     float* __restrict__ y, int batch) {
+  static_assert(C::P == 1, "gemv is for linear layers (1x1 outputs)");
+  constexpr int STEP = VEC4 ? 128 : 32;  // floats of a row a warp reads per step
+  __align__(16) __shared__ float xs[IMAGES][CHUNK];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int m_first = (blockIdx.y * WARPS + warp) * ROWS;
+  const int b0 = blockIdx.x * IMAGES;
+  const int images = min(IMAGES, batch - b0);
+  float acc[ROWS][IMAGES];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int b = 0; b < IMAGES; ++b) acc[r][b] = 0.0f;
+  for (int k0 = 0; k0 < C::K; k0 += CHUNK) {
+    for (int i = threadIdx.x; i < IMAGES * CHUNK; i += WARPS * 32) {
+      const int b = i / CHUNK, kk = i % CHUNK, k = k0 + kk;
+      xs[b][kk] = (b < images && k < C::K) ? C::load_b(x, 0, k, b0 + b) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < CHUNK / STEP; ++s) {
+      const int kk = s * STEP + lane * (VEC4 ? 4 : 1);
+      if (k0 + kk >= C::K) break;
+      float4 wv[ROWS];
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const int m = min(m_first + r, C::M - 1);  // rows past M compute a copy, never written
+        const float* p = w + (long)m * C::K + k0 + kk;
+        if (VEC4) wv[r] = load4(p); else wv[r].x = *p;
+      }
+#pragma unroll
+      for (int b = 0; b < IMAGES; ++b) {
+        if (b >= images) break;
+        if (VEC4) {
+          const float4 xv = load4(&xs[b][kk]);
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) {
+            acc[r][b] = fmaf(wv[r].x, xv.x, acc[r][b]);
+            acc[r][b] = fmaf(wv[r].y, xv.y, acc[r][b]);
+            acc[r][b] = fmaf(wv[r].z, xv.z, acc[r][b]);
+            acc[r][b] = fmaf(wv[r].w, xv.w, acc[r][b]);
+          }
+        } else {
+          const float xv = xs[b][kk];
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) acc[r][b] = fmaf(wv[r].x, xv, acc[r][b]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int b = 0; b < IMAGES; ++b)
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], offset);
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int m = m_first + r;
+    if (m >= C::M) continue;
+    const float bv = HAS_BIAS ? bias[m] : 0.0f;
+#pragma unroll
+    for (int b = 0; b < IMAGES; ++b) {
+      if (b >= images) break;
+      y[(long)(b0 + b) * OUT_CT + OUT_CO + m] = Epi::apply(acc[r][b] + bv, b0 + b, m, 0, r0);
     }
   }
 }
@@ -476,7 +643,6 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
 fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
     let i0 = &k.inputs[0];
     let o = &k.output;
-    let t = g.tile;
     // The epilogue, spelled out: bias is added by the GEMM, the rest here.
     let epi = format!("{}_epilogue", k.name);
     let _ = writeln!(out, "struct {epi} {{");
@@ -522,15 +688,8 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         crate::ir::PaddingMode::Replicate => 2,
         crate::ir::PaddingMode::Circular => 3,
     };
-    let _ = writeln!(
-        out,
-        "extern \"C\" __global__ void __launch_bounds__({}) {}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{",
-        t.threads(),
-        k.name
-    );
-    let _ = writeln!(
-        out,
-        "  // Conv<IC, IH, IW, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, GROUPS, MODE, GLOBAL_POOL, IN_CT, IN_CO>\n  using C = cnnc::Conv<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {mode}, {}, {}, {}>;",
+    let conv = format!(
+        "cnnc::Conv<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {mode}, {}, {}, {}>",
         g.in_channels,
         g.in_h,
         g.in_w,
@@ -550,10 +709,53 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         i0.channels_total,
         i0.channel_offset
     );
-    let _ = writeln!(
-        out,
-        "  // gemm<C, BM, BN, BK, TM, TN, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>\n  cnnc::gemm<C, {}, {}, {}, {}, {}, {epi}, {}, {}, {}>(x, w, bias, r0, y, batch);\n}}",
-        t.bm, t.bn, t.bk, t.tm, t.tn, g.bias, o.channels_total, o.channel_offset
+    let tail = format!(
+        "{epi}, {}, {}, {}",
+        g.bias, o.channels_total, o.channel_offset
     );
+    // The batch-1 kernel, then one wrapper per batch-size variant (same
+    // arguments, same epilogue, another schedule).
+    let mut wrappers = vec![(k.name.as_str(), g.schedule, String::new())];
+    for v in &k.variants {
+        wrappers.push((
+            v.name.as_str(),
+            v.schedule,
+            format!("// batch {} and up\n", v.min_batch),
+        ));
+    }
+    for (i, (name, schedule, note)) in wrappers.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{note}extern \"C\" __global__ void __launch_bounds__({}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{\n",
+            schedule.threads(),
+        );
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "  // Conv<IC, IH, IW, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, GROUPS, MODE, GLOBAL_POOL, IN_CT, IN_CO>"
+            );
+        }
+        let _ = writeln!(out, "  using C = {conv};");
+        match schedule {
+            Schedule::Tile { tile: t, vec_a } => {
+                if i == 0 {
+                    let _ = writeln!(out, "  // gemm<C, BM, BN, BK, TM, TN, VEC_A, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>");
+                }
+                let _ = writeln!(
+                    out,
+                    "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    t.bm, t.bn, t.bk, t.tm, t.tn
+                );
+            }
+            Schedule::Gemv(v) => {
+                let _ = writeln!(out, "  // gemv<C, WARPS, ROWS, IMAGES, CHUNK, VEC4, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>");
+                let _ = writeln!(
+                    out,
+                    "  cnnc::gemv<C, {}, {}, {}, {}, {}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    v.warps, v.rows, v.images, v.chunk, v.vec4
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -10,7 +10,12 @@
 //! channels, K = input channels·KH·KW, N = batch·OH·OW. Each thread block
 //! computes a BM×BN tile of the output through shared-memory tiles of depth
 //! BK, and each thread a TM×TN block of registers. Tile sizes come from
-//! [`choose_tile`], a small cost model documented there.
+//! [`choose_tile`], a small cost model documented there. Linear layers at
+//! small batches are matrix-vector products instead ([`Gemv`]).
+//!
+//! The batch size is a run-time argument, but the best schedule depends on
+//! it, so a GEMM kernel comes in variants, one per batch bucket
+//! ([`BATCH_BUCKETS`]); the driver launches the variant for the batch it runs.
 
 use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, PaddingMode, Prologue, Shape};
 use crate::source::SourceMap;
@@ -18,8 +23,14 @@ use std::fmt::Write;
 
 /// Streaming multiprocessors on the smallest GPU we tune for (A100: 108; H100: 132).
 pub const TARGET_SMS: u64 = 108;
-/// The batch size tiles are chosen for.
-pub const TUNING_BATCH: u64 = 1;
+/// Batch buckets: a GEMM kernel gets a variant for each bucket whose schedule
+/// differs from the previous bucket's, tuned at the bucket's smallest batch
+/// (so it launches enough blocks for every batch in the bucket). Batch 1 to 7
+/// use the first, 8 to 63 the second, 64 and more the last.
+pub const BATCH_BUCKETS: &[u64] = &[1, 8, 64];
+
+/// A linear layer runs as a [`Gemv`] for batches up to this many images.
+pub const GEMV_MAX_IMAGES: u32 = 7;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorRef {
@@ -52,6 +63,74 @@ pub struct GemmTile {
 impl GemmTile {
     pub fn threads(&self) -> u32 {
         (self.bm / self.tm) * (self.bn / self.tn)
+    }
+}
+
+/// How a GEMM kernel is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Shared-memory tiles, double-buffered (the loads of the next K-slice are
+    /// in flight while the current one is multiplied; one barrier per slice).
+    /// `vec_a`: each thread reads 4 consecutive weights with one 16-byte load;
+    /// set only when K and BK are multiples of 4, which makes every such load
+    /// aligned (rows start at multiples of K floats, slices at multiples of BK).
+    Tile { tile: GemmTile, vec_a: bool },
+    /// A linear layer at a small batch, memory-bound on its weights.
+    Gemv(Gemv),
+}
+
+impl Schedule {
+    /// The tile schedule for a GEMM with `k` terms per output, with the weight
+    /// loads vectorised where [`Schedule::Tile`] allows.
+    pub fn tiled(tile: GemmTile, k: i64) -> Schedule {
+        Schedule::Tile {
+            tile,
+            vec_a: k % 4 == 0 && tile.bk % 4 == 0,
+        }
+    }
+
+    pub fn threads(&self) -> u32 {
+        match self {
+            Schedule::Tile { tile, .. } => tile.threads(),
+            Schedule::Gemv(v) => v.warps * 32,
+        }
+    }
+}
+
+/// A matrix-vector product for a linear layer at a small batch: each warp owns
+/// `rows` output features for every image (at most `images` of them); the
+/// block stages `chunk` inputs of each image in shared memory, then each lane
+/// streams the warp's weight rows, 4 consecutive weights per load when `vec4`
+/// (K a multiple of 4, so every row starts 16-byte aligned), a warp reading
+/// 512 contiguous bytes per row and step; partial sums are reduced with warp
+/// shuffles, and lane 0 applies bias and epilogue. Every weight is read once
+/// per launch, which is what bounds this layer's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemv {
+    pub warps: u32,
+    pub rows: u32,
+    pub images: u32,
+    pub chunk: u32,
+    pub vec4: bool,
+}
+
+/// Picks the GEMV shape for an M×K linear layer: 8 warps, two rows per warp
+/// when that still gives two blocks per SM (more rows per warp: more loads in
+/// flight per lane), input chunks of up to 512 floats per image (14 KiB of
+/// shared memory at 7 images).
+pub fn choose_gemv(m: u64, k: u64) -> Gemv {
+    let warps = 8;
+    let rows = if m.div_ceil(2 * warps as u64) >= 2 * TARGET_SMS {
+        2
+    } else {
+        1
+    };
+    Gemv {
+        warps,
+        rows,
+        images: GEMV_MAX_IMAGES,
+        chunk: k.next_multiple_of(128).min(512) as u32,
+        vec4: k % 4 == 0,
     }
 }
 
@@ -135,7 +214,10 @@ pub struct Gemm {
     /// The input is averaged over its H×W maps before the GEMM (linear only).
     pub global_pool: bool,
     pub bias: bool,
-    pub tile: GemmTile,
+    /// Whether this is a linear layer (a GEMV candidate at small batches).
+    pub linear: bool,
+    /// The schedule of the batch-1 kernel (variants carry their own).
+    pub schedule: Schedule,
 }
 
 impl Gemm {
@@ -152,6 +234,81 @@ impl Gemm {
     pub fn pixels(&self) -> i64 {
         self.out_h * self.out_w
     }
+
+    /// Threads per block and grid of a schedule for this GEMM.
+    pub fn launch(&self, schedule: &Schedule) -> (u32, Grid) {
+        let m = self.m() as u64;
+        match schedule {
+            Schedule::Tile { tile, .. } => (
+                tile.threads(),
+                Grid {
+                    per_image: self.pixels() as u64,
+                    per_block: tile.bn as u64,
+                    y: m.div_ceil(tile.bm as u64),
+                    z: self.groups as u64,
+                },
+            ),
+            Schedule::Gemv(v) => (
+                v.warps * 32,
+                Grid {
+                    per_image: 1,
+                    per_block: v.images as u64,
+                    y: m.div_ceil((v.warps * v.rows) as u64),
+                    z: 1,
+                },
+            ),
+        }
+    }
+
+    /// The schedule for batches from `batch` up to (not including) `next`:
+    /// a GEMV for a linear layer when every batch of the bucket fits one,
+    /// else the tile [`choose_tile`] picks for N at `batch`.
+    pub fn schedule_for(&self, batch: u64, next: Option<u64>) -> Schedule {
+        let fits = next.is_some_and(|n| n - 1 <= GEMV_MAX_IMAGES as u64);
+        if self.linear && fits {
+            return Schedule::Gemv(choose_gemv(self.m() as u64, self.k() as u64));
+        }
+        let n = self.pixels() as u64 * batch;
+        Schedule::tiled(
+            choose_tile(self.m() as u64, n, self.groups as u64),
+            self.k(),
+        )
+    }
+}
+
+/// A kernel tuned for batches from `min_batch` on (see [`BATCH_BUCKETS`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variant {
+    pub min_batch: u64,
+    /// The kernel's name plus `_b<min_batch>`.
+    pub name: String,
+    pub schedule: Schedule,
+    pub block: u32,
+    pub grid: Grid,
+}
+
+/// The batch-1 schedule of a GEMM kernel named `name`, and its variants for
+/// the later buckets whose schedule differs from the bucket before.
+pub fn bucket_schedules(gemm: &Gemm, name: &str) -> (Schedule, Vec<Variant>) {
+    let first = gemm.schedule_for(BATCH_BUCKETS[0], BATCH_BUCKETS.get(1).copied());
+    let mut previous = first;
+    let mut variants: Vec<Variant> = Vec::new();
+    for (i, &batch) in BATCH_BUCKETS.iter().enumerate().skip(1) {
+        let schedule = gemm.schedule_for(batch, BATCH_BUCKETS.get(i + 1).copied());
+        if schedule == previous {
+            continue;
+        }
+        previous = schedule;
+        let (block, grid) = gemm.launch(&schedule);
+        variants.push(Variant {
+            min_batch: batch,
+            name: format!("{name}_b{batch}"),
+            schedule,
+            block,
+            grid,
+        });
+    }
+    (first, variants)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -216,6 +373,9 @@ pub struct Kernel {
     pub params: Vec<String>,
     pub block: u32,
     pub grid: Grid,
+    /// GEMM kernels tuned for larger batches (the fields above serve batch 1
+    /// up to the first variant's `min_batch`), by increasing `min_batch`.
+    pub variants: Vec<Variant>,
 }
 
 /// Every kernel of a model, in launch order.
@@ -310,7 +470,7 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
             z: 1,
         };
         let mut params = Vec::new();
-        let (kind, block, grid) = match &node.op {
+        let (mut kind, mut block, mut grid) = match &node.op {
             Op::Conv2d {
                 in_channels,
                 out_channels,
@@ -323,9 +483,6 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
                 padding_mode,
             } => {
                 let (_, ih, iw) = chw(inputs[0].shape);
-                let m = (out_channels / groups) as u64;
-                let n = (oh * ow) as u64 * TUNING_BATCH;
-                let tile = choose_tile(m, n, *groups as u64);
                 let has_bias = *bias || node.fusion.folded_batchnorm.is_some();
                 params.push(format!("{}.weight", node.name));
                 if has_bias {
@@ -346,15 +503,11 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
                     padding_mode: *padding_mode,
                     global_pool: false,
                     bias: has_bias,
-                    tile,
+                    linear: false,
+                    // Chosen per batch bucket once the kernel has its name (below).
+                    schedule: Schedule::tiled(TILES[0], 1),
                 };
-                let grid = Grid {
-                    per_image: (oh * ow) as u64,
-                    per_block: tile.bn as u64,
-                    y: m.div_ceil(tile.bm as u64),
-                    z: *groups as u64,
-                };
-                (KernelKind::Gemm(gemm), tile.threads(), grid)
+                (KernelKind::Gemm(gemm), 0, one_per_output(1))
             }
             Op::Linear {
                 in_features,
@@ -363,8 +516,6 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
             } => {
                 let global_pool = node.fusion.prologue == Some(Prologue::GlobalAvgPool);
                 let (_, ih, iw) = chw(inputs[0].shape);
-                let m = *out_features as u64;
-                let tile = choose_tile(m, TUNING_BATCH, 1);
                 let has_bias = *bias || node.fusion.folded_batchnorm.is_some();
                 params.push(format!("{}.weight", node.name));
                 if has_bias {
@@ -385,15 +536,10 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
                     padding_mode: PaddingMode::Zeros,
                     global_pool,
                     bias: has_bias,
-                    tile,
+                    linear: true,
+                    schedule: Schedule::tiled(TILES[0], 1),
                 };
-                let grid = Grid {
-                    per_image: 1,
-                    per_block: tile.bn as u64,
-                    y: m.div_ceil(tile.bm as u64),
-                    z: 1,
-                };
-                (KernelKind::Gemm(gemm), tile.threads(), grid)
+                (KernelKind::Gemm(gemm), 0, one_per_output(1))
             }
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => (
                 KernelKind::Pool {
@@ -477,6 +623,7 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
                         params: Vec::new(),
                         block: 256,
                         grid: one_per_output(part.shape.numel() as u64),
+                        variants: Vec::new(),
                     });
                 }
                 continue;
@@ -495,9 +642,17 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
         } else {
             format!("_{}", sanitize(&node.name))
         };
+        let name = format!("k{index:02}_{}{label}", node.op.name());
+        let mut variants = Vec::new();
+        if let KernelKind::Gemm(gemm) = &mut kind {
+            let (first, later) = bucket_schedules(gemm, &name);
+            gemm.schedule = first;
+            (block, grid) = gemm.launch(&first);
+            variants = later;
+        }
         kernels.push(Kernel {
             index,
-            name: format!("k{index:02}_{}{label}", node.op.name()),
+            name,
             node: id,
             layers: describe_layers(g, id, sources),
             kind,
@@ -507,6 +662,7 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
             params,
             block,
             grid,
+            variants,
         });
     }
     Ok(KernelProgram {
@@ -570,21 +726,40 @@ pub fn render(program: &KernelProgram) -> String {
         }
         match &k.kind {
             KernelKind::Gemm(gm) => {
-                let t = gm.tile;
                 let _ = writeln!(
                     out,
-                    "  implicit GEMM per group: M={} N=batch·{} K={}  tile BM={} BN={} BK={} TM={} TN={} ({} threads)",
+                    "  implicit GEMM per group: M={} N=batch·{} K={}",
                     gm.m(),
                     gm.pixels(),
                     gm.k(),
-                    t.bm,
-                    t.bn,
-                    t.bk,
-                    t.tm,
-                    t.tn,
-                    t.threads()
                 );
-                let _ = writeln!(out, "  loop nest: for k0 in 0..K step {}: load A[{}×{}], B[{}×{}] to shared; for k in 0..{}: acc[{}×{}] += a·b", t.bk, t.bm, t.bk, t.bk, t.bn, t.bk, t.tm, t.tn);
+                // "batch 8–63" or "batch 64 and up".
+                let range = |first: u64, i: usize| match k.variants.get(i) {
+                    Some(next) => format!("batch {first}–{}", next.min_batch - 1),
+                    None => format!("batch {first} and up"),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {}: {}",
+                    range(1, 0),
+                    describe_schedule(&gm.schedule)
+                );
+                let _ = writeln!(out, "    loop nest: {}", loop_nest(&gm.schedule));
+                for (i, v) in k.variants.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "  {}: {}  block {} grid [ceil(batch·{}/{}), {}, {}]: {}",
+                        range(v.min_batch, i + 1),
+                        v.name,
+                        v.block,
+                        v.grid.per_image,
+                        v.grid.per_block,
+                        v.grid.y,
+                        v.grid.z,
+                        describe_schedule(&v.schedule)
+                    );
+                    let _ = writeln!(out, "    loop nest: {}", loop_nest(&v.schedule));
+                }
             }
             other => {
                 let _ = writeln!(out, "  {}", describe_kind(other));
@@ -618,6 +793,49 @@ pub fn render(program: &KernelProgram) -> String {
         let _ = writeln!(out, "  out:  {}", place(&k.output));
     }
     out
+}
+
+/// "tile BM=16 BN=32 BK=16 TM=1 TN=2 (256 threads), weights by float4" or the GEMV's shape.
+pub fn describe_schedule(schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Tile { tile: t, vec_a } => format!(
+            "tile BM={} BN={} BK={} TM={} TN={} ({} threads){}",
+            t.bm,
+            t.bn,
+            t.bk,
+            t.tm,
+            t.tn,
+            t.threads(),
+            if *vec_a { ", weights by float4" } else { "" }
+        ),
+        Schedule::Gemv(v) => format!(
+            "GEMV {} warps × {} rows, ≤{} images, chunks of {}{} ({} threads)",
+            v.warps,
+            v.rows,
+            v.images,
+            v.chunk,
+            if v.vec4 { ", weights by float4" } else { "" },
+            v.warps * 32
+        ),
+    }
+}
+
+fn loop_nest(schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Tile { tile: t, .. } => format!(
+            "load A[{}×{}], B[{}×{}] to registers; for k0 in 0..K step {}: store them to shared buffer k0/{} % 2, load the next slice, for k in 0..{}: acc[{}×{}] += a·b",
+            t.bm, t.bk, t.bk, t.bn, t.bk, t.bk, t.bk, t.tm, t.tn
+        ),
+        Schedule::Gemv(v) => format!(
+            "for k0 in 0..K step {}: x[batch][{}] to shared; each warp: for k in lane·{step}..{} step {}: acc[{}][batch] += w·x; shuffle-reduce",
+            v.chunk,
+            v.chunk,
+            v.chunk,
+            32 * if v.vec4 { 4 } else { 1 },
+            v.rows,
+            step = if v.vec4 { 4 } else { 1 },
+        ),
+    }
 }
 
 fn describe_kind(kind: &KernelKind) -> String {

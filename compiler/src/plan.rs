@@ -196,6 +196,19 @@ pub fn build(
             grid_y: k.grid.y as u32,
             grid_z: k.grid.z as u32,
             layers: k.layers.clone(),
+            variants: k
+                .variants
+                .iter()
+                .map(|v| rt::Variant {
+                    min_batch: v.min_batch as usize,
+                    kernel: v.name.clone(),
+                    block: v.block,
+                    per_image: v.grid.per_image,
+                    per_block: v.grid.per_block,
+                    grid_y: v.grid.y as u32,
+                    grid_z: v.grid.z as u32,
+                })
+                .collect(),
         });
     }
     let state_dict = crate::weights::state_entries(graph, sources);

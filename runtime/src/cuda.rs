@@ -43,7 +43,8 @@ pub struct CudaExecutor {
     plan: Plan,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    functions: Vec<CudaFunction>,
+    /// Per step: the batch-1 kernel, then its variants, in plan order.
+    functions: Vec<Vec<CudaFunction>>,
     params: Vec<CudaSlice<f32>>,
     arena: CudaSlice<f32>,
     max_batch: usize,
@@ -98,14 +99,16 @@ impl CudaExecutor {
         let module = ctx
             .load_module(ptx)
             .map_err(cuda_err("cannot load the kernels"))?;
+        // Every kernel a step may launch (its batch-size variants too), by name.
         let mut functions = Vec::new();
         for step in &plan.steps {
-            functions.push(module.load_function(&step.kernel).map_err(|e| {
-                Error(format!(
-                    "kernel `{}` is missing from the module: {e}",
-                    step.kernel
-                ))
-            })?);
+            let mut variants = Vec::new();
+            for name in step.kernels() {
+                variants.push(module.load_function(name).map_err(|e| {
+                    Error(format!("kernel `{name}` is missing from the module: {e}"))
+                })?);
+            }
+            functions.push(variants);
         }
         // Graph capture is not allowed on the legacy default stream.
         let stream = ctx
@@ -156,15 +159,19 @@ impl CudaExecutor {
             .collect();
         let batch_arg = batch as i32;
         let null: u64 = 0;
-        for (step, func) in self.plan.steps.iter().zip(&self.functions) {
+        for (step, funcs) in self.plan.steps.iter().zip(&self.functions) {
+            // The kernel tuned for this batch size (the graph is captured per batch size).
+            let chosen = step.launch(batch);
+            let which = step.kernels().position(|k| k == chosen.kernel).unwrap_or(0);
+            let func = &funcs[which];
             let x = ptr(step.inputs[0].offset);
             let y = ptr(step.output.offset);
             let second = step.inputs.get(1).map(|p| ptr(p.offset)).unwrap_or(null);
             let p = |k: usize| step.params.get(k).map(|&i| param_ptrs[i]).unwrap_or(null);
             let (p0, p1) = (p(0), p(1));
             let cfg = LaunchConfig {
-                grid_dim: (step.grid_x(batch), step.grid_y, step.grid_z),
-                block_dim: (step.block, 1, 1),
+                grid_dim: chosen.grid,
+                block_dim: (chosen.block, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut launch = self.stream.launch_builder(func);
@@ -194,7 +201,7 @@ impl CudaExecutor {
             unsafe { launch.launch(cfg) }.map_err(|e| {
                 Error(format!(
                     "launching `{}` ({}) failed: {e}",
-                    step.kernel,
+                    chosen.kernel,
                     step.layers.join("; ")
                 ))
             })?;

@@ -216,10 +216,61 @@ pub struct Step {
     pub grid_z: u32,
     /// The layers it computes, for error messages ("a failed launch names the kernel and its layers").
     pub layers: Vec<String>,
+    /// Kernels tuned for larger batches, by increasing `min_batch` (all above 1);
+    /// the fields above launch the kernel for batches below the first of them.
+    /// Every variant computes the same function with the same arguments.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+}
+
+/// Another kernel for the same step, used from `min_batch` images on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub min_batch: usize,
+    pub kernel: String,
+    pub block: u32,
+    pub per_image: u64,
+    pub per_block: u64,
+    pub grid_y: u32,
+    pub grid_z: u32,
+}
+
+/// What to launch for one step at one batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch<'a> {
+    pub kernel: &'a str,
+    pub grid: (u32, u32, u32),
+    pub block: u32,
 }
 
 impl Step {
+    /// Blocks along x of the batch-1 kernel.
     pub fn grid_x(&self, batch: usize) -> u32 {
         ((batch as u64 * self.per_image).div_ceil(self.per_block)).max(1) as u32
+    }
+
+    /// The kernel, grid and block for `batch` images: the variant with the
+    /// largest `min_batch` not above `batch`, else the batch-1 kernel.
+    pub fn launch(&self, batch: usize) -> Launch<'_> {
+        let x = |per_image: u64, per_block: u64| {
+            ((batch as u64 * per_image).div_ceil(per_block)).max(1) as u32
+        };
+        match self.variants.iter().rev().find(|v| v.min_batch <= batch) {
+            Some(v) => Launch {
+                kernel: &v.kernel,
+                grid: (x(v.per_image, v.per_block), v.grid_y, v.grid_z),
+                block: v.block,
+            },
+            None => Launch {
+                kernel: &self.kernel,
+                grid: (x(self.per_image, self.per_block), self.grid_y, self.grid_z),
+                block: self.block,
+            },
+        }
+    }
+
+    /// Every kernel this step may launch: the batch-1 kernel, then the variants.
+    pub fn kernels(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.kernel.as_str()).chain(self.variants.iter().map(|v| v.kernel.as_str()))
     }
 }

@@ -91,6 +91,16 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// Vector types: as CUDA's, 16-byte aligned.
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
 namespace cnnc_emu {
 inline thread_local uint3 t_thread_idx;
 inline thread_local uint3 t_block_idx;
@@ -429,6 +439,20 @@ inline T atomicCAS(T* p, T compare, T v) {
 }
 
 // ---------------------------------------------------------------------------
+// Vector loads: on a GPU a misaligned 16-byte access is a fatal error
+// ("misaligned address"); here it names the kernel, block and thread and ends
+// the process, as a crash does. The device library calls CNNC_CHECK_ALIGN(p)
+// before every float4 access.
+// ---------------------------------------------------------------------------
+namespace cnnc_emu {
+[[noreturn]] inline void misaligned(const void* p);
+}  // namespace cnnc_emu
+#define CNNC_CHECK_ALIGN(p)                                                        \
+  do {                                                                             \
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) ::cnnc_emu::misaligned(p); \
+  } while (0)
+
+// ---------------------------------------------------------------------------
 // Launching a grid
 // ---------------------------------------------------------------------------
 // Launch flags.
@@ -622,6 +646,19 @@ inline void crash_handler(int sig, siginfo_t* info, void* context) {
     return;
   }
   chain(sig, info, context);
+}
+
+[[noreturn]] inline void misaligned(const void* p) {
+  if (t_runner) {
+    const Fiber& f = t_runner->fibers[t_runner->current];
+    std::fprintf(stderr,
+                 "\ncnnc CUDA emulation: kernel `%s`: misaligned 16-byte access at address %p in block (%u,%u,%u), "
+                 "thread (%u,%u,%u) (a GPU stops with `misaligned address`)\n",
+                 t_kernel ? t_kernel : "?", p, t_block_idx.x, t_block_idx.y, t_block_idx.z, f.tid.x, f.tid.y, f.tid.z);
+  } else {
+    std::fprintf(stderr, "\ncnnc CUDA emulation: misaligned 16-byte access at address %p\n", p);
+  }
+  std::abort();
 }
 
 inline void install_crash_handler() {

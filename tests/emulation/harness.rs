@@ -606,13 +606,33 @@ pub fn run_plan(
         ));
     }
     for step in &plan.steps {
-        if module.kernel(&step.kernel).is_none() {
-            return Err(format!(
-                "the plan launches `{}`, which the generated source does not define",
-                step.kernel
-            ));
+        for kernel in step.kernels() {
+            if module.kernel(kernel).is_none() {
+                return Err(format!(
+                    "the plan launches `{kernel}`, which the generated source does not define"
+                ));
+            }
         }
     }
+    // Weights start 16-byte aligned on the GPU (each is its own allocation),
+    // and the float4 loads rely on it; so they do here (malloc aligns to 16 on
+    // the platforms we test, so this copies nothing in practice).
+    let aligned: Vec<Vec<f32>>;
+    let prepared: &[Vec<f32>] = if prepared.iter().all(|p| p.as_ptr() as usize % 16 == 0) {
+        prepared
+    } else {
+        aligned = prepared
+            .iter()
+            .map(|p| {
+                let mut v = Vec::with_capacity(p.len() + 4);
+                let skip = (16 - v.as_ptr() as usize % 16) % 16 / 4;
+                v.resize(skip, 0.0);
+                v.extend_from_slice(p);
+                v
+            })
+            .collect();
+        &aligned
+    };
     let size = plan.arena_per_image * batch;
     let mut memory = vec![f32::from_bits(POISON); GUARD + size.max(1) + GUARD];
     // The driver copies the input to the start of its place.
@@ -620,10 +640,12 @@ pub fn run_plan(
     memory[start..start + input.len()].copy_from_slice(input);
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (i, step) in plan.steps.iter().enumerate() {
+        // The kernel the driver picks for this batch size.
+        let launch = step.launch(batch);
         let name = || {
             format!(
                 "step {i}, kernel `{}` ({})",
-                step.kernel,
+                launch.kernel,
                 step.layers.join("; ")
             )
         };
@@ -639,17 +661,17 @@ pub fn run_plan(
         let before = memory.clone();
         let arena = memory[GUARD..].as_mut_ptr();
         let args = step_args(step, arena, prepared, batch);
-        let grid = (step.grid_x(batch), step.grid_y, step.grid_z);
+        let grid = launch.grid;
         let t = std::time::Instant::now();
         module
-            .launch_in(order, &step.kernel, grid, (step.block, 1, 1), 0, &args)
+            .launch_in(order, launch.kernel, grid, (launch.block, 1, 1), 0, &args)
             .map_err(|e| format!("{}: {e}", name()))?;
         if std::env::var_os("CNNC_EMU_PROFILE").is_some() {
             eprintln!(
                 "{:>8.3}s  grid {grid:?} block {}  {}",
                 t.elapsed().as_secs_f64(),
-                step.block,
-                step.kernel
+                launch.block,
+                launch.kernel
             );
         }
         // Nothing outside the output place may change, guard zones included.
@@ -786,7 +808,7 @@ pub fn first_wrong_kernel(
         if let Some(m) = mismatch {
             return Some(format!(
                 "first wrong kernel: step {i}, `{}` ({}): first wrong element {}: emulated {}, reference {} ({} of {} elements wrong, worst scaled error {:.3e})",
-                step.kernel,
+                step.launch(batch).kernel,
                 step.layers.join("; "),
                 element(m.index, step.output.c, step.output.h, step.output.w),
                 m.got,
@@ -811,19 +833,22 @@ pub struct Case<'a> {
     pub batch: usize,
     /// Also run with threads and blocks in reverse order; every step must give the same bits.
     pub both_orders: bool,
-    /// Every GEMM uses this tile instead of the one the compiler chose.
+    /// Every GEMM uses this tile instead of the one the compiler chose, at every batch size.
     pub tile: Option<cnnc::kernels::GemmTile>,
+    /// Drop the batch-size variants: every batch runs the batch-1 kernels
+    /// (a GEMV then covers more images than one block holds).
+    pub batch1_kernels_only: bool,
 }
 
-/// Gives every GEMM kernel `tile`, with the block and grid that go with it
-/// (as `kernels::lower` computes them), to run tiles the model's sizes would not pick.
+/// Gives every GEMM kernel `tile` at every batch size, with the block and grid
+/// that go with it (as `kernels::lower` computes them), to run tiles the
+/// model's sizes would not pick.
 pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile) {
     for k in &mut program.kernels {
         if let cnnc::kernels::KernelKind::Gemm(g) = &mut k.kind {
-            g.tile = tile;
-            k.block = tile.threads();
-            k.grid.per_block = tile.bn as u64;
-            k.grid.y = (g.m() as u64).div_ceil(tile.bm as u64);
+            g.schedule = cnnc::kernels::Schedule::tiled(tile, g.k());
+            (k.block, k.grid) = g.launch(&g.schedule);
+            k.variants.clear();
         }
     }
 }
@@ -834,6 +859,11 @@ fn compile(case: &Case) -> Result<(Graph, KernelProgram, Plan), String> {
     let mut program = cnnc::kernels::lower(&fused, case.sources)?;
     if let Some(tile) = case.tile {
         retile(&mut program, tile);
+    }
+    if case.batch1_kernels_only {
+        for k in &mut program.kernels {
+            k.variants.clear();
+        }
     }
     let refs = cnnc::kernels::placements(&fused);
     let memory = cnnc::memory::plan(&fused, &refs);
@@ -892,7 +922,7 @@ pub fn check(case: &Case, edit: &dyn Fn(String) -> String) -> Result<Checked, St
             if let Some(j) = (0..a.len()).find(|&j| a[j].to_bits() != b[j].to_bits()) {
                 return Err(format!(
                     "{tag}: step {i}, kernel `{}` ({}) gives different results when its threads run in another order (a race: a missing __syncthreads()?): first at {}: {} in increasing order, {} in decreasing order",
-                    step.kernel,
+                    step.launch(case.batch).kernel,
                     step.layers.join("; "),
                     element(j, step.output.c, step.output.h, step.output.w),
                     a[j],
@@ -1000,10 +1030,11 @@ pub fn export(
                     Source::Batch => serde_json::json!(["int", case.batch]),
                 })
                 .collect();
+            let launch = step.launch(case.batch);
             serde_json::json!({
-                "kernel": step.kernel,
-                "grid": [step.grid_x(case.batch), step.grid_y, step.grid_z],
-                "block": step.block,
+                "kernel": launch.kernel,
+                "grid": [launch.grid.0, launch.grid.1, launch.grid.2],
+                "block": launch.block,
                 "args": args,
                 "output": place(&step.output),
             })
