@@ -10,7 +10,8 @@
 //!   (the bundled `models/data`): the first `holdout` (default 2000) are held
 //!   out, the rest (8000) train;
 //! - an image file, its labels in the same directory with `images` replaced
-//!   by `labels` in the name: the first `holdout` (default a fifth) are held out.
+//!   by `labels` in the name (and `-idx3-` by `-idx1-`, as MNIST names
+//!   them): the first `holdout` (default a fifth) are held out.
 
 use cnnc_runtime::idx::{self, IdxImages};
 use std::path::{Path, PathBuf};
@@ -188,11 +189,10 @@ pub fn load(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // `…images…` → `…labels…`; MNIST's own names also change idx3 to idx1.
     let labels_name = if name.contains("images") {
         name.replacen("images", "labels", 1)
-    } else if name.contains("-idx3-") {
-        name.replacen("-idx3-", "-idx1-", 1)
-            .replacen("images", "labels", 1)
+            .replacen("-idx3-", "-idx1-", 1)
     } else {
         return Err(format!(
             "`{}`: cannot tell where its labels are; name the image file `…images…` and put `…labels…` next to it, or give a directory",

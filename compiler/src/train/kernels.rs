@@ -142,12 +142,14 @@ impl ConvGeom {
     fn ohw(&self) -> usize {
         self.oh * self.ow
     }
-    /// Images per task: enough tasks for every thread, columns at most ~16 MB.
-    fn chunk(&self, n: usize) -> usize {
+    /// (images per parallel task, images per GEMM inside a task): about four
+    /// tasks per thread, so a thread slowed by other work does not hold up
+    /// the rest; columns of at most ~1 MB, so they stay in cache.
+    fn split(&self, n: usize) -> (usize, usize) {
         let threads = rayon::current_num_threads().max(1);
-        let per_thread = n.div_ceil(threads).max(1);
-        let cap = (4 << 20) / (self.ckk() * self.ohw()).max(1);
-        per_thread.min(cap.max(1))
+        let task = n.div_ceil(4 * threads).max(1);
+        let cap = (256 << 10) / (self.ckk() * self.ohw()).max(1);
+        (task, task.min(cap.max(1)))
     }
 
     /// Pads one image's planes into `out` ([C, Hp, Wp]).
@@ -278,42 +280,46 @@ pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f3
     let in_per = g.c * g.h * g.w;
     let out_per = g.oc * ohw;
     let mut y = vec![0f32; n * out_per];
-    let chunk = g.chunk(n);
+    let (task, sub) = g.split(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
-    y.par_chunks_mut(chunk * out_per)
-        .zip(x.par_chunks(chunk * in_per))
-        .for_each(|(yc, xc)| {
-            let nb = xc.len() / in_per;
-            let p = nb * ohw;
-            let mut col = vec![0f32; ckk * p];
+    y.par_chunks_mut(task * out_per)
+        .zip(x.par_chunks(task * in_per))
+        .for_each(|(yt, xt)| {
+            let mut col = Vec::new();
+            let mut out = Vec::new();
             let mut scratch = Vec::new();
-            g.columns(xc, nb, &mut col, &mut scratch);
-            let mut out = vec![0f32; g.oc * p];
-            for gi in 0..g.groups {
-                mm(
-                    opg,
-                    p,
-                    cpg * kk,
-                    &mut out[gi * opg * p..],
-                    p,
-                    false,
-                    &w[gi * opg * cpg * kk..],
-                    cpg * kk,
-                    1,
-                    &col[gi * cpg * kk * p..],
-                    p,
-                    1,
-                    false,
-                );
-            }
-            for bi in 0..nb {
-                for o in 0..g.oc {
-                    let bias = b.map_or(0.0, |b| b[o]);
-                    let src = &out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
-                    let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + bias;
+            for (yc, xc) in yt.chunks_mut(sub * out_per).zip(xt.chunks(sub * in_per)) {
+                let nb = xc.len() / in_per;
+                let p = nb * ohw;
+                col.resize(ckk * p, 0.0);
+                out.resize(g.oc * p, 0.0);
+                g.columns(xc, nb, &mut col, &mut scratch);
+                for gi in 0..g.groups {
+                    mm(
+                        opg,
+                        p,
+                        cpg * kk,
+                        &mut out[gi * opg * p..],
+                        p,
+                        false,
+                        &w[gi * opg * cpg * kk..],
+                        cpg * kk,
+                        1,
+                        &col[gi * cpg * kk * p..],
+                        p,
+                        1,
+                        false,
+                    );
+                }
+                for bi in 0..nb {
+                    for o in 0..g.oc {
+                        let bias = b.map_or(0.0, |b| b[o]);
+                        let src = &out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
+                        let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = s + bias;
+                        }
                     }
                 }
             }
@@ -333,89 +339,100 @@ pub fn conv_backward(
     let (ohw, ckk) = (g.ohw(), g.ckk());
     let in_per = g.c * g.h * g.w;
     let out_per = g.oc * ohw;
-    let chunk = g.chunk(n);
+    let (task, sub) = g.split(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
     let wlen = g.oc * cpg * kk;
     let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
-    let work = |xc: &[f32], dyc: &[f32], dxc: Option<&mut [f32]>| -> (Vec<f32>, Vec<f64>) {
-        let nb = xc.len() / in_per;
-        let p = nb * ohw;
-        let mut col = vec![0f32; ckk * p];
-        let mut scratch = Vec::new();
-        g.columns(xc, nb, &mut col, &mut scratch);
-        // dY packed as [OC, nb·OHW].
-        let mut dyp = vec![0f32; g.oc * p];
-        let mut db = vec![0f64; g.oc];
-        for bi in 0..nb {
-            for o in 0..g.oc {
-                let src = &dyc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
-                dyp[o * p + bi * ohw..o * p + (bi + 1) * ohw].copy_from_slice(src);
-                db[o] += src.iter().map(|&v| v as f64).sum::<f64>();
-            }
-        }
+    // One task: images of `xt`, in cache-sized pieces of `sub` images, the
+    // weight gradient accumulated over all of them.
+    let work = |xt: &[f32], dyt: &[f32], mut dxt: Option<&mut [f32]>| -> (Vec<f32>, Vec<f64>) {
         let mut dw = vec![0f32; wlen];
-        for gi in 0..g.groups {
-            // dW_g [opg, cpg·kk] = dY_g [opg, P] · col_gᵀ [P, cpg·kk]
-            mm(
-                opg,
-                cpg * kk,
-                p,
-                &mut dw[gi * opg * cpg * kk..],
-                cpg * kk,
-                false,
-                &dyp[gi * opg * p..],
-                p,
-                1,
-                &col[gi * cpg * kk * p..],
-                1,
-                p,
-                false,
-            );
-        }
-        if let Some(dxc) = dxc {
-            // dcol_g [cpg·kk, P] = W_gᵀ [cpg·kk, opg] · dY_g [opg, P]
+        let mut db = vec![0f64; g.oc];
+        let (mut col, mut dyp, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dpad = vec![0f32; if g.padded() { g.c * g.hp() * g.wp() } else { 0 }];
+        let mut first = true;
+        for (k, (xc, dyc)) in xt
+            .chunks(sub * in_per)
+            .zip(dyt.chunks(sub * out_per))
+            .enumerate()
+        {
+            let nb = xc.len() / in_per;
+            let p = nb * ohw;
+            col.resize(ckk * p, 0.0);
+            dyp.resize(g.oc * p, 0.0);
+            g.columns(xc, nb, &mut col, &mut scratch);
+            // dY packed as [OC, nb·OHW].
+            for bi in 0..nb {
+                for o in 0..g.oc {
+                    let src = &dyc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
+                    dyp[o * p + bi * ohw..o * p + (bi + 1) * ohw].copy_from_slice(src);
+                    db[o] += src.iter().map(|&v| v as f64).sum::<f64>();
+                }
+            }
             for gi in 0..g.groups {
+                // dW_g [opg, cpg·kk] (+)= dY_g [opg, P] · col_gᵀ [P, cpg·kk]
                 mm(
-                    cpg * kk,
-                    p,
                     opg,
-                    &mut col[gi * cpg * kk * p..],
-                    p,
-                    false,
-                    &w[gi * opg * cpg * kk..],
-                    1,
                     cpg * kk,
+                    p,
+                    &mut dw[gi * opg * cpg * kk..],
+                    cpg * kk,
+                    !first,
                     &dyp[gi * opg * p..],
                     p,
                     1,
+                    &col[gi * cpg * kk * p..],
+                    1,
+                    p,
                     false,
                 );
             }
-            let mut dpad = vec![0f32; if g.padded() { g.c * g.hp() * g.wp() } else { 0 }];
-            for bi in 0..nb {
-                let dximg = &mut dxc[bi * in_per..(bi + 1) * in_per];
-                if g.padded() {
-                    dpad.fill(0.0);
-                    g.col2im(&col, p, bi * ohw, &mut dpad);
-                    g.unpad_grad(&dpad, dximg);
-                } else {
-                    g.col2im(&col, p, bi * ohw, dximg);
+            first = false;
+            if let Some(dxt) = dxt.as_deref_mut() {
+                // dcol_g [cpg·kk, P] = W_gᵀ [cpg·kk, opg] · dY_g [opg, P]
+                for gi in 0..g.groups {
+                    mm(
+                        cpg * kk,
+                        p,
+                        opg,
+                        &mut col[gi * cpg * kk * p..],
+                        p,
+                        false,
+                        &w[gi * opg * cpg * kk..],
+                        1,
+                        cpg * kk,
+                        &dyp[gi * opg * p..],
+                        p,
+                        1,
+                        false,
+                    );
+                }
+                let base = k * sub;
+                for bi in 0..nb {
+                    let dximg = &mut dxt[(base + bi) * in_per..(base + bi + 1) * in_per];
+                    if g.padded() {
+                        dpad.fill(0.0);
+                        g.col2im(&col, p, bi * ohw, &mut dpad);
+                        g.unpad_grad(&dpad, dximg);
+                    } else {
+                        g.col2im(&col, p, bi * ohw, dximg);
+                    }
                 }
             }
         }
         (dw, db)
     };
     let parts: Vec<(Vec<f32>, Vec<f64>)> = if need_dx {
-        dx.par_chunks_mut(chunk * in_per)
-            .zip(x.par_chunks(chunk * in_per))
-            .zip(dy.par_chunks(chunk * out_per))
-            .map(|((dxc, xc), dyc)| work(xc, dyc, Some(dxc)))
+        dx.par_chunks_mut(task * in_per)
+            .zip(x.par_chunks(task * in_per))
+            .zip(dy.par_chunks(task * out_per))
+            .map(|((dxt, xt), dyt)| work(xt, dyt, Some(dxt)))
             .collect()
     } else {
-        x.par_chunks(chunk * in_per)
-            .zip(dy.par_chunks(chunk * out_per))
-            .map(|(xc, dyc)| work(xc, dyc, None))
+        x.par_chunks(task * in_per)
+            .zip(dy.par_chunks(task * out_per))
+            .map(|(xt, dyt)| work(xt, dyt, None))
             .collect()
     };
     let mut dw = vec![0f32; wlen];
