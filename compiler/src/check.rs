@@ -15,7 +15,8 @@
 
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Activation, Fusion, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind, Shape, F64,
+    Activation, BlockInstance, Fusion, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind,
+    Shape, F64,
 };
 use crate::shape::{SizeError, Window};
 use crate::source::Span;
@@ -181,6 +182,8 @@ pub fn check_model_at(
         params: Vec::new(),
         keys: HashMap::new(),
         stack: Vec::new(),
+        instances: Vec::new(),
+        calls: 0,
         poisoned: false,
         too_large: false,
     };
@@ -260,6 +263,10 @@ struct Elab<'a> {
     keys: HashMap<String, Span>,
     /// Block calls in progress: block name and call site.
     stack: Vec<(String, Span)>,
+    /// The block instances of `stack`, recorded on each node (for `cnnc graph`).
+    instances: Vec<BlockInstance>,
+    /// Block calls made so far (numbers the instances).
+    calls: usize,
     /// Set when something failed without a diagnostic of its own (an unknown shape).
     poisoned: bool,
     too_large: bool,
@@ -546,6 +553,7 @@ impl<'a> Elab<'a> {
                 name: String::new(),
                 span: model.input_span,
                 call_stack: Vec::new(),
+                blocks: Vec::new(),
                 fusion: Fusion::default(),
             });
             0
@@ -862,6 +870,7 @@ impl<'a> Elab<'a> {
                     name: name.to_string(),
                     span,
                     call_stack: self.stack.iter().map(|(_, s)| *s).collect(),
+                    blocks: self.instances.clone(),
                     fusion: Fusion::default(),
                 });
                 Some(self.nodes.len() - 1)
@@ -1295,11 +1304,18 @@ impl<'a> Elab<'a> {
             return self.unknown(name.span);
         }
         self.stack.push((block.name.text.clone(), name.span));
+        self.instances.push(BlockInstance {
+            block: block.name.text.clone(),
+            path: path.clone(),
+            id: self.calls,
+        });
+        self.calls += 1;
         let mut scope = Scope {
             path,
             kind: ScopeKind::Module,
         };
         let out = self.items(&block.body, &mut scope, &inner, input);
+        self.instances.pop();
         self.stack.pop();
         out
     }

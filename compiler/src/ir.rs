@@ -405,8 +405,24 @@ pub struct Node {
     /// Block call sites, outermost first, through which this node was reached.
     #[serde(skip)]
     pub call_stack: Vec<Span>,
+    /// The block instances this node belongs to, outermost first (parallel
+    /// to `call_stack`); `cnnc graph` collapses repeated instances.
+    #[serde(skip)]
+    pub blocks: Vec<BlockInstance>,
     /// What fusion passes merged into this node; empty in a checked graph.
     pub fusion: Fusion,
+}
+
+/// One call of a `block`: which block, and where its instance lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BlockInstance {
+    /// The block's name (`bottleneck`).
+    pub block: String,
+    /// The instance's module path (`layer3.7`; empty for an unnamed call at the top).
+    pub path: String,
+    /// Numbers the calls of one model in elaboration order, so two unnamed
+    /// calls that share a path are still told apart.
+    pub id: usize,
 }
 
 /// Work a fused node does besides its op. The passes in `passes.rs` fill it;

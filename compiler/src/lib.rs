@@ -19,6 +19,7 @@ pub mod cuda;
 pub mod diag;
 pub mod emit;
 pub mod eval;
+pub mod graph;
 pub mod ir;
 pub mod kernels;
 pub mod memory;
@@ -28,8 +29,8 @@ pub mod shape;
 pub mod source;
 pub mod summary;
 pub mod syntax;
-pub mod weights;
 pub mod train;
+pub mod weights;
 
 use check::{Declarations, Value};
 use diag::Diagnostic;

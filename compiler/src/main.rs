@@ -58,6 +58,25 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Draw the model (one box per layer, repeated blocks as `× N`) as SVG or DOT.
+    Graph {
+        file: PathBuf,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = cnnc::graph::Format::Svg)]
+        format: cnnc::graph::Format,
+        /// Shade the layers that the fusion passes merge into one kernel.
+        #[arg(long)]
+        fused: bool,
+        /// Draw every instance of a repeated block instead of one `× N` box.
+        #[arg(long)]
+        expand: bool,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Build a standalone binary that runs the model on an NVIDIA GPU (or the CPU).
     Build {
         file: PathBuf,
@@ -71,6 +90,8 @@ enum Command {
     },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(Box<RunArgs>),
+    /// Train a model on MNIST-style IDX data (CPU, f32): Adam/SGD, checkpoints, loss plot.
+    Train(Box<cnnc::train::run::TrainArgs>),
     /// Write freshly initialised weights for a model as safetensors.
     Init {
         file: PathBuf,
@@ -90,8 +111,6 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Train a model on MNIST-style IDX data (CPU, f32): Adam/SGD, checkpoints, loss plot.
-    Train(Box<cnnc::train::run::TrainArgs>),
     file: PathBuf,
     /// PyTorch state_dict saved with safetensors.torch.save_file.
     #[arg(long)]
@@ -156,6 +175,7 @@ fn main() -> ExitCode {
             model,
         } => summarize(&file, &set, batch, json, model.as_deref()),
         Command::Run(args) => run(&args),
+        Command::Train(args) => train(&args),
         Command::Build {
             file,
             output,
@@ -169,13 +189,28 @@ fn main() -> ExitCode {
             set,
             model,
         } => emit(&file, stage, output.as_deref(), &set, model.as_deref()),
+        Command::Graph {
+            file,
+            output,
+            format,
+            fused,
+            expand,
+            set,
+            model,
+        } => draw(
+            &file,
+            output.as_deref(),
+            format,
+            cnnc::graph::Options { fused, expand },
+            &set,
+            model.as_deref(),
+        ),
         Command::Init {
             file,
             output,
             seed,
             scheme,
             set,
-        Command::Train(args) => train(&args),
             model,
         } => init(&file, &output, seed, scheme, &set, model.as_deref()),
     };
@@ -502,6 +537,19 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
+    let compilation = load(&args.file, &[])?;
+    let graph = match one_model(&compilation, &args.file, None)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match cnnc::train::run::train(graph, args, &repo) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Ok(fail(e)),
+    }
+}
+
 fn init(
     file: &Path,
     output: &Path,
@@ -543,19 +591,6 @@ fn init(
     );
     Ok(ExitCode::SUCCESS)
 }
-fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
-    let compilation = load(&args.file, &[])?;
-    let graph = match one_model(&compilation, &args.file, None)? {
-        Ok(g) => g,
-        Err(code) => return Ok(code),
-    };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match cnnc::train::run::train(graph, args, &repo) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => Ok(fail(e)),
-    }
-}
-
 
 fn emit(
     file: &Path,
@@ -624,6 +659,44 @@ fn emit(
             }
             (Stage::Ast, _) => unreachable!("handled above"),
         }
+    };
+    match output {
+        Some(path) => {
+            if let Err(e) = cnnc_runtime::output::write_atomic(path, text.as_bytes()) {
+                return Ok(fail(e));
+            }
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cnnc graph`: the picture, to a file (atomically) or standard output.
+fn draw(
+    file: &Path,
+    output: Option<&Path>,
+    format: cnnc::graph::Format,
+    options: cnnc::graph::Options,
+    set: &[String],
+    model: Option<&str>,
+) -> Result<ExitCode, UsageError> {
+    if let Some(path) = output {
+        cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
+        if cnnc_runtime::output::same_file_as(path, [&file.to_path_buf()]).is_some() {
+            return Ok(fail(format!(
+                "`--output {}` is the model file; write to another file",
+                path.display()
+            )));
+        }
+    }
+    let compilation = load(file, set)?;
+    let graph = match one_model(&compilation, file, model)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let text = match cnnc::graph::render(&graph, options, format) {
+        Ok(t) => t,
+        Err(e) => return Ok(fail(e)),
     };
     match output {
         Some(path) => {
