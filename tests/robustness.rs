@@ -158,24 +158,44 @@ fn long_expressions_and_many_layers() {
 fn megabyte_identifier() {
     // Names become state_dict keys, kernel names and table columns; a 1 MB
     // name once made `cnnc summary` panic (a format width over 65535).
-    let long = model(&format!("  {} = conv(8, k=3)", "a".repeat(1 << 20)));
+    let long = model(&format!("  {} = conv(8, k=3)", "a".repeat(1_000_000)));
     let stderr = check("mb-name", &long, 1);
     assert!(
-        stderr.contains("error: name is 1048576 characters long"),
+        stderr.contains("error: name is 1000000 characters long"),
         "{}",
         &stderr[..300]
     );
     assert!(stderr.contains("names may have at most 255 characters"));
     assert_eq!(check_and_summarize("mb-name-summary", &long), 1);
-    let unknown = model(&format!("  {}", "b".repeat(1 << 20)));
+    let unknown = model(&format!("  {}", "b".repeat(1_000_000)));
     check("mb-unknown", &unknown, 1);
     // 255 characters is fine, in comments any length is.
     let ok = model(&format!(
         "  {} = conv(8, k=3)  # {}",
         "c".repeat(255),
-        "d".repeat(1 << 20)
+        "d".repeat(1_000_000)
     ));
     assert_eq!(check_and_summarize("255-name", &ok), 0);
+}
+
+#[test]
+fn a_million_layers() {
+    // 7 MB: refused by its size before parsing, in bounded time.
+    let million = model(&"  relu\n".repeat(1_000_000));
+    let started = std::time::Instant::now();
+    let stderr = check("million", &million, 1);
+    assert!(
+        stderr.contains("error: the file is 7000033 bytes long"),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 30);
+    // A million layers by nested repetition is refused by the layer limit.
+    let repeated = model("  seq { seq { relu } * 1000 } * 1000");
+    let stderr = check("million-repeat", &repeated, 1);
+    assert!(
+        stderr.contains("expands to more than 200000 layers"),
+        "{stderr}"
+    );
 }
 
 // -- numbers ------------------------------------------------------------------

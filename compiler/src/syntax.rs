@@ -184,6 +184,25 @@ impl BinOp {
 /// Parses one file. Always returns the declarations it could read, plus diagnostics.
 pub fn parse(file: FileId, text: &str) -> (SourceFile, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
+    if text.len() > MAX_SOURCE_BYTES {
+        // The largest model of the zoo is 2 KB; a million-layer file took
+        // 47 s and 680 MB to parse before the layer limit refused it.
+        let diagnostic = Diagnostic::error(
+            format!("the file is {} bytes long", text.len()),
+            Span::new(file, 0..text.chars().next().map_or(0, char::len_utf8)),
+            "too large to be a model",
+        )
+        .with_help(format!(
+            ".cnn files may be at most {MAX_SOURCE_BYTES} bytes; use blocks and `* n` repetition"
+        ));
+        return (
+            SourceFile {
+                file,
+                decls: Vec::new(),
+            },
+            vec![diagnostic],
+        );
+    }
     if let Some(diagnostic) = check_nesting(file, text) {
         return (
             SourceFile {
@@ -316,6 +335,9 @@ fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
     }
     None
 }
+
+/// Largest `.cnn` file parsed (each included file separately).
+pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 
 /// Longest name accepted. Names become state_dict keys, kernel names and
 /// table columns; 64 levels of 255-character names still fit the 65535-column

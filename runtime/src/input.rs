@@ -802,9 +802,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("none.idx");
         std::fs::write(&path, idx(0, 4, 4, 0)).unwrap();
-        let m = load(&[path.clone()], [1, 4, 4], &InputOptions::default())
-            .unwrap_err()
-            .0;
+        let m = load(
+            std::slice::from_ref(&path),
+            [1, 4, 4],
+            &InputOptions::default(),
+        )
+        .unwrap_err()
+        .0;
         assert_eq!(m, "the inputs hold no samples (a batch of 0)");
         std::fs::write(&path, npy_header("<f4", "(0, 1, 4, 4)")).unwrap();
         let m = load(&[path], [1, 4, 4], &InputOptions::default())
@@ -853,7 +857,9 @@ mod tests {
                 }
                 sent
             });
-            let m = load(&[fifo.clone()], [1, 4, 4], &options).unwrap_err().0;
+            let m = load(std::slice::from_ref(&fifo), [1, 4, 4], &options)
+                .unwrap_err()
+                .0;
             assert!(
                 m.contains(
                     "the IDX header promises 1 images of 4×4 but the file has 17 bytes of pixels"

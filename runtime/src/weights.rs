@@ -130,7 +130,7 @@ impl WeightFile {
                 bytes.len() - 8
             )));
         }
-        let data_len = check_header(&bytes[8..]).map_err(|m| pickled(m))?;
+        let data_len = check_header(&bytes[8..]).map_err(pickled)?;
         let total = (8 + header_len)
             .checked_add(data_len)
             .ok_or_else(|| Error("the header's data offsets overflow".to_string()))?;
