@@ -29,7 +29,7 @@ fn fonts() -> std::sync::Arc<resvg::usvg::fontdb::Database> {
     let mut db = resvg::usvg::fontdb::Database::new();
     db.load_system_fonts();
     assert!(
-        db.len() > 0,
+        !db.is_empty(),
         "no system fonts found; install fonts-dejavu-core to render text"
     );
     std::sync::Arc::new(db)
@@ -118,11 +118,11 @@ fn box_fills() -> Vec<[u8; 3]> {
     .collect()
 }
 
+/// A rectangle: x0, y0, x1, y1.
+type Rect = (f32, f32, f32, f32);
+
 /// Bounding boxes (x0, y0, x1, y1) of the box `id`'s rectangle and of its texts.
-fn box_and_texts(
-    tree: &resvg::usvg::Tree,
-    id: &str,
-) -> ((f32, f32, f32, f32), Vec<(f32, f32, f32, f32)>) {
+fn box_and_texts(tree: &resvg::usvg::Tree, id: &str) -> (Rect, Vec<Rect>) {
     use resvg::usvg::Node;
     let group = match tree.node_by_id(id) {
         Some(Node::Group(g)) => g,

@@ -184,9 +184,7 @@ pub fn view(graph: &Graph, options: Options) -> Result<View, String> {
     while id < graph.nodes.len() {
         if let Some(run) = run_at.get(&id) {
             let b = boxes.len();
-            for n in run.first..=run.last {
-                box_of[n] = b;
-            }
+            box_of[run.first..=run.last].fill(b);
             boxes.push(repeated_box(graph, run));
             id = run.last + 1;
             continue;
@@ -365,6 +363,9 @@ struct Instance {
     last: NodeId,
 }
 
+/// What an instance computes: each node's op, shape and inputs.
+type Signature = Vec<(Op, Shape, Vec<Ref>)>;
+
 /// A node's input, seen from inside an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ref {
@@ -406,7 +407,7 @@ pub fn repeated_runs(graph: &Graph) -> Vec<Run> {
             inside && (n == inst.last || !read_outside)
         }) && !(inst.first..inst.last).contains(&graph.output)
     };
-    let signature = |inst: &Instance| -> (Vec<(Op, Shape, Vec<Ref>)>, Vec<NodeId>) {
+    let signature = |inst: &Instance| -> (Signature, Vec<NodeId>) {
         let mut outside: Vec<NodeId> = Vec::new();
         let sig = (inst.first..=inst.last)
             .map(|n| {
@@ -577,9 +578,7 @@ pub fn fates(graph: &Graph) -> Result<(Vec<Fate>, usize), String> {
     let mut kernels = 0;
     for node in &fused.nodes {
         let own = index(&node.name)?;
-        let f = if node.op == Op::Input {
-            Fate::View
-        } else if node.fusion.view {
+        let f = if node.op == Op::Input || node.fusion.view {
             Fate::View
         } else {
             kernels += if node.op == Op::Concat {
@@ -635,7 +634,7 @@ const FONT_FAMILY: &str = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif";
 fn advance(c: char) -> f64 {
     match c {
         '0'..='9' => 0.637,
-        ' ' => 0.318,
+        ' ' => 0.32,
         'f' | 't' => 0.392,
         'i' | 'j' | 'l' => 0.278,
         'r' => 0.411,
@@ -648,7 +647,7 @@ fn advance(c: char) -> f64 {
         'I' | 'J' => 0.30,
         'M' | 'W' => 0.99,
         'A'..='Z' => 0.72,
-        '.' | ',' | ':' | ';' | '·' | '\'' => 0.318,
+        '.' | ',' | ':' | ';' | '·' | '\'' => 0.32,
         '[' | ']' | '(' | ')' | '/' | '|' => 0.39,
         '_' | '-' => 0.5,
         '×' | '→' | '+' | '=' | '⊕' | '‖' | '<' | '>' => 0.838,
