@@ -724,9 +724,15 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         ));
     }
     for (i, (name, schedule, note)) in wrappers.iter().enumerate() {
-        let _ = write!(
+        // Tiles ask for two resident blocks per SM: without that, ptxas caps
+        // some tiles at 64 registers and spills (alexnet's 11x11 conv, 64x64 tile).
+        let min_blocks = match schedule {
+            Schedule::Tile { .. } => ", 2",
+            Schedule::Gemv(_) => "",
+        };
+        let _ = writeln!(
             out,
-            "{note}extern \"C\" __global__ void __launch_bounds__({}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{\n",
+            "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{",
             schedule.threads(),
         );
         if i == 0 {

@@ -85,7 +85,7 @@ impl Schedule {
     pub fn tiled(tile: GemmTile, k: i64) -> Schedule {
         Schedule::Tile {
             tile,
-            vec_a: k % 4 == 0 && tile.bk % 4 == 0,
+            vec_a: k % 4 == 0 && tile.bk.is_multiple_of(4),
         }
     }
 
@@ -130,7 +130,7 @@ pub fn choose_gemv(m: u64, k: u64) -> Gemv {
         rows,
         images: GEMV_MAX_IMAGES,
         chunk: k.next_multiple_of(128).min(512) as u32,
-        vec4: k % 4 == 0,
+        vec4: k.is_multiple_of(4),
     }
 }
 

@@ -618,7 +618,10 @@ pub fn run_plan(
     // and the float4 loads rely on it; so they do here (malloc aligns to 16 on
     // the platforms we test, so this copies nothing in practice).
     let aligned: Vec<Vec<f32>>;
-    let prepared: &[Vec<f32>] = if prepared.iter().all(|p| p.as_ptr() as usize % 16 == 0) {
+    let prepared: &[Vec<f32>] = if prepared
+        .iter()
+        .all(|p| (p.as_ptr() as usize).is_multiple_of(16))
+    {
         prepared
     } else {
         aligned = prepared
