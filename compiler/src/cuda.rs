@@ -17,8 +17,9 @@ pub const PRELUDE: &str = r#"// ------------------------------------------------
 namespace cnnc {
 
 // Activations, as PyTorch defines them.
-__device__ __forceinline__ float relu(float v) { return fmaxf(v, 0.0f); }
-__device__ __forceinline__ float relu6(float v) { return fminf(fmaxf(v, 0.0f), 6.0f); }
+// Comparisons rather than fmaxf/fminf, which drop NaN: PyTorch's relu and relu6 keep it.
+__device__ __forceinline__ float relu(float v) { return v < 0.0f ? 0.0f : v; }
+__device__ __forceinline__ float relu6(float v) { return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v); }
 __device__ __forceinline__ float leaky_relu(float v, float slope) { return v >= 0.0f ? v : v * slope; }
 __device__ __forceinline__ float elu(float v, float alpha) { return v > 0.0f ? v : alpha * expm1f(v); }
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }

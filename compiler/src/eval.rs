@@ -398,7 +398,14 @@ fn global_average(x: &[f64], n: usize, shape: Shape) -> Vec<f64> {
 /// One elementwise activation, as PyTorch defines it.
 pub fn activate(a: Activation, v: f64) -> f64 {
     match a {
-        Activation::Relu => v.max(0.0),
+        // `<` keeps NaN as PyTorch does (`f64::max` would turn it into 0).
+        Activation::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
         Activation::Relu6 => v.clamp(0.0, 6.0),
         Activation::LeakyRelu(slope) => {
             if v >= 0.0 {

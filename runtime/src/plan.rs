@@ -117,7 +117,14 @@ impl Act {
     #[inline]
     pub fn apply(self, v: f32) -> f32 {
         match self {
-            Act::Relu => v.max(0.0),
+            // `<` keeps NaN as PyTorch does (`f32::max` would turn it into 0).
+            Act::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
             Act::Relu6 => v.clamp(0.0, 6.0),
             Act::LeakyRelu(s) => {
                 if v >= 0.0 {

@@ -953,7 +953,13 @@ pub fn lrn_backward(
 /// One activation in f32 (PyTorch's definitions).
 pub fn activate(a: Activation, v: f32) -> f32 {
     match a {
-        Activation::Relu => v.max(0.0),
+        Activation::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
         Activation::Relu6 => v.clamp(0.0, 6.0),
         Activation::LeakyRelu(s) => {
             if v > 0.0 {

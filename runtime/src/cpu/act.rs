@@ -23,7 +23,12 @@ pub fn apply_slice(act: Act, v: &mut [f32]) {
             }
             transcendental(act, v)
         }
-        Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        // NaN stays NaN, as in PyTorch (a compare and blend; still vectorised).
+        Act::Relu => v.iter_mut().for_each(|x| {
+            if *x < 0.0 {
+                *x = 0.0
+            }
+        }),
         _ => v.iter_mut().for_each(|x| *x = act.apply(*x)),
     }
 }
