@@ -43,9 +43,15 @@ impl IdxImages {
     }
 }
 
-/// Reads a whole file, gunzipping it if it starts with the gzip magic.
+/// Reads an IDX file, gunzipping it if it starts with the gzip magic.
+///
+/// Bounded: the header is read first, and then only the values it promises
+/// (plus one byte, so that trailing bytes are reported), never more than
+/// [`MAX_IDX_BYTES`]; `/dev/zero` or a FIFO cannot make it read forever.
+/// [`parse`] then checks the bytes.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let display = path.display();
+    use std::io::BufRead;
+    let display = path.display().to_string();
     let meta =
         std::fs::metadata(path).map_err(|e| Error(format!("cannot read `{display}`: {e}")))?;
     if meta.is_dir() {
@@ -55,33 +61,57 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     }
     let file =
         std::fs::File::open(path).map_err(|e| Error(format!("cannot read `{display}`: {e}")))?;
-    let mut raw = Vec::new();
-    file.take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Error(format!("cannot read `{display}`: {e}")))?;
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        if raw.len() as u64 > MAX_IDX_BYTES {
-            return Err(Error(format!(
-                "`{display}` is larger than {MAX_IDX_BYTES} bytes"
-            )));
-        }
-        return Ok(raw);
-    }
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(raw.as_slice())
-        .take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
+    let mut buffered = std::io::BufReader::new(file);
+    let gz = buffered
+        .fill_buf()
+        .map_err(|e| Error(format!("cannot read `{display}`: {e}")))?
+        .starts_with(&[0x1f, 0x8b]);
+    if gz {
+        read_bounded(flate2::read::MultiGzDecoder::new(buffered), &display, |e| {
             Error(format!(
                 "`{display}`: the gzip stream is damaged or truncated ({e})"
             ))
-        })?;
-    if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(Error(format!(
-            "`{display}` decompresses to more than {MAX_IDX_BYTES} bytes"
-        )));
+        })
+    } else {
+        read_bounded(buffered, &display, |e| {
+            Error(format!("cannot read `{display}`: {e}"))
+        })
     }
-    Ok(out)
+}
+
+/// The header, then at most the values it promises plus one byte.
+fn read_bounded(
+    mut r: impl Read,
+    name: &str,
+    io: impl Fn(std::io::Error) -> Error,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    (&mut r).take(4).read_to_end(&mut bytes).map_err(&io)?;
+    // Anything but a u8 IDX magic: parse() names what is wrong.
+    if bytes.len() < 4 || bytes[..3] != [0, 0, 0x08] {
+        return Ok(bytes);
+    }
+    let rank = bytes[3] as u64;
+    (&mut r)
+        .take(4 * rank)
+        .read_to_end(&mut bytes)
+        .map_err(&io)?;
+    if (bytes.len() as u64) < 4 + 4 * rank {
+        return Ok(bytes);
+    }
+    let count = bytes[4..]
+        .chunks(4)
+        .try_fold(1u64, |n, d| {
+            n.checked_mul(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64)
+        })
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            Error(format!(
+                "`{name}`: the IDX header promises more than {MAX_IDX_BYTES} values, the most this reader accepts"
+            ))
+        })?;
+    r.take(count + 1).read_to_end(&mut bytes).map_err(&io)?;
+    Ok(bytes)
 }
 
 /// Parses IDX bytes; `name` is used in error messages.
@@ -229,6 +259,29 @@ mod tests {
         let len = (n * r * c) as isize + extra;
         b.extend((0..len).map(|i| i as u8));
         b
+    }
+
+    /// Endless or huge inputs are refused after reading the header, not after
+    /// reading gigabytes: /dev/zero has a zero type code, and a header that
+    /// promises 2^32 × 2^32 values is refused before any value is read.
+    #[test]
+    fn reads_are_bounded_by_the_header() {
+        let e = read(Path::new("/dev/zero")).unwrap_err().0;
+        assert!(e.contains("type code 0x00"), "{e}");
+        let dir = std::env::temp_dir().join(format!("cnnc-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = dir.join("huge.idx");
+        let mut b = vec![0, 0, 8, 2];
+        b.extend(u32::MAX.to_be_bytes());
+        b.extend(u32::MAX.to_be_bytes());
+        std::fs::write(&huge, &b).unwrap();
+        let e = read(&huge).unwrap_err().0;
+        assert!(e.contains("promises more than"), "{e}");
+        let trailing = dir.join("trailing.idx");
+        std::fs::write(&trailing, images(2, 3, 4, 1000)).unwrap();
+        let e = read(&trailing).unwrap_err().0;
+        assert!(e.contains("1 bytes after"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
