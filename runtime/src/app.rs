@@ -33,6 +33,9 @@ pub struct Args {
     /// Write the outputs as a float32 .npy file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Refuse weights that hold NaN or infinity (by default a warning).
+    #[arg(long)]
+    pub strict_weights: bool,
     #[arg(long, default_value_t = 5)]
     pub topk: usize,
     /// Class names, one per line.
@@ -111,6 +114,12 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
     }
     // The file's tensors move into the prepared ones (or are freed) here.
     let weights = crate::weights::WeightFile::load(&args.weights)?;
+    let where_ = args.weights.display();
+    match weights.check_finite(args.strict_weights) {
+        Ok(None) => {}
+        Ok(Some(warning)) => eprintln!("warning: `{where_}`: {warning}"),
+        Err(Error(e)) => return Err(Error(format!("`{where_}`: {e}"))),
+    }
     let prepared = crate::prepare::prepare_owned(plan, weights)?;
     let max_batch = args.batch as usize;
     let mut executor = match args.device {
