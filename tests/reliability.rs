@@ -179,7 +179,6 @@ fn bad_weight_files_through_cnnc_run() {
 /// convolutions, and turns inf − inf into NaN; `cnnc run` must give the same
 /// NaN and infinity positions and the same finite values.
 #[test]
-#[ignore = "compiler/src/eval.rs computes relu(NaN) as 0 (f64::max drops NaN); un-ignore once fixed"]
 fn nan_and_infinity_propagate_as_in_pytorch() {
     let dir = scratch("nan-propagation");
     let out = dir.join("out.npy");
@@ -492,4 +491,53 @@ fn build_into_a_file_or_an_unwritable_place() {
         leftovers(&out.join("kernels"), &["model.cu"]),
         Vec::<String>::new()
     );
+}
+
+// -- activation memory budget -------------------------------------------------------
+
+/// `cnnc check --memory-budget` compares the arena a built binary would plan
+/// (the figure `cnnc summary` prints: 89.1 KiB for mnist_cnn at batch 1)
+/// with the budget; over it is exit 1 naming the model and both sizes,
+/// a huge batch does not overflow, and a malformed size is a usage error.
+#[test]
+fn activation_memory_over_a_budget() {
+    let summary = cnnc()
+        .args(["summary", "models/mnist_cnn.cnn"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&summary.stdout).contains("activations, planned arena: 89.1 KiB"),
+        "{}",
+        text(&summary.stdout)
+    );
+    let ok = cnnc()
+        .args(["check", "models/mnist_cnn.cnn", "--memory-budget", "100KiB"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let stderr = expect(
+        cnnc().args(["check", "models/mnist_cnn.cnn", "--memory-budget", "80KiB"]),
+        1,
+    );
+    assert!(
+        stderr.contains("model `mnist_cnn` needs 89.1 KiB of activations at batch 1 (planned arena), over the --memory-budget of 80.0 KiB"),
+        "{stderr}"
+    );
+    let stderr = expect(
+        cnnc().args([
+            "check",
+            "models/resnet152.cnn",
+            "--memory-budget",
+            "1GiB",
+            "--batch",
+            "1000000",
+        ]),
+        1,
+    );
+    assert!(stderr.contains("at batch 1000000"), "{stderr}");
+    let stderr = expect(
+        cnnc().args(["check", "models/mnist_cnn.cnn", "--memory-budget", "12XB"]),
+        2,
+    );
+    assert!(stderr.contains("unknown unit `xb`"), "{stderr}");
 }

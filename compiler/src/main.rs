@@ -29,6 +29,13 @@ enum Command {
         /// Override a model parameter, e.g. `--set num_classes=10`.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Fail when a model's activations (the arena a built binary plans, at
+        /// --batch) exceed this size: bytes, or with a unit, e.g. 512MiB, 2GB.
+        #[arg(long, value_name = "SIZE", value_parser = cnnc::summary::parse_size)]
+        memory_budget: Option<u64>,
+        /// Batch size for --memory-budget.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch: i64,
     },
     /// Per-layer table: state_dict name, op, output shape, params, MACs, activation memory.
     Summary {
@@ -166,7 +173,12 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { files, set } => check(&files, &set),
+        Command::Check {
+            files,
+            set,
+            memory_budget,
+            batch,
+        } => check(&files, &set, memory_budget.map(|b| (b, batch))),
         Command::Summary {
             file,
             set,
@@ -240,7 +252,11 @@ fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
     compile_file(file, &overrides)
 }
 
-fn check(files: &[PathBuf], set: &[String]) -> Result<ExitCode, UsageError> {
+fn check(
+    files: &[PathBuf],
+    set: &[String],
+    budget: Option<(u64, i64)>,
+) -> Result<ExitCode, UsageError> {
     // A setting applies to the models that declare it; it is a mistake only
     // if no file given declares it.
     let overrides = parse_settings(set)?;
@@ -265,6 +281,12 @@ fn check(files: &[PathBuf], set: &[String]) -> Result<ExitCode, UsageError> {
         for model in &compilation.models {
             if let Some(graph) = &model.graph {
                 println!("{}", summary::check_line(graph));
+                if let Some((limit, batch)) = budget {
+                    if let Err(message) = summary::check_memory_budget(graph, limit, batch) {
+                        eprintln!("error: {}: {message}", file.display());
+                        failed = true;
+                    }
+                }
             }
         }
         if compilation.has_errors() {

@@ -92,6 +92,63 @@ fn scaled_bytes(n: i64, batch: i64) -> String {
     }
 }
 
+/// A size for `--memory-budget`: a byte count, optionally with a unit
+/// (`KB`/`MB`/`GB` decimal, `KiB`/`MiB`/`GiB` binary; case-insensitive).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("`{text}` is not a size (e.g. 512MiB, 2GB, 1000000)"))
+}
+
+/// The activation memory a built binary allocates for `graph` at `batch` (its
+/// planned arena; the unfused peak when the passes do not apply), checked
+/// against `limit` bytes with overflow-checked arithmetic.
+pub fn check_memory_budget(graph: &Graph, limit: u64, batch: i64) -> Result<(), String> {
+    const F32: i64 = 4;
+    let (elements, what) = match crate::passes::optimize(graph) {
+        Ok((fused, _)) => {
+            let refs = crate::kernels::placements(&fused);
+            (
+                crate::memory::plan(&fused, &refs).arena as i64,
+                "planned arena",
+            )
+        }
+        Err(_) => (graph.peak_live_elements(), "peak of live outputs"),
+    };
+    let need = elements
+        .checked_mul(F32)
+        .and_then(|b| b.checked_mul(batch))
+        .and_then(|b| u64::try_from(b).ok());
+    match need {
+        Some(need) if need <= limit => Ok(()),
+        _ => Err(format!(
+            "model `{}` needs {} of activations at batch {batch} ({what}), over the --memory-budget of {}",
+            graph.name,
+            scaled_bytes(elements.saturating_mul(F32), batch),
+            bytes(i64::try_from(limit).unwrap_or(i64::MAX))
+        )),
+    }
+}
+
 /// MACs as "4.09 GMACs" (decimal units, as papers quote them).
 pub fn macs(n: i64) -> String {
     let v = n as f64;
