@@ -34,17 +34,8 @@ BATCH = 256
 CNNC = os.path.join(ROOT, "target", "release", "cnnc")
 
 
-class MnistCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Sequential(
-            nn.Conv2d(1, 16, 5), nn.ReLU(),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2, 2))
-        self.fc_layer = nn.Sequential(nn.Linear(576, 100), nn.ReLU(), nn.Linear(100, 10))
-
-    def forward(self, x):
-        return self.fc_layer(torch.flatten(self.layer(x), 1))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from torch_models import MnistCnn  # noqa: E402
 
 
 def load_train():

@@ -454,7 +454,7 @@ fn per_plane(
 }
 
 /// Where padded coordinate `i` (may be out of range) reads from, per padding mode.
-fn source_index(i: i64, size: i64, mode: PaddingMode) -> Option<usize> {
+pub fn source_index(i: i64, size: i64, mode: PaddingMode) -> Option<usize> {
     let j = match mode {
         PaddingMode::Zeros => {
             if i < 0 || i >= size {

@@ -77,33 +77,9 @@ fn mm(
     }
 }
 
-/// Where padded coordinate `i` reads from (PyTorch's padding modes).
-pub fn source_index(i: i64, size: i64, mode: PaddingMode) -> Option<usize> {
-    let j = match mode {
-        PaddingMode::Zeros => {
-            if i < 0 || i >= size {
-                return None;
-            }
-            i
-        }
-        PaddingMode::Reflect => {
-            let period = 2 * (size - 1);
-            if period == 0 {
-                0
-            } else {
-                let m = i.rem_euclid(period);
-                if m < size {
-                    m
-                } else {
-                    period - m
-                }
-            }
-        }
-        PaddingMode::Replicate => i.clamp(0, size - 1),
-        PaddingMode::Circular => i.rem_euclid(size),
-    };
-    Some(j as usize)
-}
+/// Where padded coordinate `i` reads from (PyTorch's padding modes): the
+/// reference evaluator's rule, shared.
+pub use crate::eval::source_index;
 
 /// A convolution's geometry.
 #[derive(Clone, Copy, Debug)]
