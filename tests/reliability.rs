@@ -541,3 +541,92 @@ fn activation_memory_over_a_budget() {
     );
     assert!(stderr.contains("unknown unit `xb`"), "{stderr}");
 }
+
+// -- training killed midway ------------------------------------------------------
+
+/// `cnnc train` killed (SIGKILL) in the middle of a later epoch leaves the
+/// last complete epoch's weights and checkpoint whole: both still load, the
+/// weights bind in `cnnc run`, and the checkpoint resumes.
+#[test]
+fn training_killed_midway_keeps_the_last_complete_epoch() {
+    use cnnc_runtime::weights::WeightFile;
+    let dir = scratch("train-killed");
+    let out = dir.join("w.safetensors");
+    let ckpt = dir.join("w.ckpt");
+    let mut child = cnnc()
+        .args([
+            "train",
+            "models/mnist_cnn.cnn",
+            "--data",
+            "models/data/mnist-1000-images.idx",
+            "--holdout",
+            "200",
+            "--batch",
+            "32",
+            "--epochs",
+            "1000",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's files, then for a later write to be under
+    // way or just done, and kill at that moment.
+    let started = std::time::Instant::now();
+    while !(out.exists() && ckpt.exists()) {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no checkpoint after 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cnnc train exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let first = std::fs::metadata(&out).unwrap().modified().unwrap();
+    while std::fs::metadata(&out).unwrap().modified().unwrap() == first
+        && started.elapsed().as_secs() < 300
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for path in [&out, &ckpt] {
+        WeightFile::load(path).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    }
+    expect(
+        cnnc().args([
+            "run",
+            "models/mnist_cnn.cnn",
+            "--weights",
+            out.to_str().unwrap(),
+            "--input",
+            "models/data/mnist-1000-images.idx",
+            "--index",
+            "0..4",
+        ]),
+        0,
+    );
+    // The checkpoint resumes (one more step is enough to show it).
+    let o = cnnc()
+        .args([
+            "train",
+            "models/mnist_cnn.cnn",
+            "--data",
+            "models/data/mnist-1000-images.idx",
+            "--resume",
+            ckpt.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
