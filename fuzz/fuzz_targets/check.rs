@@ -4,21 +4,9 @@
 //! flags). The corpus in `corpus/check/` is replayed by `tests/fuzz_corpus.rs`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use std::collections::BTreeMap;
+#[path = "../checks.rs"]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let compilation = cnnc::compile_source("fuzz.cnn", &text, &BTreeMap::new());
-    let _ = compilation.render_diagnostics();
-    if let Some(graphs) = compilation.graphs() {
-        for graph in graphs {
-            if let Err(e) = graph.verify() {
-                panic!("a checked graph breaks an IR invariant: {e}");
-            }
-            let _ = cnnc::summary::table(graph, 1);
-            let _ = cnnc::summary::summary(graph);
-            let _ = cnnc::summary::check_line(graph);
-        }
-    }
-});
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| checks::check(data));
