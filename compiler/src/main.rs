@@ -614,6 +614,22 @@ fn init(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks `-o` of `emit` and `graph` before any work: a bad path is a usage
+/// error (exit 2); the model file itself is refused with exit 1.
+fn refuse_output(output: Option<&Path>, file: &Path) -> Result<Option<ExitCode>, UsageError> {
+    let Some(path) = output else {
+        return Ok(None);
+    };
+    cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
+    if cnnc_runtime::output::same_file_as(path, [&file.to_path_buf()]).is_some() {
+        return Ok(Some(fail(format!(
+            "`--output {}` is the model file; write to another file",
+            path.display()
+        ))));
+    }
+    Ok(None)
+}
+
 fn emit(
     file: &Path,
     stage: cnnc::emit::Stage,
@@ -622,14 +638,8 @@ fn emit(
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
     use cnnc::emit::Stage;
-    if let Some(path) = output {
-        cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
-        if cnnc_runtime::output::same_file_as(path, [&file.to_path_buf()]).is_some() {
-            return Ok(fail(format!(
-                "`--output {}` is the model file; write to another file",
-                path.display()
-            )));
-        }
+    if let Some(code) = refuse_output(output, file)? {
+        return Ok(code);
     }
     let compilation = load(file, set)?;
     let text = if stage == Stage::Ast {
@@ -702,14 +712,8 @@ fn draw(
     set: &[String],
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
-    if let Some(path) = output {
-        cnnc_runtime::output::check_target(path).map_err(|e| UsageError(e.0))?;
-        if cnnc_runtime::output::same_file_as(path, [&file.to_path_buf()]).is_some() {
-            return Ok(fail(format!(
-                "`--output {}` is the model file; write to another file",
-                path.display()
-            )));
-        }
+    if let Some(code) = refuse_output(output, file)? {
+        return Ok(code);
     }
     let compilation = load(file, set)?;
     let graph = match one_model(&compilation, file, model)? {
