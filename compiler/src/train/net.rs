@@ -64,6 +64,8 @@ impl Forward {
 pub struct Net {
     pub graph: Graph,
     pub state: State,
+    /// Per-node (forward, backward) seconds, summed over passes, when profiling.
+    pub profile: Option<Vec<[f64; 2]>>,
     slots: Vec<Slots>,
     /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
     dropout_ordinal: Vec<u64>,
@@ -145,6 +147,7 @@ impl Net {
             state: State { values, counts },
             slots,
             dropout_ordinal,
+            profile: None,
         })
     }
 
@@ -217,6 +220,7 @@ impl Net {
             let (oc, oh, ow) = chw(node.shape);
             let xin = &values[node.inputs[0]];
             let mut keep = Saved::None;
+            let started = self.profile.is_some().then(std::time::Instant::now);
             let out = match node.op {
                 Op::Input => return Err("a second input node".into()),
                 Op::Conv2d { .. } => {
@@ -363,6 +367,9 @@ impl Net {
                 }
             };
             debug_assert_eq!(out.len(), n * node.shape.numel() as usize, "node {id}");
+            if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                p[id][0] += t.elapsed().as_secs_f64();
+            }
             values.push(out);
             saved.push(keep);
         }
@@ -371,7 +378,23 @@ impl Net {
 
     /// Gradients of every trainable parameter (aligned with `graph.params`,
     /// `None` where there is none) given d(loss)/d(output).
-    pub fn backward(&self, fwd: &Forward, dout: Vec<f32>) -> Result<Vec<Option<Vec<f32>>>, String> {
+    pub fn backward(
+        &mut self,
+        fwd: &Forward,
+        dout: Vec<f32>,
+    ) -> Result<Vec<Option<Vec<f32>>>, String> {
+        let mut times = self.profile.take();
+        let r = self.backward_inner(fwd, dout, times.as_mut());
+        self.profile = times;
+        r
+    }
+
+    fn backward_inner(
+        &self,
+        fwd: &Forward,
+        dout: Vec<f32>,
+        mut times: Option<&mut Vec<[f64; 2]>>,
+    ) -> Result<Vec<Option<Vec<f32>>>, String> {
         let g = &self.graph;
         let n = fwd.n;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; g.nodes.len()];
@@ -388,6 +411,7 @@ impl Net {
         };
         for id in (1..g.nodes.len()).rev() {
             let Some(dy) = grads[id].take() else { continue };
+            let started = times.is_some().then(std::time::Instant::now);
             let node = &g.nodes[id];
             let slots = self.slots[id];
             let src = node.inputs[0];
@@ -546,6 +570,9 @@ impl Net {
                         offset += ci;
                     }
                 }
+            }
+            if let (Some(t), Some(p)) = (started, times.as_deref_mut()) {
+                p[id][1] += t.elapsed().as_secs_f64();
             }
         }
         Ok(pgrads)

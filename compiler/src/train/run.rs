@@ -63,6 +63,10 @@ pub struct TrainArgs {
     /// Stop after this many optimisation steps (for benchmarks and tests).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Print where the training steps' time went: each layer's forward and
+    /// backward pass, the loss and the optimiser, in ms per step.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Everything that decides a run; saved in checkpoints.
@@ -448,6 +452,11 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         }
     };
     let mut net = Net::new(graph, &weights)?;
+    if args.profile {
+        net.profile = Some(vec![[0.0; 2]; net.graph.nodes.len()]);
+    }
+    // Seconds of the loss and of the optimiser, and the steps profiled.
+    let (mut loss_time, mut opt_time, mut profiled) = (0f64, 0f64, 0usize);
     let mut opt = Optimizer::new(config.optim(), net.graph.params.len());
     let mut history = History::default();
     if let Some(r) = &resumed {
@@ -505,7 +514,9 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 dropout_key: rng::key(&[config.seed, 2, opt.step]),
             };
             let fwd = net.forward(&x, y.len(), mode)?;
+            let t_loss = Instant::now();
             let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
+            loss_time += t_loss.elapsed().as_secs_f64();
             if !l.is_finite() {
                 return Err(format!(
                     "the loss became {l} at epoch {}, step {}; lower the learning rate (the last good checkpoint is `{}`)",
@@ -516,7 +527,10 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             }
             let grads = net.backward(&fwd, dout)?;
             drop(fwd);
+            let t_opt = Instant::now();
             opt.step(&mut net.state.values, &grads);
+            opt_time += t_opt.elapsed().as_secs_f64();
+            profiled += 1;
             sum += l * y.len() as f64;
             count += y.len();
             logged_sum += l * y.len() as f64;
@@ -551,7 +565,10 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             Some((t, c)) if count > c => (count - c) as f64 / t.elapsed().as_secs_f64(),
             _ => count as f64 / train_time,
         };
+        // Evaluation is not part of the training profile.
+        let times = net.profile.take();
         let (test_loss, acc) = evaluate(&mut net, &test_set, kind)?;
+        net.profile = times;
         history.epoch = epoch + 1;
         history.test.push(((epoch + 1) as f64, test_loss, acc));
         // Checkpoint first (weights + optimiser), then the plain weights:
@@ -578,6 +595,9 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             break;
         }
     }
+    if let Some(times) = &net.profile {
+        print_profile(&net.graph, times, loss_time, opt_time, profiled);
+    }
     println!(
         "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve)",
         args.output.display(),
@@ -585,4 +605,33 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         plot.display()
     );
     Ok(())
+}
+
+/// The `--profile` table: ms per step of each layer's forward and backward
+/// pass (layers that took no time left out), the loss and the optimiser.
+fn print_profile(graph: &Graph, times: &[[f64; 2]], loss: f64, opt: f64, steps: usize) {
+    let per = |s: f64| s * 1e3 / steps.max(1) as f64;
+    let total: f64 = times.iter().map(|t| t[0] + t[1]).sum::<f64>() + loss + opt;
+    println!("profile over {steps} steps (ms per step):");
+    println!(
+        "  {:<28} {:<14} {:>9} {:>9} {:>6}",
+        "layer", "op", "forward", "backward", "share"
+    );
+    for (node, t) in graph.nodes.iter().zip(times) {
+        if t[0] + t[1] == 0.0 {
+            continue;
+        }
+        println!(
+            "  {:<28} {:<14} {:>9.2} {:>9.2} {:>5.1}%",
+            node.name,
+            node.op.name(),
+            per(t[0]),
+            per(t[1]),
+            100.0 * (t[0] + t[1]) / total
+        );
+    }
+    for (what, s) in [("(loss)", loss), ("(optimiser)", opt)] {
+        println!("  {what:<43} {:>9.2} {:>15.1}%", per(s), 100.0 * s / total);
+    }
+    println!("  {:<43} {:>9.2}", "total", per(total));
 }
