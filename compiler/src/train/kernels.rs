@@ -486,6 +486,50 @@ pub fn maxpool_forward(g: &PoolGeom, planes: usize, x: &[f32]) -> (Vec<f32>, Vec
     let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
     let mut y = vec![0f32; planes * oh * ow];
     let mut arg = vec![u32::MAX; planes * oh * ow];
+    // Every window inside the plane (no padding, no dilation, no ceil-mode
+    // overhang): no bounds tests, the first element starts the search.
+    let (kh, kw) = (g.kernel.0 as usize, g.kernel.1 as usize);
+    let (sh, sw) = (g.stride.0 as usize, g.stride.1 as usize);
+    let inside = g.padding == (0, 0)
+        && g.dilation == (1, 1)
+        && oh > 0
+        && ow > 0
+        && (oh - 1) * sh + kh <= h
+        && (ow - 1) * sw + kw <= w;
+    if inside {
+        // Planes per task: about 64K input values.
+        let per_task = ((1 << 16) / (h * w).max(1)).max(1);
+        y.par_chunks_mut(per_task * oh * ow)
+            .zip(arg.par_chunks_mut(per_task * oh * ow))
+            .zip(x.par_chunks(per_task * h * w))
+            .for_each(|((yt, at), xt)| {
+                for ((yp, ap), src) in yt
+                    .chunks_mut(oh * ow)
+                    .zip(at.chunks_mut(oh * ow))
+                    .zip(xt.chunks(h * w))
+                {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let first = oy * sh * w + ox * sw;
+                            let (mut best, mut at) = (src[first], first);
+                            // PyTorch's rule: a larger value or any NaN
+                            // takes over (so the last NaN wins).
+                            for ky in 0..kh {
+                                let row = first + ky * w;
+                                for (kx, &v) in src[row..row + kw].iter().enumerate() {
+                                    if v > best || v.is_nan() {
+                                        (best, at) = (v, row + kx);
+                                    }
+                                }
+                            }
+                            yp[oy * ow + ox] = best;
+                            ap[oy * ow + ox] = at as u32;
+                        }
+                    }
+                }
+            });
+        return (y, arg);
+    }
     y.par_chunks_mut(oh * ow)
         .zip(arg.par_chunks_mut(oh * ow))
         .zip(x.par_chunks(h * w))
@@ -509,9 +553,6 @@ pub fn maxpool_forward(g: &PoolGeom, planes: usize, x: &[f32]) -> (Vec<f32>, Vec
                             if v > best || v.is_nan() || at == u32::MAX {
                                 best = v;
                                 at = i as u32;
-                                if v.is_nan() {
-                                    break;
-                                }
                             }
                         }
                     }
@@ -697,15 +738,13 @@ pub fn adaptive_max_forward(
             for (o, &(y0, y1, x0, x1)) in win.iter().enumerate() {
                 let mut best = f32::NEG_INFINITY;
                 let mut at = u32::MAX;
-                'win: for iy in y0..y1 {
+                for iy in y0..y1 {
                     for ix in x0..x1 {
                         let i = iy * w + ix;
+                        // PyTorch's rule: the last NaN of the window wins.
                         if src[i] > best || src[i].is_nan() || at == u32::MAX {
                             best = src[i];
                             at = i as u32;
-                            if best.is_nan() {
-                                break 'win;
-                            }
                         }
                     }
                 }
@@ -927,6 +966,56 @@ pub fn lrn_backward(
 }
 
 /// One activation in f32 (PyTorch's definitions).
+/// Elements per parallel task of the elementwise passes (256 KB of f32).
+const ELEMENTWISE_CHUNK: usize = 1 << 16;
+
+/// `y = max(x, 0)` in place, NaN kept (as `activate`).
+pub fn relu_in_place(y: &mut [f32]) {
+    y.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(|c| {
+        for v in c {
+            // `v < 0` is false for NaN, which stays.
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    });
+}
+
+/// `activate` over a tensor.
+pub fn activate_all(a: Activation, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = activate(a, v);
+            }
+        });
+    y
+}
+
+/// `dy *= (y > 0)`: relu's gradient from its output.
+pub fn relu_grad_in_place(dy: &mut [f32], y: &[f32]) {
+    dy.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(y.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(dc, yc)| {
+            for (d, &v) in dc.iter_mut().zip(yc) {
+                *d = if v > 0.0 { *d } else { 0.0 };
+            }
+        });
+}
+
+/// `dy *= activation_grad(a, x)`.
+pub fn activation_grad_in_place(a: Activation, dy: &mut [f32], x: &[f32]) {
+    dy.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(dc, xc)| {
+            for (d, &v) in dc.iter_mut().zip(xc) {
+                *d *= activation_grad(a, v);
+            }
+        });
+}
+
 pub fn activate(a: Activation, v: f32) -> f32 {
     match a {
         Activation::Relu => {
@@ -1094,4 +1183,39 @@ pub fn softmax_backward(
         }
     }
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window with two NaNs: PyTorch 2.15 routes the gradient to the last
+    /// one (`max_pool2d(x, 2, return_indices=True)`, the same with stride 1
+    /// and padding 1 at the centre, and `adaptive_max_pool2d(x, 1, ...)` on
+    /// [[nan, nan], [1, 2]] all give index 1).
+    #[test]
+    fn max_pools_pick_the_last_nan_as_pytorch() {
+        let x = [f32::NAN, f32::NAN, 1.0, 2.0];
+        // Stride 2 without padding takes the fast path; stride 1 with
+        // padding 1 the general one, whose centre window holds all four.
+        for (pad, stride, out) in [(0, 2, 1), (1, 1, 3)] {
+            let g = PoolGeom {
+                h: 2,
+                w: 2,
+                oh: out,
+                ow: out,
+                kernel: (2, 2),
+                stride: (stride, stride),
+                padding: (pad, pad),
+                dilation: (1, 1),
+            };
+            let (y, arg) = maxpool_forward(&g, 1, &x);
+            let centre = out * out / 2;
+            assert!(y[centre].is_nan());
+            assert_eq!(arg[centre], 1);
+        }
+        let (y, arg) = adaptive_max_forward(1, (2, 2), (1, 1), &x);
+        assert!(y[0].is_nan());
+        assert_eq!(arg, [1]);
+    }
 }

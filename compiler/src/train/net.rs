@@ -4,7 +4,7 @@
 
 use super::kernels::{self as k, BnSaved, ConvGeom, PoolGeom};
 use super::rng;
-use crate::ir::{Graph, NodeId, Op, ParamKind, Shape};
+use crate::ir::{Activation, Graph, NodeId, Op, ParamKind, Shape};
 use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};
 use std::collections::BTreeMap;
 
@@ -69,6 +69,10 @@ pub struct Net {
     slots: Vec<Slots>,
     /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
     dropout_ordinal: Vec<u64>,
+    /// Relu nodes that overwrite their input in place: the input's only
+    /// reader, not the network's input, and made by an op whose backward
+    /// pass does not read its own output (relu's own backward reads `y`).
+    relu_in_place: Vec<bool>,
 }
 
 fn chw(shape: Shape) -> (usize, usize, usize) {
@@ -142,11 +146,30 @@ impl Net {
                 next += 1;
             }
         }
+        let mut readers = vec![0usize; graph.nodes.len()];
+        for node in &graph.nodes {
+            for &i in &node.inputs {
+                readers[i] += 1;
+            }
+        }
+        let relu_in_place = graph
+            .nodes
+            .iter()
+            .map(|node| {
+                let src = node.inputs.first().copied().unwrap_or(0);
+                matches!(node.op, Op::Activation(Activation::Relu))
+                    && src != 0
+                    && src != graph.output
+                    && readers[src] == 1
+                    && !matches!(graph.nodes[src].op, Op::Softmax | Op::LogSoftmax)
+            })
+            .collect();
         Ok(Net {
             graph,
             state: State { values, counts },
             slots,
             dropout_ordinal,
+            relu_in_place,
             profile: None,
         })
     }
@@ -349,7 +372,12 @@ impl Net {
                 Op::Softmax | Op::LogSoftmax => {
                     k::softmax_forward(n, c, h * w, matches!(node.op, Op::LogSoftmax), xin)
                 }
-                Op::Activation(a) => xin.iter().map(|&v| k::activate(a, v)).collect(),
+                Op::Activation(Activation::Relu) if self.relu_in_place[id] => {
+                    let mut y = std::mem::take(&mut values[node.inputs[0]]);
+                    k::relu_in_place(&mut y);
+                    y
+                }
+                Op::Activation(a) => k::activate_all(a, xin),
                 Op::Add => {
                     let other = &values[node.inputs[1]];
                     xin.iter().zip(other).map(|(a, b)| a + b).collect()
@@ -544,11 +572,14 @@ impl Net {
                     );
                 }
                 Op::Activation(a) => {
-                    let dx = dy
-                        .iter()
-                        .zip(x)
-                        .map(|(&d, &v)| d * k::activation_grad(a, v))
-                        .collect();
+                    // Relu's gradient from its output (y > 0 exactly where x > 0;
+                    // NaN in both gives 0), so an in-place relu needs no input.
+                    let mut dx = dy;
+                    if a == Activation::Relu {
+                        k::relu_grad_in_place(&mut dx, y);
+                    } else {
+                        k::activation_grad_in_place(a, &mut dx, x);
+                    }
                     add(&mut grads, src, dx);
                 }
                 Op::Add => {
