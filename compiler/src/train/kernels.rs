@@ -11,9 +11,10 @@
 use crate::ir::{Activation, PaddingMode};
 use rayon::prelude::*;
 
-/// Row-major `C = A·B` (or `C += A·B`) with arbitrary strides, single-threaded.
+/// `C = A·B` (or `C += A·B`) with arbitrary strides.
 /// `a` is m×k with element (i, p) at `a[i*a_rs + p*a_cs]`, `b` is k×n likewise,
-/// `c` is m×n with row stride `c_rs` and unit column stride.
+/// `c` is m×n with row stride `c_rs` and unit column stride ([`mm_strided`]
+/// takes any column stride).
 #[allow(clippy::too_many_arguments)]
 fn mm(
     m: usize,
@@ -30,19 +31,44 @@ fn mm(
     b_cs: usize,
     parallel: bool,
 ) {
+    mm_strided(
+        m, n, k, c, c_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, parallel,
+    )
+}
+
+/// [`mm`] with `c`'s element (i, j) at `c[i*c_rs + j*c_cs]`.
+#[allow(clippy::too_many_arguments)]
+fn mm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    c_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[i * c_rs..i * c_rs + n].fill(0.0);
+                for j in 0..n {
+                    c[i * c_rs + j * c_cs] = 0.0;
+                }
             }
         }
         return;
     }
     // Bounds: the last element each operand touches must be inside its slice.
-    assert!((m - 1) * c_rs + n <= c.len());
+    assert!((m - 1) * c_rs + (n - 1) * c_cs < c.len());
     assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len());
     assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len());
     let par = if parallel {
@@ -58,7 +84,7 @@ fn mm(
             n,
             k,
             c.as_mut_ptr(),
-            1,
+            c_cs as isize,
             c_rs as isize,
             accumulate,
             a.as_ptr(),
@@ -74,6 +100,26 @@ fn mm(
             false,
             par,
         )
+    }
+}
+
+/// Copies `len` values from the start of `src` to the start of `dst` in
+/// blocks of 8 (plain vector moves, no memcpy call), writing up to 7 values
+/// past `len` when both slices have room for them (callers overwrite those
+/// afterwards); exactly `len` otherwise.
+#[inline(always)]
+fn copy_spilling(dst: &mut [f32], src: &[f32], len: usize) {
+    let blocks = len.div_ceil(8);
+    if blocks * 8 <= dst.len() && blocks * 8 <= src.len() {
+        for (d, s) in dst[..blocks * 8]
+            .chunks_exact_mut(8)
+            .zip(src[..blocks * 8].chunks_exact(8))
+        {
+            let v: [f32; 8] = s.try_into().unwrap();
+            d.copy_from_slice(&v);
+        }
+    } else {
+        dst[..len].copy_from_slice(&src[..len]);
     }
 }
 
@@ -118,14 +164,27 @@ impl ConvGeom {
     fn ohw(&self) -> usize {
         self.oh * self.ow
     }
-    /// (images per parallel task, images per GEMM inside a task): about four
-    /// tasks per thread, so a thread slowed by other work does not hold up
-    /// the rest; columns of at most ~1 MB, so they stay in cache.
-    fn split(&self, n: usize) -> (usize, usize) {
+    /// How a batch of `n` images is cut: (images per parallel task, images
+    /// per column tile, output rows per column tile). About four tasks per
+    /// thread, so a thread slowed by other work does not hold up the rest.
+    /// A column tile holds about 128 KB of columns (so it stays in L2 next
+    /// to the GEMM's packed operands) but at least 64 output pixels (so the
+    /// GEMM stays efficient): several whole images when one image's columns
+    /// are small, else bands of output rows of one image.
+    fn split(&self, n: usize) -> (usize, usize, usize) {
+        const TILE_VALUES: usize = 32 << 10;
+        const MIN_PIXELS: usize = 64;
         let threads = rayon::current_num_threads().max(1);
         let task = n.div_ceil(4 * threads).max(1);
-        let cap = (256 << 10) / (self.ckk() * self.ohw()).max(1);
-        (task, task.min(cap.max(1)))
+        let (ckk, ohw) = (self.ckk().max(1), self.ohw().max(1));
+        if ckk * ohw <= TILE_VALUES || ohw <= MIN_PIXELS {
+            let images = (TILE_VALUES / (ckk * ohw)).max(MIN_PIXELS.div_ceil(ohw));
+            (task, task.min(images).max(1), self.oh)
+        } else {
+            let ow = self.ow.max(1);
+            let rows = (TILE_VALUES / (ckk * ow)).max(MIN_PIXELS.div_ceil(ow));
+            (task, 1, rows.clamp(1, self.oh.max(1)))
+        }
     }
 
     /// Pads one image's planes into `out` ([C, Hp, Wp]).
@@ -173,12 +232,25 @@ impl ConvGeom {
 
     /// Writes one (padded) image's columns at column offset `off` of `col` ([CKK, stride]).
     fn im2col(&self, src: &[f32], col: &mut [f32], stride: usize, off: usize) {
+        self.im2col_rows(src, col, stride, off, 0, self.oh)
+    }
+
+    /// The columns of output rows `y0..y1` only, at column offset `off`.
+    fn im2col_rows(
+        &self,
+        src: &[f32],
+        col: &mut [f32],
+        stride: usize,
+        off: usize,
+        y0: usize,
+        y1: usize,
+    ) {
         let (hp, wp) = if self.padded() {
             (self.hp(), self.wp())
         } else {
             (self.h, self.w)
         };
-        let (oh, ow) = (self.oh, self.ow);
+        let (oh, ow) = (y1 - y0, self.ow);
         for ci in 0..self.c {
             let plane = &src[ci * hp * wp..(ci + 1) * hp * wp];
             for ky in 0..self.kh {
@@ -186,13 +258,23 @@ impl ConvGeom {
                     let row = (ci * self.kh + ky) * self.kw + kx;
                     let dst = &mut col[row * stride + off..row * stride + off + oh * ow];
                     for y in 0..oh {
-                        let s = &plane[(y * self.sh + ky * self.dh) * wp + kx * self.dw..];
-                        let d = &mut dst[y * ow..(y + 1) * ow];
+                        let at = ((y0 + y) * self.sh + ky * self.dh) * wp + kx * self.dw;
                         if self.sw == 1 {
-                            d.copy_from_slice(&s[..ow]);
+                            // Rows are short (6 to 30 values in the zoo): a
+                            // memcpy call per row cost more than the copy.
+                            // All but the last row may spill up to 7 values
+                            // into the next row, which is written after it.
+                            if y + 1 < oh {
+                                copy_spilling(&mut dst[y * ow..], &plane[at..], ow);
+                            } else {
+                                for (d, v) in dst[y * ow..].iter_mut().zip(&plane[at..at + ow]) {
+                                    *d = *v;
+                                }
+                            }
                         } else {
+                            let d = &mut dst[y * ow..(y + 1) * ow];
                             for (xo, v) in d.iter_mut().enumerate() {
-                                *v = s[xo * self.sw];
+                                *v = plane[at + xo * self.sw];
                             }
                         }
                     }
@@ -203,12 +285,25 @@ impl ConvGeom {
 
     /// Adds columns back into a (padded) image: the adjoint of `im2col`.
     fn col2im(&self, col: &[f32], stride: usize, off: usize, dst: &mut [f32]) {
+        self.col2im_rows(col, stride, off, 0, self.oh, dst)
+    }
+
+    /// The adjoint of [`Self::im2col_rows`].
+    fn col2im_rows(
+        &self,
+        col: &[f32],
+        stride: usize,
+        off: usize,
+        y0: usize,
+        y1: usize,
+        dst: &mut [f32],
+    ) {
         let (hp, wp) = if self.padded() {
             (self.hp(), self.wp())
         } else {
             (self.h, self.w)
         };
-        let (oh, ow) = (self.oh, self.ow);
+        let (oh, ow) = (y1 - y0, self.ow);
         for ci in 0..self.c {
             let plane = &mut dst[ci * hp * wp..(ci + 1) * hp * wp];
             for ky in 0..self.kh {
@@ -216,7 +311,7 @@ impl ConvGeom {
                     let row = (ci * self.kh + ky) * self.kw + kx;
                     let src = &col[row * stride + off..row * stride + off + oh * ow];
                     for y in 0..oh {
-                        let base = (y * self.sh + ky * self.dh) * wp + kx * self.dw;
+                        let base = ((y0 + y) * self.sh + ky * self.dh) * wp + kx * self.dw;
                         let s = &src[y * ow..(y + 1) * ow];
                         if self.sw == 1 {
                             for (d, v) in plane[base..base + ow].iter_mut().zip(s) {
@@ -230,6 +325,17 @@ impl ConvGeom {
                     }
                 }
             }
+        }
+    }
+
+    /// What im2col reads for image `x`: the image itself, or its padded copy in `scratch`.
+    fn source<'a>(&self, x: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.padded() {
+            scratch.resize(self.c * self.hp() * self.wp(), 0.0);
+            self.pad_image(x, scratch);
+            scratch
+        } else {
+            x
         }
     }
 
@@ -250,13 +356,22 @@ impl ConvGeom {
     }
 }
 
-/// Convolution forward: `y = conv(x, w) + b` for `n` images.
-pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+/// Convolution forward: `y = conv(x, w) + b` for `n` images, then
+/// `max(y, 0)` when `relu` (a following relu fused into the pass over the
+/// output while it is in cache; NaN kept as [`relu_in_place`] does).
+pub fn conv_forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let (ohw, ckk) = (g.ohw(), g.ckk());
     let in_per = g.c * g.h * g.w;
     let out_per = g.oc * ohw;
     let mut y = vec![0f32; n * out_per];
-    let (task, sub) = g.split(n);
+    let (task, sub, rows) = g.split(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
     y.par_chunks_mut(task * out_per)
@@ -265,6 +380,48 @@ pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f3
             let mut col = Vec::new();
             let mut out = Vec::new();
             let mut scratch = Vec::new();
+            if sub == 1 {
+                // Bands of output rows of one image, the GEMM writing straight
+                // into the image's output planes (row stride OHW).
+                for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
+                    let src = g.source(xi, &mut scratch);
+                    for y0 in (0..g.oh).step_by(rows) {
+                        let y1 = (y0 + rows).min(g.oh);
+                        let p = (y1 - y0) * g.ow;
+                        col.resize(ckk * p, 0.0);
+                        g.im2col_rows(src, &mut col, p, 0, y0, y1);
+                        for gi in 0..g.groups {
+                            mm(
+                                opg,
+                                p,
+                                cpg * kk,
+                                &mut yi[gi * opg * ohw + y0 * g.ow..],
+                                ohw,
+                                false,
+                                &w[gi * opg * cpg * kk..],
+                                cpg * kk,
+                                1,
+                                &col[gi * cpg * kk * p..],
+                                p,
+                                1,
+                                false,
+                            );
+                        }
+                    }
+                    for (o, plane) in yi.chunks_mut(ohw).enumerate() {
+                        let bias = b.map_or(0.0, |b| b[o]);
+                        if relu {
+                            plane.iter_mut().for_each(|v| {
+                                let t = *v + bias;
+                                *v = if t < 0.0 { 0.0 } else { t };
+                            });
+                        } else if b.is_some() {
+                            plane.iter_mut().for_each(|v| *v += bias);
+                        }
+                    }
+                }
+                return;
+            }
             for (yc, xc) in yt.chunks_mut(sub * out_per).zip(xt.chunks(sub * in_per)) {
                 let nb = xc.len() / in_per;
                 let p = nb * ohw;
@@ -294,7 +451,8 @@ pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f3
                         let src = &out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
                         let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
                         for (d, s) in dst.iter_mut().zip(src) {
-                            *d = s + bias;
+                            let t = s + bias;
+                            *d = if relu && t < 0.0 { 0.0 } else { t };
                         }
                     }
                 }
@@ -304,6 +462,11 @@ pub fn conv_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], b: Option<&[f3
 }
 
 /// Convolution backward: returns (dx if wanted, dw, db).
+///
+/// The weight gradient is accumulated transposed ([CKK, OC] per group,
+/// column-major for the GEMM: both of its operands are then read along
+/// their unit stride, 1.5× faster than the row-major product) and
+/// transposed once at the end.
 pub fn conv_backward(
     g: &ConvGeom,
     n: usize,
@@ -315,19 +478,103 @@ pub fn conv_backward(
     let (ohw, ckk) = (g.ohw(), g.ckk());
     let in_per = g.c * g.h * g.w;
     let out_per = g.oc * ohw;
-    let (task, sub) = g.split(n);
+    let (task, sub, rows) = g.split(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
-    let wlen = g.oc * cpg * kk;
+    let gk = cpg * kk;
+    let wlen = g.oc * gk;
     let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
-    // One task: images of `xt`, in cache-sized pieces of `sub` images, the
-    // weight gradient accumulated over all of them.
+    // dWᵀ_g (+)= colᵀ-product: [opg, P] · [P, gk], stored with element
+    // (o, q) at gi·opg·gk + q·opg + o.
+    let dw_gemm =
+        |dwt: &mut [f32], first: bool, dyb: &[f32], dy_rs: usize, col: &[f32], p: usize| {
+            for gi in 0..g.groups {
+                mm_strided(
+                    opg,
+                    gk,
+                    p,
+                    &mut dwt[gi * opg * gk..],
+                    1,
+                    opg,
+                    !first,
+                    &dyb[gi * opg * dy_rs..],
+                    dy_rs,
+                    1,
+                    &col[gi * gk * p..],
+                    1,
+                    p,
+                    false,
+                );
+            }
+        };
+    // dcol_g [gk, P] = W_gᵀ [gk, opg] · dY_g [opg, P]
+    let dcol_gemm = |col: &mut [f32], dyb: &[f32], dy_rs: usize, p: usize| {
+        for gi in 0..g.groups {
+            mm(
+                gk,
+                p,
+                opg,
+                &mut col[gi * gk * p..],
+                p,
+                false,
+                &w[gi * opg * gk..],
+                1,
+                gk,
+                &dyb[gi * opg * dy_rs..],
+                dy_rs,
+                1,
+                false,
+            );
+        }
+    };
+    // One task: images of `xt`, the weight gradient accumulated over all of them.
     let work = |xt: &[f32], dyt: &[f32], mut dxt: Option<&mut [f32]>| -> (Vec<f32>, Vec<f64>) {
-        let mut dw = vec![0f32; wlen];
+        let mut dwt = vec![0f32; wlen];
         let mut db = vec![0f64; g.oc];
+        for dyi in dyt.chunks(out_per) {
+            for (o, plane) in dyi.chunks(ohw).enumerate() {
+                db[o] += plane.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
         let (mut col, mut dyp, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
         let mut dpad = vec![0f32; if g.padded() { g.c * g.hp() * g.wp() } else { 0 }];
         let mut first = true;
+        if sub == 1 {
+            for (i, (xi, dyi)) in xt.chunks(in_per).zip(dyt.chunks(out_per)).enumerate() {
+                let src = g.source(xi, &mut scratch);
+                if g.padded() {
+                    dpad.fill(0.0);
+                }
+                for y0 in (0..g.oh).step_by(rows) {
+                    let y1 = (y0 + rows).min(g.oh);
+                    let p = (y1 - y0) * g.ow;
+                    col.resize(ckk * p, 0.0);
+                    g.im2col_rows(src, &mut col, p, 0, y0, y1);
+                    let dyb = &dyi[y0 * g.ow..];
+                    dw_gemm(&mut dwt, first, dyb, ohw, &col, p);
+                    first = false;
+                    if let Some(dxt) = dxt.as_deref_mut() {
+                        dcol_gemm(&mut col, dyb, ohw, p);
+                        if g.padded() {
+                            g.col2im_rows(&col, p, 0, y0, y1, &mut dpad);
+                        } else {
+                            g.col2im_rows(
+                                &col,
+                                p,
+                                0,
+                                y0,
+                                y1,
+                                &mut dxt[i * in_per..(i + 1) * in_per],
+                            );
+                        }
+                    }
+                }
+                if let (true, Some(dxt)) = (g.padded(), dxt.as_deref_mut()) {
+                    g.unpad_grad(&dpad, &mut dxt[i * in_per..(i + 1) * in_per]);
+                }
+            }
+            return (dwt, db);
+        }
         for (k, (xc, dyc)) in xt
             .chunks(sub * in_per)
             .zip(dyt.chunks(sub * out_per))
@@ -343,47 +590,12 @@ pub fn conv_backward(
                 for o in 0..g.oc {
                     let src = &dyc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
                     dyp[o * p + bi * ohw..o * p + (bi + 1) * ohw].copy_from_slice(src);
-                    db[o] += src.iter().map(|&v| v as f64).sum::<f64>();
                 }
             }
-            for gi in 0..g.groups {
-                // dW_g [opg, cpg·kk] (+)= dY_g [opg, P] · col_gᵀ [P, cpg·kk]
-                mm(
-                    opg,
-                    cpg * kk,
-                    p,
-                    &mut dw[gi * opg * cpg * kk..],
-                    cpg * kk,
-                    !first,
-                    &dyp[gi * opg * p..],
-                    p,
-                    1,
-                    &col[gi * cpg * kk * p..],
-                    1,
-                    p,
-                    false,
-                );
-            }
+            dw_gemm(&mut dwt, first, &dyp, p, &col, p);
             first = false;
             if let Some(dxt) = dxt.as_deref_mut() {
-                // dcol_g [cpg·kk, P] = W_gᵀ [cpg·kk, opg] · dY_g [opg, P]
-                for gi in 0..g.groups {
-                    mm(
-                        cpg * kk,
-                        p,
-                        opg,
-                        &mut col[gi * cpg * kk * p..],
-                        p,
-                        false,
-                        &w[gi * opg * cpg * kk..],
-                        1,
-                        cpg * kk,
-                        &dyp[gi * opg * p..],
-                        p,
-                        1,
-                        false,
-                    );
-                }
+                dcol_gemm(&mut col, &dyp, p, p);
                 let base = k * sub;
                 for bi in 0..nb {
                     let dximg = &mut dxt[(base + bi) * in_per..(base + bi + 1) * in_per];
@@ -397,7 +609,7 @@ pub fn conv_backward(
                 }
             }
         }
-        (dw, db)
+        (dwt, db)
     };
     let parts: Vec<(Vec<f32>, Vec<f64>)> = if need_dx {
         dx.par_chunks_mut(task * in_per)
@@ -411,11 +623,19 @@ pub fn conv_backward(
             .map(|(xt, dyt)| work(xt, dyt, None))
             .collect()
     };
-    let mut dw = vec![0f32; wlen];
+    let mut dwt = vec![0f32; wlen];
     let mut db = vec![0f64; g.oc];
     for (pw, pb) in parts {
-        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+        dwt.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    let mut dw = vec![0f32; wlen];
+    for gi in 0..g.groups {
+        for o in 0..opg {
+            for q in 0..gk {
+                dw[gi * opg * gk + o * gk + q] = dwt[gi * opg * gk + q * opg + o];
+            }
+        }
     }
     (
         need_dx.then_some(dx),

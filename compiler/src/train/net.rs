@@ -73,6 +73,10 @@ pub struct Net {
     /// reader, not the network's input, and made by an op whose backward
     /// pass does not read its own output (relu's own backward reads `y`).
     relu_in_place: Vec<bool>,
+    /// Convolutions whose output goes only to an in-place relu: they apply
+    /// it themselves (their own output is read by nothing else, and their
+    /// backward pass does not read it), and that relu just passes it on.
+    fused_relu: Vec<bool>,
 }
 
 fn chw(shape: Shape) -> (usize, usize, usize) {
@@ -152,7 +156,7 @@ impl Net {
                 readers[i] += 1;
             }
         }
-        let relu_in_place = graph
+        let relu_in_place: Vec<bool> = graph
             .nodes
             .iter()
             .map(|node| {
@@ -164,12 +168,19 @@ impl Net {
                     && !matches!(graph.nodes[src].op, Op::Softmax | Op::LogSoftmax)
             })
             .collect();
+        let mut fused_relu = vec![false; graph.nodes.len()];
+        for (id, node) in graph.nodes.iter().enumerate() {
+            if relu_in_place[id] && matches!(graph.nodes[node.inputs[0]].op, Op::Conv2d { .. }) {
+                fused_relu[node.inputs[0]] = true;
+            }
+        }
         Ok(Net {
             graph,
             state: State { values, counts },
             slots,
             dropout_ordinal,
             relu_in_place,
+            fused_relu,
             profile: None,
         })
     }
@@ -250,7 +261,7 @@ impl Net {
                     let g = conv_geom(node, in_shape)?;
                     let wt = self.param(slots.weight, node, "weight")?;
                     let b = slots.bias.map(|i| self.state.values[i].as_slice());
-                    k::conv_forward(&g, n, xin, wt, b)
+                    k::conv_forward(&g, n, xin, wt, b, self.fused_relu[id])
                 }
                 Op::Linear {
                     in_features,
@@ -374,7 +385,9 @@ impl Net {
                 }
                 Op::Activation(Activation::Relu) if self.relu_in_place[id] => {
                     let mut y = std::mem::take(&mut values[node.inputs[0]]);
-                    k::relu_in_place(&mut y);
+                    if !self.fused_relu[node.inputs[0]] {
+                        k::relu_in_place(&mut y);
+                    }
                     y
                 }
                 Op::Activation(a) => k::activate_all(a, xin),
