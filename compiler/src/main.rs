@@ -20,6 +20,20 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (libmimalloc-sys
+/// names the options around it but not this one).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Never hand freed pages back to the kernel (mimalloc's default: a second
+/// after the free). A training run reallocates the same activation buffers
+/// every step; with purging, `perf stat` counted 7,500 page faults in 21
+/// steps of mnist_cnn, without it 330. Peak memory is unchanged.
+fn keep_freed_memory() {
+    // SAFETY: sets a documented option to a documented value (-1: never
+    // purge); called first thing in main, before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[derive(Parser)]
 #[command(name = "cnnc", version, about = "A compiler for convolutional neural networks", long_about = None)]
 struct Cli {
@@ -178,6 +192,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check {
