@@ -794,6 +794,10 @@ pub fn maxpool_forward(g: &PoolGeom, planes: usize, x: &[f32]) -> (Vec<f32>, Vec
                     .zip(at.chunks_mut(oh * ow))
                     .zip(xt.chunks(h * w))
                 {
+                    if (kh, kw, sh, sw) == (2, 2, 2, 2) {
+                        maxpool2x2(src, w, oh, ow, yp, ap);
+                        continue;
+                    }
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let first = oy * sh * w + ox * sw;
@@ -848,6 +852,49 @@ pub fn maxpool_forward(g: &PoolGeom, planes: usize, x: &[f32]) -> (Vec<f32>, Vec
             }
         });
     (y, arg)
+}
+
+/// 2×2 max pool with stride 2 over one plane (every window inside it):
+/// branch-free selects in PyTorch's order, so the compiler vectorises it;
+/// compiled for AVX2 as well and chosen at run time.
+fn maxpool2x2(src: &[f32], w: usize, oh: usize, ow: usize, y: &mut [f32], arg: &mut [u32]) {
+    #[inline(always)]
+    fn body(src: &[f32], w: usize, oh: usize, ow: usize, y: &mut [f32], arg: &mut [u32]) {
+        for oy in 0..oh {
+            let top = &src[2 * oy * w..2 * oy * w + 2 * ow];
+            let bot = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+            let base = (2 * oy * w) as u32;
+            let yr = &mut y[oy * ow..(oy + 1) * ow];
+            let ar = &mut arg[oy * ow..(oy + 1) * ow];
+            for ox in 0..ow {
+                let i = base + 2 * ox as u32;
+                let (mut best, mut at) = (top[2 * ox], i);
+                for (v, j) in [
+                    (top[2 * ox + 1], i + 1),
+                    (bot[2 * ox], i + w as u32),
+                    (bot[2 * ox + 1], i + w as u32 + 1),
+                ] {
+                    // PyTorch's rule: a larger value or any NaN takes over.
+                    let take = v > best || v.is_nan();
+                    best = if take { v } else { best };
+                    at = if take { j } else { at };
+                }
+                yr[ox] = best;
+                ar[ox] = at;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(src: &[f32], w: usize, oh: usize, ow: usize, y: &mut [f32], a: &mut [u32]) {
+            body(src, w, oh, ow, y, a)
+        }
+        // SAFETY: the CPU has AVX2 (just checked).
+        unsafe { avx2(src, w, oh, ow, y, arg) };
+        return;
+    }
+    body(src, w, oh, ow, y, arg)
 }
 
 /// Scatters gradients to the recorded maxima (max pools, adaptive max pools).
