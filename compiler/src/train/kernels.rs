@@ -286,6 +286,46 @@ impl ConvGeom {
             (self.h, self.w)
         };
         let (oh, ow) = (y1 - y0, self.ow);
+        if self.sw == 1 && ow >= 4 && wp >= 8 && oh >= 2 {
+            // Rows are short (6 to 30 values in the zoo): a memcpy call per
+            // row cost more than the copy, and so did the bounds checks.
+            // Every row but a window's last is copied in blocks of 8 that
+            // may spill up to 7 values past it: into the next row of the
+            // same window (written after it: 8·blocks ≤ ow + 7 ≤ 2·ow), read
+            // from the input past the row's end, inside the next input row
+            // (kx·dw + 8·blocks ≤ wp + 7 ≤ 2·wp); asserted once per window.
+            let blocks = ow.div_ceil(8);
+            let step = self.sh * wp;
+            for ci in 0..self.c {
+                let plane = &src[ci * hp * wp..(ci + 1) * hp * wp];
+                for ky in 0..self.kh {
+                    for kx in 0..self.kw {
+                        let row = (ci * self.kh + ky) * self.kw + kx;
+                        let dst = &mut col[row * stride + off..row * stride + off + oh * ow];
+                        let first = (y0 * self.sh + ky * self.dh) * wp + kx * self.dw;
+                        assert!(first + (oh - 2) * step + 8 * blocks <= plane.len());
+                        assert!((oh - 2) * ow + 8 * blocks <= dst.len());
+                        let (s, d) = (plane.as_ptr(), dst.as_mut_ptr());
+                        for y in 0..oh - 1 {
+                            for b in 0..blocks {
+                                // SAFETY: the two asserts bound the last
+                                // block of the last spilled row (y = oh − 2).
+                                unsafe {
+                                    let v = s
+                                        .add(first + y * step + 8 * b)
+                                        .cast::<[f32; 8]>()
+                                        .read_unaligned();
+                                    d.add(y * ow + 8 * b).cast::<[f32; 8]>().write_unaligned(v);
+                                }
+                            }
+                        }
+                        let last = first + (oh - 1) * step;
+                        dst[(oh - 1) * ow..].copy_from_slice(&plane[last..last + ow]);
+                    }
+                }
+            }
+            return;
+        }
         for ci in 0..self.c {
             let plane = &src[ci * hp * wp..(ci + 1) * hp * wp];
             for ky in 0..self.kh {
@@ -1550,5 +1590,128 @@ mod tests {
         let (y, arg) = adaptive_max_forward(1, (2, 2), (1, 1), &x);
         assert!(y[0].is_nan());
         assert_eq!(arg, [1]);
+    }
+
+    /// Direct f64 convolution and its adjoints, element by element.
+    fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {
+        let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
+        let mut y = vec![0f64; n * g.oc * g.oh * g.ow];
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        let mut db = vec![0f64; g.oc];
+        for b in 0..n {
+            for o in 0..g.oc {
+                let gi = o / opg;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let yi = ((b * g.oc + o) * g.oh + oy) * g.ow + ox;
+                        db[o] += dy[yi] as f64;
+                        for cl in 0..cpg {
+                            let c = gi * cpg + cl;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.sh + ky * g.dh) as i64 - g.pads[0] as i64;
+                                    let ix = (ox * g.sw + kx * g.dw) as i64 - g.pads[2] as i64;
+                                    let (Some(sy), Some(sx)) = (
+                                        source_index(iy, g.h as i64, g.mode),
+                                        source_index(ix, g.w as i64, g.mode),
+                                    ) else {
+                                        continue;
+                                    };
+                                    let xi = ((b * g.c + c) * g.h + sy) * g.w + sx;
+                                    let wi = ((o * cpg + cl) * g.kh + ky) * g.kw + kx;
+                                    y[yi] += x[xi] as f64 * w[wi] as f64;
+                                    dx[xi] += dy[yi] as f64 * w[wi] as f64;
+                                    dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw, db]
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a as f64 - b).abs() <= 1e-5 * scale,
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    /// The tiled im2col + GEMM kernels (bands of rows, several images per
+    /// tile, the 8-wide spilling copies, the transposed weight gradient)
+    /// against a direct convolution, over geometries that take each path.
+    #[test]
+    fn conv_kernels_match_a_direct_convolution() {
+        use crate::ir::PaddingMode::*;
+        // (c, h, w, oc, k, stride, dilation, pad, groups, mode, images)
+        let cases = [
+            (16, 24, 24, 32, (5, 5), (1, 1), (1, 1), 0, 1, Zeros, 3), // bands of rows
+            (32, 10, 10, 64, (5, 5), (1, 1), (1, 1), 0, 1, Zeros, 5), // two images a tile
+            (1, 28, 28, 16, (5, 5), (1, 1), (1, 1), 0, 1, Zeros, 9),  // many images a tile
+            (8, 30, 30, 16, (3, 3), (1, 1), (1, 1), 1, 1, Reflect, 2), // padded bands
+            (8, 23, 19, 12, (3, 5), (2, 1), (1, 2), 2, 4, Circular, 3),
+            (6, 13, 40, 6, (3, 3), (1, 3), (2, 1), 1, 6, Replicate, 2),
+            (3, 9, 7, 4, (2, 2), (1, 1), (1, 1), 0, 1, Zeros, 4), // short rows (ow < 8)
+        ];
+        for (c, h, w, oc, (kh, kw), (sh, sw), (dh, dw), pad, groups, mode, n) in cases {
+            let oh = (h + 2 * pad - dh * (kh - 1) - 1) / sh + 1;
+            let ow = (w + 2 * pad - dw * (kw - 1) - 1) / sw + 1;
+            let g = ConvGeom {
+                c,
+                h,
+                w,
+                oc,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                dh,
+                dw,
+                pads: [pad; 4],
+                groups,
+                mode,
+            };
+            let mut seed = 0x9e3779b97f4a7c15u64 ^ (c * 131 + h * 17 + oc) as u64;
+            let mut rand = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    })
+                    .collect()
+            };
+            let x = rand(n * c * h * w);
+            let wt = rand(oc * (c / groups) * kh * kw);
+            let dy = rand(n * oc * oh * ow);
+            let [y, dx, dwt, db] = naive(&g, n, &x, &wt, &dy);
+            let what =
+                format!("c{c} {h}x{w} oc{oc} k{kh}x{kw} s{sh}{sw} d{dh}{dw} p{pad} g{groups}");
+            close(
+                &format!("{what} y"),
+                &conv_forward(&g, n, &x, &wt, None, false),
+                &y,
+            );
+            let relu: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
+            close(
+                &format!("{what} relu"),
+                &conv_forward(&g, n, &x, &wt, None, true),
+                &relu,
+            );
+            let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true);
+            close(&format!("{what} dx"), &gx.unwrap(), &dx);
+            close(&format!("{what} dw"), &gw, &dwt);
+            close(&format!("{what} db"), &gb, &db);
+        }
     }
 }
