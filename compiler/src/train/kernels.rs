@@ -1593,6 +1593,7 @@ mod tests {
     }
 
     /// Direct f64 convolution and its adjoints, element by element.
+    #[allow(clippy::needless_range_loop)]
     fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {
         let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
         let mut y = vec![0f64; n * g.oc * g.oh * g.ow];
