@@ -3,7 +3,7 @@
 # model (mnist_cnn), same batch (256), same optimiser (Adam, lr 2e-4), same
 # data (the bundled digits), in ONE run with alternating rounds; each side
 # timed after its first (warm-up) step. Prints samples/s of both and the ratio.
-#   bench/train.sh                        # 3 rounds of 20 timed steps each side
+#   bench/train.sh                        # 5 rounds of 20 timed steps each side
 #   CNNC_TRAIN_ROUNDS=5 CNNC_TRAIN_STEPS=30 bench/train.sh
 # Needs cargo and python3 with torch and numpy. Run it on a quiet machine:
 # the load average before and after is printed with the results.

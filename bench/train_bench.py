@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROUNDS = int(os.environ.get("CNNC_TRAIN_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("CNNC_TRAIN_ROUNDS", "5"))
 STEPS = int(os.environ.get("CNNC_TRAIN_STEPS", "20"))
 BATCH = 256
 CNNC = os.path.join(ROOT, "target", "release", "cnnc")
@@ -128,7 +128,10 @@ def main():
           f"{ROUNDS} alternating rounds")
     print(f"cnnc train:  {o:.0f} samples/s (median; rounds {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"PyTorch:     {t:.0f} samples/s (median; rounds {', '.join(f'{v:.0f}' for v in theirs)})")
-    print(f"ratio cnnc/PyTorch: {o / t:.2f}x")
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    print(f"ratio cnnc/PyTorch: {o / t:.2f}x (of the medians); per round "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}x; "
+          f"best against best {max(ours) / max(theirs):.2f}x")
     print(f"load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
