@@ -9,6 +9,7 @@
 //! within a chunk does.
 
 use crate::ir::{Activation, PaddingMode};
+use cnnc_runtime::cpu::direct;
 use rayon::prelude::*;
 
 /// `C = A·B` (or `C += A·B`) with arbitrary strides.
@@ -459,6 +460,26 @@ impl ConvGeom {
         }
     }
 
+    /// The direct kernel's geometry, where it applies: stride 1, no
+    /// dilation, one group, output channels in multiples of 16, a CPU with
+    /// AVX2 and FMA.
+    fn direct(&self) -> Option<direct::Geometry> {
+        let fits = (self.sh, self.sw, self.dh, self.dw) == (1, 1, 1, 1)
+            && self.groups == 1
+            && self.oc.is_multiple_of(16)
+            && direct::available();
+        fits.then(|| direct::Geometry {
+            c: self.c,
+            hp: self.hp(),
+            wp: self.wp(),
+            oc: self.oc,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+        })
+    }
+
     /// What im2col reads for image `x`: the image itself, or its padded copy in `scratch`.
     fn source<'a>(&self, x: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
         if self.padded() {
@@ -505,6 +526,27 @@ pub fn conv_forward(
     let (task, sub, rows) = g.split(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
+    if let Some(dg) = g.direct() {
+        // No columns: the direct kernel writes pixel-major outputs, moved to
+        // the planes with the bias and the relu.
+        let wt = direct::tap_major(w, g.oc, ckk);
+        y.par_chunks_mut(task * out_per)
+            .zip(x.par_chunks(task * in_per))
+            .for_each(|(yt, xt)| {
+                let (mut pm, mut scratch) = (vec![0f32; ohw * g.oc], Vec::new());
+                for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
+                    direct::forward(&dg, g.source(xi, &mut scratch), &wt, &mut pm);
+                    for (o, plane) in yi.chunks_mut(ohw).enumerate() {
+                        let bias = b.map_or(0.0, |b| b[o]);
+                        for (p, v) in plane.iter_mut().enumerate() {
+                            let t = pm[p * g.oc + o] + bias;
+                            *v = if relu && t < 0.0 { 0.0 } else { t };
+                        }
+                    }
+                }
+            });
+        return y;
+    }
     y.par_chunks_mut(task * out_per)
         .zip(x.par_chunks(task * in_per))
         .for_each(|(yt, xt)| {
@@ -615,6 +657,7 @@ pub fn conv_backward(
     let gk = cpg * kk;
     let wlen = g.oc * gk;
     let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
+    let direct = g.direct();
     // dWᵀ_g (+)= colᵀ-product: [opg, P] · [P, gk], stored with element
     // (o, q) at gi·opg·gk + q·opg + o.
     let dw_gemm =
@@ -670,20 +713,37 @@ pub fn conv_backward(
         let (mut col, mut dyp, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
         let mut dpad = vec![0f32; if g.padded() { g.c * g.hp() * g.wp() } else { 0 }];
         let mut first = true;
-        if sub == 1 {
+        if sub == 1 || direct.is_some() {
+            let mut dy_pm = Vec::new();
             for (i, (xi, dyi)) in xt.chunks(in_per).zip(dyt.chunks(out_per)).enumerate() {
                 let src = g.source(xi, &mut scratch);
                 if g.padded() {
                     dpad.fill(0.0);
                 }
+                if let Some(dg) = &direct {
+                    // The weight gradient straight from the image and dY
+                    // (pixel-major); no columns.
+                    dy_pm.resize(ohw * g.oc, 0.0);
+                    for (o, plane) in dyi.chunks(ohw).enumerate() {
+                        for (p, &v) in plane.iter().enumerate() {
+                            dy_pm[p * g.oc + o] = v;
+                        }
+                    }
+                    direct::weight_grad(dg, src, &dy_pm, &mut dwt);
+                    if dxt.is_none() {
+                        continue;
+                    }
+                }
                 for y0 in (0..g.oh).step_by(rows) {
                     let y1 = (y0 + rows).min(g.oh);
                     let p = (y1 - y0) * g.ow;
                     col.resize(ckk * p, 0.0);
-                    g.im2col_rows(src, &mut col, p, 0, y0, y1);
                     let dyb = &dyi[y0 * g.ow..];
-                    dw_gemm(&mut dwt, first, dyb, ohw, &col, p);
-                    first = false;
+                    if direct.is_none() {
+                        g.im2col_rows(src, &mut col, p, 0, y0, y1);
+                        dw_gemm(&mut dwt, first, dyb, ohw, &col, p);
+                        first = false;
+                    }
                     if let Some(dxt) = dxt.as_deref_mut() {
                         dcol_gemm(&mut col, dyb, ohw, p);
                         if g.padded() {

@@ -16,6 +16,7 @@
 
 mod act;
 mod conv;
+pub mod direct;
 
 pub use act::apply_slice;
 

@@ -1,0 +1,299 @@
+//! Direct convolution for stride 1, no dilation, one group and output
+//! channels in multiples of 16: no im2col matrix at all.
+//!
+//! Output channels run along the vector lanes (two 8-lane AVX2 registers, 16
+//! channels) and a block of up to six output pixels of one row is kept in
+//! registers (12 accumulators); each kernel tap loads two weight vectors and
+//! broadcasts one input value per pixel. The input is read where it lies
+//! (padded beforehand by the caller when the convolution pads), so nothing
+//! is expanded: im2col wrote each input value K·K times and was, with its
+//! adjoint, a sixth of a training step of mnist_cnn.
+//!
+//! Layouts: the input image `[C][HP][WP]` (already padded), weights
+//! tap-major `[C·KH·KW][OC]` ([`tap_major`]), outputs and output gradients
+//! pixel-major `[OH·OW][OC]`. Only x86-64 with AVX2 and FMA; [`available`]
+//! says whether the CPU has them, and callers keep their im2col path for
+//! the rest.
+
+/// A convolution's geometry on its padded input.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// Input channels.
+    pub c: usize,
+    /// Padded input height and width.
+    pub hp: usize,
+    pub wp: usize,
+    /// Output channels (a multiple of 16).
+    pub oc: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+impl Geometry {
+    fn check(&self, x: &[f32], w_or_dw: &[f32], pm: &[f32]) {
+        assert!(self.oc.is_multiple_of(16) && self.oc > 0);
+        assert!(self.oh + self.kh - 1 <= self.hp && self.ow + self.kw - 1 <= self.wp);
+        assert!(x.len() >= self.c * self.hp * self.wp);
+        assert!(w_or_dw.len() >= self.c * self.kh * self.kw * self.oc);
+        assert!(pm.len() >= self.oh * self.ow * self.oc);
+    }
+}
+
+/// Whether this CPU runs the direct kernels.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// PyTorch's `[OC][C][KH][KW]` weights as `[C·KH·KW][OC]`.
+pub fn tap_major(w: &[f32], oc: usize, taps: usize) -> Vec<f32> {
+    let mut t = vec![0f32; oc * taps];
+    for o in 0..oc {
+        for q in 0..taps {
+            t[q * oc + o] = w[o * taps + q];
+        }
+    }
+    t
+}
+
+/// `y[p][o] = Σ_taps x · w` for every output pixel of one image (no bias).
+/// Panics when the CPU lacks AVX2/FMA ([`available`]) or a slice is short.
+pub fn forward(g: &Geometry, x: &[f32], w_taps: &[f32], y: &mut [f32]) {
+    g.check(x, w_taps, y);
+    assert!(available(), "direct convolution needs AVX2 and FMA");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX2 and FMA (asserted), and `check` bounds every
+    // access: pixels (oy, ox + p) with ox + p < OW read input rows oy + ky <
+    // HP at columns ox + p + kx < WP, weight rows < C·KH·KW, and write
+    // output rows < OH·OW, 16 channels from a multiple of 16 below OC.
+    unsafe {
+        avx2::forward(g, x.as_ptr(), w_taps.as_ptr(), y.as_mut_ptr())
+    }
+}
+
+/// `dw[tap][o] += Σ_p x · dy[p][o]` over one image: the weight gradient,
+/// tap-major. Panics as [`forward`].
+pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], dw_taps: &mut [f32]) {
+    g.check(x, dw_taps, dy);
+    assert!(available(), "direct convolution needs AVX2 and FMA");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `forward`, with the roles of the weights and the output
+    // taken by the weight gradient and the output gradient.
+    unsafe {
+        avx2::weight_grad(g, x.as_ptr(), dy.as_ptr(), dw_taps.as_mut_ptr())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Geometry;
+    use std::arch::x86_64::*;
+
+    /// Output pixels per register block.
+    const PIXELS: usize = 6;
+    /// Kernel taps (along x) per register block of the weight gradient.
+    const TAPS: usize = 6;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward(g: &Geometry, x: *const f32, w: *const f32, y: *mut f32) {
+        for ob in (0..g.oc).step_by(16) {
+            // Blocks of equal size (20 pixels: 5+5+5+5, not 6+6+6+2).
+            let per = g.ow.div_ceil(g.ow.div_ceil(PIXELS));
+            for oy in 0..g.oh {
+                let mut ox = 0;
+                while ox < g.ow {
+                    let n = (g.ow - ox).min(per);
+                    match n {
+                        6 => block::<6>(g, x, w, y, ob, oy, ox),
+                        5 => block::<5>(g, x, w, y, ob, oy, ox),
+                        4 => block::<4>(g, x, w, y, ob, oy, ox),
+                        3 => block::<3>(g, x, w, y, ob, oy, ox),
+                        2 => block::<2>(g, x, w, y, ob, oy, ox),
+                        _ => block::<1>(g, x, w, y, ob, oy, ox),
+                    }
+                    ox += n;
+                }
+            }
+        }
+    }
+
+    /// Output channels ob..ob + 16 of pixels (oy, ox..ox + P).
+    #[inline(always)]
+    unsafe fn block<const P: usize>(
+        g: &Geometry,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        ob: usize,
+        oy: usize,
+        ox: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; P];
+        let plane = g.hp * g.wp;
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                let row = x.add(c * plane + (oy + ky) * g.wp + ox);
+                let wrow = w.add((c * g.kh + ky) * g.kw * g.oc + ob);
+                for kx in 0..g.kw {
+                    let w0 = _mm256_loadu_ps(wrow.add(kx * g.oc));
+                    let w1 = _mm256_loadu_ps(wrow.add(kx * g.oc + 8));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let v = _mm256_broadcast_ss(&*row.add(p + kx));
+                        a[0] = _mm256_fmadd_ps(w0, v, a[0]);
+                        a[1] = _mm256_fmadd_ps(w1, v, a[1]);
+                    }
+                }
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            let out = y.add((oy * g.ow + ox + p) * g.oc + ob);
+            _mm256_storeu_ps(out, a[0]);
+            _mm256_storeu_ps(out.add(8), a[1]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weight_grad(g: &Geometry, x: *const f32, dy: *const f32, dw: *mut f32) {
+        for ob in (0..g.oc).step_by(16) {
+            for c in 0..g.c {
+                for ky in 0..g.kh {
+                    let mut kx = 0;
+                    while kx < g.kw {
+                        let n = (g.kw - kx).min(TAPS);
+                        match n {
+                            6 => grad_block::<6>(g, x, dy, dw, ob, c, ky, kx),
+                            5 => grad_block::<5>(g, x, dy, dw, ob, c, ky, kx),
+                            4 => grad_block::<4>(g, x, dy, dw, ob, c, ky, kx),
+                            3 => grad_block::<3>(g, x, dy, dw, ob, c, ky, kx),
+                            2 => grad_block::<2>(g, x, dy, dw, ob, c, ky, kx),
+                            _ => grad_block::<1>(g, x, dy, dw, ob, c, ky, kx),
+                        }
+                        kx += n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Taps (c, ky, kx0..kx0 + T), output channels ob..ob + 16, summed over
+    /// every output pixel.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn grad_block<const T: usize>(
+        g: &Geometry,
+        x: *const f32,
+        dy: *const f32,
+        dw: *mut f32,
+        ob: usize,
+        c: usize,
+        ky: usize,
+        kx0: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let base = x.add(c * g.hp * g.wp + ky * g.wp + kx0);
+        for oy in 0..g.oh {
+            let row = base.add(oy * g.wp);
+            let grow = dy.add(oy * g.ow * g.oc + ob);
+            for ox in 0..g.ow {
+                let d0 = _mm256_loadu_ps(grow.add(ox * g.oc));
+                let d1 = _mm256_loadu_ps(grow.add(ox * g.oc + 8));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let v = _mm256_broadcast_ss(&*row.add(ox + t));
+                    a[0] = _mm256_fmadd_ps(d0, v, a[0]);
+                    a[1] = _mm256_fmadd_ps(d1, v, a[1]);
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let out = dw.add(((c * g.kh + ky) * g.kw + kx0 + t) * g.oc + ob);
+            _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), a[0]));
+            _mm256_storeu_ps(out.add(8), _mm256_add_ps(_mm256_loadu_ps(out.add(8)), a[1]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Both kernels against element-by-element f64 sums, over shapes with
+    /// ragged pixel and tap blocks.
+    #[test]
+    fn direct_kernels_match_plain_sums() {
+        if !available() {
+            return;
+        }
+        for (c, hp, wp, oc, kh, kw) in [
+            (16, 24, 24, 32, 5, 5),
+            (3, 9, 13, 16, 3, 7),
+            (2, 5, 6, 48, 1, 1),
+        ] {
+            let g = Geometry {
+                c,
+                hp,
+                wp,
+                oc,
+                oh: hp - kh + 1,
+                ow: wp - kw + 1,
+                kh,
+                kw,
+            };
+            let taps = c * kh * kw;
+            let (x, w, dy) = (
+                data(c * hp * wp, 1),
+                data(oc * taps, 2),
+                data(g.oh * g.ow * oc, 3),
+            );
+            let wt = tap_major(&w, oc, taps);
+            let mut y = vec![0f32; g.oh * g.ow * oc];
+            forward(&g, &x, &wt, &mut y);
+            let mut dw = vec![0.25f32; taps * oc];
+            weight_grad(&g, &x, &dy, &mut dw);
+            for o in 0..oc {
+                for q in 0..taps {
+                    let (ci, ky, kx) = (q / (kh * kw), q / kw % kh, q % kw);
+                    let mut want = 0.25f64;
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            want += x[(ci * hp + oy + ky) * wp + ox + kx] as f64
+                                * dy[(oy * g.ow + ox) * oc + o] as f64;
+                        }
+                    }
+                    let got = dw[q * oc + o] as f64;
+                    assert!((got - want).abs() < 1e-4, "dw {o} {q}: {got} vs {want}");
+                }
+                for p in 0..g.oh * g.ow {
+                    let (oy, ox) = (p / g.ow, p % g.ow);
+                    let mut want = 0f64;
+                    for q in 0..taps {
+                        let (ci, ky, kx) = (q / (kh * kw), q / kw % kh, q % kw);
+                        want +=
+                            x[(ci * hp + oy + ky) * wp + ox + kx] as f64 * w[o * taps + q] as f64;
+                    }
+                    let got = y[p * oc + o] as f64;
+                    assert!((got - want).abs() < 1e-4, "y {o} {p}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
