@@ -25,7 +25,7 @@
 //! than zeros go through `source_index` per element.
 
 use super::act::apply_slice;
-use super::{Arena, Scratch};
+use super::{direct, Arena, Scratch};
 use crate::plan::{Epi, Gemm, Place, Step};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -293,17 +293,7 @@ fn task(ctx: &Ctx, i: usize, s: &mut Scratch, parallel: bool) {
     }
 
     // Bias, then the epilogue in order (`Epi::apply(acc + b, image, oc, p, r0)`).
-    let finish = |out: &mut [f32], n: usize, oc: usize| {
-        for e in &step.epilogue {
-            match *e {
-                Epi::Act(act) => apply_slice(act, out),
-                Epi::AddInput(k) => {
-                    let r = &arena.plane(&step.inputs[k], n, oc)[p0..p1];
-                    out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
-                }
-            }
-        }
-    };
+    let finish = |out: &mut [f32], n: usize, oc: usize| epilogue(step, arena, out, n, oc, p0);
     if p == 1 && direct_dst {
         // 1×1 outputs: per image, the channels are contiguous.
         for n in n0..n0 + images {
@@ -346,6 +336,146 @@ fn task(ctx: &Ctx, i: usize, s: &mut Scratch, parallel: bool) {
                 finish(out, n0 + j, oc);
             }
         }
+    }
+}
+
+/// The step's epilogue, in order, on `out`: pixels `p0..` of output plane
+/// (n, oc), bias already added.
+fn epilogue(step: &Step, arena: Arena, out: &mut [f32], n: usize, oc: usize, p0: usize) {
+    for e in &step.epilogue {
+        match *e {
+            Epi::Act(act) => apply_slice(act, out),
+            Epi::AddInput(k) => {
+                let r = &arena.plane(&step.inputs[k], n, oc)[p0..p0 + out.len()];
+                out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+            }
+        }
+    }
+}
+
+/// The direct kernels stream a 16-channel block's weights (taps × 16
+/// floats) from cache for every block of pixels: up to 800 taps (51 KB) they
+/// beat im2col + GEMM; beyond, the GEMM's blocking over K wins.
+const DIRECT_MAX_TAPS: usize = 800;
+
+/// Whether a step runs on the direct kernels ([`super::direct`]): stride 1,
+/// no dilation, one group, zero padding, output channels in multiples of
+/// 16, at most [`DIRECT_MAX_TAPS`] taps, a kernel larger than 1×1 that is
+/// not a full window (the GEMM reads those inputs in place), and a CPU with
+/// AVX2 and FMA.
+pub(super) fn direct_fits(g: &Gemm, x: &Place) -> bool {
+    !g.global_pool
+        && g.groups == 1
+        && g.stride == (1, 1)
+        && g.dilation == (1, 1)
+        && g.padding_mode == 0
+        && g.out_channels.is_multiple_of(16)
+        && k_total(g) <= DIRECT_MAX_TAPS
+        && g.kernel != (1, 1)
+        && !full_window(g, x)
+        && direct::available()
+}
+
+pub(super) fn direct_geometry(g: &Gemm, x: &Place, y: &Place) -> direct::Geometry {
+    direct::Geometry {
+        c: g.in_channels,
+        hp: x.h + 2 * g.pad.0,
+        wp: x.w + 2 * g.pad.1,
+        oc: g.out_channels,
+        oh: y.h,
+        ow: y.w,
+        kh: g.kernel.0,
+        kw: g.kernel.1,
+    }
+}
+
+/// Scratch floats of one direct task: the padded input image, the
+/// pixel-major output.
+pub(super) fn direct_scratch_len(g: &Gemm, x: &Place, y: &Place) -> (usize, usize) {
+    let d = direct_geometry(g, x, y);
+    (d.c * d.hp * d.wp, d.oh * d.ow * d.oc)
+}
+
+/// A convolution on the direct kernels: tasks are images, or bands of
+/// output rows when the batch is smaller than the pool (batch 1: each
+/// thread takes a band). A task copies its image into the padded scratch
+/// (which also gathers a channel slice), runs the kernel for its rows, and
+/// moves the pixel-major result into the output planes with the bias and
+/// the epilogue. `w_taps`: the weights tap-major ([`direct::tap_major`]).
+pub(super) fn direct_conv(
+    g: &Gemm,
+    step: &Step,
+    w_taps: &[f32],
+    bias: Option<&[f32]>,
+    arena: Arena,
+    scratch: &[Mutex<Scratch>],
+) {
+    let (x, y) = (&step.inputs[0], &step.output);
+    let d = direct_geometry(g, x, y);
+    let batch = arena.batch;
+    let threads = rayon::current_num_threads().max(1);
+    let bands = if batch >= threads {
+        1
+    } else {
+        threads.div_ceil(batch).min(y.h)
+    };
+    let rows = y.h.div_ceil(bands);
+    let bands = y.h.div_ceil(rows);
+    let run = |i: usize, s: &mut Scratch| {
+        let (n, band) = (i / bands, i % bands);
+        let (oy0, oy1) = (band * rows, ((band + 1) * rows).min(y.h));
+        let (pad_h, pad_w) = g.pad;
+        let plane = d.hp * d.wp;
+        let xp = &mut s.padded[..d.c * plane];
+        if pad_h > 0 || pad_w > 0 {
+            xp.fill(0.0);
+        }
+        for c in 0..d.c {
+            let src = arena.plane(x, n, c);
+            for r in 0..x.h {
+                let at = c * plane + (r + pad_h) * d.wp + pad_w;
+                xp[at..at + x.w].copy_from_slice(&src[r * x.w..(r + 1) * x.w]);
+            }
+        }
+        let pm = &mut s.pm[..(oy1 - oy0) * d.ow * d.oc];
+        direct::forward_rows(&d, xp, w_taps, pm, oy0, oy1);
+        let (p0, len) = (oy0 * y.w, (oy1 - oy0) * y.w);
+        for t0 in (0..len).step_by(64) {
+            let t1 = (t0 + 64).min(len);
+            for oc in 0..y.c {
+                // SAFETY: this task alone writes rows oy0..oy1 of image n.
+                let out = unsafe { arena.span_mut(arena.start(y, n, oc) + p0 + t0, t1 - t0) };
+                let b = bias.map_or(0.0, |b| b[oc]);
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = pm[(t0 + j) * d.oc + oc] + b;
+                }
+            }
+        }
+        if !step.epilogue.is_empty() {
+            for oc in 0..y.c {
+                // SAFETY: as above.
+                let out = unsafe { arena.span_mut(arena.start(y, n, oc) + p0, len) };
+                epilogue(step, arena, out, n, oc, p0);
+            }
+        }
+    };
+    let lock = |i: usize| {
+        scratch[i % scratch.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    let macs = batch * y.h * y.w * g.out_channels * k_total(g);
+    if macs < SERIAL_MACS || threads == 1 || batch * bands == 1 {
+        let mut s = lock(rayon::current_thread_index().unwrap_or(0));
+        for i in 0..batch * bands {
+            run(i, &mut s);
+        }
+    } else {
+        // As in `conv`: a task holds its thread's scratch and makes no rayon call.
+        (0..batch * bands).into_par_iter().for_each(|i| {
+            let mut s = lock(rayon::current_thread_index().unwrap_or(0));
+            run(i, &mut s);
+        });
     }
 }
 

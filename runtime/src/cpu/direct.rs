@@ -37,7 +37,7 @@ impl Geometry {
         assert!(self.oh + self.kh - 1 <= self.hp && self.ow + self.kw - 1 <= self.wp);
         assert!(x.len() >= self.c * self.hp * self.wp);
         assert!(w_or_dw.len() >= self.c * self.kh * self.kw * self.oc);
-        assert!(pm.len() >= self.oh * self.ow * self.oc);
+        assert!(pm.is_empty() || pm.len() >= self.oh * self.ow * self.oc);
     }
 }
 
@@ -67,15 +67,31 @@ pub fn tap_major(w: &[f32], oc: usize, taps: usize) -> Vec<f32> {
 /// `y[p][o] = Σ_taps x · w` for every output pixel of one image (no bias).
 /// Panics when the CPU lacks AVX2/FMA ([`available`]) or a slice is short.
 pub fn forward(g: &Geometry, x: &[f32], w_taps: &[f32], y: &mut [f32]) {
-    g.check(x, w_taps, y);
+    forward_rows(g, x, w_taps, y, 0, g.oh)
+}
+
+/// [`forward`] for output rows `oy0..oy1` only, written from the start of
+/// `y` (`(oy1 − oy0)·OW` pixels).
+pub fn forward_rows(
+    g: &Geometry,
+    x: &[f32],
+    w_taps: &[f32],
+    y: &mut [f32],
+    oy0: usize,
+    oy1: usize,
+) {
+    assert!(oy0 <= oy1 && oy1 <= g.oh);
+    g.check(x, w_taps, &[]);
+    assert!(y.len() >= (oy1 - oy0) * g.ow * g.oc);
     assert!(available(), "direct convolution needs AVX2 and FMA");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AVX2 and FMA (asserted), and `check` bounds every
-    // access: pixels (oy, ox + p) with ox + p < OW read input rows oy + ky <
-    // HP at columns ox + p + kx < WP, weight rows < C·KH·KW, and write
-    // output rows < OH·OW, 16 channels from a multiple of 16 below OC.
+    // SAFETY: the CPU has AVX2 and FMA (asserted), and the asserts bound
+    // every access: pixels (oy, ox + p) with oy < OH, ox + p < OW read input
+    // rows oy + ky < HP at columns ox + p + kx < WP, weight rows < C·KH·KW,
+    // and write output rows < oy1 − oy0, 16 channels from a multiple of 16
+    // below OC.
     unsafe {
-        avx2::forward(g, x.as_ptr(), w_taps.as_ptr(), y.as_mut_ptr())
+        avx2::forward(g, x.as_ptr(), w_taps.as_ptr(), y.as_mut_ptr(), oy0, oy1)
     }
 }
 
@@ -103,11 +119,20 @@ mod avx2 {
     const TAPS: usize = 6;
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward(g: &Geometry, x: *const f32, w: *const f32, y: *mut f32) {
+    pub(super) unsafe fn forward(
+        g: &Geometry,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        oy0: usize,
+        oy1: usize,
+    ) {
+        // Output rows from oy0 land at the start of `y`.
+        let y = y.wrapping_sub(oy0 * g.ow * g.oc);
         for ob in (0..g.oc).step_by(16) {
             // Blocks of equal size (20 pixels: 5+5+5+5, not 6+6+6+2).
             let per = g.ow.div_ceil(g.ow.div_ceil(PIXELS));
-            for oy in 0..g.oh {
+            for oy in oy0..oy1 {
                 let mut ox = 0;
                 while ox < g.ow {
                     let n = (g.ow - ox).min(per);
@@ -154,7 +179,8 @@ mod avx2 {
             }
         }
         for (p, a) in acc.iter().enumerate() {
-            let out = y.add((oy * g.ow + ox + p) * g.oc + ob);
+            // `y` is offset back by oy0 rows: this lands inside the caller's rows.
+            let out = y.wrapping_add((oy * g.ow + ox + p) * g.oc + ob);
             _mm256_storeu_ps(out, a[0]);
             _mm256_storeu_ps(out.add(8), a[1]);
         }

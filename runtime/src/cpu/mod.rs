@@ -33,6 +33,9 @@ struct Scratch {
     col: Vec<f32>,
     /// One task's product when it cannot go straight into the output place.
     product: Vec<f32>,
+    /// Direct convolutions: one padded input image, one pixel-major output.
+    padded: Vec<f32>,
+    pm: Vec<f32>,
 }
 
 pub struct CpuExecutor {
@@ -45,6 +48,9 @@ pub struct CpuExecutor {
     /// The model's output for the last batch, contiguous NCHW.
     output: Vec<f32>,
     max_batch: usize,
+    /// Per step: the weights tap-major where the step runs on the direct
+    /// kernels ([`direct`]).
+    direct_w: Vec<Option<Vec<f32>>>,
 }
 
 impl CpuExecutor {
@@ -73,10 +79,23 @@ impl CpuExecutor {
         check_place(&plan, &plan.output, "the model output")?;
         let threads = rayon::current_num_threads().max(1);
         let (mut col_len, mut product_len) = (0usize, 0usize);
+        let (mut padded_len, mut pm_len) = (0usize, 0usize);
+        let mut direct_w = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             check_step(&plan, step, &prepared)
                 .map_err(|e| Error(format!("step `{}`: {e}", step.kernel)))?;
-            if let StepOp::Gemm(g) = &step.op {
+            let direct = match &step.op {
+                StepOp::Gemm(g) if conv::direct_fits(g, &step.inputs[0]) => Some(g),
+                _ => None,
+            };
+            direct_w.push(direct.map(|g| {
+                let (a, b) = conv::direct_scratch_len(g, &step.inputs[0], &step.output);
+                padded_len = padded_len.max(a);
+                pm_len = pm_len.max(b);
+                let taps = g.in_channels * g.kernel.0 * g.kernel.1;
+                direct::tap_major(&prepared[step.params[0]], g.out_channels, taps)
+            }));
+            if let (StepOp::Gemm(g), None) = (&step.op, direct) {
                 // Tasks only grow with the batch and shrink with more threads.
                 for b in [1, max_batch] {
                     let tiling = conv::tiling(g, &step.output, b, 1);
@@ -91,6 +110,8 @@ impl CpuExecutor {
                 Mutex::new(Scratch {
                     col: vec![0.0; col_len],
                     product: vec![0.0; product_len],
+                    padded: vec![0.0; padded_len],
+                    pm: vec![0.0; pm_len],
                 })
             })
             .collect();
@@ -101,6 +122,7 @@ impl CpuExecutor {
             plan,
             prepared,
             max_batch,
+            direct_w,
         })
     }
 
@@ -129,6 +151,7 @@ impl CpuExecutor {
             arena,
             scratch,
             output,
+            direct_w,
             ..
         } = self;
         let per = plan.input.numel();
@@ -151,8 +174,8 @@ impl CpuExecutor {
             }
         }
         let shared = Arena::new(arena, batch);
-        for step in &plan.steps {
-            run_step(step, prepared, shared, scratch);
+        for (step, dw) in plan.steps.iter().zip(direct_w.iter()) {
+            run_step(step, prepared, dw.as_deref(), shared, scratch);
         }
         let y = plan.output;
         let hw = y.h * y.w;
@@ -429,12 +452,22 @@ fn for_each_plane(
 // The steps, one function per CUDA kernel template.
 // ---------------------------------------------------------------------------
 
-fn run_step(step: &Step, prepared: &[Vec<f32>], arena: Arena, scratch: &[Mutex<Scratch>]) {
+/// One step; `direct_w`: the weights tap-major when it runs on the direct kernels.
+fn run_step(
+    step: &Step,
+    prepared: &[Vec<f32>],
+    direct_w: Option<&[f32]>,
+    arena: Arena,
+    scratch: &[Mutex<Scratch>],
+) {
     let param = |i: usize| prepared[step.params[i]].as_slice();
     let (x, y) = (&step.inputs[0], &step.output);
     let b = arena.batch;
     match step.op {
-        StepOp::Gemm(g) => conv::conv(&g, step, param(0), g.bias.then(|| param(1)), arena, scratch),
+        StepOp::Gemm(g) => match direct_w {
+            Some(w) => conv::direct_conv(&g, step, w, g.bias.then(|| param(1)), arena, scratch),
+            None => conv::conv(&g, step, param(0), g.bias.then(|| param(1)), arena, scratch),
+        },
         StepOp::Pool {
             max,
             kernel,
