@@ -293,6 +293,12 @@ mod tests {
             let wt = tap_major(&w, oc, taps);
             let mut y = vec![0f32; g.oh * g.ow * oc];
             forward(&g, &x, &wt, &mut y);
+            // Bands of rows give the same pixels.
+            for (oy0, oy1) in [(0, 1), (1, g.oh), (g.oh / 2, g.oh)] {
+                let mut band = vec![0f32; (oy1 - oy0) * g.ow * oc];
+                forward_rows(&g, &x, &wt, &mut band, oy0, oy1);
+                assert_eq!(band[..], y[oy0 * g.ow * oc..oy1 * g.ow * oc]);
+            }
             let mut dw = vec![0.25f32; taps * oc];
             weight_grad(&g, &x, &dy, &mut dw);
             for o in 0..oc {
