@@ -85,7 +85,7 @@ impl CpuExecutor {
             check_step(&plan, step, &prepared)
                 .map_err(|e| Error(format!("step `{}`: {e}", step.kernel)))?;
             let direct = match &step.op {
-                StepOp::Gemm(g) if conv::direct_fits(g, &step.inputs[0]) => Some(g),
+                StepOp::Gemm(g) if conv::direct_fits(g, &step.inputs[0], &step.output) => Some(g),
                 _ => None,
             };
             direct_w.push(direct.map(|g| {
