@@ -366,9 +366,8 @@ const DIRECT_MAX_PIXELS: usize = 64 * 64;
 /// Whether a step runs on the direct kernels ([`super::direct`]): stride 1,
 /// no dilation, one group, zero padding, output channels in multiples of
 /// 16, at most [`DIRECT_MAX_TAPS`] taps and [`DIRECT_MAX_PIXELS`] output
-/// pixels, a kernel larger than 1×1 that is
-/// not a full window (the GEMM reads those inputs in place), and a CPU with
-/// AVX2 and FMA.
+/// pixels, a kernel larger than 1×1 that is not a full window (the GEMM
+/// reads those inputs in place), and a CPU with AVX2 and FMA.
 pub(super) fn direct_fits(g: &Gemm, x: &Place, y: &Place) -> bool {
     y.h * y.w <= DIRECT_MAX_PIXELS
         && !g.global_pool
