@@ -464,6 +464,10 @@ impl ConvGeom {
     /// dilation, one group, output channels in multiples of 16, a CPU with
     /// AVX2 and FMA.
     fn direct(&self) -> Option<direct::Geometry> {
+        #[cfg(test)]
+        if tests::IM2COL_ONLY.with(|c| c.get()) {
+            return None;
+        }
         let fits = (self.sh, self.sw, self.dh, self.dw) == (1, 1, 1, 1)
             && self.groups == 1
             && self.oc.is_multiple_of(16)
@@ -1665,6 +1669,13 @@ pub fn softmax_backward(
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Set by a test to run the im2col + GEMM path where the direct
+        /// kernels would apply (read on the calling thread, before the
+        /// parallel work).
+        pub(super) static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     /// A window with two NaNs: PyTorch 2.15 routes the gradient to the last
     /// one (`max_pool2d(x, 2, return_indices=True)`, the same with stride 1
     /// and padding 1 at the centre, and `adaptive_max_pool2d(x, 1, ...)` on
@@ -1799,23 +1810,28 @@ mod tests {
             let wt = rand(oc * (c / groups) * kh * kw);
             let dy = rand(n * oc * oh * ow);
             let [y, dx, dwt, db] = naive(&g, n, &x, &wt, &dy);
-            let what =
-                format!("c{c} {h}x{w} oc{oc} k{kh}x{kw} s{sh}{sw} d{dh}{dw} p{pad} g{groups}");
-            close(
-                &format!("{what} y"),
-                &conv_forward(&g, n, &x, &wt, None, false),
-                &y,
-            );
-            let relu: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
-            close(
-                &format!("{what} relu"),
-                &conv_forward(&g, n, &x, &wt, None, true),
-                &relu,
-            );
-            let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true);
-            close(&format!("{what} dx"), &gx.unwrap(), &dx);
-            close(&format!("{what} dw"), &gw, &dwt);
-            close(&format!("{what} db"), &gb, &db);
+            // Both paths where the direct kernels apply (stride 1, one
+            // group, 16k output channels, AVX2): theirs and im2col + GEMM.
+            for im2col in [false, true] {
+                IM2COL_ONLY.with(|c| c.set(im2col));
+                let what = format!(
+                    "c{c} {h}x{w} oc{oc} k{kh}x{kw} s{sh}{sw} d{dh}{dw} p{pad} g{groups} im2col {im2col}"
+                );
+                let y_got = conv_forward(&g, n, &x, &wt, None, false);
+                close(&format!("{what} y"), &y_got, &y);
+                let relu: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
+                let relu_got = conv_forward(&g, n, &x, &wt, None, true);
+                close(&format!("{what} relu"), &relu_got, &relu);
+                let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true);
+                close(&format!("{what} dx"), &gx.unwrap(), &dx);
+                close(&format!("{what} dw"), &gw, &dwt);
+                close(&format!("{what} db"), &gb, &db);
+                // Without dx (a first layer) the weight gradient is the same.
+                let (none, gw, _) = conv_backward(&g, n, &x, &wt, &dy, false);
+                assert!(none.is_none());
+                close(&format!("{what} dw without dx"), &gw, &dwt);
+            }
+            IM2COL_ONLY.with(|c| c.set(false));
         }
     }
 }
