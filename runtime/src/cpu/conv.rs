@@ -169,11 +169,7 @@ pub(super) fn conv(
         t,
     };
     let macs = arena.batch * y.h * y.w * g.out_channels * (k_total(g) / g.groups);
-    let lock = |i: usize| {
-        scratch[i % scratch.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    };
+    let lock = |i: usize| lock_scratch(scratch, i);
     if macs < SERIAL_MACS || threads == 1 {
         let mut s = lock(rayon::current_thread_index().unwrap_or(0));
         for i in 0..t.tasks {
@@ -192,6 +188,14 @@ pub(super) fn conv(
             task(&ctx, i, &mut s, true);
         }
     }
+}
+
+/// Thread `i`'s scratch (a poisoned lock is taken over: scratch holds no
+/// invariant a panic could break).
+fn lock_scratch(scratch: &[Mutex<Scratch>], i: usize) -> std::sync::MutexGuard<'_, Scratch> {
+    scratch[i % scratch.len()]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Task `i`: gather B, multiply per group, epilogue. `parallel`: split the
@@ -465,11 +469,7 @@ pub(super) fn direct_conv(
             }
         }
     };
-    let lock = |i: usize| {
-        scratch[i % scratch.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    };
+    let lock = |i: usize| lock_scratch(scratch, i);
     let macs = batch * y.h * y.w * g.out_channels * k_total(g);
     if macs < SERIAL_MACS || threads == 1 || batch * bands == 1 {
         let mut s = lock(rayon::current_thread_index().unwrap_or(0));

@@ -113,6 +113,20 @@ mod avx2 {
     use super::Geometry;
     use std::arch::x86_64::*;
 
+    /// Calls `$f::<n>($args)` for a block size n of 1 to 6 (larger: 6).
+    macro_rules! up_to_6 {
+        ($n:expr, $f:ident, ($($arg:expr),*)) => {
+            match $n {
+                6 => $f::<6>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                _ => $f::<1>($($arg),*),
+            }
+        };
+    }
+
     /// Output pixels per register block.
     const PIXELS: usize = 6;
     /// Kernel taps (along x) per register block of the weight gradient.
@@ -139,14 +153,7 @@ mod avx2 {
                 let mut ox = 0;
                 while ox < g.ow {
                     let n = (g.ow - ox).min(per);
-                    match n {
-                        6 => block::<6>(g, x, w, y, ob, oy, ox),
-                        5 => block::<5>(g, x, w, y, ob, oy, ox),
-                        4 => block::<4>(g, x, w, y, ob, oy, ox),
-                        3 => block::<3>(g, x, w, y, ob, oy, ox),
-                        2 => block::<2>(g, x, w, y, ob, oy, ox),
-                        _ => block::<1>(g, x, w, y, ob, oy, ox),
-                    }
+                    up_to_6!(n, block, (g, x, w, y, ob, oy, ox));
                     ox += n;
                 }
             }
@@ -197,14 +204,7 @@ mod avx2 {
                     let mut kx = 0;
                     while kx < g.kw {
                         let n = (g.kw - kx).min(TAPS);
-                        match n {
-                            6 => grad_block::<6>(g, x, dy, dw, ob, c, ky, kx),
-                            5 => grad_block::<5>(g, x, dy, dw, ob, c, ky, kx),
-                            4 => grad_block::<4>(g, x, dy, dw, ob, c, ky, kx),
-                            3 => grad_block::<3>(g, x, dy, dw, ob, c, ky, kx),
-                            2 => grad_block::<2>(g, x, dy, dw, ob, c, ky, kx),
-                            _ => grad_block::<1>(g, x, dy, dw, ob, c, ky, kx),
-                        }
+                        up_to_6!(n, grad_block, (g, x, dy, dw, ob, c, ky, kx));
                         kx += n;
                     }
                 }
