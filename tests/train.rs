@@ -589,3 +589,75 @@ fn checkpoints_resume_and_load_in_cnnc_run() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a `cnnc train` checkpoint"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--profile`: one row per layer that ran, with forward and backward ms,
+/// then the loss, the optimiser and a total that is the sum of the rows.
+#[test]
+fn profile_lists_every_layer_and_adds_up() {
+    let dir = temp_dir("profile");
+    let out = dir.join("w.safetensors");
+    let o = cnnc(&[
+        "train",
+        "models/mnist_cnn.cnn",
+        "--data",
+        "models/data/mnist-1000-images.idx",
+        "--holdout",
+        "100",
+        "--batch",
+        "32",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--profile",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("profile over 3 steps (ms per step):"),
+        "{text}"
+    );
+    let mut sum = 0.0;
+    for layer in [
+        "layer.0",
+        "layer.1",
+        "layer.2",
+        "layer.4",
+        "layer.5",
+        "layer.7",
+        "fc_layer.0",
+        "fc_layer.2",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(layer))
+            .unwrap_or_else(|| panic!("no row for {layer}:\n{text}"));
+        let ms: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // forward, backward (the share ends in %, so it does not parse)
+        assert_eq!(ms.len(), 2, "{line}");
+        assert!(ms.iter().all(|&v| v >= 0.0), "{line}");
+        sum += ms[0] + ms[1];
+    }
+    let value = |label: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"));
+        line.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .next()
+            .unwrap()
+    };
+    let total = value("total");
+    assert!(
+        total > 0.0 && sum <= total + 0.05,
+        "{sum} vs {total}:\n{text}"
+    );
+    assert!(value("(optimiser)") >= 0.0 && value("(loss)") >= 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
