@@ -7,7 +7,8 @@ epoch line reports samples/s timed from the end of its first step (so N timed
 steps). PyTorch: the same N+1 steps in this process (torch's default thread
 count, float32, model.train(), Adam(lr=2e-4), CrossEntropyLoss, batches drawn
 from a seeded permutation of the 8000 training digits), timed from the end of
-its first step. Each round runs cnnc, then PyTorch; the median round counts.
+its first step. Each round runs both, the side that goes first flipping
+every round; the medians and the per-round ratios are printed.
 
 `python3 bench/train_bench.py --accuracy [EPOCHS [LR]]` instead trains PyTorch
 with `cnnc train`'s defaults (Adam, lr 2e-4, batch 256, 10 epochs) on the same
@@ -117,8 +118,13 @@ def main():
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(ROUNDS):
-            ours.append(cnnc_round(tmp))
-            theirs.append(torch_round(x, y))
+            # The side that goes first flips every round.
+            if r % 2 == 0:
+                ours.append(cnnc_round(tmp))
+                theirs.append(torch_round(x, y))
+            else:
+                theirs.append(torch_round(x, y))
+                ours.append(cnnc_round(tmp))
             print(f"round {r + 1}: cnnc {ours[-1]:.0f} samples/s, PyTorch {theirs[-1]:.0f} samples/s",
                   file=sys.stderr)
     o, t = statistics.median(ours), statistics.median(theirs)
