@@ -377,7 +377,10 @@ impl ConvGeom {
         self.col2im_rows(col, stride, off, 0, self.oh, dst)
     }
 
-    /// The adjoint of [`Self::im2col_rows`] (compiled for AVX2 too).
+    /// The adjoint of [`Self::im2col_rows`] (compiled for AVX2 too). A
+    /// gather form (each input vector loaded once, its K·K column values
+    /// added with masked loads, stored once) was slower on mnist_cnn's
+    /// conv2: 37.6 against 34.5 ms per backward pass of 256 images.
     fn col2im_rows(
         &self,
         col: &[f32],
@@ -1752,6 +1755,8 @@ mod tests {
             (8, 23, 19, 12, (3, 5), (2, 1), (1, 2), 2, 4, Circular, 3),
             (6, 13, 40, 6, (3, 3), (1, 3), (2, 1), 1, 6, Replicate, 2),
             (3, 9, 7, 4, (2, 2), (1, 1), (1, 1), 0, 1, Zeros, 4), // short rows (ow < 8)
+            (4, 12, 14, 16, (3, 3), (1, 1), (2, 2), 2, 1, Zeros, 2), // dilated, stride 1
+            (5, 11, 37, 8, (3, 4), (1, 1), (1, 3), 1, 1, Replicate, 2), // rows over 4 vectors
         ];
         for (c, h, w, oc, (kh, kw), (sh, sw), (dh, dw), pad, groups, mode, n) in cases {
             let oh = (h + 2 * pad - dh * (kh - 1) - 1) / sh + 1;
