@@ -513,18 +513,7 @@ pub fn conv_forward(
                 let (mut pm, mut scratch) = (vec![0f32; ohw * g.oc], Vec::new());
                 for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
                     direct::forward(&dg, g.source(xi, &mut scratch), &wt, &mut pm);
-                    // Transposed in tiles of 64 pixels (8 KB of `pm` for 32
-                    // channels stays in L1 while each plane takes a run).
-                    for p0 in (0..ohw).step_by(64) {
-                        let p1 = (p0 + 64).min(ohw);
-                        for (o, plane) in yi.chunks_mut(ohw).enumerate() {
-                            let bias = b.map_or(0.0, |b| b[o]);
-                            for (p, v) in plane[p0..p1].iter_mut().enumerate() {
-                                let t = pm[(p0 + p) * g.oc + o] + bias;
-                                *v = if relu && t < 0.0 { 0.0 } else { t };
-                            }
-                        }
-                    }
+                    direct::to_planes(&pm, g.oc, ohw, yi, b, relu);
                 }
             });
         return y;
@@ -703,15 +692,7 @@ pub fn conv_backward(
             // (pixel-major); no columns.
             let mut dy_pm = vec![0f32; ohw * g.oc];
             for (xi, dyi) in xt.chunks(in_per).zip(dyt.chunks(out_per)) {
-                // Transposed in tiles of 64 pixels, as the forward outputs.
-                for p0 in (0..ohw).step_by(64) {
-                    let p1 = (p0 + 64).min(ohw);
-                    for (o, plane) in dyi.chunks(ohw).enumerate() {
-                        for (p, &v) in plane[p0..p1].iter().enumerate() {
-                            dy_pm[(p0 + p) * g.oc + o] = v;
-                        }
-                    }
-                }
+                direct::to_pixel_major(dyi, g.oc, ohw, &mut dy_pm);
                 direct::weight_grad(dg, g.source(xi, &mut scratch), &dy_pm, &mut dwt);
             }
             if dxt.is_none() {

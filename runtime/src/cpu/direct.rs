@@ -108,6 +108,65 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], dw_taps: &mut [f32]) {
     }
 }
 
+/// Pixel-major `[P][OC]` to planes `[OC][P]`, adding `bias[o]` and then,
+/// with `relu`, `max(·, 0)` (NaN kept): the outputs of [`forward`] as NCHW.
+/// 8×8 register transposes on AVX2 (where [`available`]), plain loops
+/// elsewhere and for the last `P mod 8` pixels.
+pub fn to_planes(
+    pm: &[f32],
+    oc: usize,
+    pixels: usize,
+    planes: &mut [f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    assert!(pm.len() >= pixels * oc && planes.len() >= pixels * oc);
+    assert!(bias.is_none_or(|b| b.len() >= oc));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if oc.is_multiple_of(8) && available() {
+        done = pixels - pixels % 8;
+        // SAFETY: AVX2 (checked); the asserts bound every access of the
+        // 8×8 blocks: pixels < `done` ≤ P, channels < OC.
+        unsafe {
+            avx2::to_planes(
+                pm.as_ptr(),
+                oc,
+                pixels,
+                done,
+                planes.as_mut_ptr(),
+                bias,
+                relu,
+            )
+        };
+    }
+    for o in 0..oc {
+        let b = bias.map_or(0.0, |b| b[o]);
+        for p in done..pixels {
+            let t = pm[p * oc + o] + b;
+            planes[o * pixels + p] = if relu && t < 0.0 { 0.0 } else { t };
+        }
+    }
+}
+
+/// Planes `[OC][P]` to pixel-major `[P][OC]` (the output gradient for
+/// [`weight_grad`]); as [`to_planes`] without bias.
+pub fn to_pixel_major(planes: &[f32], oc: usize, pixels: usize, pm: &mut [f32]) {
+    assert!(pm.len() >= pixels * oc && planes.len() >= pixels * oc);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if oc.is_multiple_of(8) && available() {
+        done = pixels - pixels % 8;
+        // SAFETY: as in `to_planes`.
+        unsafe { avx2::to_pixel_major(planes.as_ptr(), oc, pixels, done, pm.as_mut_ptr()) };
+    }
+    for p in done..pixels {
+        for o in 0..oc {
+            pm[p * oc + o] = planes[o * pixels + p];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::Geometry;
@@ -125,6 +184,88 @@ mod avx2 {
                 _ => $f::<1>($($arg),*),
             }
         };
+    }
+
+    /// Transposes 8 rows of 8 floats.
+    #[inline(always)]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn to_planes(
+        pm: *const f32,
+        oc: usize,
+        pixels: usize,
+        done: usize,
+        planes: *mut f32,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let zero = _mm256_setzero_ps();
+        for p0 in (0..done).step_by(8) {
+            for o0 in (0..oc).step_by(8) {
+                let mut r = [zero; 8];
+                for (i, v) in r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(pm.add((p0 + i) * oc + o0));
+                }
+                for (j, v) in transpose8(r).into_iter().enumerate() {
+                    let b = bias.map_or(0.0, |b| b[o0 + j]);
+                    let mut v = _mm256_add_ps(v, _mm256_set1_ps(b));
+                    if relu {
+                        // max(0, v) returns v when v is NaN: NaN kept.
+                        v = _mm256_max_ps(zero, v);
+                    }
+                    _mm256_storeu_ps(planes.add((o0 + j) * pixels + p0), v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn to_pixel_major(
+        planes: *const f32,
+        oc: usize,
+        pixels: usize,
+        done: usize,
+        pm: *mut f32,
+    ) {
+        for p0 in (0..done).step_by(8) {
+            for o0 in (0..oc).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, v) in r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(planes.add((o0 + i) * pixels + p0));
+                }
+                for (j, v) in transpose8(r).into_iter().enumerate() {
+                    _mm256_storeu_ps(pm.add((p0 + j) * oc + o0), v);
+                }
+            }
+        }
     }
 
     /// Output pixels per register block.
@@ -301,6 +442,19 @@ mod tests {
                 let mut band = vec![0f32; (oy1 - oy0) * g.ow * oc];
                 forward_rows(&g, &x, &wt, &mut band, oy0, oy1);
                 assert_eq!(band[..], y[oy0 * g.ow * oc..oy1 * g.ow * oc]);
+            }
+            // The layout moves: planes with bias and relu, and back.
+            let bias = data(oc, 4);
+            let mut planes = vec![0f32; g.oh * g.ow * oc];
+            to_planes(&y, oc, g.oh * g.ow, &mut planes, Some(&bias), true);
+            let mut back = vec![0f32; g.oh * g.ow * oc];
+            to_pixel_major(&planes, oc, g.oh * g.ow, &mut back);
+            for p in 0..g.oh * g.ow {
+                for o in 0..oc {
+                    let want = (y[p * oc + o] + bias[o]).max(0.0);
+                    assert_eq!(planes[o * g.oh * g.ow + p], want, "planes {o} {p}");
+                    assert_eq!(back[p * oc + o], want, "back {o} {p}");
+                }
             }
             let mut dw = vec![0.25f32; taps * oc];
             weight_grad(&g, &x, &dy, &mut dw);
