@@ -28,6 +28,8 @@ if [ -n "$missing" ]; then
   # either way their CPU path is the same.
   scripts/build-gpu-bins.sh $missing >&2
 fi
+# `cnnc run` (the reference evaluator) checks the binaries' numerics.
+cargo build --release --locked --quiet
 CNNC_BENCH_MACHINE="machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB; $(date -u '+%Y-%m-%d %H:%M UTC'); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 export CNNC_BENCH_MACHINE
 echo "$CNNC_BENCH_MACHINE" >&2
