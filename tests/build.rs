@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::npy_f32;
+
 fn cnnc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
     // One target directory for every driver crate built by the tests.
@@ -17,14 +20,6 @@ fn cnnc() -> Command {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-build-target"),
     );
     c
-}
-
-fn npy_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..])
-        .unwrap()
-        .into_vec::<f32>()
-        .unwrap()
 }
 
 /// Builds a fixture once per test run (tests run in parallel; two builds into
@@ -87,7 +82,7 @@ fn built_binaries_match_pytorch_on_the_cpu() {
             "{fixture}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let (ours, expected) = (npy_f32(&output), npy_f32(&dir.join("expected.npy")));
+        let (ours, expected) = (npy_f32(&output).1, npy_f32(&dir.join("expected.npy")).1);
         assert_eq!(ours.len(), expected.len());
         let worst = ours
             .iter()

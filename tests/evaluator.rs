@@ -8,12 +8,8 @@ use cnnc_runtime::weights::WeightFile;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
+mod common;
+use common::npy_f32;
 
 /// Runs one fixture; returns (max scaled error, number of outputs).
 fn run_fixture(name: &str) -> (f64, usize) {

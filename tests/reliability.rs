@@ -12,6 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod common;
+use common::npy_f32;
+
 const NAN: &str = "tests/fixtures/reliability/nan";
 
 fn scratch(test: &str) -> PathBuf {
@@ -61,14 +64,6 @@ fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn npy_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..])
-        .unwrap()
-        .into_vec::<f32>()
-        .unwrap()
 }
 
 // -- weights ------------------------------------------------------------------
@@ -193,8 +188,8 @@ fn nan_and_infinity_propagate_as_in_pytorch() {
         ]),
         0,
     );
-    let ours = npy_f32(&out);
-    let expected = npy_f32(&Path::new(NAN).join("expected.npy"));
+    let ours = npy_f32(&out).1;
+    let expected = npy_f32(&Path::new(NAN).join("expected.npy")).1;
     assert_eq!(ours.len(), expected.len());
     for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
         let same = (a.is_nan() && b.is_nan())

@@ -12,6 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::npy_f32;
+
 const MODEL: &str = "tests/fixtures/reliability/hostile/model.cnn";
 
 fn cnnc() -> Command {
@@ -30,14 +33,6 @@ fn ok(command: &mut Command) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{command:?}\n{stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn npy_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..])
-        .unwrap()
-        .into_vec::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -111,8 +106,8 @@ fn hostile_names_build_and_run() {
         "cpu",
     ]));
     let (reference, built) = (
-        npy_f32(&dir.join("reference.npy")),
-        npy_f32(&dir.join("binary.npy")),
+        npy_f32(&dir.join("reference.npy")).1,
+        npy_f32(&dir.join("binary.npy")).1,
     );
     assert_eq!(reference.len(), 4 * 3);
     assert_eq!(reference.len(), built.len());

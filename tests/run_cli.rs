@@ -6,6 +6,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::npy_f32;
+
 /// A scratch directory of its own for each test, removed afterwards.
 struct Scratch {
     dir: PathBuf,
@@ -95,13 +98,6 @@ fn mnist(kind: &str) -> String {
     panic!("no MNIST {kind} file in models/data/");
 }
 
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
-
 fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) {
     use npyz::WriterBuilder;
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
@@ -158,9 +154,9 @@ fn mnist_fixture_output_matches_pytorch() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(table_rows(&r.stdout).len(), 2, "{r}");
     assert!(r.stdout.contains("wrote "), "{r}");
-    let (shape, got) = read_npy(Path::new(&out));
+    let (shape, got) = npy_f32(Path::new(&out));
     let (expected_shape, expected) =
-        read_npy(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture("mnist_cnn", "expected.npy")));
+        npy_f32(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture("mnist_cnn", "expected.npy")));
     assert_eq!(shape, expected_shape);
     assert_eq!(shape, [2, 10]);
     assert_close("mnist_cnn", &got, &expected);
@@ -172,9 +168,9 @@ fn mnist_fixture_output_matches_pytorch() {
 fn npy_inputs_in_every_accepted_layout_and_dtype() {
     let s = Scratch::new("npy_kinds");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (shape, pixels) = read_npy(&root.join(fixture("mnist_cnn", "input.npy")));
+    let (shape, pixels) = npy_f32(&root.join(fixture("mnist_cnn", "input.npy")));
     assert_eq!(shape, [2, 1, 28, 28]);
-    let (_, expected) = read_npy(&root.join(fixture("mnist_cnn", "expected.npy")));
+    let (_, expected) = npy_f32(&root.join(fixture("mnist_cnn", "expected.npy")));
     // The fixture's pixels are bytes / 255, so u8 and f64 copies are exact.
     let bytes: Vec<u8> = pixels.iter().map(|&v| (v * 255.0).round() as u8).collect();
     let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
@@ -194,7 +190,7 @@ fn npy_inputs_in_every_accepted_layout_and_dtype() {
             &out,
         ]);
         assert_eq!(r.code, 0, "{input}: {r}");
-        let (shape, got) = read_npy(Path::new(&out));
+        let (shape, got) = npy_f32(Path::new(&out));
         assert_eq!(shape, [rows, 10], "{input}");
         assert_close(input, &got, &expected[..rows * 10]);
     }
@@ -318,8 +314,8 @@ fn lenet_needs_padded_digits() {
     let by_hand = s.arg("by_hand.npy");
     let r = base(&["--input", &s.arg("manual.npy"), "--output", &by_hand]);
     assert_eq!(r.code, 0, "{r}");
-    let (shape, a) = read_npy(Path::new(&padded));
-    let (_, b) = read_npy(Path::new(&by_hand));
+    let (shape, a) = npy_f32(Path::new(&padded));
+    let (_, b) = npy_f32(Path::new(&by_hand));
     assert_eq!(shape, [2, 10]);
     assert_eq!(a, b);
 }
@@ -516,12 +512,12 @@ fn png_and_jpeg_images() {
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(table_rows(&r.stdout).len(), 2, "{r}");
-    let (shape, both) = read_npy(Path::new(&out));
+    let (shape, both) = npy_f32(Path::new(&out));
     assert_eq!(shape, [2, 10]);
     let single = s.arg("one.npy");
     let r = run("resnet_tiny", &[s.arg("photo.jpg")], &["--output", &single]);
     assert_eq!(r.code, 0, "{r}");
-    let (_, one) = read_npy(Path::new(&single));
+    let (_, one) = npy_f32(Path::new(&single));
     assert_close("second image of the batch", &both[10..], &one);
 
     // --no-normalize changes the result for a 3-channel model.
@@ -532,7 +528,7 @@ fn png_and_jpeg_images() {
         &["--no-normalize", "--output", &raw],
     );
     assert_eq!(r.code, 0, "{r}");
-    assert_ne!(read_npy(Path::new(&raw)).1, one);
+    assert_ne!(npy_f32(Path::new(&raw)).1, one);
 
     let r = run("resnet_tiny", &[s.arg("rgb.png")], &["--index", "0..2"]);
     assert_eq!(r.code, 1, "{r}");

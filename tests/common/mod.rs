@@ -34,7 +34,7 @@ pub fn small_size(path: &Path, sizes: &[i64]) -> Option<i64> {
 
 /// A float32 `.npy` file: shape and values.
 pub fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
     (shape, npy.into_vec::<f32>().unwrap())
