@@ -714,15 +714,21 @@ fn emit(
             (Stage::Ast, _) => unreachable!("handled above"),
         }
     };
+    Ok(write_text(output, &text))
+}
+
+/// `text` to `output` (a temporary file renamed over it) or to standard output.
+fn write_text(output: Option<&Path>, text: &str) -> ExitCode {
     match output {
-        Some(path) => {
-            if let Err(e) = cnnc_runtime::output::write_atomic(path, text.as_bytes()) {
-                return Ok(fail(e));
-            }
+        Some(path) => match cnnc_runtime::output::write_atomic(path, text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
-        None => print!("{text}"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `cnnc graph`: the picture, to a file (atomically) or standard output.
@@ -746,15 +752,7 @@ fn draw(
         Ok(t) => t,
         Err(e) => return Ok(fail(e)),
     };
-    match output {
-        Some(path) => {
-            if let Err(e) = cnnc_runtime::output::write_atomic(path, text.as_bytes()) {
-                return Ok(fail(e));
-            }
-        }
-        None => print!("{text}"),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(write_text(output, &text))
 }
 
 fn build(
