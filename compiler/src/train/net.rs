@@ -6,7 +6,9 @@ use super::kernels::{self as k, BnSaved, ConvGeom, PoolGeom};
 use super::rng;
 use crate::ir::{Activation, Graph, NodeId, Op, ParamKind, Shape};
 use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// Parameters and buffers, aligned with `graph.params`.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,8 +66,9 @@ impl Forward {
 pub struct Net {
     pub graph: Graph,
     pub state: State,
-    /// Per-node (forward, backward) seconds, summed over passes, when profiling.
-    pub profile: Option<Vec<[f64; 2]>>,
+    /// Per-node (forward, backward) seconds, summed over passes, when
+    /// profiling (`Some`); a cell so that `backward(&self)` can add to it.
+    pub profile: RefCell<Option<Vec<[f64; 2]>>>,
     slots: Vec<Slots>,
     /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
     dropout_ordinal: Vec<u64>,
@@ -181,7 +184,7 @@ impl Net {
             dropout_ordinal,
             relu_in_place,
             fused_relu,
-            profile: None,
+            profile: RefCell::new(None),
         })
     }
 
@@ -254,7 +257,7 @@ impl Net {
             let (oc, oh, ow) = chw(node.shape);
             let xin = &values[node.inputs[0]];
             let mut keep = Saved::None;
-            let started = self.profile.is_some().then(std::time::Instant::now);
+            let started = self.profile.borrow().is_some().then(Instant::now);
             let out = match node.op {
                 Op::Input => return Err("a second input node".into()),
                 Op::Conv2d { .. } => {
@@ -408,7 +411,7 @@ impl Net {
                 }
             };
             debug_assert_eq!(out.len(), n * node.shape.numel() as usize, "node {id}");
-            if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+            if let (Some(t), Some(p)) = (started, self.profile.get_mut().as_mut()) {
                 p[id][0] += t.elapsed().as_secs_f64();
             }
             values.push(out);
@@ -419,23 +422,7 @@ impl Net {
 
     /// Gradients of every trainable parameter (aligned with `graph.params`,
     /// `None` where there is none) given d(loss)/d(output).
-    pub fn backward(
-        &mut self,
-        fwd: &Forward,
-        dout: Vec<f32>,
-    ) -> Result<Vec<Option<Vec<f32>>>, String> {
-        let mut times = self.profile.take();
-        let r = self.backward_inner(fwd, dout, times.as_mut());
-        self.profile = times;
-        r
-    }
-
-    fn backward_inner(
-        &self,
-        fwd: &Forward,
-        dout: Vec<f32>,
-        mut times: Option<&mut Vec<[f64; 2]>>,
-    ) -> Result<Vec<Option<Vec<f32>>>, String> {
+    pub fn backward(&self, fwd: &Forward, dout: Vec<f32>) -> Result<Vec<Option<Vec<f32>>>, String> {
         let g = &self.graph;
         let n = fwd.n;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; g.nodes.len()];
@@ -452,7 +439,7 @@ impl Net {
         };
         for id in (1..g.nodes.len()).rev() {
             let Some(dy) = grads[id].take() else { continue };
-            let started = times.is_some().then(std::time::Instant::now);
+            let started = self.profile.borrow().is_some().then(Instant::now);
             let node = &g.nodes[id];
             let slots = self.slots[id];
             let src = node.inputs[0];
@@ -615,7 +602,7 @@ impl Net {
                     }
                 }
             }
-            if let (Some(t), Some(p)) = (started, times.as_deref_mut()) {
+            if let (Some(t), Some(p)) = (started, self.profile.borrow_mut().as_mut()) {
                 p[id][1] += t.elapsed().as_secs_f64();
             }
         }

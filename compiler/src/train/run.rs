@@ -9,6 +9,7 @@ use crate::ir::{Graph, Op};
 use cnnc_runtime::output::write_atomic;
 use cnnc_runtime::weights::WeightFile;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -453,7 +454,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
     };
     let mut net = Net::new(graph, &weights)?;
     if args.profile {
-        net.profile = Some(vec![[0.0; 2]; net.graph.nodes.len()]);
+        net.profile = RefCell::new(Some(vec![[0.0; 2]; net.graph.nodes.len()]));
     }
     // Seconds of the loss and of the optimiser, and the steps profiled.
     let (mut loss_time, mut opt_time, mut profiled) = (0f64, 0f64, 0usize);
@@ -568,7 +569,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         // Evaluation is not part of the training profile.
         let times = net.profile.take();
         let (test_loss, acc) = evaluate(&mut net, &test_set, kind)?;
-        net.profile = times;
+        net.profile.replace(times);
         history.epoch = epoch + 1;
         history.test.push(((epoch + 1) as f64, test_loss, acc));
         // Checkpoint first (weights + optimiser), then the plain weights:
@@ -595,7 +596,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             break;
         }
     }
-    if let Some(times) = &net.profile {
+    if let Some(times) = net.profile.get_mut() {
         print_profile(&net.graph, times, loss_time, opt_time, profiled);
     }
     println!(
