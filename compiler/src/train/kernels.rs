@@ -9,7 +9,7 @@
 //! within a chunk does.
 
 use crate::ir::{Activation, PaddingMode};
-use cnnc_runtime::cpu::direct;
+use cnnc_runtime::cpu::{copy_short, direct};
 use rayon::prelude::*;
 
 /// Evaluates `$call` inside a function compiled with AVX2 when the CPU has
@@ -110,51 +110,6 @@ fn mm(
             false,
             par,
         )
-    }
-}
-
-/// Copies `len` values from the start of `src` to the start of `dst` in
-/// blocks of 8 (plain vector moves, no memcpy call), writing up to 7 values
-/// past `len` when both slices have room for them (callers overwrite those
-/// afterwards); exactly `len` otherwise.
-#[inline(always)]
-fn copy_spilling(dst: &mut [f32], src: &[f32], len: usize) {
-    let blocks = len.div_ceil(8);
-    if blocks * 8 <= dst.len() && blocks * 8 <= src.len() {
-        for (d, s) in dst[..blocks * 8]
-            .chunks_exact_mut(8)
-            .zip(src[..blocks * 8].chunks_exact(8))
-        {
-            let v: [f32; 8] = s.try_into().unwrap();
-            d.copy_from_slice(&v);
-        }
-    } else {
-        dst[..len].copy_from_slice(&src[..len]);
-    }
-}
-
-/// Copies `src` (at least 4 values) to the start of `dst` exactly, in
-/// blocks of 8 (or 4) with the last block overlapping the one before it:
-/// no memcpy call, which costs more than a short row.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let len = src.len();
-    debug_assert!(len >= 4);
-    let dst = &mut dst[..len];
-    if len >= 8 {
-        for b in 0..len / 8 {
-            let v: [f32; 8] = src[8 * b..8 * b + 8].try_into().unwrap();
-            dst[8 * b..8 * b + 8].copy_from_slice(&v);
-        }
-        let v: [f32; 8] = src[len - 8..].try_into().unwrap();
-        dst[len - 8..].copy_from_slice(&v);
-    } else {
-        let (a, b): ([f32; 4], [f32; 4]) = (
-            src[..4].try_into().unwrap(),
-            src[len - 4..].try_into().unwrap(),
-        );
-        dst[..4].copy_from_slice(&a);
-        dst[len - 4..].copy_from_slice(&b);
     }
 }
 
@@ -349,17 +304,7 @@ impl ConvGeom {
                     for y in 0..oh {
                         let at = ((y0 + y) * self.sh + ky * self.dh) * wp + kx * self.dw;
                         if self.sw == 1 {
-                            // Rows are short (6 to 30 values in the zoo): a
-                            // memcpy call per row cost more than the copy.
-                            // All but the last row may spill up to 7 values
-                            // into the next row, which is written after it.
-                            if y + 1 < oh {
-                                copy_spilling(&mut dst[y * ow..], &plane[at..], ow);
-                            } else {
-                                for (d, v) in dst[y * ow..].iter_mut().zip(&plane[at..at + ow]) {
-                                    *d = *v;
-                                }
-                            }
+                            copy_short(&mut dst[y * ow..(y + 1) * ow], &plane[at..at + ow]);
                         } else {
                             let d = &mut dst[y * ow..(y + 1) * ow];
                             for (xo, v) in d.iter_mut().enumerate() {

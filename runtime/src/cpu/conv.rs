@@ -646,8 +646,9 @@ fn gather_zeros(
 /// `dst.copy_from_slice(src)`, without a `memcpy` call for the short rows of
 /// small maps (a call costs more than copying 20 floats): below 64 values,
 /// two overlapping copies of a fixed size, which compile to vector moves.
+/// (Also `cnnc train`'s im2col.)
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len();
     assert_eq!(n, src.len());
     macro_rules! two {

@@ -19,6 +19,7 @@ mod conv;
 pub mod direct;
 
 pub use act::apply_slice;
+pub use conv::copy_short;
 
 use crate::plan::{Epi, Gemm, Place, Plan, Step, StepOp};
 use crate::{Error, Result};
