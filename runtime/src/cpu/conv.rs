@@ -437,14 +437,20 @@ pub(super) fn direct_conv(
         let (pad_h, pad_w) = g.pad;
         let plane = d.hp * d.wp;
         let xp = &mut s.padded[..d.c * plane];
-        if pad_h > 0 || pad_w > 0 {
-            xp.fill(0.0);
-        }
+        // Only the padded rows this band reads (a band of a batch-1 image
+        // reads its rows plus KH − 1): zeros outside the image, its row inside.
         for c in 0..d.c {
             let src = arena.plane(x, n, c);
-            for r in 0..x.h {
-                let at = c * plane + (r + pad_h) * d.wp + pad_w;
-                xp[at..at + x.w].copy_from_slice(&src[r * x.w..(r + 1) * x.w]);
+            for r in oy0..oy1 + d.kh - 1 {
+                let row = &mut xp[c * plane + r * d.wp..c * plane + (r + 1) * d.wp];
+                match r.checked_sub(pad_h).filter(|&ry| ry < x.h) {
+                    Some(ry) => {
+                        row[..pad_w].fill(0.0);
+                        row[pad_w..pad_w + x.w].copy_from_slice(&src[ry * x.w..(ry + 1) * x.w]);
+                        row[pad_w + x.w..].fill(0.0);
+                    }
+                    None => row.fill(0.0),
+                }
             }
         }
         let pm = &mut s.pm[..(oy1 - oy0) * d.ow * d.oc];
