@@ -93,8 +93,7 @@ impl CpuExecutor {
                 let (a, b) = conv::direct_scratch_len(g, &step.inputs[0], &step.output);
                 padded_len = padded_len.max(a);
                 pm_len = pm_len.max(b);
-                let taps = g.in_channels * g.kernel.0 * g.kernel.1;
-                direct::tap_major(&prepared[step.params[0]], g.out_channels, taps)
+                direct::tap_major(&prepared[step.params[0]], g.out_channels, conv::k_total(g))
             }));
             if let (StepOp::Gemm(g), None) = (&step.op, direct) {
                 // Tasks only grow with the batch and shrink with more threads.
