@@ -108,6 +108,49 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], dw_taps: &mut [f32]) {
     }
 }
 
+/// PyTorch's `[OC][C][KH][KW]` weights as `[KH·KW][OC][C]`: the layout of
+/// [`input_grad`], input channels along the lanes.
+pub fn channel_minor(w: &[f32], oc: usize, c: usize, kk: usize) -> Vec<f32> {
+    let mut t = vec![0f32; oc * c * kk];
+    for o in 0..oc {
+        for ci in 0..c {
+            for q in 0..kk {
+                t[(q * oc + o) * c + ci] = w[(o * c + ci) * kk + q];
+            }
+        }
+    }
+    t
+}
+
+/// `dx[(oy + ky)·WP + ox + kx][c] += Σ_o w[ky][kx][o][c] · dy[oy·OW + ox][o]`
+/// over one image: the input gradient, pixel-major on the padded input
+/// (`[HP·WP][C]`, accumulated: the caller zeroes it), from the output
+/// gradient pixel-major (`[OH·OW][OC]`) and the weights as
+/// [`channel_minor`]. Needs C a multiple of 16 (OC any); panics as
+/// [`forward`].
+///
+/// Each output-gradient pixel is scattered to the K·K input pixels it came
+/// from, so no multiply-add is spent on the zeros that a transposed
+/// convolution over the padded gradient would read, and no column matrix
+/// is written and added back (col2im).
+pub fn input_grad(g: &Geometry, dy: &[f32], w_cm: &[f32], dx: &mut [f32]) {
+    assert!(g.c.is_multiple_of(16) && g.c > 0 && g.oc > 0);
+    assert!(g.oh + g.kh - 1 <= g.hp && g.ow + g.kw - 1 <= g.wp);
+    assert!(dy.len() >= g.oh * g.ow * g.oc);
+    assert!(w_cm.len() >= g.kh * g.kw * g.oc * g.c);
+    assert!(dx.len() >= g.hp * g.wp * g.c);
+    assert!(available(), "direct convolution needs AVX2 and FMA");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX2 and FMA (asserted), and the asserts bound
+    // every access: output pixels (oy, ox + p) below OH·OW read channels
+    // below OC, weights rows (ky·KW + kx)·OC + o below KH·KW·OC with 16
+    // channels from a multiple of 16 below C, and input pixels
+    // (oy + ky, ox + p + kx) inside HP×WP.
+    unsafe {
+        avx2::input_grad(g, dy.as_ptr(), w_cm.as_ptr(), dx.as_mut_ptr())
+    }
+}
+
 /// Pixel-major `[P][OC]` to planes `[OC][P]`, adding `bias[o]` and then,
 /// with `relu`, `max(·, 0)` (NaN kept): the outputs of [`forward`] as NCHW.
 /// 8×8 register transposes on AVX2 (where [`available`]), plain loops
@@ -388,6 +431,67 @@ mod avx2 {
             _mm256_storeu_ps(out.add(8), _mm256_add_ps(_mm256_loadu_ps(out.add(8)), a[1]));
         }
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input_grad(g: &Geometry, dy: *const f32, w: *const f32, dx: *mut f32) {
+        let per = g.ow.div_ceil(g.ow.div_ceil(PIXELS));
+        // kx outside ky: consecutive blocks write different input rows, so
+        // a block never waits for the stores of the one before it (on a
+        // 6-pixel row, neighbouring kx would overlap in 5 of 6 pixels).
+        for cb in (0..g.c).step_by(16) {
+            for oy in 0..g.oh {
+                for kx in 0..g.kw {
+                    for ky in 0..g.kh {
+                        let mut ox = 0;
+                        while ox < g.ow {
+                            let n = (g.ow - ox).min(per);
+                            up_to_6!(n, scatter_block, (g, dy, w, dx, cb, oy, ox, ky, kx));
+                            ox += n;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Input channels cb..cb + 16 of the input pixels that tap (ky, kx)
+    /// of output pixels (oy, ox..ox + P) read, summed over the output
+    /// channels.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scatter_block<const P: usize>(
+        g: &Geometry,
+        dy: *const f32,
+        w: *const f32,
+        dx: *mut f32,
+        cb: usize,
+        oy: usize,
+        ox: usize,
+        ky: usize,
+        kx: usize,
+    ) {
+        let out = dx.add(((oy + ky) * g.wp + ox + kx) * g.c + cb);
+        let mut acc = [[_mm256_setzero_ps(); 2]; P];
+        for (p, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm256_loadu_ps(out.add(p * g.c));
+            a[1] = _mm256_loadu_ps(out.add(p * g.c + 8));
+        }
+        let wrow = w.add((ky * g.kw + kx) * g.oc * g.c + cb);
+        let grow = dy.add((oy * g.ow + ox) * g.oc);
+        for o in 0..g.oc {
+            let w0 = _mm256_loadu_ps(wrow.add(o * g.c));
+            let w1 = _mm256_loadu_ps(wrow.add(o * g.c + 8));
+            for (p, a) in acc.iter_mut().enumerate() {
+                let v = _mm256_broadcast_ss(&*grow.add(p * g.oc + o));
+                a[0] = _mm256_fmadd_ps(w0, v, a[0]);
+                a[1] = _mm256_fmadd_ps(w1, v, a[1]);
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(p * g.c), a[0]);
+            _mm256_storeu_ps(out.add(p * g.c + 8), a[1]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,7 +510,7 @@ mod tests {
             .collect()
     }
 
-    /// Both kernels against element-by-element f64 sums, over shapes with
+    /// The kernels against element-by-element f64 sums, over shapes with
     /// ragged pixel and tap blocks.
     #[test]
     fn direct_kernels_match_plain_sums() {
@@ -417,6 +521,8 @@ mod tests {
             (16, 24, 24, 32, 5, 5),
             (3, 9, 13, 16, 3, 7),
             (2, 5, 6, 48, 1, 1),
+            (32, 10, 10, 64, 5, 5),
+            (16, 6, 13, 48, 3, 2),
         ] {
             let g = Geometry {
                 c,
@@ -454,6 +560,35 @@ mod tests {
                     let want = (y[p * oc + o] + bias[o]).max(0.0);
                     assert_eq!(planes[o * g.oh * g.ow + p], want, "planes {o} {p}");
                     assert_eq!(back[p * oc + o], want, "back {o} {p}");
+                }
+            }
+            if c % 16 == 0 {
+                let mut dx = data(hp * wp * c, 5);
+                let start = dx.clone();
+                input_grad(&g, &dy, &channel_minor(&w, oc, c, kh * kw), &mut dx);
+                for iy in 0..hp {
+                    for ix in 0..wp {
+                        for ci in 0..c {
+                            let mut want = start[(iy * wp + ix) * c + ci] as f64;
+                            for ky in 0..kh.min(iy + 1) {
+                                for kx in 0..kw.min(ix + 1) {
+                                    let (oy, ox) = (iy - ky, ix - kx);
+                                    if oy >= g.oh || ox >= g.ow {
+                                        continue;
+                                    }
+                                    for o in 0..oc {
+                                        want += w[((o * c + ci) * kh + ky) * kw + kx] as f64
+                                            * dy[(oy * g.ow + ox) * oc + o] as f64;
+                                    }
+                                }
+                            }
+                            let got = dx[(iy * wp + ix) * c + ci] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-4,
+                                "dx {iy} {ix} {ci}: {got} vs {want}"
+                            );
+                        }
+                    }
                 }
             }
             let mut dw = vec![0.25f32; taps * oc];
