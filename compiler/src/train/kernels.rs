@@ -1645,6 +1645,64 @@ mod tests {
         assert_eq!(arg, [1]);
     }
 
+    /// The 2×2 fast path (branch-free selects) against a plain loop with
+    /// PyTorch's rule, on rows of 1 to 17 outputs with ties, NaNs (also two
+    /// in one window) and -∞.
+    #[test]
+    fn maxpool_2x2_matches_a_plain_loop() {
+        for (h, w) in [(20, 20), (6, 16), (9, 35), (4, 2)] {
+            let (oh, ow) = (h / 2, w / 2);
+            let g = PoolGeom {
+                h,
+                w,
+                oh,
+                ow,
+                kernel: (2, 2),
+                stride: (2, 2),
+                padding: (0, 0),
+                dilation: (1, 1),
+            };
+            let planes = 3;
+            let mut x: Vec<f32> = (0..planes * h * w)
+                .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+                .collect();
+            for i in (0..x.len()).step_by(11) {
+                x[i] = f32::NAN;
+            }
+            for i in (5..x.len()).step_by(23) {
+                x[i] = f32::NEG_INFINITY;
+            }
+            // Two NaNs in one window: the last one in the window's order wins.
+            (x[2], x[w + 3]) = (f32::NAN, f32::NAN);
+            (x[2 * ow - 1], x[w + 2 * ow - 2]) = (f32::NAN, f32::NAN);
+            let (y, arg) = maxpool_forward(&g, planes, &x);
+            for p in 0..planes {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let first = p * h * w + 2 * oy * w + 2 * ox;
+                        let (mut best, mut at) = (x[first], first);
+                        for i in [first + 1, first + w, first + w + 1] {
+                            if x[i] > best || x[i].is_nan() {
+                                (best, at) = (x[i], i);
+                            }
+                        }
+                        let o = (p * oh + oy) * ow + ox;
+                        assert_eq!(
+                            arg[o] as usize,
+                            at - p * h * w,
+                            "{h}x{w} plane {p} ({oy}, {ox})"
+                        );
+                        assert_eq!(
+                            y[o].to_bits(),
+                            best.to_bits(),
+                            "{h}x{w} plane {p} ({oy}, {ox})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Direct f64 convolution and its adjoints, element by element.
     #[allow(clippy::needless_range_loop)]
     fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {

@@ -60,7 +60,8 @@ pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let env_off = *ENV_OFF.get_or_init(|| std::env::var_os("CNNC_AVX512").is_some_and(|v| v == "0"));
+        let env_off =
+            *ENV_OFF.get_or_init(|| std::env::var_os("CNNC_AVX512").is_some_and(|v| v == "0"));
         !env_off
             && AVX512_ON.load(std::sync::atomic::Ordering::Relaxed)
             && std::arch::is_x86_feature_detected!("avx512f")
@@ -584,7 +585,11 @@ mod avx512 {
 
     /// The most pixels (or taps) a block of `vb` vectors holds: 24 accumulators.
     fn most(vb: usize) -> usize {
-        if vb == 4 { 6 } else { 12 }
+        if vb == 4 {
+            6
+        } else {
+            12
+        }
     }
 
     /// Vectors per block for `q` 16-lane channel blocks: 4, 2 or 1 dividing
