@@ -566,7 +566,10 @@ fn plane_sum(plane: &[f32]) -> f64 {
     tail + lanes.iter().map(|&v| v as f64).sum::<f64>()
 }
 
-/// Convolution backward: returns (dx if wanted, dw, db).
+/// Convolution backward: returns (dx if wanted, dw, db). With
+/// `relu_input` (the input is a relu's output read by nothing else) dx is
+/// the gradient of the relu's input: [`relu_mask`] applied to each image
+/// while it is in cache, instead of a pass of the relu's own.
 ///
 /// The weight gradient is accumulated transposed ([CKK, OC] per group,
 /// column-major for the GEMM: both of its operands are then read along
@@ -579,6 +582,7 @@ pub fn conv_backward(
     w: &[f32],
     dy: &[f32],
     need_dx: bool,
+    relu_input: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (ohw, ckk) = (g.ohw(), g.ckk());
     let in_per = g.c * g.h * g.w;
@@ -670,6 +674,9 @@ pub fn conv_backward(
                     } else {
                         direct::to_planes(&dx_pm, g.c, pixels, dxi, None, false);
                     }
+                    if relu_input {
+                        relu_mask(dxi, xi);
+                    }
                 }
             }
             if dxt.is_none() || w_cm.is_some() {
@@ -715,6 +722,9 @@ pub fn conv_backward(
                 if let (true, Some(dxt)) = (g.padded(), dxt.as_deref_mut()) {
                     g.unpad_grad(&dpad, &mut dxt[i * in_per..(i + 1) * in_per]);
                 }
+                if let (true, Some(dxt)) = (relu_input, dxt.as_deref_mut()) {
+                    relu_mask(&mut dxt[i * in_per..(i + 1) * in_per], xi);
+                }
             }
             return (dwt, db);
         }
@@ -752,6 +762,9 @@ pub fn conv_backward(
                         g.unpad_grad(&dpad, dximg);
                     } else {
                         g.col2im(&col, p, bi * ohw, dximg);
+                    }
+                    if relu_input {
+                        relu_mask(dximg, &xc[bi * in_per..(bi + 1) * in_per]);
                     }
                 }
             }
@@ -983,16 +996,28 @@ fn maxpool2x2(src: &[f32], w: usize, oh: usize, ow: usize, y: &mut [f32], arg: &
     with_avx2!(body(src, w, oh, ow, y, arg))
 }
 
-/// Scatters gradients to the recorded maxima (max pools, adaptive max pools).
-pub fn argmax_backward(planes: usize, in_size: usize, arg: &[u32], dy: &[f32]) -> Vec<f32> {
+/// Scatters gradients to the recorded maxima (max pools, adaptive max
+/// pools). With `relu_of` (the pool's outputs, when its input is a relu's
+/// output read by nothing else) the relu's gradient is applied on the way:
+/// a maximum that is ≤ 0 passes nothing back, so the relu needs no pass of
+/// its own over the (four times larger) input.
+pub fn argmax_backward(
+    planes: usize,
+    in_size: usize,
+    arg: &[u32],
+    dy: &[f32],
+    relu_of: Option<&[f32]>,
+) -> Vec<f32> {
     let out_size = arg.len() / planes.max(1);
     let mut dx = vec![0f32; planes * in_size];
     dx.par_chunks_mut(in_size)
         .zip(arg.par_chunks(out_size))
         .zip(dy.par_chunks(out_size))
-        .for_each(|((d, a), g)| {
-            for (&i, &v) in a.iter().zip(g) {
-                if i != u32::MAX {
+        .enumerate()
+        .for_each(|(p, ((d, a), g))| {
+            let y = relu_of.map(|y| &y[p * out_size..(p + 1) * out_size]);
+            for (o, (&i, &v)) in a.iter().zip(g).enumerate() {
+                if i != u32::MAX && !y.is_some_and(|y| y[o] <= 0.0) {
                     d[i as usize] += v;
                 }
             }
@@ -1417,11 +1442,16 @@ pub fn activate_all(a: Activation, x: &[f32]) -> Vec<f32> {
 pub fn relu_grad_in_place(dy: &mut [f32], y: &[f32]) {
     dy.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(y.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(dc, yc)| {
-            for (d, &v) in dc.iter_mut().zip(yc) {
-                *d = if v > 0.0 { *d } else { 0.0 };
-            }
-        });
+        .for_each(|(dc, yc)| relu_mask(dc, yc));
+}
+
+/// `dy = 0 where y ≤ 0`: relu's gradient from its output, PyTorch's rule
+/// (`threshold_backward`: a NaN passes the gradient on).
+#[inline]
+pub fn relu_mask(dy: &mut [f32], y: &[f32]) {
+    for (d, &v) in dy.iter_mut().zip(y) {
+        *d = if v <= 0.0 { 0.0 } else { *d };
+    }
 }
 
 /// `dy *= activation_grad(a, x)`.
@@ -1480,18 +1510,20 @@ pub fn activate(a: Activation, v: f32) -> f32 {
 /// d activation / d input at input `x` (PyTorch's backward formulas, including at kinks).
 pub fn activation_grad(a: Activation, x: f32) -> f32 {
     match a {
+        // PyTorch's comparisons, so that a NaN input passes the gradient
+        // as it does there (threshold_backward, hardtanh_backward, elu_backward).
         Activation::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
+            if x <= 0.0 {
                 0.0
+            } else {
+                1.0
             }
         }
         Activation::Relu6 => {
-            if x > 0.0 && x < 6.0 {
-                1.0
-            } else {
+            if x <= 0.0 || x >= 6.0 {
                 0.0
+            } else {
+                1.0
             }
         }
         Activation::LeakyRelu(s) => {
@@ -1502,10 +1534,10 @@ pub fn activation_grad(a: Activation, x: f32) -> f32 {
             }
         }
         Activation::Elu(al) => {
-            if x > 0.0 {
-                1.0
-            } else {
+            if x <= 0.0 {
                 al.0 as f32 * x.exp()
+            } else {
+                1.0
             }
         }
         Activation::Tanh => {
@@ -1645,6 +1677,29 @@ mod tests {
         assert_eq!(arg, [1]);
     }
 
+    /// Gradients at a NaN input as PyTorch 2.15 gives them
+    /// (`x = tensor([nan], requires_grad=True); f(x).backward(ones(1))`):
+    /// relu, relu6, elu and hardswish pass it on, leaky relu scales it,
+    /// hardsigmoid stops it; relu from its output too.
+    #[test]
+    fn activation_gradients_at_nan_follow_pytorch() {
+        use crate::ir::F64;
+        let nan = f32::NAN;
+        for (a, want) in [
+            (Activation::Relu, 1.0),
+            (Activation::Relu6, 1.0),
+            (Activation::LeakyRelu(F64(0.1)), 0.1),
+            (Activation::Elu(F64(1.0)), 1.0),
+            (Activation::Hardsigmoid, 0.0),
+            (Activation::Hardswish, 1.0),
+        ] {
+            assert_eq!(activation_grad(a, nan), want, "{a:?}");
+        }
+        let mut dy = [1.0, 1.0, 1.0];
+        relu_grad_in_place(&mut dy, &[nan, 0.0, 2.0]);
+        assert_eq!(dy, [1.0, 0.0, 1.0]);
+    }
+
     /// The 2×2 fast path (branch-free selects) against a plain loop with
     /// PyTorch's rule, on rows of 1 to 17 outputs with ties, NaNs (also two
     /// in one window) and -∞.
@@ -1676,6 +1731,19 @@ mod tests {
             (x[2], x[w + 3]) = (f32::NAN, f32::NAN);
             (x[2 * ow - 1], x[w + 2 * ow - 2]) = (f32::NAN, f32::NAN);
             let (y, arg) = maxpool_forward(&g, planes, &x);
+            // The backward pass, with and without a relu folded in (a
+            // maximum ≤ 0 passes nothing; a NaN one passes its gradient).
+            let dy: Vec<f32> = (0..y.len()).map(|i| i as f32 + 1.0).collect();
+            for relu in [false, true] {
+                let dx = argmax_backward(planes, h * w, &arg, &dy, relu.then_some(&y[..]));
+                let mut want = vec![0f32; x.len()];
+                for (o, &i) in arg.iter().enumerate() {
+                    if !(relu && y[o] <= 0.0) {
+                        want[o / (oh * ow) * h * w + i as usize] += dy[o];
+                    }
+                }
+                assert_eq!(dx, want, "{h}x{w} backward, relu {relu}");
+            }
             for p in 0..planes {
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -1823,12 +1891,20 @@ mod tests {
                 let relu: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
                 let relu_got = conv_forward(&g, n, &x, &wt, None, true);
                 close(&format!("{what} relu"), &relu_got, &relu);
-                let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true);
+                let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true, false);
                 close(&format!("{what} dx"), &gx.unwrap(), &dx);
                 close(&format!("{what} dw"), &gw, &dwt);
                 close(&format!("{what} db"), &gb, &db);
+                // A relu's gradient folded in: dx where x > 0, else 0.
+                let (gx, _, _) = conv_backward(&g, n, &x, &wt, &dy, true, true);
+                let masked: Vec<f64> = dx
+                    .iter()
+                    .zip(&x)
+                    .map(|(&d, &v)| if v <= 0.0 { 0.0 } else { d })
+                    .collect();
+                close(&format!("{what} dx through a relu"), &gx.unwrap(), &masked);
                 // Without dx (a first layer) the weight gradient is the same.
-                let (none, gw, _) = conv_backward(&g, n, &x, &wt, &dy, false);
+                let (none, gw, _) = conv_backward(&g, n, &x, &wt, &dy, false, false);
                 assert!(none.is_none());
                 close(&format!("{what} dw without dx"), &gw, &dwt);
             }

@@ -80,6 +80,11 @@ pub struct Net {
     /// it themselves (their own output is read by nothing else, and their
     /// backward pass does not read it), and that relu just passes it on.
     fused_relu: Vec<bool>,
+    /// In-place relus whose only reader is a convolution or a max pool
+    /// taking it as its first input: that reader's backward pass applies
+    /// the relu's gradient and passes the result straight to the relu's
+    /// input, so the relu's own backward pass never runs.
+    relu_folded: Vec<bool>,
 }
 
 fn chw(shape: Shape) -> (usize, usize, usize) {
@@ -177,6 +182,17 @@ impl Net {
                 fused_relu[node.inputs[0]] = true;
             }
         }
+        let mut relu_folded = vec![false; graph.nodes.len()];
+        for node in &graph.nodes {
+            let src = node.inputs.first().copied().unwrap_or(0);
+            let folds = matches!(
+                node.op,
+                Op::Conv2d { .. } | Op::MaxPool2d { .. } | Op::AdaptiveMaxPool2d { .. }
+            );
+            if folds && relu_in_place[src] && readers[src] == 1 && src != graph.output {
+                relu_folded[src] = true;
+            }
+        }
         Ok(Net {
             graph,
             state: State { values, counts },
@@ -184,6 +200,7 @@ impl Net {
             dropout_ordinal,
             relu_in_place,
             fused_relu,
+            relu_folded,
             profile: RefCell::new(None),
         })
     }
@@ -437,6 +454,14 @@ impl Net {
                 slot => *slot = Some(d),
             }
         };
+        // Where a folded relu's gradient goes: to the relu's input.
+        let past_folded_relu = |src: NodeId| {
+            if self.relu_folded[src] {
+                g.nodes[src].inputs[0]
+            } else {
+                src
+            }
+        };
         for id in (1..g.nodes.len()).rev() {
             let Some(dy) = grads[id].take() else { continue };
             let started = self.profile.borrow().is_some().then(Instant::now);
@@ -454,13 +479,14 @@ impl Net {
                 Op::Conv2d { .. } => {
                     let geom = conv_geom(node, in_shape)?;
                     let wt = self.param(slots.weight, node, "weight")?;
-                    let (dx, dw, db) = k::conv_backward(&geom, n, x, wt, &dy, need_dx);
+                    let folded = self.relu_folded[src];
+                    let (dx, dw, db) = k::conv_backward(&geom, n, x, wt, &dy, need_dx, folded);
                     pgrads[slots.weight.unwrap()] = Some(dw);
                     if let Some(b) = slots.bias {
                         pgrads[b] = Some(db);
                     }
                     if let Some(dx) = dx {
-                        add(&mut grads, src, dx);
+                        add(&mut grads, past_folded_relu(src), dx);
                     }
                 }
                 Op::Linear {
@@ -490,7 +516,9 @@ impl Net {
                     let Saved::Arg(arg) = &fwd.saved[id] else {
                         return Err("max pool without saved indices".into());
                     };
-                    add(&mut grads, src, k::argmax_backward(n * c, h * w, arg, &dy));
+                    let relu_of = self.relu_folded[src].then_some(y.as_slice());
+                    let dx = k::argmax_backward(n * c, h * w, arg, &dy, relu_of);
+                    add(&mut grads, past_folded_relu(src), dx);
                 }
                 Op::AvgPool2d {
                     kernel,
@@ -572,8 +600,8 @@ impl Net {
                     );
                 }
                 Op::Activation(a) => {
-                    // Relu's gradient from its output (y > 0 exactly where x > 0;
-                    // NaN in both gives 0), so an in-place relu needs no input.
+                    // Relu's gradient from its output (y ≤ 0 exactly where x ≤ 0;
+                    // a NaN in both passes it on), so an in-place relu needs no input.
                     let mut dx = dy;
                     if a == Activation::Relu {
                         k::relu_grad_in_place(&mut dx, y);
