@@ -441,115 +441,204 @@ pub fn conv_forward(
     b: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    let (ohw, ckk) = (g.ohw(), g.ckk());
-    let in_per = g.c * g.h * g.w;
-    let out_per = g.oc * ohw;
+    let (in_per, out_per) = (g.c * g.h * g.w, g.oc * g.ohw());
     let mut y = vec![0f32; n * out_per];
     let (task, sub, rows) = g.split(n);
-    let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
-    let kk = g.kh * g.kw;
-    if let Some(dg) = g.direct() {
-        // No columns: the direct kernel writes pixel-major outputs, moved to
-        // the planes with the bias and the relu.
-        let wt = direct::tap_major(w, g.oc, ckk);
-        y.par_chunks_mut(task * out_per)
-            .zip(x.par_chunks(task * in_per))
-            .for_each(|(yt, xt)| {
-                let (mut pm, mut scratch) = (vec![0f32; ohw * g.oc], Vec::new());
-                for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
-                    direct::forward(&dg, g.source(xi, &mut scratch), &wt, &mut pm);
-                    direct::to_planes(&pm, g.oc, ohw, yi, b, relu);
-                }
-            });
-        return y;
-    }
+    let wt = g.direct().map(|_| direct::tap_major(w, g.oc, g.ckk()));
     y.par_chunks_mut(task * out_per)
         .zip(x.par_chunks(task * in_per))
         .for_each(|(yt, xt)| {
-            let mut col = Vec::new();
-            let mut out = Vec::new();
-            let mut scratch = Vec::new();
-            if sub == 1 {
-                // Bands of output rows of one image, the GEMM writing straight
-                // into the image's output planes (row stride OHW).
-                for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
-                    let src = g.source(xi, &mut scratch);
-                    for y0 in (0..g.oh).step_by(rows) {
-                        let y1 = (y0 + rows).min(g.oh);
-                        let p = (y1 - y0) * g.ow;
-                        col.resize(ckk * p, 0.0);
-                        g.im2col_rows(src, &mut col, p, 0, y0, y1);
-                        for gi in 0..g.groups {
-                            mm(
-                                opg,
-                                p,
-                                cpg * kk,
-                                &mut yi[gi * opg * ohw + y0 * g.ow..],
-                                ohw,
-                                1,
-                                false,
-                                &w[gi * opg * cpg * kk..],
-                                cpg * kk,
-                                1,
-                                &col[gi * cpg * kk * p..],
-                                p,
-                                1,
-                                false,
-                            );
-                        }
-                    }
-                    for (o, plane) in yi.chunks_mut(ohw).enumerate() {
-                        let bias = b.map_or(0.0, |b| b[o]);
-                        if relu {
-                            plane.iter_mut().for_each(|v| {
-                                let t = *v + bias;
-                                *v = if t < 0.0 { 0.0 } else { t };
-                            });
-                        } else if b.is_some() {
-                            plane.iter_mut().for_each(|v| *v += bias);
-                        }
-                    }
+            let mut scratch = ConvScratch::default();
+            conv_images(
+                g,
+                (sub, rows),
+                xt,
+                w,
+                wt.as_deref(),
+                b,
+                relu,
+                yt,
+                &mut scratch,
+            );
+        });
+    y
+}
+
+/// Convolution, relu and a 2×2 max pool with stride 2 in one pass over
+/// each image: the convolution's output (the relu's, in place) only ever
+/// exists one image at a time in a buffer that stays in cache, and only
+/// the pooled values and their indices (in the convolution's planes, as
+/// [`maxpool_forward`] records them) are written out. For a relu whose
+/// only reader is such a pool: nothing else needs its full output (the
+/// pool's backward pass applies the relu's gradient from the pooled
+/// values, see [`argmax_backward`]).
+pub fn conv_relu_maxpool_forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (oh, ow): (usize, usize),
+) -> (Vec<f32>, Vec<u32>) {
+    assert!(2 * oh <= g.oh && 2 * ow <= g.ow);
+    let (in_per, out_per) = (g.c * g.h * g.w, g.oc * g.ohw());
+    let pooled = g.oc * oh * ow;
+    let mut y = vec![0f32; n * pooled];
+    let mut arg = vec![0u32; n * pooled];
+    let (task, _, rows) = g.split(n);
+    let wt = g.direct().map(|_| direct::tap_major(w, g.oc, g.ckk()));
+    y.par_chunks_mut(task * pooled)
+        .zip(arg.par_chunks_mut(task * pooled))
+        .zip(x.par_chunks(task * in_per))
+        .for_each(|((yt, at), xt)| {
+            let mut scratch = ConvScratch::default();
+            let mut out = vec![0f32; out_per];
+            for ((yi, ai), xi) in yt
+                .chunks_mut(pooled)
+                .zip(at.chunks_mut(pooled))
+                .zip(xt.chunks(in_per))
+            {
+                conv_images(
+                    g,
+                    (1, rows),
+                    xi,
+                    w,
+                    wt.as_deref(),
+                    b,
+                    true,
+                    &mut out,
+                    &mut scratch,
+                );
+                for ((src, yp), ap) in out
+                    .chunks(g.ohw())
+                    .zip(yi.chunks_mut(oh * ow))
+                    .zip(ai.chunks_mut(oh * ow))
+                {
+                    maxpool2x2(src, g.ow, oh, ow, yp, ap);
                 }
-                return;
             }
-            for (yc, xc) in yt.chunks_mut(sub * out_per).zip(xt.chunks(sub * in_per)) {
-                let nb = xc.len() / in_per;
-                let p = nb * ohw;
-                col.resize(ckk * p, 0.0);
-                out.resize(g.oc * p, 0.0);
-                g.columns(xc, nb, &mut col, &mut scratch);
+        });
+    (y, arg)
+}
+
+/// Buffers one thread reuses across the images of its task.
+#[derive(Default)]
+struct ConvScratch {
+    col: Vec<f32>,
+    out: Vec<f32>,
+    pad: Vec<f32>,
+    pm: Vec<f32>,
+}
+
+/// The forward pass of the images of `xt` into `yt`, on one thread:
+/// direct kernels where `wt` (the weights tap-major) is given, else im2col
+/// and GEMM in tiles of `sub` images or, at 1, bands of `rows` output rows.
+#[allow(clippy::too_many_arguments)]
+fn conv_images(
+    g: &ConvGeom,
+    (sub, rows): (usize, usize),
+    xt: &[f32],
+    w: &[f32],
+    wt: Option<&[f32]>,
+    b: Option<&[f32]>,
+    relu: bool,
+    yt: &mut [f32],
+    s: &mut ConvScratch,
+) {
+    let (ohw, ckk) = (g.ohw(), g.ckk());
+    let in_per = g.c * g.h * g.w;
+    let out_per = g.oc * ohw;
+    let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
+    let kk = g.kh * g.kw;
+    if let (Some(dg), Some(wt)) = (g.direct(), wt) {
+        // No columns: the direct kernel writes pixel-major outputs, moved to
+        // the planes with the bias and the relu.
+        s.pm.resize(ohw * g.oc, 0.0);
+        for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
+            direct::forward(&dg, g.source(xi, &mut s.pad), wt, &mut s.pm);
+            direct::to_planes(&s.pm, g.oc, ohw, yi, b, relu);
+        }
+        return;
+    }
+    if sub == 1 {
+        // Bands of output rows of one image, the GEMM writing straight
+        // into the image's output planes (row stride OHW).
+        for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
+            let src = g.source(xi, &mut s.pad);
+            for y0 in (0..g.oh).step_by(rows) {
+                let y1 = (y0 + rows).min(g.oh);
+                let p = (y1 - y0) * g.ow;
+                s.col.resize(ckk * p, 0.0);
+                g.im2col_rows(src, &mut s.col, p, 0, y0, y1);
                 for gi in 0..g.groups {
                     mm(
                         opg,
                         p,
                         cpg * kk,
-                        &mut out[gi * opg * p..],
-                        p,
+                        &mut yi[gi * opg * ohw + y0 * g.ow..],
+                        ohw,
                         1,
                         false,
                         &w[gi * opg * cpg * kk..],
                         cpg * kk,
                         1,
-                        &col[gi * cpg * kk * p..],
+                        &s.col[gi * cpg * kk * p..],
                         p,
                         1,
                         false,
                     );
                 }
-                for bi in 0..nb {
-                    for o in 0..g.oc {
-                        let bias = b.map_or(0.0, |b| b[o]);
-                        let src = &out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
-                        let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            let t = s + bias;
-                            *d = if relu && t < 0.0 { 0.0 } else { t };
-                        }
-                    }
+            }
+            for (o, plane) in yi.chunks_mut(ohw).enumerate() {
+                let bias = b.map_or(0.0, |b| b[o]);
+                if relu {
+                    plane.iter_mut().for_each(|v| {
+                        let t = *v + bias;
+                        *v = if t < 0.0 { 0.0 } else { t };
+                    });
+                } else if b.is_some() {
+                    plane.iter_mut().for_each(|v| *v += bias);
                 }
             }
-        });
-    y
+        }
+        return;
+    }
+    for (yc, xc) in yt.chunks_mut(sub * out_per).zip(xt.chunks(sub * in_per)) {
+        let nb = xc.len() / in_per;
+        let p = nb * ohw;
+        s.col.resize(ckk * p, 0.0);
+        s.out.resize(g.oc * p, 0.0);
+        g.columns(xc, nb, &mut s.col, &mut s.pad);
+        for gi in 0..g.groups {
+            mm(
+                opg,
+                p,
+                cpg * kk,
+                &mut s.out[gi * opg * p..],
+                p,
+                1,
+                false,
+                &w[gi * opg * cpg * kk..],
+                cpg * kk,
+                1,
+                &s.col[gi * cpg * kk * p..],
+                p,
+                1,
+                false,
+            );
+        }
+        for bi in 0..nb {
+            for o in 0..g.oc {
+                let bias = b.map_or(0.0, |b| b[o]);
+                let src = &s.out[o * p + bi * ohw..o * p + (bi + 1) * ohw];
+                let dst = &mut yc[bi * out_per + o * ohw..bi * out_per + (o + 1) * ohw];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    let t = s + bias;
+                    *d = if relu && t < 0.0 { 0.0 } else { t };
+                }
+            }
+        }
+    }
 }
 
 /// Σ plane in eight f32 lanes (vectorised; one f64 chain of adds was 3% of
@@ -1891,6 +1980,28 @@ mod tests {
                 let relu: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
                 let relu_got = conv_forward(&g, n, &x, &wt, None, true);
                 close(&format!("{what} relu"), &relu_got, &relu);
+                // With the pool fused: the same values and indices as the
+                // pool run on the relu's output.
+                let bias: Vec<f32> = (0..oc).map(|o| o as f32 * 0.01 - 0.05).collect();
+                let pg = PoolGeom {
+                    h: oh,
+                    w: ow,
+                    oh: oh / 2,
+                    ow: ow / 2,
+                    kernel: (2, 2),
+                    stride: (2, 2),
+                    padding: (0, 0),
+                    dilation: (1, 1),
+                };
+                let (want_y, want_arg) = maxpool_forward(
+                    &pg,
+                    n * oc,
+                    &conv_forward(&g, n, &x, &wt, Some(&bias), true),
+                );
+                let (got_y, got_arg) =
+                    conv_relu_maxpool_forward(&g, n, &x, &wt, Some(&bias), (oh / 2, ow / 2));
+                assert_eq!(got_y, want_y, "{what} pooled");
+                assert_eq!(got_arg, want_arg, "{what} pooled indices");
                 let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true, false);
                 close(&format!("{what} dx"), &gx.unwrap(), &dx);
                 close(&format!("{what} dw"), &gw, &dwt);

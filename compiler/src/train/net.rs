@@ -85,6 +85,11 @@ pub struct Net {
     /// the relu's gradient and passes the result straight to the relu's
     /// input, so the relu's own backward pass never runs.
     relu_folded: Vec<bool>,
+    /// Convolutions that run with their relu and the 2×2 max pool after it
+    /// ([`k::conv_relu_maxpool_forward`]): the pool's node id. The conv and
+    /// relu nodes then keep no output of their own (nothing reads it: the
+    /// relu is folded into the pool's backward pass).
+    pool_fused: Vec<Option<NodeId>>,
 }
 
 fn chw(shape: Shape) -> (usize, usize, usize) {
@@ -193,6 +198,27 @@ impl Net {
                 relu_folded[src] = true;
             }
         }
+        let mut pool_fused = vec![None; graph.nodes.len()];
+        for (p, node) in graph.nodes.iter().enumerate() {
+            let Op::MaxPool2d {
+                kernel: (2, 2),
+                stride: (2, 2),
+                padding: (0, 0),
+                dilation: (1, 1),
+                ..
+            } = node.op
+            else {
+                continue;
+            };
+            let r = node.inputs[0];
+            let c = graph.nodes[r].inputs.first().copied().unwrap_or(0);
+            let (_, h, w) = chw(graph.nodes[r].shape);
+            let (_, oh, ow) = chw(node.shape);
+            // Every window inside the map (ceil mode may add one that is not).
+            if relu_folded[r] && fused_relu[c] && 2 * oh <= h && 2 * ow <= w {
+                pool_fused[c] = Some(p);
+            }
+        }
         Ok(Net {
             graph,
             state: State { values, counts },
@@ -201,6 +227,7 @@ impl Net {
             relu_in_place,
             fused_relu,
             relu_folded,
+            pool_fused,
             profile: RefCell::new(None),
         })
     }
@@ -266,6 +293,8 @@ impl Net {
         let mut saved = Vec::with_capacity(self.graph.nodes.len());
         values.push(x.to_vec());
         saved.push(Saved::None);
+        // Fused convs' pooled outputs, by pool node, until it takes them.
+        let mut pooled: BTreeMap<NodeId, (Vec<f32>, Vec<u32>)> = BTreeMap::new();
         for id in 1..self.graph.nodes.len() {
             let node = &self.graph.nodes[id];
             let slots = self.slots[id];
@@ -281,7 +310,14 @@ impl Net {
                     let g = conv_geom(node, in_shape)?;
                     let wt = self.param(slots.weight, node, "weight")?;
                     let b = slots.bias.map(|i| self.state.values[i].as_slice());
-                    k::conv_forward(&g, n, xin, wt, b, self.fused_relu[id])
+                    if let Some(p) = self.pool_fused[id] {
+                        let (_, ph, pw) = chw(self.graph.nodes[p].shape);
+                        let out = k::conv_relu_maxpool_forward(&g, n, xin, wt, b, (ph, pw));
+                        pooled.insert(p, out);
+                        Vec::new()
+                    } else {
+                        k::conv_forward(&g, n, xin, wt, b, self.fused_relu[id])
+                    }
                 }
                 Op::Linear {
                     in_features,
@@ -291,6 +327,11 @@ impl Net {
                     let wt = self.param(slots.weight, node, "weight")?;
                     let b = slots.bias.map(|i| self.state.values[i].as_slice());
                     k::linear_forward(n, in_features as usize, out_features as usize, xin, wt, b)
+                }
+                Op::MaxPool2d { .. } if pooled.contains_key(&id) => {
+                    let (y, arg) = pooled.remove(&id).expect("just checked");
+                    keep = Saved::Arg(arg);
+                    y
                 }
                 Op::MaxPool2d {
                     kernel,
@@ -427,7 +468,11 @@ impl Net {
                     y
                 }
             };
-            debug_assert_eq!(out.len(), n * node.shape.numel() as usize, "node {id}");
+            debug_assert!(
+                out.len() == n * node.shape.numel() as usize
+                    || (out.is_empty() && !pooled.is_empty()),
+                "node {id}"
+            );
             if let (Some(t), Some(p)) = (started, self.profile.get_mut().as_mut()) {
                 p[id][0] += t.elapsed().as_secs_f64();
             }
