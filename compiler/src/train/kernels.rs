@@ -9,7 +9,7 @@
 //! within a chunk does.
 
 use crate::ir::{Activation, PaddingMode};
-use cnnc_runtime::cpu::{copy_short, direct};
+use cnnc_runtime::cpu::{copy_short, direct, winograd};
 use rayon::prelude::*;
 
 /// Evaluates `$call` inside a function compiled with AVX2 when the CPU has
@@ -383,7 +383,7 @@ impl ConvGeom {
     /// AVX2 and FMA.
     fn direct(&self) -> Option<direct::Geometry> {
         #[cfg(test)]
-        if tests::IM2COL_ONLY.with(|c| c.get()) {
+        if tests::KERNELS.with(|c| c.get()) == tests::Kernels::Im2col {
             return None;
         }
         let fits = (self.sh, self.sw, self.dh, self.dw) == (1, 1, 1, 1)
@@ -400,6 +400,38 @@ impl ConvGeom {
             kh: self.kh,
             kw: self.kw,
         })
+    }
+
+    /// The Winograd kernels' geometry, where they apply: 5×5, stride 1, no
+    /// dilation, one group, 16k input and output channels, AVX-512.
+    fn winograd(&self) -> Option<winograd::Geometry> {
+        #[cfg(test)]
+        if tests::KERNELS.with(|c| c.get()) != tests::Kernels::All {
+            return None;
+        }
+        let fits = (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (5, 5, 1, 1, 1, 1)
+            && self.groups == 1
+            && winograd::available();
+        let g = winograd::Geometry {
+            c: self.c,
+            hp: self.hp(),
+            wp: self.wp(),
+            oc: self.oc,
+            oh: self.oh,
+            ow: self.ow,
+        };
+        (fits && g.fits()).then_some(g)
+    }
+
+    /// The weights as the forward pass's kernel takes them.
+    fn prepare(&self, w: &[f32]) -> Prepared {
+        if self.winograd().is_some() {
+            Prepared::Winograd(winograd::transform_weights(w, self.oc, self.c))
+        } else if self.direct().is_some() {
+            Prepared::Direct(direct::tap_major(w, self.oc, self.ckk()))
+        } else {
+            Prepared::Gemm
+        }
     }
 
     /// What im2col reads for image `x`: the image itself, or its padded copy in `scratch`.
@@ -444,22 +476,12 @@ pub fn conv_forward(
     let (in_per, out_per) = (g.c * g.h * g.w, g.oc * g.ohw());
     let mut y = vec![0f32; n * out_per];
     let (task, sub, rows) = g.split(n);
-    let wt = g.direct().map(|_| direct::tap_major(w, g.oc, g.ckk()));
+    let prep = g.prepare(w);
     y.par_chunks_mut(task * out_per)
         .zip(x.par_chunks(task * in_per))
         .for_each(|(yt, xt)| {
             let mut scratch = ConvScratch::default();
-            conv_images(
-                g,
-                (sub, rows),
-                xt,
-                w,
-                wt.as_deref(),
-                b,
-                relu,
-                yt,
-                &mut scratch,
-            );
+            conv_images(g, (sub, rows), xt, w, &prep, b, relu, yt, &mut scratch);
         });
     y
 }
@@ -486,7 +508,7 @@ pub fn conv_relu_maxpool_forward(
     let mut y = vec![0f32; n * pooled];
     let mut arg = vec![0u32; n * pooled];
     let (task, _, rows) = g.split(n);
-    let wt = g.direct().map(|_| direct::tap_major(w, g.oc, g.ckk()));
+    let prep = g.prepare(w);
     y.par_chunks_mut(task * pooled)
         .zip(arg.par_chunks_mut(task * pooled))
         .zip(x.par_chunks(task * in_per))
@@ -498,17 +520,7 @@ pub fn conv_relu_maxpool_forward(
                 .zip(at.chunks_mut(pooled))
                 .zip(xt.chunks(in_per))
             {
-                conv_images(
-                    g,
-                    (1, rows),
-                    xi,
-                    w,
-                    wt.as_deref(),
-                    b,
-                    true,
-                    &mut out,
-                    &mut scratch,
-                );
+                conv_images(g, (1, rows), xi, w, &prep, b, true, &mut out, &mut scratch);
                 for ((src, yp), ap) in out
                     .chunks(g.ohw())
                     .zip(yi.chunks_mut(oh * ow))
@@ -528,18 +540,29 @@ struct ConvScratch {
     out: Vec<f32>,
     pad: Vec<f32>,
     pm: Vec<f32>,
+    wino: winograd::Scratch,
 }
 
-/// The forward pass of the images of `xt` into `yt`, on one thread:
-/// direct kernels where `wt` (the weights tap-major) is given, else im2col
-/// and GEMM in tiles of `sub` images or, at 1, bands of `rows` output rows.
+/// The weights rearranged once per pass for the forward kernel.
+enum Prepared {
+    /// Transformed for [`winograd::forward`].
+    Winograd(Vec<f32>),
+    /// Tap-major for [`direct::forward`].
+    Direct(Vec<f32>),
+    /// As they are, for im2col + GEMM.
+    Gemm,
+}
+
+/// The forward pass of the images of `xt` into `yt`, on one thread: the
+/// kernel `prep` was made for (Winograd, direct), or im2col and GEMM in
+/// tiles of `sub` images or, at 1, bands of `rows` output rows.
 #[allow(clippy::too_many_arguments)]
 fn conv_images(
     g: &ConvGeom,
     (sub, rows): (usize, usize),
     xt: &[f32],
     w: &[f32],
-    wt: Option<&[f32]>,
+    prep: &Prepared,
     b: Option<&[f32]>,
     relu: bool,
     yt: &mut [f32],
@@ -550,7 +573,15 @@ fn conv_images(
     let out_per = g.oc * ohw;
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
-    if let (Some(dg), Some(wt)) = (g.direct(), wt) {
+    if let (Some(wg), Prepared::Winograd(u)) = (g.winograd(), prep) {
+        s.pm.resize(ohw * g.oc, 0.0);
+        for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
+            winograd::forward(&wg, g.source(xi, &mut s.pad), u, &mut s.pm, &mut s.wino);
+            direct::to_planes(&s.pm, g.oc, ohw, yi, b, relu);
+        }
+        return;
+    }
+    if let (Some(dg), Prepared::Direct(wt)) = (g.direct(), prep) {
         // No columns: the direct kernel writes pixel-major outputs, moved to
         // the planes with the bias and the relu.
         s.pm.resize(ohw * g.oc, 0.0);
@@ -641,6 +672,16 @@ fn conv_images(
     }
 }
 
+/// How the backward pass computes the input gradient beside the direct
+/// weight gradient.
+enum DxKernel {
+    /// The forward Winograd kernel over dY padded by 4, with the flipped
+    /// kernel ([`winograd::transform_weights_flipped`]).
+    Winograd(winograd::Geometry, Vec<f32>),
+    /// [`direct::input_grad`], weights [`direct::channel_minor`].
+    Scatter(Vec<f32>),
+}
+
 /// Σ plane in eight f32 lanes (vectorised; one f64 chain of adds was 3% of
 /// a training step), the lanes and the tail added in f64.
 fn plane_sum(plane: &[f32]) -> f64 {
@@ -684,8 +725,30 @@ pub fn conv_backward(
     let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
     let direct = g.direct();
     // The direct input gradient's weights, where it applies (16k input channels).
-    let w_cm = (need_dx && direct.is_some() && g.c.is_multiple_of(16))
-        .then(|| direct::channel_minor(w, g.oc, g.c, kk));
+    // The input gradient's kernel where the direct path runs and the input
+    // channels fill the lanes: Winograd over the padded output gradient
+    // (5×5 kernels, AVX-512), else the direct scatter.
+    let dx_kernel = (need_dx && direct.is_some() && g.c.is_multiple_of(16)).then(|| {
+        let wg = winograd::Geometry {
+            c: g.oc,
+            hp: g.oh + 8,
+            wp: g.ow + 8,
+            oc: g.c,
+            oh: g.hp(),
+            ow: g.wp(),
+        };
+        // Its padded tiles multiply zeros: worth it where they still take
+        // fewer multiplications than the scatter's 25 a pixel (mnist's
+        // conv2: 144 tiles of 36 against 400 pixels of 25; conv3: equal).
+        let (th, tw) = (g.hp().div_ceil(2), g.wp().div_ceil(2));
+        let fewer = 36 * th * tw * 5 < 4 * 25 * ohw;
+        match g.winograd() {
+            Some(_) if wg.fits() && fewer => {
+                DxKernel::Winograd(wg, winograd::transform_weights_flipped(w, g.oc, g.c))
+            }
+            _ => DxKernel::Scatter(direct::channel_minor(w, g.oc, g.c, kk)),
+        }
+    });
     // dWᵀ_g (+)= colᵀ-product: [opg, P] · [P, gk], stored with element
     // (o, q) at gi·opg·gk + q·opg + o.
     let dw_gemm =
@@ -745,17 +808,37 @@ pub fn conv_backward(
         if let Some(dg) = &direct {
             // The weight gradient straight from each image and its dY
             // (pixel-major); no columns. The input gradient too where the
-            // input channels fill the lanes: scattered pixel-major onto the
-            // padded image, then moved to its planes.
+            // input channels fill the lanes: pixel-major on the padded
+            // image, then moved to its planes.
             let mut dy_pm = vec![0f32; ohw * g.oc];
             let pixels = g.hp() * g.wp();
-            let mut dx_pm = vec![0f32; if w_cm.is_some() { pixels * g.c } else { 0 }];
+            let mut dx_pm = vec![0f32; if dx_kernel.is_some() { pixels * g.c } else { 0 }];
+            // Winograd's padded dY: zeros around, each image's rows inside.
+            let mut dy_padded = Vec::new();
+            let mut wino = winograd::Scratch::default();
+            if let Some(DxKernel::Winograd(wg, _)) = &dx_kernel {
+                let (he, we) = wg.extent();
+                dy_padded.resize(he * we * g.oc, 0.0);
+            }
             for (i, (xi, dyi)) in xt.chunks(in_per).zip(dyt.chunks(out_per)).enumerate() {
                 direct::to_pixel_major(dyi, g.oc, ohw, &mut dy_pm);
                 direct::weight_grad(dg, g.source(xi, &mut scratch), &dy_pm, &mut dwt);
-                if let (Some(wc), Some(dxt)) = (&w_cm, dxt.as_deref_mut()) {
-                    dx_pm.fill(0.0);
-                    direct::input_grad(dg, &dy_pm, wc, &mut dx_pm);
+                if let (Some(kernel), Some(dxt)) = (&dx_kernel, dxt.as_deref_mut()) {
+                    match kernel {
+                        DxKernel::Winograd(wg, u) => {
+                            let row = g.ow * g.oc;
+                            let we = wg.extent().1;
+                            for (r, src) in dy_pm.chunks(row).enumerate() {
+                                let at = ((r + 4) * we + 4) * g.oc;
+                                dy_padded[at..at + row].copy_from_slice(src);
+                            }
+                            winograd::forward_pixel_major(wg, &dy_padded, u, &mut dx_pm, &mut wino);
+                        }
+                        DxKernel::Scatter(wc) => {
+                            dx_pm.fill(0.0);
+                            direct::input_grad(dg, &dy_pm, wc, &mut dx_pm);
+                        }
+                    }
                     let dxi = &mut dxt[i * in_per..(i + 1) * in_per];
                     if g.padded() {
                         direct::to_planes(&dx_pm, g.c, pixels, &mut dpad, None, false);
@@ -768,7 +851,7 @@ pub fn conv_backward(
                     }
                 }
             }
-            if dxt.is_none() || w_cm.is_some() {
+            if dxt.is_none() || dx_kernel.is_some() {
                 return (dwt, db);
             }
         }
@@ -1729,11 +1812,20 @@ pub fn softmax_backward(
 mod tests {
     use super::*;
 
+    /// The kernels a test lets the convolutions use.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) enum Kernels {
+        /// Each where it applies: Winograd, direct, im2col + GEMM.
+        All,
+        /// Direct where it applies, else im2col + GEMM.
+        Direct,
+        /// im2col + GEMM everywhere.
+        Im2col,
+    }
+
     thread_local! {
-        /// Set by a test to run the im2col + GEMM path where the direct
-        /// kernels would apply (read on the calling thread, before the
-        /// parallel work).
-        pub(super) static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Set by a test (read on the calling thread, before the parallel work).
+        pub(super) static KERNELS: std::cell::Cell<Kernels> = const { std::cell::Cell::new(Kernels::All) };
     }
 
     /// A window with two NaNs: PyTorch 2.15 routes the gradient to the last
@@ -1932,6 +2024,8 @@ mod tests {
             (5, 11, 37, 8, (3, 4), (1, 1), (1, 3), 1, 1, Replicate, 2), // rows over 4 vectors
             (16, 9, 11, 16, (3, 3), (1, 1), (1, 1), 1, 1, Reflect, 2), // direct dx, padded
             (32, 7, 6, 48, (3, 2), (1, 1), (1, 1), 2, 1, Zeros, 3), // direct dx, two lane blocks
+            (16, 11, 9, 32, (5, 5), (1, 1), (1, 1), 2, 1, Zeros, 2), // Winograd, odd tiles
+            (32, 8, 8, 16, (5, 5), (1, 1), (1, 1), 2, 1, Reflect, 3), // Winograd, reflect
         ];
         for (c, h, w, oc, (kh, kw), (sh, sw), (dh, dw), pad, groups, mode, n) in cases {
             let oh = (h + 2 * pad - dh * (kh - 1) - 1) / sh + 1;
@@ -1968,12 +2062,13 @@ mod tests {
             let wt = rand(oc * (c / groups) * kh * kw);
             let dy = rand(n * oc * oh * ow);
             let [y, dx, dwt, db] = naive(&g, n, &x, &wt, &dy);
-            // Both paths where the direct kernels apply (stride 1, one
-            // group, 16k output channels, AVX2): theirs and im2col + GEMM.
-            for im2col in [false, true] {
-                IM2COL_ONLY.with(|c| c.set(im2col));
+            // Every path where it applies: Winograd (5×5, 16k channels,
+            // AVX-512), direct (stride 1, one group, 16k output channels,
+            // AVX2) and im2col + GEMM.
+            for kernels in [Kernels::All, Kernels::Direct, Kernels::Im2col] {
+                KERNELS.with(|c| c.set(kernels));
                 let what = format!(
-                    "c{c} {h}x{w} oc{oc} k{kh}x{kw} s{sh}{sw} d{dh}{dw} p{pad} g{groups} im2col {im2col}"
+                    "c{c} {h}x{w} oc{oc} k{kh}x{kw} s{sh}{sw} d{dh}{dw} p{pad} g{groups} {kernels:?}"
                 );
                 let y_got = conv_forward(&g, n, &x, &wt, None, false);
                 close(&format!("{what} y"), &y_got, &y);
@@ -2019,7 +2114,7 @@ mod tests {
                 assert!(none.is_none());
                 close(&format!("{what} dw without dx"), &gw, &dwt);
             }
-            IM2COL_ONLY.with(|c| c.set(false));
+            KERNELS.with(|c| c.set(Kernels::All));
         }
     }
 }

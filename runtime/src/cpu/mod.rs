@@ -17,6 +17,7 @@
 mod act;
 mod conv;
 pub mod direct;
+pub mod winograd;
 
 pub use act::apply_slice;
 pub use conv::copy_short;
