@@ -243,6 +243,7 @@ mod avx512 {
     /// V = Bᵀ d B for tiles t0..t1 (tile t at row t / tx, column t % tx),
     /// every 16-channel block; `v` as `[36][CHUNK][C]`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // a transpose: j (b) indexes the other side
     pub(super) unsafe fn input_transform(
         g: &Geometry,
         we: usize,
@@ -337,6 +338,7 @@ mod avx512 {
 
     /// Y = Aᵀ M A for tiles t0..t1, written pixel-major where inside OH×OW.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // a transpose: j (b) indexes the other side
     pub(super) unsafe fn output_transform(
         g: &Geometry,
         tx: usize,
