@@ -724,7 +724,10 @@ pub fn conv_backward(
     let wlen = g.oc * gk;
     let mut dx = vec![0f32; if need_dx { n * in_per } else { 0 }];
     let direct = g.direct();
-    // The direct input gradient's weights, where it applies (16k input channels).
+    // The weight gradient summed in Winograd's transformed domain where its
+    // kernels apply (2.8× fewer multiplies; the direct path's dY moves
+    // serve both), mapped back to 5×5 once for the batch.
+    let wino_dw = direct.and(g.winograd());
     // The input gradient's kernel where the direct path runs and the input
     // channels fill the lanes: Winograd over the padded output gradient
     // (5×5 kernels, AVX-512), else the direct scatter.
@@ -795,7 +798,15 @@ pub fn conv_backward(
     };
     // One task: images of `xt`, the weight gradient accumulated over all of them.
     let work = |xt: &[f32], dyt: &[f32], mut dxt: Option<&mut [f32]>| -> (Vec<f32>, Vec<f64>) {
-        let mut dwt = vec![0f32; wlen];
+        // The weight gradient tap-major, or in Winograd's domain.
+        let mut dwt = vec![
+            0f32;
+            if wino_dw.is_some() {
+                36 * g.c * g.oc
+            } else {
+                wlen
+            }
+        ];
         let mut db = vec![0f64; g.oc];
         for dyi in dyt.chunks(out_per) {
             for (o, plane) in dyi.chunks(ohw).enumerate() {
@@ -820,9 +831,14 @@ pub fn conv_backward(
                 let (he, we) = wg.extent();
                 dy_padded.resize(he * we * g.oc, 0.0);
             }
+            let mut grad = winograd::GradScratch::default();
             for (i, (xi, dyi)) in xt.chunks(in_per).zip(dyt.chunks(out_per)).enumerate() {
                 direct::to_pixel_major(dyi, g.oc, ohw, &mut dy_pm);
-                direct::weight_grad(dg, g.source(xi, &mut scratch), &dy_pm, &mut dwt);
+                let src = g.source(xi, &mut scratch);
+                match &wino_dw {
+                    Some(wg) => winograd::weight_grad(wg, src, &dy_pm, &mut dwt, &mut grad),
+                    None => direct::weight_grad(dg, src, &dy_pm, &mut dwt),
+                }
                 if let (Some(kernel), Some(dxt)) = (&dx_kernel, dxt.as_deref_mut()) {
                     match kernel {
                         DxKernel::Winograd(wg, u) => {
@@ -850,6 +866,9 @@ pub fn conv_backward(
                         relu_mask(dxi, xi);
                     }
                 }
+            }
+            if let Some(wg) = &wino_dw {
+                winograd::weight_grad_flush(wg, &mut dwt, &mut grad);
             }
             if dxt.is_none() || dx_kernel.is_some() {
                 return (dwt, db);
@@ -955,11 +974,16 @@ pub fn conv_backward(
             .map(|(xt, dyt)| work(xt, dyt, None))
             .collect()
     };
-    let mut dwt = vec![0f32; wlen];
+    let mut dwt = vec![0f32; parts.first().map_or(wlen, |p| p.0.len())];
     let mut db = vec![0f64; g.oc];
     for (pw, pb) in parts {
         dwt.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    if let Some(wg) = &wino_dw {
+        // Back from the transformed domain once, for the whole batch.
+        let du = std::mem::replace(&mut dwt, vec![0f32; wlen]);
+        winograd::weight_grad_finish(wg, &du, &mut dwt);
     }
     let mut dw = vec![0f32; wlen];
     for gi in 0..g.groups {

@@ -61,19 +61,20 @@ pub fn available() -> bool {
     super::direct::avx512()
 }
 
+/// G (6×5), from the points 0, 1, −1, 2, −2 and ∞.
+const G: [[f64; 5]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, -1.0 / 3.0, 2.0 / 3.0],
+    [0.0, 0.0, 0.0, 0.0, 1.0],
+];
+
 /// `G g Gᵀ` for every (output, input) channel pair of PyTorch's
 /// `[OC][C][5][5]` weights, stored `[36][C][OC]`.
 pub fn transform_weights(w: &[f32], oc: usize, c: usize) -> Vec<f32> {
     assert!(w.len() >= oc * c * 25);
-    // G (6×5), from the points 0, 1, −1, 2, −2 and ∞.
-    const G: [[f64; 5]; 6] = [
-        [1.0 / 4.0, 0.0, 0.0, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, -1.0 / 3.0, 2.0 / 3.0],
-        [0.0, 0.0, 0.0, 0.0, 1.0],
-    ];
     let mut u = vec![0f32; POINTS * c * oc];
     for o in 0..oc {
         for ci in 0..c {
@@ -125,11 +126,16 @@ pub struct Scratch {
 /// `u` from [`transform_weights`]. Panics when [`available`] is false, the
 /// geometry does not [`Geometry::fits`], or a slice is short.
 pub fn forward(g: &Geometry, x: &[f32], u: &[f32], y: &mut [f32], s: &mut Scratch) {
+    let x_pm = pixel_major(g, x, std::mem::take(&mut s.x_pm));
+    forward_pixel_major(g, &x_pm, u, y, s);
+    s.x_pm = x_pm;
+}
+
+/// The input planes pixel-major over whole tiles (the [`Geometry::extent`]):
+/// rows and columns past the image (an odd output size) are zeros.
+fn pixel_major(g: &Geometry, x: &[f32], mut x_pm: Vec<f32>) -> Vec<f32> {
     assert!(x.len() >= g.c * g.hp * g.wp);
-    // The input pixel-major over whole tiles: rows and columns past the
-    // image (an odd output size) are zeros.
     let (he, we) = g.extent();
-    let mut x_pm = std::mem::take(&mut s.x_pm);
     x_pm.clear();
     x_pm.resize(he * we * g.c, 0.0);
     if (he, we) == (g.hp, g.wp) {
@@ -143,8 +149,105 @@ pub fn forward(g: &Geometry, x: &[f32], u: &[f32], y: &mut [f32], s: &mut Scratc
             }
         }
     }
-    forward_pixel_major(g, &x_pm, u, y, s);
+    x_pm
+}
+
+/// Tiles a chunk of the weight gradient holds: the products read and
+/// write each accumulator once per chunk, so the chunk gathers the tiles
+/// of several images when one has few (mnist's conv3: 9 a image).
+const GRAD_CHUNK: usize = 50;
+
+/// The weight gradient's state between images: the pixel-major input and
+/// the transformed tiles not yet multiplied.
+#[derive(Default)]
+pub struct GradScratch {
+    x_pm: Vec<f32>,
+    v: Vec<f32>,
+    z: Vec<f32>,
+    /// Tiles in `v` and `z`.
+    filled: usize,
+}
+
+/// The weight gradient of one image in the transformed domain, added to
+/// `du` (`[36][C][OC]`): `du[ξ][c][o] += Σ_tiles V[ξ][t][c] · Z[ξ][t][o]`,
+/// with V = Bᵀ d B of the image's patches and Z = A dY Aᵀ of its 2×2
+/// output-gradient tiles (`dy` pixel-major `[OH·OW][OC]`, zeros past the
+/// map for odd sizes): the adjoint of [`forward`] with respect to the
+/// transformed kernel. Tiles are multiplied a chunk at a time, so the last
+/// ones may wait in `s`: [`weight_grad_flush`] adds them, then
+/// [`weight_grad_finish`] maps the sum back to 5×5.
+pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], du: &mut [f32], s: &mut GradScratch) {
+    assert!(g.fits(), "no Winograd kernel for {g:?}");
+    assert!(available(), "the Winograd kernels need AVX-512");
+    assert!(dy.len() >= g.oh * g.ow * g.oc);
+    assert!(du.len() >= POINTS * g.c * g.oc);
+    let x_pm = pixel_major(g, x, std::mem::take(&mut s.x_pm));
+    let (ty, tx) = g.tiles();
+    let we = g.extent().1;
+    s.v.resize(POINTS * GRAD_CHUNK * g.c, 0.0);
+    s.z.resize(POINTS * GRAD_CHUNK * g.oc, 0.0);
+    let n = ty * tx;
+    let mut t0 = 0;
+    while t0 < n {
+        let t1 = (t0 + GRAD_CHUNK - s.filled).min(n);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (asserted); as in `forward_pixel_major`, tiles
+        // land at chunk positions filled..filled + (t1 − t0) ≤ GRAD_CHUNK,
+        // the output-gradient tiles are read only at pixels inside OH×OW,
+        // and `du` holds 36·C·OC values.
+        unsafe {
+            let at = (t0, t1, GRAD_CHUNK, s.filled);
+            avx512::input_transform(g, we, tx, &x_pm, at, &mut s.v);
+            avx512::gradient_transform(g, tx, dy, at, &mut s.z);
+        }
+        s.filled += t1 - t0;
+        if s.filled == GRAD_CHUNK {
+            weight_grad_flush(g, du, s);
+        }
+        t0 = t1;
+    }
     s.x_pm = x_pm;
+}
+
+/// Multiplies the tiles [`weight_grad`] left in `s` into `du`.
+pub fn weight_grad_flush(g: &Geometry, du: &mut [f32], s: &mut GradScratch) {
+    assert!(available() && g.fits());
+    assert!(du.len() >= POINTS * g.c * g.oc);
+    assert!(s.v.len() >= POINTS * GRAD_CHUNK * g.c && s.z.len() >= POINTS * GRAD_CHUNK * g.oc);
+    if s.filled > 0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (asserted); `v`, `z` hold GRAD_CHUNK tiles, of
+        // which the first `filled` are read.
+        unsafe {
+            avx512::gradient_products(g, s.filled, &s.v, &s.z, du)
+        };
+    }
+    s.filled = 0;
+}
+
+/// `dw[c·25 + ky·5 + kx][o] += (Gᵀ du[·][c][o] G)[ky][kx]` (in f64): the
+/// 5×5 kernels' gradient, tap-major as [`super::direct::weight_grad`]
+/// accumulates it, from [`weight_grad`]'s sum.
+pub fn weight_grad_finish(g: &Geometry, du: &[f32], dw_taps: &mut [f32]) {
+    assert!(du.len() >= POINTS * g.c * g.oc && dw_taps.len() >= 25 * g.c * g.oc);
+    for ci in 0..g.c {
+        for o in 0..g.oc {
+            let d = |xi: usize| du[(xi * g.c + ci) * g.oc + o] as f64;
+            // t = Gᵀ du (5×6), then t G (5×5).
+            let mut t = [[0f64; 6]; 5];
+            for (a, row) in t.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = (0..6).map(|i| G[i][a] * d(i * 6 + j)).sum();
+                }
+            }
+            for a in 0..5 {
+                for b in 0..5 {
+                    let v: f64 = (0..6).map(|j| t[a][j] * G[j][b]).sum();
+                    dw_taps[(ci * 25 + a * 5 + b) * g.oc + o] += v as f32;
+                }
+            }
+        }
+    }
 }
 
 impl Geometry {
@@ -177,7 +280,7 @@ pub fn forward_pixel_major(g: &Geometry, x_pm: &[f32], u: &[f32], y: &mut [f32],
         let n = ty * tx;
         for t0 in (0..n).step_by(CHUNK) {
             let t1 = (t0 + CHUNK).min(n);
-            avx512::input_transform(g, we, tx, x_pm, t0, t1, &mut s.v);
+            avx512::input_transform(g, we, tx, x_pm, (t0, t1, CHUNK, 0), &mut s.v);
             avx512::products(g, t1 - t0, &s.v, u, &mut s.m);
             avx512::output_transform(g, tx, t0, t1, &s.m, y);
         }
@@ -241,7 +344,8 @@ mod avx512 {
     }
 
     /// V = Bᵀ d B for tiles t0..t1 (tile t at row t / tx, column t % tx),
-    /// every 16-channel block; `v` as `[36][CHUNK][C]`.
+    /// every 16-channel block; `v` as `[36][cap][C]`, tile t at position
+    /// first + t − t0.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::needless_range_loop)] // a transpose: j (b) indexes the other side
     pub(super) unsafe fn input_transform(
@@ -249,8 +353,7 @@ mod avx512 {
         we: usize,
         tx: usize,
         x: &[f32],
-        t0: usize,
-        t1: usize,
+        (t0, t1, cap, first): (usize, usize, usize, usize),
         v: &mut [f32],
     ) {
         let (x, v) = (x.as_ptr(), v.as_mut_ptr());
@@ -270,10 +373,125 @@ mod avx512 {
                 }
                 for (i, row) in w.into_iter().enumerate() {
                     for (j, r) in bt(row).into_iter().enumerate() {
-                        let at = ((i * 6 + j) * CHUNK + t - t0) * g.c + cb;
+                        let at = ((i * 6 + j) * cap + first + t - t0) * g.c + cb;
                         _mm512_storeu_ps(v.add(at), r);
                     }
                 }
+            }
+        }
+    }
+
+    /// Z = A dY Aᵀ (6×6 from each 2×2 output-gradient tile, zeros past
+    /// the map) for tiles t0..t1, every 16-channel block; `z` as
+    /// `[36][cap][OC]`, placed as in [`input_transform`]. A = Aᵀᵀ expands (y0, y1) to
+    /// (y0, y0 + y1, y0 − y1, y0 + 2y1, y0 − 2y1, y1).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gradient_transform(
+        g: &Geometry,
+        tx: usize,
+        dy: &[f32],
+        (t0, t1, cap, first): (usize, usize, usize, usize),
+        z: &mut [f32],
+    ) {
+        #[inline(always)]
+        unsafe fn a6(y0: V, y1: V) -> [V; 6] {
+            [
+                y0,
+                add(y0, y1),
+                sub(y0, y1),
+                fma(y1, 2.0, y0),
+                fma(y1, -2.0, y0),
+                y1,
+            ]
+        }
+        let (dy, z) = (dy.as_ptr(), z.as_mut_ptr());
+        for t in t0..t1 {
+            let (r0, c0) = (2 * (t / tx), 2 * (t % tx));
+            for ob in (0..g.oc).step_by(16) {
+                let load = |r: usize, c: usize| {
+                    if r < g.oh && c < g.ow {
+                        _mm512_loadu_ps(dy.add((r * g.ow + c) * g.oc + ob))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                // Columns first: w[i][b] = (A dY)[i][b].
+                let c0v = a6(load(r0, c0), load(r0 + 1, c0));
+                let c1v = a6(load(r0, c0 + 1), load(r0 + 1, c0 + 1));
+                for i in 0..6 {
+                    for (j, r) in a6(c0v[i], c1v[i]).into_iter().enumerate() {
+                        let at = ((i * 6 + j) * cap + first + t - t0) * g.oc + ob;
+                        _mm512_storeu_ps(z.add(at), r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `du[ξ][c][o] += Σ_t v[ξ][t][c] · z[ξ][t][o]` over the `n` tiles of
+    /// a chunk (`v`, `z` laid out for GRAD_CHUNK tiles).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gradient_products(
+        g: &Geometry,
+        n: usize,
+        v: &[f32],
+        z: &[f32],
+        du: &mut [f32],
+    ) {
+        let vb = if g.oc.is_multiple_of(32) { 2 } else { 1 };
+        let per = g.c.div_ceil(g.c.div_ceil(12));
+        for xi in 0..POINTS {
+            for ob in (0..g.oc).step_by(16 * vb) {
+                let mut c = 0;
+                while c < g.c {
+                    let k = (g.c - c).min(per);
+                    let at = (xi, ob, c, n);
+                    macro_rules! go {
+                        ($($vb:literal: $($p:literal)*;)*) => {
+                            match (vb, k) {
+                                $($(($vb, $p) => gradient_product::<$vb, $p>(g, v, z, du, at),)*)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    go!(1: 1 2 3 4 5 6 7 8 9 10 11 12; 2: 1 2 3 4 5 6 7 8 9 10 11 12;);
+                    c += k;
+                }
+            }
+        }
+    }
+
+    /// Input channels c..c + P of point ξ, output channels ob..ob + 16·VB,
+    /// summed over the chunk's n tiles.
+    #[inline(always)]
+    unsafe fn gradient_product<const VB: usize, const P: usize>(
+        g: &Geometry,
+        v: &[f32],
+        z: &[f32],
+        du: &mut [f32],
+        (xi, ob, c, n): (usize, usize, usize, usize),
+    ) {
+        let cap = super::GRAD_CHUNK;
+        let vrow = v.as_ptr().add(xi * cap * g.c + c);
+        let zrow = z.as_ptr().add(xi * cap * g.oc + ob);
+        let out = du.as_mut_ptr().add((xi * g.c + c) * g.oc + ob);
+        let mut acc = [[_mm512_setzero_ps(); VB]; P];
+        for t in 0..n {
+            let mut zv = [_mm512_setzero_ps(); VB];
+            for (j, x) in zv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(zrow.add(t * g.oc + 16 * j));
+            }
+            for (p, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*vrow.add(t * g.c + p));
+                for j in 0..VB {
+                    a[j] = _mm512_fmadd_ps(zv[j], b, a[j]);
+                }
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            for (j, x) in a.iter().enumerate() {
+                let o = out.add(p * g.oc + 16 * j);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *x));
             }
         }
     }
@@ -388,6 +606,66 @@ mod tests {
                 (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
             })
             .collect()
+    }
+
+    /// The weight gradient over several images (accumulated in the
+    /// transformed domain, then mapped back), against f64 sums: odd maps,
+    /// chunks split inside an image (196 tiles) and spanning images (12
+    /// tiles an image), one and two output-vector blocks.
+    #[test]
+    fn weight_gradient_matches_plain_sums() {
+        if !available() {
+            eprintln!("no AVX-512 here: the Winograd kernels are not tested");
+            return;
+        }
+        for (c, hp, wp, oc) in [(16, 24, 24, 32), (32, 9, 11, 16), (16, 32, 32, 64)] {
+            let g = Geometry {
+                c,
+                hp,
+                wp,
+                oc,
+                oh: hp - 4,
+                ow: wp - 4,
+            };
+            let images = 5;
+            let x = data(images * c * hp * wp, 7);
+            let dy = data(images * g.oh * g.ow * oc, 8);
+            let mut du = vec![0f32; POINTS * c * oc];
+            let mut s = GradScratch::default();
+            for i in 0..images {
+                let xi = &x[i * c * hp * wp..(i + 1) * c * hp * wp];
+                let dyi = &dy[i * g.oh * g.ow * oc..(i + 1) * g.oh * g.ow * oc];
+                weight_grad(&g, xi, dyi, &mut du, &mut s);
+            }
+            weight_grad_flush(&g, &mut du, &mut s);
+            let mut dw = vec![0.5f32; 25 * c * oc];
+            weight_grad_finish(&g, &du, &mut dw);
+            let (mut worst, mut scale) = (0f64, 0f64);
+            for ci in 0..c {
+                for t in 0..25 {
+                    for o in 0..oc {
+                        let mut want = 0.5f64;
+                        for i in 0..images {
+                            for oy in 0..g.oh {
+                                for ox in 0..g.ow {
+                                    want += x[((i * c + ci) * hp + oy + t / 5) * wp + ox + t % 5]
+                                        as f64
+                                        * dy[((i * g.oh + oy) * g.ow + ox) * oc + o] as f64;
+                                }
+                            }
+                        }
+                        let got = dw[(ci * 25 + t) * oc + o] as f64;
+                        worst = worst.max((got - want).abs());
+                        scale = scale.max(want.abs());
+                    }
+                }
+            }
+            eprintln!("{g:?}: dw worst {worst:.2e}, largest {scale:.2}");
+            assert!(
+                worst < 1e-5 * scale.max(1.0),
+                "{g:?}: dw worst {worst}, scale {scale}"
+            );
+        }
     }
 
     /// The input gradient through the flipped kernel, against f64 sums
