@@ -25,7 +25,7 @@
 //! than zeros go through `source_index` per element.
 
 use super::act::apply_slice;
-use super::{direct, Arena, Scratch};
+use super::{direct, winograd, Arena, Scratch};
 use crate::plan::{Epi, Gemm, Place, Step};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -386,6 +386,33 @@ pub(super) fn direct_fits(g: &Gemm, x: &Place, y: &Place) -> bool {
         && direct::available()
 }
 
+/// A direct convolution's weights, prepared once: tap-major, and
+/// transformed for Winograd where it applies ([`winograd_fits`]).
+pub(super) struct DirectWeights {
+    pub taps: Vec<f32>,
+    pub winograd: Option<Vec<f32>>,
+}
+
+pub(super) fn winograd_geometry(d: &direct::Geometry) -> winograd::Geometry {
+    winograd::Geometry {
+        c: d.c,
+        hp: d.hp,
+        wp: d.wp,
+        oc: d.oc,
+        oh: d.oh,
+        ow: d.ow,
+    }
+}
+
+/// Whether a convolution on the direct path also runs on the Winograd
+/// kernels (5×5, 16k input and output channels, AVX-512) when its tasks
+/// are whole images (a batch of at least one image per thread).
+pub(super) fn winograd_fits(g: &Gemm, x: &Place, y: &Place) -> bool {
+    g.kernel == (5, 5)
+        && winograd::available()
+        && winograd_geometry(&direct_geometry(g, x, y)).fits()
+}
+
 pub(super) fn direct_geometry(g: &Gemm, x: &Place, y: &Place) -> direct::Geometry {
     direct::Geometry {
         c: g.in_channels,
@@ -415,13 +442,14 @@ pub(super) fn direct_scratch_len(g: &Gemm, x: &Place, y: &Place) -> (usize, usiz
 pub(super) fn direct_conv(
     g: &Gemm,
     step: &Step,
-    w_taps: &[f32],
+    w: &DirectWeights,
     bias: Option<&[f32]>,
     arena: Arena,
     scratch: &[Mutex<Scratch>],
 ) {
     let (x, y) = (&step.inputs[0], &step.output);
     let d = direct_geometry(g, x, y);
+    let w_taps = &w.taps;
     let batch = arena.batch;
     let threads = rayon::current_num_threads().max(1);
     let bands = if batch >= threads {
@@ -454,7 +482,11 @@ pub(super) fn direct_conv(
             }
         }
         let pm = &mut s.pm[..(oy1 - oy0) * d.ow * d.oc];
-        direct::forward_rows(&d, xp, w_taps, pm, oy0, oy1);
+        match (&w.winograd, bands) {
+            // Whole images only: Winograd's tiles are pairs of rows.
+            (Some(u), 1) => winograd::forward(&winograd_geometry(&d), xp, u, pm, &mut s.wino),
+            _ => direct::forward_rows(&d, xp, w_taps, pm, oy0, oy1),
+        }
         let (p0, len) = (oy0 * y.w, (oy1 - oy0) * y.w);
         for t0 in (0..len).step_by(64) {
             let t1 = (t0 + 64).min(len);

@@ -38,6 +38,8 @@ struct Scratch {
     /// Direct convolutions: one padded input image, one pixel-major output.
     padded: Vec<f32>,
     pm: Vec<f32>,
+    /// Winograd's transformed tiles (sized on first use).
+    wino: winograd::Scratch,
 }
 
 pub struct CpuExecutor {
@@ -50,9 +52,9 @@ pub struct CpuExecutor {
     /// The model's output for the last batch, contiguous NCHW.
     output: Vec<f32>,
     max_batch: usize,
-    /// Per step: the weights tap-major where the step runs on the direct
-    /// kernels ([`direct`]).
-    direct_w: Vec<Option<Vec<f32>>>,
+    /// Per step: the weights tap-major (and for Winograd) where the step
+    /// runs on the direct kernels ([`direct`], [`winograd`]).
+    direct_w: Vec<Option<conv::DirectWeights>>,
 }
 
 impl CpuExecutor {
@@ -94,7 +96,13 @@ impl CpuExecutor {
                 let (a, b) = conv::direct_scratch_len(g, &step.inputs[0], &step.output);
                 padded_len = padded_len.max(a);
                 pm_len = pm_len.max(b);
-                direct::tap_major(&prepared[step.params[0]], g.out_channels, conv::k_total(g))
+                let w = &prepared[step.params[0]];
+                let (x, y) = (&step.inputs[0], &step.output);
+                conv::DirectWeights {
+                    taps: direct::tap_major(w, g.out_channels, conv::k_total(g)),
+                    winograd: conv::winograd_fits(g, x, y)
+                        .then(|| winograd::transform_weights(w, g.out_channels, g.in_channels)),
+                }
             }));
             if let (StepOp::Gemm(g), None) = (&step.op, direct) {
                 // Tasks only grow with the batch and shrink with more threads.
@@ -113,6 +121,7 @@ impl CpuExecutor {
                     product: vec![0.0; product_len],
                     padded: vec![0.0; padded_len],
                     pm: vec![0.0; pm_len],
+                    wino: winograd::Scratch::default(),
                 })
             })
             .collect();
@@ -176,7 +185,7 @@ impl CpuExecutor {
         }
         let shared = Arena::new(arena, batch);
         for (step, dw) in plan.steps.iter().zip(direct_w.iter()) {
-            run_step(step, prepared, dw.as_deref(), shared, scratch);
+            run_step(step, prepared, dw.as_ref(), shared, scratch);
         }
         let y = plan.output;
         let hw = y.h * y.w;
@@ -453,11 +462,11 @@ fn for_each_plane(
 // The steps, one function per CUDA kernel template.
 // ---------------------------------------------------------------------------
 
-/// One step; `direct_w`: the weights tap-major when it runs on the direct kernels.
+/// One step; `direct_w`: the weights prepared when it runs on the direct kernels.
 fn run_step(
     step: &Step,
     prepared: &[Vec<f32>],
-    direct_w: Option<&[f32]>,
+    direct_w: Option<&conv::DirectWeights>,
     arena: Arena,
     scratch: &[Mutex<Scratch>],
 ) {
