@@ -409,18 +409,11 @@ impl ConvGeom {
         if tests::KERNELS.with(|c| c.get()) != tests::Kernels::All {
             return None;
         }
-        let fits = (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (5, 5, 1, 1, 1, 1)
-            && self.groups == 1
-            && winograd::available();
-        let g = winograd::Geometry {
-            c: self.c,
-            hp: self.hp(),
-            wp: self.wp(),
-            oc: self.oc,
-            oh: self.oh,
-            ow: self.ow,
-        };
-        (fits && g.fits()).then_some(g)
+        // The direct kernels' conditions (stride 1, no dilation, one group)
+        // and a 5×5 kernel.
+        let d = self.direct()?;
+        let g = winograd::Geometry::from(&d);
+        ((d.kh, d.kw) == (5, 5) && winograd::available() && g.fits()).then_some(g)
     }
 
     /// The weights as the forward pass's kernel takes them.

@@ -393,24 +393,13 @@ pub(super) struct DirectWeights {
     pub winograd: Option<Vec<f32>>,
 }
 
-pub(super) fn winograd_geometry(d: &direct::Geometry) -> winograd::Geometry {
-    winograd::Geometry {
-        c: d.c,
-        hp: d.hp,
-        wp: d.wp,
-        oc: d.oc,
-        oh: d.oh,
-        ow: d.ow,
-    }
-}
-
 /// Whether a convolution on the direct path also runs on the Winograd
 /// kernels (5×5, 16k input and output channels, AVX-512) when its tasks
 /// are whole images (a batch of at least one image per thread).
 pub(super) fn winograd_fits(g: &Gemm, x: &Place, y: &Place) -> bool {
     g.kernel == (5, 5)
         && winograd::available()
-        && winograd_geometry(&direct_geometry(g, x, y)).fits()
+        && winograd::Geometry::from(&direct_geometry(g, x, y)).fits()
 }
 
 pub(super) fn direct_geometry(g: &Gemm, x: &Place, y: &Place) -> direct::Geometry {
@@ -484,7 +473,7 @@ pub(super) fn direct_conv(
         let pm = &mut s.pm[..(oy1 - oy0) * d.ow * d.oc];
         match (&w.winograd, bands) {
             // Whole images only: Winograd's tiles are pairs of rows.
-            (Some(u), 1) => winograd::forward(&winograd_geometry(&d), xp, u, pm, &mut s.wino),
+            (Some(u), 1) => winograd::forward(&(&d).into(), xp, u, pm, &mut s.wino),
             _ => direct::forward_rows(&d, xp, w_taps, pm, oy0, oy1),
         }
         let (p0, len) = (oy0 * y.w, (oy1 - oy0) * y.w);

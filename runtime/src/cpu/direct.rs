@@ -735,19 +735,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// The kernels against element-by-element f64 sums, over shapes with
     /// ragged pixel and tap blocks.

@@ -28,6 +28,20 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
+/// Values in [−0.5, 0.5) from an xorshift generator, for the kernels' tests.
+#[cfg(test)]
+fn test_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// One thread's scratch for the GEMM steps.
 #[derive(Default)]
 struct Scratch {

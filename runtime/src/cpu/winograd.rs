@@ -31,6 +31,20 @@ pub struct Geometry {
     pub ow: usize,
 }
 
+impl From<&super::direct::Geometry> for Geometry {
+    /// The direct kernels' geometry without its kernel size (5×5 here).
+    fn from(d: &super::direct::Geometry) -> Geometry {
+        Geometry {
+            c: d.c,
+            hp: d.hp,
+            wp: d.wp,
+            oc: d.oc,
+            oh: d.oh,
+            ow: d.ow,
+        }
+    }
+}
+
 /// Points of the transforms: 6×6 per tile.
 const POINTS: usize = 36;
 /// Tiles transformed and multiplied together (their 36 points of every
@@ -429,7 +443,8 @@ mod avx512 {
     }
 
     /// `du[ξ][c][o] += Σ_t v[ξ][t][c] · z[ξ][t][o]` over the `n` tiles of
-    /// a chunk (`v`, `z` laid out for GRAD_CHUNK tiles).
+    /// a chunk (`v`, `z` laid out for GRAD_CHUNK tiles): blocks of input
+    /// channels by output-channel vectors, summed over the tiles.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gradient_products(
         g: &Geometry,
@@ -438,118 +453,109 @@ mod avx512 {
         z: &[f32],
         du: &mut [f32],
     ) {
-        let vb = if g.oc.is_multiple_of(32) { 2 } else { 1 };
-        let per = g.c.div_ceil(g.c.div_ceil(12));
-        for xi in 0..POINTS {
-            for ob in (0..g.oc).step_by(16 * vb) {
-                let mut c = 0;
-                while c < g.c {
-                    let k = (g.c - c).min(per);
-                    let at = (xi, ob, c, n);
-                    macro_rules! go {
-                        ($($vb:literal: $($p:literal)*;)*) => {
-                            match (vb, k) {
-                                $($(($vb, $p) => gradient_product::<$vb, $p>(g, v, z, du, at),)*)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    go!(1: 1 2 3 4 5 6 7 8 9 10 11 12; 2: 1 2 3 4 5 6 7 8 9 10 11 12;);
-                    c += k;
-                }
-            }
-        }
-    }
-
-    /// Input channels c..c + P of point ξ, output channels ob..ob + 16·VB,
-    /// summed over the chunk's n tiles.
-    #[inline(always)]
-    unsafe fn gradient_product<const VB: usize, const P: usize>(
-        g: &Geometry,
-        v: &[f32],
-        z: &[f32],
-        du: &mut [f32],
-        (xi, ob, c, n): (usize, usize, usize, usize),
-    ) {
         let cap = super::GRAD_CHUNK;
-        let vrow = v.as_ptr().add(xi * cap * g.c + c);
-        let zrow = z.as_ptr().add(xi * cap * g.oc + ob);
-        let out = du.as_mut_ptr().add((xi * g.c + c) * g.oc + ob);
-        let mut acc = [[_mm512_setzero_ps(); VB]; P];
-        for t in 0..n {
-            let mut zv = [_mm512_setzero_ps(); VB];
-            for (j, x) in zv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(zrow.add(t * g.oc + 16 * j));
-            }
-            for (p, a) in acc.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(*vrow.add(t * g.c + p));
-                for j in 0..VB {
-                    a[j] = _mm512_fmadd_ps(zv[j], b, a[j]);
-                }
-            }
-        }
-        for (p, a) in acc.iter().enumerate() {
-            for (j, x) in a.iter().enumerate() {
-                let o = out.add(p * g.oc + 16 * j);
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *x));
-            }
-        }
+        let out = du.as_mut_ptr();
+        points_by_blocks(g, g.c, |xi, ob, c| Operands {
+            a: v.as_ptr().add(xi * cap * g.c + c),
+            a_p: 1,
+            a_k: g.c,
+            b: z.as_ptr().add(xi * cap * g.oc + ob),
+            c: out.add((xi * g.c + c) * g.oc + ob),
+            k: n,
+            add: true,
+        });
     }
 
-    /// `m[ξ][t][o] = Σ_c v[ξ][t][c] · u[ξ][c][o]` for the `n` tiles of a chunk.
+    /// `m[ξ][t][o] = Σ_c v[ξ][t][c] · u[ξ][c][o]` for the `n` tiles of a
+    /// chunk: blocks of tiles by output-channel vectors, summed over the
+    /// input channels.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn products(g: &Geometry, n: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
+        let out = m.as_mut_ptr();
+        points_by_blocks(g, n, |xi, ob, t| Operands {
+            a: v.as_ptr().add((xi * CHUNK + t) * g.c),
+            a_p: g.c,
+            a_k: 1,
+            b: u.as_ptr().add(xi * g.c * g.oc + ob),
+            c: out.add((xi * CHUNK + t) * g.oc + ob),
+            k: g.c,
+            add: false,
+        });
+    }
+
+    /// One block product: `c[p·OC + 16j..] (+)= Σ_k a[p·a_p + k·a_k] ·
+    /// b[k·OC + 16j..]` for P rows (broadcast from `a`) by VB vectors of
+    /// output channels (`b` and `c` rows OC apart).
+    #[derive(Clone, Copy)]
+    struct Operands {
+        a: *const f32,
+        a_p: usize,
+        a_k: usize,
+        b: *const f32,
+        c: *mut f32,
+        k: usize,
+        /// Add to `c` (else overwrite it).
+        add: bool,
+    }
+
+    /// For each of the 36 points and each block of up to two output-channel
+    /// vectors, cuts `len` rows into blocks of up to 12 (24 accumulators)
+    /// and runs the block product `at(ξ, first output channel, first row)`
+    /// describes.
+    #[inline(always)]
+    unsafe fn points_by_blocks(
+        g: &Geometry,
+        len: usize,
+        at: impl Fn(usize, usize, usize) -> Operands,
+    ) {
         let vb = if g.oc.is_multiple_of(32) { 2 } else { 1 };
-        let per = n.div_ceil(n.div_ceil(12));
+        let per = len.div_ceil(len.div_ceil(12).max(1)).max(1);
         for xi in 0..POINTS {
             for ob in (0..g.oc).step_by(16 * vb) {
-                let mut t = 0;
-                while t < n {
-                    let k = (n - t).min(per);
-                    let at = (xi, ob, t);
+                let mut r = 0;
+                while r < len {
+                    let p = (len - r).min(per);
+                    let ops = at(xi, ob, r);
                     macro_rules! go {
                         ($($vb:literal: $($p:literal)*;)*) => {
-                            match (vb, k) {
-                                $($(($vb, $p) => product::<$vb, $p>(g, v, u, m, at),)*)*
+                            match (vb, p) {
+                                $($(($vb, $p) => block_product::<$vb, $p>(g.oc, ops),)*)*
                                 _ => unreachable!(),
                             }
                         };
                     }
                     go!(1: 1 2 3 4 5 6 7 8 9 10 11 12; 2: 1 2 3 4 5 6 7 8 9 10 11 12;);
-                    t += k;
+                    r += p;
                 }
             }
         }
     }
 
-    /// Tiles t..t + P of point ξ, output channels ob..ob + 16·VB.
     #[inline(always)]
-    unsafe fn product<const VB: usize, const P: usize>(
-        g: &Geometry,
-        v: &[f32],
-        u: &[f32],
-        m: &mut [f32],
-        (xi, ob, t): (usize, usize, usize),
-    ) {
-        let vrow = v.as_ptr().add((xi * CHUNK + t) * g.c);
-        let urow = u.as_ptr().add(xi * g.c * g.oc + ob);
+    unsafe fn block_product<const VB: usize, const P: usize>(oc: usize, o: Operands) {
         let mut acc = [[_mm512_setzero_ps(); VB]; P];
-        for c in 0..g.c {
-            let mut uv = [_mm512_setzero_ps(); VB];
-            for (j, x) in uv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(urow.add(c * g.oc + 16 * j));
+        for k in 0..o.k {
+            let mut bv = [_mm512_setzero_ps(); VB];
+            for (j, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(o.b.add(k * oc + 16 * j));
             }
-            for (p, a) in acc.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(*vrow.add(p * g.c + c));
+            let a = o.a.add(k * o.a_k);
+            for (p, acc) in acc.iter_mut().enumerate() {
+                let s = _mm512_set1_ps(*a.add(p * o.a_p));
                 for j in 0..VB {
-                    a[j] = _mm512_fmadd_ps(uv[j], b, a[j]);
+                    acc[j] = _mm512_fmadd_ps(bv[j], s, acc[j]);
                 }
             }
         }
-        let out = m.as_mut_ptr().add((xi * CHUNK + t) * g.oc + ob);
-        for (p, a) in acc.iter().enumerate() {
-            for (j, x) in a.iter().enumerate() {
-                _mm512_storeu_ps(out.add(p * g.oc + 16 * j), *x);
+        for (p, acc) in acc.iter().enumerate() {
+            for (j, x) in acc.iter().enumerate() {
+                let c = o.c.add(p * oc + 16 * j);
+                let v = if o.add {
+                    _mm512_add_ps(_mm512_loadu_ps(c), *x)
+                } else {
+                    *x
+                };
+                _mm512_storeu_ps(c, v);
             }
         }
     }
@@ -594,19 +600,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// The weight gradient over several images (accumulated in the
     /// transformed domain, then mapped back), against f64 sums: odd maps,
