@@ -53,9 +53,10 @@ pub fn available() -> bool {
     }
 }
 
-/// Whether the AVX-512 variants run: the CPU has AVX-512F, the environment
-/// does not say `CNNC_AVX512=0` (for A/B benchmarks of one binary), and
-/// [`set_avx512`] did not switch them off.
+/// Whether the AVX-512 variants (and the Winograd kernels) run: the CPU has
+/// AVX-512F, the environment does not say `CNNC_AVX512=0` (for A/B
+/// benchmarks of one binary), and [`set_avx512`] did not switch them off
+/// on this thread.
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -63,7 +64,7 @@ pub fn avx512() -> bool {
         let env_off =
             *ENV_OFF.get_or_init(|| std::env::var_os("CNNC_AVX512").is_some_and(|v| v == "0"));
         !env_off
-            && AVX512_ON.load(std::sync::atomic::Ordering::Relaxed)
+            && AVX512_ON.with(|on| on.get())
             && std::arch::is_x86_feature_detected!("avx512f")
             && available()
     }
@@ -73,12 +74,17 @@ pub fn avx512() -> bool {
     }
 }
 
-static AVX512_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+thread_local! {
+    static AVX512_ON: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
 
-/// Switches the AVX-512 variants on or off for the whole process (tests
-/// run both; the AVX2 ones are what a CPU without AVX-512 gets).
+/// Switches the AVX-512 variants on or off for the calls this thread makes
+/// (tests run both; the AVX2 ones are what a CPU without AVX-512 gets).
+/// Per thread, so that tests running beside each other in one process do
+/// not switch each other's kernels mid-call; work the call hands to other
+/// threads (rayon) sees their setting.
 pub fn set_avx512(on: bool) {
-    AVX512_ON.store(on, std::sync::atomic::Ordering::Relaxed)
+    AVX512_ON.with(|c| c.set(on))
 }
 
 /// PyTorch's `[OC][C][KH][KW]` weights as `[C·KH·KW][OC]`.
@@ -745,8 +751,8 @@ mod tests {
         if !available() {
             return;
         }
-        // Both variants where the CPU has AVX-512 (others in this process
-        // may run either meanwhile: both are correct).
+        // Both variants where the CPU has AVX-512 (the switch is this
+        // thread's: tests beside this one keep theirs).
         let wide = avx512();
         for on in [false, true] {
             set_avx512(on);

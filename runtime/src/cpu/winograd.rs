@@ -223,12 +223,15 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], du: &mut [f32], s: &mut 
     s.x_pm = x_pm;
 }
 
-/// Multiplies the tiles [`weight_grad`] left in `s` into `du`.
+/// Multiplies the tiles [`weight_grad`] left in `s` into `du` (nothing
+/// when it left none). `s` must have seen only this geometry since its
+/// last flush.
 pub fn weight_grad_flush(g: &Geometry, du: &mut [f32], s: &mut GradScratch) {
-    assert!(available() && g.fits());
-    assert!(du.len() >= POINTS * g.c * g.oc);
-    assert!(s.v.len() >= POINTS * GRAD_CHUNK * g.c && s.z.len() >= POINTS * GRAD_CHUNK * g.oc);
     if s.filled > 0 {
+        assert!(available() && g.fits());
+        assert!(du.len() >= POINTS * g.c * g.oc);
+        assert!(s.v.len() >= POINTS * GRAD_CHUNK * g.c);
+        assert!(s.z.len() >= POINTS * GRAD_CHUNK * g.oc);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F (asserted); `v`, `z` hold GRAD_CHUNK tiles, of
         // which the first `filled` are read.
