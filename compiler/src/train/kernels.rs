@@ -416,12 +416,13 @@ impl ConvGeom {
         ((d.kh, d.kw) == (5, 5) && winograd::available() && g.fits()).then_some(g)
     }
 
-    /// The weights as the forward pass's kernel takes them.
+    /// The forward pass's kernel and its weights, chosen once on the
+    /// calling thread (the tasks then only follow it).
     fn prepare(&self, w: &[f32]) -> Prepared {
-        if self.winograd().is_some() {
-            Prepared::Winograd(winograd::transform_weights(w, self.oc, self.c))
-        } else if self.direct().is_some() {
-            Prepared::Direct(direct::tap_major(w, self.oc, self.ckk()))
+        if let Some(wg) = self.winograd() {
+            Prepared::Winograd(wg, winograd::transform_weights(w, self.oc, self.c))
+        } else if let Some(dg) = self.direct() {
+            Prepared::Direct(dg, direct::tap_major(w, self.oc, self.ckk()))
         } else {
             Prepared::Gemm
         }
@@ -536,12 +537,12 @@ struct ConvScratch {
     wino: winograd::Scratch,
 }
 
-/// The weights rearranged once per pass for the forward kernel.
+/// The forward kernel of a pass and its weights, rearranged once.
 enum Prepared {
     /// Transformed for [`winograd::forward`].
-    Winograd(Vec<f32>),
+    Winograd(winograd::Geometry, Vec<f32>),
     /// Tap-major for [`direct::forward`].
-    Direct(Vec<f32>),
+    Direct(direct::Geometry, Vec<f32>),
     /// As they are, for im2col + GEMM.
     Gemm,
 }
@@ -566,20 +567,17 @@ fn conv_images(
     let out_per = g.oc * ohw;
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
-    if let (Some(wg), Prepared::Winograd(u)) = (g.winograd(), prep) {
+    if let Prepared::Winograd(..) | Prepared::Direct(..) = prep {
+        // No columns: the kernel writes pixel-major outputs, moved to the
+        // planes with the bias and the relu.
         s.pm.resize(ohw * g.oc, 0.0);
         for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
-            winograd::forward(&wg, g.source(xi, &mut s.pad), u, &mut s.pm, &mut s.wino);
-            direct::to_planes(&s.pm, g.oc, ohw, yi, b, relu);
-        }
-        return;
-    }
-    if let (Some(dg), Prepared::Direct(wt)) = (g.direct(), prep) {
-        // No columns: the direct kernel writes pixel-major outputs, moved to
-        // the planes with the bias and the relu.
-        s.pm.resize(ohw * g.oc, 0.0);
-        for (yi, xi) in yt.chunks_mut(out_per).zip(xt.chunks(in_per)) {
-            direct::forward(&dg, g.source(xi, &mut s.pad), wt, &mut s.pm);
+            let src = g.source(xi, &mut s.pad);
+            match prep {
+                Prepared::Winograd(wg, u) => winograd::forward(wg, src, u, &mut s.pm, &mut s.wino),
+                Prepared::Direct(dg, wt) => direct::forward(dg, src, wt, &mut s.pm),
+                Prepared::Gemm => unreachable!("matched above"),
+            }
             direct::to_planes(&s.pm, g.oc, ohw, yi, b, relu);
         }
         return;
@@ -734,11 +732,12 @@ pub fn conv_backward(
             ow: g.wp(),
         };
         // Its padded tiles multiply zeros: worth it where they still take
-        // fewer multiplications than the scatter's 25 a pixel (mnist's
-        // conv2: 144 tiles of 36 against 400 pixels of 25; conv3: equal).
+        // a fifth fewer multiplications than the scatter's 25 a pixel
+        // (mnist's conv2: 144 tiles of 36 against 400 pixels of 25; conv3:
+        // equal).
         let (th, tw) = (g.hp().div_ceil(2), g.wp().div_ceil(2));
         let fewer = 36 * th * tw * 5 < 4 * 25 * ohw;
-        match g.winograd() {
+        match wino_dw {
             Some(_) if wg.fits() && fewer => {
                 DxKernel::Winograd(wg, winograd::transform_weights_flipped(w, g.oc, g.c))
             }
