@@ -427,7 +427,8 @@ pub(super) fn direct_scratch_len(g: &Gemm, x: &Place, y: &Place) -> (usize, usiz
 /// thread takes a band). A task copies its image into the padded scratch
 /// (which also gathers a channel slice), runs the kernel for its rows, and
 /// moves the pixel-major result into the output planes with the bias and
-/// the epilogue. `w_taps`: the weights tap-major ([`direct::tap_major`]).
+/// the epilogue. Whole-image tasks of a step with Winograd weights run
+/// [`winograd::forward`] instead.
 pub(super) fn direct_conv(
     g: &Gemm,
     step: &Step,
@@ -438,7 +439,6 @@ pub(super) fn direct_conv(
 ) {
     let (x, y) = (&step.inputs[0], &step.output);
     let d = direct_geometry(g, x, y);
-    let w_taps = &w.taps;
     let batch = arena.batch;
     let threads = rayon::current_num_threads().max(1);
     let bands = if batch >= threads {
@@ -474,7 +474,7 @@ pub(super) fn direct_conv(
         match (&w.winograd, bands) {
             // Whole images only: Winograd's tiles are pairs of rows.
             (Some(u), 1) => winograd::forward(&(&d).into(), xp, u, pm, &mut s.wino),
-            _ => direct::forward_rows(&d, xp, w_taps, pm, oy0, oy1),
+            _ => direct::forward_rows(&d, xp, &w.taps, pm, oy0, oy1),
         }
         let (p0, len) = (oy0 * y.w, (oy1 - oy0) * y.w);
         for t0 in (0..len).step_by(64) {

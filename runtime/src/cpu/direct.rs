@@ -13,7 +13,8 @@
 //! tap-major `[C·KH·KW][OC]` ([`tap_major`]), outputs and output gradients
 //! pixel-major `[OH·OW][OC]`. Only x86-64 with AVX2 and FMA; [`available`]
 //! says whether the CPU has them, and callers keep their im2col path for
-//! the rest.
+//! the rest. Where the CPU has AVX-512F ([`avx512`]) the forward and
+//! weight-gradient kernels run 16-lane variants with up to 24 accumulators.
 
 /// A convolution's geometry on its padded input.
 #[derive(Clone, Copy, Debug)]
@@ -548,46 +549,6 @@ mod avx2 {
 mod avx512 {
     use super::Geometry;
     use std::arch::x86_64::*;
-
-    /// Calls `$f::<vb, n>($args)`: `vb` vector registers (of 16 lanes) by
-    /// `n` pixels or taps, n ≤ [`most`]`(vb)`.
-    macro_rules! blocks {
-        ($vb:expr, $n:expr, $f:ident, ($($arg:expr),*)) => {
-            match ($vb, $n) {
-                (1, 12) => $f::<1, 12>($($arg),*),
-                (1, 11) => $f::<1, 11>($($arg),*),
-                (1, 10) => $f::<1, 10>($($arg),*),
-                (1, 9) => $f::<1, 9>($($arg),*),
-                (1, 8) => $f::<1, 8>($($arg),*),
-                (1, 7) => $f::<1, 7>($($arg),*),
-                (1, 6) => $f::<1, 6>($($arg),*),
-                (1, 5) => $f::<1, 5>($($arg),*),
-                (1, 4) => $f::<1, 4>($($arg),*),
-                (1, 3) => $f::<1, 3>($($arg),*),
-                (1, 2) => $f::<1, 2>($($arg),*),
-                (1, 1) => $f::<1, 1>($($arg),*),
-                (2, 12) => $f::<2, 12>($($arg),*),
-                (2, 11) => $f::<2, 11>($($arg),*),
-                (2, 10) => $f::<2, 10>($($arg),*),
-                (2, 9) => $f::<2, 9>($($arg),*),
-                (2, 8) => $f::<2, 8>($($arg),*),
-                (2, 7) => $f::<2, 7>($($arg),*),
-                (2, 6) => $f::<2, 6>($($arg),*),
-                (2, 5) => $f::<2, 5>($($arg),*),
-                (2, 4) => $f::<2, 4>($($arg),*),
-                (2, 3) => $f::<2, 3>($($arg),*),
-                (2, 2) => $f::<2, 2>($($arg),*),
-                (2, 1) => $f::<2, 1>($($arg),*),
-                (4, 6) => $f::<4, 6>($($arg),*),
-                (4, 5) => $f::<4, 5>($($arg),*),
-                (4, 4) => $f::<4, 4>($($arg),*),
-                (4, 3) => $f::<4, 3>($($arg),*),
-                (4, 2) => $f::<4, 2>($($arg),*),
-                (4, 1) => $f::<4, 1>($($arg),*),
-                _ => unreachable!("no block of {} by {}", $vb, $n),
-            }
-        };
-    }
 
     /// The most pixels (or taps) a block of `vb` vectors holds: 24 accumulators.
     fn most(vb: usize) -> usize {

@@ -14,6 +14,47 @@
 //! Run it on a rayon worker thread (a pool built with `use_current_thread`,
 //! as built binaries do) to avoid a cross-thread hand-off per parallel step.
 
+/// Calls `$f::<vb, n>($args)`: a register block of `vb` 16-lane vectors by
+/// `n` pixels, taps or tiles, at most 24 accumulators (vb 1 or 2: n ≤ 12;
+/// vb 4: n ≤ 6). The AVX-512 kernels of `direct` and `winograd` share it.
+macro_rules! blocks {
+    ($vb:expr, $n:expr, $f:ident, ($($arg:expr),*)) => {
+        match ($vb, $n) {
+            (1, 12) => $f::<1, 12>($($arg),*),
+            (1, 11) => $f::<1, 11>($($arg),*),
+            (1, 10) => $f::<1, 10>($($arg),*),
+            (1, 9) => $f::<1, 9>($($arg),*),
+            (1, 8) => $f::<1, 8>($($arg),*),
+            (1, 7) => $f::<1, 7>($($arg),*),
+            (1, 6) => $f::<1, 6>($($arg),*),
+            (1, 5) => $f::<1, 5>($($arg),*),
+            (1, 4) => $f::<1, 4>($($arg),*),
+            (1, 3) => $f::<1, 3>($($arg),*),
+            (1, 2) => $f::<1, 2>($($arg),*),
+            (1, 1) => $f::<1, 1>($($arg),*),
+            (2, 12) => $f::<2, 12>($($arg),*),
+            (2, 11) => $f::<2, 11>($($arg),*),
+            (2, 10) => $f::<2, 10>($($arg),*),
+            (2, 9) => $f::<2, 9>($($arg),*),
+            (2, 8) => $f::<2, 8>($($arg),*),
+            (2, 7) => $f::<2, 7>($($arg),*),
+            (2, 6) => $f::<2, 6>($($arg),*),
+            (2, 5) => $f::<2, 5>($($arg),*),
+            (2, 4) => $f::<2, 4>($($arg),*),
+            (2, 3) => $f::<2, 3>($($arg),*),
+            (2, 2) => $f::<2, 2>($($arg),*),
+            (2, 1) => $f::<2, 1>($($arg),*),
+            (4, 6) => $f::<4, 6>($($arg),*),
+            (4, 5) => $f::<4, 5>($($arg),*),
+            (4, 4) => $f::<4, 4>($($arg),*),
+            (4, 3) => $f::<4, 3>($($arg),*),
+            (4, 2) => $f::<4, 2>($($arg),*),
+            (4, 1) => $f::<4, 1>($($arg),*),
+            _ => unreachable!("no block of {} by {}", $vb, $n),
+        }
+    };
+}
+
 mod act;
 mod conv;
 pub mod direct;
@@ -52,7 +93,7 @@ struct Scratch {
     /// Direct convolutions: one padded input image, one pixel-major output.
     padded: Vec<f32>,
     pm: Vec<f32>,
-    /// Winograd's transformed tiles (sized on first use).
+    /// Winograd's transformed tiles (sized for the largest such step).
     wino: winograd::Scratch,
 }
 
@@ -99,6 +140,7 @@ impl CpuExecutor {
         let (mut col_len, mut product_len) = (0usize, 0usize);
         let (mut padded_len, mut pm_len) = (0usize, 0usize);
         let mut direct_w = Vec::with_capacity(plan.steps.len());
+        let mut winograd_steps = Vec::new();
         for step in &plan.steps {
             check_step(&plan, step, &prepared)
                 .map_err(|e| Error(format!("step `{}`: {e}", step.kernel)))?;
@@ -112,10 +154,13 @@ impl CpuExecutor {
                 pm_len = pm_len.max(b);
                 let w = &prepared[step.params[0]];
                 let (x, y) = (&step.inputs[0], &step.output);
+                let winograd = conv::winograd_fits(g, x, y).then(|| {
+                    winograd_steps.push(winograd::Geometry::from(&conv::direct_geometry(g, x, y)));
+                    winograd::transform_weights(w, g.out_channels, g.in_channels)
+                });
                 conv::DirectWeights {
                     taps: direct::tap_major(w, g.out_channels, conv::k_total(g)),
-                    winograd: conv::winograd_fits(g, x, y)
-                        .then(|| winograd::transform_weights(w, g.out_channels, g.in_channels)),
+                    winograd,
                 }
             }));
             if let (StepOp::Gemm(g), None) = (&step.op, direct) {
@@ -130,12 +175,16 @@ impl CpuExecutor {
         }
         let scratch = (0..threads)
             .map(|_| {
+                let mut wino = winograd::Scratch::default();
+                for g in &winograd_steps {
+                    wino.reserve(g);
+                }
                 Mutex::new(Scratch {
                     col: vec![0.0; col_len],
                     product: vec![0.0; product_len],
                     padded: vec![0.0; padded_len],
                     pm: vec![0.0; pm_len],
-                    wino: winograd::Scratch::default(),
+                    wino,
                 })
             })
             .collect();

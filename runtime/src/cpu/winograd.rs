@@ -56,6 +56,13 @@ impl Geometry {
         (self.oh.div_ceil(2), self.ow.div_ceil(2))
     }
 
+    /// The input [`forward_pixel_major`] reads: rows and columns of whole
+    /// tiles, `(2·⌈OH/2⌉ + 4, 2·⌈OW/2⌉ + 4)`.
+    pub fn extent(&self) -> (usize, usize) {
+        let (ty, tx) = self.tiles();
+        (2 * ty + 4, 2 * tx + 4)
+    }
+
     /// Whether the kernels take this geometry.
     pub fn fits(&self) -> bool {
         self.c.is_multiple_of(16)
@@ -134,6 +141,18 @@ pub struct Scratch {
     x_pm: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
+}
+
+impl Scratch {
+    /// Grows the buffers to what [`forward`] needs for `g`, so that a
+    /// caller that allocates once up front does not allocate on its first run.
+    pub fn reserve(&mut self, g: &Geometry) {
+        let (he, we) = g.extent();
+        let grow = |v: &mut Vec<f32>, len: usize| v.resize(v.len().max(len), 0.0);
+        grow(&mut self.x_pm, he * we * g.c);
+        grow(&mut self.v, POINTS * CHUNK * g.c);
+        grow(&mut self.m, POINTS * CHUNK * g.oc);
+    }
 }
 
 /// `y[p][o] = Σ x ⋆ w` for every output pixel of one image (no bias), with
@@ -264,15 +283,6 @@ pub fn weight_grad_finish(g: &Geometry, du: &[f32], dw_taps: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-impl Geometry {
-    /// The input [`forward_pixel_major`] reads: rows and columns of whole
-    /// tiles, `(2·⌈OH/2⌉ + 4, 2·⌈OW/2⌉ + 4)`.
-    pub fn extent(&self) -> (usize, usize) {
-        let (ty, tx) = self.tiles();
-        (2 * ty + 4, 2 * tx + 4)
     }
 }
 
@@ -519,15 +529,7 @@ mod avx512 {
                 while r < len {
                     let p = (len - r).min(per);
                     let ops = at(xi, ob, r);
-                    macro_rules! go {
-                        ($($vb:literal: $($p:literal)*;)*) => {
-                            match (vb, p) {
-                                $($(($vb, $p) => block_product::<$vb, $p>(g.oc, ops),)*)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    go!(1: 1 2 3 4 5 6 7 8 9 10 11 12; 2: 1 2 3 4 5 6 7 8 9 10 11 12;);
+                    blocks!(vb, p, block_product, (g.oc, ops));
                     r += p;
                 }
             }
