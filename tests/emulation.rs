@@ -218,21 +218,26 @@ fn every_gemm_tile_computes_the_same_numbers() {
     // At test sizes the compiler picks the small tiles; the big ones (8×4 and
     // 4×4 registers per thread) only at full size. Force each in turn on two
     // fixtures with every conv variant (groups, dilation, padding modes,
-    // strides, residual epilogues, linear layers with global pooling).
+    // strides, residual epilogues, linear layers with global pooling), with
+    // K whole and split 3 ways (a split's K range then ends inside a filter
+    // or a group's channels), and the smallest tile with K split as far as
+    // its slices allow (up to 16 ways; splits of one slice).
     let mut jobs = Vec::new();
     for name in ["resnet_tiny", "kitchen_sink"] {
         for tile in cnnc::kernels::TILES {
-            jobs.push((name, *tile));
+            jobs.push((name, *tile, 1));
+            jobs.push((name, *tile, 3));
         }
+        jobs.push((name, *cnnc::kernels::TILES.last().unwrap(), 16));
     }
-    let failures = in_parallel(&jobs, |(name, tile)| {
+    let failures = in_parallel(&jobs, |(name, tile, split)| {
         let f = fixture(&Path::new("tests/fixtures").join(name));
         let mut case = f.case();
         case.tag = format!(
-            "{name}-tile{}x{}x{}-{}x{}",
+            "{name}-tile{}x{}x{}-{}x{}-split{split}",
             tile.bm, tile.bn, tile.bk, tile.tm, tile.tn
         );
-        case.tile = Some(*tile);
+        case.tile = Some((*tile, *split));
         let checked = check(&case, &|cuda| cuda)?;
         report(&case.tag, f.batch, &checked);
         Ok(())
@@ -323,9 +328,19 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
 
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.
 fn planted(edit: &dyn Fn(String) -> String) -> String {
+    planted_with(None, edit)
+}
+
+/// [`planted`], every GEMM on `schedule` (a tile and a K split) when given.
+fn planted_with(
+    schedule: Option<(cnnc::kernels::GemmTile, u32)>,
+    edit: &dyn Fn(String) -> String,
+) -> String {
     let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
     assert_eq!(f.batch, 2);
-    match check(&f.case(), edit) {
+    let mut case = f.case();
+    case.tile = schedule;
+    match check(&case, edit) {
         Ok(c) => panic!(
             "the planted bug went unnoticed (worst scaled error {:e})",
             c.worst
@@ -426,6 +441,61 @@ fn a_missing_barrier_is_reported() {
     );
 }
 
+/// The smallest tile with K split 3 ways: resnet_tiny's first GEMM (K = 27,
+/// two slices) gets 2 splits, the others 3.
+fn split_schedule() -> Option<(cnnc::kernels::GemmTile, u32)> {
+    Some((*cnnc::kernels::TILES.last().unwrap(), 3))
+}
+
+#[test]
+fn a_split_k_sum_that_skips_a_split_is_reported() {
+    // The last block adds every split's partials but the first.
+    let error = planted_with(split_schedule(), &|cuda| {
+        let right = "for (int s = 0; s < SPLIT; ++s) {";
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(right, "for (int s = 1; s < SPLIT; ++s) {")
+    });
+    let first = &resnet_tiny_program().kernels[0].name;
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_split_k_counter_left_set_is_reported() {
+    // Without the reset, the next launch of a kernel with the same tiles would
+    // count from the wrong number (a CUDA graph replays every launch).
+    let error = planted_with(split_schedule(), &|cuda| {
+        let right = "if (last) counters[tile] = 0u;";
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(right, "")
+    });
+    let first = &resnet_tiny_program().kernels[0].name;
+    assert!(
+        error.contains(&format!("step 0, kernel `{first}`"))
+            && error.contains("left split-K counter 0 at 2 (every launch must leave them at zero)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_split_k_partial_written_past_the_workspace_is_reported() {
+    // Partials one tile too far: the last tile's land past the workspace.
+    let error = planted_with(split_schedule(), &|cuda| {
+        let right = "float* mine = ws + ((long)split * tiles + tile) * (BM * BN) + tid;";
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(
+            right,
+            "float* mine = ws + ((long)split * tiles + tile + 1) * (BM * BN) + tid;",
+        )
+    });
+    assert!(
+        error.contains("wrote outside the split-K workspace"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_write_outside_the_output_place_is_reported() {
     // An epilogue that writes one image too far lands in another buffer (or
@@ -435,8 +505,8 @@ fn a_write_outside_the_output_place_is_reported() {
         let at = cuda.find(&format!(") {name}(")).unwrap();
         let end = at + cuda[at..].find("\n}").unwrap();
         let body = cuda[at..end].replace(
-            "(x, w, bias, r0, y, batch)",
-            "(x, w, bias, r0, y + 1, batch)",
+            "(x, w, bias, r0, y, batch, ws, counters)",
+            "(x, w, bias, r0, y + 1, batch, ws, counters)",
         );
         format!("{}{body}{}", &cuda[..at], &cuda[end..])
     });

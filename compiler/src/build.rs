@@ -153,6 +153,8 @@ fn step(s: &Step) -> TokenStream {
     );
     let layers: Vec<TokenStream> = s.layers.iter().map(|l| string(l)).collect();
     let variants: Vec<TokenStream> = s.variants.iter().map(variant).collect();
+    let split_k = Literal::u32_unsuffixed(s.split_k);
+    let partial_floats = Literal::u64_unsuffixed(s.partial_floats);
     quote!(Step {
         kernel: #kernel,
         op: #op,
@@ -167,6 +169,8 @@ fn step(s: &Step) -> TokenStream {
         grid_z: #gz,
         layers: Vec::from([#(#layers),*]),
         variants: Vec::from([#(#variants),*]),
+        split_k: #split_k,
+        partial_floats: #partial_floats,
     })
 }
 
@@ -182,6 +186,8 @@ fn variant(v: &Variant) -> TokenStream {
         Literal::u32_unsuffixed(v.grid_y),
         Literal::u32_unsuffixed(v.grid_z),
     );
+    let split_k = Literal::u32_unsuffixed(v.split_k);
+    let partial_floats = Literal::u64_unsuffixed(v.partial_floats);
     quote!(Variant {
         min_batch: #min_batch,
         kernel: #kernel,
@@ -190,6 +196,8 @@ fn variant(v: &Variant) -> TokenStream {
         per_block: #per_block,
         grid_y: #gy,
         grid_z: #gz,
+        split_k: #split_k,
+        partial_floats: #partial_floats,
     })
 }
 

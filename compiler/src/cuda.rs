@@ -47,6 +47,7 @@ __device__ __forceinline__ int source_index(int i, int size) {
 template <int IC, int IH, int IW, int OC, int OH, int OW, int KH, int KW, int SH, int SW,
           int PT, int PL, int DH, int DW, int GROUPS, int MODE, bool GLOBAL_POOL, int IN_CT, int IN_CO>
 struct Conv {
+  static constexpr int G = GROUPS;
   static constexpr int ICG = IC / GROUPS;
   static constexpr int M = OC / GROUPS;
   static constexpr int K = GLOBAL_POOL ? IC : ICG * KH * KW;
@@ -86,6 +87,16 @@ __device__ __forceinline__ float component(const float4& v, int e) {
   return e == 0 ? v.x : (e == 1 ? v.y : (e == 2 ? v.z : v.w));
 }
 
+// Which of a tile's BN columns is a thread's j-th: with TN a multiple of 4,
+// its columns come in runs of 4, one run in each of the TN/4 parts of the
+// tile (a warp's 16-byte shared-memory reads are then contiguous, free of
+// bank conflicts); otherwise TN consecutive columns.
+template <int BN, int TN>
+__device__ __forceinline__ int column(int col, int j) {
+  if constexpr (TN % 4 == 0) return (j / 4) * (BN / (TN / 4)) + col * 4 + j % 4;
+  return col * TN + j;
+}
+
 // The implicit GEMM: each block computes a BM x BN tile of the output through
 // BK-deep shared-memory tiles; each thread accumulates a TM x TN block in
 // registers. The shared tiles are double-buffered and the global loads of the
@@ -95,12 +106,23 @@ __device__ __forceinline__ float component(const float4& v, int e) {
 // weight tile is padded by 4 floats per row, so the transposing stores do not
 // all fall into one bank. The epilogue (bias, activations, residual adds) runs
 // on the registers before the only write to memory.
-template <class C, int BM, int BN, int BK, int TM, int TN, bool VEC_A, class Epi, bool HAS_BIAS, int OUT_CT,
-          int OUT_CO>
+//
+// With SPLIT > 1, K is split: block z = split * GROUPS + group sums only its
+// split's run of whole BK-slices (so the vector loads stay aligned), writes
+// its partial sums to the workspace `ws` and counts itself in `counters[tile]`;
+// the tile's last block to arrive adds every split's partials in split order
+// (the same sum whichever block is last), runs the epilogue and resets the
+// counter for the next launch (the driver zeroes the counters once).
+template <class C, int BM, int BN, int BK, int TM, int TN, bool VEC_A, int SPLIT, class Epi, bool HAS_BIAS,
+          int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* __restrict__ w,
                                      const float* __restrict__ bias, const float* __restrict__ r0,
-                                     float* __restrict__ y, int batch) {
+                                     float* __restrict__ y, int batch, float* __restrict__ ws,
+                                     unsigned* __restrict__ counters) {
   constexpr int THREADS = (BM / TM) * (BN / TN);
+  constexpr int SLICES = (C::K + BK - 1) / BK;
+  constexpr int PER_SPLIT = (SLICES + SPLIT - 1) / SPLIT;  // slices per split
+  static_assert(SPLIT == 1 || (SPLIT - 1) * PER_SPLIT < SLICES, "every split has at least one slice");
   constexpr int A_VEC = VEC_A ? 4 : 1;
   constexpr int A_LOADS = BM * BK / A_VEC;
   constexpr int A_ITERS = (A_LOADS + THREADS - 1) / THREADS;
@@ -109,7 +131,10 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
   __align__(16) __shared__ float As[2][BK][BM + APAD];
   __align__(16) __shared__ float Bs[2][BK][BN];
   const int n_total = batch * C::P;
-  const int g = blockIdx.z;
+  const int g = blockIdx.z % C::G;
+  const int split = blockIdx.z / C::G;
+  const int k_begin = split * PER_SPLIT * BK;
+  const int k_end = min(C::K, k_begin + PER_SPLIT * BK);
   const int m0 = blockIdx.y * BM;
   const int n0 = blockIdx.x * BN;
   const int tid = threadIdx.x;
@@ -124,7 +149,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       const int f = tid + j * THREADS;
       const int mm = f / (BK / A_VEC), kk = (f % (BK / A_VEC)) * A_VEC;
       const int m = m0 + mm, k = k0 + kk;
-      const bool in = f < A_LOADS && m < C::M && k < C::K;
+      const bool in = f < A_LOADS && m < C::M && k < k_end;
       const float* p = w + ((long)g * C::M + m) * C::K + k;
       if (VEC_A) {
         ra[j] = in ? load4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -140,7 +165,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       const int i = tid + j * THREADS;
       const int kk = i / BN, nn = i % BN;
       const int k = k0 + kk, n = n0 + nn;
-      rb[j] = (i < BK * BN && k < C::K && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
+      rb[j] = (i < BK * BN && k < k_end && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
     }
   };
   auto store = [&](int buf) {
@@ -163,12 +188,12 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
-  load_a(0);
-  load_b(0);
+  load_a(k_begin);
+  load_b(k_begin);
   store(0);
   __syncthreads();
-  for (int k0 = 0, buf = 0; k0 < C::K; k0 += BK, buf ^= 1) {
-    const bool more = k0 + BK < C::K;
+  for (int k0 = k_begin, buf = 0; k0 < k_end; k0 += BK, buf ^= 1) {
+    const bool more = k0 + BK < k_end;
     if (more) {  // the next slice's loads overlap this slice's arithmetic
       load_a(k0 + BK);
       load_b(k0 + BK);
@@ -189,7 +214,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       if constexpr (TN % 4 == 0) {
 #pragma unroll
         for (int j = 0; j < TN; j += 4) {
-          const float4 v = load4(&Bs[buf][kk][col * TN + j]);
+          const float4 v = load4(&Bs[buf][kk][column<BN, TN>(col, j)]);
           b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w;
         }
       } else {
@@ -205,6 +230,40 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
     if (more) store(buf ^ 1);
     __syncthreads();
   }
+  if constexpr (SPLIT > 1) {
+    // Partials laid out [split][tile][TM * TN][THREADS]: a warp's stores and loads are contiguous.
+    __shared__ bool last;
+    const long tiles = (long)gridDim.x * gridDim.y * C::G;
+    const long tile = ((long)g * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    float* mine = ws + ((long)split * tiles + tile) * (BM * BN) + tid;
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) mine[(i * TN + j) * THREADS] = acc[i][j];
+    __threadfence();  // the partials are visible to every block before the count says so
+    __syncthreads();
+    if (tid == 0) {
+      last = atomicAdd(&counters[tile], 1u) == SPLIT - 1;
+      if (last) counters[tile] = 0u;  // every other split has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+    for (int s = 0; s < SPLIT; ++s) {
+      const float* part = ws + ((long)s * tiles + tile) * (BM * BN) + tid;
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] += __ldcg(part + (i * TN + j) * THREADS);  // L2, not a stale L1 line
+    }
+  } else {
+    (void)ws;
+    (void)counters;
+  }
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int m = m0 + row * TM + i;
@@ -213,7 +272,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
     const float b = HAS_BIAS ? bias[oc] : 0.0f;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int n = n0 + col * TN + j;
+      const int n = n0 + column<BN, TN>(col, j);
       if (n >= n_total) continue;
       const int image = n / C::P;
       const int p = n - image * C::P;
@@ -725,15 +784,16 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         ));
     }
     for (i, (name, schedule, note)) in wrappers.iter().enumerate() {
-        // Tiles ask for two resident blocks per SM: without that, ptxas caps
-        // some tiles at 64 registers and spills (alexnet's 11x11 conv, 64x64 tile).
+        // Tiles state how many blocks per SM they are made for: without it,
+        // ptxas caps some tiles at 64 registers and spills (alexnet's 11x11
+        // conv, 64x64 tile).
         let min_blocks = match schedule {
-            Schedule::Tile { .. } => ", 2",
-            Schedule::Gemv(_) => "",
+            Schedule::Tile { tile, .. } => format!(", {}", tile.min_blocks_per_sm()),
+            Schedule::Gemv(_) => String::new(),
         };
         let _ = writeln!(
             out,
-            "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch) {{",
+            "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch, float* __restrict__ ws, unsigned* __restrict__ counters) {{",
             schedule.threads(),
         );
         if i == 0 {
@@ -744,13 +804,17 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         }
         let _ = writeln!(out, "  using C = {conv};");
         match schedule {
-            Schedule::Tile { tile: t, vec_a } => {
+            Schedule::Tile {
+                tile: t,
+                vec_a,
+                split,
+            } => {
                 if i == 0 {
-                    let _ = writeln!(out, "  // gemm<C, BM, BN, BK, TM, TN, VEC_A, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>");
+                    let _ = writeln!(out, "  // gemm<C, BM, BN, BK, TM, TN, VEC_A, SPLIT, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>");
                 }
                 let _ = writeln!(
                     out,
-                    "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {split}, {tail}>(x, w, bias, r0, y, batch, ws, counters);\n}}",
                     t.bm, t.bn, t.bk, t.tm, t.tn
                 );
             }
@@ -758,7 +822,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 let _ = writeln!(out, "  // gemv<C, WARPS, ROWS, IMAGES, CHUNK, VEC4, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>");
                 let _ = writeln!(
                     out,
-                    "  cnnc::gemv<C, {}, {}, {}, {}, {}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    "  (void)ws; (void)counters;\n  cnnc::gemv<C, {}, {}, {}, {}, {}, {tail}>(x, w, bias, r0, y, batch);\n}}",
                     v.warps, v.rows, v.images, v.chunk, v.vec4
                 );
             }

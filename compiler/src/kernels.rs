@@ -64,6 +64,20 @@ impl GemmTile {
     pub fn threads(&self) -> u32 {
         (self.bm / self.tm) * (self.bn / self.tn)
     }
+
+    /// Resident blocks per SM the kernel asks ptxas to allow for (its
+    /// `__launch_bounds__`): two, which caps registers at 128 per thread and
+    /// keeps 16 warps on an SM, for tiles of up to 32 accumulators per thread;
+    /// one for the 8×8 tile, whose 64 accumulators plus addressing need about
+    /// 160 registers (at 128 ptxas spills), and whose 8 warps each have 64
+    /// independent FMAs per shared-memory step to hide latency with.
+    pub fn min_blocks_per_sm(&self) -> u32 {
+        if self.tm * self.tn > 32 {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 /// How a GEMM kernel is computed.
@@ -74,18 +88,61 @@ pub enum Schedule {
     /// `vec_a`: each thread reads 4 consecutive weights with one 16-byte load;
     /// set only when K and BK are multiples of 4, which makes every such load
     /// aligned (rows start at multiples of K floats, slices at multiples of BK).
-    Tile { tile: GemmTile, vec_a: bool },
+    /// `split` > 1 splits K (split-K): `split` blocks per output tile each sum
+    /// an equal run of whole BK-slices and write their partial sums to a
+    /// workspace; the last of them to finish adds all partials in split order
+    /// (so the result does not depend on which finishes last) and runs the
+    /// epilogue. It gives a small GEMM with a long K enough blocks to fill the
+    /// GPU and shortens each block's serial loop over K.
+    Tile {
+        tile: GemmTile,
+        vec_a: bool,
+        split: u32,
+    },
     /// A linear layer at a small batch, memory-bound on its weights.
     Gemv(Gemv),
 }
 
 impl Schedule {
     /// The tile schedule for a GEMM with `k` terms per output, with the weight
-    /// loads vectorised where [`Schedule::Tile`] allows.
+    /// loads vectorised where [`Schedule::Tile`] allows, K not split.
     pub fn tiled(tile: GemmTile, k: i64) -> Schedule {
         Schedule::Tile {
             tile,
             vec_a: k % 4 == 0 && tile.bk.is_multiple_of(4),
+            split: 1,
+        }
+    }
+
+    /// [`Schedule::tiled`] with K split `split` ways, the count made exact:
+    /// each split gets `ceil(slices / split)` whole BK-slices, so the count
+    /// becomes `ceil(slices / per_split)`, which leaves no split empty.
+    pub fn tiled_split(tile: GemmTile, k: i64, split: u32) -> Schedule {
+        let slices = (k.max(1) as u64).div_ceil(tile.bk as u64);
+        let per = slices.div_ceil(split.max(1) as u64);
+        match Schedule::tiled(tile, k) {
+            Schedule::Tile { tile, vec_a, .. } => Schedule::Tile {
+                tile,
+                vec_a,
+                split: slices.div_ceil(per) as u32,
+            },
+            other => other,
+        }
+    }
+
+    /// How many ways K is split (1 for a GEMV or an unsplit tile).
+    pub fn split(&self) -> u32 {
+        match self {
+            Schedule::Tile { split, .. } => *split,
+            Schedule::Gemv(_) => 1,
+        }
+    }
+
+    /// Floats of partial sums each block writes to the workspace (0 unless K is split).
+    pub fn partial_floats(&self) -> u64 {
+        match self {
+            Schedule::Tile { tile, split, .. } if *split > 1 => (tile.bm * tile.bn) as u64,
+            _ => 0,
         }
     }
 
@@ -135,8 +192,21 @@ pub fn choose_gemv(m: u64, k: u64) -> Gemv {
 }
 
 /// Tile candidates, largest first. All use 256 threads or fewer and at most
-/// 32 accumulators per thread, which keeps registers well under the spill point.
+/// 64 accumulators per thread; [`GemmTile::min_blocks_per_sm`] sets the
+/// register budget (`tests/codegen.rs` has ptxas check for spills). The
+/// largest, 128×128 with 8×8 per thread, is the classic shape of a fast FP32
+/// GEMM on CUDA cores: 4 FMAs per value read from shared memory (8×4: 2.7,
+/// 4×4: 2); in its main loop 77% of the SASS instructions are FFMAs (sm_90,
+/// ResNet-50's last 1×1 conv at batch 64; the 8×4 tile on layer3's convs:
+/// 64–72%).
 pub const TILES: &[GemmTile] = &[
+    GemmTile {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+        tm: 8,
+        tn: 8,
+    },
     GemmTile {
         bm: 128,
         bn: 64,
@@ -196,6 +266,36 @@ pub fn choose_tile(m: u64, n: u64, groups: u64) -> GemmTile {
         .unwrap_or(TILES[0])
 }
 
+/// Each split of K keeps at least this many BK-slices, so the partial sums'
+/// round trip through memory stays small next to the block's own work.
+pub const MIN_SLICES_PER_SPLIT: u64 = 4;
+/// At most this many splits.
+pub const MAX_SPLIT: u64 = 16;
+/// Splitting stops at this many blocks in all: about one wave of resident
+/// blocks on the target GPU (a block of the small tiles uses few registers,
+/// so four fit on an SM); more would queue behind the first wave.
+pub const MAX_SPLIT_BLOCKS: u64 = 4 * TARGET_SMS;
+
+/// How many ways to split K for a GEMM that launches `blocks` blocks with
+/// `tile` and has `k` terms per output. A GEMM that launches two blocks per
+/// SM already fills the GPU and is not split. Below that its time is the
+/// length of each block's serial walk over K (a global-load latency per
+/// slice), so K is split as far as allowed: splits of at least
+/// [`MIN_SLICES_PER_SPLIT`] slices, at most [`MAX_SPLIT`] of them, at most
+/// [`MAX_SPLIT_BLOCKS`] blocks. (The count is made exact by
+/// [`Schedule::tiled_split`].) At batch 1 this is most of a ResNet's later
+/// layers (7×7 and 14×14 maps, K up to 4608) and the small nets' convolutions.
+pub fn choose_split(tile: &GemmTile, blocks: u64, k: u64) -> u32 {
+    let blocks = blocks.max(1);
+    if blocks >= 2 * TARGET_SMS {
+        return 1;
+    }
+    let slices = k.div_ceil(tile.bk as u64);
+    (slices / MIN_SLICES_PER_SPLIT)
+        .min(MAX_SPLIT_BLOCKS / blocks)
+        .clamp(1, MAX_SPLIT) as u32
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gemm {
     pub in_channels: i64,
@@ -239,13 +339,14 @@ impl Gemm {
     pub fn launch(&self, schedule: &Schedule) -> (u32, Grid) {
         let m = self.m() as u64;
         match schedule {
-            Schedule::Tile { tile, .. } => (
+            Schedule::Tile { tile, split, .. } => (
                 tile.threads(),
                 Grid {
                     per_image: self.pixels() as u64,
                     per_block: tile.bn as u64,
                     y: m.div_ceil(tile.bm as u64),
-                    z: self.groups as u64,
+                    // Group g, split s is block z = s·groups + g.
+                    z: self.groups as u64 * *split as u64,
                 },
             ),
             Schedule::Gemv(v) => (
@@ -262,17 +363,22 @@ impl Gemm {
 
     /// The schedule for batches from `batch` up to (not including) `next`:
     /// a GEMV for a linear layer when every batch of the bucket fits one,
-    /// else the tile [`choose_tile`] picks for N at `batch`.
+    /// else the tile [`choose_tile`] picks for N at `batch`, with K split as
+    /// [`choose_split`] says.
     pub fn schedule_for(&self, batch: u64, next: Option<u64>) -> Schedule {
         let fits = next.is_some_and(|n| n - 1 <= GEMV_MAX_IMAGES as u64);
         if self.linear && fits {
             return Schedule::Gemv(choose_gemv(self.m() as u64, self.k() as u64));
         }
-        let n = self.pixels() as u64 * batch;
-        Schedule::tiled(
-            choose_tile(self.m() as u64, n, self.groups as u64),
-            self.k(),
-        )
+        let (m, n, groups) = (
+            self.m() as u64,
+            self.pixels() as u64 * batch,
+            self.groups as u64,
+        );
+        let tile = choose_tile(m, n, groups);
+        let blocks = m.div_ceil(tile.bm as u64) * n.div_ceil(tile.bn as u64) * groups;
+        let split = choose_split(&tile, blocks, self.k() as u64);
+        Schedule::tiled_split(tile, self.k(), split)
     }
 }
 
@@ -798,15 +904,24 @@ pub fn render(program: &KernelProgram) -> String {
 /// "tile BM=16 BN=32 BK=16 TM=1 TN=2 (256 threads), weights by float4" or the GEMV's shape.
 pub fn describe_schedule(schedule: &Schedule) -> String {
     match schedule {
-        Schedule::Tile { tile: t, vec_a } => format!(
-            "tile BM={} BN={} BK={} TM={} TN={} ({} threads){}",
+        Schedule::Tile {
+            tile: t,
+            vec_a,
+            split,
+        } => format!(
+            "tile BM={} BN={} BK={} TM={} TN={} ({} threads){}{}",
             t.bm,
             t.bn,
             t.bk,
             t.tm,
             t.tn,
             t.threads(),
-            if *vec_a { ", weights by float4" } else { "" }
+            if *vec_a { ", weights by float4" } else { "" },
+            if *split > 1 {
+                format!(", K split {split} ways")
+            } else {
+                String::new()
+            }
         ),
         Schedule::Gemv(v) => format!(
             "GEMV {} warps × {} rows, ≤{} images, chunks of {}{} ({} threads)",
@@ -822,8 +937,14 @@ pub fn describe_schedule(schedule: &Schedule) -> String {
 
 fn loop_nest(schedule: &Schedule) -> String {
     match schedule {
-        Schedule::Tile { tile: t, .. } => format!(
+        Schedule::Tile {
+            tile: t, split: 1, ..
+        } => format!(
             "load A[{}×{}], B[{}×{}] to registers; for k0 in 0..K step {}: store them to shared buffer k0/{} % 2, load the next slice, for k in 0..{}: acc[{}×{}] += a·b",
+            t.bm, t.bk, t.bk, t.bn, t.bk, t.bk, t.bk, t.tm, t.tn
+        ),
+        Schedule::Tile { tile: t, split, .. } => format!(
+            "block z/groups = s of {split}: load A[{}×{}], B[{}×{}] to registers; for k0 in s's slices (step {}): store them to shared buffer k0/{} % 2, load the next slice, for k in 0..{}: acc[{}×{}] += a·b; acc to workspace; the tile's last block: acc = Σ partials in split order",
             t.bm, t.bk, t.bk, t.bn, t.bk, t.bk, t.bk, t.tm, t.tn
         ),
         Schedule::Gemv(v) => format!(
@@ -876,4 +997,65 @@ pub fn clean(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     s.trim_end_matches('\\').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits as the kernel computes them: `per` slices each, the last one short.
+    fn split_ranges(k: i64, tile: &GemmTile, split: u32) -> Vec<(u64, u64)> {
+        let slices = (k as u64).div_ceil(tile.bk as u64);
+        let per = slices.div_ceil(split as u64);
+        (0..split as u64)
+            .map(|s| (s * per, ((s + 1) * per).min(slices)))
+            .collect()
+    }
+
+    #[test]
+    fn every_split_gets_whole_slices_and_none_is_empty() {
+        for tile in TILES {
+            for k in 1..600 {
+                for asked in 1..=20 {
+                    let Schedule::Tile { split, .. } = Schedule::tiled_split(*tile, k, asked)
+                    else {
+                        panic!("a tile schedule");
+                    };
+                    let ranges = split_ranges(k, tile, split);
+                    assert!(
+                        split >= 1 && split <= asked.max(1),
+                        "k {k} asked {asked}: {split}"
+                    );
+                    assert!(
+                        ranges.iter().all(|(a, b)| a < b),
+                        "k {k} asked {asked}: {ranges:?}"
+                    );
+                    let slices = (k as u64).div_ceil(tile.bk as u64);
+                    assert_eq!(ranges.last().unwrap().1, slices, "k {k} asked {asked}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_is_split_only_where_the_gpu_would_be_idle() {
+        let small = TILES[TILES.len() - 1];
+        // Enough blocks: no split, however long K is.
+        assert_eq!(choose_split(&small, 2 * TARGET_SMS, 1 << 20), 1);
+        // Few blocks, long K: split to the cap.
+        assert_eq!(choose_split(&small, 8, 1 << 20), MAX_SPLIT as u32);
+        // Few blocks, short K: every split keeps MIN_SLICES_PER_SPLIT slices.
+        assert_eq!(choose_split(&small, 8, 16 * 7), 1);
+        assert_eq!(choose_split(&small, 8, 16 * 8), 2);
+        // The block cap: 64 blocks (ResNet-50 layer4's 3×3 conv at batch 1) split 6 ways.
+        assert_eq!(
+            choose_split(&small, 64, 4608),
+            (MAX_SPLIT_BLOCKS / 64) as u32
+        );
+        // The schedule the compiler gives mnist_cnn's conv3 at batch 1: M = 64,
+        // N = 36, K = 800 on the 16×32 tile: 8 blocks, 50 slices → 12 asked,
+        // made exact as 10 splits of 5 slices.
+        let gemm_split = Schedule::tiled_split(small, 800, choose_split(&small, 8, 800)).split();
+        assert_eq!(gemm_split, 10);
+    }
 }

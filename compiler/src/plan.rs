@@ -179,6 +179,10 @@ pub fn build(
                 Epilogue::AddInput(i) => rt::Epi::AddInput(*i),
             })
             .collect();
+        let schedule = match &k.kind {
+            KernelKind::Gemm(g) => Some(g.schedule),
+            _ => None,
+        };
         steps.push(rt::Step {
             kernel: k.name.clone(),
             op,
@@ -207,8 +211,12 @@ pub fn build(
                     per_block: v.grid.per_block,
                     grid_y: v.grid.y as u32,
                     grid_z: v.grid.z as u32,
+                    split_k: v.schedule.split(),
+                    partial_floats: v.schedule.partial_floats(),
                 })
                 .collect(),
+            split_k: schedule.map_or(1, |s| s.split()),
+            partial_floats: schedule.map_or(0, |s| s.partial_floats()),
         });
     }
     let state_dict = crate::weights::state_entries(graph, sources);

@@ -47,6 +47,10 @@ pub struct CudaExecutor {
     functions: Vec<Vec<CudaFunction>>,
     params: Vec<CudaSlice<f32>>,
     arena: CudaSlice<f32>,
+    /// Split-K partial sums and tile counters (zeroed once; every split-K
+    /// kernel leaves its counters at zero again).
+    workspace: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
     max_batch: usize,
     graph: Option<(usize, CudaGraph)>,
     pub device_name: String,
@@ -134,6 +138,21 @@ impl CudaExecutor {
                 floats * 4
             ))
         })?;
+        let need = plan.workspace(max_batch);
+        let workspace = stream.alloc_zeros::<f32>(need.floats.max(1)).map_err(|e| {
+            Error(format!(
+                "out of memory: the split-K workspace for batch {max_batch} needs {} bytes: {e}",
+                need.floats * 4
+            ))
+        })?;
+        let counters = stream
+            .alloc_zeros::<u32>(need.counters.max(1))
+            .map_err(|e| {
+                Error(format!(
+                    "out of memory: the split-K tile counters need {} bytes: {e}",
+                    need.counters * 4
+                ))
+            })?;
         Ok(CudaExecutor {
             plan: plan.clone(),
             ctx,
@@ -141,6 +160,8 @@ impl CudaExecutor {
             functions,
             params,
             arena,
+            workspace,
+            counters,
             max_batch,
             graph: None,
             device_name,
@@ -150,6 +171,15 @@ impl CudaExecutor {
 
     /// Enqueues every kernel of the forward pass for `batch` images.
     fn enqueue(&self, batch: usize) -> Result<()> {
+        for i in 0..self.plan.steps.len() {
+            self.enqueue_step(i, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues step `i`'s kernel for `batch` images.
+    fn enqueue_step(&self, i: usize, batch: usize) -> Result<()> {
+        let (step, funcs) = (&self.plan.steps[i], &self.functions[i]);
         let (base, _sync) = self.arena.device_ptr(&self.stream);
         let ptr = |offset: usize| base + (offset * batch * 4) as u64;
         let param_ptrs: Vec<u64> = self
@@ -159,53 +189,56 @@ impl CudaExecutor {
             .collect();
         let batch_arg = batch as i32;
         let null: u64 = 0;
-        for (step, funcs) in self.plan.steps.iter().zip(&self.functions) {
-            // The kernel tuned for this batch size (the graph is captured per batch size).
-            let chosen = step.launch(batch);
-            let which = step.kernels().position(|k| k == chosen.kernel).unwrap_or(0);
-            let func = &funcs[which];
-            let x = ptr(step.inputs[0].offset);
-            let y = ptr(step.output.offset);
-            let second = step.inputs.get(1).map(|p| ptr(p.offset)).unwrap_or(null);
-            let p = |k: usize| step.params.get(k).map(|&i| param_ptrs[i]).unwrap_or(null);
-            let (p0, p1) = (p(0), p(1));
-            let cfg = LaunchConfig {
-                grid_dim: chosen.grid,
-                block_dim: (chosen.block, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = self.stream.launch_builder(func);
-            match step.op {
-                StepOp::Gemm(_) => {
-                    launch
-                        .arg(&x)
-                        .arg(&p0)
-                        .arg(&p1)
-                        .arg(&second)
-                        .arg(&y)
-                        .arg(&batch_arg);
-                }
-                StepOp::ChannelAffine => {
-                    launch.arg(&x).arg(&p0).arg(&p1).arg(&y).arg(&batch_arg);
-                }
-                StepOp::Add => {
-                    launch.arg(&x).arg(&second).arg(&y).arg(&batch_arg);
-                }
-                _ => {
-                    launch.arg(&x).arg(&y).arg(&batch_arg);
-                }
+        let workspace = self.workspace.device_ptr(&self.stream).0;
+        let counters = self.counters.device_ptr(&self.stream).0;
+        // The kernel tuned for this batch size (the graph is captured per batch size).
+        let chosen = step.launch(batch);
+        let which = step.kernels().position(|k| k == chosen.kernel).unwrap_or(0);
+        let func = &funcs[which];
+        let x = ptr(step.inputs[0].offset);
+        let y = ptr(step.output.offset);
+        let second = step.inputs.get(1).map(|p| ptr(p.offset)).unwrap_or(null);
+        let p = |k: usize| step.params.get(k).map(|&i| param_ptrs[i]).unwrap_or(null);
+        let (p0, p1) = (p(0), p(1));
+        let cfg = LaunchConfig {
+            grid_dim: chosen.grid,
+            block_dim: (chosen.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(func);
+        match step.op {
+            StepOp::Gemm(_) => {
+                launch
+                    .arg(&x)
+                    .arg(&p0)
+                    .arg(&p1)
+                    .arg(&second)
+                    .arg(&y)
+                    .arg(&batch_arg)
+                    .arg(&workspace)
+                    .arg(&counters);
             }
-            // SAFETY: the arguments match the kernel's signature as printed by
-            // cnnc's CUDA printer for this step kind, and every pointer lies in
-            // the arena or a weight buffer sized by the same plan.
-            unsafe { launch.launch(cfg) }.map_err(|e| {
-                Error(format!(
-                    "launching `{}` ({}) failed: {e}",
-                    chosen.kernel,
-                    step.layers.join("; ")
-                ))
-            })?;
+            StepOp::ChannelAffine => {
+                launch.arg(&x).arg(&p0).arg(&p1).arg(&y).arg(&batch_arg);
+            }
+            StepOp::Add => {
+                launch.arg(&x).arg(&second).arg(&y).arg(&batch_arg);
+            }
+            _ => {
+                launch.arg(&x).arg(&y).arg(&batch_arg);
+            }
         }
+        // SAFETY: the arguments match the kernel's signature as printed by
+        // cnnc's CUDA printer for this step kind, and every pointer lies in
+        // the arena, a weight buffer or the workspace, each sized by the
+        // same plan for up to `max_batch` images.
+        unsafe { launch.launch(cfg) }.map_err(|e| {
+            Error(format!(
+                "launching `{}` ({}) failed: {e}",
+                chosen.kernel,
+                step.layers.join("; ")
+            ))
+        })?;
         Ok(())
     }
 
@@ -276,6 +309,47 @@ impl CudaExecutor {
             result.extend_from_slice(&full[s..s + out.c * hw]);
         }
         Ok(result)
+    }
+
+    /// Times each step: the forward pass launched kernel by kernel (not as a
+    /// graph, so each launch's own overhead is in its time), a GPU event
+    /// between every two, `iters` times after one warm-up pass; returns each
+    /// step's median in milliseconds.
+    pub fn profile(&mut self, batch: usize, iters: usize) -> Result<Vec<f64>> {
+        let input = vec![0.0f32; batch * self.plan.input.numel()];
+        self.run(&input, batch)?;
+        let steps = self.plan.steps.len();
+        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(iters); steps];
+        for _ in 0..iters.max(1) + 1 {
+            let mut events = Vec::with_capacity(steps + 1);
+            for i in 0..=steps {
+                let event = self
+                    .ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(cuda_err("event"))?;
+                event.record(&self.stream).map_err(cuda_err("event"))?;
+                events.push(event);
+                if i < steps {
+                    self.enqueue_step(i, batch)?;
+                }
+            }
+            self.stream.synchronize().map_err(|e| {
+                Error(format!(
+                    "a kernel failed on the GPU ({e}); the CUDA context is unusable, stopping"
+                ))
+            })?;
+            for (i, pair) in events.windows(2).enumerate() {
+                samples[i].push(pair[0].elapsed_ms(&pair[1]).map_err(cuda_err("event"))? as f64);
+            }
+        }
+        Ok(samples
+            .into_iter()
+            .map(|mut v| {
+                v.remove(0); // the warm-up pass
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect())
     }
 
     /// Runs the captured forward pass `iters` times back to back and returns

@@ -228,6 +228,16 @@ pub struct Step {
     /// Every variant computes the same function with the same arguments.
     #[serde(default)]
     pub variants: Vec<Variant>,
+    /// GEMM kernels only: how many ways K is split (1: not split), and the
+    /// floats of partial sums each block then writes to the workspace.
+    #[serde(default = "one")]
+    pub split_k: u32,
+    #[serde(default)]
+    pub partial_floats: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Another kernel for the same step, used from `min_batch` images on.
@@ -240,6 +250,10 @@ pub struct Variant {
     pub per_block: u64,
     pub grid_y: u32,
     pub grid_z: u32,
+    #[serde(default = "one")]
+    pub split_k: u32,
+    #[serde(default)]
+    pub partial_floats: u64,
 }
 
 /// What to launch for one step at one batch size.
@@ -248,6 +262,46 @@ pub struct Launch<'a> {
     pub kernel: &'a str,
     pub grid: (u32, u32, u32),
     pub block: u32,
+    pub split_k: u32,
+    pub partial_floats: u64,
+}
+
+/// Scratch memory the GEMM kernels share (one kernel runs at a time): the
+/// partial sums of split-K kernels and one arrival counter per output tile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workspace {
+    pub floats: usize,
+    pub counters: usize,
+}
+
+impl Launch<'_> {
+    /// What this launch needs: every block writes `partial_floats`; every
+    /// output tile (`split_k` blocks) has a counter.
+    pub fn workspace(&self) -> Workspace {
+        if self.split_k <= 1 {
+            return Workspace::default();
+        }
+        let blocks = self.grid.0 as usize * self.grid.1 as usize * self.grid.2 as usize;
+        Workspace {
+            floats: blocks * self.partial_floats as usize,
+            counters: blocks / self.split_k as usize,
+        }
+    }
+}
+
+impl Plan {
+    /// The workspace every launch for 1 to `max_batch` images fits in.
+    pub fn workspace(&self, max_batch: usize) -> Workspace {
+        let mut most = Workspace::default();
+        for batch in 1..=max_batch.max(1) {
+            for step in &self.steps {
+                let w = step.launch(batch).workspace();
+                most.floats = most.floats.max(w.floats);
+                most.counters = most.counters.max(w.counters);
+            }
+        }
+        most
+    }
 }
 
 impl Step {
@@ -267,11 +321,15 @@ impl Step {
                 kernel: &v.kernel,
                 grid: (x(v.per_image, v.per_block), v.grid_y, v.grid_z),
                 block: v.block,
+                split_k: v.split_k,
+                partial_floats: v.partial_floats,
             },
             None => Launch {
                 kernel: &self.kernel,
                 grid: (x(self.per_image, self.per_block), self.grid_y, self.grid_z),
                 block: self.block,
+                split_k: self.split_k,
+                partial_floats: self.partial_floats,
             },
         }
     }

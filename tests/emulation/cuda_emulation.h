@@ -20,7 +20,8 @@
 //     followed by the exchange, as on Volta and later;
 //   * math: the C library's float functions (expf, erff, tanhf, fmaf, ...)
 //     plus __int_as_float, __float_as_int, __expf, __logf, __fdividef,
-//     rsqrtf, __saturatef, min, max; atomics as real CPU atomics;
+//     rsqrtf, __saturatef, min, max; atomics as real CPU atomics, __threadfence
+//     as a fence, __ldcg as a plain load;
 //   * launches: cnnc_emu::launch_kernel() runs a grid, blocks spread over a
 //     few OS threads (CNNC_EMU_THREADS, default: the number of CPUs), with
 //     CUDA's launch limits checked. Errors come back as a message, never as
@@ -252,6 +253,15 @@ inline void give_runner(BlockRunner* r) {
   std::lock_guard<std::mutex> lock(g_runners_mutex);
   g_runners.push_back(r);
 }
+// Frees the pooled runners and their stacks. Each runner's stacks take two
+// memory mappings per fiber (stack and guard page), and modules stay loaded,
+// so a process that loads many modules must give them back (Linux allows
+// about 65,000 mappings; past that even malloc fails).
+inline void release_runners() {
+  std::lock_guard<std::mutex> lock(g_runners_mutex);
+  for (BlockRunner* r : g_runners) delete r;
+  g_runners.clear();
+}
 
 inline void switch_to_scheduler() {
   BlockRunner* r = t_runner;
@@ -396,6 +406,12 @@ inline unsigned __activemask() { return 0xffffffffu; }
 // ---------------------------------------------------------------------------
 // Atomics (blocks may run on different OS threads at the same time)
 // ---------------------------------------------------------------------------
+// Cache-hinted loads (through L2 on the GPU, skipping a possibly stale L1
+// line): plain loads here, ordered by the fences and atomics around them.
+template <class T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
 template <class T>
 inline T atomicAdd(T* p, T v) {
   if constexpr (std::is_floating_point_v<T>) {
@@ -817,4 +833,5 @@ inline int launch_kernel(const char* name, void (*kernel)(P...), unsigned gx, un
 #define CNNC_EMU_MODULE                                                                                         \
   extern "C" __attribute__((visibility("default"))) const char* cnnc_emu_last_error() {                        \
     return ::cnnc_emu::last_error();                                                                            \
-  }
+  }                                                                                                             \
+  extern "C" __attribute__((visibility("default"))) void cnnc_emu_release() { ::cnnc_emu::release_runners(); }

@@ -176,6 +176,13 @@ def run_model(gpu, d, dry):
     buf = inputs.tobytes()
     gpu.check(gpu.cu.cuMemcpyHtoD_v2(arena + plan["input_offset"] * 4, buf, len(buf)), "input copy")
     weights = [gpu.upload(p) for p in params]
+    # Split-K scratch: partial sums (NaN, as the harness) and counters (zero, as the driver).
+    scratch = {}
+    for key, size_key, fill in (("workspace", "workspace_floats", 0xFF), ("counters", "counters", 0)):
+        nbytes = max(plan.get(size_key, 0), 1) * 4
+        gpu.check(gpu.cu.cuMemAlloc_v2(ctypes.byref(ptr), nbytes), f"cuMemAlloc {key}")
+        scratch[key] = ptr.value
+        gpu.check(gpu.cu.cuMemsetD8_v2(scratch[key], fill, nbytes), f"cuMemsetD8 {key}")
     host = (ctypes.c_float * max(plan["arena_floats"], 1))()
     view = memoryview(host).cast("B").cast("f")
     worst_step, identical, total, lines = (0.0, None), 0, 0, []
@@ -189,6 +196,8 @@ def run_model(gpu, d, dry):
                 values.append(ctypes.c_uint64(weights[a[1]]))
             elif a[0] == "null":
                 values.append(ctypes.c_uint64(0))
+            elif a[0] in scratch:
+                values.append(ctypes.c_uint64(scratch[a[0]]))
             else:
                 values.append(ctypes.c_int(a[1]))
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
@@ -210,6 +219,8 @@ def run_model(gpu, d, dry):
     for w in weights:
         gpu.cu.cuMemFree_v2(w)
     gpu.cu.cuMemFree_v2(arena)
+    for p in scratch.values():
+        gpu.cu.cuMemFree_v2(p)
     gpu.cu.cuModuleUnload(module)
     ok = worst_step[0] <= TOLERANCE and e_ref <= TOLERANCE
     text = (f"{'PASS' if ok else 'FAIL'} {plan['model']:<32} {len(plan['steps']):>3} steps  "

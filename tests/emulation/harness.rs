@@ -279,6 +279,21 @@ pub struct Module {
     pub path: PathBuf,
 }
 
+impl Drop for Module {
+    /// The library stays loaded, but the fiber stacks it pooled are freed:
+    /// each takes two memory mappings per fiber, and a test binary that loads
+    /// a hundred modules would otherwise run out of mappings.
+    fn drop(&mut self) {
+        // SAFETY: `cnnc_emu_release` is defined by CNNC_EMU_MODULE, takes no
+        // arguments, and frees only runners no launch is using.
+        unsafe {
+            if let Ok(release) = self.lib.get::<unsafe extern "C" fn()>(b"cnnc_emu_release") {
+                release();
+            }
+        }
+    }
+}
+
 type LaunchFn =
     unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, u32, *mut *mut c_void, u32, u32) -> i32;
 
@@ -298,6 +313,8 @@ pub enum Arg {
     In(*const f32),
     /// `float*`.
     Out(*mut f32),
+    /// `unsigned*` (split-K tile counters).
+    Counters(*mut u32),
     Int(i32),
 }
 
@@ -413,6 +430,7 @@ impl Module {
             let want = match a {
                 Arg::In(_) => "const float*",
                 Arg::Out(_) => "float*",
+                Arg::Counters(_) => "unsigned*",
                 Arg::Int(_) => "int",
             };
             if p.ty.replace(' ', "") != want.replace(' ', "") {
@@ -436,6 +454,7 @@ impl Module {
             .map(|a| match *a {
                 Arg::In(p) => p as u64,
                 Arg::Out(p) => p as u64,
+                Arg::Counters(p) => p as u64,
                 Arg::Int(v) => v as u32 as u64,
             })
             .collect();
@@ -536,14 +555,17 @@ pub enum Source {
     Null,
     /// The batch size, an `int`.
     Batch,
+    /// The split-K workspace (partial sums) and its tile counters.
+    Workspace,
+    Counters,
 }
 
 /// The arguments the CUDA driver passes for a step (runtime/src/cuda.rs,
 /// `enqueue`), with whether each is written: x = the base of the buffer
 /// holding input 0, then by kind weights/bias/residual or scale/shift or the
-/// second operand, y = the base of the output's buffer, and the batch size.
-/// Channel offsets are baked into the kernels, so every activation pointer is
-/// `arena + place.offset·batch`.
+/// second operand, y = the base of the output's buffer, the batch size, and
+/// for GEMMs the split-K workspace and counters. Channel offsets are baked
+/// into the kernels, so every activation pointer is `arena + place.offset·batch`.
 pub fn driver_args(step: &Step, batch: usize) -> Vec<(Source, bool)> {
     let at = |place: &Place| Source::Arena(place.offset * batch);
     let x = (at(&step.inputs[0]), false);
@@ -559,15 +581,36 @@ pub fn driver_args(step: &Step, batch: usize) -> Vec<(Source, bool)> {
     };
     let b = (Source::Batch, false);
     match step.op {
-        StepOp::Gemm(_) => vec![x, param(0), param(1), second, y, b],
+        StepOp::Gemm(_) => vec![
+            x,
+            param(0),
+            param(1),
+            second,
+            y,
+            b,
+            (Source::Workspace, true),
+            (Source::Counters, true),
+        ],
         StepOp::ChannelAffine => vec![x, param(0), param(1), y, b],
         StepOp::Add => vec![x, second, y, b],
         _ => vec![x, y, b],
     }
 }
 
+/// The memory a launch writes besides the arena: the split-K workspace and its counters.
+pub struct Scratch {
+    pub workspace: *mut f32,
+    pub counters: *mut u32,
+}
+
 /// [`driver_args`] as values for an emulated launch.
-pub fn step_args(step: &Step, arena: *mut f32, prepared: &[Vec<f32>], batch: usize) -> Vec<Arg> {
+pub fn step_args(
+    step: &Step,
+    arena: *mut f32,
+    scratch: &Scratch,
+    prepared: &[Vec<f32>],
+    batch: usize,
+) -> Vec<Arg> {
     driver_args(step, batch)
         .into_iter()
         .map(|(source, written)| {
@@ -578,6 +621,8 @@ pub fn step_args(step: &Step, arena: *mut f32, prepared: &[Vec<f32>], batch: usi
                 Source::Param(i) => prepared[i].as_ptr() as *mut f32,
                 Source::Null => std::ptr::null_mut(),
                 Source::Batch => return Arg::Int(batch as i32),
+                Source::Workspace => scratch.workspace,
+                Source::Counters => return Arg::Counters(scratch.counters),
             };
             if written {
                 Arg::Out(pointer)
@@ -638,6 +683,13 @@ pub fn run_plan(
     };
     let size = plan.arena_per_image * batch;
     let mut memory = vec![f32::from_bits(POISON); GUARD + size.max(1) + GUARD];
+    // The split-K workspace, sized as the driver sizes it (here for exactly
+    // this batch), between guard zones; poisoned before every launch, so a
+    // partial sum read before it was written shows as NaN. Counters start at
+    // zero, and every launch must leave them (and their guards) at zero.
+    let need = plan.workspace(batch);
+    let mut workspace = vec![f32::from_bits(POISON); GUARD + need.floats.max(1) + GUARD];
+    let mut counters = vec![0u32; GUARD + need.counters.max(1) + GUARD];
     // The driver copies the input to the start of its place.
     let start = GUARD + plan.input.offset * batch;
     memory[start..start + input.len()].copy_from_slice(input);
@@ -663,7 +715,12 @@ pub fn run_plan(
         }
         let before = memory.clone();
         let arena = memory[GUARD..].as_mut_ptr();
-        let args = step_args(step, arena, prepared, batch);
+        workspace.fill(f32::from_bits(POISON));
+        let scratch = Scratch {
+            workspace: workspace[GUARD..].as_mut_ptr(),
+            counters: counters[GUARD..].as_mut_ptr(),
+        };
+        let args = step_args(step, arena, &scratch, prepared, batch);
         let grid = launch.grid;
         let t = std::time::Instant::now();
         module
@@ -696,6 +753,22 @@ pub fn run_plan(
                     name()
                 ));
             }
+        }
+        let guards = |len: usize| (0..GUARD).chain(GUARD + len.max(1)..GUARD + len.max(1) + GUARD);
+        if let Some(j) = guards(need.floats).find(|&j| workspace[j].to_bits() != POISON) {
+            return Err(format!(
+                "{}: wrote outside the split-K workspace ({} floats; at guard index {j})",
+                name(),
+                need.floats
+            ));
+        }
+        if let Some(j) = counters.iter().position(|&c| c != 0) {
+            return Err(format!(
+                "{}: left split-K counter {} at {} (every launch must leave them at zero)",
+                name(),
+                j as i64 - GUARD as i64,
+                counters[j]
+            ));
         }
         steps.push(read_place(&memory[GUARD..], &step.output, batch));
     }
@@ -836,20 +909,22 @@ pub struct Case<'a> {
     pub batch: usize,
     /// Also run with threads and blocks in reverse order; every step must give the same bits.
     pub both_orders: bool,
-    /// Every GEMM uses this tile instead of the one the compiler chose, at every batch size.
-    pub tile: Option<cnnc::kernels::GemmTile>,
+    /// Every GEMM uses this tile, with K split this many ways (made exact
+    /// as the compiler makes it), instead of the schedule the compiler chose,
+    /// at every batch size.
+    pub tile: Option<(cnnc::kernels::GemmTile, u32)>,
     /// Drop the batch-size variants: every batch runs the batch-1 kernels
     /// (a GEMV then covers more images than one block holds).
     pub batch1_kernels_only: bool,
 }
 
-/// Gives every GEMM kernel `tile` at every batch size, with the block and grid
-/// that go with it (as `kernels::lower` computes them), to run tiles the
-/// model's sizes would not pick.
-pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile) {
+/// Gives every GEMM kernel `tile` with K split `split` ways at every batch
+/// size, with the block and grid that go with it (as `kernels::lower`
+/// computes them), to run schedules the model's sizes would not pick.
+pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile, split: u32) {
     for k in &mut program.kernels {
         if let cnnc::kernels::KernelKind::Gemm(g) = &mut k.kind {
-            g.schedule = cnnc::kernels::Schedule::tiled(tile, g.k());
+            g.schedule = cnnc::kernels::Schedule::tiled_split(tile, g.k(), split);
             (k.block, k.grid) = g.launch(&g.schedule);
             k.variants.clear();
         }
@@ -860,8 +935,8 @@ pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile) {
 fn compile(case: &Case) -> Result<(Graph, KernelProgram, Plan), String> {
     let (fused, _) = cnnc::passes::optimize(case.graph)?;
     let mut program = cnnc::kernels::lower(&fused, case.sources)?;
-    if let Some(tile) = case.tile {
-        retile(&mut program, tile);
+    if let Some((tile, split)) = case.tile {
+        retile(&mut program, tile, split);
     }
     if case.batch1_kernels_only {
         for k in &mut program.kernels {
@@ -1031,6 +1106,8 @@ pub fn export(
                     Source::Param(i) => serde_json::json!(["param", i]),
                     Source::Null => serde_json::json!(["null"]),
                     Source::Batch => serde_json::json!(["int", case.batch]),
+                    Source::Workspace => serde_json::json!(["workspace"]),
+                    Source::Counters => serde_json::json!(["counters"]),
                 })
                 .collect();
             let launch = step.launch(case.batch);
@@ -1047,6 +1124,8 @@ pub fn export(
         "model": case.tag,
         "batch": case.batch,
         "arena_floats": plan.arena_per_image * case.batch,
+        "workspace_floats": plan.workspace(case.batch).floats,
+        "counters": plan.workspace(case.batch).counters,
         "input_offset": plan.input.offset * case.batch,
         "params": prepared.len(),
         "output": place(&plan.output),
