@@ -311,6 +311,21 @@ def main():
     say("")
     say("cnnc kernels are strict FP32 (no tensor cores); per-image latency = batch latency / batch.")
     say("")
+    say("### Where the time goes (cnnc `--bench 20 --profile`: each kernel launched on its own, GPU events between)")
+    say("")
+    for name, batch in (("resnet50", 1), ("resnet50", 64), ("mnist_cnn", 1)):
+        if name not in prepared:
+            continue
+        if time.time() > DEADLINE - 45:
+            say(f"- {name} batch {batch}: skipped (time budget)")
+            continue
+        _, _, weights, binary = prepared[name]
+        code, so, se, dt = run([binary, "--weights", weights, "--device", "cuda", "--batch", str(batch),
+                                "--bench", "20", "--profile"], timeout=120)
+        say("```text")
+        say(so.strip() if code == 0 else f"failed (exit {code}): {se.strip()[:300]}")
+        say("```")
+    say("")
     say("### Against the targets of issue 6")
     say("")
     for line in TARGETS:

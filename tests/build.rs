@@ -145,6 +145,63 @@ fn bench_and_bad_weights() {
     );
     let text = String::from_utf8_lossy(&bench.stdout);
     assert!(text.contains("p50") && text.contains("images/s"), "{text}");
+    // --profile: every step (mnist_cnn has 7), slowest first, with its layers.
+    let profiled = Command::new(&binary)
+        .args([
+            "--weights",
+            "models/weights/mnist_cnn.safetensors",
+            "--bench",
+            "3",
+            "--profile",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(profiled.status.success());
+    let text = String::from_utf8_lossy(&profiled.stdout);
+    assert!(
+        text.contains("mnist_cnn: time per step at batch 2"),
+        "{text}"
+    );
+    let rows: Vec<(usize, f64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                cols.first()?.parse().ok()?,
+                cols.get(1)?.parse().ok()?,
+                *cols.get(3)?,
+            ))
+        })
+        .collect();
+    let mut steps: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    steps.sort();
+    assert_eq!(steps, (0..7).collect::<Vec<_>>(), "{text}");
+    assert!(
+        rows.windows(2).all(|w| w[0].1 >= w[1].1),
+        "not slowest first:\n{text}"
+    );
+    assert!(
+        rows.iter().any(|r| r.2 == "k00_conv_layer_0") && text.contains("(+1 fused)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("total ") && text.contains(" ms over 7 steps"),
+        "{text}"
+    );
+    // --profile alone is a usage error.
+    let alone = Command::new(&binary)
+        .args([
+            "--weights",
+            "models/weights/mnist_cnn.safetensors",
+            "--profile",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(2));
     let wrong = Command::new(&binary)
         .args([
             "--weights",

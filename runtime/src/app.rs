@@ -52,6 +52,9 @@ pub struct Args {
     /// Time ITERS forward passes at --batch after warm-up and print latency percentiles.
     #[arg(long, value_name = "ITERS")]
     pub bench: Option<usize>,
+    /// With --bench: also time every kernel on its own and print where the time goes.
+    #[arg(long, requires = "bench")]
+    pub profile: bool,
     /// Samples to take from .npy and IDX inputs: `7` or `0..100`.
     #[arg(long)]
     pub index: Option<String>,
@@ -150,7 +153,11 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
         );
     }
     if let Some(iters) = args.bench {
-        return bench(&mut executor, plan, max_batch, iters.max(1));
+        bench(&mut executor, plan, max_batch, iters.max(1))?;
+        if args.profile {
+            profile(&mut executor, plan, max_batch, iters.max(1))?;
+        }
+        return Ok(());
     }
     let chw = match plan.input_shape.as_slice() {
         [c, h, w] => [*c, *h, *w],
@@ -270,4 +277,67 @@ fn bench(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Re
         batch as f64 / (p50 / 1e3)
     );
     Ok(())
+}
+
+/// Times each step (each kernel on its own: launched one by one on the GPU,
+/// so a launch's overhead is in its time, unlike the graph replay `bench`
+/// times) and prints the slowest, with what they compute.
+fn profile(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Result<()> {
+    let ms: Vec<f64> = match executor {
+        Executor::Cuda(e) => e.profile(batch, iters)?,
+        Executor::Cpu(e) => {
+            let input = vec![0.5f32; batch * plan.input.numel()];
+            e.profile_steps(true);
+            for _ in 0..iters {
+                e.run(&input, batch)?;
+            }
+            let total = e.step_ms().map(<[f64]>::to_vec).unwrap_or_default();
+            e.profile_steps(false);
+            total.iter().map(|t| t / iters as f64).collect()
+        }
+    };
+    print!("{}", profile_table(plan, batch, &ms));
+    Ok(())
+}
+
+/// The profile as text: steps by decreasing time (at most 20), then the total.
+pub fn profile_table(plan: &Plan, batch: usize, ms: &[f64]) -> String {
+    use std::fmt::Write;
+    let total: f64 = ms.iter().sum();
+    let mut order: Vec<usize> = (0..ms.len().min(plan.steps.len())).collect();
+    order.sort_by(|&a, &b| ms[b].total_cmp(&ms[a]).then(a.cmp(&b)));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: time per step at batch {batch} (each step on its own){}",
+        plan.model,
+        if ms.len() > 20 {
+            ", the 20 slowest"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:>4}  {:>9}  {:>5}  {:<40}  layers",
+        "step", "ms", "%", "kernel"
+    );
+    for &i in order.iter().take(20) {
+        let step = &plan.steps[i];
+        let launch = step.launch(batch);
+        let layers = step.layers.first().map(String::as_str).unwrap_or("");
+        let more = match step.layers.len() {
+            0 | 1 => String::new(),
+            n => format!(" (+{} fused)", n - 1),
+        };
+        let _ = writeln!(
+            out,
+            "{i:>4}  {:>9.4}  {:>5.1}  {:<40}  {layers}{more}",
+            ms[i],
+            100.0 * ms[i] / total.max(f64::MIN_POSITIVE),
+            launch.kernel,
+        );
+    }
+    let _ = writeln!(out, "total {total:.4} ms over {} steps", ms.len());
+    out
 }

@@ -110,6 +110,8 @@ pub struct CpuExecutor {
     /// Per step: the weights tap-major (and for Winograd) where the step
     /// runs on the direct kernels ([`direct`], [`winograd`]).
     direct_w: Vec<Option<conv::DirectWeights>>,
+    /// With profiling on: milliseconds spent in each step, summed over runs.
+    step_ms: Option<Vec<f64>>,
 }
 
 impl CpuExecutor {
@@ -196,6 +198,7 @@ impl CpuExecutor {
             prepared,
             max_batch,
             direct_w,
+            step_ms: None,
         })
     }
 
@@ -205,6 +208,16 @@ impl CpuExecutor {
 
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Starts (from zero) or stops timing each step of every run.
+    pub fn profile_steps(&mut self, on: bool) {
+        self.step_ms = on.then(|| vec![0.0; self.plan.steps.len()]);
+    }
+
+    /// Milliseconds spent in each step since profiling started, summed over runs.
+    pub fn step_ms(&self) -> Option<&[f64]> {
+        self.step_ms.as_deref()
     }
 
     /// Runs the model on `batch` images (NCHW f32); returns their outputs, NCHW
@@ -225,6 +238,7 @@ impl CpuExecutor {
             scratch,
             output,
             direct_w,
+            step_ms,
             ..
         } = self;
         let per = plan.input.numel();
@@ -247,8 +261,12 @@ impl CpuExecutor {
             }
         }
         let shared = Arena::new(arena, batch);
-        for (step, dw) in plan.steps.iter().zip(direct_w.iter()) {
+        for (i, (step, dw)) in plan.steps.iter().zip(direct_w.iter()).enumerate() {
+            let start = step_ms.is_some().then(std::time::Instant::now);
             run_step(step, prepared, dw.as_ref(), shared, scratch);
+            if let (Some(ms), Some(start)) = (step_ms.as_mut(), start) {
+                ms[i] += start.elapsed().as_secs_f64() * 1e3;
+            }
         }
         let y = plan.output;
         let hw = y.h * y.w;
