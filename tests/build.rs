@@ -122,22 +122,20 @@ fn built_binaries_match_pytorch_on_the_cpu() {
     }
 }
 
+/// The built mnist_cnn binary benchmarked on the CPU at batch 2, with `extra` arguments.
+fn bench_mnist(binary: &Path, iters: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(binary)
+        .args(["--weights", "models/weights/mnist_cnn.safetensors"])
+        .args(["--bench", iters, "--batch", "2", "--device", "cpu"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bench_and_bad_weights() {
     let (_, binary) = build("mnist_cnn");
-    let bench = Command::new(&binary)
-        .args([
-            "--weights",
-            "models/weights/mnist_cnn.safetensors",
-            "--bench",
-            "5",
-            "--batch",
-            "2",
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
+    let bench = bench_mnist(&binary, "5", &[]);
     assert!(
         bench.status.success(),
         "{}",
@@ -146,20 +144,7 @@ fn bench_and_bad_weights() {
     let text = String::from_utf8_lossy(&bench.stdout);
     assert!(text.contains("p50") && text.contains("images/s"), "{text}");
     // --profile: every step (mnist_cnn has 7), slowest first, with its layers.
-    let profiled = Command::new(&binary)
-        .args([
-            "--weights",
-            "models/weights/mnist_cnn.safetensors",
-            "--bench",
-            "3",
-            "--profile",
-            "--batch",
-            "2",
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
+    let profiled = bench_mnist(&binary, "3", &["--profile"]);
     assert!(profiled.status.success());
     let text = String::from_utf8_lossy(&profiled.stdout);
     assert!(

@@ -441,20 +441,24 @@ fn a_missing_barrier_is_reported() {
     );
 }
 
-/// The smallest tile with K split 3 ways: resnet_tiny's first GEMM (K = 27,
-/// two slices) gets 2 splits, the others 3.
-fn split_schedule() -> Option<(cnnc::kernels::GemmTile, u32)> {
-    Some((*cnnc::kernels::TILES.last().unwrap(), 3))
+/// [`planted`] with every GEMM on the smallest tile with K split 3 ways
+/// (resnet_tiny's first GEMM, K = 27 in two slices, gets 2 splits), and the
+/// one occurrence of `right` in the printed CUDA replaced by `wrong`.
+fn planted_in_split_k(right: &str, wrong: &str) -> String {
+    let split = Some((*cnnc::kernels::TILES.last().unwrap(), 3));
+    planted_with(split, &|cuda| {
+        assert_eq!(cuda.matches(right).count(), 1, "{right}");
+        cuda.replace(right, wrong)
+    })
 }
 
 #[test]
 fn a_split_k_sum_that_skips_a_split_is_reported() {
     // The last block adds every split's partials but the first.
-    let error = planted_with(split_schedule(), &|cuda| {
-        let right = "for (int s = 0; s < SPLIT; ++s) {";
-        assert_eq!(cuda.matches(right).count(), 1);
-        cuda.replace(right, "for (int s = 1; s < SPLIT; ++s) {")
-    });
+    let error = planted_in_split_k(
+        "for (int s = 0; s < SPLIT; ++s) {",
+        "for (int s = 1; s < SPLIT; ++s) {",
+    );
     let first = &resnet_tiny_program().kernels[0].name;
     assert!(
         error.contains(&format!("first wrong kernel: step 0, `{first}`")),
@@ -466,11 +470,7 @@ fn a_split_k_sum_that_skips_a_split_is_reported() {
 fn a_split_k_counter_left_set_is_reported() {
     // Without the reset, the next launch of a kernel with the same tiles would
     // count from the wrong number (a CUDA graph replays every launch).
-    let error = planted_with(split_schedule(), &|cuda| {
-        let right = "if (last) counters[tile] = 0u;";
-        assert_eq!(cuda.matches(right).count(), 1);
-        cuda.replace(right, "")
-    });
+    let error = planted_in_split_k("if (last) counters[tile] = 0u;", "");
     let first = &resnet_tiny_program().kernels[0].name;
     assert!(
         error.contains(&format!("step 0, kernel `{first}`"))
@@ -482,14 +482,10 @@ fn a_split_k_counter_left_set_is_reported() {
 #[test]
 fn a_split_k_partial_written_past_the_workspace_is_reported() {
     // Partials one tile too far: the last tile's land past the workspace.
-    let error = planted_with(split_schedule(), &|cuda| {
-        let right = "float* mine = ws + ((long)split * tiles + tile) * (BM * BN) + tid;";
-        assert_eq!(cuda.matches(right).count(), 1);
-        cuda.replace(
-            right,
-            "float* mine = ws + ((long)split * tiles + tile + 1) * (BM * BN) + tid;",
-        )
-    });
+    let error = planted_in_split_k(
+        "float* mine = ws + ((long)split * tiles + tile) * (BM * BN) + tid;",
+        "float* mine = ws + ((long)split * tiles + tile + 1) * (BM * BN) + tid;",
+    );
     assert!(
         error.contains("wrote outside the split-K workspace"),
         "{error}"
