@@ -7,7 +7,7 @@
 //! error ends the run with a message naming the kernel and its layers; a
 //! sticky error is not retried.
 
-use crate::plan::{Plan, StepOp};
+use crate::plan::{KernelArg, Plan};
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -188,48 +188,41 @@ impl CudaExecutor {
             .map(|p| p.device_ptr(&self.stream).0)
             .collect();
         let batch_arg = batch as i32;
-        let null: u64 = 0;
         let workspace = self.workspace.device_ptr(&self.stream).0;
         let counters = self.counters.device_ptr(&self.stream).0;
         // The kernel tuned for this batch size (the graph is captured per batch size).
         let chosen = step.launch(batch);
         let which = step.kernels().position(|k| k == chosen.kernel).unwrap_or(0);
         let func = &funcs[which];
-        let x = ptr(step.inputs[0].offset);
-        let y = ptr(step.output.offset);
-        let second = step.inputs.get(1).map(|p| ptr(p.offset)).unwrap_or(null);
-        let p = |k: usize| step.params.get(k).map(|&i| param_ptrs[i]).unwrap_or(null);
-        let (p0, p1) = (p(0), p(1));
         let cfg = LaunchConfig {
             grid_dim: chosen.grid,
             block_dim: (chosen.block, 1, 1),
             shared_mem_bytes: 0,
         };
+        // Every pointer argument's value first (the builder keeps references).
+        let pointers: Vec<u64> = step
+            .kernel_args()
+            .iter()
+            .map(|arg| match *arg {
+                KernelArg::Input(i) => step.inputs.get(i).map_or(0, |p| ptr(p.offset)),
+                KernelArg::Param(k) => step.params.get(k).map_or(0, |&i| param_ptrs[i]),
+                KernelArg::Output => ptr(step.output.offset),
+                KernelArg::Workspace => workspace,
+                KernelArg::Counters => counters,
+                KernelArg::Batch => 0,
+            })
+            .collect();
         let mut launch = self.stream.launch_builder(func);
-        match step.op {
-            StepOp::Gemm(_) => {
-                launch
-                    .arg(&x)
-                    .arg(&p0)
-                    .arg(&p1)
-                    .arg(&second)
-                    .arg(&y)
-                    .arg(&batch_arg)
-                    .arg(&workspace)
-                    .arg(&counters);
-            }
-            StepOp::ChannelAffine => {
-                launch.arg(&x).arg(&p0).arg(&p1).arg(&y).arg(&batch_arg);
-            }
-            StepOp::Add => {
-                launch.arg(&x).arg(&second).arg(&y).arg(&batch_arg);
-            }
-            _ => {
-                launch.arg(&x).arg(&y).arg(&batch_arg);
-            }
+        for (arg, pointer) in step.kernel_args().iter().zip(&pointers) {
+            match arg {
+                KernelArg::Batch => launch.arg(&batch_arg),
+                _ => launch.arg(pointer),
+            };
         }
-        // SAFETY: the arguments match the kernel's signature as printed by
-        // cnnc's CUDA printer for this step kind, and every pointer lies in
+        // SAFETY: the arguments follow `Step::kernel_args`, the signature
+        // cnnc's CUDA printer writes for this step kind (the emulation tests
+        // check each launch's argument types against the printed source,
+        // through the same list), and every pointer lies in
         // the arena, a weight buffer or the workspace, each sized by the
         // same plan for up to `max_batch` images.
         unsafe { launch.launch(cfg) }.map_err(|e| {

@@ -304,7 +304,51 @@ impl Plan {
     }
 }
 
+/// One argument of a step's kernel, in the order the CUDA printer declares
+/// them. The CUDA executor and the emulation harness both pass arguments by
+/// this list, so they cannot disagree on the order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelArg {
+    /// The buffer holding `inputs[i]` (`const float*`); null when the step
+    /// has no such input (a GEMM without a residual operand).
+    Input(usize),
+    /// The `k`-th of the step's prepared tensors (`const float*`); null when
+    /// it has fewer (a layer without a bias).
+    Param(usize),
+    /// The buffer holding the output (`float*`).
+    Output,
+    /// The batch size (`int`).
+    Batch,
+    /// The split-K workspace (`float*`) and its tile counters (`unsigned*`).
+    Workspace,
+    Counters,
+}
+
 impl Step {
+    /// The kernel's arguments in order: x, then by kind the weights, bias and
+    /// residual, or scale and shift, or the second operand; y; the batch
+    /// size; for GEMMs the split-K workspace and counters. Activation
+    /// pointers are buffer bases (`arena + place.offset·batch`): channel
+    /// offsets are compiled into the kernels.
+    pub fn kernel_args(&self) -> &'static [KernelArg] {
+        use KernelArg::*;
+        match self.op {
+            StepOp::Gemm(_) => &[
+                Input(0),
+                Param(0),
+                Param(1),
+                Input(1),
+                Output,
+                Batch,
+                Workspace,
+                Counters,
+            ],
+            StepOp::ChannelAffine => &[Input(0), Param(0), Param(1), Output, Batch],
+            StepOp::Add => &[Input(0), Input(1), Output, Batch],
+            _ => &[Input(0), Output, Batch],
+        }
+    }
+
     /// Blocks along x of the batch-1 kernel.
     pub fn grid_x(&self, batch: usize) -> u32 {
         ((batch as u64 * self.per_image).div_ceil(self.per_block)).max(1) as u32

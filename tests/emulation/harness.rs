@@ -21,7 +21,7 @@
 use cnnc::ir::Graph;
 use cnnc::kernels::KernelProgram;
 use cnnc::weights::BoundWeights;
-use cnnc_runtime::plan::{Place, Plan, Step, StepOp};
+use cnnc_runtime::plan::{KernelArg, Place, Plan, Step};
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::{c_char, c_void, CStr};
 use std::hash::{Hash, Hasher};
@@ -560,41 +560,31 @@ pub enum Source {
     Counters,
 }
 
-/// The arguments the CUDA driver passes for a step (runtime/src/cuda.rs,
-/// `enqueue`), with whether each is written: x = the base of the buffer
-/// holding input 0, then by kind weights/bias/residual or scale/shift or the
-/// second operand, y = the base of the output's buffer, the batch size, and
-/// for GEMMs the split-K workspace and counters. Channel offsets are baked
-/// into the kernels, so every activation pointer is `arena + place.offset·batch`.
+/// The arguments the CUDA driver passes for a step, from the list both use
+/// (`Step::kernel_args`), with whether each is written. Every activation
+/// pointer is `arena + place.offset·batch`.
 pub fn driver_args(step: &Step, batch: usize) -> Vec<(Source, bool)> {
-    let at = |place: &Place| Source::Arena(place.offset * batch);
-    let x = (at(&step.inputs[0]), false);
-    let y = (at(&step.output), true);
-    let second = (step.inputs.get(1).map_or(Source::Null, at), false);
-    let param = |k: usize| {
-        (
-            step.params
-                .get(k)
-                .map_or(Source::Null, |&i| Source::Param(i)),
-            false,
-        )
-    };
-    let b = (Source::Batch, false);
-    match step.op {
-        StepOp::Gemm(_) => vec![
-            x,
-            param(0),
-            param(1),
-            second,
-            y,
-            b,
-            (Source::Workspace, true),
-            (Source::Counters, true),
-        ],
-        StepOp::ChannelAffine => vec![x, param(0), param(1), y, b],
-        StepOp::Add => vec![x, second, y, b],
-        _ => vec![x, y, b],
-    }
+    step.kernel_args()
+        .iter()
+        .map(|arg| match *arg {
+            KernelArg::Input(i) => (
+                step.inputs
+                    .get(i)
+                    .map_or(Source::Null, |p| Source::Arena(p.offset * batch)),
+                false,
+            ),
+            KernelArg::Param(k) => (
+                step.params
+                    .get(k)
+                    .map_or(Source::Null, |&i| Source::Param(i)),
+                false,
+            ),
+            KernelArg::Output => (Source::Arena(step.output.offset * batch), true),
+            KernelArg::Batch => (Source::Batch, false),
+            KernelArg::Workspace => (Source::Workspace, true),
+            KernelArg::Counters => (Source::Counters, true),
+        })
+        .collect()
 }
 
 /// The memory a launch writes besides the arena: the split-K workspace and its counters.
