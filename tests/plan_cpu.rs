@@ -398,3 +398,34 @@ fn cpu_gemm_and_pool_paths_match_the_evaluator_at_any_batch_and_thread_count() {
         }
     }
 }
+
+#[test]
+fn the_split_k_workspace_fits_every_batch() {
+    // mnist_cnn's batch-1 kernels split conv2 (M = 32, N = batch·400) 5 ways
+    // and conv3 (M = 64, N = batch·36) 10 ways on the 16×32 tile; each block
+    // writes 16·32 = 512 partial sums, each tile has a counter. By hand, at
+    // batch 2: conv2 launches ceil(800/32)·2·5 = 250 blocks (128,000 floats,
+    // 50 tiles), conv3 ceil(72/32)·4·10 = 120 (61,440 floats, 12 tiles).
+    let f = fixture("mnist_cnn");
+    let (_, _, plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let splits: Vec<u32> = plan.steps.iter().map(|s| s.split_k).collect();
+    assert_eq!(splits, [1, 5, 1, 10, 1, 1, 1]);
+    let two = plan.workspace(2);
+    assert_eq!((two.floats, two.counters), (128_000, 50));
+    // From batch 8 conv2 splits 2 ways (its `_b8` kernel); the largest need
+    // up to 63 images is conv2 at 63: ceil(25200/32)·2·2 = 3,152 blocks.
+    assert_eq!(plan.workspace(63).floats, 3_152 * 512);
+    // Never less for a larger maximum batch, and every launch fits.
+    let mut last = 0;
+    for max_batch in 1..=70 {
+        let w = plan.workspace(max_batch);
+        assert!(w.floats >= last);
+        last = w.floats;
+        for batch in 1..=max_batch {
+            for step in &plan.steps {
+                let need = step.launch(batch).workspace();
+                assert!(need.floats <= w.floats && need.counters <= w.counters);
+            }
+        }
+    }
+}
