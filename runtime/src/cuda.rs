@@ -182,11 +182,6 @@ impl CudaExecutor {
         let (step, funcs) = (&self.plan.steps[i], &self.functions[i]);
         let (base, _sync) = self.arena.device_ptr(&self.stream);
         let ptr = |offset: usize| base + (offset * batch * 4) as u64;
-        let param_ptrs: Vec<u64> = self
-            .params
-            .iter()
-            .map(|p| p.device_ptr(&self.stream).0)
-            .collect();
         let batch_arg = batch as i32;
         let workspace = self.workspace.device_ptr(&self.stream).0;
         let counters = self.counters.device_ptr(&self.stream).0;
@@ -205,7 +200,10 @@ impl CudaExecutor {
             .iter()
             .map(|arg| match *arg {
                 KernelArg::Input(i) => step.inputs.get(i).map_or(0, |p| ptr(p.offset)),
-                KernelArg::Param(k) => step.params.get(k).map_or(0, |&i| param_ptrs[i]),
+                KernelArg::Param(k) => step
+                    .params
+                    .get(k)
+                    .map_or(0, |&i| self.params[i].device_ptr(&self.stream).0),
                 KernelArg::Output => ptr(step.output.offset),
                 KernelArg::Workspace => workspace,
                 KernelArg::Counters => counters,
@@ -313,15 +311,17 @@ impl CudaExecutor {
         self.run(&input, batch)?;
         let steps = self.plan.steps.len();
         let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(iters); steps];
-        for _ in 0..iters.max(1) + 1 {
-            let mut events = Vec::with_capacity(steps + 1);
-            for i in 0..=steps {
-                let event = self
-                    .ctx
+        // Made once: only recording and launching come between two events.
+        let events = (0..=steps)
+            .map(|_| {
+                self.ctx
                     .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(cuda_err("event"))?;
+                    .map_err(cuda_err("event"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for _ in 0..iters.max(1) + 1 {
+            for (i, event) in events.iter().enumerate() {
                 event.record(&self.stream).map_err(cuda_err("event"))?;
-                events.push(event);
                 if i < steps {
                     self.enqueue_step(i, batch)?;
                 }
