@@ -411,6 +411,9 @@ fn syntax_error(
     if let Some(diagnostic) = string_error(file, offset, text, at) {
         return (at, diagnostic);
     }
+    if let Some(diagnostic) = reserved_word(file, offset, text, at) {
+        return (at, diagnostic);
+    }
     let found = describe_found(text, at);
     let end = at + found.1;
     let span = Span::new(file, offset + at..offset + end);
@@ -648,9 +651,56 @@ fn string_error(file: FileId, offset: usize, text: &str, at: usize) -> Option<Di
     }
     let d = Diagnostic::error("expected a value, found a string", span, "not a value");
     Some(if is_name {
-        d.with_help(format!("names are written without quotes: `{content}`"))
+        d.with_help(format!("values are written without quotes: `{content}`"))
     } else {
-        d.with_note("strings are only used by `include \"file.cnn\"`")
+        d.with_note("quotes hold an `include` path or a layer name (`\"block1-0\" = conv(...)`)")
+    })
+}
+
+/// The words of the language that cannot be names as written.
+const KEYWORDS: &[&str] = &[
+    "model", "block", "include", "input", "seq", "residual", "shortcut", "concat", "vgg", "when",
+    "unused", "and", "or", "not", "true", "false",
+];
+
+/// A reserved word where a name belongs: `block = seq { ... }` (a name
+/// followed by `=`) or `shortcut block { ... }`. Says so, and shows the quoted
+/// form, which is how such a PyTorch attribute is written.
+fn reserved_word(file: FileId, offset: usize, text: &str, at: usize) -> Option<Diagnostic> {
+    let rest = &text[at..];
+    let word = rest
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .filter(|w| KEYWORDS.contains(w))?;
+    let after = rest[word.len()..].trim_start_matches([' ', '\t']);
+    let assigned = after.starts_with('=') && !after.starts_with("==");
+    // `shortcut seq { ... }` is a misunderstanding of the form, not a name.
+    let after_shortcut = text[..at].trim_end().ends_with("shortcut")
+        && !["seq", "residual", "concat", "vgg"].contains(&word);
+    if !assigned && !after_shortcut {
+        return None;
+    }
+    let span = Span::new(file, offset + at..offset + at + word.len());
+    let d = Diagnostic::error(
+        format!("expected a name, found keyword `{word}`"),
+        span,
+        format!("`{word}` is a reserved word"),
+    );
+    // A parameter list is on the declaration's line, after its name.
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_before = text[line_start..at].trim_start();
+    let in_params = (line_before.starts_with("model ") || line_before.starts_with("block "))
+        && line_before.contains('(');
+    Some(if in_params {
+        d.with_help("parameters are plain names; choose another one")
+    } else if assigned {
+        d.with_help(format!(
+            "to use it as a layer name, quote it: `\"{word}\" = ...`"
+        ))
+    } else {
+        d.with_help(format!(
+            "to use it as a shortcut name, quote it: `shortcut \"{word}\"`"
+        ))
     })
 }
 
@@ -757,7 +807,9 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         Rule::include | Rule::kw_include => "`include`",
         Rule::model | Rule::kw_model => "`model`",
         Rule::block | Rule::kw_block => "`block`",
-        Rule::ident | Rule::item_name | Rule::arg_name | Rule::param => "a name",
+        Rule::ident | Rule::item_name | Rule::quoted_name | Rule::arg_name | Rule::param => {
+            "a name"
+        }
         Rule::input_decl | Rule::kw_input => "`input [C, H, W]`",
         Rule::item | Rule::seq | Rule::residual | Rule::concat | Rule::vgg | Rule::call => {
             "a layer"
@@ -817,6 +869,26 @@ impl Builder {
         Ident {
             text: pair.as_str().to_string(),
             span: self.span(&pair),
+        }
+    }
+
+    /// A layer name: an identifier as written, or the content of a quoted
+    /// name, whose characters are checked here (the grammar takes any).
+    fn name(&self, pair: Pair<Rule>, diags: &mut Vec<Diagnostic>) -> Ident {
+        if pair.as_rule() != Rule::quoted_name {
+            return self.ident(pair);
+        }
+        let span = self.span(&pair);
+        let quoted = pair.as_str();
+        let content = &quoted[1..quoted.len() - 1];
+        // Byte offset of the content in the file, past the opening quote.
+        let start = self.offset + pair.as_span().start() + 1;
+        if let Some(diagnostic) = quoted_name_error(self.file, start, content, span) {
+            diags.push(diagnostic);
+        }
+        Ident {
+            text: content.to_string(),
+            span,
         }
     }
 
@@ -926,7 +998,7 @@ impl Builder {
         for p in pair.into_inner() {
             match p.as_rule() {
                 Rule::kw_unused => unused = true,
-                Rule::item_name => name = p.into_inner().next().map(|i| self.ident(i)),
+                Rule::item_name => name = p.into_inner().next().map(|i| self.name(i, diags)),
                 Rule::repeat => repeat = p.into_inner().next().map(|e| self.expr(e, diags)),
                 Rule::condition => condition = self.condition(p, diags),
                 _ => {
@@ -980,7 +1052,9 @@ impl Builder {
                             let mut sbody = Vec::new();
                             for q in p.into_inner() {
                                 match q.as_rule() {
-                                    Rule::ident => name = Some(self.ident(q)),
+                                    Rule::ident | Rule::quoted_name => {
+                                        name = Some(self.name(q, diags))
+                                    }
                                     Rule::condition => condition = self.condition(q, diags),
                                     Rule::body => sbody = self.body(q, diags),
                                     _ => {}
@@ -1262,6 +1336,61 @@ fn too_deep(span: Span) -> Diagnostic {
         "too deep",
     )
     .with_help("split it into parameters, or simplify it")
+}
+
+/// Whether a quoted name's character may appear in a `state_dict` key
+/// component: what PyTorch module names use (`block1-0`), and nothing that
+/// could end a comment or a string in generated code.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Checks the content of a quoted name (`"block1-0"`) that starts at byte
+/// `start` of the file; `span` is the whole quoted name.
+fn quoted_name_error(file: FileId, start: usize, content: &str, span: Span) -> Option<Diagnostic> {
+    if content.is_empty() {
+        return Some(
+            Diagnostic::error("a name cannot be empty", span, "empty name")
+                .with_help("write the PyTorch attribute name between the quotes"),
+        );
+    }
+    let chars = content.chars().count();
+    if chars > MAX_NAME {
+        return Some(
+            Diagnostic::error(
+                format!("name is {chars} characters long"),
+                Span::new(file, start..start + 1),
+                "this name is too long",
+            )
+            .with_help(format!("names may have at most {MAX_NAME} characters")),
+        );
+    }
+    let (at, bad) = content.char_indices().find(|(_, c)| !is_name_char(*c))?;
+    let bad_span = Span::new(file, start + at..start + at + bad.len_utf8());
+    Some(if bad == '.' {
+        Diagnostic::error(
+            "a name cannot contain `.`",
+            bad_span,
+            "`.` separates the levels of a `state_dict` key",
+        )
+        .with_help("nest the levels instead: `a = seq { b = ... }` gives keys `a.b.…`")
+    } else {
+        let shown = if bad == ' ' {
+            "a space".to_string()
+        } else if bad.is_ascii_graphic() {
+            format!("`{bad}`")
+        } else {
+            format!("the character {bad:?}")
+        };
+        Diagnostic::error(
+            format!("{shown} cannot be part of a name"),
+            bad_span,
+            "not a letter, digit, `_` or `-`",
+        )
+        .with_note(
+            "a quoted name holds ASCII letters, digits, `_` and `-`, as PyTorch module names do",
+        )
+    })
 }
 
 fn missing_ident(span: Span) -> Ident {
