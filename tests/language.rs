@@ -108,3 +108,107 @@ fn a_dot_in_a_quoted_name_is_refused() {
     let rendered = errors("model m {\n  input [3, 8, 8]\n  \"a.b\" = conv(4, k=1)\n}\n");
     assert!(rendered.contains("a name cannot contain `.`"), "{rendered}");
 }
+
+/// torchvision's BasicConv2d, as models/googlenet.cnn writes it.
+const BASIC_CONV: &str = "
+block basic_conv(c, k, p = 0) {
+  conv = conv(c, k=k, p=p, bias=false)
+  bn = batchnorm(eps=0.001)
+  relu
+}
+";
+
+#[test]
+fn an_unnamed_group_branch_names_inception_v3s_attributes() {
+    // torchvision's InceptionA: self.branch5x5_1 and self.branch5x5_2 are
+    // attributes of the module, run one after the other in one branch:
+    // Mixed_5b.branch5x5_1.conv.weight, Mixed_5b.branch5x5_2.conv.weight.
+    let source = format!(
+        "{BASIC_CONV}
+        block inception_a(pool_features) {{
+          concat {{
+            branch1x1 = basic_conv(8, k=1)
+            {{ branch5x5_1 = basic_conv(6, k=1)  branch5x5_2 = basic_conv(8, k=5, p=2) }}
+            {{ avgpool(3, s=1, p=1)  branch_pool = basic_conv(pool_features, k=1) }}
+          }}
+        }}
+        model m {{
+          input [4, 9, 9]
+          Mixed_5b = inception_a(4)
+        }}"
+    );
+    let convs: Vec<String> = keys(&source)
+        .into_iter()
+        .filter(|k| k.ends_with("conv.weight"))
+        .collect();
+    assert_eq!(
+        convs,
+        [
+            "Mixed_5b.branch1x1.conv.weight",
+            "Mixed_5b.branch5x5_1.conv.weight",
+            "Mixed_5b.branch5x5_2.conv.weight",
+            "Mixed_5b.branch_pool.conv.weight",
+        ]
+    );
+}
+
+#[test]
+fn concat_branches_are_numbered_as_a_module_list_and_groups_take_no_position() {
+    // `self.cat = nn.ModuleList([conv, conv])` joined with torch.cat: cat.0, cat.1.
+    // The group between them adds neither a name nor a number.
+    let keys = keys(
+        "model m {
+          input [4, 8, 8]
+          cat = concat { conv(4, k=1)  { extra = conv(2, k=1) }  maxpool(3, s=1, p=1)  last = conv(4, k=1)  conv(2, k=1) }
+        }",
+    );
+    let weights: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.ends_with("weight"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            "cat.0.weight",
+            "cat.extra.weight",
+            "cat.last.weight",
+            "cat.3.weight"
+        ]
+    );
+}
+
+#[test]
+fn an_unnamed_layer_with_weights_in_a_group_is_an_error() {
+    let rendered = errors(&format!(
+        "{BASIC_CONV}
+        model m {{
+          input [4, 8, 8]
+          mixed = concat {{ {{ conv(4, k=1) relu }} }}
+        }}"
+    ));
+    assert!(
+        rendered.contains("`conv` has weights, so it needs a name here"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn a_named_group_is_a_module_with_attributes() {
+    let keys = keys(
+        "model m {
+          input [4, 8, 8]
+          stem = { conv = conv(8, k=1) relu bn = batchnorm }
+          body = seq { { a = conv(8, k=1) } }
+        }",
+    );
+    assert!(
+        keys.starts_with(&[
+            "stem.conv.weight".to_string(),
+            "stem.conv.bias".to_string(),
+            "stem.bn.weight".to_string()
+        ]),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"body.0.a.weight".to_string()), "{keys:?}");
+}

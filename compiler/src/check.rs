@@ -710,6 +710,7 @@ impl<'a> Elab<'a> {
                 Term::Seq(_) => "a `seq`",
                 Term::Residual { .. } => "a `residual`",
                 Term::Concat(_) => "a `concat`",
+                Term::Group(_) => "a group `{ }`",
                 Term::Vgg { .. } => "a `vgg` list",
                 Term::Call { .. } => "a call",
             };
@@ -731,6 +732,15 @@ impl<'a> Elab<'a> {
                 let mut scope = Scope {
                     path: place.path,
                     kind: ScopeKind::Sequential { next: 0 },
+                };
+                self.items(items, &mut scope, env, input)
+            }
+            Term::Group(items) => {
+                // A module scope at the item's place: named, its own path;
+                // unnamed in a module scope, the enclosing path.
+                let mut scope = Scope {
+                    path: place.path,
+                    kind: ScopeKind::Module,
                 };
                 self.items(items, &mut scope, env, input)
             }
@@ -782,8 +792,12 @@ impl<'a> Elab<'a> {
             }
             Term::Concat(branches) => {
                 let mut outputs = Vec::new();
-                // Unnamed branches are numbered by position, as the children
-                // of an `nn.ModuleList` of branches would be.
+                // Branches are numbered by position, as the children of an
+                // `nn.ModuleList` of branches would be; a named branch uses
+                // its name but still takes its position. An unnamed group
+                // `{ ... }` is the exception: its layers are attributes of the
+                // module around the concat (Inception v3's `branch5x5_1`,
+                // `branch5x5_2`), so it takes no position and adds no name.
                 let mut position = 0usize;
                 for branch in branches {
                     let Some(copies) = self.copies(branch, env, &input) else {
@@ -791,17 +805,23 @@ impl<'a> Elab<'a> {
                         continue;
                     };
                     for _ in 0..copies {
-                        let branch_place = match &branch.name {
-                            Some(name) => Place {
+                        let branch_place = match (&branch.name, &branch.term) {
+                            (Some(name), _) => Place {
                                 path: join(&place.path, &name.text),
                                 own: true,
                             },
-                            None => Place {
+                            (None, Term::Group(_)) => Place {
+                                path: place.path.clone(),
+                                own: false,
+                            },
+                            (None, _) => Place {
                                 path: join(&place.path, &position.to_string()),
                                 own: true,
                             },
                         };
-                        position += 1;
+                        if branch.name.is_some() || !matches!(branch.term, Term::Group(_)) {
+                            position += 1;
+                        }
                         let mut out = self.term(branch, branch_place, env, input, false);
                         out.span = branch.span;
                         outputs.push(out);

@@ -94,6 +94,9 @@ pub enum Term {
     },
     /// `concat { branch ... }`: every item is a branch fed the same input; outputs joined along channels.
     Concat(Vec<Item>),
+    /// `{ items }`: a group, items in a module scope of their own that adds
+    /// no name; an unnamed group branch of a `concat` takes no position.
+    Group(Vec<Item>),
     /// `vgg(bn = true) [64, M, ...]`: torchvision's `make_layers`.
     Vgg { args: Vec<Arg>, cfg: Vec<Expr> },
     /// A layer (`conv(64, k=3)`) or a block invocation (`bottleneck(64)`).
@@ -811,9 +814,13 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
             "a name"
         }
         Rule::input_decl | Rule::kw_input => "`input [C, H, W]`",
-        Rule::item | Rule::seq | Rule::residual | Rule::concat | Rule::vgg | Rule::call => {
-            "a layer"
-        }
+        Rule::item
+        | Rule::seq
+        | Rule::residual
+        | Rule::concat
+        | Rule::vgg
+        | Rule::group
+        | Rule::call => "a layer",
         Rule::kw_unused => "`unused`",
         Rule::kw_seq => "`seq`",
         Rule::kw_residual => "`residual`",
@@ -1028,6 +1035,12 @@ impl Builder {
         let span = self.span(&pair);
         Some(match pair.as_rule() {
             Rule::seq => Term::Seq(
+                pair.into_inner()
+                    .find(|p| p.as_rule() == Rule::body)
+                    .map(|b| self.body(b, diags))
+                    .unwrap_or_default(),
+            ),
+            Rule::group => Term::Group(
                 pair.into_inner()
                     .find(|p| p.as_rule() == Rule::body)
                     .map(|b| self.body(b, diags))
