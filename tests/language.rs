@@ -212,3 +212,150 @@ fn a_named_group_is_a_module_with_attributes() {
     );
     assert!(keys.contains(&"body.0.a.weight".to_string()), "{keys:?}");
 }
+
+#[test]
+fn a_name_template_numbers_densenets_layers_from_one() {
+    // torchvision's _DenseBlock: self.add_module("denselayer%d" % (i + 1), layer),
+    // giving features.denseblock1.denselayer1.norm1.weight … denselayer6.
+    let keys = keys(
+        r#"
+        block dense_layer(growth) {
+          concat { identity { norm1 = batchnorm relu conv1 = conv(growth, k=1, bias=false) } }
+        }
+        block dense_block(n, growth) {
+          "denselayer{i + 1}" = dense_layer(growth) * n
+        }
+        model m {
+          input [4, 8, 8]
+          features = seq { conv0 = conv(4, k=1) denseblock1 = dense_block(6, 2) }
+        }
+        "#,
+    );
+    let convs: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.ends_with("conv1.weight"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        convs,
+        (1..=6)
+            .map(|n| format!("features.denseblock1.denselayer{n}.conv1.weight"))
+            .collect::<Vec<_>>()
+    );
+    assert!(keys.contains(&"features.denseblock1.denselayer1.norm1.weight".to_string()));
+}
+
+#[test]
+fn a_name_template_uses_parameters_as_regnets_stages_do() {
+    // RegNet: f"block{stage_index}-{i}", 0-based copies.
+    let keys = keys(
+        r#"
+        block any_stage(depth, stage) { "block{stage}-{i}" = conv(4, k=1, bias=false) * depth }
+        model m {
+          input [4, 8, 8]
+          trunk_output = seq { block2 = any_stage(3, 2) }
+        }
+        "#,
+    );
+    assert_eq!(
+        keys,
+        [
+            "trunk_output.block2.block2-0.weight",
+            "trunk_output.block2.block2-1.weight",
+            "trunk_output.block2.block2-2.weight"
+        ]
+    );
+}
+
+#[test]
+fn a_name_template_in_a_seq_still_takes_positions() {
+    let keys = keys(
+        r#"model m {
+          input [4, 8, 8]
+          s = seq { relu "c{i}" = conv(4, k=1) * 2 conv(4, k=1) }
+        }"#,
+    );
+    let weights: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.ends_with("weight"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(weights, ["s.c0.weight", "s.c1.weight", "s.3.weight"]);
+}
+
+/// The parameter count of the only model in `source`.
+fn params(source: &str) -> i64 {
+    let compilation = cnnc::compile_source("test.cnn", source, &BTreeMap::new());
+    let graphs = compilation
+        .graphs()
+        .unwrap_or_else(|| panic!("does not check:\n{}", compilation.render_diagnostics()));
+    graphs[0].params.iter().map(|p| p.numel()).sum()
+}
+
+#[test]
+fn residual_when_adds_the_input_only_when_the_condition_holds() {
+    // MobileNet v2's InvertedResidual: x + conv(x) if use_res_connect else conv(x).
+    let source = |c: i64, stride: i64| {
+        format!(
+            "block inverted(c, stride = 1) {{
+               residual when stride == 1 and in_channels == c {{
+                 conv = seq {{ conv(c, k=3, s=stride, p=1, bias=false) batchnorm }}
+               }}
+             }}
+             model m {{
+               input [4, 8, 8]
+               b = inverted({c}, stride={stride})
+             }}"
+        )
+    };
+    let ops = |c: i64, stride: i64| -> Vec<String> {
+        let compilation = cnnc::compile_source("test.cnn", &source(c, stride), &BTreeMap::new());
+        let graphs = compilation
+            .graphs()
+            .unwrap_or_else(|| panic!("{}", compilation.render_diagnostics()));
+        graphs[0]
+            .nodes
+            .iter()
+            .map(|n| format!("{:?}", n.op))
+            .collect()
+    };
+    assert!(ops(4, 1).iter().any(|op| op == "Add"), "{:?}", ops(4, 1));
+    assert!(!ops(4, 2).iter().any(|op| op == "Add"), "{:?}", ops(4, 2));
+    assert!(!ops(8, 1).iter().any(|op| op == "Add"), "{:?}", ops(8, 1));
+    // The keys do not depend on the condition.
+    assert_eq!(keys(&source(4, 1)), keys(&source(4, 2)));
+    assert_eq!(params(&source(4, 1)), params(&source(4, 2)));
+}
+
+#[test]
+fn a_parameter_names_the_layer_a_block_uses() {
+    let source = |act: &str| {
+        format!(
+            "block conv_norm_act(c, act = relu) {{
+               conv = conv(c, k=1)
+               act
+             }}
+             model m {{
+               input [4, 8, 8]
+               a = conv_norm_act(4{act})
+             }}"
+        )
+    };
+    let last_op = |act: &str| -> String {
+        let compilation = cnnc::compile_source("test.cnn", &source(act), &BTreeMap::new());
+        let graphs = compilation
+            .graphs()
+            .unwrap_or_else(|| panic!("{}", compilation.render_diagnostics()));
+        let last = graphs[0].nodes.last().expect("nodes");
+        format!("{:?}", last.op)
+    };
+    assert!(last_op("").contains("Relu"), "{}", last_op(""));
+    assert!(last_op(", act=hardswish").contains("Hardswish"));
+    assert!(last_op(", act=identity").contains("Identity"));
+    let rendered = errors(&source(", act=hardswsh"));
+    assert!(
+        rendered.contains("unknown layer or block `hardswsh`"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("did you mean `hardswish`?"), "{rendered}");
+}

@@ -76,6 +76,9 @@ pub struct Param {
 pub struct Item {
     pub unused: bool,
     pub name: Option<Ident>,
+    /// A quoted name with `{expression}` parts (`"denselayer{i + 1}"`): the
+    /// name is computed for each copy. `name` then holds the text as written.
+    pub name_template: Option<Vec<NamePart>>,
     pub term: Term,
     pub term_span: Span,
     pub repeat: Option<Expr>,
@@ -83,12 +86,21 @@ pub struct Item {
     pub span: Span,
 }
 
+/// A piece of a name template: literal text, or an integer expression in braces.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NamePart {
+    Text(String),
+    Expr(Expr),
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Term {
     /// `seq { ... }`: an `nn.Sequential`, children numbered by position.
     Seq(Vec<Item>),
-    /// `residual { body } [shortcut [name] [when cond] { ... }]`: body(x) + shortcut(x).
+    /// `residual [when cond] { body } [shortcut [name] [when cond] { ... }]`:
+    /// body(x) + shortcut(x); with a condition that is false, body(x) alone.
     Residual {
+        condition: Option<Expr>,
         body: Vec<Item>,
         shortcut: Option<Shortcut>,
     },
@@ -881,22 +893,108 @@ impl Builder {
 
     /// A layer name: an identifier as written, or the content of a quoted
     /// name, whose characters are checked here (the grammar takes any).
-    fn name(&self, pair: Pair<Rule>, diags: &mut Vec<Diagnostic>) -> Ident {
+    /// A quoted name with `{expression}` parts also returns its template.
+    fn name(
+        &self,
+        pair: Pair<Rule>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> (Ident, Option<Vec<NamePart>>) {
         if pair.as_rule() != Rule::quoted_name {
-            return self.ident(pair);
+            return (self.ident(pair), None);
         }
         let span = self.span(&pair);
         let quoted = pair.as_str();
         let content = &quoted[1..quoted.len() - 1];
         // Byte offset of the content in the file, past the opening quote.
         let start = self.offset + pair.as_span().start() + 1;
-        if let Some(diagnostic) = quoted_name_error(self.file, start, content, span) {
-            diags.push(diagnostic);
-        }
-        Ident {
+        let ident = Ident {
             text: content.to_string(),
             span,
+        };
+        if !content.contains(['{', '}']) {
+            if let Some(diagnostic) = quoted_name_error(self.file, start, content, span) {
+                diags.push(diagnostic);
+            }
+            return (ident, None);
         }
+        (ident, self.name_template(content, start, span, diags))
+    }
+
+    /// Splits `"denselayer{i + 1}"` into text and parsed expressions; the
+    /// text parts follow the quoted-name rules. `start` is the content's
+    /// offset in the file.
+    fn name_template(
+        &self,
+        content: &str,
+        start: usize,
+        span: Span,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<NamePart>> {
+        let mut parts = Vec::new();
+        let mut rest = content;
+        let mut at = 0; // offset of `rest` in `content`
+        let mut ok = true;
+        while !rest.is_empty() {
+            let text_len = rest.find(['{', '}']).unwrap_or(rest.len());
+            let text = &rest[..text_len];
+            if !text.is_empty() {
+                // Checked as a name of its own; an empty piece is fine here.
+                if let Some(d) = quoted_name_error(self.file, start + at, text, span) {
+                    diags.push(d);
+                    ok = false;
+                }
+                parts.push(NamePart::Text(text.to_string()));
+            }
+            rest = &rest[text_len..];
+            at += text_len;
+            if rest.is_empty() {
+                break;
+            }
+            let brace = Span::new(self.file, start + at..start + at + 1);
+            if rest.starts_with('}') {
+                diags.push(
+                    Diagnostic::error("unmatched `}` in a name", brace, "no `{` before it")
+                        .with_help(
+                            "`{expression}` inserts a number into a name: `\"layer{i + 1}\"`",
+                        ),
+                );
+                return None;
+            }
+            let Some(close) = rest.find('}') else {
+                diags.push(
+                    Diagnostic::error("unclosed `{` in a name", brace, "never closed")
+                        .with_help("close it: `\"layer{i + 1}\"`"),
+                );
+                return None;
+            };
+            let written = &rest[1..close];
+            // pest skips whitespace between tokens only: trim the ends here.
+            let lead = written.len() - written.trim_start().len();
+            let inner = written.trim();
+            let inner_start = start + at + 1 + lead;
+            match CnnParser::parse(Rule::expr, inner) {
+                Ok(mut pairs) => match pairs.next() {
+                    Some(pair) if pair.as_str().len() == inner.len() => {
+                        let builder = Builder {
+                            file: self.file,
+                            offset: inner_start,
+                        };
+                        parts.push(NamePart::Expr(builder.expr(pair, diags)));
+                    }
+                    _ => {
+                        diags.push(template_expr_error(self.file, inner_start, inner));
+                        ok = false;
+                    }
+                },
+                Err(_) => {
+                    diags.push(template_expr_error(self.file, inner_start, inner));
+                    ok = false;
+                }
+            }
+            rest = &rest[close + 1..];
+            at += close + 1;
+        }
+        ok.then_some(parts)
     }
 
     fn decls(&self, file: Pair<Rule>, out: &mut Vec<Decl>, diags: &mut Vec<Diagnostic>) {
@@ -998,6 +1096,7 @@ impl Builder {
         let span = self.span(&pair);
         let mut unused = false;
         let mut name = None;
+        let mut name_template = None;
         let mut term = None;
         let mut term_span = span;
         let mut repeat = None;
@@ -1005,7 +1104,13 @@ impl Builder {
         for p in pair.into_inner() {
             match p.as_rule() {
                 Rule::kw_unused => unused = true,
-                Rule::item_name => name = p.into_inner().next().map(|i| self.name(i, diags)),
+                Rule::item_name => {
+                    if let Some(n) = p.into_inner().next() {
+                        let (ident, template) = self.name(n, diags);
+                        name = Some(ident);
+                        name_template = template;
+                    }
+                }
                 Rule::repeat => repeat = p.into_inner().next().map(|e| self.expr(e, diags)),
                 Rule::condition => condition = self.condition(p, diags),
                 _ => {
@@ -1017,6 +1122,7 @@ impl Builder {
         Item {
             unused,
             name,
+            name_template,
             term: term.unwrap_or(Term::Seq(Vec::new())),
             term_span,
             repeat,
@@ -1055,8 +1161,10 @@ impl Builder {
             Rule::residual => {
                 let mut body = Vec::new();
                 let mut shortcut = None;
+                let mut condition = None;
                 for p in pair.into_inner() {
                     match p.as_rule() {
+                        Rule::condition => condition = self.condition(p, diags),
                         Rule::body => body = self.body(p, diags),
                         Rule::shortcut => {
                             let span = self.span(&p);
@@ -1066,7 +1174,18 @@ impl Builder {
                             for q in p.into_inner() {
                                 match q.as_rule() {
                                     Rule::ident | Rule::quoted_name => {
-                                        name = Some(self.name(q, diags))
+                                        let (ident, template) = self.name(q, diags);
+                                        if template.is_some() {
+                                            diags.push(
+                                                Diagnostic::error(
+                                                    "a shortcut's name cannot be computed",
+                                                    ident.span,
+                                                    "`{...}` in a shortcut name",
+                                                )
+                                                .with_help("name templates are for items repeated with `* n`"),
+                                            );
+                                        }
+                                        name = Some(ident)
                                     }
                                     Rule::condition => condition = self.condition(q, diags),
                                     Rule::body => sbody = self.body(q, diags),
@@ -1083,7 +1202,11 @@ impl Builder {
                         _ => {}
                     }
                 }
-                Term::Residual { body, shortcut }
+                Term::Residual {
+                    condition,
+                    body,
+                    shortcut,
+                }
             }
             Rule::vgg => {
                 let mut args = Vec::new();
@@ -1404,6 +1527,16 @@ fn quoted_name_error(file: FileId, start: usize, content: &str, span: Span) -> O
             "a quoted name holds ASCII letters, digits, `_` and `-`, as PyTorch module names do",
         )
     })
+}
+
+fn template_expr_error(file: FileId, start: usize, inner: &str) -> Diagnostic {
+    let span = Span::new(file, start..start + inner.len().max(1));
+    Diagnostic::error(
+        "expected an expression between `{` and `}` in a name",
+        span,
+        "not an expression",
+    )
+    .with_help("`{expression}` inserts an integer: `\"denselayer{i + 1}\"`")
 }
 
 fn missing_ident(span: Span) -> Ident {
