@@ -420,22 +420,59 @@ fn line_at(text: &str, offset: usize) -> &str {
 
 /// Settings that no model in the file declares (a command-line mistake).
 pub fn unknown_settings(path: &Path, overrides: &BTreeMap<String, Value>) -> Vec<String> {
-    let Ok(SourceText::Text(text)) = read_source(path) else {
+    // An unreadable file is reported when it is compiled.
+    let Some(declared) = declared_parameters(path) else {
         return Vec::new();
     };
-    let (parsed, _) = syntax::parse(FileId(0), &text);
-    let declared: Vec<&str> = parsed
-        .decls
-        .iter()
-        .filter_map(|d| match d {
-            Decl::Model(m) => Some(m.params.iter().map(|p| p.name.text.as_str())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
     overrides
         .keys()
-        .filter(|k| !declared.contains(&k.as_str()))
+        .filter(|k| !declared.contains(k))
         .cloned()
         .collect()
+}
+
+/// The parameters the models of a file declare, in file order, each once;
+/// `None` when the file cannot be read as text.
+pub fn declared_parameters(path: &Path) -> Option<Vec<String>> {
+    let Ok(SourceText::Text(text)) = read_source(path) else {
+        return None;
+    };
+    let (parsed, _) = syntax::parse(FileId(0), &text);
+    let mut declared: Vec<String> = Vec::new();
+    for decl in &parsed.decls {
+        if let Decl::Model(m) = decl {
+            for p in &m.params {
+                if !declared.contains(&p.name.text) {
+                    declared.push(p.name.text.clone());
+                }
+            }
+        }
+    }
+    Some(declared)
+}
+
+/// The lines that follow "no model ... has a parameter ...": a "did you
+/// mean" for each near miss among the `declared` parameters, else the list
+/// of what may be set.
+pub fn unknown_settings_help(unknown: &[String], declared: &[String]) -> String {
+    let mut lines = Vec::new();
+    let mut all_matched = true;
+    for name in unknown {
+        match check::closest(name, declared.iter().map(String::as_str)) {
+            Some(near) => lines.push(format!("help: `{name}`: did you mean `{near}`?")),
+            None => all_matched = false,
+        }
+    }
+    if !all_matched {
+        lines.push(if declared.is_empty() {
+            "note: no model here takes parameters".to_string()
+        } else {
+            let names: Vec<String> = declared.iter().map(|d| format!("`{d}`")).collect();
+            format!(
+                "note: the parameters that can be set are {}",
+                names.join(", ")
+            )
+        });
+    }
+    lines.join("\n")
 }

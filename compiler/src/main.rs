@@ -262,13 +262,17 @@ fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
     let unknown = unknown_settings(file, &overrides);
     if !unknown.is_empty() {
         return Err(UsageError(format!(
-            "no model in `{}` has a parameter {}",
+            "no model in `{}` has a parameter {}\n{}",
             file.display(),
             unknown
                 .iter()
                 .map(|u| format!("`{u}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cnnc::unknown_settings_help(
+                &unknown,
+                &cnnc::declared_parameters(file).unwrap_or_default()
+            )
         )));
     }
     compile_file(file, &overrides)
@@ -288,13 +292,22 @@ fn check(
         unknown.retain(|k| missing.contains(k));
     }
     if !unknown.is_empty() {
+        let mut declared: Vec<String> = Vec::new();
+        for file in files {
+            for p in cnnc::declared_parameters(file).unwrap_or_default() {
+                if !declared.contains(&p) {
+                    declared.push(p);
+                }
+            }
+        }
         return Err(UsageError(format!(
-            "no model in the files given has a parameter {}",
+            "no model in the files given has a parameter {}\n{}",
             unknown
                 .iter()
                 .map(|u| format!("`{u}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cnnc::unknown_settings_help(&unknown, &declared)
         )));
     }
     let mut failed = false;
