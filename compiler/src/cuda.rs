@@ -61,23 +61,13 @@ fn float(v: f64) -> String {
     }
 }
 
-fn activation(a: Activation, v: &str) -> String {
-    match a {
-        Activation::Relu => format!("cnnc::relu({v})"),
-        Activation::Relu6 => format!("cnnc::relu6({v})"),
-        Activation::LeakyRelu(s) => format!("cnnc::leaky_relu({v}, {})", float(s.0)),
-        Activation::Elu(a) => format!("cnnc::elu({v}, {})", float(a.0)),
-        Activation::Tanh => format!("tanhf({v})"),
-        Activation::Sigmoid => format!("cnnc::sigmoid({v})"),
-        Activation::Silu => format!("cnnc::silu({v})"),
-        Activation::Gelu {
-            tanh_approximation: false,
-        } => format!("cnnc::gelu({v})"),
-        Activation::Gelu {
-            tanh_approximation: true,
-        } => format!("cnnc::gelu_tanh({v})"),
-        Activation::Hardsigmoid => format!("cnnc::hardsigmoid({v})"),
-        Activation::Hardswish => format!("cnnc::hardswish({v})"),
+/// The call of activation `a` on `v`, as the table of activations writes it.
+pub fn activation(a: Activation, v: &str) -> String {
+    let (kind, p) = a.kind();
+    let entry = kind.entry();
+    match entry.param {
+        Some(_) => format!("{}({v}, {})", entry.cuda_call, float(p)),
+        None => format!("{}({v})", entry.cuda_call),
     }
 }
 

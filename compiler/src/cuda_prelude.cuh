@@ -3,8 +3,11 @@
 // ---------------------------------------------------------------------------
 namespace cnnc {
 
-// Activations, as PyTorch defines them.
-// Comparisons rather than fmaxf/fminf, which drop NaN: PyTorch's relu and relu6 keep it.
+// Activations, as PyTorch defines them: each definition is its row's text in
+// the table of activations (runtime/src/activation.rs), which a test checks.
+// Comparisons rather than fmaxf/fminf, which drop NaN: PyTorch's relu, relu6
+// and hardsigmoid keep it. Hardswish divides before it multiplies, so that
+// v * 6 cannot overflow for v near FLT_MAX.
 __device__ __forceinline__ float relu(float v) { return v < 0.0f ? 0.0f : v; }
 __device__ __forceinline__ float relu6(float v) { return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v); }
 __device__ __forceinline__ float leaky_relu(float v, float slope) { return v >= 0.0f ? v : v * slope; }
@@ -15,8 +18,14 @@ __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(
 __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
 }
-__device__ __forceinline__ float hardsigmoid(float v) { return fminf(fmaxf(v / 6.0f + 0.5f, 0.0f), 1.0f); }
-__device__ __forceinline__ float hardswish(float v) { return v * fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f; }
+__device__ __forceinline__ float hardsigmoid(float v) {
+  const float r = (v + 3.0f) / 6.0f;
+  return r < 0.0f ? 0.0f : (r > 1.0f ? 1.0f : r);
+}
+__device__ __forceinline__ float hardswish(float v) {
+  const float r = v + 3.0f;
+  return v * ((r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r)) / 6.0f);
+}
 
 // Padding modes: 0 zeros, 1 reflect, 2 replicate, 3 circular. Returns the
 // source index of padded coordinate i, or -1 where zeros padding reads 0.

@@ -395,47 +395,10 @@ fn global_average(x: &[f64], n: usize, shape: Shape) -> Vec<f64> {
         .collect()
 }
 
-/// One elementwise activation, as PyTorch defines it.
+/// One elementwise activation, as PyTorch defines it: the table's formula in f64.
 pub fn activate(a: Activation, v: f64) -> f64 {
-    match a {
-        // `<` keeps NaN as PyTorch does (`f64::max` would turn it into 0).
-        Activation::Relu => {
-            if v < 0.0 {
-                0.0
-            } else {
-                v
-            }
-        }
-        Activation::Relu6 => v.clamp(0.0, 6.0),
-        Activation::LeakyRelu(slope) => {
-            if v >= 0.0 {
-                v
-            } else {
-                v * slope.0
-            }
-        }
-        Activation::Elu(alpha) => {
-            if v > 0.0 {
-                v
-            } else {
-                alpha.0 * v.exp_m1()
-            }
-        }
-        Activation::Tanh => v.tanh(),
-        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-        Activation::Silu => v / (1.0 + (-v).exp()),
-        Activation::Gelu {
-            tanh_approximation: false,
-        } => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
-        Activation::Gelu {
-            tanh_approximation: true,
-        } => {
-            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
-            0.5 * v * (1.0 + inner.tanh())
-        }
-        Activation::Hardsigmoid => ((v + 3.0) / 6.0).clamp(0.0, 1.0),
-        Activation::Hardswish => v * ((v + 3.0).clamp(0.0, 6.0) / 6.0),
-    }
+    let (kind, p) = a.kind();
+    kind.forward(p, v)
 }
 
 /// Applies `f(src_plane, dst_plane)` to each of `planes` planes, in parallel.

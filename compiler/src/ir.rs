@@ -12,6 +12,7 @@
 //!   are `unused` layers kept for their weights, which have no node).
 
 use crate::source::Span;
+use cnnc_runtime::activation::Kind;
 use serde::Serialize;
 use std::fmt;
 
@@ -118,17 +119,28 @@ pub enum Activation {
 
 impl Activation {
     pub fn name(&self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::Relu6 => "relu6",
-            Activation::LeakyRelu(_) => "leaky_relu",
-            Activation::Elu(_) => "elu",
-            Activation::Tanh => "tanh",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Silu => "silu",
-            Activation::Gelu { .. } => "gelu",
-            Activation::Hardsigmoid => "hardsigmoid",
-            Activation::Hardswish => "hardswish",
+        self.kind().0.entry().name
+    }
+
+    /// Its row in the table of activations (`cnnc_runtime::activation`),
+    /// which holds every backend's formula, and its parameter (0 for none).
+    pub fn kind(&self) -> (Kind, f64) {
+        match *self {
+            Activation::Relu => (Kind::Relu, 0.0),
+            Activation::Relu6 => (Kind::Relu6, 0.0),
+            Activation::LeakyRelu(s) => (Kind::LeakyRelu, s.0),
+            Activation::Elu(a) => (Kind::Elu, a.0),
+            Activation::Tanh => (Kind::Tanh, 0.0),
+            Activation::Sigmoid => (Kind::Sigmoid, 0.0),
+            Activation::Silu => (Kind::Silu, 0.0),
+            Activation::Gelu {
+                tanh_approximation: false,
+            } => (Kind::Gelu, 0.0),
+            Activation::Gelu {
+                tanh_approximation: true,
+            } => (Kind::GeluTanh, 0.0),
+            Activation::Hardsigmoid => (Kind::Hardsigmoid, 0.0),
+            Activation::Hardswish => (Kind::Hardswish, 0.0),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::memory::MemoryPlan;
 use crate::source::SourceMap;
 use cnnc_runtime::plan::{self as rt, Plan};
 
-fn act(a: Activation) -> rt::Act {
+/// The runtime form of an activation (its parameter rounded to f32).
+pub fn act(a: Activation) -> rt::Act {
     match a {
         Activation::Relu => rt::Act::Relu,
         Activation::Relu6 => rt::Act::Relu6,

@@ -5,6 +5,7 @@
 //! Nothing here knows about `.cnn` files or the graph IR; the compiler crate
 //! binds these values to a model.
 
+pub mod activation;
 pub mod app;
 pub mod cpu;
 pub mod cuda;

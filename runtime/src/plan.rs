@@ -7,6 +7,7 @@
 //! Addressing: a batch of `b` images; element (n, c, p) of a [`Place`] is
 //! `arena[place.offset·b + ((n·channels_total + channel_offset + c)·H·W + p)]`.
 
+use crate::activation::Kind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,41 +114,29 @@ pub enum Act {
 }
 
 impl Act {
-    /// The same formulas as the CUDA device library, in f32.
+    /// This activation's row in the table (`crate::activation`) and its parameter.
+    #[inline(always)]
+    pub fn kind(self) -> (Kind, f32) {
+        match self {
+            Act::Relu => (Kind::Relu, 0.0),
+            Act::Relu6 => (Kind::Relu6, 0.0),
+            Act::LeakyRelu(s) => (Kind::LeakyRelu, s),
+            Act::Elu(a) => (Kind::Elu, a),
+            Act::Tanh => (Kind::Tanh, 0.0),
+            Act::Sigmoid => (Kind::Sigmoid, 0.0),
+            Act::Silu => (Kind::Silu, 0.0),
+            Act::Gelu => (Kind::Gelu, 0.0),
+            Act::GeluTanh => (Kind::GeluTanh, 0.0),
+            Act::Hardsigmoid => (Kind::Hardsigmoid, 0.0),
+            Act::Hardswish => (Kind::Hardswish, 0.0),
+        }
+    }
+
+    /// The table's formula in f32, with libm's functions.
     #[inline]
     pub fn apply(self, v: f32) -> f32 {
-        match self {
-            // `<` keeps NaN as PyTorch does (`f32::max` would turn it into 0).
-            Act::Relu => {
-                if v < 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-            Act::Relu6 => v.clamp(0.0, 6.0),
-            Act::LeakyRelu(s) => {
-                if v >= 0.0 {
-                    v
-                } else {
-                    v * s
-                }
-            }
-            Act::Elu(a) => {
-                if v > 0.0 {
-                    v
-                } else {
-                    a * v.exp_m1()
-                }
-            }
-            Act::Tanh => v.tanh(),
-            Act::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-            Act::Silu => v / (1.0 + (-v).exp()),
-            Act::Gelu => 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)),
-            Act::GeluTanh => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh()),
-            Act::Hardsigmoid => (v / 6.0 + 0.5).clamp(0.0, 1.0),
-            Act::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
-        }
+        let (kind, p) = self.kind();
+        kind.forward(p, v)
     }
 }
 

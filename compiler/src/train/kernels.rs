@@ -1597,7 +1597,6 @@ pub fn lrn_backward(
     dx
 }
 
-/// One activation in f32 (PyTorch's definitions).
 /// Elements per parallel task of the elementwise passes (256 KB of f32).
 const ELEMENTWISE_CHUNK: usize = 1 << 16;
 
@@ -1653,126 +1652,17 @@ pub fn activation_grad_in_place(a: Activation, dy: &mut [f32], x: &[f32]) {
         });
 }
 
+/// One activation in f32: the table's formula (`cnnc_runtime::activation`).
 pub fn activate(a: Activation, v: f32) -> f32 {
-    match a {
-        Activation::Relu => {
-            if v < 0.0 {
-                0.0
-            } else {
-                v
-            }
-        }
-        Activation::Relu6 => v.clamp(0.0, 6.0),
-        Activation::LeakyRelu(s) => {
-            if v > 0.0 {
-                v
-            } else {
-                v * s.0 as f32
-            }
-        }
-        Activation::Elu(al) => {
-            if v > 0.0 {
-                v
-            } else {
-                al.0 as f32 * v.exp_m1()
-            }
-        }
-        Activation::Tanh => v.tanh(),
-        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-        Activation::Silu => v / (1.0 + (-v).exp()),
-        Activation::Gelu {
-            tanh_approximation: false,
-        } => (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32,
-        Activation::Gelu {
-            tanh_approximation: true,
-        } => {
-            let v = v as f64;
-            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
-            (0.5 * v * (1.0 + inner.tanh())) as f32
-        }
-        Activation::Hardsigmoid => ((v + 3.0) / 6.0).clamp(0.0, 1.0),
-        Activation::Hardswish => v * ((v + 3.0).clamp(0.0, 6.0) / 6.0),
-    }
+    let (kind, p) = a.kind();
+    kind.forward(p as f32, v)
 }
 
-/// d activation / d input at input `x` (PyTorch's backward formulas, including at kinks).
+/// d activation / d input at input `x`: the table's derivative, which
+/// follows PyTorch's backward formulas, including at kinks and NaN.
 pub fn activation_grad(a: Activation, x: f32) -> f32 {
-    match a {
-        // PyTorch's comparisons, so that a NaN input passes the gradient
-        // as it does there (threshold_backward, hardtanh_backward, elu_backward).
-        Activation::Relu => {
-            if x <= 0.0 {
-                0.0
-            } else {
-                1.0
-            }
-        }
-        Activation::Relu6 => {
-            if x <= 0.0 || x >= 6.0 {
-                0.0
-            } else {
-                1.0
-            }
-        }
-        Activation::LeakyRelu(s) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                s.0 as f32
-            }
-        }
-        Activation::Elu(al) => {
-            if x <= 0.0 {
-                al.0 as f32 * x.exp()
-            } else {
-                1.0
-            }
-        }
-        Activation::Tanh => {
-            let t = x.tanh();
-            1.0 - t * t
-        }
-        Activation::Sigmoid => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 - s)
-        }
-        Activation::Silu => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 + x * (1.0 - s))
-        }
-        Activation::Gelu {
-            tanh_approximation: false,
-        } => {
-            let v = x as f64;
-            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            (cdf + v * pdf) as f32
-        }
-        Activation::Gelu {
-            tanh_approximation: true,
-        } => {
-            let v = x as f64;
-            let c = (2.0 / std::f64::consts::PI).sqrt();
-            let t = (c * (v + 0.044715 * v * v * v)).tanh();
-            (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * v * v)) as f32
-        }
-        Activation::Hardsigmoid => {
-            if x > -3.0 && x < 3.0 {
-                1.0 / 6.0
-            } else {
-                0.0
-            }
-        }
-        Activation::Hardswish => {
-            if x < -3.0 {
-                0.0
-            } else if x <= 3.0 {
-                x / 3.0 + 0.5
-            } else {
-                1.0
-            }
-        }
-    }
+    let (kind, p) = a.kind();
+    kind.derivative(p as f32, x)
 }
 
 /// Softmax or log-softmax over channels at each position.

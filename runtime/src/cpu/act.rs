@@ -1,14 +1,17 @@
 //! Activations over slices, written so the compiler vectorises them.
 //!
-//! `Act::apply` calls libm's `tanhf`/`expf` one element at a time. Here tanh,
-//! sigmoid, SiLU and tanh-GELU use a branch-free exp (Cephes' `expf`
-//! polynomial, 2ⁿ built from the exponent bits) that LLVM turns into SIMD
-//! loops; the x86-64 build compiles the loop a second time for AVX2 and picks
-//! it at run time. Relative error: a few units in the last place (tested
-//! against f64 below). Everything else (ReLU, clamps) is plain arithmetic and
-//! goes through `Act::apply`, which vectorises as it is; ELU and exact GELU
-//! keep libm (`expm1f`, `erff`).
+//! The formulas are the table's (`crate::activation`). `Act::apply` runs
+//! them in f32 with libm's `tanhf`/`expf`, one element at a time. Here tanh,
+//! sigmoid, SiLU and tanh-GELU run over [`Fast`], the same formulas with a
+//! branch-free exp (Cephes' `expf` polynomial, 2ⁿ built from the exponent
+//! bits) that LLVM turns into SIMD loops; the x86-64 build compiles the loop
+//! a second time for AVX2 and picks it at run time. Relative error: a few
+//! units in the last place (tested against f64 below and in
+//! tests/activations.rs). Everything else (ReLU, clamps) is plain arithmetic
+//! and goes through `Act::apply`, which vectorises as it is; ELU and exact
+//! GELU keep libm (`expm1f`, `erff`).
 
+use crate::activation::{Fast, Kind};
 use crate::plan::Act;
 
 /// Applies `act` to every element of `v`.
@@ -23,12 +26,6 @@ pub fn apply_slice(act: Act, v: &mut [f32]) {
             }
             transcendental(act, v)
         }
-        // NaN stays NaN, as in PyTorch (a compare and blend; still vectorised).
-        Act::Relu => v.iter_mut().for_each(|x| {
-            if *x < 0.0 {
-                *x = 0.0
-            }
-        }),
         _ => v.iter_mut().for_each(|x| *x = act.apply(*x)),
     }
 }
@@ -39,24 +36,30 @@ unsafe fn transcendental_avx2(act: Act, v: &mut [f32]) {
     transcendental(act, v)
 }
 
+/// One loop per activation, each with its kind a constant, so that the
+/// formula inlines into a loop without a branch on the kind.
 #[inline(always)]
 fn transcendental(act: Act, v: &mut [f32]) {
+    #[inline(always)]
+    fn each(kind: Kind, v: &mut [f32]) {
+        v.iter_mut()
+            .for_each(|x| *x = kind.forward(Fast(0.0), Fast(*x)).0)
+    }
     match act {
-        Act::Tanh => v.iter_mut().for_each(|x| *x = tanh(*x)),
-        Act::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
-        Act::Silu => v.iter_mut().for_each(|x| *x *= sigmoid(*x)),
-        Act::GeluTanh => v.iter_mut().for_each(|x| {
-            let u = *x;
-            *x = 0.5 * u * (1.0 + tanh(0.797_884_6 * (u + 0.044715 * u * u * u)))
-        }),
+        Act::Tanh => each(Kind::Tanh, v),
+        Act::Sigmoid => each(Kind::Sigmoid, v),
+        Act::Silu => each(Kind::Silu, v),
+        Act::GeluTanh => each(Kind::GeluTanh, v),
         _ => v.iter_mut().for_each(|x| *x = act.apply(*x)),
     }
 }
 
-/// eˣ for x in [−87, 88] (clamped outside it; NaN stays NaN). Cephes `expf`:
+/// eˣ for x in [−87, 88] (clamped outside it, +∞ past f32's range, so
+/// that a formula meets ∞ where f64 does; NaN stays NaN). Cephes `expf`:
 /// x = n·ln 2 + r, |r| ≤ ln 2 / 2, eʳ by a degree-7 polynomial, 2ⁿ from bits.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    let overflow = x > 88.722_84;
     let x = x.clamp(-87.0, 88.0);
     // Round x·log2(e) to an integer n: adding 1.5·2²³ leaves n in the low mantissa bits.
     const SHIFT: f32 = 12_582_912.0;
@@ -71,7 +74,12 @@ pub fn exp(x: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     // 2ⁿ: n + 127 in the exponent field (n is in −126..=127 after the clamp).
     let n_bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    er * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
+    let e = er * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32);
+    if overflow {
+        f32::INFINITY
+    } else {
+        e
+    }
 }
 
 /// tanh: Cephes' odd polynomial below |x| = 0.625, 1 − 2/(e²ˣ + 1) above.
@@ -93,9 +101,9 @@ pub fn tanh(x: f32) -> f32 {
     }
 }
 
-/// 1 / (1 + e⁻ˣ).
-#[inline(always)]
-pub fn sigmoid(x: f32) -> f32 {
+/// 1 / (1 + e⁻ˣ) (what `Kind::Sigmoid` computes over `Fast`; for the tests).
+#[cfg(test)]
+fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
@@ -132,7 +140,8 @@ mod tests {
         }
         assert!(worst < 3e-7, "exp: worst relative error {worst:e}");
         assert_eq!(exp(-1e30), exp(-87.0));
-        assert!(exp(1e30).is_finite() && exp(1e30) > 1e38);
+        assert!(exp(88.0).is_finite() && exp(88.0) > 1e38);
+        assert_eq!(exp(1e30), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
     }
 

@@ -55,7 +55,7 @@ macro_rules! blocks {
     };
 }
 
-mod act;
+pub(crate) mod act;
 mod conv;
 pub mod direct;
 pub mod winograd;
