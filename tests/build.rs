@@ -350,3 +350,65 @@ fn emit_stable_is_the_same_from_anywhere() {
         cnnc::emit_stage(&root.join("models/resnet18.cnn"), cnnc::emit::Stage::Cuda).unwrap();
     assert_eq!(library, from_root);
 }
+
+/// Cubins are kept in the cache by the digest of their source, architecture
+/// and nvcc: building an unchanged model again runs no nvcc, a changed one
+/// does. A stand-in nvcc logs its runs; `CARGO=false` stops each build after
+/// the kernels, so no driver is compiled.
+#[test]
+fn unchanged_kernels_are_not_compiled_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cubin-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nvcc.log");
+    let nvcc = dir.join("fake-nvcc");
+    // The last two arguments are `-o`'s value and the source.
+    std::fs::write(
+        &nvcc,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nwhile [ $# -gt 2 ]; do shift; done\necho cubin > \"$1\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&nvcc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let build = |fixture: &str, out: &str| {
+        let result = cnnc()
+            .env("CNNC_CACHE_DIR", dir.join("cache"))
+            .env("CNNC_NVCC", &nvcc)
+            .env("CARGO", "false")
+            .arg("build")
+            .arg(format!("tests/fixtures/{fixture}/model.cnn"))
+            .arg("-o")
+            .arg(dir.join(out))
+            .output()
+            .unwrap();
+        // cargo "fails", after the kernels were compiled.
+        assert_eq!(result.status.code(), Some(1));
+        String::from_utf8_lossy(&result.stderr).into_owned()
+    };
+    let first = build("mnist_cnn", "a");
+    assert_eq!(runs(), 2, "{first}");
+    assert!(
+        first.contains("compiling kernels for sm_80 and sm_90"),
+        "{first}"
+    );
+    // The same model into another folder: both cubins from the cache.
+    let again = build("mnist_cnn", "b");
+    assert_eq!(runs(), 2, "{again}");
+    assert!(again.contains("unchanged, taken from the cache"), "{again}");
+    assert_eq!(
+        std::fs::read(dir.join("b/kernels/sm_90.cubin")).unwrap(),
+        b"cubin\n"
+    );
+    // Another model compiles its own.
+    build("resnet_tiny", "c");
+    assert_eq!(runs(), 4);
+}

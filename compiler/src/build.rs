@@ -91,11 +91,14 @@ pub fn find_nvcc() -> Option<PathBuf> {
 }
 
 /// Compiles `cu` to a cubin for `sm_{arch}`.
+/// The flags of every nvcc run besides `-arch` and the files.
+const NVCC_FLAGS: &[&str] = &["-cubin", "-O3"];
+
 pub fn nvcc_cubin(nvcc: &Path, cu: &Path, arch: u32, out: &Path) -> Result<(), String> {
     let result = Command::new(nvcc)
-        .arg("-cubin")
+        .arg(NVCC_FLAGS[0])
         .arg(format!("-arch=sm_{arch}"))
-        .arg("-O3")
+        .arg(NVCC_FLAGS[1])
         .arg("-o")
         .arg(out)
         .arg(cu)
@@ -121,6 +124,9 @@ pub struct BuildOptions {
     /// Cargo's target directory. Every driver build shares one (see
     /// cache.rs), so the runtime's dependencies are compiled once.
     pub target_dir: PathBuf,
+    /// Where cubins are kept by the digest of their source, architecture
+    /// and nvcc, so an unchanged model's kernels compile once.
+    pub cubin_cache: Option<PathBuf>,
 }
 
 /// A crate name from a model name.
@@ -180,6 +186,101 @@ fn first_build_estimate() -> String {
     )
 }
 
+/// The cache key of a cubin: the source, the architecture, the flags, and
+/// the nvcc (its path, size and modification time, so a new nvcc misses).
+fn cubin_key(nvcc: &Path, source: &str, arch: u32) -> String {
+    let mut key = format!("{}\0sm_{arch}\0{}\0", nvcc.display(), NVCC_FLAGS.join(" "));
+    if let Ok(meta) = std::fs::metadata(nvcc) {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        key.push_str(&format!("{}\0{mtime}\0", meta.len()));
+    }
+    key.push_str(source);
+    format!("{:032x}", crate::cache::fnv1a128(key.as_bytes()))
+}
+
+/// Compiles `cu` to a cubin per architecture in [`ARCHS`], the
+/// architectures in parallel (one nvcc each), and files the results in
+/// `cache` by [`cubin_key`], so a rebuild of an unchanged model, in any
+/// output folder, takes them from there. Returns (arch, file name) pairs in
+/// `kernels/`, next to `cu`.
+fn compile_cubins(
+    nvcc: &Path,
+    cu: &Path,
+    source: &str,
+    cache: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<(u32, String)>, String> {
+    let kernels = cu.parent().unwrap_or(Path::new("."));
+    let started = Instant::now();
+    let mut todo = Vec::new();
+    let mut cubins = Vec::new();
+    for &arch in ARCHS {
+        let file = format!("sm_{arch}.cubin");
+        let cached = cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, source, arch))));
+        match cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
+            Some(bytes) => {
+                write(&kernels.join(&file), &bytes)?;
+                log(&format!(
+                    "kernels for sm_{arch}: unchanged, taken from the cache"
+                ));
+            }
+            None => todo.push((arch, cached)),
+        }
+        cubins.push((arch, file));
+    }
+    if todo.is_empty() {
+        return Ok(cubins);
+    }
+    let archs: Vec<String> = todo.iter().map(|(a, _)| format!("sm_{a}")).collect();
+    log(&format!(
+        "compiling kernels for {} with {}",
+        archs.join(" and "),
+        nvcc.display()
+    ));
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = todo
+            .iter()
+            .map(|(arch, cached)| {
+                scope.spawn(move || -> Result<(), String> {
+                    let file = kernels.join(format!("sm_{arch}.cubin"));
+                    let tmp = kernels.join(format!(".sm_{arch}.cubin.tmp"));
+                    if let Err(e) = nvcc_cubin(nvcc, cu, *arch, &tmp) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                    std::fs::rename(&tmp, &file)
+                        .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
+                    // The cache is an optimisation: failing to fill it is no error.
+                    if let Some(cached) = cached {
+                        if let Ok(bytes) = std::fs::read(&file) {
+                            if cached
+                                .parent()
+                                .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                            {
+                                let _ = write(cached, &bytes);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err("nvcc's thread panicked".to_string()))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    log(&format!("  kernels compiled in {}", elapsed(started)));
+    Ok(cubins)
+}
+
 /// Writes the crate, compiles kernels and builds; returns the binary's path.
 pub fn build(
     plan: &Plan,
@@ -216,31 +317,13 @@ pub fn build(
     let source_file = "model.cu";
     let cu = dir.join("kernels").join(source_file);
     write(&cu, cuda_source.as_bytes())?;
-    let mut cubins = Vec::new();
-    match &opts.nvcc {
-        Some(nvcc) => {
-            for &arch in ARCHS {
-                let file = format!("sm_{arch}.cubin");
-                let step = Instant::now();
-                log(&format!(
-                    "compiling kernels for sm_{arch} with {}",
-                    nvcc.display()
-                ));
-                let tmp = dir.join("kernels").join(format!(".{file}.tmp"));
-                if let Err(e) = nvcc_cubin(nvcc, &cu, arch, &tmp) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                std::fs::rename(&tmp, dir.join("kernels").join(&file))
-                    .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
-                log(&format!("  sm_{arch} done in {}", elapsed(step)));
-                cubins.push((arch, file));
-            }
-        }
+    let cubins = match &opts.nvcc {
+        Some(nvcc) => compile_cubins(nvcc, &cu, cuda_source, opts.cubin_cache.as_deref(), log)?,
         None => {
-            log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run")
+            log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run");
+            Vec::new()
         }
-    }
+    };
     write(&dir.join(PLAN_FILE), plan_json(plan)?.as_bytes())?;
     let driver = driver_source(plan, source_file, &cubins)?;
     write(&dir.join("src").join("main.rs"), driver.as_bytes())?;

@@ -801,6 +801,7 @@ fn build(
         lockfile: Some(cnnc::cache::LOCK_FILE),
         nvcc: cnnc::build::find_nvcc(),
         target_dir: cnnc::cache::target_dir(&cache),
+        cubin_cache: Some(cache.join("cubins")),
     };
     let mut log = |m: &str| eprintln!("  {m}");
     match cnnc::build::build(&plan, &source, &opts, &mut log) {
