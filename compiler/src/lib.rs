@@ -14,6 +14,7 @@
 //! stages; the command-line tool in `main.rs` only prints what they return.
 
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod cuda;
 pub mod diag;
@@ -70,6 +71,47 @@ impl Compilation {
 
     pub fn render_diagnostics(&self) -> String {
         diag::render(&self.sources, &self.diagnostics)
+    }
+}
+
+/// The folder of a model file, for naming files relative to it (`.` for a bare file name).
+pub fn model_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// One stage of the compilation of the model in `path`, exactly as
+/// `cnnc emit --stage STAGE --stable` prints it: files are named relative to
+/// the model's folder, so the text is the same on every machine and from
+/// every working directory. Made for snapshot tests of your own models
+/// (docs/snapshot-testing.md). The file must hold one model; errors in it
+/// come back rendered as `cnnc check` prints them (without colour).
+pub fn emit_stage(path: &Path, stage: emit::Stage) -> Result<String, String> {
+    let mut compilation = compile_file(path, &BTreeMap::new()).map_err(|e| e.0)?;
+    if compilation.has_errors() {
+        return Err(compilation.render_diagnostics());
+    }
+    compilation.sources.make_names_relative_to(&model_dir(path));
+    if stage == emit::Stage::Ast {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let (parsed, _) = syntax::parse(FileId(0), &source);
+        return Ok(emit::ast(&parsed));
+    }
+    let graphs: Vec<&ir::Graph> = compilation
+        .models
+        .iter()
+        .filter_map(|m| m.graph.as_ref())
+        .collect();
+    match graphs.as_slice() {
+        [graph] => emit::stage_text(graph, &compilation.sources, stage),
+        _ => Err(format!(
+            "`{}` has {} models; `emit_stage` takes a file with one",
+            path.display(),
+            graphs.len()
+        )),
     }
 }
 
