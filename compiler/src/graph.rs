@@ -974,10 +974,23 @@ impl<'a> Nested<'a> {
                         let p0 = Point::new(fx + fw / 2.0, fy + fh);
                         let p3 = Point::new(tx + tw / 2.0, ty);
                         let mid = (p3.y - p0.y) / 2.0;
-                        vec![
-                            (p0, Point::new(p0.x, p0.y + mid)),
-                            (Point::new(p3.x, p3.y - mid), p3),
-                        ]
+                        if p3.y - p0.y > 2.0 * ROW_GAP && p0.x != p3.x {
+                            // A short branch ending far above its join: down its own
+                            // column first, then into the join, rather than across
+                            // the boxes of the branches beside it.
+                            let h = ROW_GAP / 2.0;
+                            let q = Point::new(p0.x, p3.y - ROW_GAP);
+                            vec![
+                                (p0, p0),
+                                (Point::new(p0.x, q.y - h), q),
+                                (Point::new(p3.x, p3.y - h), p3),
+                            ]
+                        } else {
+                            vec![
+                                (p0, Point::new(p0.x, p0.y + mid)),
+                                (Point::new(p3.x, p3.y - mid), p3),
+                            ]
+                        }
                     }
                 }
             })
