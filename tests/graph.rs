@@ -542,3 +542,91 @@ fn pngs() {
         img.save(format!("{dir}/{name}{suffix}.png")).unwrap();
     }
 }
+
+/// Centre x of each box in the laid-out picture.
+fn centres(view: &graph::View) -> Vec<f64> {
+    let p = graph::place(view).expect("layout");
+    p.boxes.iter().map(|&(x, _, w, _)| x + w / 2.0).collect()
+}
+
+#[test]
+fn resnet18_keeps_its_main_path_in_one_column() {
+    let g = model("models/resnet18.cnn");
+    for options in [
+        COLLAPSED,
+        Options {
+            fused: false,
+            expand: true,
+        },
+    ] {
+        let view = graph::view(&g, options).unwrap();
+        let x = centres(&view);
+        // The main path: the input, every residual add, and the output.
+        let mut main = vec![0, view.boxes.len() - 1];
+        main.extend((0..view.boxes.len()).filter(|&b| view.boxes[b].op.starts_with("add")));
+        assert!(main.len() > 4, "{main:?}");
+        for &b in &main {
+            assert!(
+                (x[b] - x[0]).abs() < 0.5,
+                "expand {}: box {b} ({}) at x {} drifts from the input's {}",
+                options.expand,
+                view.boxes[b].op,
+                x[b],
+                x[0]
+            );
+        }
+        // No staircase: the picture is not much wider than its widest box.
+        let p = graph::place(&view).unwrap();
+        let widest = p.boxes.iter().map(|b| b.2).fold(0.0, f64::max);
+        let left = p.boxes.iter().map(|b| b.0).fold(f64::MAX, f64::min);
+        let right = p.boxes.iter().map(|b| b.0 + b.2).fold(f64::MIN, f64::max);
+        assert!(
+            right - left < 3.0 * widest,
+            "{} wide, boxes up to {widest}",
+            right - left
+        );
+    }
+}
+
+#[test]
+fn googlenet_draws_concat_branches_in_source_order_centred() {
+    let g = model("models/googlenet.cnn");
+    let view = graph::view(&g, COLLAPSED).unwrap();
+    let x = centres(&view);
+    let mut concats = 0;
+    for (j, b) in view.boxes.iter().enumerate() {
+        if b.op != "concat" {
+            continue;
+        }
+        concats += 1;
+        // The boxes feeding the concat, in the order it reads them (torch.cat's).
+        let feeds: Vec<f64> = view
+            .edges
+            .iter()
+            .filter(|e| e.to == j)
+            .map(|e| x[e.from])
+            .collect();
+        assert_eq!(feeds.len(), 4, "{}", b.title);
+        assert!(
+            feeds.windows(2).all(|w| w[0] < w[1]),
+            "{}: branches at {feeds:?}, not left to right in source order",
+            b.title
+        );
+        // Centred under the fork, above the concat.
+        let mid = (feeds[0] + feeds[3]) / 2.0;
+        assert!(
+            (mid - x[j]).abs() < 60.0,
+            "{}: branches centred at {mid}, concat at {}",
+            b.title,
+            x[j]
+        );
+    }
+    assert_eq!(concats, 9);
+    // The modules stack in one column.
+    let first = view.boxes.iter().position(|b| b.op == "concat").unwrap();
+    for (j, b) in view.boxes.iter().enumerate() {
+        if b.op == "concat" {
+            assert!((x[j] - x[first]).abs() < 0.5, "{} at {}", b.title, x[j]);
+        }
+    }
+}

@@ -450,6 +450,93 @@ fn includes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn includes_are_read_only_inside_the_model_folder_and_include_paths() {
+    let dir = scratch("include_roots");
+    let model = "model m {\n  input [3, 8, 8]\n  b\n}\n";
+    let secret = write(&dir, "secret.cnn", "block b() {\n  relu\n}\n# my secret\n");
+    let zoo = dir.join("zoo");
+    std::fs::create_dir_all(zoo.join("blocks")).unwrap();
+    write(&zoo, "blocks/b.cnn", "block b() {\n  relu\n}\n");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    write(&lib, "shared.cnn", "block b() {\n  relu\n}\n");
+    let stderr = |out: Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    // A subfolder of the model's folder is fine.
+    let ok = write(&zoo, "ok.cnn", format!("include \"blocks/b.cnn\"\n{model}"));
+    expect(&["check", ok.to_str().unwrap()], 0);
+    // Outside the model's folder, by `..`, an absolute path or a missing file:
+    // refused the same way, without reading it.
+    for (name, path) in [
+        ("up.cnn", "../secret.cnn".to_string()),
+        ("absolute.cnn", secret.to_str().unwrap().to_string()),
+        ("passwd.cnn", "/etc/passwd".to_string()),
+        ("absent.cnn", "../no-such-file.cnn".to_string()),
+    ] {
+        let file = write(&zoo, name, format!("include \"{path}\"\n{model}"));
+        let text = stderr(expect(&["check", file.to_str().unwrap()], 1));
+        assert!(
+            text.contains(&format!(
+                "cannot include `{path}`: it is outside the model's folder"
+            )),
+            "{name}: {text}"
+        );
+        assert!(text.contains("-I DIR"), "{name}: {text}");
+        assert!(
+            !text.contains("secret") || path.contains("secret"),
+            "{text}"
+        );
+        assert!(!text.contains("root:"), "{name} quoted the file: {text}");
+        assert!(!text.contains("no such file"), "{name}: {text}");
+        // The include's block is then not reported as unknown (a consequence).
+        assert!(!text.contains("unknown layer or block"), "{name}: {text}");
+    }
+    // A symbolic link inside the folder that points outside is refused too.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&secret, zoo.join("link.cnn")).unwrap();
+        let file = write(&zoo, "linked.cnn", format!("include \"link.cnn\"\n{model}"));
+        let text = stderr(expect(&["check", file.to_str().unwrap()], 1));
+        assert!(text.contains("outside the model's folder"), "{text}");
+    }
+    // `-I DIR` names another folder to search and read from, on every command.
+    let uses = write(&zoo, "uses.cnn", format!("include \"shared.cnn\"\n{model}"));
+    let uses = uses.to_str().unwrap();
+    let lib = lib.to_str().unwrap();
+    let text = stderr(expect(&["check", uses], 1));
+    assert!(text.contains("no such file"), "{text}");
+    expect(&["check", "-I", lib, uses], 0);
+    expect(&["summary", "--include-dir", lib, uses], 0);
+    expect(&["emit", uses, "--stage", "ir", "-I", lib], 0);
+    expect(&["graph", uses, "-I", lib], 0);
+    expect(
+        &["check", "-I", dir.join("nope").to_str().unwrap(), uses],
+        2,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_syntax_error_in_an_included_block_is_reported_once() {
+    let dir = scratch("include_cascade");
+    write(
+        &dir,
+        "blocks.cnn",
+        "block good() {\n  relu\n}\nblock broken(c) {\n  conv(c, 3 p=1)\n}\n",
+    );
+    let file = write(
+        &dir,
+        "m.cnn",
+        "include \"blocks.cnn\"\nmodel m {\n  input [3, 8, 8]\n  broken(4)\n  good\n  broken(4)\n}\nmodel n {\n  input [3, 8, 8]\n  broken(8)\n}\n",
+    );
+    let out = expect(&["check", file.to_str().unwrap()], 1);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("blocks.cnn:5"), "{text}");
+    assert!(!text.contains("unknown layer or block"), "{text}");
+    assert!(text.contains("1 error"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // -- the command line -------------------------------------------------------------
 
 #[test]

@@ -574,6 +574,13 @@ fn weights_for_another_model_list_missing_and_unexpected_keys() {
     ]);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains("do not match model `mnist_cnn`"), "{r}");
+    // Almost nothing matches: the likely cause comes before the list.
+    let first = r.stderr.lines().next().unwrap_or("");
+    assert!(
+        first.contains("0 of its 10 keys are in the file")
+            && first.ends_with("is this the weights file of another model?"),
+        "{r}"
+    );
     assert!(r.stderr.contains("missing      `layer.0.weight`"), "{r}");
     assert!(r.stderr.contains("unexpected   `conv1.weight`"), "{r}");
     assert!(r.stdout.is_empty(), "{r}");
@@ -796,5 +803,156 @@ fn bad_command_lines_exit_2() {
         assert!(r.stderr.contains("error"), "{what}: {r}");
         assert!(r.stdout.is_empty(), "{what}: {r}");
         assert!(!Path::new(&out).exists(), "{what}: wrote {out}");
+    }
+}
+
+/// The long flags of a `--help` text: the option lines' own flags, not
+/// flags named in descriptions.
+fn long_flags(help: &str) -> std::collections::BTreeSet<String> {
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-') && !l.starts_with("- "))
+        .filter_map(|l| l.split("  ").next())
+        .flat_map(|spec| spec.split([' ', ',']))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn cnnc_run_and_a_built_binary_take_the_same_flags() {
+    use clap::{CommandFactory, Parser};
+    let r = cnnc(&["run", "--help"]);
+    assert_eq!(r.code, 0, "{r}");
+    let mut run = long_flags(&r.stdout);
+    for own in ["--set", "--model", "--include-dir"] {
+        assert!(run.remove(own), "{own} missing from `cnnc run --help`");
+    }
+    let mut binary = long_flags(&cnnc_runtime::app::Args::command().render_help().to_string());
+    for own in ["--device", "--bench", "--profile"] {
+        assert!(binary.remove(own), "{own} missing from the binary's --help");
+    }
+    assert_eq!(run, binary, "`cnnc run` and a built binary differ");
+    for flag in [
+        "--mean",
+        "--std",
+        "--strict-input",
+        "--strict-weights",
+        "--index",
+    ] {
+        assert!(run.contains(flag), "{flag}");
+    }
+    // The binary's --mean/--std reach the image options as `cnnc run`'s do.
+    let args = cnnc_runtime::app::Args::try_parse_from([
+        "model",
+        "--weights",
+        "w.safetensors",
+        "--bench",
+        "1",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+    ])
+    .unwrap();
+    assert_eq!(
+        args.run.input_options().image.normalize,
+        Some((vec![0.5], vec![0.25]))
+    );
+    // Values are checked by the command line in both: a usage error.
+    let bad = cnnc_runtime::app::Args::try_parse_from([
+        "model",
+        "--weights",
+        "w.safetensors",
+        "--bench",
+        "1",
+        "--index",
+        "abc",
+    ]);
+    assert!(bad.is_err());
+}
+
+#[test]
+fn converted_images_are_noted_and_strict_input_refuses_them() {
+    let s = Scratch::new("conversions");
+    // The case: a 320×240 RGB photo given to a 28×28 greyscale model.
+    let photo = image::RgbImage::from_fn(320, 240, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    });
+    photo.save(s.path("photo.png")).unwrap();
+    let digit = image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y) % 256) as u8]));
+    digit.save(s.path("digit.png")).unwrap();
+    let run = |input: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run".to_string(),
+            fixture("mnist_cnn", "model.cnn"),
+            "--weights".to_string(),
+            fixture("mnist_cnn", "weights.safetensors"),
+            "--input".to_string(),
+            s.arg(input),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        cnnc(&args)
+    };
+    let r = run("photo.png", &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(table_rows(&r.stdout).len(), 1, "{r}");
+    insta::assert_snapshot!("image_conversion_note", s.redact(&r.stderr));
+
+    let r = run("photo.png", &["--strict-input"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.is_empty(), "{r}");
+    insta::assert_snapshot!("image_strict_input", s.redact(&r.stderr));
+
+    // An image that already fits is used as it is, without a note, either way.
+    for extra in [&[][..], &["--strict-input"][..]] {
+        let r = run("digit.png", extra);
+        assert_eq!(r.code, 0, "{r}");
+        assert!(r.stderr.is_empty(), "{r}");
+    }
+}
+
+#[test]
+fn every_flag_of_every_command_is_described() {
+    let top = cnnc(&["--help"]);
+    assert_eq!(top.code, 0, "{top}");
+    assert!(top.stdout.contains("driver"), "the emit stages: {top}");
+    for sub in [
+        "check", "summary", "emit", "graph", "build", "run", "train", "init",
+    ] {
+        let r = cnnc(&[sub, "--help"]);
+        assert_eq!(r.code, 0, "{sub}: {r}");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let text = line.trim_start();
+            // Option lines, not the `- value: meaning` lines of possible values.
+            if !text.starts_with('-') || text.starts_with("- ") {
+                continue;
+            }
+            // `--flag <VALUE>  what it does`, or the description on the next,
+            // further indented line when the flag is long.
+            let same_line = text.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            let next_line = lines
+                .get(i + 1)
+                .is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-'));
+            assert!(
+                same_line || next_line,
+                "`cnnc {sub}`: `{text}` has no description"
+            );
+        }
+        if sub != "train" {
+            assert!(r.stdout.contains("-I, --include-dir <DIR>"), "{sub}: {r}");
+        }
+    }
+    let train = cnnc(&["train", "--help"]);
+    let lines: Vec<&str> = train.stdout.lines().collect();
+    for flag in ["--epochs", "--batch", "--lr", "--optimizer", "--seed"] {
+        let i = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing: {train}"));
+        // On the flag's line, or the next when clap wraps a long description.
+        let text = lines[i..(i + 3).min(lines.len())].join(" ");
+        assert!(text.contains("[default: "), "`{text}`");
     }
 }

@@ -661,3 +661,97 @@ fn profile_lists_every_layer_and_adds_up() {
     assert!(value("(optimiser)") >= 0.0 && value("(loss)") >= 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn both_spellings_of_cross_entropy_and_progress_lines_in_a_pipe() {
+    let dir = temp_dir("spellings");
+    let out = dir.join("w.safetensors");
+    let cfg = dir.join("train.yaml");
+    // The YAML spelling of a flag's value, and the flag's spelling in YAML.
+    for (yaml, flag) in [
+        ("cross-entropy", "cross_entropy"),
+        ("cross_entropy", "cross-entropy"),
+    ] {
+        std::fs::write(&cfg, format!("loss: {yaml}\nbatch: 64\nholdout: 200\n")).unwrap();
+        let base = [
+            "train",
+            "models/mnist_cnn.cnn",
+            "--data",
+            "models/data/mnist-1000-images.idx",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        let o = cnnc(&base);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "loss: {yaml}: {err}");
+        // stderr is a pipe here: the bar is hidden, so progress comes as lines.
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("epoch 1/1 64/800 loss ") && l.contains("samples/s")),
+            "{err}"
+        );
+        let o = cnnc(&[&base[..], &["--loss", flag]].concat());
+        assert!(
+            o.status.success(),
+            "--loss {flag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_loss_plot_labels_epochs_as_integers() {
+    use cnnc::train::run::{plot_svg, History};
+    for epochs in [4u64, 10, 25] {
+        let history = History {
+            epoch: epochs,
+            train: (1..=epochs * 4)
+                .map(|i| (i as f64 / 4.0, 1.0 / i as f64))
+                .collect(),
+            test: (1..=epochs)
+                .map(|e| (e as f64, 0.5 / e as f64, 90.0))
+                .collect(),
+        };
+        let svg = plot_svg(&history, "t").unwrap();
+        // The x-axis labels are the numeric texts that share one `y` (the
+        // y-axis labels each have their own).
+        let mut by_row: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for element in svg.split("<text").skip(1) {
+            let Some((attributes, rest)) = element.split_once('>') else {
+                continue;
+            };
+            let text = rest.split("</text>").next().unwrap_or("").trim();
+            let y = attributes
+                .split("y=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("");
+            if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                by_row
+                    .entry(y.to_string())
+                    .or_default()
+                    .push(text.to_string());
+            }
+        }
+        let labels = by_row
+            .into_values()
+            .max_by_key(|row| row.len())
+            .unwrap_or_default();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert!(labels.len() > 2, "{epochs} epochs: {labels:?}");
+        assert!(
+            labels.iter().all(|l| !l.contains('.')),
+            "{epochs} epochs: {labels:?}"
+        );
+        if epochs == 4 {
+            assert_eq!(labels, ["0", "1", "2", "3", "4"]);
+        }
+    }
+}

@@ -157,6 +157,9 @@ pub struct Declarations<'a> {
     /// name may be defined there, so it is not reported again unless it looks
     /// like a typo of a known one.
     pub missing_includes: bool,
+    /// Blocks whose declaration has a syntax error (already reported), so
+    /// they were not parsed: a use of one is a consequence, not reported.
+    pub lost_blocks: std::collections::HashSet<String>,
 }
 
 /// Checks one model with parameter overrides; returns the graph when it has no errors.
@@ -2439,7 +2442,9 @@ impl<'a> Elab<'a> {
             _ => {
                 let mut candidates: Vec<&str> = LAYERS.to_vec();
                 candidates.extend(self.decls.blocks.keys().map(|k| k.as_str()));
-                if self.decls.missing_includes && closest(op, candidates.iter().copied()).is_none()
+                if self.decls.lost_blocks.contains(op)
+                    || (self.decls.missing_includes
+                        && closest(op, candidates.iter().copied()).is_none())
                 {
                     return self.unknown(span);
                 }

@@ -743,8 +743,264 @@ impl RenderBackend for Capture {
     }
 }
 
-/// Lays the view out top to bottom with layout-rs.
+/// Lays the view out top to bottom: by its nesting of forks and joins when
+/// it has one (every CNN in the zoo does), otherwise with layout-rs.
 pub fn place(view: &View) -> Result<Placement, String> {
+    match Nested::new(view).and_then(|n| n.place()) {
+        Some(p) => Ok(p),
+        None => place_sugiyama(view),
+    }
+}
+
+/// Horizontal space between side-by-side branches.
+const BRANCH_GAP: f64 = 28.0;
+/// How far right of a region a bypass edge (a residual's identity shortcut) runs.
+const LANE_GAP: f64 = 18.0;
+
+/// A laid-out piece of the graph, relative to its own centre line (x = 0)
+/// and top (y = 0).
+#[derive(Default)]
+struct Piece {
+    /// (box, centre x, top y).
+    boxes: Vec<(usize, f64, f64)>,
+    /// (edge, lane x): edges drawn down a vertical lane right of the region
+    /// they skip over.
+    bypasses: Vec<(usize, f64)>,
+    left: f64,
+    right: f64,
+    height: f64,
+}
+
+impl Piece {
+    fn shifted(mut self, dx: f64, dy: f64) -> Piece {
+        for b in &mut self.boxes {
+            b.1 += dx;
+            b.2 += dy;
+        }
+        for e in &mut self.bypasses {
+            e.1 += dx;
+        }
+        self
+    }
+}
+
+/// The fork–join structure of a view: a box with several successors opens
+/// branches that meet again at its nearest post-dominator. Branches are drawn
+/// side by side in the order the join reads them (a concat's order, which
+/// is `torch.cat`'s), centred under the fork; at a residual add, the main
+/// path (its first input) stays in the fork's column and shortcuts go right.
+struct Nested<'a> {
+    view: &'a View,
+    succ: Vec<Vec<(usize, usize)>>,
+    preds: Vec<Vec<usize>>,
+    /// Nearest post-dominator of each box (the sink has none).
+    ipdom: Vec<Option<usize>>,
+    sizes: Vec<(f64, f64)>,
+}
+
+impl<'a> Nested<'a> {
+    fn new(view: &'a View) -> Option<Nested<'a>> {
+        let n = view.boxes.len();
+        if n == 0 {
+            return None;
+        }
+        let mut succ = vec![Vec::new(); n];
+        let mut preds = vec![Vec::new(); n];
+        for (i, e) in view.edges.iter().enumerate() {
+            // Boxes are in topological order; anything else is not laid out here.
+            if e.from >= e.to || e.to >= n {
+                return None;
+            }
+            succ[e.from].push((e.to, i));
+            preds[e.to].push(e.from);
+        }
+        // One source (box 0) and one sink (the last box).
+        if (1..n).any(|i| preds[i].is_empty()) || (0..n - 1).any(|i| succ[i].is_empty()) {
+            return None;
+        }
+        // Post-dominator sets, in reverse topological order, as sorted lists.
+        let mut pdom: Vec<Vec<usize>> = vec![Vec::new(); n];
+        pdom[n - 1] = vec![n - 1];
+        for v in (0..n - 1).rev() {
+            let mut common: Option<Vec<usize>> = None;
+            for &(s, _) in &succ[v] {
+                common = Some(match common {
+                    None => pdom[s].clone(),
+                    Some(c) => c.into_iter().filter(|x| pdom[s].contains(x)).collect(),
+                });
+            }
+            let mut set = common.unwrap_or_default();
+            set.insert(0, v);
+            pdom[v] = set;
+        }
+        let ipdom = pdom.iter().map(|set| set.get(1).copied()).collect();
+        Some(Nested {
+            view,
+            succ,
+            preds,
+            ipdom,
+            sizes: view.boxes.iter().map(box_size).collect(),
+        })
+    }
+
+    /// Boxes from `start` up to (not including) `stop`, or to the sink.
+    fn chain(&self, start: usize, stop: Option<usize>, placed: &mut [bool]) -> Option<Piece> {
+        let mut piece = Piece::default();
+        let mut cur = start;
+        loop {
+            if std::mem::replace(&mut placed[cur], true) {
+                return None;
+            }
+            let (w, h) = self.sizes[cur];
+            piece.boxes.push((cur, 0.0, piece.height));
+            piece.left = piece.left.max(w / 2.0);
+            piece.right = piece.right.max(w / 2.0);
+            piece.height += h + ROW_GAP;
+            let next = match self.succ[cur].as_slice() {
+                [] => return (stop.is_none()).then_some(piece),
+                [(s, _)] => *s,
+                many => {
+                    let join = self.ipdom[cur]?;
+                    self.fork(&mut piece, cur, many, join, placed)?;
+                    join
+                }
+            };
+            if Some(next) == stop {
+                return Some(piece);
+            }
+            cur = next;
+        }
+    }
+
+    /// Lays out the branches from a fork to `join` below `piece`.
+    fn fork(
+        &self,
+        piece: &mut Piece,
+        fork: usize,
+        succ: &[(usize, usize)],
+        join: usize,
+        placed: &mut [bool],
+    ) -> Option<()> {
+        let mut branches = Vec::new();
+        let mut bypasses = Vec::new();
+        for &(s, edge) in succ {
+            if s == join {
+                bypasses.push(edge);
+                continue;
+            }
+            let branch = self.chain(s, Some(join), placed)?;
+            // Which input of the join this branch feeds: its last box.
+            let last = branch.boxes.last().map(|b| b.0)?;
+            let slot = self.preds[join].iter().position(|&p| p == last)?;
+            branches.push((slot, branch));
+        }
+        branches.sort_by_key(|b| b.0);
+        let residual = self.view.boxes[join].op.starts_with("add");
+        let mut region = Piece::default();
+        let total: f64 = branches.iter().map(|(_, b)| b.left + b.right).sum::<f64>()
+            + BRANCH_GAP * branches.len().saturating_sub(1) as f64;
+        let mut x = -total / 2.0;
+        for (i, (slot, b)) in branches.into_iter().enumerate() {
+            // At an add, the main path (input 0) keeps the fork's column and
+            // the shortcuts go to its right.
+            let centre = if residual && slot == 0 && i == 0 {
+                0.0
+            } else if residual {
+                region.right + BRANCH_GAP + b.left
+            } else {
+                x + b.left
+            };
+            x += b.left + b.right + BRANCH_GAP;
+            region.left = region.left.max(b.left - centre);
+            region.right = region.right.max(b.right + centre);
+            region.height = region.height.max(b.height);
+            let b = b.shifted(centre, 0.0);
+            region.boxes.extend(b.boxes);
+            region.bypasses.extend(b.bypasses);
+        }
+        let lane = region.right.max(self.sizes[fork].0 / 2.0) + LANE_GAP;
+        for edge in bypasses {
+            region.bypasses.push((edge, lane));
+        }
+        if !region.bypasses.is_empty() {
+            region.right = region.right.max(lane);
+        }
+        let region = region.shifted(0.0, piece.height);
+        piece.left = piece.left.max(region.left);
+        piece.right = piece.right.max(region.right);
+        piece.height += region.height;
+        piece.boxes.extend(region.boxes);
+        piece.bypasses.extend(region.bypasses);
+        Some(())
+    }
+
+    fn place(&self) -> Option<Placement> {
+        let n = self.view.boxes.len();
+        let mut placed = vec![false; n];
+        let piece = self.chain(0, None, &mut placed)?;
+        if placed.iter().any(|p| !p) {
+            return None;
+        }
+        let mut boxes = vec![(0.0, 0.0, 0.0, 0.0); n];
+        for &(i, cx, y) in &piece.boxes {
+            let (w, h) = self.sizes[i];
+            boxes[i] = (cx - w / 2.0, y, w, h);
+        }
+        let lanes: BTreeMap<usize, f64> = piece.bypasses.iter().copied().collect();
+        let edges = self
+            .view
+            .edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (fx, fy, fw, fh) = boxes[e.from];
+                let (tx, ty, tw, th) = boxes[e.to];
+                match lanes.get(&i) {
+                    // Out of the right side, down the lane, into the right side.
+                    Some(&lane) => {
+                        let p0 = Point::new(fx + fw, fy + fh / 2.0);
+                        let p3 = Point::new(tx + tw, ty + th / 2.0);
+                        let p1 = Point::new(lane, p0.y + 12.0);
+                        let p2 = Point::new(lane, p3.y - 12.0);
+                        vec![
+                            (p0, Point::new(lane, p0.y)),
+                            (Point::new(lane, p0.y), p1),
+                            (p2, p2),
+                            (Point::new(lane, p3.y), p3),
+                        ]
+                    }
+                    // Bottom centre to top centre, an S-curve when they differ in x.
+                    None => {
+                        let p0 = Point::new(fx + fw / 2.0, fy + fh);
+                        let p3 = Point::new(tx + tw / 2.0, ty);
+                        let mid = (p3.y - p0.y) / 2.0;
+                        if p3.y - p0.y > 2.0 * ROW_GAP && p0.x != p3.x {
+                            // A short branch ending far above its join: down its own
+                            // column first, then into the join, rather than across
+                            // the boxes of the branches beside it.
+                            let h = ROW_GAP / 2.0;
+                            let q = Point::new(p0.x, p3.y - ROW_GAP);
+                            vec![
+                                (p0, p0),
+                                (Point::new(p0.x, q.y - h), q),
+                                (Point::new(p3.x, p3.y - h), p3),
+                            ]
+                        } else {
+                            vec![
+                                (p0, Point::new(p0.x, p0.y + mid)),
+                                (Point::new(p3.x, p3.y - mid), p3),
+                            ]
+                        }
+                    }
+                }
+            })
+            .collect();
+        Some(Placement { boxes, edges })
+    }
+}
+
+/// Lays the view out top to bottom with layout-rs.
+fn place_sugiyama(view: &View) -> Result<Placement, String> {
     let mut vg = VisualGraph::new(Orientation::TopToBottom);
     // The crate re-checks acyclicity after every edge with a path search that
     // is exponential on graphs with many diamonds (googlenet: seconds). The

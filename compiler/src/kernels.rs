@@ -1034,6 +1034,25 @@ fn describe_layers(g: &Graph, id: NodeId, sources: &SourceMap) -> Vec<String> {
     out
 }
 
+/// The grid's x size, `ceil(batch·per_image / per_block)`, as a person
+/// reads it: `batch·18` when blocks divide an image exactly (18 blocks per
+/// image), `ceil(batch/7)` when a block takes 7 images, and otherwise the
+/// division with the numbers that say where it comes from
+/// (`ceil(batch·400/32)`: 400 pixels an image, 32 a block).
+pub fn grid_x(per_image: u64, per_block: u64) -> String {
+    let per_block = per_block.max(1);
+    if per_image % per_block == 0 {
+        match per_image / per_block {
+            1 => "batch".to_string(),
+            q => format!("batch·{q}"),
+        }
+    } else if per_image == 1 {
+        format!("ceil(batch/{per_block})")
+    } else {
+        format!("ceil(batch·{per_image}/{per_block})")
+    }
+}
+
 /// The `--stage kernels` listing: one block per kernel.
 pub fn render(program: &KernelProgram) -> String {
     let mut out = String::new();
@@ -1049,8 +1068,12 @@ pub fn render(program: &KernelProgram) -> String {
     for k in &program.kernels {
         let _ = writeln!(
             out,
-            "\n{}  block {} grid [ceil(batch·{}/{}), {}, {}]",
-            k.name, k.block, k.grid.per_image, k.grid.per_block, k.grid.y, k.grid.z
+            "\n{}  block {} grid [{}, {}, {}]",
+            k.name,
+            k.block,
+            grid_x(k.grid.per_image, k.grid.per_block),
+            k.grid.y,
+            k.grid.z
         );
         for l in &k.layers {
             let _ = writeln!(out, "  {}", clean(l));
@@ -1094,12 +1117,11 @@ pub fn render(program: &KernelProgram) -> String {
                 for (i, v) in k.variants.iter().enumerate() {
                     let _ = writeln!(
                         out,
-                        "  {}: {}  block {} grid [ceil(batch·{}/{}), {}, {}]: {}",
+                        "  {}: {}  block {} grid [{}, {}, {}]: {}",
                         range(v.min_batch, i + 1),
                         v.name,
                         v.block,
-                        v.grid.per_image,
-                        v.grid.per_block,
+                        grid_x(v.grid.per_image, v.grid.per_block),
                         v.grid.y,
                         v.grid.z,
                         describe_schedule(&v.schedule)
@@ -1267,6 +1289,17 @@ pub fn clean(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grid_sizes_read_as_a_person_writes_them() {
+        use super::grid_x;
+        assert_eq!(grid_x(1, 7), "ceil(batch/7)");
+        assert_eq!(grid_x(784, 256), "ceil(batch·784/256)");
+        assert_eq!(grid_x(1024, 256), "batch·4");
+        assert_eq!(grid_x(256, 256), "batch");
+        assert_eq!(grid_x(3, 1), "batch·3");
+        assert_eq!(grid_x(1, 1), "batch");
+    }
+
     use super::*;
 
     /// Splits as the kernel computes them: `per` slices each, the last one short.

@@ -157,6 +157,27 @@ pub fn compile_file_at(
     overrides: &BTreeMap<String, Value>,
     input_hw: Option<(i64, i64)>,
 ) -> Result<Compilation, UsageError> {
+    compile_file_with(path, overrides, input_hw, &[])
+}
+
+/// Like [`compile_file_at`], with named include directories (`-I DIR`):
+/// an `include` is looked up next to the including file, then in each of
+/// them, and may only read files inside the root file's folder tree or
+/// inside one of them.
+pub fn compile_file_with(
+    path: &Path,
+    overrides: &BTreeMap<String, Value>,
+    input_hw: Option<(i64, i64)>,
+    include_dirs: &[PathBuf],
+) -> Result<Compilation, UsageError> {
+    for dir in include_dirs {
+        if !dir.is_dir() {
+            return Err(UsageError(format!(
+                "`-I {}`: not a directory",
+                dir.display()
+            )));
+        }
+    }
     let text = read_source(path).map_err(UsageError)?;
     Ok(compile_with(
         path.display().to_string(),
@@ -164,6 +185,7 @@ pub fn compile_file_at(
         path.parent().map(Path::to_path_buf),
         overrides,
         input_hw,
+        include_dirs,
     ))
 }
 
@@ -176,6 +198,7 @@ pub fn compile_source(name: &str, text: &str, overrides: &BTreeMap<String, Value
         dir,
         overrides,
         None,
+        &[],
     )
 }
 
@@ -270,7 +293,9 @@ fn compile_with(
     dir: Option<PathBuf>,
     overrides: &BTreeMap<String, Value>,
     input_hw: Option<(i64, i64)>,
+    include_dirs: &[PathBuf],
 ) -> Compilation {
+    let roots = IncludeRoots::new(dir.as_deref(), include_dirs);
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
     let mut files: Vec<SourceFile> = Vec::new();
@@ -285,18 +310,30 @@ fn compile_with(
     let mut queue = vec![(root, dir)];
     let mut seen: HashMap<PathBuf, FileId> = HashMap::new();
     let mut missing_includes = false;
+    let mut lost_blocks = std::collections::HashSet::new();
     while let Some((file, dir)) = queue.pop() {
         let (parsed, mut diags) = syntax::parse(file, sources.text(file));
         // A syntax error on an `include` line loses the include.
         missing_includes |= diags
             .iter()
             .any(|d| line_at(sources.text(file), d.primary.span.start).starts_with("include"));
+        if diags.iter().any(|d| d.is_error()) {
+            lost_blocks.extend(lost_block_names(sources.text(file), &parsed));
+        }
         diagnostics.append(&mut diags);
         for decl in &parsed.decls {
             let Decl::Include(include) = decl else {
                 continue;
             };
-            let path = dir.clone().unwrap_or_default().join(&include.path);
+            let path = match roots.resolve(dir.as_deref(), &include.path) {
+                Ok(path) => path,
+                Err(Refused::Missing(path)) => path,
+                Err(Refused::Outside) => {
+                    missing_includes = true;
+                    diagnostics.push(roots.refusal(&include.path, include.span));
+                    continue;
+                }
+            };
             let key = path.canonicalize().unwrap_or(path.clone());
             if seen.contains_key(&key) {
                 continue;
@@ -326,7 +363,9 @@ fn compile_with(
                             include.span,
                             reason,
                         )
-                        .with_note("include paths are relative to the including file"),
+                        .with_note(
+                            "include paths are relative to the including file, then to each `-I` folder",
+                        ),
                     )
                 }
             }
@@ -404,9 +443,12 @@ fn compile_with(
         };
         diagnostics.push(d);
     }
+    // A block parsed in another file is not lost.
+    lost_blocks.retain(|name: &String| !blocks.contains_key(name));
     let decls = Declarations {
         blocks,
         missing_includes,
+        lost_blocks,
     };
     let mut models = Vec::new();
     for model in model_decls.iter().copied() {
@@ -447,6 +489,151 @@ fn compile_with(
         models,
         diagnostics,
     }
+}
+
+/// The folders an `include` may read from, canonical: the root file's
+/// folder and the `-I` folders. A `.cnn` file from someone else must not
+/// be able to read (and quote in an error) any other file of the user's.
+struct IncludeRoots {
+    allowed: Vec<PathBuf>,
+    /// The `-I` folders as given, searched in order after the including file's folder.
+    search: Vec<PathBuf>,
+    /// The root file's folder as given, for messages.
+    shown: Vec<String>,
+}
+
+/// Why an include is not read.
+enum Refused {
+    /// Inside the allowed folders but not there: reported as a missing file.
+    Missing(PathBuf),
+    /// Outside every allowed folder (whether or not it exists, which is not said).
+    Outside,
+}
+
+impl IncludeRoots {
+    fn new(root_dir: Option<&Path>, include_dirs: &[PathBuf]) -> IncludeRoots {
+        let root = match root_dir {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut allowed = Vec::new();
+        let mut shown = Vec::new();
+        for dir in std::iter::once(&root).chain(include_dirs) {
+            if let Ok(c) = dir.canonicalize() {
+                allowed.push(c);
+            }
+            shown.push(format!("`{}`", dir.display()));
+        }
+        IncludeRoots {
+            allowed,
+            search: include_dirs.to_vec(),
+            shown,
+        }
+    }
+
+    /// Where `include "name"` in a file of folder `dir` reads from: the first
+    /// of `dir/name`, `I/name` for each `-I` folder that exists; the path is
+    /// checked (symbolic links and `..` resolved) to lie inside an allowed
+    /// folder before anything is read.
+    fn resolve(&self, dir: Option<&Path>, name: &str) -> Result<PathBuf, Refused> {
+        let here = dir.unwrap_or(Path::new("")).join(name);
+        let mut outside = false;
+        for candidate in
+            std::iter::once(here.clone()).chain(self.search.iter().map(|d| d.join(name)))
+        {
+            match candidate.canonicalize() {
+                Ok(real) if self.inside(&real) => return Ok(candidate),
+                Ok(_) => outside = true,
+                Err(_) => {
+                    // Not there: judge the path by its text, so whether a file
+                    // outside exists is not revealed either.
+                    if !self.inside(&lexical(&candidate)) {
+                        outside = true;
+                    }
+                }
+            }
+        }
+        if outside {
+            Err(Refused::Outside)
+        } else {
+            Err(Refused::Missing(here))
+        }
+    }
+
+    fn inside(&self, path: &Path) -> bool {
+        self.allowed.iter().any(|a| path.starts_with(a))
+    }
+
+    fn refusal(&self, name: &str, span: Span) -> Diagnostic {
+        Diagnostic::error(
+            format!("cannot include `{name}`: it is outside the model's folder"),
+            span,
+            "not read",
+        )
+        .with_note(format!(
+            "includes are read only from inside {}",
+            self.shown.join(" and ")
+        ))
+        .with_help("copy the file next to the model, or name its folder with `-I DIR`")
+    }
+}
+
+/// `path` made absolute against the current directory with `.` and `..`
+/// removed by their text (for a path that does not exist, so cannot be
+/// canonicalised); an existing ancestor is canonicalised so symbolic links
+/// in it count.
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::env::current_dir().unwrap_or_default().join(path);
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    // The longest existing ancestor, canonical, then the rest as written.
+    let mut existing = out.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(name) => rest.push(name.to_os_string()),
+            None => break,
+        }
+        existing.pop();
+    }
+    let mut result = existing.canonicalize().unwrap_or(existing);
+    for name in rest.into_iter().rev() {
+        result.push(name);
+    }
+    result
+}
+
+/// Names of the blocks a file's text declares (`block name` at the start of
+/// a line) that its parse does not have: their declarations had syntax errors.
+fn lost_block_names(text: &str, parsed: &SourceFile) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix("block")?;
+            if !rest.starts_with(char::is_whitespace) {
+                return None;
+            }
+            let rest = rest.trim_start();
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (end > 0).then(|| rest[..end].to_string())
+        })
+        .filter(|name| {
+            !parsed
+                .decls
+                .iter()
+                .any(|d| matches!(d, Decl::Block(b) if &b.name.text == name))
+        })
+        .collect()
 }
 
 /// The text of the line containing `offset`, from its start.

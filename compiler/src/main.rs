@@ -6,10 +6,10 @@ use clap::{Parser, Subcommand};
 use cnnc::ir::{Graph, Op};
 use cnnc::weights::InitScheme;
 use cnnc::{
-    compile_file, diag, parse_settings, summary, unknown_settings, Compilation, UsageError,
+    compile_file_with, diag, parse_settings, summary, unknown_settings, Compilation, UsageError,
 };
-use cnnc_runtime::input::{ImageOptions, IndexRange, InputOptions};
-use cnnc_runtime::output::{Report, Scores};
+use cnnc_runtime::output::Scores;
+use cnnc_runtime::run::{ModelIo, RunOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -69,9 +69,13 @@ enum Command {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Override a model parameter, e.g. `--set num_classes=10`.
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
         /// Fail when a model's activations (the arena a built binary plans, at
         /// --batch) exceed this size: bytes, or with a unit, e.g. 512MiB, 2GB.
         #[arg(long, value_name = "SIZE", value_parser = cnnc::summary::parse_size)]
@@ -83,28 +87,41 @@ enum Command {
     /// Per-layer table: state_dict name, op, output shape, params, MACs, activation memory.
     Summary {
         file: PathBuf,
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
         /// Batch size for activation memory.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
         batch: i64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Which model, when the file has several.
+        /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
     },
-    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels or cuda.
+    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda or driver.
     Emit {
         file: PathBuf,
+        /// What to print: the parse tree, the graph IR, the fusion report, the
+        /// kernel IR, the CUDA C source, or the Rust driver `cnnc build` writes.
         #[arg(long, value_enum)]
         stage: cnnc::emit::Stage,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
+        /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
         /// Name files relative to the model's folder, so the output is the
@@ -118,6 +135,7 @@ enum Command {
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// SVG to look at, or Graphviz DOT to lay out with another tool.
         #[arg(long, value_enum, default_value_t = cnnc::graph::Format::Svg)]
         format: cnnc::graph::Format,
         /// Shade the layers that the fusion passes merge into one kernel.
@@ -126,8 +144,14 @@ enum Command {
         /// Draw every instance of a repeated block instead of one `× N` box.
         #[arg(long)]
         expand: bool,
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
+        /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
     },
@@ -138,8 +162,14 @@ enum Command {
         /// Directory for the generated crate and the binary (default: build/<model>).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
+        /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
     },
@@ -153,12 +183,20 @@ enum Command {
         /// Where to write the weights.
         #[arg(short, long)]
         output: PathBuf,
+        /// Seed of the random draws: a seed gives the same file on every platform.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// PyTorch's default initialisation of each layer, or torchvision's kaiming recipe.
         #[arg(long, value_enum, default_value_t = InitScheme::Pytorch)]
         scheme: InitScheme,
+        /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Also look for included files in DIR, and allow reading them from it
+        /// (by default only the model's folder and the folders below it).
+        #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+        include: Vec<PathBuf>,
+        /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
     },
@@ -167,55 +205,19 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     file: PathBuf,
-    /// PyTorch state_dict saved with safetensors.torch.save_file.
-    #[arg(long)]
-    weights: PathBuf,
-    /// .npy arrays ([N,C,H,W] or [C,H,W]; f32, f64 or u8), PNG/JPEG images, or an MNIST IDX image file.
-    #[arg(long, required = true, num_args = 1..)]
-    input: Vec<PathBuf>,
-    /// Write the outputs (logits) as a float32 .npy file.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// How many classes to list per input.
-    #[arg(long, default_value_t = 5)]
-    topk: usize,
-    /// Class names, one per line (models/labels/imagenet.txt, models/labels/digits.txt).
-    #[arg(long)]
-    labels: Option<PathBuf>,
-    /// True labels as an MNIST IDX label file: prints the accuracy.
-    #[arg(long)]
-    targets: Option<PathBuf>,
-    /// Samples to take from .npy and IDX inputs: `7` or `0..100`.
-    #[arg(long)]
-    index: Option<String>,
-    /// Zero padding around IDX digits (2 turns 28×28 into LeNet's 32×32).
-    #[arg(long, default_value_t = 0)]
-    pad: usize,
-    /// Images: resize the shorter side to this before the centre crop.
-    #[arg(long)]
-    resize: Option<u32>,
-    /// Images: keep values in [0, 1] instead of normalising with ImageNet statistics.
-    #[arg(long)]
-    no_normalize: bool,
-    /// Images: per-channel mean, e.g. `0.5,0.5,0.5` (with --std).
-    #[arg(long, requires = "std")]
-    mean: Option<String>,
-    /// Images: per-channel standard deviation (with --mean).
-    #[arg(long, requires = "mean")]
-    std: Option<String>,
-    /// Images evaluated at once (memory grows with it).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    batch: u64,
-    /// Print at most this many per-input lines.
-    #[arg(long, default_value_t = 20)]
-    show: usize,
-    /// Fail, instead of warning, when a weight is NaN or infinite.
-    #[arg(long)]
-    strict_weights: bool,
+    /// What to run on and what to print: the same flags as a binary built by `cnnc build`.
+    #[command(flatten)]
+    run: RunOptions,
+    /// Override a model parameter, e.g. `--set num_classes=10` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Which model, when the file declares several.
     #[arg(long)]
     model: Option<String>,
+    /// Also look for included files in DIR, and allow reading them from it
+    /// (by default only the model's folder and the folders below it).
+    #[arg(short = 'I', long = "include-dir", value_name = "DIR")]
+    include: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -225,29 +227,33 @@ fn main() -> ExitCode {
         Command::Check {
             files,
             set,
+            include,
             memory_budget,
             batch,
-        } => check(&files, &set, memory_budget.map(|b| (b, batch))),
+        } => check(&files, &set, &include, memory_budget.map(|b| (b, batch))),
         Command::Summary {
             file,
             set,
+            include,
             batch,
             json,
             model,
-        } => summarize(&file, &set, batch, json, model.as_deref()),
+        } => summarize(&file, &set, &include, batch, json, model.as_deref()),
         Command::Run(args) => run(&args),
         Command::Train(args) => train(&args),
         Command::Build {
             file,
             output,
             set,
+            include,
             model,
-        } => build(&file, output.as_deref(), &set, model.as_deref()),
+        } => build(&file, output.as_deref(), &set, &include, model.as_deref()),
         Command::Emit {
             file,
             stage,
             output,
             set,
+            include,
             model,
             stable,
         } => emit(
@@ -255,6 +261,7 @@ fn main() -> ExitCode {
             stage,
             output.as_deref(),
             &set,
+            &include,
             model.as_deref(),
             stable,
         ),
@@ -265,13 +272,14 @@ fn main() -> ExitCode {
             fused,
             expand,
             set,
+            include,
             model,
         } => draw(
             &file,
             output.as_deref(),
             format,
             cnnc::graph::Options { fused, expand },
-            &set,
+            (&set, &include),
             model.as_deref(),
         ),
         Command::Init {
@@ -280,8 +288,16 @@ fn main() -> ExitCode {
             seed,
             scheme,
             set,
+            include,
             model,
-        } => init(&file, &output, seed, scheme, &set, model.as_deref()),
+        } => init(
+            &file,
+            &output,
+            seed,
+            scheme,
+            (&set, &include),
+            model.as_deref(),
+        ),
     };
     match result {
         Ok(code) => code,
@@ -292,7 +308,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
+fn load(file: &Path, set: &[String], include: &[PathBuf]) -> Result<Compilation, UsageError> {
     let overrides = parse_settings(set)?;
     let unknown = unknown_settings(file, &overrides);
     if !unknown.is_empty() {
@@ -310,12 +326,13 @@ fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
             )
         )));
     }
-    compile_file(file, &overrides)
+    compile_file_with(file, &overrides, None, include)
 }
 
 fn check(
     files: &[PathBuf],
     set: &[String],
+    include: &[PathBuf],
     budget: Option<(u64, i64)>,
 ) -> Result<ExitCode, UsageError> {
     // A setting applies to the models that declare it; it is a mistake only
@@ -347,7 +364,7 @@ fn check(
     }
     let mut failed = false;
     for file in files {
-        let compilation = compile_file(file, &overrides)?;
+        let compilation = compile_file_with(file, &overrides, None, include)?;
         for model in &compilation.models {
             if let Some(graph) = &model.graph {
                 println!("{}", summary::check_line(graph));
@@ -384,11 +401,12 @@ fn check(
 fn summarize(
     file: &Path,
     set: &[String],
+    include: &[PathBuf],
     batch: i64,
     json: bool,
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
-    let compilation = load(file, set)?;
+    let compilation = load(file, set, include)?;
     if compilation.has_errors() {
         diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics);
         return Ok(ExitCode::from(1));
@@ -471,166 +489,66 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn parse_floats(text: &str, flag: &str) -> Result<Vec<f32>, UsageError> {
-    text.split(',')
-        .map(|v| {
-            v.trim().parse::<f32>().map_err(|_| {
-                UsageError(format!(
-                    "`--{flag} {text}`: expected numbers separated by commas"
-                ))
-            })
-        })
-        .collect()
-}
-
 fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
-    let compilation = load(&args.file, &args.set)?;
+    let options = &args.run;
+    // clap cannot require --input here only (a built binary's --bench runs without it).
+    if options.input.is_empty() {
+        return Err(UsageError(
+            "the following required argument was not provided: `--input <INPUT>...`".to_string(),
+        ));
+    }
+    let compilation = load(&args.file, &args.set, &args.include)?;
     let graph = match one_model(&compilation, &args.file, args.model.as_deref())? {
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
     // Fail on an unwritable --output before reading weights or evaluating.
-    if let Some(path) = &args.output {
-        if let Err(e) = cnnc_runtime::output::check_target(path) {
-            return Ok(fail(e));
-        }
-        let inputs = args.input.iter().chain([&args.weights, &args.file]);
-        if let Some(same) = cnnc_runtime::output::same_file_as(path, inputs) {
-            return Ok(fail(format!(
-                "`--output {}` is the input `{}`; write the outputs to another file",
-                path.display(),
-                same.display()
-            )));
-        }
+    if let Err(e) = options.check_output(&[&args.file]) {
+        return Ok(fail(e));
     }
-    let index = args
-        .index
-        .as_deref()
-        .map(IndexRange::parse)
-        .transpose()
-        .map_err(|e| UsageError(e.0))?;
-    let normalize = match (&args.mean, &args.std) {
-        (Some(m), Some(s)) => Some((parse_floats(m, "mean")?, parse_floats(s, "std")?)),
-        _ => None,
-    };
-    let options = InputOptions {
-        image: ImageOptions {
-            resize: args.resize,
-            normalize,
-            no_normalize: args.no_normalize,
-        },
-        index,
-        pad: args.pad,
-    };
-    let labels = match &args.labels {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(
-                text.lines()
-                    .map(|l| l.trim().to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            Err(e) => return Ok(fail(format!("cannot read `{}`: {e}", path.display()))),
-        },
-        None => None,
-    };
-    let weights = match cnnc_runtime::weights::WeightFile::load(&args.weights) {
+    let weights = match options.load_weights() {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),
     };
-    match weights.check_finite(args.strict_weights) {
-        Ok(None) => {}
-        Ok(Some(warning)) => eprintln!("warning: `{}`: {warning}", args.weights.display()),
-        Err(e) => return Ok(fail(format!("`{}`: {e}", args.weights.display()))),
-    }
     let bound = match cnnc::weights::bind(&graph, &weights, &compilation.sources) {
         Ok(b) => b,
-        Err(e) => return Ok(fail(format!("`{}`: {e}", args.weights.display()))),
+        Err(e) => return Ok(fail(format!("`{}`: {e}", options.weights.display()))),
     };
+    drop(weights);
     let dims = graph.input_shape().dims();
     let chw = match dims.as_slice() {
         [c, h, w] => [*c as usize, *h as usize, *w as usize],
         _ => return Ok(fail("cnnc run takes models with [C, H, W] inputs")),
     };
-    let input = match cnnc_runtime::input::load(&args.input, chw, &options) {
-        Ok(t) => t,
-        Err(e) => return Ok(fail(e)),
-    };
-    let targets = match &args.targets {
-        Some(path) => match cnnc_runtime::input::idx_labels(path) {
-            Ok(t) => Some(t),
-            Err(e) => return Ok(fail(e)),
-        },
-        None => None,
-    };
-    let n = input.shape[0];
-    let per = chw.iter().product::<usize>();
-    let mut outputs: Vec<f64> = Vec::new();
-    for start in (0..n).step_by(args.batch as usize) {
-        let end = (start + args.batch as usize).min(n);
-        match cnnc::eval::evaluate(
-            &graph,
-            &bound,
-            end - start,
-            &input.data[start * per..end * per],
-        ) {
-            Ok(b) => outputs.extend(b.data),
-            Err(e) => return Ok(fail(format!("evaluation failed: {e}"))),
-        }
-    }
-    let out_dims = graph.output_shape().dims();
-    let out_per = graph.output_shape().numel() as usize;
-    if let Some(path) = &args.output {
-        let mut shape = vec![n];
-        shape.extend(out_dims.iter().map(|&d| d as usize));
-        let tensor = cnnc_runtime::Tensor::new(shape, outputs.iter().map(|&v| v as f32).collect())
-            .map_err(|e| UsageError(e.0))?;
-        if let Err(e) = cnnc_runtime::output::write_npy(path, &tensor) {
-            return Ok(fail(e));
-        }
-    }
-    if out_dims.len() != 1 {
-        println!(
-            "{n} outputs of shape {} (no class table for feature maps)",
-            graph.output_shape()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
     // A model that ends in softmax already gives probabilities.
     let scores = match graph.nodes[graph.output].op {
         Op::Softmax => Scores::Probabilities,
         Op::LogSoftmax => Scores::LogProbabilities,
         _ => Scores::Logits,
     };
-    let offset = options.index.map_or(0, |r| r.start);
-    let targets = match &targets {
-        Some(t) if t.len() < offset + n => {
-            return Ok(fail(format!(
-                "the label file has {} labels, fewer than the {} inputs",
-                t.len(),
-                offset + n
-            )));
-        }
-        Some(t) => Some(&t[offset..offset + n]),
-        None => None,
-    };
-    let outputs: Vec<f32> = outputs.iter().map(|&v| v as f32).collect();
-    let report = Report {
-        classes: out_per,
+    let model = ModelIo {
+        chw,
+        output_shape: graph
+            .output_shape()
+            .dims()
+            .iter()
+            .map(|&d| d as usize)
+            .collect(),
         scores,
-        labels: labels.as_deref(),
-        targets,
-        topk: args.topk,
-        show: args.show,
     };
-    print!("{}", cnnc_runtime::output::report(&outputs, n, &report));
-    if let Some(path) = &args.output {
-        println!("wrote {}", path.display());
+    let mut forward = |input: &[f32], n: usize| {
+        cnnc::eval::evaluate(&graph, &bound, n, input)
+            .map(|out| out.data.iter().map(|&v| v as f32).collect())
+            .map_err(|e| cnnc_runtime::Error(format!("evaluation failed: {e}")))
+    };
+    match cnnc_runtime::run::run_inputs(options, &model, &mut forward) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Ok(fail(e)),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
-    let compilation = load(&args.file, &[])?;
+    let compilation = load(&args.file, &[], &[])?;
     let graph = match one_model(&compilation, &args.file, None)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
@@ -647,10 +565,10 @@ fn init(
     output: &Path,
     seed: u64,
     scheme: InitScheme,
-    set: &[String],
+    (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
-    let compilation = load(file, set)?;
+    let compilation = load(file, set, include)?;
     let graph = match one_model(&compilation, file, model)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
@@ -705,6 +623,7 @@ fn emit(
     stage: cnnc::emit::Stage,
     output: Option<&Path>,
     set: &[String],
+    include: &[PathBuf],
     model: Option<&str>,
     stable: bool,
 ) -> Result<ExitCode, UsageError> {
@@ -712,7 +631,7 @@ fn emit(
     if let Some(code) = refuse_output(output, file)? {
         return Ok(code);
     }
-    let compilation = load(file, set)?;
+    let compilation = load(file, set, include)?;
     let text = if stage == Stage::Ast {
         if compilation.has_errors() {
             diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics);
@@ -758,13 +677,13 @@ fn draw(
     output: Option<&Path>,
     format: cnnc::graph::Format,
     options: cnnc::graph::Options,
-    set: &[String],
+    (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
     if let Some(code) = refuse_output(output, file)? {
         return Ok(code);
     }
-    let compilation = load(file, set)?;
+    let compilation = load(file, set, include)?;
     let graph = match one_model(&compilation, file, model)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
@@ -780,9 +699,10 @@ fn build(
     file: &Path,
     output: Option<&Path>,
     set: &[String],
+    include: &[PathBuf],
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
-    let compilation = load(file, set)?;
+    let compilation = load(file, set, include)?;
     let graph = match one_model(&compilation, file, model)? {
         Ok(g) => g,
         Err(code) => return Ok(code),

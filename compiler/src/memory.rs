@@ -89,6 +89,23 @@ pub fn plan(g: &Graph, refs: &[TensorRef]) -> MemoryPlan {
     }
 }
 
+/// The most floats per image alive at once in the plan: the arena needed if
+/// buffers could move. The arena exceeds it when a freed gap is too small for
+/// the next buffer (each buffer keeps one offset for its whole life).
+pub fn live_peak(plan: &MemoryPlan) -> u64 {
+    let steps = plan.buffers.iter().map(|b| b.last).max().unwrap_or(0);
+    (0..=steps)
+        .map(|t| {
+            plan.buffers
+                .iter()
+                .filter(|b| b.first <= t && t <= b.last)
+                .map(|b| b.size)
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Checks that no two buffers alive at the same time overlap (used by tests).
 pub fn verify(plan: &MemoryPlan) -> Result<(), String> {
     for (i, a) in plan.buffers.iter().enumerate() {

@@ -297,6 +297,30 @@ pub fn table(graph: &Graph, batch: i64) -> String {
             scaled_bytes(plan.arena as i64 * F32, batch),
             scaled_bytes(plan.naive as i64 * F32, batch)
         );
+        let peak = graph.peak_live_elements();
+        let arena = plan.arena as i64;
+        if arena > peak {
+            let live = crate::memory::live_peak(&plan) as i64;
+            let mut why = Vec::new();
+            if live > peak {
+                why.push(format!(
+                    "{} because buffers live longer in the fused graph (a buffer that a concat or view shares is live from its first writer to its last reader)",
+                    scaled_bytes((live - peak) * F32, batch)
+                ));
+            }
+            if arena > live.max(peak) {
+                why.push(format!(
+                    "{} because each buffer keeps one offset for its whole life and a freed gap is not always large enough for the next buffer",
+                    scaled_bytes((arena - live.max(peak)) * F32, batch)
+                ));
+            }
+            let _ = writeln!(
+                out,
+                "note: the planned arena is {} above the peak: {}",
+                scaled_bytes((arena - peak) * F32, batch),
+                why.join("; ")
+            );
+        }
     }
     out
 }

@@ -4,12 +4,11 @@
 //! calls [`main`].
 
 use crate::cuda::{CudaExecutor, KernelImages};
-use crate::input::{ImageOptions, IndexRange, InputOptions};
-use crate::output::{report, Report, Scores};
+use crate::output::Scores;
 use crate::plan::{Ending, Plan};
+use crate::run::{run_inputs, ModelIo, RunOptions};
 use crate::{Error, Result};
 use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,52 +23,18 @@ pub enum Device {
 #[derive(Parser, Debug)]
 #[command(about = "Runs a model compiled by cnnc", long_about = None)]
 pub struct Args {
-    /// PyTorch state_dict saved with safetensors.torch.save_file.
-    #[arg(long)]
-    pub weights: PathBuf,
-    /// .npy arrays, PNG/JPEG images, or an MNIST IDX image file (not needed with --bench).
-    #[arg(long, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Write the outputs as a float32 .npy file.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    /// Refuse weights that hold NaN or infinity (by default a warning).
-    #[arg(long)]
-    pub strict_weights: bool,
-    #[arg(long, default_value_t = 5)]
-    pub topk: usize,
-    /// Class names, one per line.
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
-    /// True labels (MNIST IDX label file): prints the accuracy.
-    #[arg(long)]
-    pub targets: Option<PathBuf>,
+    /// What to run on and what to print: the same flags as `cnnc run`.
+    #[command(flatten)]
+    pub run: RunOptions,
+    /// Where to run: the GPU, the CPU, or the GPU when one is usable.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Largest batch run at once (memory is planned for it).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub batch: u64,
-    /// Time ITERS forward passes at --batch after warm-up and print latency percentiles.
+    /// Time ITERS forward passes at --batch after warm-up and print latency percentiles (no --input needed).
     #[arg(long, value_name = "ITERS")]
     pub bench: Option<usize>,
     /// With --bench: also time every kernel on its own and print where the time goes.
     #[arg(long, requires = "bench")]
     pub profile: bool,
-    /// Samples to take from .npy and IDX inputs: `7` or `0..100`.
-    #[arg(long)]
-    pub index: Option<String>,
-    /// Zero padding around IDX digits.
-    #[arg(long, default_value_t = 0)]
-    pub pad: usize,
-    /// Images: resize the shorter side to this before the centre crop.
-    #[arg(long)]
-    pub resize: Option<u32>,
-    /// Images: keep values in [0, 1].
-    #[arg(long)]
-    pub no_normalize: bool,
-    /// Print at most this many per-input lines.
-    #[arg(long, default_value_t = 20)]
-    pub show: usize,
 }
 
 enum Executor {
@@ -120,24 +85,17 @@ pub fn main_with_plan_json(plan_json: &str, images: KernelImages) -> ExitCode {
 }
 
 fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
-    if let Some(path) = &args.output {
-        crate::output::check_target(path)?;
-    }
-    if args.input.is_empty() && args.bench.is_none() {
+    let options = &args.run;
+    options.check_output(&[])?;
+    if options.input.is_empty() && args.bench.is_none() {
         return Err(Error(
             "give --input (or --bench ITERS to time the model)".to_string(),
         ));
     }
     // The file's tensors move into the prepared ones (or are freed) here.
-    let weights = crate::weights::WeightFile::load(&args.weights)?;
-    let where_ = args.weights.display();
-    match weights.check_finite(args.strict_weights) {
-        Ok(None) => {}
-        Ok(Some(warning)) => eprintln!("warning: `{where_}`: {warning}"),
-        Err(Error(e)) => return Err(Error(format!("`{where_}`: {e}"))),
-    }
+    let weights = options.load_weights()?;
     let prepared = crate::prepare::prepare_owned(plan, weights)?;
-    let max_batch = args.batch as usize;
+    let max_batch = options.batch as usize;
     let mut executor = match args.device {
         Device::Cuda => Executor::Cuda(Box::new(CudaExecutor::new(
             plan, &prepared, images, max_batch,
@@ -166,9 +124,9 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
         );
     }
     if let Some(iters) = args.bench {
-        bench(&mut executor, plan, max_batch, iters.max(1))?;
+        let p50 = bench(&mut executor, plan, max_batch, iters.max(1))?;
         if args.profile {
-            profile(&mut executor, plan, max_batch, iters.max(1))?;
+            profile(&mut executor, plan, max_batch, iters.max(1), p50)?;
         }
         return Ok(());
     }
@@ -180,75 +138,16 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
             )))
         }
     };
-    let index = args.index.as_deref().map(IndexRange::parse).transpose()?;
-    let options = InputOptions {
-        image: ImageOptions {
-            resize: args.resize,
-            normalize: None,
-            no_normalize: args.no_normalize,
-        },
-        index,
-        pad: args.pad,
-    };
-    let input = crate::input::load(&args.input, chw, &options)?;
-    let n = input.shape[0];
-    let per = chw.iter().product::<usize>();
-    let mut outputs = Vec::with_capacity(n * plan.output.numel());
-    for start in (0..n).step_by(max_batch) {
-        let end = (start + max_batch).min(n);
-        outputs.extend(executor.run(&input.data[start * per..end * per], end - start)?);
-    }
-    if let Some(path) = &args.output {
-        let mut shape = vec![n];
-        shape.extend(&plan.output_shape);
-        crate::output::write_npy(path, &crate::Tensor::new(shape, outputs.clone())?)?;
-    }
-    if plan.output_shape.len() == 1 {
-        let labels = match &args.labels {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| Error(format!("cannot read `{}`: {e}", p.display())))?
-                    .lines()
-                    .map(|l| l.trim().to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            None => None,
-        };
-        let targets = match &args.targets {
-            Some(p) => {
-                let all = crate::input::idx_labels(p)?;
-                let offset = index.map_or(0, |r| r.start);
-                Some(
-                    all.get(offset..offset + n)
-                        .ok_or_else(|| {
-                            Error(format!("`{}` has fewer labels than inputs", p.display()))
-                        })?
-                        .to_vec(),
-                )
-            }
-            None => None,
-        };
-        let scores = match plan.ends_in {
+    let model = ModelIo {
+        chw,
+        output_shape: plan.output_shape.clone(),
+        scores: match plan.ends_in {
             Ending::Logits => Scores::Logits,
             Ending::Probabilities => Scores::Probabilities,
             Ending::LogProbabilities => Scores::LogProbabilities,
-        };
-        let r = Report {
-            classes: plan.output_shape[0],
-            scores,
-            labels: labels.as_deref(),
-            targets: targets.as_deref(),
-            topk: args.topk,
-            show: args.show,
-        };
-        print!("{}", report(&outputs, n, &r));
-    } else {
-        println!("{n} outputs of shape {:?}", plan.output_shape);
-    }
-    if let Some(path) = &args.output {
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+        },
+    };
+    run_inputs(options, &model, &mut |input, n| executor.run(input, n))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -256,7 +155,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Result<()> {
+/// Prints latency percentiles of whole forward passes; returns the p50 in ms.
+fn bench(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Result<f64> {
     let input = vec![0.5f32; batch * plan.input.numel()];
     // Warm-up: the first run loads kernels and captures the CUDA graph.
     for _ in 0..3.min(iters) {
@@ -289,13 +189,20 @@ fn bench(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Re
         ms[0],
         batch as f64 / (p50 / 1e3)
     );
-    Ok(())
+    Ok(p50)
 }
 
 /// Times each step (each kernel on its own: launched one by one on the GPU,
 /// so a launch's overhead is in its time, unlike the graph replay `bench`
 /// times) and prints the slowest, with what they compute.
-fn profile(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Result<()> {
+fn profile(
+    executor: &mut Executor,
+    plan: &Plan,
+    batch: usize,
+    iters: usize,
+    p50: f64,
+) -> Result<()> {
+    let on_gpu = matches!(executor, Executor::Cuda(_));
     let ms: Vec<f64> = match executor {
         Executor::Cuda(e) => e.profile(batch, iters)?,
         Executor::Cpu(e) => {
@@ -310,7 +217,27 @@ fn profile(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> 
         }
     };
     print!("{}", profile_table(plan, batch, &ms));
+    print!("{}", profile_note(ms.iter().sum(), p50, on_gpu));
     Ok(())
+}
+
+/// Why the steps of `--profile` add up to more than a whole pass of
+/// `--bench`: they are timed differently, and a reader comparing the two
+/// numbers should not have to guess.
+pub fn profile_note(total: f64, p50: f64, on_gpu: bool) -> String {
+    let how = if on_gpu {
+        "each kernel was launched on its own with a timing event after it, while --bench replays the CUDA graph, which launches them back to back without those gaps"
+    } else {
+        "each step was timed on its own, with a clock reading after it, and its time is the mean over the iterations, while --bench reports the median of whole passes"
+    };
+    if total > p50 {
+        format!(
+            "note: the steps add up to {total:.4} ms, {:.2}× the p50 of {p50:.4} ms: {how}\n",
+            total / p50.max(f64::MIN_POSITIVE)
+        )
+    } else {
+        format!("note: the steps add up to {total:.4} ms against a p50 of {p50:.4} ms for whole passes\n")
+    }
 }
 
 /// The profile as text: steps by decreasing time (at most 20), then the total.
@@ -353,4 +280,23 @@ pub fn profile_table(plan: &Plan, batch: usize, ms: &[f64]) -> String {
     }
     let _ = writeln!(out, "total {total:.4} ms over {} steps", ms.len());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_note;
+
+    #[test]
+    fn the_profile_says_why_its_steps_add_up_to_more_than_the_p50() {
+        let gpu = profile_note(2.0, 1.0, true);
+        assert!(
+            gpu.starts_with("note: the steps add up to 2.0000 ms, 2.00× the p50 of 1.0000 ms: "),
+            "{gpu}"
+        );
+        assert!(gpu.contains("CUDA graph"), "{gpu}");
+        let cpu = profile_note(1.5, 1.0, false);
+        assert!(cpu.contains("mean over the iterations"), "{cpu}");
+        let below = profile_note(0.9, 1.0, false);
+        assert!(!below.contains('×'), "{below}");
+    }
 }

@@ -21,6 +21,9 @@ pub struct ImageOptions {
     pub normalize: Option<(Vec<f32>, Vec<f32>)>,
     /// Leave values in [0, 1] even for 3-channel models.
     pub no_normalize: bool,
+    /// Refuse an image whose size or colours differ from the model input
+    /// instead of converting it (`--strict-input`).
+    pub strict: bool,
 }
 
 /// Which samples of a multi-sample file to use (`--index 3` or `--index 0..100`).
@@ -82,13 +85,26 @@ pub const MAX_RESIZED_PIXELS: u64 = 64 << 20;
 /// Reads one or more files into a single `[N, C, H, W]` batch for a model
 /// whose per-image input is `chw`.
 pub fn load(paths: &[PathBuf], chw: [usize; 3], options: &InputOptions) -> Result<Tensor> {
+    load_noting(paths, chw, options, &mut Vec::new())
+}
+
+/// [`load`], which also appends to `notes` what was converted to fit the
+/// model (`x.png: 320×240 RGB, resized to 37×28, centre-cropped to 28×28,
+/// made greyscale`), one line per converted image, so a caller can say so
+/// instead of answering confidently about a picture the model never saw.
+pub fn load_noting(
+    paths: &[PathBuf],
+    chw: [usize; 3],
+    options: &InputOptions,
+    notes: &mut Vec<String>,
+) -> Result<Tensor> {
     if paths.is_empty() {
         return Err(Error("no input given".to_string()));
     }
     let mut data = Vec::new();
     let mut n = 0;
     for path in paths {
-        let t = load_one(path, chw, options)?;
+        let t = load_one(path, chw, options, notes)?;
         n += t.shape[0];
         data.extend(t.data);
     }
@@ -120,35 +136,53 @@ fn read_up_to(reader: &mut impl Read, bytes: &mut Vec<u8>, limit: u64) -> Result
     Ok(())
 }
 
-fn load_one(path: &Path, chw: [usize; 3], options: &InputOptions) -> Result<Tensor> {
+fn load_one(
+    path: &Path,
+    chw: [usize; 3],
+    options: &InputOptions,
+    notes: &mut Vec<String>,
+) -> Result<Tensor> {
     let file = open(path)?;
     let display = path.display().to_string();
-    from_reader(std::io::BufReader::new(file), chw, options).map_err(|Error(m)| {
-        if m.starts_with("`--index` picks") {
-            Error(format!(
-                "`--index` picks samples from .npy and IDX files; `{display}` is one image"
-            ))
-        } else if m == "empty" {
-            Error(format!("`{display}` is empty"))
-        } else if let Some(rest) = m.strip_prefix("unknown input format") {
-            Error(format!("`{display}`: unknown input format{rest}"))
-        } else {
-            Error(format!("`{display}`: {m}"))
-        }
-    })
+    let mut converted = None;
+    let t = from_reader(std::io::BufReader::new(file), chw, options, &mut converted).map_err(
+        |Error(m)| {
+            if m.starts_with("`--index` picks") {
+                Error(format!(
+                    "`--index` picks samples from .npy and IDX files; `{display}` is one image"
+                ))
+            } else if m == "empty" {
+                Error(format!("`{display}` is empty"))
+            } else if let Some(rest) = m.strip_prefix("unknown input format") {
+                Error(format!("`{display}`: unknown input format{rest}"))
+            } else {
+                Error(format!("`{display}`: {m}"))
+            }
+        },
+    )?;
+    if let Some(what) = converted {
+        notes.push(format!("`{display}`: {what}"));
+    }
+    Ok(t)
 }
 
 /// Decodes one input file held in memory, as [`load`] decodes a file; the
 /// fuzz targets call this.
 pub fn from_bytes(bytes: &[u8], chw: [usize; 3], options: &InputOptions) -> Result<Tensor> {
-    from_reader(bytes, chw, options)
+    from_reader(bytes, chw, options, &mut None)
 }
 
 /// Recognises the format by its first bytes, then reads only as much as the
 /// format's header declares (bounded by [`MAX_INPUT_BYTES`]), so a FIFO or a
 /// device such as `/dev/zero` never makes it read without end: unknown
 /// bytes are rejected after 16 bytes.
-fn from_reader(mut reader: impl Read, chw: [usize; 3], options: &InputOptions) -> Result<Tensor> {
+/// `converted` receives what was done to an image to fit the model, if anything.
+fn from_reader(
+    mut reader: impl Read,
+    chw: [usize; 3],
+    options: &InputOptions,
+    converted: &mut Option<String>,
+) -> Result<Tensor> {
     let mut bytes = Vec::new();
     read_up_to(&mut reader, &mut bytes, 16)?;
     if bytes.starts_with(b"\x93NUMPY") {
@@ -174,7 +208,9 @@ fn from_reader(mut reader: impl Read, chw: [usize; 3], options: &InputOptions) -
                 "image files larger than {MAX_IMAGE_FILE_BYTES} bytes are not read"
             )));
         }
-        image(&bytes, chw, &options.image)
+        let (t, what) = image(&bytes, chw, &options.image)?;
+        *converted = what;
+        Ok(t)
     } else if bytes.is_empty() {
         Err(Error("empty".to_string()))
     } else {
@@ -493,7 +529,14 @@ pub fn idx_labels_from_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(bytes[8..].to_vec())
 }
 
-fn image(bytes: &[u8], chw: [usize; 3], options: &ImageOptions) -> Result<Tensor> {
+/// Decodes an image and fits it to the model: resize the shorter side, crop
+/// the centre, convert the colours, normalise. Returns the tensor and, when
+/// the image was not already the model's size and colours, what was done.
+fn image(
+    bytes: &[u8],
+    chw: [usize; 3],
+    options: &ImageOptions,
+) -> Result<(Tensor, Option<String>)> {
     let [c, h, w] = chw;
     if c != 1 && c != 3 {
         return Err(Error(format!(
@@ -530,6 +573,21 @@ fn image(bytes: &[u8], chw: [usize; 3], options: &ImageOptions) -> Result<Tensor
     if iw == 0 || ih == 0 {
         return Err(Error("the image is empty".to_string()));
     }
+    let colour = decoded.color();
+    let kind = match (colour.has_color(), colour.has_alpha()) {
+        (true, true) => "RGBA",
+        (true, false) => "RGB",
+        (false, true) => "greyscale with transparency",
+        (false, false) => "greyscale",
+    };
+    // With --strict-input an image is used only as it is: the model's size,
+    // and colour for a 3-channel model or greyscale for a 1-channel one.
+    if options.strict && ((iw as usize, ih as usize) != (w, h) || colour.has_color() != (c == 3)) {
+        let model_kind = if c == 3 { "RGB" } else { "greyscale" };
+        return Err(Error(format!(
+            "the image is {iw}×{ih} {kind}, but the model takes {w}×{h} {model_kind}; `--strict-input` refuses to resize, crop or convert it"
+        )));
+    }
     // Resize the shorter side, then crop the centre, as torchvision's Resize + CenterCrop do.
     let target_short = options.resize.unwrap_or(if c == 3 {
         ((h.min(w) as f64) * 256.0 / 224.0).round() as u32
@@ -541,7 +599,11 @@ fn image(bytes: &[u8], chw: [usize; 3], options: &ImageOptions) -> Result<Tensor
             "`--resize {target_short}` is smaller than the model input {h}×{w}"
         )));
     }
-    let target_short = target_short.max(h.max(w) as u32);
+    let target_short = if options.strict {
+        h.min(w) as u32
+    } else {
+        target_short.max(h.max(w) as u32)
+    };
     let short = target_short as u64;
     let (rw, rh) = if iw <= ih {
         (short, ((ih as u64 * short) / iw as u64).max(1))
@@ -554,6 +616,22 @@ fn image(bytes: &[u8], chw: [usize; 3], options: &ImageOptions) -> Result<Tensor
         )));
     }
     let (rw, rh) = (rw as u32, rh as u32);
+    let mut steps = Vec::new();
+    if (iw, ih) != (rw, rh) {
+        steps.push(format!("resized to {rw}×{rh}"));
+    }
+    if (rw as usize, rh as usize) != (w, h) {
+        steps.push(format!("centre-cropped to {w}×{h}"));
+    }
+    match (c, colour.has_color()) {
+        (1, true) => steps.push("made greyscale".to_string()),
+        (3, false) => steps.push("greyscale copied to 3 channels".to_string()),
+        _ => {}
+    }
+    if colour.has_alpha() {
+        steps.push("transparency dropped".to_string());
+    }
+    let converted = (!steps.is_empty()).then(|| format!("{iw}×{ih} {kind}, {}", steps.join(", ")));
     let resized = decoded.resize_exact(rw, rh, image::imageops::FilterType::Triangle);
     let left = (rw as usize - w) / 2;
     let top = (rh as usize - h) / 2;
@@ -584,7 +662,7 @@ fn image(bytes: &[u8], chw: [usize; 3], options: &ImageOptions) -> Result<Tensor
             data[y as usize * w + x as usize] = (p.0[0] as f32 / 255.0 - mean[0]) / std[0];
         }
     }
-    Tensor::new(vec![1, c, h, w], data)
+    Ok((Tensor::new(vec![1, c, h, w], data)?, converted))
 }
 
 /// The input rows of docs/reliability.md: malformed, hostile and endless

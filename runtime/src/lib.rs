@@ -14,6 +14,7 @@ pub mod input;
 pub mod output;
 pub mod plan;
 pub mod prepare;
+pub mod run;
 pub mod weights;
 
 use std::fmt;

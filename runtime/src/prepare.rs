@@ -7,7 +7,11 @@ use crate::plan::{Plan, Prepared, StateEntry};
 use crate::weights::{Data, WeightFile};
 use crate::{shape_text, Error, Result};
 
+/// Most problems listed one per line; the rest are counted.
+const MAX_PROBLEMS: usize = 30;
+
 /// Checks a weight file against the entries a model declares.
+
 pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) -> Result<()> {
     let mut problems = Vec::new();
     for e in entries {
@@ -53,16 +57,30 @@ pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) 
     if problems.is_empty() {
         return Ok(());
     }
-    let mut message = format!(
-        "the weights do not match model `{model}` ({} problem{}):\n",
+    let count = format!(
+        "{} problem{}",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     );
-    for p in problems.iter().take(50) {
+    // When almost nothing matches, the list is noise: say the likely cause first.
+    let wanted = entries.iter().filter(|e| !e.integer).count();
+    let matching = entries
+        .iter()
+        .filter(|e| !e.integer && file.tensors.contains_key(&e.key))
+        .count();
+    let mut message = if wanted > 0 && matching * 2 < wanted {
+        format!(
+            "the weights do not match model `{model}`: {matching} of its {wanted} keys are in the file ({} tensors); is this the weights file of another model?\n{count}:\n",
+            file.tensors.len()
+        )
+    } else {
+        format!("the weights do not match model `{model}` ({count}):\n")
+    };
+    for p in problems.iter().take(MAX_PROBLEMS) {
         message += &format!("  {p}\n");
     }
-    if problems.len() > 50 {
-        message += &format!("  … and {} more\n", problems.len() - 50);
+    if problems.len() > MAX_PROBLEMS {
+        message += &format!("  … and {} more\n", problems.len() - MAX_PROBLEMS);
     }
     Err(Error(message.trim_end().to_string()))
 }

@@ -111,6 +111,16 @@ impl WeightFile {
             )));
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        // Eight bytes of text read as a length give a meaningless number
+        // (a notes file: "the header length 734942374227151408"); say what it is.
+        let text = bytes[..8]
+            .iter()
+            .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        if header_len > MAX_HEADER_BYTES && text && !is_pickle {
+            return Err(Error(
+                "not a safetensors file: it starts with text, and a safetensors file starts with an 8-byte binary header length (save the weights with safetensors.torch.save_file)".to_string(),
+            ));
+        }
         if header_len > MAX_HEADER_BYTES {
             return Err(pickled(format!(
                 "not a safetensors file: the header length {header_len} is over the {MAX_HEADER_BYTES}-byte limit"
@@ -474,6 +484,16 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn a_text_file_is_not_read_as_a_header_length() {
+        let m = error(b"these are my notes about the model\n");
+        assert!(
+            m.starts_with("not a safetensors file: it starts with text"),
+            "{m}"
+        );
+        assert!(!m.contains("header length 7"), "{m}");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// `nn.CrossEntropyLoss`: log-softmax fused with NLL, on logits.
+    // Both spellings everywhere: flags say `cross-entropy`, YAML keys `cross_entropy`.
+    #[value(alias = "cross_entropy")]
+    #[serde(alias = "cross-entropy")]
     CrossEntropy,
     /// `nn.NLLLoss`: for models that end in `log_softmax`.
     Nll,

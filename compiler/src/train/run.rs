@@ -23,30 +23,34 @@ pub struct TrainArgs {
     /// Hyperparameters as YAML (keys as the long flags, e.g. `lr: 0.001`); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Passes over the training data [default: 10].
     #[arg(long)]
     pub epochs: Option<u64>,
+    /// Images per optimisation step [default: 256].
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Learning rate [default: 0.0002].
     #[arg(long)]
     pub lr: Option<f64>,
+    /// The optimiser, with torch.optim's update rule [default: adam].
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
-    /// SGD momentum.
+    /// SGD momentum [default: 0].
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// L2 weight decay (added to the gradient, as torch.optim's weight_decay).
+    /// L2 weight decay (added to the gradient, as torch.optim's weight_decay) [default: 0].
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Loss (default: cross-entropy, or NLL for models that end in log_softmax).
     #[arg(long, value_enum)]
     pub loss: Option<Loss>,
-    /// Seed of the initial weights, shuffling and dropout.
+    /// Seed of the initial weights, shuffling and dropout [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Images held out for evaluation when the data is one file (default: 2000 of the bundled digits, else a fifth).
     #[arg(long)]
     pub holdout: Option<usize>,
-    /// Zero padding around each digit (2 turns MNIST's 28×28 into LeNet's 32×32).
+    /// Zero padding around each digit (2 turns MNIST's 28×28 into LeNet's 32×32) [default: 0].
     #[arg(long)]
     pub pad: Option<usize>,
     /// Start from these weights (safetensors) instead of a fresh initialisation.
@@ -362,8 +366,19 @@ pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
             .map_err(|e| e.to_string())?;
+        // Epochs are counted in whole numbers: ticks at integers only
+        // (plotters would label 0.0, 2.0, 4.0 or halves).
+        let whole = |v: &f64| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{}", v.round() as i64)
+            } else {
+                String::new()
+            }
+        };
         chart
             .configure_mesh()
+            .x_labels((xmax.ceil() as usize + 1).min(11))
+            .x_label_formatter(&whole)
             .x_desc("epoch")
             .y_desc("loss")
             .draw()
@@ -493,6 +508,8 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         );
     }
     let steps_per_epoch = train_set.n.div_ceil(config.batch) as f64;
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_every = (train_set.n.div_ceil(config.batch) / 10).max(1);
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for epoch in history.epoch..config.epochs {
         let order = rng::permutation(train_set.n, rng::key(&[config.seed, 1, epoch]));
@@ -556,6 +573,18 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 "loss {:.4} {rate:.0} samples/s",
                 sum / count as f64
             ));
+            // The bar draws only on a terminal; into a pipe or a log file,
+            // print a line every tenth of an epoch instead of nothing.
+            if !on_terminal && ((b + 1) % log_every == 0 || count == train_set.n) {
+                eprintln!(
+                    "epoch {}/{} {count}/{} loss {:.4} {rate:.0} samples/s ({:.1} s)",
+                    epoch + 1,
+                    config.epochs,
+                    train_set.n,
+                    sum / count as f64,
+                    start.elapsed().as_secs_f64()
+                );
+            }
             if args.max_steps.is_some_and(|m| opt.step >= m) {
                 break;
             }
