@@ -3,12 +3,15 @@
 //! `state_dict` entry as PyTorch would.
 //!
 //! Naming follows two kinds of scope, mirroring PyTorch modules:
-//! - a *module* scope (a model or block body, the inside of `residual`,
-//!   `concat` and a `shortcut`) names children only by their explicit names;
-//!   unnamed items add no path component, so an unnamed layer with weights is
-//!   an error there;
-//! - a *sequential* scope (`seq { }`, `vgg [...]`, `name = X * n`) numbers
-//!   every item by position, as `nn.Sequential` does.
+//! - a *module* scope (a model or block body, the inside of `residual`, an
+//!   unnamed `shortcut`, a group `{ }`) names children only by their explicit
+//!   names; unnamed items add no path component, so an unnamed layer with
+//!   weights is an error there;
+//! - a *sequential* scope (`seq { }`, `vgg [...]`, a named `shortcut`,
+//!   `name = X * n`) numbers every item by position, as `nn.Sequential`
+//!   does. The branches of a `concat` are numbered the same way, as an
+//!   `nn.ModuleList`'s are, except an unnamed group, which takes no position
+//!   and names its layers in the concat's path (Inception v3's branches).
 //!
 //! Errors never stop the walk: a failed shape becomes unknown and later
 //! checks that need it are skipped, so one run reports every independent error.
