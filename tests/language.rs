@@ -359,3 +359,28 @@ fn a_parameter_names_the_layer_a_block_uses() {
     );
     assert!(rendered.contains("did you mean `hardswish`?"), "{rendered}");
 }
+
+#[test]
+fn expect_changes_nothing_when_it_holds() {
+    let with = "model m {\n  input [3, 8, 8]\n  c = conv(4, k=3, p=1) expect [4, 8, 8]\n  flatten expect [_]\n  fc = linear(2) expect [2]\n}\n";
+    let without =
+        "model m {\n  input [3, 8, 8]\n  c = conv(4, k=3, p=1)\n  flatten\n  fc = linear(2)\n}\n";
+    assert_eq!(keys(with), keys(without));
+    assert_eq!(params(with), params(without));
+    // `expect` stays usable as a name.
+    let named = keys("model m {\n  input [3, 8, 8]\n  expect = conv(4, k=1) expect [4, 8, 8]\n}\n");
+    assert_eq!(named, ["expect.weight", "expect.bias"]);
+}
+
+#[test]
+fn expect_reports_the_shape_an_item_gives() {
+    let rendered =
+        errors("model m {\n  input [3, 56, 56]\n  conv1 = conv(64, k=3) expect [64, 56, 56]\n}\n");
+    assert!(
+        rendered.contains("the output is [64, 54, 54], not the expected [64, 56, 56]"),
+        "{rendered}"
+    );
+    // Inside a concat branch too.
+    let rendered = errors("model m {\n  input [3, 8, 8]\n  cat = concat { a = conv(4, k=3) expect [4, 8, 8]  b = conv(4, k=3) }\n}\n");
+    assert!(rendered.contains("the output is [4, 6, 6]"), "{rendered}");
+}

@@ -3,12 +3,15 @@
 //! `state_dict` entry as PyTorch would.
 //!
 //! Naming follows two kinds of scope, mirroring PyTorch modules:
-//! - a *module* scope (a model or block body, the inside of `residual`,
-//!   `concat` and a `shortcut`) names children only by their explicit names;
-//!   unnamed items add no path component, so an unnamed layer with weights is
-//!   an error there;
-//! - a *sequential* scope (`seq { }`, `vgg [...]`, `name = X * n`) numbers
-//!   every item by position, as `nn.Sequential` does.
+//! - a *module* scope (a model or block body, the inside of `residual`, an
+//!   unnamed `shortcut`, a group `{ }`) names children only by their explicit
+//!   names; unnamed items add no path component, so an unnamed layer with
+//!   weights is an error there;
+//! - a *sequential* scope (`seq { }`, `vgg [...]`, a named `shortcut`,
+//!   `name = X * n`) numbers every item by position, as `nn.Sequential`
+//!   does. The branches of a `concat` are numbered the same way, as an
+//!   `nn.ModuleList`'s are, except an unnamed group, which takes no position
+//!   and names its layers in the concat's path (Inception v3's branches).
 //!
 //! Errors never stop the walk: a failed shape becomes unknown and later
 //! checks that need it are skipped, so one run reports every independent error.
@@ -668,6 +671,89 @@ impl<'a> Elab<'a> {
     }
 
     fn item(&mut self, item: &Item, scope: &mut Scope, env: &Env, input: Val) -> Val {
+        let output = self.item_output(item, scope, env, input);
+        self.check_expect(item, env, &input, &output);
+        output
+    }
+
+    /// Enforces an item's `expect [C, H, W]` on its output. Sizes are
+    /// evaluated on the item's input (`in_height / 2`); `_` matches any size.
+    /// An output already unknown was reported where it failed.
+    fn check_expect(&mut self, item: &Item, env: &Env, input: &Val, output: &Val) {
+        let Some(expect) = &item.expect else {
+            return;
+        };
+        let mut wanted: Vec<Option<i64>> = Vec::new();
+        for e in &expect.dims {
+            match self.eval(e, env, Some(input)) {
+                Value::Int(v) => wanted.push(Some(v)),
+                Value::Sym(s) if s == "_" => wanted.push(None),
+                Value::Poison => return,
+                other => {
+                    let scope: Vec<String> = env.vars.keys().cloned().collect();
+                    self.symbol_or_error(&other, e.span, "a size or `_`", &scope, &["_"]);
+                    return;
+                }
+            }
+        }
+        let got: Vec<i64> = match output.shape.known() {
+            Some(Shape::Chw(c, h, w)) => vec![c, h, w],
+            Some(Shape::Flat(n)) => vec![n],
+            None => return,
+        };
+        let show = |dims: &[Option<i64>]| {
+            let parts: Vec<String> = dims
+                .iter()
+                .map(|d| d.map_or("_".to_string(), |v| v.to_string()))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        };
+        let matches = wanted.len() == got.len()
+            && wanted
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| w.is_none_or(|w| w == *g));
+        if matches {
+            return;
+        }
+        let mut d = Diagnostic::error(
+            format!(
+                "the output is {}, not the expected {}",
+                output.shape.show(),
+                show(&wanted)
+            ),
+            expect.span,
+            format!("expects {}", show(&wanted)),
+        )
+        .with_secondary(item.span, format!("gives {}", output.shape.show()))
+        .with_secondary(input.span, format!("from {} here", input.shape.show()));
+        if wanted.len() == got.len() {
+            let axes: &[&str] = if got.len() == 3 {
+                &["channels", "height", "width"]
+            } else {
+                &["features"]
+            };
+            let differ: Vec<String> = wanted
+                .iter()
+                .zip(&got)
+                .zip(axes)
+                .filter(|((w, g), _)| w.is_some_and(|w| w != **g))
+                .map(|((w, g), axis)| format!("{axis} {g}, expected {}", w.unwrap_or(0)))
+                .collect();
+            d = d.with_note(differ.join("; "));
+            if differ
+                .iter()
+                .any(|a| a.starts_with("height") || a.starts_with("width"))
+            {
+                d = d.with_help(
+                    "when porting from PyTorch, compare this layer's padding and stride with the original (a missing `p=1` shows here first)",
+                );
+            }
+        }
+        self.error(d);
+    }
+
+    fn item_output(&mut self, item: &Item, scope: &mut Scope, env: &Env, input: Val) -> Val {
         let Some(copies) = self.copies(item, env, &input) else {
             return self.unknown(item.span);
         };
@@ -971,6 +1057,7 @@ impl<'a> Elab<'a> {
                         }
                         let mut out = self.term(branch, branch_place, env, input, false);
                         out.span = branch.span;
+                        self.check_expect(branch, env, &input, &out);
                         outputs.push(out);
                     }
                 }

@@ -83,6 +83,15 @@ pub struct Item {
     pub term_span: Span,
     pub repeat: Option<Expr>,
     pub condition: Option<Expr>,
+    /// `expect [C, H, W]`: the shape the item's output must have.
+    pub expect: Option<Expect>,
+    pub span: Span,
+}
+
+/// `expect [64, 56, 56]` after an item: sizes (`_` for any) and the clause's span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expect {
+    pub dims: Vec<Expr>,
     pub span: Span,
 }
 
@@ -840,6 +849,9 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         Rule::kw_vgg => "`vgg`",
         Rule::shortcut | Rule::kw_shortcut => "`shortcut`",
         Rule::repeat => "`*`",
+        // After every item; listing it would crowd every message about a
+        // missing `}` (and it is documented with the items).
+        Rule::expect | Rule::kw_expect => return None,
         Rule::condition | Rule::kw_when => "`when`",
         Rule::body => "`{`",
         Rule::param_list | Rule::arg_list => "`(`",
@@ -1101,7 +1113,14 @@ impl Builder {
         let mut term_span = span;
         let mut repeat = None;
         let mut condition = None;
+        let mut expect = None;
+        // Where the item ends without its `expect` clause: labels about the
+        // layer underline the layer, not the assertion after it.
+        let mut end = span.start;
         for p in pair.into_inner() {
+            if p.as_rule() != Rule::expect {
+                end = end.max(self.span(&p).end);
+            }
             match p.as_rule() {
                 Rule::kw_unused => unused = true,
                 Rule::item_name => {
@@ -1113,6 +1132,16 @@ impl Builder {
                 }
                 Rule::repeat => repeat = p.into_inner().next().map(|e| self.expr(e, diags)),
                 Rule::condition => condition = self.condition(p, diags),
+                Rule::expect => {
+                    expect = Some(Expect {
+                        span: self.span(&p),
+                        dims: p
+                            .into_inner()
+                            .filter(|e| e.as_rule() == Rule::expr)
+                            .map(|e| self.expr(e, diags))
+                            .collect(),
+                    })
+                }
                 _ => {
                     term_span = self.span(&p);
                     term = self.term(p, diags);
@@ -1127,7 +1156,8 @@ impl Builder {
             term_span,
             repeat,
             condition,
-            span,
+            expect,
+            span: Span { end, ..span },
         }
     }
 
