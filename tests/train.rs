@@ -423,6 +423,16 @@ fn activation_and_output_gradients_match_finite_differences() {
 }
 
 #[test]
+fn gate_gradients_match_finite_differences() {
+    // A [C, 1, 1] factor (broadcast: its gradient sums over the map) and a
+    // [C, H, W] one, each reaching back through the gate's input and its body.
+    gradient_check(
+        "a = conv(4, k=1)\n  se = gate { avgpool = adaptive_avgpool(1) fc1 = conv(2, k=1) silu fc2 = conv(4, k=1) sigmoid }\n  m = gate { c = conv(4, k=3, p=1) hardsigmoid }\n  flatten\n  fc = linear(3)",
+        "[2, 5, 5]",
+    );
+}
+
+#[test]
 fn residual_and_concat_gradients_match_finite_differences() {
     gradient_check(
         "a = conv(4, k=1)\n  r = residual { c = conv(4, k=3, p=1) relu d = conv(4, k=1) }\n  cat = concat { x = conv(2, k=1) y = seq { maxpool(3, s=1, p=1) conv(3, k=1) } z = identity }\n  flatten\n  fc = linear(3)",

@@ -118,6 +118,7 @@ fn op(o: &StepOp) -> TokenStream {
             quote!(StepOp::Act(#a))
         }
         StepOp::Add => quote!(StepOp::Add),
+        StepOp::Mul => quote!(StepOp::Mul),
         StepOp::Copy => quote!(StepOp::Copy),
     }
 }

@@ -710,6 +710,7 @@ impl<'a> Elab<'a> {
                 Term::Seq(_) => "a `seq`",
                 Term::Residual { .. } => "a `residual`",
                 Term::Concat(_) => "a `concat`",
+                Term::Gate(_) => "a `gate`",
                 Term::Vgg { .. } => "a `vgg` list",
                 Term::Call { .. } => "a call",
             };
@@ -812,6 +813,20 @@ impl<'a> Elab<'a> {
                     ..item.term_span
                 };
                 self.concat(keyword, &outputs, input, &place.path)
+            }
+            Term::Gate(body) => {
+                // A module scope, like a residual body: torchvision's
+                // SqueezeExcitation names its layers `fc1`, `fc2`.
+                let mut scope = Scope {
+                    path: place.path.clone(),
+                    kind: ScopeKind::Module,
+                };
+                let factor = self.items(body, &mut scope, env, input);
+                let keyword = Span {
+                    end: item.term_span.start + "gate".len(),
+                    ..item.term_span
+                };
+                self.gate(keyword, factor, input, &place.path)
             }
             Term::Vgg { args, cfg } => self.vgg(args, cfg, place.path, env, input, item.term_span),
             Term::Call {
@@ -967,6 +982,43 @@ impl<'a> Elab<'a> {
         };
         // Display name only: an add has no state_dict entries.
         self.push(Op::Add, &[main, short], shape, name, keyword)
+    }
+
+    /// `input * factor`, the factor [C, 1, 1] (broadcast over the map) or the input's shape.
+    fn gate(&mut self, keyword: Span, factor: Val, input: Val, name: &str) -> Val {
+        let (Some(x), Some(f)) = (input.shape.known(), factor.shape.known()) else {
+            return self.unknown(keyword);
+        };
+        match (x, f) {
+            (Shape::Chw(c, h, w), Shape::Chw(fc, fh, fw))
+                if fc == c && ((fh, fw) == (1, 1) || (fh, fw) == (h, w)) => {}
+            (Shape::Chw(c, h, w), _) => {
+                let d = Diagnostic::error(
+                    format!("`gate` cannot multiply its input {x} by a factor of {f}"),
+                    keyword,
+                    "cannot multiply these",
+                )
+                .with_secondary(factor.span, format!("the body ends here with {f}"))
+                .with_help(format!(
+                    "the body must give {c} channels on a 1×1 map (one factor per channel) or on the input's {h}×{w} map, e.g. `adaptive_avgpool(1) fc1 = conv(squeeze, k=1) relu fc2 = conv({c}, k=1) sigmoid`"
+                ));
+                self.error(d);
+                return self.unknown(keyword);
+            }
+            (Shape::Flat(_), _) => {
+                self.error(
+                    Diagnostic::error(
+                        "`gate` multiplies feature maps, but its input is flat",
+                        keyword,
+                        format!("the input is {x}"),
+                    )
+                    .with_help("gate before `flatten`"),
+                );
+                return self.unknown(keyword);
+            }
+        }
+        // Display name only: a gate's multiply has no state_dict entries.
+        self.push(Op::Mul, &[input, factor], input.shape, name, keyword)
     }
 
     fn concat(&mut self, keyword: Span, outputs: &[Val], input: Val, name: &str) -> Val {

@@ -442,6 +442,8 @@ pub enum KernelKind {
     },
     Activation(Activation),
     Add,
+    /// x times a factor of [C, 1, 1] (broadcast) or x's shape: a `gate`.
+    Mul,
     /// Copies one input into its channel slice of the output (a concat that is not in place).
     CopySlice,
 }
@@ -701,6 +703,11 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
             ),
             Op::Add => (
                 KernelKind::Add,
+                256,
+                one_per_output(node.shape.numel() as u64),
+            ),
+            Op::Mul => (
+                KernelKind::Mul,
                 256,
                 one_per_output(node.shape.numel() as u64),
             ),
@@ -985,6 +992,7 @@ fn describe_kind(kind: &KernelKind) -> String {
             format!("{}, one thread per element", Op::Activation(*a).describe())
         }
         KernelKind::Add => "elementwise add, one thread per element".to_string(),
+        KernelKind::Mul => "multiply by a gate's factor, one thread per element".to_string(),
         KernelKind::CopySlice => "copy into a channel slice, one thread per element".to_string(),
     }
 }

@@ -94,6 +94,8 @@ pub enum Term {
     },
     /// `concat { branch ... }`: every item is a branch fed the same input; outputs joined along channels.
     Concat(Vec<Item>),
+    /// `gate { body }`: the input times body(input), a [C, 1, 1] or [C, H, W] factor.
+    Gate(Vec<Item>),
     /// `vgg(bn = true) [64, M, ...]`: torchvision's `make_layers`.
     Vgg { args: Vec<Arg>, cfg: Vec<Expr> },
     /// A layer (`conv(64, k=3)`) or a block invocation (`bottleneck(64)`).
@@ -759,13 +761,18 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         Rule::block | Rule::kw_block => "`block`",
         Rule::ident | Rule::item_name | Rule::arg_name | Rule::param => "a name",
         Rule::input_decl | Rule::kw_input => "`input [C, H, W]`",
-        Rule::item | Rule::seq | Rule::residual | Rule::concat | Rule::vgg | Rule::call => {
-            "a layer"
-        }
+        Rule::item
+        | Rule::seq
+        | Rule::residual
+        | Rule::concat
+        | Rule::gate
+        | Rule::vgg
+        | Rule::call => "a layer",
         Rule::kw_unused => "`unused`",
         Rule::kw_seq => "`seq`",
         Rule::kw_residual => "`residual`",
         Rule::kw_concat => "`concat`",
+        Rule::kw_gate => "`gate`",
         Rule::kw_vgg => "`vgg`",
         Rule::shortcut | Rule::kw_shortcut => "`shortcut`",
         Rule::repeat => "`*`",
@@ -962,6 +969,12 @@ impl Builder {
                     .unwrap_or_default(),
             ),
             Rule::concat => Term::Concat(
+                pair.into_inner()
+                    .find(|p| p.as_rule() == Rule::body)
+                    .map(|b| self.body(b, diags))
+                    .unwrap_or_default(),
+            ),
+            Rule::gate => Term::Gate(
                 pair.into_inner()
                     .find(|p| p.as_rule() == Rule::body)
                     .map(|b| self.body(b, diags))

@@ -456,6 +456,16 @@ impl Net {
                     let other = &values[node.inputs[1]];
                     xin.iter().zip(other).map(|(a, b)| a + b).collect()
                 }
+                Op::Mul => {
+                    // A [C, 1, 1] factor has one value per plane of H·W.
+                    let f = &values[node.inputs[1]];
+                    let hw = oh * ow;
+                    let broadcast = f.len() * hw == xin.len();
+                    xin.iter()
+                        .enumerate()
+                        .map(|(i, &v)| v * if broadcast { f[i / hw] } else { f[i] })
+                        .collect()
+                }
                 Op::Concat => {
                     let hw = oh * ow;
                     let mut y = Vec::with_capacity(n * oc * hw);
@@ -658,6 +668,28 @@ impl Net {
                 Op::Add => {
                     add(&mut grads, node.inputs[1], dy.clone());
                     add(&mut grads, src, dy);
+                }
+                Op::Mul => {
+                    // y = x·f: dx = dy·f; df = dy·x, summed over the plane
+                    // where f was broadcast over it.
+                    let f = &fwd.values[node.inputs[1]];
+                    let hw = oh * ow;
+                    let broadcast = f.len() * hw == x.len();
+                    let dx: Vec<f32> = dy
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| d * if broadcast { f[i / hw] } else { f[i] })
+                        .collect();
+                    let df: Vec<f32> = if broadcast {
+                        dy.chunks(hw)
+                            .zip(x.chunks(hw))
+                            .map(|(d, v)| d.iter().zip(v).map(|(a, b)| a * b).sum())
+                            .collect()
+                    } else {
+                        dy.iter().zip(x).map(|(a, b)| a * b).collect()
+                    };
+                    add(&mut grads, node.inputs[1], df);
+                    add(&mut grads, src, dx);
                 }
                 Op::Concat => {
                     let hw = oh * ow;
