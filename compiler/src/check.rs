@@ -1448,6 +1448,7 @@ const LAYERS: &[&str] = &[
     "local_response_norm",
     "dropout",
     "dropout2d",
+    "stochastic_depth",
     "flatten",
     "linear",
     "softmax",
@@ -1497,6 +1498,11 @@ const PYTORCH_NAMES: &[(&str, &str, &str)] = &[
     ("LocalResponseNorm", "lrn", "`lrn(size)`"),
     ("Dropout", "dropout", "`dropout(p)`"),
     ("Dropout2d", "dropout2d", "`dropout2d(p)`"),
+    (
+        "StochasticDepth",
+        "stochastic_depth",
+        "`stochastic_depth(p, mode = row)`",
+    ),
     ("Flatten", "flatten", ""),
     ("Sequential", "seq", "`seq { ... }`"),
     ("Identity", "identity", ""),
@@ -2105,6 +2111,12 @@ impl<'a> Elab<'a> {
                 } else {
                     self.simple(Op::Dropout { p }, input, span, &place)
                 }
+            }
+            "stochastic_depth" => {
+                let b = bind!([Spec::req("p", &[]), Spec::opt("mode", &[])]);
+                let p = F64(self.get_float(&b, 0, 0.0, (0.0, 1.0)));
+                let row = self.get_choice(&b, 1, "row", &["row", "batch"]) == "row";
+                self.simple(Op::StochasticDepth { p, row }, input, span, &place)
             }
             "flatten" => {
                 let _ = bind!([]);

@@ -324,7 +324,11 @@ fn run_node(
                 });
             out
         }
-        Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity | Op::Flatten => x.to_vec(),
+        Op::Dropout { .. }
+        | Op::Dropout2d { .. }
+        | Op::StochasticDepth { .. }
+        | Op::Identity
+        | Op::Flatten => x.to_vec(),
         Op::Linear {
             in_features,
             out_features,

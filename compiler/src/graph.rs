@@ -71,7 +71,7 @@ impl Kind {
             Op::Activation(_) | Op::Softmax | Op::LogSoftmax => Kind::Activation,
             Op::Add | Op::Concat | Op::Mul => Kind::Merge,
             Op::Flatten | Op::Identity => Kind::Reshape,
-            Op::Dropout { .. } | Op::Dropout2d { .. } => Kind::Dropout,
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kind::Dropout,
         }
     }
 
@@ -312,6 +312,7 @@ pub fn label(op: &Op) -> String {
         Op::LocalResponseNorm { size, .. } => format!("lrn {size}"),
         Op::Dropout { p } => format!("dropout {p}"),
         Op::Dropout2d { p } => format!("dropout2d {p}"),
+        Op::StochasticDepth { p, .. } => format!("stochastic_depth {p}"),
         Op::Linear {
             in_features,
             out_features,

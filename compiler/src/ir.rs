@@ -216,6 +216,13 @@ pub enum Op {
     Dropout2d {
         p: F64,
     },
+    /// torchvision's `StochasticDepth(p, mode)`: identity at inference; in
+    /// training, zero with probability `p` a whole image (`row`) or the whole
+    /// batch (`batch`), else scale by 1/(1 − p). No `state_dict` entries.
+    StochasticDepth {
+        p: F64,
+        row: bool,
+    },
     Flatten,
     Linear {
         in_features: i64,
@@ -250,6 +257,7 @@ impl Op {
             Op::LocalResponseNorm { .. } => "lrn",
             Op::Dropout { .. } => "dropout",
             Op::Dropout2d { .. } => "dropout2d",
+            Op::StochasticDepth { .. } => "stochastic_depth",
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",
             Op::Softmax => "softmax",
@@ -385,6 +393,12 @@ impl Op {
             } => format!("lrn size={size} alpha={alpha} beta={beta} k={k}"),
             Op::Dropout { p } => format!("dropout p={p}"),
             Op::Dropout2d { p } => format!("dropout2d p={p}"),
+            Op::StochasticDepth { p, row } => {
+                format!(
+                    "stochastic_depth p={p} {}",
+                    if *row { "row" } else { "batch" }
+                )
+            }
             Op::Linear {
                 in_features,
                 out_features,

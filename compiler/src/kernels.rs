@@ -741,7 +741,11 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
                 }
                 continue;
             }
-            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity | Op::Flatten => {
+            Op::Dropout { .. }
+            | Op::Dropout2d { .. }
+            | Op::StochasticDepth { .. }
+            | Op::Identity
+            | Op::Flatten => {
                 return Err(format!(
                     "node {id} ({}) should have been removed by the passes",
                     node.op.name()

@@ -128,14 +128,14 @@ fn is_gemm(op: &Op) -> bool {
     matches!(op, Op::Conv2d { .. } | Op::Linear { .. })
 }
 
-/// Dropout and identity compute nothing at inference.
+/// Dropout, stochastic depth and identity compute nothing at inference.
 fn drop_inference_noops(g: &mut Graph, log: &mut PassLog) {
     let mut dead = vec![false; g.nodes.len()];
     let mut replacement: Vec<NodeId> = (0..g.nodes.len()).collect();
     for (id, node) in g.nodes.iter().enumerate() {
         if matches!(
             node.op,
-            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } | Op::Identity
         ) {
             dead[id] = true;
             replacement[id] = node.inputs[0];

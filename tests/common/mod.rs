@@ -42,7 +42,8 @@ pub fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 /// Every form of `gate`: squeeze-and-excitation with a [C, 1, 1] factor
 /// (EfficientNet's SiLU and sigmoid, MobileNet v3's ReLU and hardsigmoid), a
-/// [C, H, W] attention map, and a gate that writes into a concat's slice.
+/// [C, H, W] attention map, and a gate that writes into a concat's slice;
+/// and a stochastic depth, which inference drops.
 pub const GATES: &str = "
 model gates {
   input [8, 9, 7]
@@ -56,6 +57,7 @@ model gates {
     scale_activation = sigmoid
   }
   attention = gate { map = conv(8, k=3, p=1) hardsigmoid }
+  stochastic_depth(0.2)                  # the identity at inference
   cat = concat {
     left = conv(4, k=1)
     right = gate {

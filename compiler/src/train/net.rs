@@ -158,7 +158,10 @@ impl Net {
         let mut dropout_ordinal = vec![0; graph.nodes.len()];
         let mut next = 0;
         for (id, node) in graph.nodes.iter().enumerate() {
-            if matches!(node.op, Op::Dropout { .. } | Op::Dropout2d { .. }) {
+            if matches!(
+                node.op,
+                Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. }
+            ) {
                 dropout_ordinal[id] = next;
                 next += 1;
             }
@@ -440,6 +443,31 @@ impl Net {
                     }
                     _ => xin.clone(),
                 },
+                Op::StochasticDepth { p, row } => match mode {
+                    Mode::Train { dropout_key } if p.0 > 0.0 => {
+                        // torchvision draws one Bernoulli per image (`row`)
+                        // or one for the whole batch (`batch`).
+                        let total = xin.len();
+                        let (units, per_unit) = if row {
+                            (n, total / n.max(1))
+                        } else {
+                            (1, total)
+                        };
+                        let mask = dropout_mask(
+                            dropout_key,
+                            self.dropout_ordinal[id],
+                            units,
+                            1,
+                            per_unit,
+                            p.0,
+                            true,
+                        );
+                        let y = xin.iter().zip(&mask).map(|(a, b)| a * b).collect();
+                        keep = Saved::Mask(mask);
+                        y
+                    }
+                    _ => xin.clone(),
+                },
                 Op::Flatten | Op::Identity => xin.clone(),
                 Op::Softmax | Op::LogSoftmax => {
                     k::softmax_forward(n, c, h * w, matches!(node.op, Op::LogSoftmax), xin)
@@ -637,14 +665,16 @@ impl Net {
                     );
                     add(&mut grads, src, dx);
                 }
-                Op::Dropout { .. } | Op::Dropout2d { .. } => match &fwd.saved[id] {
-                    Saved::Mask(m) => add(
-                        &mut grads,
-                        src,
-                        dy.iter().zip(m).map(|(a, b)| a * b).collect(),
-                    ),
-                    _ => add(&mut grads, src, dy),
-                },
+                Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => {
+                    match &fwd.saved[id] {
+                        Saved::Mask(m) => add(
+                            &mut grads,
+                            src,
+                            dy.iter().zip(m).map(|(a, b)| a * b).collect(),
+                        ),
+                        _ => add(&mut grads, src, dy),
+                    }
+                }
                 Op::Flatten | Op::Identity => add(&mut grads, src, dy),
                 Op::Softmax | Op::LogSoftmax => {
                     let log = matches!(node.op, Op::LogSoftmax);
