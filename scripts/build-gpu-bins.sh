@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the binaries scripts/gpu-check.sh runs, into gpu/bin/<model>.
-# Needs cargo and nvcc (CNNC_NVCC, PATH, or `pip install nvidia-cuda-nvcc==13.0.88
-# nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88`); cubins for sm_80 and sm_90.
+# Needs cargo and nvcc (CNNC_NVCC, PATH, or the pinned one that
+# scripts/cuda-toolkit.sh installs from PyPI); cubins for sm_80 and sm_90.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models="${*:-mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet}"
 if [ -z "${CNNC_NVCC:-}" ] && ! command -v nvcc >/dev/null; then
-  CNNC_NVCC="$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "bin", "nvcc"))')"
+  CNNC_NVCC="$(bash scripts/cuda-toolkit.sh)"
   export CNNC_NVCC
 fi
 cargo build --release --locked --quiet

@@ -4,7 +4,9 @@
 //! and the generated driver is deterministic (snapshot).
 //!
 //! Building compiles the runtime crate in release mode once (a few minutes
-//! on a cold cache); every model after that only compiles its driver.
+//! on a cold cache); every model after that only compiles its driver. The
+//! runtime is the copy embedded in `cnnc`, unpacked into the cache, so these
+//! tests also show that a build needs no checkout.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,12 +16,17 @@ use common::npy_f32;
 
 fn cnnc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
-    // One target directory for every driver crate built by the tests.
-    c.env(
-        "CARGO_TARGET_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-build-target"),
-    );
+    // One cache for every driver crate built by the tests (shared with
+    // tests/reliability_build.rs): the runtime and its dependencies compile
+    // once, in the cache's own target directory.
+    c.env("CNNC_CACHE_DIR", cache())
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CNNC_RUNTIME_PATH");
     c
+}
+
+fn cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache")
 }
 
 /// Builds a fixture once per test run (tests run in parallel; two builds into
@@ -227,15 +234,181 @@ fn a_failed_build_keeps_the_previous_binary() {
 
 #[test]
 fn the_driver_is_deterministic() {
-    let emit = || {
+    let emit = |stage: &str| {
         let r = cnnc()
-            .args(["emit", "models/mnist_cnn.cnn", "--stage", "driver"])
+            .args(["emit", "models/mnist_cnn.cnn", "--stage", stage])
             .output()
             .unwrap();
         assert!(r.status.success());
         String::from_utf8(r.stdout).unwrap()
     };
-    let first = emit();
-    assert_eq!(first, emit());
+    let first = emit("driver");
+    assert_eq!(first, emit("driver"));
     insta::assert_snapshot!("driver_mnist_cnn", first);
+    let plan = emit("plan");
+    assert_eq!(plan, emit("plan"));
+    insta::assert_snapshot!("plan_mnist_cnn", plan);
+}
+
+#[test]
+fn the_crate_links_the_runtime_unpacked_in_the_cache() {
+    let (out, _) = build("mnist_cnn");
+    // The runtime is the copy embedded in cnnc, not the checkout's runtime/.
+    let manifest = std::fs::read_to_string(out.join("Cargo.toml")).unwrap();
+    let runtime = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("cnnc-runtime = { path = \""))
+        .and_then(|l| l.strip_suffix("\" }"))
+        .unwrap_or_else(|| panic!("no runtime path in:\n{manifest}"));
+    let runtime = Path::new(runtime);
+    assert!(runtime.starts_with(cache()), "{}", runtime.display());
+    for file in ["Cargo.toml", "src/lib.rs", "src/app.rs", "src/plan.rs"] {
+        assert_eq!(
+            std::fs::read(runtime.join(file)).unwrap(),
+            std::fs::read(Path::new("runtime").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // The dependencies were compiled into the cache's target directory.
+    let versioned = runtime.parent().unwrap();
+    assert!(versioned.join("target").join("release").is_dir());
+    // The plan is data next to the driver: what `emit --stage plan` prints.
+    let emitted = cnnc()
+        .args([
+            "emit",
+            "tests/fixtures/mnist_cnn/model.cnn",
+            "--stage",
+            "plan",
+        ])
+        .output()
+        .unwrap();
+    assert!(emitted.status.success());
+    assert_eq!(
+        std::fs::read(out.join("plan.json")).unwrap(),
+        emitted.stdout
+    );
+}
+
+#[test]
+fn a_runtime_path_without_a_crate_is_a_clear_error() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-runtime-here");
+    std::fs::create_dir_all(&dir).unwrap();
+    let result = cnnc()
+        .env("CNNC_RUNTIME_PATH", &dir)
+        .args(["build", "tests/fixtures/mnist_cnn/model.cnn", "-o"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        err.contains("`CNNC_RUNTIME_PATH` is `") && err.contains("help: "),
+        "{err}"
+    );
+    // Nothing was built or written.
+    assert!(!dir.join("out").exists());
+}
+
+/// `emit --stable` prints the same text from any working directory, names
+/// files relative to the model's folder, and is what `cnnc::emit_stage` returns.
+#[test]
+fn emit_stable_is_the_same_from_anywhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let emit = |dir: &Path, file: &Path, stable: bool| {
+        let mut c = cnnc();
+        c.current_dir(dir)
+            .args(["emit", "--stage", "cuda"])
+            .arg(file);
+        if stable {
+            c.arg("--stable");
+        }
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8(r.stdout).unwrap()
+    };
+    let from_root = emit(root, Path::new("models/resnet18.cnn"), true);
+    let from_models = emit(&root.join("models"), Path::new("resnet18.cnn"), true);
+    let absolute = emit(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &root.join("models/resnet18.cnn"),
+        true,
+    );
+    assert_eq!(from_root, from_models);
+    assert_eq!(from_root, absolute);
+    // resnet18 includes blocks/resnet.cnn: both files are named from models/.
+    assert!(
+        from_root.contains("from resnet18.cnn ") && from_root.contains("(blocks/resnet.cnn:"),
+        "{}",
+        &from_root[..200]
+    );
+    assert!(!from_root.contains("models/"));
+    // Without --stable, files are named as typed.
+    assert!(
+        emit(root, Path::new("models/resnet18.cnn"), false).contains("from models/resnet18.cnn ")
+    );
+    let library =
+        cnnc::emit_stage(&root.join("models/resnet18.cnn"), cnnc::emit::Stage::Cuda).unwrap();
+    assert_eq!(library, from_root);
+}
+
+/// Cubins are kept in the cache by the digest of their source, architecture
+/// and nvcc: building an unchanged model again runs no nvcc, a changed one
+/// does. A stand-in nvcc logs its runs; `CARGO=false` stops each build after
+/// the kernels, so no driver is compiled.
+#[test]
+fn unchanged_kernels_are_not_compiled_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cubin-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nvcc.log");
+    let nvcc = dir.join("fake-nvcc");
+    // The last two arguments are `-o`'s value and the source.
+    std::fs::write(
+        &nvcc,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nwhile [ $# -gt 2 ]; do shift; done\necho cubin > \"$1\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&nvcc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let build = |fixture: &str, out: &str| {
+        let result = cnnc()
+            .env("CNNC_CACHE_DIR", dir.join("cache"))
+            .env("CNNC_NVCC", &nvcc)
+            .env("CARGO", "false")
+            .arg("build")
+            .arg(format!("tests/fixtures/{fixture}/model.cnn"))
+            .arg("-o")
+            .arg(dir.join(out))
+            .output()
+            .unwrap();
+        // cargo "fails", after the kernels were compiled.
+        assert_eq!(result.status.code(), Some(1));
+        String::from_utf8_lossy(&result.stderr).into_owned()
+    };
+    let first = build("mnist_cnn", "a");
+    assert_eq!(runs(), 2, "{first}");
+    assert!(
+        first.contains("compiling kernels for sm_80 and sm_90"),
+        "{first}"
+    );
+    // The same model into another folder: both cubins from the cache.
+    let again = build("mnist_cnn", "b");
+    assert_eq!(runs(), 2, "{again}");
+    assert!(again.contains("unchanged, taken from the cache"), "{again}");
+    assert_eq!(
+        std::fs::read(dir.join("b/kernels/sm_90.cubin")).unwrap(),
+        b"cubin\n"
+    );
+    // Another model compiles its own.
+    build("resnet_tiny", "c");
+    assert_eq!(runs(), 4);
 }

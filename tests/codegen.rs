@@ -28,9 +28,8 @@ const FULL_CUDA: &[&str] = &[
     "inception_tiny",
 ];
 
-/// The CUDA packages CI installs (see `.ci/run`).
-const NVCC_INSTALL: &str = "python3 -m pip install nvidia-cuda-nvcc==13.0.88 \
-     nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88";
+/// How CI installs the pinned CUDA compiler (see `.ci/run`).
+const NVCC_INSTALL: &str = "export CNNC_NVCC=\"$(bash scripts/cuda-toolkit.sh)\"";
 
 const ARCHS: &[&str] = &["sm_80", "sm_90"];
 
@@ -615,7 +614,10 @@ fn find_nvcc() -> Result<Option<PathBuf>, String> {
     let py = Command::new("python3")
         .args([
             "-c",
-            "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'bin', 'nvcc'))",
+            // `nvidia` is a namespace package spread over several folders;
+            // the first one that has nvcc wins.
+            "import nvidia, os; print(next((f for f in (os.path.join(p, 'cu13', 'bin', 'nvcc') \
+             for p in nvidia.__path__) if os.path.isfile(f)), ''))",
         ])
         .output();
     if let Ok(py) = py {

@@ -10,14 +10,22 @@
 //!   the transcript elides with `...`). `check` and `summary` go through the
 //!   library and may name a file shown in an earlier ```cnn block; `run` and
 //!   `emit` run the real binary from the repository root on repository files;
-//! - the README's zoo table quotes each model's input, parameters and MACs.
+//! - the README's zoo table quotes each model's input, parameters and MACs;
+//! - a ```cnn block whose first line is `# PATH`, PATH a repository file, is
+//!   that file (so transcripts can run on it), and the ```rust block of
+//!   docs/snapshot-testing.md is tests/snapshot_template.rs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The documents whose examples are checked, relative to the repository root.
-const DOCUMENTS: &[&str] = &["docs/language.md", "docs/architecture.md", "README.md"];
+const DOCUMENTS: &[&str] = &[
+    "docs/language.md",
+    "docs/architecture.md",
+    "docs/snapshot-testing.md",
+    "README.md",
+];
 
 /// Subcommands whose transcripts are reproduced by running the `cnnc` binary.
 const RUN_BY_BINARY: &[&str] = &["run", "emit"];
@@ -393,4 +401,44 @@ fn every_cnn_error_example_fails() {
             }
         }
     }
+}
+
+/// Blocks that show a repository file show it as it is.
+#[test]
+fn blocks_that_name_a_repository_file_show_it() {
+    let mut shown = 0;
+    for document in DOCUMENTS {
+        for fence in fences(&read(document)) {
+            let Some(path) = fence
+                .text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# "))
+                .map(|l| l.split_whitespace().next().unwrap_or(""))
+            else {
+                continue;
+            };
+            let file = root().join(path);
+            if fence.info != "cnn" || !path.ends_with(".cnn") || !file.is_file() {
+                continue;
+            }
+            shown += 1;
+            assert_eq!(
+                fence.text,
+                std::fs::read_to_string(&file).expect("readable"),
+                "{document}:{}: the block differs from {path}",
+                fence.line
+            );
+        }
+    }
+    assert!(shown >= 1, "no block shows a repository file");
+    let template = fences(&read("docs/snapshot-testing.md"))
+        .into_iter()
+        .find(|f| f.info == "rust")
+        .expect("docs/snapshot-testing.md shows the template");
+    assert_eq!(
+        template.text,
+        read("tests/snapshot_template.rs"),
+        "docs/snapshot-testing.md: the template differs from tests/snapshot_template.rs"
+    );
 }

@@ -111,6 +111,8 @@ impl Fixture {
             both_orders: true,
             tile: None,
             batch1_kernels_only: false,
+            precision: cnnc::kernels::Precision::Fp32,
+            tensor_tile: None,
         }
     }
 }
@@ -204,6 +206,8 @@ fn every_zoo_model_matches_the_evaluator() {
             both_orders: batch == 2,
             tile: None,
             batch1_kernels_only: false,
+            precision: cnnc::kernels::Precision::Fp32,
+            tensor_tile: None,
         };
         let checked = check(&case, &|cuda| cuda)?;
         report(&case.tag, batch, &checked);
@@ -321,6 +325,8 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
         both_orders: true,
         tile: None,
         batch1_kernels_only: false,
+        precision: cnnc::kernels::Precision::Fp32,
+        tensor_tile: None,
     };
     let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
     report(&case.tag, batch, &checked);
@@ -352,6 +358,8 @@ fn gates_match_the_evaluator() {
         both_orders: true,
         tile: None,
         batch1_kernels_only: false,
+        precision: cnnc::kernels::Precision::Fp32,
+        tensor_tile: None,
     };
     let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
     report(&case.tag, batch, &checked);
@@ -879,4 +887,249 @@ fn every_batch_bucket_variant_matches_the_evaluator() {
             "no fixture ran a {want}: {launched:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Tensor cores (`--precision tf32` and `tf32x3`)
+// ---------------------------------------------------------------------------
+
+/// The TF32 value the tensor core multiplies: `bits` with the 13 low bits dropped.
+fn tf32_truncated(v: f32) -> f64 {
+    f32::from_bits(v.to_bits() & 0xffff_e000) as f64
+}
+
+/// `cvt.rna.tf32.f32` as the PTX ISA defines it: nearest, ties away from zero.
+fn tf32_rounded(v: f32) -> f32 {
+    f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000)
+}
+
+#[test]
+fn the_emulated_tensor_core_instructions_follow_the_ptx_isa() {
+    let source = format!(
+        "{}{}",
+        cnnc::cuda::PRELUDE,
+        std::fs::read_to_string("tests/emulation/selftest_tc.cu").unwrap()
+    );
+    let module = Module::build("selftest_tc", &source).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+
+    // mma.m16n8k8 against a triple loop over the operands as the tensor core
+    // sees them (truncated without conversion, rounded with it), plus C.
+    for round in [0, 1] {
+        let a: Vec<f32> = (0..128).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b: Vec<f32> = (0..64).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let c: Vec<f32> = (0..128).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut d = c.clone();
+        module
+            .launch(
+                "mma_tile",
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[
+                    Arg::In(a.as_ptr()),
+                    Arg::In(b.as_ptr()),
+                    Arg::Out(d.as_mut_ptr()),
+                    Arg::Int(round),
+                ],
+            )
+            .unwrap();
+        let op = |v: f32| {
+            if round == 1 {
+                tf32_rounded(v) as f64
+            } else {
+                tf32_truncated(v)
+            }
+        };
+        for m in 0..16 {
+            for n in 0..8 {
+                let want = c[m * 8 + n] as f64
+                    + (0..8)
+                        .map(|k| op(a[m * 8 + k]) * op(b[k * 8 + n]))
+                        .sum::<f64>();
+                let got = d[m * 8 + n] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "round {round}: D[{m}][{n}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+    // Rounding versus truncation: 1 + 2^-11 is half a TF32 step above 1.
+    let x = 1.0f32 + 2f32.powi(-11);
+    assert_eq!(tf32_rounded(x), 1.0 + 2f32.powi(-10));
+    let mut a = vec![0.0f32; 128];
+    let mut b = vec![0.0f32; 64];
+    a[0] = x;
+    b[0] = 1.0;
+    for (round, want) in [(0, 1.0f32), (1, 1.0 + 2f32.powi(-10))] {
+        let mut d = vec![0.0f32; 128];
+        module
+            .launch(
+                "mma_tile",
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[
+                    Arg::In(a.as_ptr()),
+                    Arg::In(b.as_ptr()),
+                    Arg::Out(d.as_mut_ptr()),
+                    Arg::Int(round),
+                ],
+            )
+            .unwrap();
+        assert_eq!(d[0], want, "round {round}");
+    }
+
+    // ldmatrix.x4 of a 16x8 float tile: lane l gets, in register i, the
+    // 32-bit element (l / 4, l % 4) of matrix i (rows (i % 2)·8.., columns (i / 2)·4..).
+    let x: Vec<f32> = (0..128).map(|i| i as f32).collect();
+    let mut out = vec![f32::NAN; 128];
+    module
+        .launch(
+            "ldmatrix_x4",
+            (1, 1, 1),
+            (32, 1, 1),
+            0,
+            &[Arg::In(x.as_ptr()), Arg::Out(out.as_mut_ptr())],
+        )
+        .unwrap();
+    for lane in 0..32 {
+        for i in 0..4 {
+            let row = (i % 2) * 8 + lane / 4;
+            let col = (i / 2) * 4 + lane % 4;
+            assert_eq!(out[lane * 4 + i], x[row * 8 + col], "lane {lane} r{i}");
+        }
+    }
+
+    // cp.async copies land only at the wait_group that covers their group.
+    let x: Vec<f32> = (0..12).map(|i| 100.0 + i as f32).collect();
+    let mut out = vec![f32::NAN; 7];
+    module
+        .launch(
+            "cp_async_groups",
+            (1, 1, 1),
+            (32, 1, 1),
+            0,
+            &[Arg::In(x.as_ptr()), Arg::Out(out.as_mut_ptr())],
+        )
+        .unwrap();
+    assert_eq!(out, [7.0, 100.0, 7.0, 107.0, 7.0, 0.0, 0.0]);
+}
+
+/// A fixture with every GEMM that can on the tensor-core `tile`.
+fn tensor_case<'a>(
+    f: &'a Fixture,
+    tile: cnnc::kernels::TcTile,
+    precision: cnnc::kernels::Precision,
+) -> Case<'a> {
+    let mut case = f.case();
+    case.tag = format!(
+        "{}-tc{}x{}-w{}x{}-{}",
+        f.name,
+        tile.bm,
+        tile.bn,
+        tile.wm,
+        tile.wn,
+        precision.name()
+    );
+    case.precision = precision;
+    case.tensor_tile = Some(tile);
+    case
+}
+
+#[test]
+fn every_tensor_core_tile_matches_the_evaluator() {
+    // At test sizes no GEMM fills a GPU, so the compiler keeps them on CUDA
+    // cores; force each tensor-core tile on the fixtures with every conv
+    // variant (strides, dilation, padding modes, residual epilogues, linear
+    // layers; grouped convs stay on CUDA cores), in TF32 and 3xTF32.
+    let mut jobs = Vec::new();
+    for name in ["resnet_tiny", "kitchen_sink", "mnist_cnn"] {
+        for tile in cnnc::kernels::TC_TILES {
+            jobs.push((name, *tile, cnnc::kernels::Precision::Tf32));
+        }
+        jobs.push((
+            name,
+            *cnnc::kernels::TC_TILES.last().unwrap(),
+            cnnc::kernels::Precision::Tf32x3,
+        ));
+    }
+    let failures = in_parallel(&jobs, |(name, tile, precision)| {
+        let f = fixture(&Path::new("tests/fixtures").join(name));
+        let case = tensor_case(&f, *tile, *precision);
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, f.batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// [`planted`] with every eligible GEMM of resnet_tiny on the smallest
+/// tensor-core tile, in TF32, and `right` (once in the printed CUDA)
+/// replaced by `wrong`. Returns the error and the first tensor-core kernel.
+fn planted_in_tensor_tile(right: &str, wrong: &str) -> (String, String) {
+    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    let case = tensor_case(
+        &f,
+        *cnnc::kernels::TC_TILES.last().unwrap(),
+        cnnc::kernels::Precision::Tf32,
+    );
+    let first = resnet_tiny_program().kernels[0].name.clone();
+    match check(&case, &|cuda| {
+        assert_eq!(cuda.matches(right).count(), 1, "{right}");
+        cuda.replace(right, wrong)
+    }) {
+        Ok(c) => panic!(
+            "the planted bug went unnoticed (worst scaled error {:e})",
+            c.worst
+        ),
+        Err(e) => {
+            println!("the planted bug is reported as:\n{e}\n");
+            (e, first)
+        }
+    }
+}
+
+#[test]
+fn a_swapped_lane_mapping_in_a_fragment_load_is_reported() {
+    // ldmatrix addresses for A with matrices 1 and 2 swapped: a1 gets rows
+    // 0-7 at k 4-7 and a2 rows 8-15 at k 0-3, which the mma reads as the
+    // other way round.
+    let (error, first) = planted_in_tensor_tile(
+        "const int a_row = lane % 16, a_col = (lane / 16) * 4;",
+        "const int a_row = lane % 8 + (lane / 16) * 8, a_col = ((lane / 8) % 2) * 4;",
+    );
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_cp_async_wait_is_reported() {
+    // Without the wait, a slice is multiplied before its copies landed: the
+    // emulator's copies land only at a wait, so the kernel reads NaN.
+    let (error, first) = planted_in_tensor_tile(
+        "    cp_async_wait<STAGES - 2>();  // this thread's copies of slice t have landed\n",
+        "",
+    );
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`"))
+            && error.contains("emulated NaN"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unswizzled_read_of_a_swizzled_buffer_is_reported() {
+    // The A fragments read as if the shared tile were stored row by row.
+    let (error, first) = planted_in_tensor_tile(
+        "ldmatrix(a[i], &as[swizzle(wm0 + i * 16 + a_row, kk + a_col)]);",
+        "ldmatrix(a[i], &as[(wm0 + i * 16 + a_row) * 16 + kk + a_col]);",
+    );
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
 }

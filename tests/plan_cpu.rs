@@ -466,3 +466,46 @@ fn the_split_k_workspace_fits_every_batch() {
         }
     }
 }
+
+/// Convolutions whose padding is wider than the map, so some kernel taps read
+/// only padding for every output pixel (MNASNet's 5×5 depthwise convolutions
+/// on the 1×1 maps of a 32×32 input). The im2col gather once computed a
+/// source offset of -1 for such a tap and panicked.
+#[test]
+fn cpu_matches_the_evaluator_when_padding_is_wider_than_the_map() {
+    let source = "
+model wide_padding {
+  input [8, 1, 1]
+  dw5 = conv(8, k=5, p=2, g=8, bias=false)       # depthwise 5×5 on 1×1
+  full5 = conv(6, k=5, p=2)                      # dense 5×5 on 1×1
+  strided = conv(6, k=5, s=2, p=2, g=2)          # strided: the general gather
+  wide = conv(4, k=(1, 7), p=(0, 3))             # 1×7 on 1×1
+  dil = conv(4, k=3, d=2, p=2)                   # dilated taps outside the map
+  flatten
+}
+";
+    let compilation = cnnc::compile_source("wide_padding.cnn", source, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let batch = 2;
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let input: Vec<f32> = (0..batch * per)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let mut exec = executor(graph, &compilation.sources, &file, batch);
+    let out = exec.run(&input, batch).unwrap().to_vec();
+    let worst = worst_scaled(
+        &out,
+        reference(graph, &compilation.sources, &file, batch, &input),
+    );
+    assert!(
+        worst <= 1e-4,
+        "wide_padding: CPU vs evaluator: max scaled error {worst:e}"
+    );
+}

@@ -26,8 +26,13 @@ fn scratch(test: &str) -> PathBuf {
 
 fn cnnc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    // `cnnc build` unpacks its runtime into the cache: the tests' own, not the user's.
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env(
+            "CNNC_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache"),
+        );
     c
 }
 

@@ -6,8 +6,8 @@
 //! driver must compile, and the binary's CPU path must compute what the
 //! reference evaluator (`cnnc run`) computes.
 //!
-//! It shares tests/build.rs's target directory, so the runtime crate is
-//! compiled in release mode once for both.
+//! It shares tests/build.rs's cache (`CNNC_CACHE_DIR`), so the runtime crate
+//! and its dependencies are compiled in release mode once for both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,9 +22,11 @@ fn cnnc() -> Command {
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("NO_COLOR", "1")
         .env(
-            "CARGO_TARGET_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-build-target"),
-        );
+            "CNNC_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache"),
+        )
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CNNC_RUNTIME_PATH");
     c
 }
 

@@ -531,3 +531,31 @@ fn valid_model() {
     expect(&["check", path, bad.to_str().unwrap()], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_misspelt_setting_gets_a_did_you_mean() {
+    let dir = scratch("settings_typo");
+    let path = write(
+        &dir,
+        "p.cnn",
+        "model m(num_classes = 10, width = 8) {\n  input [3, 8, 8]\n  c = conv(width, k=1)\n  flatten\n  fc = linear(num_classes)\n}\n",
+    );
+    let path = path.to_str().unwrap();
+    for command in ["check", "summary"] {
+        let out = expect(&[command, "--set", "num_class=10", path], 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("has a parameter `num_class`")
+                && stderr.contains("help: `num_class`: did you mean `num_classes`?"),
+            "{command}: {stderr}"
+        );
+    }
+    // Nothing close: the parameters that can be set are listed.
+    let out = expect(&["check", "--set", "zzz=1", path], 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: the parameters that can be set are `num_classes`, `width`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,265 +5,25 @@
 //! embedded and compiled on first run with NVRTC), builds the crate with
 //! cargo, and moves the binary into place only when everything succeeded.
 
-use cnnc_runtime::plan::{
-    Act, Ending, Epi, Place, Plan, Prepared, StateEntry, Step, StepOp, Variant,
-};
+use cnnc_runtime::plan::Plan;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 /// Architectures we ship cubins for (A100, H100/H200).
 pub const ARCHS: &[u32] = &[80, 90];
 
-fn string(s: &str) -> TokenStream {
-    let lit = Literal::string(s);
-    quote!(#lit.to_string())
-}
-
-fn usize_lit(v: usize) -> Literal {
-    Literal::usize_unsuffixed(v)
-}
-
-fn pair(p: (usize, usize)) -> TokenStream {
-    let (a, b) = (usize_lit(p.0), usize_lit(p.1));
-    quote!((#a, #b))
-}
-
-fn place(p: &Place) -> TokenStream {
-    let (o, co, ct, c, h, w) = (
-        usize_lit(p.offset),
-        usize_lit(p.channel_offset),
-        usize_lit(p.channels_total),
-        usize_lit(p.c),
-        usize_lit(p.h),
-        usize_lit(p.w),
-    );
-    quote!(Place { offset: #o, channel_offset: #co, channels_total: #ct, c: #c, h: #h, w: #w })
-}
-
-fn act(a: &Act) -> TokenStream {
-    match a {
-        Act::Relu => quote!(Act::Relu),
-        Act::Relu6 => quote!(Act::Relu6),
-        Act::LeakyRelu(s) => {
-            let s = Literal::f32_suffixed(*s);
-            quote!(Act::LeakyRelu(#s))
-        }
-        Act::Elu(a) => {
-            let a = Literal::f32_suffixed(*a);
-            quote!(Act::Elu(#a))
-        }
-        Act::Tanh => quote!(Act::Tanh),
-        Act::Sigmoid => quote!(Act::Sigmoid),
-        Act::Silu => quote!(Act::Silu),
-        Act::Gelu => quote!(Act::Gelu),
-        Act::GeluTanh => quote!(Act::GeluTanh),
-        Act::Hardsigmoid => quote!(Act::Hardsigmoid),
-        Act::Hardswish => quote!(Act::Hardswish),
-    }
-}
-
-fn op(o: &StepOp) -> TokenStream {
-    match o {
-        StepOp::Gemm(g) => {
-            let (ic, oc, groups) = (
-                usize_lit(g.in_channels),
-                usize_lit(g.out_channels),
-                usize_lit(g.groups),
-            );
-            let (k, s, p, d) = (
-                pair(g.kernel),
-                pair(g.stride),
-                pair(g.pad),
-                pair(g.dilation),
-            );
-            let mode = Literal::u8_unsuffixed(g.padding_mode);
-            let (gp, bias) = (g.global_pool, g.bias);
-            quote!(StepOp::Gemm(Gemm {
-                in_channels: #ic, out_channels: #oc, kernel: #k, stride: #s, pad: #p, dilation: #d,
-                groups: #groups, padding_mode: #mode, global_pool: #gp, bias: #bias,
-            }))
-        }
-        StepOp::Pool {
-            max,
-            kernel,
-            stride,
-            pad,
-            dilation,
-            count_include_pad,
-        } => {
-            let (k, s, p, d) = (pair(*kernel), pair(*stride), pair(*pad), pair(*dilation));
-            quote!(StepOp::Pool { max: #max, kernel: #k, stride: #s, pad: #p, dilation: #d, count_include_pad: #count_include_pad })
-        }
-        StepOp::AdaptivePool { max } => quote!(StepOp::AdaptivePool { max: #max }),
-        StepOp::ChannelAffine => quote!(StepOp::ChannelAffine),
-        StepOp::Lrn {
-            size,
-            alpha,
-            beta,
-            k,
-        } => {
-            let size = usize_lit(*size);
-            let (a, b, k) = (
-                Literal::f32_suffixed(*alpha),
-                Literal::f32_suffixed(*beta),
-                Literal::f32_suffixed(*k),
-            );
-            quote!(StepOp::Lrn { size: #size, alpha: #a, beta: #b, k: #k })
-        }
-        StepOp::Softmax { log } => quote!(StepOp::Softmax { log: #log }),
-        StepOp::Act(a) => {
-            let a = act(a);
-            quote!(StepOp::Act(#a))
-        }
-        StepOp::Add => quote!(StepOp::Add),
-        StepOp::Mul => quote!(StepOp::Mul),
-        StepOp::Copy => quote!(StepOp::Copy),
-    }
-}
-
-fn step(s: &Step) -> TokenStream {
-    let kernel = string(&s.kernel);
-    let op = op(&s.op);
-    let inputs: Vec<TokenStream> = s.inputs.iter().map(place).collect();
-    let output = place(&s.output);
-    let epilogue: Vec<TokenStream> = s
-        .epilogue
-        .iter()
-        .map(|e| match e {
-            Epi::Act(a) => {
-                let a = act(a);
-                quote!(Epi::Act(#a))
-            }
-            Epi::AddInput(k) => {
-                let k = usize_lit(*k);
-                quote!(Epi::AddInput(#k))
-            }
-        })
-        .collect();
-    let params: Vec<Literal> = s.params.iter().map(|&p| usize_lit(p)).collect();
-    let block = Literal::u32_unsuffixed(s.block);
-    let (per_image, per_block) = (
-        Literal::u64_unsuffixed(s.per_image),
-        Literal::u64_unsuffixed(s.per_block),
-    );
-    let (gy, gz) = (
-        Literal::u32_unsuffixed(s.grid_y),
-        Literal::u32_unsuffixed(s.grid_z),
-    );
-    let layers: Vec<TokenStream> = s.layers.iter().map(|l| string(l)).collect();
-    let variants: Vec<TokenStream> = s.variants.iter().map(variant).collect();
-    let split_k = Literal::u32_unsuffixed(s.split_k);
-    let partial_floats = Literal::u64_unsuffixed(s.partial_floats);
-    quote!(Step {
-        kernel: #kernel,
-        op: #op,
-        inputs: Vec::from([#(#inputs),*]),
-        output: #output,
-        epilogue: Vec::from([#(#epilogue),*]),
-        params: Vec::from([#(#params),*]),
-        block: #block,
-        per_image: #per_image,
-        per_block: #per_block,
-        grid_y: #gy,
-        grid_z: #gz,
-        layers: Vec::from([#(#layers),*]),
-        variants: Vec::from([#(#variants),*]),
-        split_k: #split_k,
-        partial_floats: #partial_floats,
-    })
-}
-
-fn variant(v: &Variant) -> TokenStream {
-    let kernel = string(&v.kernel);
-    let min_batch = usize_lit(v.min_batch);
-    let block = Literal::u32_unsuffixed(v.block);
-    let (per_image, per_block) = (
-        Literal::u64_unsuffixed(v.per_image),
-        Literal::u64_unsuffixed(v.per_block),
-    );
-    let (gy, gz) = (
-        Literal::u32_unsuffixed(v.grid_y),
-        Literal::u32_unsuffixed(v.grid_z),
-    );
-    let split_k = Literal::u32_unsuffixed(v.split_k);
-    let partial_floats = Literal::u64_unsuffixed(v.partial_floats);
-    quote!(Variant {
-        min_batch: #min_batch,
-        kernel: #kernel,
-        block: #block,
-        per_image: #per_image,
-        per_block: #per_block,
-        grid_y: #gy,
-        grid_z: #gz,
-        split_k: #split_k,
-        partial_floats: #partial_floats,
-    })
-}
-
-fn prepared(p: &Prepared) -> TokenStream {
-    match p {
-        Prepared::Tensor { key } => {
-            let key = string(key);
-            quote!(Prepared::Tensor { key: #key })
-        }
-        Prepared::FoldedWeight { weight, bn, eps } => {
-            let (w, b, e) = (string(weight), string(bn), Literal::f64_suffixed(*eps));
-            quote!(Prepared::FoldedWeight { weight: #w, bn: #b, eps: #e })
-        }
-        Prepared::FoldedBias { bias, bn, eps } => {
-            let bias = match bias {
-                Some(b) => {
-                    let b = string(b);
-                    quote!(Some(#b))
-                }
-                None => quote!(None),
-            };
-            let (b, e) = (string(bn), Literal::f64_suffixed(*eps));
-            quote!(Prepared::FoldedBias { bias: #bias, bn: #b, eps: #e })
-        }
-        Prepared::BnScale { bn, eps } => {
-            let (b, e) = (string(bn), Literal::f64_suffixed(*eps));
-            quote!(Prepared::BnScale { bn: #b, eps: #e })
-        }
-        Prepared::BnShift { bn, eps } => {
-            let (b, e) = (string(bn), Literal::f64_suffixed(*eps));
-            quote!(Prepared::BnShift { bn: #b, eps: #e })
-        }
-    }
-}
-
-fn state_entry(e: &StateEntry) -> TokenStream {
-    let key = string(&e.key);
-    let shape: Vec<Literal> = e.shape.iter().map(|&d| usize_lit(d)).collect();
-    let integer = e.integer;
-    let at = string(&e.declared_at);
-    quote!(StateEntry { key: #key, shape: Vec::from([#(#shape),*]), integer: #integer, declared_at: #at })
-}
-
-/// The driver's `main.rs`, pretty-printed. `cubins` are (arch, file name) pairs in `kernels/`.
+/// The driver's `main.rs`, pretty-printed: the few typed lines a person
+/// would write. The plan is data (`plan.json`, see [`plan_json`]) and the
+/// kernels are files, all embedded with `include_*!`, so rustc compiles
+/// almost nothing per model. `cubins` are (arch, file name) pairs in `kernels/`.
 pub fn driver_source(
     plan: &Plan,
     source_file: &str,
     cubins: &[(u32, String)],
 ) -> Result<String, String> {
-    let model = string(&plan.model);
-    let usizes = |v: &[usize]| -> Vec<Literal> { v.iter().map(|&d| usize_lit(d)).collect() };
-    let (input_shape, output_shape) = (usizes(&plan.input_shape), usizes(&plan.output_shape));
-    let (input, output) = (place(&plan.input), place(&plan.output));
-    let (arena, naive) = (
-        usize_lit(plan.arena_per_image),
-        usize_lit(plan.naive_per_image),
-    );
-    let state: Vec<TokenStream> = plan.state_dict.iter().map(state_entry).collect();
-    let prep: Vec<TokenStream> = plan.prepared.iter().map(prepared).collect();
-    let steps: Vec<TokenStream> = plan.steps.iter().map(step).collect();
-    let ends_in = match plan.ends_in {
-        Ending::Logits => quote!(Ending::Logits),
-        Ending::Probabilities => quote!(Ending::Probabilities),
-        Ending::LogProbabilities => quote!(Ending::LogProbabilities),
-    };
     let cubin_entries: Vec<TokenStream> = cubins
         .iter()
         .map(|(arch, file)| {
@@ -273,9 +33,9 @@ pub fn driver_source(
         })
         .collect();
     let source_path = Literal::string(&format!("../kernels/{source_file}"));
+    let plan_path = Literal::string(&format!("../{PLAN_FILE}"));
     let file = quote! {
         use cnnc_runtime::cuda::KernelImages;
-        use cnnc_runtime::plan::*;
 
         /// Kernels compiled ahead of time, by compute capability.
         static CUBINS: &[(u32, &[u8])] = &[#(#cubin_entries),*];
@@ -283,25 +43,11 @@ pub fn driver_source(
         /// The CUDA source, compiled with NVRTC when no cubin fits the GPU.
         static SOURCE: &str = include_str!(#source_path);
 
-        /// Every kernel launch in order, with its buffers and weights.
-        fn plan() -> Plan {
-            Plan {
-                model: #model,
-                input_shape: Vec::from([#(#input_shape),*]),
-                output_shape: Vec::from([#(#output_shape),*]),
-                input: #input,
-                output: #output,
-                arena_per_image: #arena,
-                naive_per_image: #naive,
-                state_dict: Vec::from([#(#state),*]),
-                prepared: Vec::from([#(#prep),*]),
-                steps: Vec::from([#(#steps),*]),
-                ends_in: #ends_in,
-            }
-        }
+        /// Every kernel launch in order, with its buffers and weights, as JSON.
+        static PLAN: &str = include_str!(#plan_path);
 
         fn main() -> std::process::ExitCode {
-            cnnc_runtime::app::main(plan(), KernelImages { cubins: CUBINS, source: SOURCE })
+            cnnc_runtime::app::main_with_plan_json(PLAN, KernelImages { cubins: CUBINS, source: SOURCE })
         }
     };
     let parsed: syn::File =
@@ -311,6 +57,20 @@ pub fn driver_source(
         plan.model.replace(['\n', '\r'], " "),
         prettyplease::unparse(&parsed)
     ))
+}
+
+/// The plan file next to the driver's `Cargo.toml`.
+pub const PLAN_FILE: &str = "plan.json";
+
+/// The plan as the driver embeds it. It is read back here and compared, so a
+/// value JSON cannot hold (a NaN) fails the build, not the built binary.
+pub fn plan_json(plan: &Plan) -> Result<String, String> {
+    let text = plan.to_json().map_err(|e| e.0)?;
+    match Plan::from_json(&text) {
+        Ok(back) if back == *plan => Ok(text),
+        Ok(_) => Err("the execution plan changes when written as JSON".to_string()),
+        Err(e) => Err(format!("the execution plan cannot be written as JSON: {e}")),
+    }
 }
 
 /// Where nvcc is: `CNNC_NVCC`, then `PATH`, then the CUDA default location.
@@ -331,11 +91,14 @@ pub fn find_nvcc() -> Option<PathBuf> {
 }
 
 /// Compiles `cu` to a cubin for `sm_{arch}`.
+/// The flags of every nvcc run besides `-arch` and the files.
+const NVCC_FLAGS: &[&str] = &["-cubin", "-O3"];
+
 pub fn nvcc_cubin(nvcc: &Path, cu: &Path, arch: u32, out: &Path) -> Result<(), String> {
     let result = Command::new(nvcc)
-        .arg("-cubin")
+        .arg(NVCC_FLAGS[0])
         .arg(format!("-arch=sm_{arch}"))
-        .arg("-O3")
+        .arg(NVCC_FLAGS[1])
         .arg("-o")
         .arg(out)
         .arg(cu)
@@ -354,9 +117,16 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// The `cnnc-runtime` crate the binary links.
     pub runtime: PathBuf,
-    /// The workspace lock file, to pin the binary's dependencies to ours.
-    pub lockfile: Option<PathBuf>,
+    /// The lock file written into the crate, to pin the binary's
+    /// dependencies to the versions cnnc was tested with.
+    pub lockfile: Option<&'static [u8]>,
     pub nvcc: Option<PathBuf>,
+    /// Cargo's target directory. Every driver build shares one (see
+    /// cache.rs), so the runtime's dependencies are compiled once.
+    pub target_dir: PathBuf,
+    /// Where cubins are kept by the digest of their source, architecture
+    /// and nvcc, so an unchanged model's kernels compile once.
+    pub cubin_cache: Option<PathBuf>,
 }
 
 /// A crate name from a model name.
@@ -373,6 +143,144 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     cnnc_runtime::output::write_atomic(path, bytes).map_err(|e| e.0)
 }
 
+/// Takes an exclusive lock on `path` (created if missing), waiting with a
+/// message if another cnnc holds it. The lock is released when the returned
+/// value is dropped, also when the process is killed (flock).
+fn lock_file(path: &Path) -> Result<fd_lock::RwLock<std::fs::File>, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+    Ok(fd_lock::RwLock::new(file))
+}
+
+/// Seconds since `start`, as `12.3 s`.
+fn elapsed(start: Instant) -> String {
+    format!("{:.1} s", start.elapsed().as_secs_f64())
+}
+
+/// Whether the runtime's dependencies are already compiled in `target`:
+/// cargo keeps a fingerprint folder per compiled crate, and `cudarc` is one
+/// of the largest dependencies, built once per target directory.
+fn dependencies_built(target: &Path) -> bool {
+    let fingerprints = target.join("release").join(".fingerprint");
+    std::fs::read_dir(fingerprints).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("cudarc-"))
+    })
+}
+
+/// A rough estimate of the first build, from measurements of the runtime's
+/// dependency build (bench/RESULTS.md): about 6 CPU-minutes, spread over the
+/// cores cargo uses.
+fn first_build_estimate() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let minutes = (6.0 / cores.min(8) as f64).ceil().max(1.0);
+    format!(
+        "about {minutes} minute{} on {cores} core{}",
+        if minutes == 1.0 { "" } else { "s" },
+        if cores == 1 { "" } else { "s" }
+    )
+}
+
+/// The cache key of a cubin: the source, the architecture, the flags, and
+/// the nvcc (its path, size and modification time, so a new nvcc misses).
+fn cubin_key(nvcc: &Path, source: &str, arch: u32) -> String {
+    let mut key = format!("{}\0sm_{arch}\0{}\0", nvcc.display(), NVCC_FLAGS.join(" "));
+    if let Ok(meta) = std::fs::metadata(nvcc) {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        key.push_str(&format!("{}\0{mtime}\0", meta.len()));
+    }
+    key.push_str(source);
+    format!("{:032x}", crate::cache::fnv1a128(key.as_bytes()))
+}
+
+/// Compiles `cu` to a cubin per architecture in [`ARCHS`], the
+/// architectures in parallel (one nvcc each), and files the results in
+/// `cache` by [`cubin_key`], so a rebuild of an unchanged model, in any
+/// output folder, takes them from there. Returns (arch, file name) pairs in
+/// `kernels/`, next to `cu`.
+fn compile_cubins(
+    nvcc: &Path,
+    cu: &Path,
+    source: &str,
+    cache: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<(u32, String)>, String> {
+    let kernels = cu.parent().unwrap_or(Path::new("."));
+    let started = Instant::now();
+    let mut todo = Vec::new();
+    let mut cubins = Vec::new();
+    for &arch in ARCHS {
+        let file = format!("sm_{arch}.cubin");
+        let cached = cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, source, arch))));
+        match cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
+            Some(bytes) => {
+                write(&kernels.join(&file), &bytes)?;
+                log(&format!(
+                    "kernels for sm_{arch}: unchanged, taken from the cache"
+                ));
+            }
+            None => todo.push((arch, cached)),
+        }
+        cubins.push((arch, file));
+    }
+    if todo.is_empty() {
+        return Ok(cubins);
+    }
+    let archs: Vec<String> = todo.iter().map(|(a, _)| format!("sm_{a}")).collect();
+    log(&format!(
+        "compiling kernels for {} with {}",
+        archs.join(" and "),
+        nvcc.display()
+    ));
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = todo
+            .iter()
+            .map(|(arch, cached)| {
+                scope.spawn(move || -> Result<(), String> {
+                    let file = kernels.join(format!("sm_{arch}.cubin"));
+                    let tmp = kernels.join(format!(".sm_{arch}.cubin.tmp"));
+                    if let Err(e) = nvcc_cubin(nvcc, cu, *arch, &tmp) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                    std::fs::rename(&tmp, &file)
+                        .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
+                    // The cache is an optimisation: failing to fill it is no error.
+                    if let Some(cached) = cached {
+                        if let Ok(bytes) = std::fs::read(&file) {
+                            if cached
+                                .parent()
+                                .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                            {
+                                let _ = write(cached, &bytes);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err("nvcc's thread panicked".to_string()))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    log(&format!("  kernels compiled in {}", elapsed(started)));
+    Ok(cubins)
+}
+
 /// Writes the crate, compiles kernels and builds; returns the binary's path.
 pub fn build(
     plan: &Plan,
@@ -380,6 +288,7 @@ pub fn build(
     opts: &BuildOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, String> {
+    let started = Instant::now();
     let name = crate_name(&plan.model);
     let dir = &opts.out_dir;
     if dir.exists() && !dir.is_dir() {
@@ -390,16 +299,8 @@ pub fn build(
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     // Two builds into one directory would interleave their files; the second
-    // waits for the first. The lock is released when the file is closed,
-    // also when the process is killed.
-    let lock_path = dir.join(".cnnc-build.lock");
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
-    let mut lock = fd_lock::RwLock::new(lock_file);
+    // waits for the first.
+    let mut lock = lock_file(&dir.join(".cnnc-build.lock"))?;
     if lock.try_write().is_err() {
         log(&format!(
             "waiting for another cnnc build into `{}` to finish",
@@ -408,7 +309,7 @@ pub fn build(
     }
     let _guard = lock
         .write()
-        .map_err(|e| format!("cannot lock `{}`: {e}", lock_path.display()))?;
+        .map_err(|e| format!("cannot lock `{}`: {e}", dir.display()))?;
     for sub in ["src", "kernels"] {
         std::fs::create_dir_all(dir.join(sub))
             .map_err(|e| format!("cannot create `{}`: {e}", dir.join(sub).display()))?;
@@ -416,29 +317,14 @@ pub fn build(
     let source_file = "model.cu";
     let cu = dir.join("kernels").join(source_file);
     write(&cu, cuda_source.as_bytes())?;
-    let mut cubins = Vec::new();
-    match &opts.nvcc {
-        Some(nvcc) => {
-            for &arch in ARCHS {
-                let file = format!("sm_{arch}.cubin");
-                log(&format!(
-                    "compiling kernels for sm_{arch} with {}",
-                    nvcc.display()
-                ));
-                let tmp = dir.join("kernels").join(format!(".{file}.tmp"));
-                if let Err(e) = nvcc_cubin(nvcc, &cu, arch, &tmp) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                std::fs::rename(&tmp, dir.join("kernels").join(&file))
-                    .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
-                cubins.push((arch, file));
-            }
-        }
+    let cubins = match &opts.nvcc {
+        Some(nvcc) => compile_cubins(nvcc, &cu, cuda_source, opts.cubin_cache.as_deref(), log)?,
         None => {
-            log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run")
+            log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run");
+            Vec::new()
         }
-    }
+    };
+    write(&dir.join(PLAN_FILE), plan_json(plan)?.as_bytes())?;
     let driver = driver_source(plan, source_file, &cubins)?;
     write(&dir.join("src").join("main.rs"), driver.as_bytes())?;
     let runtime = opts
@@ -451,33 +337,62 @@ pub fn build(
         "# Generated by cnnc — do not edit.\n[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\ncnnc-runtime = {{ path = \"{runtime}\" }}\n\n[profile.release]\nopt-level = 3\ncodegen-units = 4\n\n[workspace]\n"
     );
     write(&dir.join("Cargo.toml"), manifest.as_bytes())?;
-    if let Some(lock) = &opts.lockfile {
-        if lock.is_file() && !dir.join("Cargo.lock").exists() {
-            std::fs::copy(lock, dir.join("Cargo.lock"))
-                .map_err(|e| format!("cannot copy the lock file: {e}"))?;
+    // The lock file pins the dependencies; cargo drops the entries the
+    // driver does not use, so it is written again whenever it differs.
+    if let Some(lock) = opts.lockfile {
+        let path = dir.join("Cargo.lock");
+        if std::fs::read(&path).map_or(true, |old| old != lock) {
+            write(&path, lock)?;
         }
     }
+    let target = &opts.target_dir;
+    std::fs::create_dir_all(target)
+        .map_err(|e| format!("cannot create `{}`: {e}", target.display()))?;
+    // Builds of other models share the target directory; cargo takes turns
+    // on it, but the binary it leaves in `release/` must be copied before
+    // the next build of a model with the same name replaces it.
+    let mut target_lock = lock_file(&target.join(".cnnc-build.lock"))?;
+    if target_lock.try_write().is_err() {
+        log(&format!(
+            "waiting for another cnnc build using `{}` to finish",
+            target.display()
+        ));
+    }
+    let _target_guard = target_lock
+        .write()
+        .map_err(|e| format!("cannot lock `{}`: {e}", target.display()))?;
+    if !dependencies_built(target) {
+        log(&format!(
+            "first build with `{}`: compiling the runtime's dependencies, {}; once per cnnc version, later builds take seconds",
+            target.display(),
+            first_build_estimate()
+        ));
+    }
     log("building the driver with cargo (release)");
+    let cargo_started = Instant::now();
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .arg("build")
         .arg("--release")
-        .arg("--quiet")
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target)
         .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| format!("cannot run cargo: {e}\nhelp: install Rust with cargo (https://rustup.rs), or set `CARGO` to its path"))?;
     if !status.success() {
         return Err(format!(
             "cargo failed to build the driver in `{}`",
             dir.display()
         ));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("target"));
     let built = target.join("release").join(&name);
     // Replace the binary only now that everything succeeded.
-    replace_binary(&built, dir, &name)
+    let binary = replace_binary(&built, dir, &name)?;
+    log(&format!(
+        "built in {} (cargo {})",
+        elapsed(started),
+        elapsed(cargo_started)
+    ));
+    Ok(binary)
 }
 
 /// Copies the built binary next to its final place, syncs it, and renames it

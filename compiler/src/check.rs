@@ -20,7 +20,9 @@ use crate::ir::{
 };
 use crate::shape::{SizeError, Window};
 use crate::source::Span;
-use crate::syntax::{Arg, BinOp, BlockDecl, Expr, ExprKind, Ident, Item, ModelDecl, Term};
+use crate::syntax::{
+    Arg, BinOp, BlockDecl, Expr, ExprKind, Ident, Item, ModelDecl, NamePart, Term,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// Most layers one model may expand to, so `* 1000000000` is an error, not a hang.
@@ -209,6 +211,21 @@ pub fn check_model_at(
                 }
             },
         };
+        if let Some(used) = used_as_layer(decls, &model.body, &param.name.text) {
+            // A `--set` value has no span of its own: point at the parameter.
+            let set = overrides.contains_key(&param.name.text);
+            let at = match (set, &param.default) {
+                (false, Some(default)) => default.span,
+                _ => param.name.span,
+            };
+            let name = &param.name.text;
+            if !elab.check_layer_value(name, &value, at, used, &model.name.text) && set {
+                if let (Some(d), Value::Sym(v)) = (elab.diags.last_mut(), &value) {
+                    d.notes
+                        .push(format!("the value comes from `--set {name}={v}`"));
+                }
+            }
+        }
         env.vars.insert(param.name.text.clone(), value);
     }
     let input = elab.input(model, &env);
@@ -245,6 +262,31 @@ pub fn check_model_at(
         return (None, elab.diags);
     }
     (Some(graph), elab.diags)
+}
+
+/// Where `items` first call `name` as a layer (`act` or `act(...)`), looking
+/// into nested structures but not into other blocks. A name that is itself a
+/// layer or block is that layer or block, never a parameter.
+fn used_as_layer(decls: &Declarations, items: &[Item], name: &str) -> Option<Span> {
+    if LAYERS.contains(&name) || decls.blocks.contains_key(name) {
+        return None;
+    }
+    used_as_layer_in(items, name)
+}
+
+fn used_as_layer_in(items: &[Item], name: &str) -> Option<Span> {
+    items.iter().find_map(|item| match &item.term {
+        Term::Call { name: called, .. } if called.text == name => Some(called.span),
+        Term::Call { .. } | Term::Vgg { .. } => None,
+        Term::Seq(body) | Term::Concat(body) | Term::Group(body) | Term::Gate(body) => {
+            used_as_layer_in(body, name)
+        }
+        Term::Residual { body, shortcut, .. } => used_as_layer_in(body, name).or_else(|| {
+            shortcut
+                .as_ref()
+                .and_then(|sc| used_as_layer_in(&sc.body, name))
+        }),
+    })
 }
 
 /// Keeps the first of identical diagnostics (a block used many times reports its own error once).
@@ -631,6 +673,26 @@ impl<'a> Elab<'a> {
         if copies == 0 {
             return input;
         }
+        if item.name_template.is_some() {
+            // `"denselayer{i + 1}" = X * n`: each copy has a name of its own
+            // in this scope (and, in a `seq`, its position), not `name.k`.
+            let mut value = input;
+            for copy in 0..copies {
+                let Some(Some(name)) = self.copy_name(item, env, &value, copy) else {
+                    return self.unknown(item.span);
+                };
+                self.advance(scope);
+                let place = Place {
+                    path: join(&scope.path, &name),
+                    own: true,
+                };
+                let out = self.term(item, place, env, value, item.unused);
+                if !item.unused {
+                    value = out;
+                }
+            }
+            return value;
+        }
         if item.unused {
             // Declared for its weights only: checked against the current input, not applied.
             let place = self.place(item, scope);
@@ -660,6 +722,70 @@ impl<'a> Elab<'a> {
             value = self.term(item, place, env, value, false);
         }
         value
+    }
+
+    /// The name of copy `copy` of an item: the name as written, or its
+    /// template evaluated, with `i` the copy's number from 0 when the item is
+    /// repeated. `Some(None)` for an unnamed item, `None` when the template
+    /// failed (reported).
+    fn copy_name(
+        &mut self,
+        item: &Item,
+        env: &Env,
+        input: &Val,
+        copy: usize,
+    ) -> Option<Option<String>> {
+        let Some(name) = &item.name else {
+            return Some(None);
+        };
+        let Some(template) = &item.name_template else {
+            return Some(Some(name.text.clone()));
+        };
+        let mut env = env.clone();
+        if item.repeat.is_some() {
+            env.vars.insert("i".to_string(), Value::Int(copy as i64));
+        }
+        let mut out = String::new();
+        for part in template {
+            match part {
+                NamePart::Text(text) => out.push_str(text),
+                NamePart::Expr(e) => match self.eval(e, &env, Some(input)) {
+                    Value::Int(v) => out.push_str(&v.to_string()),
+                    Value::Poison => return None,
+                    Value::Sym(s) if s == "i" && item.repeat.is_none() => {
+                        self.error(
+                            Diagnostic::error(
+                                "`i` numbers the copies of a repeated item, but this item is not repeated",
+                                e.span,
+                                "no copies to number",
+                            )
+                            .with_help("repeat the item with `* n`, or write the name without `{i}`"),
+                        );
+                        return None;
+                    }
+                    other => {
+                        let scope: Vec<String> = env.vars.keys().cloned().collect();
+                        self.symbol_or_error(&other, e.span, "an integer", &scope, &[]);
+                        return None;
+                    }
+                },
+            }
+        }
+        if out.chars().count() > crate::syntax::MAX_NAME {
+            self.error(
+                Diagnostic::error(
+                    format!("name is {} characters long", out.chars().count()),
+                    name.span,
+                    "this name is too long",
+                )
+                .with_help(format!(
+                    "names may have at most {} characters",
+                    crate::syntax::MAX_NAME
+                )),
+            );
+            return None;
+        }
+        Some(Some(out))
     }
 
     /// Where one copy of an item lives: its own name, its position in a
@@ -711,6 +837,7 @@ impl<'a> Elab<'a> {
                 Term::Residual { .. } => "a `residual`",
                 Term::Concat(_) => "a `concat`",
                 Term::Gate(_) => "a `gate`",
+                Term::Group(_) => "a group `{ }`",
                 Term::Vgg { .. } => "a `vgg` list",
                 Term::Call { .. } => "a call",
             };
@@ -735,11 +862,36 @@ impl<'a> Elab<'a> {
                 };
                 self.items(items, &mut scope, env, input)
             }
-            Term::Residual { body, shortcut } => {
+            Term::Group(items) => {
+                // A module scope at the item's place: named, its own path;
+                // unnamed in a module scope, the enclosing path.
+                let mut scope = Scope {
+                    path: place.path,
+                    kind: ScopeKind::Module,
+                };
+                self.items(items, &mut scope, env, input)
+            }
+            Term::Residual {
+                condition,
+                body,
+                shortcut,
+            } => {
                 let mut scope = Scope {
                     path: place.path.clone(),
                     kind: ScopeKind::Module,
                 };
+                if let Some(cond) = condition {
+                    // Evaluated on the residual's input, like a shortcut's `when`.
+                    match self.eval(cond, env, Some(&input)) {
+                        Value::Bool(true) => {}
+                        Value::Bool(false) => return self.items(body, &mut scope, env, input),
+                        Value::Poison => return self.unknown(item.span),
+                        other => {
+                            self.type_error(cond, &other, "`true` or `false`", env);
+                            return self.unknown(item.span);
+                        }
+                    }
+                }
                 let main = self.items(body, &mut scope, env, input);
                 let mut short = input;
                 let mut projected = false;
@@ -783,26 +935,40 @@ impl<'a> Elab<'a> {
             }
             Term::Concat(branches) => {
                 let mut outputs = Vec::new();
-                // Unnamed branches are numbered by position, as the children
-                // of an `nn.ModuleList` of branches would be.
+                // Branches are numbered by position, as the children of an
+                // `nn.ModuleList` of branches would be; a named branch uses
+                // its name but still takes its position. An unnamed group
+                // `{ ... }` is the exception: its layers are attributes of the
+                // module around the concat (Inception v3's `branch5x5_1`,
+                // `branch5x5_2`), so it takes no position and adds no name.
                 let mut position = 0usize;
                 for branch in branches {
                     let Some(copies) = self.copies(branch, env, &input) else {
                         outputs.push(self.unknown(branch.span));
                         continue;
                     };
-                    for _ in 0..copies {
-                        let branch_place = match &branch.name {
-                            Some(name) => Place {
-                                path: join(&place.path, &name.text),
+                    for copy in 0..copies {
+                        let Some(name) = self.copy_name(branch, env, &input, copy) else {
+                            outputs.push(self.unknown(branch.span));
+                            continue;
+                        };
+                        let branch_place = match (&name, &branch.term) {
+                            (Some(name), _) => Place {
+                                path: join(&place.path, name),
                                 own: true,
                             },
-                            None => Place {
+                            (None, Term::Group(_)) => Place {
+                                path: place.path.clone(),
+                                own: false,
+                            },
+                            (None, _) => Place {
                                 path: join(&place.path, &position.to_string()),
                                 own: true,
                             },
                         };
-                        position += 1;
+                        if branch.name.is_some() || !matches!(branch.term, Term::Group(_)) {
+                            position += 1;
+                        }
                         let mut out = self.term(branch, branch_place, env, input, false);
                         out.span = branch.span;
                         outputs.push(out);
@@ -834,6 +1000,25 @@ impl<'a> Elab<'a> {
                 args,
                 args_span,
             } => {
+                // A parameter used as a layer (`act` in a block called with
+                // `act = hardswish`) stands for the layer or block it names.
+                // Its value was checked where it was bound; a bad one is
+                // already reported there.
+                // A parameter named like a layer or block (`relu = 1`) does
+                // not hide it, as before parameters could be layers.
+                let resolved;
+                let name = match env.vars.get(&name.text) {
+                    _ if self.is_layer_or_block(&name.text) => name,
+                    Some(Value::Sym(layer)) if self.is_layer_or_block(layer) => {
+                        resolved = Ident {
+                            text: layer.clone(),
+                            span: name.span,
+                        };
+                        &resolved
+                    }
+                    Some(_) => return self.unknown(item.span),
+                    None => name,
+                };
                 if let Some(block) = self.decls.blocks.get(&name.text).copied() {
                     if unused {
                         self.error(
@@ -860,6 +1045,58 @@ impl<'a> Elab<'a> {
                     };
                     self.layer(&call, place, env, input, unused)
                 }
+            }
+        }
+    }
+
+    /// Whether `name` is a built-in layer or a declared block.
+    fn is_layer_or_block(&self, name: &str) -> bool {
+        LAYERS.contains(&name) || self.decls.blocks.contains_key(name)
+    }
+
+    /// Checks the value of a parameter that `owner` uses as a layer (at
+    /// `used`): it must name a built-in layer or a block. `at` is where the
+    /// value was given. Returns whether it does.
+    fn check_layer_value(
+        &mut self,
+        param: &str,
+        value: &Value,
+        at: Span,
+        used: Span,
+        owner: &str,
+    ) -> bool {
+        match value {
+            Value::Sym(layer) if self.is_layer_or_block(layer) => true,
+            Value::Poison => false,
+            Value::Sym(layer) => {
+                let mut d = Diagnostic::error(
+                    format!("unknown layer or block `{layer}`"),
+                    at,
+                    format!("`{param}` is used as a layer"),
+                )
+                .with_secondary(used, format!("`{owner}` uses `{param}` as a layer here"));
+                let candidates: Vec<&str> = LAYERS
+                    .iter()
+                    .copied()
+                    .chain(self.decls.blocks.keys().map(String::as_str))
+                    .collect();
+                if let Some(s) = closest(layer, candidates.into_iter()) {
+                    d = d.with_help(format!("did you mean `{s}`?"));
+                }
+                self.error(d);
+                false
+            }
+            other => {
+                self.error(
+                    Diagnostic::error(
+                        format!("expected a layer or block name, found {}", other.describe()),
+                        at,
+                        format!("`{param}` is used as a layer"),
+                    )
+                    .with_secondary(used, format!("`{owner}` uses `{param}` as a layer here"))
+                    .with_help(format!("pass a layer by name, e.g. `{param} = relu`")),
+                );
+                false
             }
         }
     }
@@ -1324,7 +1561,7 @@ impl<'a> Elab<'a> {
             first_spans[index] = Some(arg.span);
         }
         let mut inner = Env::default();
-        for (param, value) in block.params.iter().zip(values) {
+        for (index, (param, value)) in block.params.iter().zip(values).enumerate() {
             let value = match value {
                 Some(v) => v,
                 None => match &param.default {
@@ -1350,6 +1587,12 @@ impl<'a> Elab<'a> {
                     }
                 },
             };
+            if let Some(used) = used_as_layer(self.decls, &block.body, &param.name.text) {
+                let at = first_spans[index]
+                    .or(param.default.as_ref().map(|d| d.span))
+                    .unwrap_or(name.span);
+                ok &= self.check_layer_value(&param.name.text, &value, at, used, &block.name.text);
+            }
             inner.vars.insert(param.name.text.clone(), value);
         }
         if !ok {

@@ -36,6 +36,13 @@ pub fn print(program: &KernelProgram) -> Result<String, String> {
         out,
         "// Layout NCHW, float32; `batch` is the only runtime size.\n"
     );
+    if program.precision != crate::kernels::Precision::Fp32 {
+        let _ = writeln!(
+            out,
+            "// Precision {}.\n// The tensor-core kernels (gemm_tc) need sm_80 or newer.\n",
+            program.precision.describe()
+        );
+    }
     out.push_str(PRELUDE);
     for k in &program.kernels {
         kernel(&mut out, k)?;
@@ -316,6 +323,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         let min_blocks = match schedule {
             Schedule::Tile { tile, .. } => format!(", {}", tile.min_blocks_per_sm()),
             Schedule::Gemv(_) => String::new(),
+            Schedule::Tensor { tile, .. } => format!(", {}", tile.min_blocks_per_sm()),
         };
         let _ = writeln!(
             out,
@@ -342,6 +350,14 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                     out,
                     "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {split}, {tail}>(x, w, bias, r0, y, batch, ws, counters);\n}}",
                     t.bm, t.bn, t.bk, t.tm, t.tn
+                );
+            }
+            Schedule::Tensor { tile: t, x3, vec_a } => {
+                let _ = writeln!(out, "  // gemm_tc<C, BM, BN, WM, WN, STAGES, X3, VEC_A, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {}", if *x3 { "3xTF32" } else { "TF32" });
+                let _ = writeln!(
+                    out,
+                    "  (void)ws; (void)counters;\n  cnnc::gemm_tc<C, {}, {}, {}, {}, {}, {x3}, {vec_a}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    t.bm, t.bn, t.wm, t.wn, t.stages
                 );
             }
             Schedule::Gemv(v) => {

@@ -48,6 +48,7 @@ struct Conv {
   static constexpr int M = OC / GROUPS;
   static constexpr int K = GLOBAL_POOL ? IC : ICG * KH * KW;
   static constexpr int P = OH * OW;
+  static constexpr bool GLOBAL_POOL_B = GLOBAL_POOL;
   // B[k][n] for group g.
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
@@ -65,6 +66,19 @@ struct Conv {
     const int ix = source_index<MODE>(ox * SW - PL + (tap % KW) * DW, IW);
     if (iy < 0 || ix < 0) return 0.0f;
     return x[((long)image * IN_CT + IN_CO + ic) * (IH * IW) + iy * IW + ix];
+  }
+  // Where B[k][n] of group g is read from, or null where it is zero padding
+  // (the tensor-core tiles copy it with cp.async; not for GLOBAL_POOL).
+  static __device__ __forceinline__ const float* src_b(const float* __restrict__ x, int g, int k, int n) {
+    const int image = n / P;
+    const int p = n - image * P;
+    const int ic = g * ICG + k / (KH * KW);
+    const int tap = k % (KH * KW);
+    const int oy = p / OW, ox = p - (p / OW) * OW;
+    const int iy = source_index<MODE>(oy * SH - PT + (tap / KW) * DH, IH);
+    const int ix = source_index<MODE>(ox * SW - PL + (tap % KW) * DW, IW);
+    if (iy < 0 || ix < 0) return nullptr;
+    return x + ((long)image * IN_CT + IN_CO + ic) * (IH * IW) + iy * IW + ix;
   }
 };
 
@@ -488,6 +502,272 @@ __device__ __forceinline__ bool element(long i, int batch, long& from, long& to)
   from = ((long)o.image * IN_CT + IN_CO + o.c) * (H * W) + p;
   to = ((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p;
   return true;
+}
+
+
+// ---------------------------------------------------------------------------
+// Tensor cores (sm_80 and newer). One wrapper per PTX instruction: inline PTX
+// on the GPU, the CPU emulation's model of the instruction in the tests
+// (tests/emulation/cuda_emulation.h defines CNNC_EMULATION), nothing in
+// nvcc's host pass, which never calls device code.
+// ---------------------------------------------------------------------------
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// cvt.rna.tf32.f32: v rounded to TF32 (nearest, ties away from zero).
+__device__ __forceinline__ unsigned to_tf32(float v) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+  return r;
+#elif defined(CNNC_EMULATION)
+  return cnnc_emu::cvt_rna_tf32(v);
+#else
+  return __float_as_uint(v);
+#endif
+}
+
+// d += a·b on a 16x8x8 TF32 tile (mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::mma_m16n8k8_tf32(d, a, b, d);
+#else
+  (void)d; (void)a; (void)b;
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x{N}.shared.b16: lanes 8i..8i+7 give the 16-byte
+// rows of matrix i; r[i] receives this lane's part of it.
+template <int N>
+__device__ __forceinline__ void ldmatrix(unsigned (&r)[N], const float* row) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#if defined(__CUDA_ARCH__)
+  if constexpr (N == 1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r[0]) : "r"(shared_address(row)));
+  } else if constexpr (N == 2) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(shared_address(row)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(row)));
+  }
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::ldmatrix(N, false, r, row);
+#else
+  (void)r; (void)row;
+#endif
+}
+
+// cp.async of 4 bytes (one float), or zeros when `from` is null.
+__device__ __forceinline__ void cp_async4(float* to, const float* from) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(shared_address(to)), "l"(from ? from : to),
+               "r"(from ? 4 : 0) : "memory");
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::cp_async(to, from, 4, from ? 4 : 0);
+#else
+  (void)to; (void)from;
+#endif
+}
+
+// cp.async of 16 bytes (4 floats, both addresses 16-byte aligned), or zeros when `from` is null.
+__device__ __forceinline__ void cp_async16(float* to, const float* from) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(to)), "l"(from ? from : to),
+               "r"(from ? 16 : 0) : "memory");
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::cp_async(to, from, 16, from ? 16 : 0);
+#else
+  (void)to; (void)from;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::cp_async_commit();
+#endif
+}
+
+// Waits until at most N of this thread's most recent cp.async groups are in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::cp_async_wait(N);
+#endif
+}
+
+// Where element (r, k) of a shared-memory operand tile lives: rows of BK = 16
+// floats (four 16-byte chunks), chunk k/4 stored at chunk (k/4) ^ ((r/2) % 4).
+// An ldmatrix phase reads one chunk of 8 consecutive rows; unswizzled, rows
+// r and r+2 share banks (a 64-byte row is half the 32 banks), a 4-way
+// conflict; swizzled, the 8 rows cover all 32 banks once.
+__device__ __forceinline__ int swizzle(int r, int k) { return r * 16 + ((((k >> 2) ^ (r >> 1)) & 3) << 2) + (k & 3); }
+
+// The implicit GEMM on tensor cores (TF32 in, FP32 accumulation), for
+// --precision tf32 and tf32x3. Each block computes a BM x BN output tile with
+// (BM/WM) x (BN/WN) warps; each warp a WM x WN tile as (WM/16) x (WN/8)
+// mma.m16n8k8 tiles. Operands go global -> shared with cp.async into STAGES
+// buffers (the copies of the next STAGES-1 slices of BK = 16 are in flight
+// while one is multiplied), stored in the swizzled layout above as A[m][k]
+// (weights) and B[n][k] (the input under each filter tap, zeros at the
+// padding), so both are read with ldmatrix without bank conflicts. The
+// operands are rounded to TF32 (cvt.rna) before each mma; with X3 each is
+// split into big + small TF32 parts and the product is
+// a_small*b_big + a_big*b_small + a_big*b_big, which keeps about FP32's
+// accuracy. The epilogue is the CUDA-core tile's: bias, then Epi. K is never
+// split: the compiler gives a tensor-core tile only to a GEMM that fills the
+// GPU without splitting.
+template <class C, int BM, int BN, int WM, int WN, int STAGES, bool X3, bool VEC_A, class Epi, bool HAS_BIAS,
+          int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float* __restrict__ w,
+                                        const float* __restrict__ bias, const float* __restrict__ r0,
+                                        float* __restrict__ y, int batch) {
+  static_assert(!C::GLOBAL_POOL_B, "the pooled operand is computed, not copied: CUDA-core tiles only");
+  constexpr int BK = 16;
+  constexpr int WARPS_N = BN / WN;
+  constexpr int THREADS = 32 * (BM / WM) * WARPS_N;
+  constexpr int MI = WM / 16, NI = WN / 8;
+  constexpr int SLICES = (C::K + BK - 1) / BK;
+  static_assert(STAGES >= 2, "a pipeline has at least two stages");
+  __align__(128) __shared__ float As[STAGES][BM * BK];
+  __align__(128) __shared__ float Bs[STAGES][BN * BK];
+  const int n_total = batch * C::P;
+  const int g = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int n0 = blockIdx.x * BN;
+  const int tid = threadIdx.x;
+  const int lane = tid % 32, warp = tid / 32;
+  const int wm0 = (warp / WARPS_N) * WM, wn0 = (warp % WARPS_N) * WN;
+  // Issues the copies of K-slice k0 into buffer s.
+  auto load = [&](int s, int k0) {
+    if (VEC_A) {  // 16 bytes: rows start at multiples of K floats, K a multiple of 4
+      for (int f = tid; f < BM * BK / 4; f += THREADS) {
+        const int mm = f / (BK / 4), kk = (f % (BK / 4)) * 4;
+        const int m = m0 + mm, k = k0 + kk;
+        cp_async16(&As[s][swizzle(mm, kk)], m < C::M && k < C::K ? w + ((long)g * C::M + m) * C::K + k : nullptr);
+      }
+    } else {
+      for (int f = tid; f < BM * BK; f += THREADS) {
+        const int mm = f / BK, kk = f % BK;
+        const int m = m0 + mm, k = k0 + kk;
+        cp_async4(&As[s][swizzle(mm, kk)], m < C::M && k < C::K ? w + ((long)g * C::M + m) * C::K + k : nullptr);
+      }
+    }
+    // B: consecutive threads read consecutive output pixels (coalesced).
+    for (int i = tid; i < BN * BK; i += THREADS) {
+      const int kk = i / BN, nn = i % BN;
+      const int k = k0 + kk, n = n0 + nn;
+      cp_async4(&Bs[s][swizzle(nn, kk)], k < C::K && n < n_total ? C::src_b(x, g, k, n) : nullptr);
+    }
+  };
+  float acc[MI][NI][4];
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  // Fill the pipeline: slices 0 .. STAGES-2 in flight, one cp.async group per
+  // slice (empty groups past K keep the count uniform).
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < SLICES) load(s, s * BK);
+    cp_async_commit();
+  }
+  // Which row of which 8x8 matrix this lane addresses for ldmatrix: A's x4
+  // loads rows 0-7 / 8-15 at k 0-3 / 4-7 (matrices a0 a1 a2 a3); B's x2 loads
+  // columns 0-7 at k 0-3 and 4-7 (b0 b1).
+  const int a_row = lane % 16, a_col = (lane / 16) * 4;
+  const int b_row = lane % 8, b_col = ((lane / 8) % 2) * 4;
+  for (int t = 0; t < SLICES; ++t) {
+    cp_async_wait<STAGES - 2>();  // this thread's copies of slice t have landed
+    __syncthreads();              // everyone's have, and buffer (t - 1) % STAGES is read: free
+    if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
+    cp_async_commit();
+    const float* as = As[t % STAGES];
+    const float* bs = Bs[t % STAGES];
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 8) {
+      unsigned a[MI][4], b[NI][2];
+#pragma unroll
+      for (int i = 0; i < MI; ++i) ldmatrix(a[i], &as[swizzle(wm0 + i * 16 + a_row, kk + a_col)]);
+#pragma unroll
+      for (int j = 0; j < NI; ++j) ldmatrix(b[j], &bs[swizzle(wn0 + j * 8 + b_row, kk + b_col)]);
+      if constexpr (X3) {
+        unsigned a_small[MI][4], b_small[NI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float v = __uint_as_float(a[i][e]);
+            a[i][e] = to_tf32(v);
+            a_small[i][e] = to_tf32(v - __uint_as_float(a[i][e]));
+          }
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float v = __uint_as_float(b[j][e]);
+            b[j][e] = to_tf32(v);
+            b_small[j][e] = to_tf32(v - __uint_as_float(b[j][e]));
+          }
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int j = 0; j < NI; ++j) {
+            mma_tf32(acc[i][j], a_small[i], b[j]);
+            mma_tf32(acc[i][j], a[i], b_small[j]);
+            mma_tf32(acc[i][j], a[i], b[j]);
+          }
+      } else {
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[i][e] = to_tf32(__uint_as_float(a[i][e]));
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) b[j][e] = to_tf32(__uint_as_float(b[j][e]));
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int j = 0; j < NI; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // the trailing groups are empty; nothing is left in flight
+  // Accumulator e of tile (i, j) is row g + 8 (e / 2), column 2 t + e % 2 of
+  // that 16x8 tile, with g = lane / 4 and t = lane % 4 (the mma's C layout).
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = m0 + wm0 + i * 16 + lane / 4 + (e / 2) * 8;
+      if (m >= C::M) continue;
+      const int oc = g * C::M + m;
+      const float bv = HAS_BIAS ? bias[oc] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < NI; ++j) {
+        const int n = n0 + wn0 + j * 8 + (lane % 4) * 2 + e % 2;
+        if (n >= n_total) continue;
+        const int image = n / C::P;
+        const int p = n - image * C::P;
+        y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = Epi::apply(acc[i][j][e] + bv, image, oc, p, r0);
+      }
+    }
 }
 
 }  // namespace cnnc

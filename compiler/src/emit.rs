@@ -21,6 +21,47 @@ pub enum Stage {
     Cuda,
     /// The Rust driver `cnnc build` writes (src/main.rs of the generated crate).
     Driver,
+    /// The execution plan the driver embeds (plan.json of the generated crate).
+    Plan,
+}
+
+/// A stage other than [`Stage::Ast`] of a checked model, as `cnnc emit`
+/// prints it. Errors are internal ones (a pass or the lowering failed).
+pub fn stage_text(graph: &Graph, sources: &SourceMap, stage: Stage) -> Result<String, String> {
+    let internal = |e: String| format!("internal error: {e}");
+    if stage == Stage::Ir {
+        return Ok(ir(graph, sources));
+    }
+    if stage == Stage::Ast {
+        return Err(internal(
+            "the syntax tree is printed from the file, not the graph".to_string(),
+        ));
+    }
+    let (optimized, logs) = crate::passes::optimize(graph).map_err(internal)?;
+    match stage {
+        Stage::Fused => Ok(fused(graph, &optimized, &logs, sources)),
+        Stage::Kernels | Stage::Cuda => {
+            let program = crate::kernels::lower(&optimized, sources).map_err(internal)?;
+            if stage == Stage::Kernels {
+                Ok(crate::kernels::render(&program))
+            } else {
+                crate::cuda::print(&program).map_err(internal)
+            }
+        }
+        Stage::Driver | Stage::Plan => {
+            let (_, _, plan) = crate::plan::compile(graph, sources).map_err(internal)?;
+            if stage == Stage::Plan {
+                crate::build::plan_json(&plan).map_err(internal)
+            } else {
+                let cubins: Vec<(u32, String)> = crate::build::ARCHS
+                    .iter()
+                    .map(|a| (*a, format!("sm_{a}.cubin")))
+                    .collect();
+                crate::build::driver_source(&plan, "model.cu", &cubins).map_err(internal)
+            }
+        }
+        Stage::Ast | Stage::Ir => unreachable!("handled above"),
+    }
 }
 
 pub fn ast(file: &SourceFile) -> String {

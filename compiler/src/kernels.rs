@@ -101,6 +101,14 @@ pub enum Schedule {
     },
     /// A linear layer at a small batch, memory-bound on its weights.
     Gemv(Gemv),
+    /// Tensor cores (`--precision tf32` or `tf32x3`): warp tiles of
+    /// `mma.sync.m16n8k8` on TF32 operands with FP32 accumulation, operands
+    /// copied to swizzled shared memory by a `cp.async` pipeline and read with
+    /// `ldmatrix` (see [`TcTile`]). `x3`: each operand split into big + small
+    /// TF32 parts, three MMAs per product (FP32-level accuracy). `vec_a`: the
+    /// weights are copied 16 bytes at a time (K a multiple of 4). K is never
+    /// split: a GEMM too small to fill the GPU stays on CUDA cores.
+    Tensor { tile: TcTile, x3: bool, vec_a: bool },
 }
 
 impl Schedule {
@@ -130,11 +138,11 @@ impl Schedule {
         }
     }
 
-    /// How many ways K is split (1 for a GEMV or an unsplit tile).
+    /// How many ways K is split (1 for a GEMV, a tensor-core tile or an unsplit tile).
     pub fn split(&self) -> u32 {
         match self {
             Schedule::Tile { split, .. } => *split,
-            Schedule::Gemv(_) => 1,
+            Schedule::Gemv(_) | Schedule::Tensor { .. } => 1,
         }
     }
 
@@ -150,8 +158,173 @@ impl Schedule {
         match self {
             Schedule::Tile { tile, .. } => tile.threads(),
             Schedule::Gemv(v) => v.warps * 32,
+            Schedule::Tensor { tile, .. } => tile.threads(),
         }
     }
+}
+
+/// The arithmetic a build asks for (`cnnc build --precision`). Only the GEMMs
+/// (convolutions and linear layers) change; every other kernel computes in
+/// FP32 whatever the precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// FP32 FMAs on CUDA cores: the strict path.
+    Fp32,
+    /// Operands rounded to TF32 (10 mantissa bits), products on tensor cores,
+    /// FP32 accumulation: what PyTorch does for convolutions by default
+    /// (`torch.backends.cudnn.allow_tf32 = True`) and TensorRT by default.
+    #[default]
+    Tf32,
+    /// Each operand split into a big and a small TF32 part, three tensor-core
+    /// products: about FP32's accuracy at tensor-core speed.
+    Tf32x3,
+    /// 16-bit brain-float storage and tensor-core products (not implemented yet).
+    Bf16,
+    /// 16-bit IEEE half storage and tensor-core products (not implemented yet).
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 5] = [
+        Precision::Fp32,
+        Precision::Tf32,
+        Precision::Tf32x3,
+        Precision::Bf16,
+        Precision::Fp16,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Tf32x3 => "tf32x3",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Precision> {
+        Precision::ALL.into_iter().find(|p| p.name() == text)
+    }
+
+    /// Whether the compiler can generate kernels for it yet.
+    pub fn implemented(self) -> bool {
+        matches!(self, Precision::Fp32 | Precision::Tf32 | Precision::Tf32x3)
+    }
+
+    /// Whether GEMMs may run on tensor cores.
+    pub fn tensor_cores(self) -> bool {
+        matches!(self, Precision::Tf32 | Precision::Tf32x3)
+    }
+
+    /// One line for reports: what the GPU kernels compute in.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32 (FP32 FMAs on CUDA cores)",
+            Precision::Tf32 => {
+                "tf32 (convolutions and linear layers on tensor cores: operands rounded to TF32, FP32 accumulation)"
+            }
+            Precision::Tf32x3 => {
+                "tf32x3 (convolutions and linear layers on tensor cores: operands split into two TF32 parts, three products, FP32 accumulation)"
+            }
+            Precision::Bf16 => "bf16 (not implemented)",
+            Precision::Fp16 => "fp16 (not implemented)",
+        }
+    }
+}
+
+/// A tensor-core tile: a BM×BN output tile per block, computed by
+/// (BM/WM)×(BN/WN) warps, each a WM×WN tile of 16×8 MMA tiles, with K-slices
+/// of [`TC_BK`] floats in a `stages`-deep `cp.async` pipeline. Shared memory is
+/// (BM + BN)·16·4 bytes per stage; every tile stays within the 48 KiB a
+/// kernel gets without opting in to more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub wm: u32,
+    pub wn: u32,
+    pub stages: u32,
+}
+
+/// The K-slice of every tensor-core tile: 16 floats, two `m16n8k8` steps,
+/// a 64-byte shared-memory row (the swizzle in the device library assumes it).
+pub const TC_BK: u32 = 16;
+
+impl TcTile {
+    pub fn threads(&self) -> u32 {
+        32 * (self.bm / self.wm) * (self.bn / self.wn)
+    }
+    /// Bytes of shared memory (all stages of both operands).
+    pub fn shared_bytes(&self) -> u32 {
+        (self.bm + self.bn) * TC_BK * 4 * self.stages
+    }
+    /// Resident blocks per SM the kernel asks ptxas to allow for: each warp
+    /// keeps WM·WN/32 accumulators plus its A and B fragments in registers.
+    pub fn min_blocks_per_sm(&self) -> u32 {
+        if self.wm * self.wn >= 64 * 32 {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// Tensor-core tile candidates, largest first (the cost model is
+/// [`choose_tile`]'s: the largest that wastes at most a quarter of its work
+/// on padding and still launches two blocks per SM). 128×128 with 64×32 warp
+/// tiles is the usual shape of a fast Ampere GEMM: each warp reads 4 A and 4
+/// B fragments per 8-deep step for 16 MMAs.
+pub const TC_TILES: &[TcTile] = &[
+    TcTile {
+        bm: 128,
+        bn: 128,
+        wm: 64,
+        wn: 32,
+        stages: 3,
+    },
+    TcTile {
+        bm: 128,
+        bn: 64,
+        wm: 32,
+        wn: 32,
+        stages: 3,
+    },
+    TcTile {
+        bm: 64,
+        bn: 64,
+        wm: 32,
+        wn: 32,
+        stages: 3,
+    },
+    TcTile {
+        bm: 32,
+        bn: 32,
+        wm: 16,
+        wn: 16,
+        stages: 3,
+    },
+];
+
+/// The tensor-core tile for an M×N GEMM (per group, `groups` of them), or
+/// why it stays on CUDA cores.
+pub fn choose_tc_tile(m: u64, n: u64, groups: u64) -> Result<TcTile, &'static str> {
+    if groups > 1 {
+        // Depthwise and grouped convolutions have a small K per group and few
+        // channels per group: a 16-row MMA tile would be mostly padding.
+        return Err("grouped convolution: MMA tiles would be mostly padding");
+    }
+    let blocks = |t: &TcTile| m.div_ceil(t.bm as u64) * n.div_ceil(t.bn as u64);
+    let waste = |t: &TcTile| {
+        let padded = m.div_ceil(t.bm as u64) * t.bm as u64 * n.div_ceil(t.bn as u64) * t.bn as u64;
+        padded as f64 / (m * n).max(1) as f64 - 1.0
+    };
+    TC_TILES
+        .iter()
+        .find(|t| waste(t) <= 0.25 && blocks(t) >= 2 * TARGET_SMS)
+        .copied()
+        .ok_or("too few blocks to fill the GPU without splitting K: CUDA-core tile with split-K")
 }
 
 /// A matrix-vector product for a linear layer at a small batch: each warp owns
@@ -358,6 +531,15 @@ impl Gemm {
                     z: 1,
                 },
             ),
+            Schedule::Tensor { tile, .. } => (
+                tile.threads(),
+                Grid {
+                    per_image: self.pixels() as u64,
+                    per_block: tile.bn as u64,
+                    y: m.div_ceil(tile.bm as u64),
+                    z: self.groups as u64,
+                },
+            ),
         }
     }
 
@@ -365,7 +547,7 @@ impl Gemm {
     /// a GEMV for a linear layer when every batch of the bucket fits one,
     /// else the tile [`choose_tile`] picks for N at `batch`, with K split as
     /// [`choose_split`] says.
-    pub fn schedule_for(&self, batch: u64, next: Option<u64>) -> Schedule {
+    pub fn schedule_for(&self, batch: u64, next: Option<u64>, precision: Precision) -> Schedule {
         let fits = next.is_some_and(|n| n - 1 <= GEMV_MAX_IMAGES as u64);
         if self.linear && fits {
             return Schedule::Gemv(choose_gemv(self.m() as u64, self.k() as u64));
@@ -375,10 +557,32 @@ impl Gemm {
             self.pixels() as u64 * batch,
             self.groups as u64,
         );
+        if precision.tensor_cores() {
+            if let Ok(tile) = self.tensor_core_tile(n) {
+                return Schedule::Tensor {
+                    tile,
+                    x3: precision == Precision::Tf32x3,
+                    vec_a: self.k() % 4 == 0,
+                };
+            }
+        }
         let tile = choose_tile(m, n, groups);
         let blocks = m.div_ceil(tile.bm as u64) * n.div_ceil(tile.bn as u64) * groups;
         let split = choose_split(&tile, blocks, self.k() as u64);
         Schedule::tiled_split(tile, self.k(), split)
+    }
+}
+
+impl Gemm {
+    /// The tensor-core tile for this GEMM at N = `n` columns, or why it stays
+    /// on CUDA cores (the kernel report prints the reason).
+    pub fn tensor_core_tile(&self, n: u64) -> Result<TcTile, &'static str> {
+        if self.global_pool {
+            // The pooled operand is an average computed while loading, which a
+            // cp.async copy cannot do.
+            return Err("global-pool prologue: the pooled operand is computed, not copied");
+        }
+        choose_tc_tile(self.m() as u64, n, self.groups as u64)
     }
 }
 
@@ -395,12 +599,12 @@ pub struct Variant {
 
 /// The batch-1 schedule of a GEMM kernel named `name`, and its variants for
 /// the later buckets whose schedule differs from the bucket before.
-pub fn bucket_schedules(gemm: &Gemm, name: &str) -> (Schedule, Vec<Variant>) {
-    let first = gemm.schedule_for(BATCH_BUCKETS[0], BATCH_BUCKETS.get(1).copied());
+pub fn bucket_schedules(gemm: &Gemm, name: &str, precision: Precision) -> (Schedule, Vec<Variant>) {
+    let first = gemm.schedule_for(BATCH_BUCKETS[0], BATCH_BUCKETS.get(1).copied(), precision);
     let mut previous = first;
     let mut variants: Vec<Variant> = Vec::new();
     for (i, &batch) in BATCH_BUCKETS.iter().enumerate().skip(1) {
-        let schedule = gemm.schedule_for(batch, BATCH_BUCKETS.get(i + 1).copied());
+        let schedule = gemm.schedule_for(batch, BATCH_BUCKETS.get(i + 1).copied(), precision);
         if schedule == previous {
             continue;
         }
@@ -494,6 +698,8 @@ pub struct KernelProgram {
     pub input: TensorRef,
     pub output: TensorRef,
     pub kernels: Vec<Kernel>,
+    /// What the GEMMs compute in (the other kernels are FP32).
+    pub precision: Precision,
 }
 
 /// Where each node's values live, with views resolved to their owners.
@@ -560,8 +766,23 @@ fn chw(shape: Shape) -> (i64, i64, i64) {
     }
 }
 
-/// Lowers a fused graph to kernels.
+/// Lowers a fused graph to kernels, in strict FP32.
 pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
+    lower_with(g, sources, Precision::Fp32)
+}
+
+/// Lowers a fused graph to kernels whose GEMMs compute in `precision`.
+pub fn lower_with(
+    g: &Graph,
+    sources: &SourceMap,
+    precision: Precision,
+) -> Result<KernelProgram, String> {
+    if !precision.implemented() {
+        return Err(format!(
+            "precision `{}` is not implemented yet (fp32, tf32 and tf32x3 are)",
+            precision.name()
+        ));
+    }
     let refs = placements(g);
     let mut kernels = Vec::new();
     for (id, node) in g.nodes.iter().enumerate().skip(1) {
@@ -762,7 +983,7 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
         let name = format!("k{index:02}_{}{label}", node.op.name());
         let mut variants = Vec::new();
         if let KernelKind::Gemm(gemm) = &mut kind {
-            let (first, later) = bucket_schedules(gemm, &name);
+            let (first, later) = bucket_schedules(gemm, &name, precision);
             gemm.schedule = first;
             (block, grid) = gemm.launch(&first);
             variants = later;
@@ -792,6 +1013,7 @@ pub fn lower(g: &Graph, sources: &SourceMap) -> Result<KernelProgram, String> {
         input: refs[0],
         output: refs[g.output],
         kernels,
+        precision,
     })
 }
 
@@ -832,6 +1054,9 @@ pub fn render(program: &KernelProgram) -> String {
         program.model,
         program.kernels.len()
     );
+    if program.precision != Precision::Fp32 {
+        let _ = writeln!(out, "precision {}", program.precision.describe());
+    }
     for k in &program.kernels {
         let _ = writeln!(
             out,
@@ -862,6 +1087,21 @@ pub fn render(program: &KernelProgram) -> String {
                     describe_schedule(&gm.schedule)
                 );
                 let _ = writeln!(out, "    loop nest: {}", loop_nest(&gm.schedule));
+                let cuda_cores = |out: &mut String, schedule: &Schedule, batch: u64| {
+                    if !program.precision.tensor_cores() {
+                        return;
+                    }
+                    let why = match schedule {
+                        Schedule::Tensor { .. } => return,
+                        Schedule::Gemv(_) => "a GEMV is bound by reading the weights once",
+                        Schedule::Tile { .. } => gm
+                            .tensor_core_tile(gm.pixels() as u64 * batch)
+                            .err()
+                            .unwrap_or("no tensor-core tile"),
+                    };
+                    let _ = writeln!(out, "    on CUDA cores in fp32: {why}");
+                };
+                cuda_cores(&mut out, &gm.schedule, 1);
                 for (i, v) in k.variants.iter().enumerate() {
                     let _ = writeln!(
                         out,
@@ -876,6 +1116,7 @@ pub fn render(program: &KernelProgram) -> String {
                         describe_schedule(&v.schedule)
                     );
                     let _ = writeln!(out, "    loop nest: {}", loop_nest(&v.schedule));
+                    cuda_cores(&mut out, &v.schedule, v.min_batch);
                 }
             }
             other => {
@@ -934,6 +1175,18 @@ pub fn describe_schedule(schedule: &Schedule) -> String {
                 String::new()
             }
         ),
+        Schedule::Tensor { tile: t, x3, vec_a } => format!(
+            "tensor cores {}: tile BM={} BN={} BK={TC_BK}, warp tiles {}×{} of mma.m16n8k8, {}-stage cp.async pipeline, {} B shared ({} threads){}",
+            if *x3 { "3xTF32" } else { "TF32" },
+            t.bm,
+            t.bn,
+            t.wm,
+            t.wn,
+            t.stages,
+            t.shared_bytes(),
+            t.threads(),
+            if *vec_a { ", weights by 16-byte copies" } else { "" },
+        ),
         Schedule::Gemv(v) => format!(
             "GEMV {} warps × {} rows, ≤{} images, chunks of {}{} ({} threads)",
             v.warps,
@@ -948,6 +1201,19 @@ pub fn describe_schedule(schedule: &Schedule) -> String {
 
 fn loop_nest(schedule: &Schedule) -> String {
     match schedule {
+        Schedule::Tensor { tile: t, x3, .. } => format!(
+            "cp.async slices 0..{s1} of A[{bm}×{TC_BK}], B[{TC_BK}×{bn}] to swizzled shared buffers; for k0 in 0..K step {TC_BK}: wait for slice k0, copy slice k0+{s1} into buffer (k0/{TC_BK}+{s1}) % {s}, for k in 0..{TC_BK} step 8: ldmatrix A[{wm}×8], B[8×{wn}] per warp, round to TF32{split}, {mi}×{ni} mma.m16n8k8{times}",
+            s1 = t.stages - 1,
+            s = t.stages,
+            bm = t.bm,
+            bn = t.bn,
+            wm = t.wm,
+            wn = t.wn,
+            mi = t.wm / 16,
+            ni = t.wn / 8,
+            split = if *x3 { " big + small parts" } else { "" },
+            times = if *x3 { " ×3 (small·big, big·small, big·big)" } else { "" },
+        ),
         Schedule::Tile {
             tile: t, split: 1, ..
         } => format!(

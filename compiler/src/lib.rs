@@ -14,6 +14,7 @@
 //! stages; the command-line tool in `main.rs` only prints what they return.
 
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod cuda;
 pub mod diag;
@@ -70,6 +71,47 @@ impl Compilation {
 
     pub fn render_diagnostics(&self) -> String {
         diag::render(&self.sources, &self.diagnostics)
+    }
+}
+
+/// The folder of a model file, for naming files relative to it (`.` for a bare file name).
+pub fn model_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// One stage of the compilation of the model in `path`, exactly as
+/// `cnnc emit --stage STAGE --stable` prints it: files are named relative to
+/// the model's folder, so the text is the same on every machine and from
+/// every working directory. Made for snapshot tests of your own models
+/// (docs/snapshot-testing.md). The file must hold one model; errors in it
+/// come back rendered as `cnnc check` prints them (without colour).
+pub fn emit_stage(path: &Path, stage: emit::Stage) -> Result<String, String> {
+    let mut compilation = compile_file(path, &BTreeMap::new()).map_err(|e| e.0)?;
+    if compilation.has_errors() {
+        return Err(compilation.render_diagnostics());
+    }
+    compilation.sources.make_names_relative_to(&model_dir(path));
+    if stage == emit::Stage::Ast {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let (parsed, _) = syntax::parse(FileId(0), &source);
+        return Ok(emit::ast(&parsed));
+    }
+    let graphs: Vec<&ir::Graph> = compilation
+        .models
+        .iter()
+        .filter_map(|m| m.graph.as_ref())
+        .collect();
+    match graphs.as_slice() {
+        [graph] => emit::stage_text(graph, &compilation.sources, stage),
+        _ => Err(format!(
+            "`{}` has {} models; `emit_stage` takes a file with one",
+            path.display(),
+            graphs.len()
+        )),
     }
 }
 
@@ -420,22 +462,59 @@ fn line_at(text: &str, offset: usize) -> &str {
 
 /// Settings that no model in the file declares (a command-line mistake).
 pub fn unknown_settings(path: &Path, overrides: &BTreeMap<String, Value>) -> Vec<String> {
-    let Ok(SourceText::Text(text)) = read_source(path) else {
+    // An unreadable file is reported when it is compiled.
+    let Some(declared) = declared_parameters(path) else {
         return Vec::new();
     };
-    let (parsed, _) = syntax::parse(FileId(0), &text);
-    let declared: Vec<&str> = parsed
-        .decls
-        .iter()
-        .filter_map(|d| match d {
-            Decl::Model(m) => Some(m.params.iter().map(|p| p.name.text.as_str())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
     overrides
         .keys()
-        .filter(|k| !declared.contains(&k.as_str()))
+        .filter(|k| !declared.contains(k))
         .cloned()
         .collect()
+}
+
+/// The parameters the models of a file declare, in file order, each once;
+/// `None` when the file cannot be read as text.
+pub fn declared_parameters(path: &Path) -> Option<Vec<String>> {
+    let Ok(SourceText::Text(text)) = read_source(path) else {
+        return None;
+    };
+    let (parsed, _) = syntax::parse(FileId(0), &text);
+    let mut declared: Vec<String> = Vec::new();
+    for decl in &parsed.decls {
+        if let Decl::Model(m) = decl {
+            for p in &m.params {
+                if !declared.contains(&p.name.text) {
+                    declared.push(p.name.text.clone());
+                }
+            }
+        }
+    }
+    Some(declared)
+}
+
+/// The lines that follow "no model ... has a parameter ...": a "did you
+/// mean" for each near miss among the `declared` parameters, else the list
+/// of what may be set.
+pub fn unknown_settings_help(unknown: &[String], declared: &[String]) -> String {
+    let mut lines = Vec::new();
+    let mut all_matched = true;
+    for name in unknown {
+        match check::closest(name, declared.iter().map(String::as_str)) {
+            Some(near) => lines.push(format!("help: `{name}`: did you mean `{near}`?")),
+            None => all_matched = false,
+        }
+    }
+    if !all_matched {
+        lines.push(if declared.is_empty() {
+            "note: no model here takes parameters".to_string()
+        } else {
+            let names: Vec<String> = declared.iter().map(|d| format!("`{d}`")).collect();
+            format!(
+                "note: the parameters that can be set are {}",
+                names.join(", ")
+            )
+        });
+    }
+    lines.join("\n")
 }

@@ -34,6 +34,28 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// What `cnnc build` needs and uses, for `cnnc build --help`.
+const BUILD_HELP: &str = "\
+What it needs and uses:
+  cargo         builds the generated crate (`CARGO` names another cargo)
+  nvcc          compiles the kernels to cubins for sm_80 and sm_90: `CNNC_NVCC`,
+                then `PATH`, then /usr/local/cuda/bin/nvcc; without it the CUDA
+                source is embedded and compiled with NVRTC when the binary
+                first runs on a GPU
+  the cache     the runtime crate (built into cnnc, unpacked on first use) and
+                the compiled dependencies, shared by every build of this cnnc
+                version: $CNNC_CACHE_DIR/<version>, else
+                $XDG_CACHE_HOME/cnnc/<version>, else ~/.cache/cnnc/<version>.
+                The first build compiles the dependencies (minutes); later
+                builds take seconds.
+
+Environment:
+  CNNC_CACHE_DIR     the cache folder (<version> is appended)
+  CARGO_TARGET_DIR   cargo's target folder instead of the cache's target/
+  CNNC_RUNTIME_PATH  a runtime crate (a checkout's runtime/) instead of the built-in one
+  CNNC_NVCC          the nvcc to use
+  CARGO              the cargo to use";
+
 #[derive(Parser)]
 #[command(name = "cnnc", version, about = "A compiler for convolutional neural networks", long_about = None)]
 struct Cli {
@@ -85,6 +107,10 @@ enum Command {
         set: Vec<String>,
         #[arg(long)]
         model: Option<String>,
+        /// Name files relative to the model's folder, so the output is the
+        /// same on every machine (for snapshot tests; see docs/snapshot-testing.md).
+        #[arg(long)]
+        stable: bool,
     },
     /// Draw the model (one box per layer, repeated blocks as `× N`) as SVG or DOT.
     Graph {
@@ -106,6 +132,7 @@ enum Command {
         model: Option<String>,
     },
     /// Build a standalone binary that runs the model on an NVIDIA GPU (or the CPU).
+    #[command(after_help = BUILD_HELP)]
     Build {
         file: PathBuf,
         /// Directory for the generated crate and the binary (default: build/<model>).
@@ -222,7 +249,15 @@ fn main() -> ExitCode {
             output,
             set,
             model,
-        } => emit(&file, stage, output.as_deref(), &set, model.as_deref()),
+            stable,
+        } => emit(
+            &file,
+            stage,
+            output.as_deref(),
+            &set,
+            model.as_deref(),
+            stable,
+        ),
         Command::Graph {
             file,
             output,
@@ -262,13 +297,17 @@ fn load(file: &Path, set: &[String]) -> Result<Compilation, UsageError> {
     let unknown = unknown_settings(file, &overrides);
     if !unknown.is_empty() {
         return Err(UsageError(format!(
-            "no model in `{}` has a parameter {}",
+            "no model in `{}` has a parameter {}\n{}",
             file.display(),
             unknown
                 .iter()
                 .map(|u| format!("`{u}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cnnc::unknown_settings_help(
+                &unknown,
+                &cnnc::declared_parameters(file).unwrap_or_default()
+            )
         )));
     }
     compile_file(file, &overrides)
@@ -288,13 +327,22 @@ fn check(
         unknown.retain(|k| missing.contains(k));
     }
     if !unknown.is_empty() {
+        let mut declared: Vec<String> = Vec::new();
+        for file in files {
+            for p in cnnc::declared_parameters(file).unwrap_or_default() {
+                if !declared.contains(&p) {
+                    declared.push(p);
+                }
+            }
+        }
         return Err(UsageError(format!(
-            "no model in the files given has a parameter {}",
+            "no model in the files given has a parameter {}\n{}",
             unknown
                 .iter()
                 .map(|u| format!("`{u}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cnnc::unknown_settings_help(&unknown, &declared)
         )));
     }
     let mut failed = false;
@@ -658,6 +706,7 @@ fn emit(
     output: Option<&Path>,
     set: &[String],
     model: Option<&str>,
+    stable: bool,
 ) -> Result<ExitCode, UsageError> {
     use cnnc::emit::Stage;
     if let Some(code) = refuse_output(output, file)? {
@@ -677,41 +726,13 @@ fn emit(
             Ok(g) => g,
             Err(code) => return Ok(code),
         };
-        let sources = &compilation.sources;
-        let optimized = cnnc::passes::optimize(&graph);
-        match (stage, optimized) {
-            (Stage::Ir, _) => cnnc::emit::ir(&graph, sources),
-            (_, Err(e)) => return Ok(fail(format!("internal error: {e}"))),
-            (Stage::Fused, Ok((fused, logs))) => cnnc::emit::fused(&graph, &fused, &logs, sources),
-            (Stage::Kernels | Stage::Cuda, Ok((fused, _))) => {
-                let program = match cnnc::kernels::lower(&fused, sources) {
-                    Ok(p) => p,
-                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
-                };
-                if stage == Stage::Kernels {
-                    cnnc::kernels::render(&program)
-                } else {
-                    match cnnc::cuda::print(&program) {
-                        Ok(t) => t,
-                        Err(e) => return Ok(fail(format!("internal error: {e}"))),
-                    }
-                }
-            }
-            (Stage::Driver, Ok(_)) => {
-                let plan = match cnnc::plan::compile(&graph, sources) {
-                    Ok((_, _, plan)) => plan,
-                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
-                };
-                let cubins: Vec<(u32, String)> = cnnc::build::ARCHS
-                    .iter()
-                    .map(|a| (*a, format!("sm_{a}.cubin")))
-                    .collect();
-                match cnnc::build::driver_source(&plan, "model.cu", &cubins) {
-                    Ok(t) => t,
-                    Err(e) => return Ok(fail(format!("internal error: {e}"))),
-                }
-            }
-            (Stage::Ast, _) => unreachable!("handled above"),
+        let mut sources = compilation.sources;
+        if stable {
+            sources.make_names_relative_to(&cnnc::model_dir(file));
+        }
+        match cnnc::emit::stage_text(&graph, &sources, stage) {
+            Ok(t) => t,
+            Err(e) => return Ok(fail(e)),
         }
     };
     Ok(write_text(output, &text))
@@ -774,18 +795,26 @@ fn build(
         Ok(s) => s,
         Err(e) => return Ok(fail(format!("internal error: {e}"))),
     };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let runtime = std::env::var_os("CNNC_RUNTIME_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("runtime"));
     let out_dir = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("build").join(cnnc::build::crate_name(&plan.model)));
+    // The runtime's sources and compiled dependencies live in the user's
+    // cache, shared by every build of this cnnc version (cache.rs).
+    let cache = match cnnc::cache::cache_dir() {
+        Ok(c) => c,
+        Err(e) => return Ok(fail(e)),
+    };
+    let runtime = match cnnc::cache::runtime_crate(&cache) {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(e)),
+    };
     let opts = cnnc::build::BuildOptions {
         out_dir,
         runtime,
-        lockfile: Some(repo.join("Cargo.lock")),
+        lockfile: Some(cnnc::cache::LOCK_FILE),
         nvcc: cnnc::build::find_nvcc(),
+        target_dir: cnnc::cache::target_dir(&cache),
+        cubin_cache: Some(cache.join("cubins")),
     };
     let mut log = |m: &str| eprintln!("  {m}");
     match cnnc::build::build(&plan, &source, &opts, &mut log) {

@@ -252,10 +252,20 @@ pub fn build(
     })
 }
 
-/// The whole back half of the pipeline: optimise, lower, plan memory, build the plan.
+/// The whole back half of the pipeline: optimise, lower, plan memory, build the plan
+/// (strict FP32 kernels).
 pub fn compile(graph: &Graph, sources: &SourceMap) -> Result<(Graph, KernelProgram, Plan), String> {
+    compile_with(graph, sources, crate::kernels::Precision::Fp32)
+}
+
+/// [`compile`] with the GEMMs in `precision` (`cnnc build --precision`).
+pub fn compile_with(
+    graph: &Graph,
+    sources: &SourceMap,
+    precision: crate::kernels::Precision,
+) -> Result<(Graph, KernelProgram, Plan), String> {
     let (fused, _) = crate::passes::optimize(graph)?;
-    let program = crate::kernels::lower(&fused, sources)?;
+    let program = crate::kernels::lower_with(&fused, sources, precision)?;
     let refs = crate::kernels::placements(&fused);
     let memory = crate::memory::plan(&fused, &refs);
     crate::memory::verify(&memory)?;

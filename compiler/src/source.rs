@@ -1,6 +1,7 @@
 //! Source files and spans: every diagnostic and every IR node points back into these.
 
 use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
 
 /// Index of a file in a [`SourceMap`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +83,24 @@ impl SourceMap {
         (line, col)
     }
 
+    /// Renames every file by its path relative to `dir` (lexically, with `/`
+    /// separators), so output that quotes locations reads the same on every
+    /// machine and from every working directory: `cnnc emit --stable` names
+    /// files relative to the model's folder.
+    pub fn make_names_relative_to(&mut self, dir: &Path) {
+        let mut files = codespan_reporting::files::SimpleFiles::new();
+        for (i, name) in self.names.iter_mut().enumerate() {
+            *name = relative_path(dir, Path::new(name.as_str()));
+            let text = self
+                .files
+                .get(i)
+                .map(|f| f.source().clone())
+                .unwrap_or_default();
+            files.add(name.clone(), text);
+        }
+        self.files = files;
+    }
+
     pub(crate) fn files(&self) -> &codespan_reporting::files::SimpleFiles<String, String> {
         &self.files
     }
@@ -92,4 +111,55 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
         offset -= 1;
     }
     offset
+}
+
+/// `path` made absolute (from the working directory) with `.` and `..`
+/// resolved by the text alone, without following links.
+fn absolute_lexical(path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `to` relative to the folder `from`, with `..` where it lies outside, and
+/// `/` between components on every platform.
+pub fn relative_path(from: &Path, to: &Path) -> String {
+    let (from, to) = (absolute_lexical(from), absolute_lexical(to));
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let r = |from: &str, to: &str| relative_path(Path::new(from), Path::new(to));
+        assert_eq!(r("/a/b", "/a/b/c.cnn"), "c.cnn");
+        assert_eq!(r("/a/b", "/a/b/blocks/../blocks/r.cnn"), "blocks/r.cnn");
+        assert_eq!(r("/a/b", "/a/x/r.cnn"), "../x/r.cnn");
+        assert_eq!(r("/a/./b/", "/a/b/./c.cnn"), "c.cnn");
+    }
 }

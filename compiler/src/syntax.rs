@@ -76,6 +76,9 @@ pub struct Param {
 pub struct Item {
     pub unused: bool,
     pub name: Option<Ident>,
+    /// A quoted name with `{expression}` parts (`"denselayer{i + 1}"`): the
+    /// name is computed for each copy. `name` then holds the text as written.
+    pub name_template: Option<Vec<NamePart>>,
     pub term: Term,
     pub term_span: Span,
     pub repeat: Option<Expr>,
@@ -83,12 +86,21 @@ pub struct Item {
     pub span: Span,
 }
 
+/// A piece of a name template: literal text, or an integer expression in braces.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NamePart {
+    Text(String),
+    Expr(Expr),
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Term {
     /// `seq { ... }`: an `nn.Sequential`, children numbered by position.
     Seq(Vec<Item>),
-    /// `residual { body } [shortcut [name] [when cond] { ... }]`: body(x) + shortcut(x).
+    /// `residual [when cond] { body } [shortcut [name] [when cond] { ... }]`:
+    /// body(x) + shortcut(x); with a condition that is false, body(x) alone.
     Residual {
+        condition: Option<Expr>,
         body: Vec<Item>,
         shortcut: Option<Shortcut>,
     },
@@ -96,6 +108,9 @@ pub enum Term {
     Concat(Vec<Item>),
     /// `gate { body }`: the input times body(input), a [C, 1, 1] or [C, H, W] factor.
     Gate(Vec<Item>),
+    /// `{ items }`: a group, items in a module scope of their own that adds
+    /// no name; an unnamed group branch of a `concat` takes no position.
+    Group(Vec<Item>),
     /// `vgg(bn = true) [64, M, ...]`: torchvision's `make_layers`.
     Vgg { args: Vec<Arg>, cfg: Vec<Expr> },
     /// A layer (`conv(64, k=3)`) or a block invocation (`bottleneck(64)`).
@@ -413,6 +428,9 @@ fn syntax_error(
     if let Some(diagnostic) = string_error(file, offset, text, at) {
         return (at, diagnostic);
     }
+    if let Some(diagnostic) = reserved_word(file, offset, text, at) {
+        return (at, diagnostic);
+    }
     let found = describe_found(text, at);
     let end = at + found.1;
     let span = Span::new(file, offset + at..offset + end);
@@ -650,9 +668,56 @@ fn string_error(file: FileId, offset: usize, text: &str, at: usize) -> Option<Di
     }
     let d = Diagnostic::error("expected a value, found a string", span, "not a value");
     Some(if is_name {
-        d.with_help(format!("names are written without quotes: `{content}`"))
+        d.with_help(format!("values are written without quotes: `{content}`"))
     } else {
-        d.with_note("strings are only used by `include \"file.cnn\"`")
+        d.with_note("quotes hold an `include` path or a layer name (`\"block1-0\" = conv(...)`)")
+    })
+}
+
+/// The words of the language that cannot be names as written.
+const KEYWORDS: &[&str] = &[
+    "model", "block", "include", "input", "seq", "residual", "shortcut", "concat", "gate", "vgg",
+    "when", "unused", "and", "or", "not", "true", "false",
+];
+
+/// A reserved word where a name belongs: `block = seq { ... }` (a name
+/// followed by `=`) or `shortcut block { ... }`. Says so, and shows the quoted
+/// form, which is how such a PyTorch attribute is written.
+fn reserved_word(file: FileId, offset: usize, text: &str, at: usize) -> Option<Diagnostic> {
+    let rest = &text[at..];
+    let word = rest
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .filter(|w| KEYWORDS.contains(w))?;
+    let after = rest[word.len()..].trim_start_matches([' ', '\t']);
+    let assigned = after.starts_with('=') && !after.starts_with("==");
+    // `shortcut seq { ... }` is a misunderstanding of the form, not a name.
+    let after_shortcut = text[..at].trim_end().ends_with("shortcut")
+        && !["seq", "residual", "concat", "gate", "vgg"].contains(&word);
+    if !assigned && !after_shortcut {
+        return None;
+    }
+    let span = Span::new(file, offset + at..offset + at + word.len());
+    let d = Diagnostic::error(
+        format!("expected a name, found keyword `{word}`"),
+        span,
+        format!("`{word}` is a reserved word"),
+    );
+    // A parameter list is on the declaration's line, after its name.
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_before = text[line_start..at].trim_start();
+    let in_params = (line_before.starts_with("model ") || line_before.starts_with("block "))
+        && line_before.contains('(');
+    Some(if in_params {
+        d.with_help("parameters are plain names; choose another one")
+    } else if assigned {
+        d.with_help(format!(
+            "to use it as a layer name, quote it: `\"{word}\" = ...`"
+        ))
+    } else {
+        d.with_help(format!(
+            "to use it as a shortcut name, quote it: `shortcut \"{word}\"`"
+        ))
     })
 }
 
@@ -759,7 +824,9 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         Rule::include | Rule::kw_include => "`include`",
         Rule::model | Rule::kw_model => "`model`",
         Rule::block | Rule::kw_block => "`block`",
-        Rule::ident | Rule::item_name | Rule::arg_name | Rule::param => "a name",
+        Rule::ident | Rule::item_name | Rule::quoted_name | Rule::arg_name | Rule::param => {
+            "a name"
+        }
         Rule::input_decl | Rule::kw_input => "`input [C, H, W]`",
         Rule::item
         | Rule::seq
@@ -767,6 +834,7 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         | Rule::concat
         | Rule::gate
         | Rule::vgg
+        | Rule::group
         | Rule::call => "a layer",
         Rule::kw_unused => "`unused`",
         Rule::kw_seq => "`seq`",
@@ -825,6 +893,112 @@ impl Builder {
             text: pair.as_str().to_string(),
             span: self.span(&pair),
         }
+    }
+
+    /// A layer name: an identifier as written, or the content of a quoted
+    /// name, whose characters are checked here (the grammar takes any).
+    /// A quoted name with `{expression}` parts also returns its template.
+    fn name(
+        &self,
+        pair: Pair<Rule>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> (Ident, Option<Vec<NamePart>>) {
+        if pair.as_rule() != Rule::quoted_name {
+            return (self.ident(pair), None);
+        }
+        let span = self.span(&pair);
+        let quoted = pair.as_str();
+        let content = &quoted[1..quoted.len() - 1];
+        // Byte offset of the content in the file, past the opening quote.
+        let start = self.offset + pair.as_span().start() + 1;
+        let ident = Ident {
+            text: content.to_string(),
+            span,
+        };
+        if !content.contains(['{', '}']) {
+            if let Some(diagnostic) = quoted_name_error(self.file, start, content, span) {
+                diags.push(diagnostic);
+            }
+            return (ident, None);
+        }
+        (ident, self.name_template(content, start, span, diags))
+    }
+
+    /// Splits `"denselayer{i + 1}"` into text and parsed expressions; the
+    /// text parts follow the quoted-name rules. `start` is the content's
+    /// offset in the file.
+    fn name_template(
+        &self,
+        content: &str,
+        start: usize,
+        span: Span,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<NamePart>> {
+        let mut parts = Vec::new();
+        let mut rest = content;
+        let mut at = 0; // offset of `rest` in `content`
+        let mut ok = true;
+        while !rest.is_empty() {
+            let text_len = rest.find(['{', '}']).unwrap_or(rest.len());
+            let text = &rest[..text_len];
+            if !text.is_empty() {
+                // Checked as a name of its own; an empty piece is fine here.
+                if let Some(d) = quoted_name_error(self.file, start + at, text, span) {
+                    diags.push(d);
+                    ok = false;
+                }
+                parts.push(NamePart::Text(text.to_string()));
+            }
+            rest = &rest[text_len..];
+            at += text_len;
+            if rest.is_empty() {
+                break;
+            }
+            let brace = Span::new(self.file, start + at..start + at + 1);
+            if rest.starts_with('}') {
+                diags.push(
+                    Diagnostic::error("unmatched `}` in a name", brace, "no `{` before it")
+                        .with_help(
+                            "`{expression}` inserts a number into a name: `\"layer{i + 1}\"`",
+                        ),
+                );
+                return None;
+            }
+            let Some(close) = rest.find('}') else {
+                diags.push(
+                    Diagnostic::error("unclosed `{` in a name", brace, "never closed")
+                        .with_help("close it: `\"layer{i + 1}\"`"),
+                );
+                return None;
+            };
+            let written = &rest[1..close];
+            // pest skips whitespace between tokens only: trim the ends here.
+            let lead = written.len() - written.trim_start().len();
+            let inner = written.trim();
+            let inner_start = start + at + 1 + lead;
+            match CnnParser::parse(Rule::expr, inner) {
+                Ok(mut pairs) => match pairs.next() {
+                    Some(pair) if pair.as_str().len() == inner.len() => {
+                        let builder = Builder {
+                            file: self.file,
+                            offset: inner_start,
+                        };
+                        parts.push(NamePart::Expr(builder.expr(pair, diags)));
+                    }
+                    _ => {
+                        diags.push(template_expr_error(self.file, inner_start, inner));
+                        ok = false;
+                    }
+                },
+                Err(_) => {
+                    diags.push(template_expr_error(self.file, inner_start, inner));
+                    ok = false;
+                }
+            }
+            rest = &rest[close + 1..];
+            at += close + 1;
+        }
+        ok.then_some(parts)
     }
 
     fn decls(&self, file: Pair<Rule>, out: &mut Vec<Decl>, diags: &mut Vec<Diagnostic>) {
@@ -926,6 +1100,7 @@ impl Builder {
         let span = self.span(&pair);
         let mut unused = false;
         let mut name = None;
+        let mut name_template = None;
         let mut term = None;
         let mut term_span = span;
         let mut repeat = None;
@@ -933,7 +1108,13 @@ impl Builder {
         for p in pair.into_inner() {
             match p.as_rule() {
                 Rule::kw_unused => unused = true,
-                Rule::item_name => name = p.into_inner().next().map(|i| self.ident(i)),
+                Rule::item_name => {
+                    if let Some(n) = p.into_inner().next() {
+                        let (ident, template) = self.name(n, diags);
+                        name = Some(ident);
+                        name_template = template;
+                    }
+                }
                 Rule::repeat => repeat = p.into_inner().next().map(|e| self.expr(e, diags)),
                 Rule::condition => condition = self.condition(p, diags),
                 _ => {
@@ -945,6 +1126,7 @@ impl Builder {
         Item {
             unused,
             name,
+            name_template,
             term: term.unwrap_or(Term::Seq(Vec::new())),
             term_span,
             repeat,
@@ -968,6 +1150,12 @@ impl Builder {
                     .map(|b| self.body(b, diags))
                     .unwrap_or_default(),
             ),
+            Rule::group => Term::Group(
+                pair.into_inner()
+                    .find(|p| p.as_rule() == Rule::body)
+                    .map(|b| self.body(b, diags))
+                    .unwrap_or_default(),
+            ),
             Rule::concat => Term::Concat(
                 pair.into_inner()
                     .find(|p| p.as_rule() == Rule::body)
@@ -983,8 +1171,10 @@ impl Builder {
             Rule::residual => {
                 let mut body = Vec::new();
                 let mut shortcut = None;
+                let mut condition = None;
                 for p in pair.into_inner() {
                     match p.as_rule() {
+                        Rule::condition => condition = self.condition(p, diags),
                         Rule::body => body = self.body(p, diags),
                         Rule::shortcut => {
                             let span = self.span(&p);
@@ -993,7 +1183,20 @@ impl Builder {
                             let mut sbody = Vec::new();
                             for q in p.into_inner() {
                                 match q.as_rule() {
-                                    Rule::ident => name = Some(self.ident(q)),
+                                    Rule::ident | Rule::quoted_name => {
+                                        let (ident, template) = self.name(q, diags);
+                                        if template.is_some() {
+                                            diags.push(
+                                                Diagnostic::error(
+                                                    "a shortcut's name cannot be computed",
+                                                    ident.span,
+                                                    "`{...}` in a shortcut name",
+                                                )
+                                                .with_help("name templates are for items repeated with `* n`"),
+                                            );
+                                        }
+                                        name = Some(ident)
+                                    }
                                     Rule::condition => condition = self.condition(q, diags),
                                     Rule::body => sbody = self.body(q, diags),
                                     _ => {}
@@ -1009,7 +1212,11 @@ impl Builder {
                         _ => {}
                     }
                 }
-                Term::Residual { body, shortcut }
+                Term::Residual {
+                    condition,
+                    body,
+                    shortcut,
+                }
             }
             Rule::vgg => {
                 let mut args = Vec::new();
@@ -1275,6 +1482,71 @@ fn too_deep(span: Span) -> Diagnostic {
         "too deep",
     )
     .with_help("split it into parameters, or simplify it")
+}
+
+/// Whether a quoted name's character may appear in a `state_dict` key
+/// component: what PyTorch module names use (`block1-0`), and nothing that
+/// could end a comment or a string in generated code.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Checks the content of a quoted name (`"block1-0"`) that starts at byte
+/// `start` of the file; `span` is the whole quoted name.
+fn quoted_name_error(file: FileId, start: usize, content: &str, span: Span) -> Option<Diagnostic> {
+    if content.is_empty() {
+        return Some(
+            Diagnostic::error("a name cannot be empty", span, "empty name")
+                .with_help("write the PyTorch attribute name between the quotes"),
+        );
+    }
+    let chars = content.chars().count();
+    if chars > MAX_NAME {
+        return Some(
+            Diagnostic::error(
+                format!("name is {chars} characters long"),
+                Span::new(file, start..start + 1),
+                "this name is too long",
+            )
+            .with_help(format!("names may have at most {MAX_NAME} characters")),
+        );
+    }
+    let (at, bad) = content.char_indices().find(|(_, c)| !is_name_char(*c))?;
+    let bad_span = Span::new(file, start + at..start + at + bad.len_utf8());
+    Some(if bad == '.' {
+        Diagnostic::error(
+            "a name cannot contain `.`",
+            bad_span,
+            "`.` separates the levels of a `state_dict` key",
+        )
+        .with_help("nest the levels instead: `a = seq { b = ... }` gives keys `a.b.…`")
+    } else {
+        let shown = if bad == ' ' {
+            "a space".to_string()
+        } else if bad.is_ascii_graphic() {
+            format!("`{bad}`")
+        } else {
+            format!("the character {bad:?}")
+        };
+        Diagnostic::error(
+            format!("{shown} cannot be part of a name"),
+            bad_span,
+            "not a letter, digit, `_` or `-`",
+        )
+        .with_note(
+            "a quoted name holds ASCII letters, digits, `_` and `-`, as PyTorch module names do",
+        )
+    })
+}
+
+fn template_expr_error(file: FileId, start: usize, inner: &str) -> Diagnostic {
+    let span = Span::new(file, start..start + inner.len().max(1));
+    Diagnostic::error(
+        "expected an expression between `{` and `}` in a name",
+        span,
+        "not an expression",
+    )
+    .with_help("`{expression}` inserts an integer: `\"denselayer{i + 1}\"`")
 }
 
 fn missing_ident(span: Span) -> Ident {

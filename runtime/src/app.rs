@@ -106,6 +106,19 @@ pub fn main(plan: Plan, images: KernelImages) -> ExitCode {
     }
 }
 
+/// Entry point of a built binary whose driver embeds its plan as JSON
+/// (`plan.json`, written by `cnnc build` with the runtime it links, so it
+/// parses unless the crate was edited by hand).
+pub fn main_with_plan_json(plan_json: &str, images: KernelImages) -> ExitCode {
+    match Plan::from_json(plan_json) {
+        Ok(plan) => main(plan, images),
+        Err(Error(message)) => {
+            eprintln!("error: {message}\nhelp: rebuild the binary with `cnnc build`");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
     if let Some(path) = &args.output {
         crate::output::check_target(path)?;

@@ -282,6 +282,22 @@ impl Launch<'_> {
 }
 
 impl Plan {
+    /// The plan as the JSON a built binary embeds (`plan.json` of the crate
+    /// `cnnc build` writes): data, so rustc has nothing to compile for it.
+    /// Field order follows the structs, so the text is deterministic.
+    pub fn to_json(&self) -> crate::Result<String> {
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| crate::Error(format!("cannot write the plan as JSON: {e}")))?;
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// Reads a plan written by [`Plan::to_json`].
+    pub fn from_json(text: &str) -> crate::Result<Plan> {
+        serde_json::from_str(text)
+            .map_err(|e| crate::Error(format!("the execution plan does not parse: {e}")))
+    }
+
     /// The workspace every launch for 1 to `max_batch` images fits in.
     pub fn workspace(&self, max_batch: usize) -> Workspace {
         let mut most = Workspace::default();

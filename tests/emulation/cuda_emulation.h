@@ -39,6 +39,10 @@
 
 #pragma once
 
+// The device library (cuda_prelude.cuh) calls the emulation's tensor-core
+// instructions where a GPU build uses inline PTX.
+#define CNNC_EMULATION 1
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -193,6 +197,19 @@ struct Fiber {
   State state = READY;
   unsigned mask = 0;  // lanes a warp-level wait waits for
   int barriers = 0;   // __syncthreads() passed, for error messages
+  // Tensor-core collectives (ldmatrix, mma): the registers or address this
+  // lane contributes, in two sets used alternately (see `collective`).
+  uint64_t fragment[2][8] = {};
+  unsigned collectives = 0;
+  // cp.async copies this thread issued that have not landed yet, and how
+  // many groups it has committed (see `cp_async`).
+  struct Copy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes, group;
+  };
+  std::vector<Copy> pending;
+  unsigned committed = 0;
 };
 
 constexpr size_t kStackBytes = 64 * 1024;
@@ -469,6 +486,144 @@ namespace cnnc_emu {
   } while (0)
 
 // ---------------------------------------------------------------------------
+// Tensor cores (sm_80): mma.sync, ldmatrix, cp.async, cvt to TF32, as the PTX
+// ISA documents them. The device library wraps each in a function that uses
+// inline PTX on the GPU and these on the CPU, so a kernel that assumes the
+// wrong fragment layout, forgets a wait or reads a buffer in the wrong layout
+// computes wrong numbers here too.
+// ---------------------------------------------------------------------------
+namespace cnnc_emu {
+
+[[noreturn]] inline void misaligned(const void* p, unsigned bytes, const char* what);
+
+// `cvt.rna.tf32.f32`: round to the nearest TF32 value (10 mantissa bits),
+// ties away from zero; the 13 low bits of the result are zero. NaN and
+// infinity pass through.
+inline uint32_t cvt_rna_tf32(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
+  return (bits + 0x1000u) & 0xffffe000u;
+}
+
+// How a tensor core reads a .tf32 operand register: the sign, exponent and
+// top 10 mantissa bits; the 13 low bits are ignored (an operand the kernel did
+// not convert is truncated).
+inline double tf32_operand(uint32_t bits) {
+  bits &= 0xffffe000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return static_cast<double>(f);
+}
+
+// One warp-wide collective: each lane deposits `n` 64-bit words, waits for
+// every lane of the warp (all 32 must take part, as `.aligned` requires),
+// then `body(lanes)` reads any lane's deposit. Deposits alternate between
+// two sets, so no lane can overwrite a set another lane may still read: to
+// reuse a set, a lane must pass the next collective, which waits for all.
+template <class Body>
+inline void collective(const uint64_t* deposit, int n, Body body) {
+  BlockRunner* r = t_runner;
+  const int me = r->current;
+  Fiber& f = r->fibers[me];
+  const unsigned set = f.collectives++ & 1u;
+  std::memcpy(f.fragment[set], deposit, sizeof(uint64_t) * n);
+  warp_wait(0xffffffffu);
+  const int base = me - me % warpSize;
+  auto lane = [&](int l) -> const uint64_t* { return r->fibers[base + l].fragment[set]; };
+  body(lane);
+}
+
+// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 d, a, b, c`: D = A·B + C
+// for a 16×8×8 tile held by the warp. With groupID = lane / 4 and t = lane % 4,
+// lane holds A[g][t] in a0, A[g+8][t] in a1, A[g][t+4] in a2, A[g+8][t+4] in
+// a3; B[t][g] in b0, B[t+4][g] in b1; C and D [g][2t], [g][2t+1], [g+8][2t],
+// [g+8][2t+1]. Products of TF32 operands are exact; the PTX ISA leaves the
+// order and internal precision of the sum open, so this model adds the eight
+// products and C in double and rounds once to f32 (docs/testing.md bounds the
+// difference).
+inline void mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  uint64_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  float acc[4] = {c[0], c[1], c[2], c[3]};
+  collective(mine, 6, [&](auto lane) {
+    const int l = static_cast<int>(lane_id()), g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+      double sum = acc[i];
+      for (int k = 0; k < 8; ++k) {
+        const uint64_t* ha = lane((row % 8) * 4 + k % 4);  // holds A[row][k]
+        const uint64_t* hb = lane(col * 4 + k % 4);        // holds B[k][col]
+        const double av = tf32_operand(static_cast<uint32_t>(ha[(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]));
+        const double bv = tf32_operand(static_cast<uint32_t>(hb[4 + (k >= 4 ? 1 : 0)]));
+        sum += av * bv;
+      }
+      d[i] = static_cast<float>(sum);
+    }
+  });
+}
+
+// `ldmatrix.sync.aligned.m8n8.x{count}{.trans}.shared.b16`: loads `count` 8×8
+// matrices of 16-bit elements; lanes 8i..8i+7 give the addresses of matrix
+// i's rows (16 bytes each, 16-byte aligned; the other lanes' addresses are
+// ignored). Lane l receives in register i the elements (l / 4, 2(l % 4)) and
+// (l / 4, 2(l % 4) + 1) of matrix i, the first in the low half; with .trans,
+// the elements (2(l % 4), l / 4) and (2(l % 4) + 1, l / 4). (A 32-bit element
+// such as a TF32 operand is two 16-bit halves: without .trans, lane l gets
+// element (l / 4, l % 4) of an 8×4 matrix of 32-bit values.)
+inline void ldmatrix(int count, bool trans, uint32_t* regs, const void* row) {
+  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) misaligned(row, 16, "ldmatrix row");
+  const uint64_t mine[1] = {static_cast<uint64_t>(reinterpret_cast<std::uintptr_t>(row))};
+  collective(mine, 1, [&](auto lane) {
+    const int l = static_cast<int>(lane_id());
+    for (int i = 0; i < count; ++i) {
+      auto element = [&](int r, int c) {
+        const auto* p = reinterpret_cast<const uint16_t*>(static_cast<std::uintptr_t>(lane(8 * i + r)[0]));
+        return static_cast<uint32_t>(p[c]);
+      };
+      const uint32_t lo = trans ? element(2 * (l % 4), l / 4) : element(l / 4, 2 * (l % 4));
+      const uint32_t hi = trans ? element(2 * (l % 4) + 1, l / 4) : element(l / 4, 2 * (l % 4) + 1);
+      regs[i] = lo | (hi << 16);
+    }
+  });
+}
+
+// `cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes`: copies
+// src_bytes bytes and fills the rest of `bytes` with zeros, asynchronously.
+// Here the copy is really deferred: it lands when this thread's
+// `cp.async.wait_group` covers its group, never before, so a kernel that
+// reads the buffer without waiting reads the NaN shared memory starts with.
+inline void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+  if (reinterpret_cast<std::uintptr_t>(dst) % bytes != 0) misaligned(dst, bytes, "cp.async destination");
+  if (src_bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % bytes != 0) misaligned(src, bytes, "cp.async source");
+  Fiber& f = t_runner->fibers[t_runner->current];
+  f.pending.push_back(Fiber::Copy{dst, src, bytes, std::min(src_bytes, bytes), f.committed});
+}
+
+// `cp.async.commit_group`: the copies issued since the last commit form a group.
+inline void cp_async_commit() { ++t_runner->fibers[t_runner->current].committed; }
+
+// `cp.async.wait_group n`: waits until at most the n most recent committed
+// groups are pending: every older group's copies land now. (Copies not yet
+// committed are not waited for.)
+inline void cp_async_wait(unsigned n) {
+  Fiber& f = t_runner->fibers[t_runner->current];
+  const unsigned keep_from = f.committed >= n ? f.committed - n : 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < f.pending.size(); ++i) {
+    const Fiber::Copy& c = f.pending[i];
+    if (c.group < keep_from) {
+      std::memcpy(c.dst, c.src, c.src_bytes);
+      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      f.pending[kept++] = c;
+    }
+  }
+  f.pending.resize(kept);
+}
+
+}  // namespace cnnc_emu
+
+// ---------------------------------------------------------------------------
 // Launching a grid
 // ---------------------------------------------------------------------------
 // Launch flags.
@@ -674,6 +829,15 @@ inline void crash_handler(int sig, siginfo_t* info, void* context) {
   } else {
     std::fprintf(stderr, "\ncnnc CUDA emulation: misaligned 16-byte access at address %p\n", p);
   }
+  std::abort();
+}
+
+[[noreturn]] inline void misaligned(const void* p, unsigned bytes, const char* what) {
+  std::fprintf(stderr,
+               "\ncnnc CUDA emulation: kernel `%s`: misaligned %s (needs %u-byte alignment) at address %p in block "
+               "(%u,%u,%u), thread %d (a GPU stops with `misaligned address`)\n",
+               t_kernel ? t_kernel : "?", what, bytes, p, t_block_idx.x, t_block_idx.y, t_block_idx.z,
+               t_runner ? t_runner->current : -1);
   std::abort();
 }
 

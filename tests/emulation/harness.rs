@@ -790,13 +790,31 @@ pub fn scaled_error(got: f64, want: f64) -> f64 {
 }
 
 pub fn compare(got: &[f32], want: &[f64]) -> (f64, Option<Mismatch>) {
+    compare_within(got, want, TOLERANCE)
+}
+
+/// The tolerance of a comparison with the reference evaluator when the GEMMs
+/// compute in `precision` (derived in docs/testing.md, "Tensor cores").
+pub fn tolerance(precision: cnnc::kernels::Precision) -> f64 {
+    match precision {
+        cnnc::kernels::Precision::Tf32 => TF32_TOLERANCE,
+        _ => TOLERANCE,
+    }
+}
+
+/// The tolerance for `--precision tf32`: 8 · 2u, u = 2^-11 the unit roundoff
+/// of TF32 (see docs/testing.md).
+pub const TF32_TOLERANCE: f64 = 8.0 * 2.0 / 2048.0;
+
+/// [`compare`] with tolerance `tolerance`.
+pub fn compare_within(got: &[f32], want: &[f64], tolerance: f64) -> (f64, Option<Mismatch>) {
     let mut worst = 0f64;
     let mut first = None;
     let mut wrong = 0;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let e = scaled_error(g as f64, w);
         worst = worst.max(e);
-        if e > TOLERANCE {
+        if e > tolerance {
             wrong += 1;
             first.get_or_insert((i, g, w));
         }
@@ -870,7 +888,7 @@ pub fn first_wrong_kernel(
             let s = (n * nc + first_channel) * hw;
             want.extend_from_slice(&value.data[s..s + step.output.c * hw]);
         }
-        let (_, mismatch) = compare(&run.steps[i], &want);
+        let (_, mismatch) = compare_within(&run.steps[i], &want, tolerance(program.precision));
         if let Some(m) = mismatch {
             return Some(format!(
                 "first wrong kernel: step {i}, `{}` ({}): first wrong element {}: emulated {}, reference {} ({} of {} elements wrong, worst scaled error {:.3e})",
@@ -906,6 +924,11 @@ pub struct Case<'a> {
     /// Drop the batch-size variants: every batch runs the batch-1 kernels
     /// (a GEMV then covers more images than one block holds).
     pub batch1_kernels_only: bool,
+    /// What the GEMMs compute in (the tolerance follows from it).
+    pub precision: cnnc::kernels::Precision,
+    /// Every GEMM that can run on tensor cores uses this tile, at every batch
+    /// size (with the precision's TF32 or 3xTF32 products).
+    pub tensor_tile: Option<cnnc::kernels::TcTile>,
 }
 
 /// Gives every GEMM kernel `tile` with K split `split` ways at every batch
@@ -921,12 +944,35 @@ pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile, split:
     }
 }
 
-/// `cnnc::plan::compile`, step by step, with the tile override in between.
+/// Gives every GEMM that can run on tensor cores (no global-pool prologue,
+/// one group) the tensor-core `tile` at every batch size.
+pub fn retile_tensor(program: &mut KernelProgram, tile: cnnc::kernels::TcTile) {
+    let x3 = program.precision == cnnc::kernels::Precision::Tf32x3;
+    for k in &mut program.kernels {
+        if let cnnc::kernels::KernelKind::Gemm(g) = &mut k.kind {
+            if g.global_pool || g.groups > 1 {
+                continue;
+            }
+            g.schedule = cnnc::kernels::Schedule::Tensor {
+                tile,
+                x3,
+                vec_a: g.k() % 4 == 0,
+            };
+            (k.block, k.grid) = g.launch(&g.schedule);
+            k.variants.clear();
+        }
+    }
+}
+
+/// `cnnc::plan::compile_with`, step by step, with the tile overrides in between.
 fn compile(case: &Case) -> Result<(Graph, KernelProgram, Plan), String> {
     let (fused, _) = cnnc::passes::optimize(case.graph)?;
-    let mut program = cnnc::kernels::lower(&fused, case.sources)?;
+    let mut program = cnnc::kernels::lower_with(&fused, case.sources, case.precision)?;
     if let Some((tile, split)) = case.tile {
         retile(&mut program, tile, split);
+    }
+    if let Some(tile) = case.tensor_tile {
+        retile_tensor(&mut program, tile);
     }
     if case.batch1_kernels_only {
         for k in &mut program.kernels {
@@ -1008,7 +1054,7 @@ pub fn check(case: &Case, edit: &dyn Fn(String) -> String) -> Result<Checked, St
         .map_err(|e| format!("{tag}: {e}"))?;
     let evaluate = t.elapsed();
     drop(bound);
-    let (worst, mismatch) = compare(&run.output, &reference.data);
+    let (worst, mismatch) = compare_within(&run.output, &reference.data, tolerance(case.precision));
     if let Some(m) = mismatch {
         let o = &plan.output;
         let mut message = format!(

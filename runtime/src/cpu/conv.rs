@@ -630,8 +630,12 @@ fn gather_zeros(
             if hi < ow {
                 d[hi..].fill(0.0);
             }
-            let s0 = (iy as usize * iw) as isize + lo as isize + xoff;
-            copy_short(&mut d[lo..hi], &map[s0 as usize..][..hi - lo]);
+            // No interior when the tap lies in the padding for every output
+            // x (a 5×5 depthwise tap on a 1×1 map): then `s0` may be -1.
+            if lo < hi {
+                let s0 = (iy as usize * iw) as isize + lo as isize + xoff;
+                copy_short(&mut d[lo..hi], &map[s0 as usize..][..hi - lo]);
+            }
         }
         return;
     }
@@ -656,7 +660,9 @@ fn gather_zeros(
                 seg[h - xa..].fill(0.0);
             }
             let interior = &mut seg[l - xa..h - xa];
-            if sw == 1 {
+            if interior.is_empty() {
+                // As above: the tap reads only padding, and `s0` may be -1.
+            } else if sw == 1 {
                 let s0 = (l as isize + xoff) as usize;
                 copy_short(interior, &src[s0..s0 + (h - l)]);
             } else {
