@@ -353,6 +353,7 @@ fn features(k: &cnnc::kernels::Kernel) -> Vec<String> {
         KernelKind::Softmax { log } => format!("softmax log={log}"),
         KernelKind::Activation(_) => "activation kernel".into(),
         KernelKind::Add => "add kernel".into(),
+        KernelKind::Mul => "gate multiply kernel".into(),
         KernelKind::CopySlice => "copy into slice".into(),
     }];
     if k.epilogue

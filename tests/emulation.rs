@@ -332,6 +332,39 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
     report(&case.tag, batch, &checked);
 }
 
+#[test]
+fn gates_match_the_evaluator() {
+    let compilation = cnnc::compile_source("gates.cnn", common::GATES, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let batch = 3;
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let input: Vec<f32> = (0..batch * per)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let case = Case {
+        tag: "gates".into(),
+        graph,
+        sources: &compilation.sources,
+        weights: &weights,
+        input,
+        batch,
+        both_orders: true,
+        tile: None,
+        batch1_kernels_only: false,
+        precision: cnnc::kernels::Precision::Fp32,
+        tensor_tile: None,
+    };
+    let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
+    report(&case.tag, batch, &checked);
+}
+
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.
 fn planted(edit: &dyn Fn(String) -> String) -> String {
     planted_with(None, edit)

@@ -191,6 +191,43 @@ model odd_ops(num_classes = 5) {
 ";
 
 #[test]
+fn cpu_gates_match_the_evaluator() {
+    let compilation = cnnc::compile_source("gates.cnn", common::GATES, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    use cnnc_runtime::plan::StepOp;
+    let muls = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, StepOp::Mul))
+        .count();
+    assert_eq!(muls, 3, "one multiply step per gate");
+    let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    for batch in [1, 3] {
+        let per = graph.input_shape().numel() as usize;
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let mut exec = executor(graph, &compilation.sources, &file, batch);
+        let out = exec.run(&input, batch).unwrap().to_vec();
+        let worst = worst_scaled(
+            &out,
+            reference(graph, &compilation.sources, &file, batch, &input),
+        );
+        assert!(
+            worst <= 1e-4,
+            "gates: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
+        );
+    }
+}
+
+#[test]
 fn cpu_matches_the_evaluator_on_standalone_kernels() {
     let compilation = cnnc::compile_source("odd_ops.cnn", ODD_OPS, &BTreeMap::new());
     assert!(

@@ -383,6 +383,8 @@ fn pool_and_norm_gradients_match_finite_differences() {
         "lrn(4, alpha=0.05, beta=0.5, k=2)",
         "dropout(0.5)",
         "dropout2d(0.3)",
+        "stochastic_depth(0.3)",
+        "stochastic_depth(0.3, mode=batch)",
         "identity",
     ] {
         gradient_check(
@@ -420,6 +422,102 @@ fn activation_and_output_gradients_match_finite_differences() {
     gradient_check("flatten\n  a = linear(6)\n  softmax", "[2, 3, 3]");
     gradient_check("flatten\n  a = linear(6)\n  log_softmax", "[2, 3, 3]");
     gradient_check("a = conv(4, k=1)\n  softmax", "[2, 3, 3]");
+}
+
+/// torchvision's StochasticDepth: in training each image (`row`) or the
+/// whole batch (`batch`) is zeroed with probability p, else scaled by
+/// 1/(1 − p), from the seeded key; the gradient follows the same mask; at
+/// inference it is the identity.
+#[test]
+fn stochastic_depth_drops_whole_images_in_training_only() {
+    for (mode, row) in [("row", true), ("batch", false)] {
+        let text = format!(
+            "model m {{\n  input [2, 3, 3]\n  a = conv(2, k=1)\n  stochastic_depth(0.25, mode={mode})\n}}\n"
+        );
+        let c = cnnc::compile_source("m.cnn", &text, &BTreeMap::new());
+        assert!(!c.has_errors(), "{}", c.render_diagnostics());
+        let graph = c.models[0].graph.clone().unwrap();
+        let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, 3)).unwrap();
+        let (n, per) = (400usize, 18usize);
+        let x: Vec<f32> = (0..n * per)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let plain = net.forward(&x, n, Mode::Eval).unwrap();
+        let plain = plain.output(&net.graph).to_vec();
+        let mut dropped_runs = 0;
+        let runs = if row { 1 } else { 200 };
+        for run in 0..runs {
+            let key = rng::key(&[5, run]);
+            let fwd = net
+                .forward(&x, n, Mode::Train { dropout_key: key })
+                .unwrap();
+            let y = fwd.output(&net.graph).to_vec();
+            let again = net
+                .forward(&x, n, Mode::Train { dropout_key: key })
+                .unwrap();
+            assert_eq!(
+                y,
+                again.output(&net.graph),
+                "the same key draws the same mask"
+            );
+            let mut kept = 0usize;
+            let mut dropped = 0usize;
+            for i in 0..n {
+                let (got, want) = (&y[i * per..(i + 1) * per], &plain[i * per..(i + 1) * per]);
+                if got.iter().all(|&v| v == 0.0) {
+                    dropped += 1;
+                } else {
+                    kept += 1;
+                    for (g, w) in got.iter().zip(want) {
+                        assert!(
+                            (g - w / 0.75).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{mode}: {g} vs {w}/0.75"
+                        );
+                    }
+                }
+            }
+            if row {
+                // 400 draws of p = 0.25: 100 expected, 8.7 standard deviation.
+                assert!(
+                    (60..=140).contains(&dropped),
+                    "row: {dropped} of {n} images dropped"
+                );
+            } else {
+                assert!(
+                    kept == 0 || dropped == 0,
+                    "batch: one draw for the whole batch"
+                );
+                dropped_runs += (dropped == n) as usize;
+            }
+            // d(Σ y)/d bias_k: 9 pixels of each kept image, times 1/(1 − p).
+            let grads = net.backward(&fwd, vec![1.0; y.len()]).unwrap();
+            let bias = graph.params.iter().position(|p| p.key == "a.bias").unwrap();
+            let db = grads[bias].as_ref().unwrap();
+            let want = kept as f32 * 9.0 / 0.75;
+            assert!(
+                (db[0] - want).abs() <= 1e-3 * want.max(1.0),
+                "{mode}: d bias {} vs {want}",
+                db[0]
+            );
+        }
+        if !row {
+            // 200 batches of p = 0.25: 50 expected, 6.1 standard deviation.
+            assert!(
+                (25..=75).contains(&dropped_runs),
+                "batch: {dropped_runs} of 200 batches dropped"
+            );
+        }
+    }
+}
+
+#[test]
+fn gate_gradients_match_finite_differences() {
+    // A [C, 1, 1] factor (broadcast: its gradient sums over the map) and a
+    // [C, H, W] one, each reaching back through the gate's input and its body.
+    gradient_check(
+        "a = conv(4, k=1)\n  se = gate { avgpool = adaptive_avgpool(1) fc1 = conv(2, k=1) silu fc2 = conv(4, k=1) sigmoid }\n  m = gate { c = conv(4, k=3, p=1) hardsigmoid }\n  flatten\n  fc = linear(3)",
+        "[2, 5, 5]",
+    );
 }
 
 #[test]

@@ -284,7 +284,9 @@ fn used_as_layer_in(items: &[Item], name: &str) -> Option<Span> {
     items.iter().find_map(|item| match &item.term {
         Term::Call { name: called, .. } if called.text == name => Some(called.span),
         Term::Call { .. } | Term::Vgg { .. } => None,
-        Term::Seq(body) | Term::Concat(body) | Term::Group(body) => used_as_layer_in(body, name),
+        Term::Seq(body) | Term::Concat(body) | Term::Group(body) | Term::Gate(body) => {
+            used_as_layer_in(body, name)
+        }
         Term::Residual { body, shortcut, .. } => used_as_layer_in(body, name).or_else(|| {
             shortcut
                 .as_ref()
@@ -923,6 +925,7 @@ impl<'a> Elab<'a> {
                 Term::Seq(_) => "a `seq`",
                 Term::Residual { .. } => "a `residual`",
                 Term::Concat(_) => "a `concat`",
+                Term::Gate(_) => "a `gate`",
                 Term::Group(_) => "a group `{ }`",
                 Term::Vgg { .. } => "a `vgg` list",
                 Term::Call { .. } => "a call",
@@ -1066,6 +1069,20 @@ impl<'a> Elab<'a> {
                     ..item.term_span
                 };
                 self.concat(keyword, &outputs, input, &place.path)
+            }
+            Term::Gate(body) => {
+                // A module scope, like a residual body: torchvision's
+                // SqueezeExcitation names its layers `fc1`, `fc2`.
+                let mut scope = Scope {
+                    path: place.path.clone(),
+                    kind: ScopeKind::Module,
+                };
+                let factor = self.items(body, &mut scope, env, input);
+                let keyword = Span {
+                    end: item.term_span.start + "gate".len(),
+                    ..item.term_span
+                };
+                self.gate(keyword, factor, input, &place.path)
             }
             Term::Vgg { args, cfg } => self.vgg(args, cfg, place.path, env, input, item.term_span),
             Term::Call {
@@ -1292,6 +1309,43 @@ impl<'a> Elab<'a> {
         };
         // Display name only: an add has no state_dict entries.
         self.push(Op::Add, &[main, short], shape, name, keyword)
+    }
+
+    /// `input * factor`, the factor [C, 1, 1] (broadcast over the map) or the input's shape.
+    fn gate(&mut self, keyword: Span, factor: Val, input: Val, name: &str) -> Val {
+        let (Some(x), Some(f)) = (input.shape.known(), factor.shape.known()) else {
+            return self.unknown(keyword);
+        };
+        match (x, f) {
+            (Shape::Chw(c, h, w), Shape::Chw(fc, fh, fw))
+                if fc == c && ((fh, fw) == (1, 1) || (fh, fw) == (h, w)) => {}
+            (Shape::Chw(c, h, w), _) => {
+                let d = Diagnostic::error(
+                    format!("`gate` cannot multiply its input {x} by a factor of {f}"),
+                    keyword,
+                    "cannot multiply these",
+                )
+                .with_secondary(factor.span, format!("the body ends here with {f}"))
+                .with_help(format!(
+                    "the body must give {c} channels on a 1×1 map (one factor per channel) or on the input's {h}×{w} map, e.g. `adaptive_avgpool(1) fc1 = conv(squeeze, k=1) relu fc2 = conv({c}, k=1) sigmoid`"
+                ));
+                self.error(d);
+                return self.unknown(keyword);
+            }
+            (Shape::Flat(_), _) => {
+                self.error(
+                    Diagnostic::error(
+                        "`gate` multiplies feature maps, but its input is flat",
+                        keyword,
+                        format!("the input is {x}"),
+                    )
+                    .with_help("gate before `flatten`"),
+                );
+                return self.unknown(keyword);
+            }
+        }
+        // Display name only: a gate's multiply has no state_dict entries.
+        self.push(Op::Mul, &[input, factor], input.shape, name, keyword)
     }
 
     fn concat(&mut self, keyword: Span, outputs: &[Val], input: Val, name: &str) -> Val {
@@ -1727,6 +1781,7 @@ const LAYERS: &[&str] = &[
     "local_response_norm",
     "dropout",
     "dropout2d",
+    "stochastic_depth",
     "flatten",
     "linear",
     "softmax",
@@ -1776,6 +1831,11 @@ const PYTORCH_NAMES: &[(&str, &str, &str)] = &[
     ("LocalResponseNorm", "lrn", "`lrn(size)`"),
     ("Dropout", "dropout", "`dropout(p)`"),
     ("Dropout2d", "dropout2d", "`dropout2d(p)`"),
+    (
+        "StochasticDepth",
+        "stochastic_depth",
+        "`stochastic_depth(p, mode = row)`",
+    ),
     ("Flatten", "flatten", ""),
     ("Sequential", "seq", "`seq { ... }`"),
     ("Identity", "identity", ""),
@@ -2384,6 +2444,12 @@ impl<'a> Elab<'a> {
                 } else {
                     self.simple(Op::Dropout { p }, input, span, &place)
                 }
+            }
+            "stochastic_depth" => {
+                let b = bind!([Spec::req("p", &[]), Spec::opt("mode", &[])]);
+                let p = F64(self.get_float(&b, 0, 0.0, (0.0, 1.0)));
+                let row = self.get_choice(&b, 1, "row", &["row", "batch"]) == "row";
+                self.simple(Op::StochasticDepth { p, row }, input, span, &place)
             }
             "flatten" => {
                 let _ = bind!([]);

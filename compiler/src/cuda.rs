@@ -6,7 +6,7 @@
 //! deterministic: kernels in launch order, no hash-map iteration, user names
 //! only as sanitised identifiers or cleaned comments.
 
-use crate::ir::{Activation, Epilogue, Op};
+use crate::ir::{Activation, Epilogue, Op, Shape};
 use crate::kernels::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
 use std::fmt::Write;
 
@@ -201,6 +201,24 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
             let _ = writeln!(
                 out,
                 "  long from, to, from2, unused;\n  const long i = cnnc::global_thread();\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(i, batch, from, to)) return;\n  cnnc::element<{c}, {h}, {w}, {}, {}, {}, {}>(i, batch, from2, unused);\n  y[to] = x[from] + x2[from2];\n}}",
+                i1.channels_total, i1.channel_offset, o.channels_total, o.channel_offset
+            );
+        }
+        KernelKind::Mul => {
+            let i1 = k
+                .inputs
+                .get(1)
+                .ok_or_else(|| format!("{} has one input", k.name))?;
+            // The factor's index as if it had x's map; a 1×1 factor has one
+            // value per (image, channel), the index divided by H·W.
+            let factor = match i1.shape {
+                Shape::Chw(_, 1, 1) if (h, w) != (1, 1) => format!("x2[from2 / {}]", h * w),
+                _ => "x2[from2]".to_string(),
+            };
+            elementwise_head(out, &k.name, " const float* __restrict__ x2,");
+            let _ = writeln!(
+                out,
+                "  long from, to, from2, unused;\n  const long i = cnnc::global_thread();\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(i, batch, from, to)) return;\n  cnnc::element<{c}, {h}, {w}, {}, {}, {}, {}>(i, batch, from2, unused);\n  y[to] = x[from] * {factor};\n}}",
                 i1.channels_total, i1.channel_offset, o.channels_total, o.channel_offset
             );
         }

@@ -324,7 +324,11 @@ fn run_node(
                 });
             out
         }
-        Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity | Op::Flatten => x.to_vec(),
+        Op::Dropout { .. }
+        | Op::Dropout2d { .. }
+        | Op::StochasticDepth { .. }
+        | Op::Identity
+        | Op::Flatten => x.to_vec(),
         Op::Linear {
             in_features,
             out_features,
@@ -372,6 +376,18 @@ fn run_node(
         }
         Op::Activation(a) => x.iter().map(|&v| activate(a, v)).collect(),
         Op::Add => x.iter().zip(inputs[1]).map(|(a, b)| a + b).collect(),
+        Op::Mul => {
+            // Element i of the output is in plane i / (H·W); a [C, 1, 1]
+            // factor has one value per plane, a [C, H, W] one per element.
+            let (_, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let f = inputs[1];
+            let broadcast = chw(in_shapes[1]).1 * chw(in_shapes[1]).2 == 1;
+            x.iter()
+                .enumerate()
+                .map(|(i, v)| v * if broadcast { f[i / hw] } else { f[i] })
+                .collect()
+        }
         Op::Concat => {
             let (_, h, w) = chw(out_shape);
             let hw = h * w;

@@ -69,9 +69,9 @@ impl Kind {
             | Op::AdaptiveMaxPool2d { .. } => Kind::Pool,
             Op::BatchNorm { .. } | Op::LocalResponseNorm { .. } => Kind::Norm,
             Op::Activation(_) | Op::Softmax | Op::LogSoftmax => Kind::Activation,
-            Op::Add | Op::Concat => Kind::Merge,
+            Op::Add | Op::Concat | Op::Mul => Kind::Merge,
             Op::Flatten | Op::Identity => Kind::Reshape,
-            Op::Dropout { .. } | Op::Dropout2d { .. } => Kind::Dropout,
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kind::Dropout,
         }
     }
 
@@ -216,6 +216,7 @@ pub fn view(graph: &Graph, options: Options) -> Result<View, String> {
             if from == to {
                 continue;
             }
+            // A gate's factor is drawn as a plain branch into its `gate ⊗` box.
             let skip = node.op == Op::Add && k > 0;
             match edges.iter_mut().find(|e| e.from == from && e.to == to) {
                 Some(e) => e.skip &= skip,
@@ -311,6 +312,7 @@ pub fn label(op: &Op) -> String {
         Op::LocalResponseNorm { size, .. } => format!("lrn {size}"),
         Op::Dropout { p } => format!("dropout {p}"),
         Op::Dropout2d { p } => format!("dropout2d {p}"),
+        Op::StochasticDepth { p, .. } => format!("stochastic_depth {p}"),
         Op::Linear {
             in_features,
             out_features,
@@ -318,6 +320,7 @@ pub fn label(op: &Op) -> String {
         } => format!("linear {in_features}→{out_features}"),
         Op::Activation(Activation::LeakyRelu(s)) => format!("leaky_relu {s}"),
         Op::Add => "add ⊕".to_string(),
+        Op::Mul => "gate ⊗".to_string(),
         Op::Concat => "concat".to_string(),
         other => other.name().to_string(),
     }
@@ -518,6 +521,9 @@ fn repeated_box(graph: &Graph, run: &Run) -> ViewBox {
     let mut inner = parts.join(" → ");
     if one.iter().any(|&n| graph.nodes[n].op == Op::Add) {
         inner += " ⊕ skip";
+    }
+    if one.iter().any(|&n| graph.nodes[n].op == Op::Mul) {
+        inner += " ⊗ gate";
     }
     if one.iter().any(|&n| graph.nodes[n].op == Op::Concat) {
         inner += " ‖ concat";

@@ -216,6 +216,13 @@ pub enum Op {
     Dropout2d {
         p: F64,
     },
+    /// torchvision's `StochasticDepth(p, mode)`: identity at inference; in
+    /// training, zero with probability `p` a whole image (`row`) or the whole
+    /// batch (`batch`), else scale by 1/(1 − p). No `state_dict` entries.
+    StochasticDepth {
+        p: F64,
+        row: bool,
+    },
     Flatten,
     Linear {
         in_features: i64,
@@ -230,6 +237,10 @@ pub enum Op {
     Add,
     /// Concatenation along channels of inputs with equal spatial size.
     Concat,
+    /// `inputs[0] · inputs[1]`: feature maps [C, H, W] times a factor of
+    /// [C, 1, 1] (one per image and channel, broadcast over the map) or of
+    /// [C, H, W] (a `gate`, torchvision's `SqueezeExcitation`).
+    Mul,
 }
 
 impl Op {
@@ -246,6 +257,7 @@ impl Op {
             Op::LocalResponseNorm { .. } => "lrn",
             Op::Dropout { .. } => "dropout",
             Op::Dropout2d { .. } => "dropout2d",
+            Op::StochasticDepth { .. } => "stochastic_depth",
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",
             Op::Softmax => "softmax",
@@ -254,6 +266,7 @@ impl Op {
             Op::Identity => "identity",
             Op::Add => "add",
             Op::Concat => "concat",
+            Op::Mul => "mul",
         }
     }
 
@@ -380,6 +393,12 @@ impl Op {
             } => format!("lrn size={size} alpha={alpha} beta={beta} k={k}"),
             Op::Dropout { p } => format!("dropout p={p}"),
             Op::Dropout2d { p } => format!("dropout2d p={p}"),
+            Op::StochasticDepth { p, row } => {
+                format!(
+                    "stochastic_depth p={p} {}",
+                    if *row { "row" } else { "batch" }
+                )
+            }
             Op::Linear {
                 in_features,
                 out_features,
@@ -672,7 +691,7 @@ impl Graph {
                 .count();
             let expected_inputs = match node.op {
                 Op::Input => 0..=0,
-                Op::Add => 2..=2,
+                Op::Add | Op::Mul => 2..=2,
                 Op::Concat => 1..=usize::MAX,
                 _ => 1 + adds..=1 + adds,
             };
@@ -715,6 +734,21 @@ impl Graph {
                 (Op::Conv2d { .. }, _) => false,
                 _ => true,
             };
+            if node.op == Op::Mul {
+                let (x, f) = (
+                    self.nodes[node.inputs[0]].shape,
+                    self.nodes[node.inputs[1]].shape,
+                );
+                let broadcasts = match (x, f) {
+                    (Shape::Chw(c, h, w), Shape::Chw(fc, fh, fw)) => {
+                        fc == c && ((fh, fw) == (1, 1) || (fh, fw) == (h, w))
+                    }
+                    _ => false,
+                };
+                if !broadcasts || node.shape != x {
+                    return Err(format!("node {id} multiplies {x} by a factor of {f}"));
+                }
+            }
             if !input_shape_ok {
                 return Err(format!(
                     "node {id} ({}) reads an input of the wrong shape",

@@ -646,6 +646,8 @@ pub enum KernelKind {
     },
     Activation(Activation),
     Add,
+    /// x times a factor of [C, 1, 1] (broadcast) or x's shape: a `gate`.
+    Mul,
     /// Copies one input into its channel slice of the output (a concat that is not in place).
     CopySlice,
 }
@@ -925,6 +927,11 @@ pub fn lower_with(
                 256,
                 one_per_output(node.shape.numel() as u64),
             ),
+            Op::Mul => (
+                KernelKind::Mul,
+                256,
+                one_per_output(node.shape.numel() as u64),
+            ),
             Op::Concat => {
                 // Not in place: one copy kernel per input, each into its slice.
                 let mut offset = 0;
@@ -955,7 +962,11 @@ pub fn lower_with(
                 }
                 continue;
             }
-            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity | Op::Flatten => {
+            Op::Dropout { .. }
+            | Op::Dropout2d { .. }
+            | Op::StochasticDepth { .. }
+            | Op::Identity
+            | Op::Flatten => {
                 return Err(format!(
                     "node {id} ({}) should have been removed by the passes",
                     node.op.name()
@@ -1273,6 +1284,7 @@ fn describe_kind(kind: &KernelKind) -> String {
             format!("{}, one thread per element", Op::Activation(*a).describe())
         }
         KernelKind::Add => "elementwise add, one thread per element".to_string(),
+        KernelKind::Mul => "multiply by a gate's factor, one thread per element".to_string(),
         KernelKind::CopySlice => "copy into a channel slice, one thread per element".to_string(),
     }
 }

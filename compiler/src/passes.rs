@@ -128,14 +128,14 @@ fn is_gemm(op: &Op) -> bool {
     matches!(op, Op::Conv2d { .. } | Op::Linear { .. })
 }
 
-/// Dropout and identity compute nothing at inference.
+/// Dropout, stochastic depth and identity compute nothing at inference.
 fn drop_inference_noops(g: &mut Graph, log: &mut PassLog) {
     let mut dead = vec![false; g.nodes.len()];
     let mut replacement: Vec<NodeId> = (0..g.nodes.len()).collect();
     for (id, node) in g.nodes.iter().enumerate() {
         if matches!(
             node.op,
-            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::Identity
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } | Op::Identity
         ) {
             dead[id] = true;
             replacement[id] = node.inputs[0];
@@ -394,8 +394,9 @@ fn concat_in_place(g: &mut Graph, log: &mut PassLog) {
     }
 }
 
-/// Pooling other than a global average before a linear layer is not fused;
-/// say why, so the report accounts for every kernel.
+/// Pooling other than a global average before a linear layer is not fused,
+/// nor is a gate's multiply; say why, so the report accounts for every
+/// kernel. (One pass for both keeps the report's pass list as it was.)
 fn report_pooling(g: &mut Graph, log: &mut PassLog) {
     for id in 0..g.nodes.len() {
         let reason = match g.nodes[id].op {
@@ -403,6 +404,14 @@ fn report_pooling(g: &mut Graph, log: &mut PassLog) {
                 "its windows span several output tiles of its producer, so fusing would recompute them; it runs as its own kernel"
             }
             Op::AdaptiveAvgPool2d { .. } | Op::AdaptiveMaxPool2d { .. } => "it does not feed a flatten and linear layer; it runs as its own kernel",
+            Op::Mul => match g.nodes[g.nodes[id].inputs[1]].shape {
+                Shape::Chw(_, 1, 1) => {
+                    "a gate's [C, 1, 1] factor is known only after its body has read the whole input map, so the multiply cannot be the epilogue of the layer that wrote the map, and the factor's own last layer writes one value per channel, not the map; scaling the next convolution's input as it is read is not implemented; it runs as its own kernel"
+                }
+                _ => {
+                    "a multiply by a map-sized factor could be the epilogue of the factor's last layer, reading the gate's input as a second operand, but that epilogue step is not implemented; it runs as its own kernel"
+                }
+            },
             _ => continue,
         };
         log.not_fused.push(format!("{}: {reason}", label(g, id)));

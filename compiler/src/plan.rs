@@ -170,6 +170,7 @@ pub fn build(
             KernelKind::Softmax { log } => rt::StepOp::Softmax { log: *log },
             KernelKind::Activation(a) => rt::StepOp::Act(act(*a)),
             KernelKind::Add => rt::StepOp::Add,
+            KernelKind::Mul => rt::StepOp::Mul,
             KernelKind::CopySlice => rt::StepOp::Copy,
         };
         let epilogue = k

@@ -115,6 +115,8 @@ pub enum Term {
     },
     /// `concat { branch ... }`: every item is a branch fed the same input; outputs joined along channels.
     Concat(Vec<Item>),
+    /// `gate { body }`: the input times body(input), a [C, 1, 1] or [C, H, W] factor.
+    Gate(Vec<Item>),
     /// `{ items }`: a group, items in a module scope of their own that adds
     /// no name; an unnamed group branch of a `concat` takes no position.
     Group(Vec<Item>),
@@ -683,8 +685,8 @@ fn string_error(file: FileId, offset: usize, text: &str, at: usize) -> Option<Di
 
 /// The words of the language that cannot be names as written.
 const KEYWORDS: &[&str] = &[
-    "model", "block", "include", "input", "seq", "residual", "shortcut", "concat", "vgg", "when",
-    "unused", "and", "or", "not", "true", "false",
+    "model", "block", "include", "input", "seq", "residual", "shortcut", "concat", "gate", "vgg",
+    "when", "unused", "and", "or", "not", "true", "false",
 ];
 
 /// A reserved word where a name belongs: `block = seq { ... }` (a name
@@ -700,7 +702,7 @@ fn reserved_word(file: FileId, offset: usize, text: &str, at: usize) -> Option<D
     let assigned = after.starts_with('=') && !after.starts_with("==");
     // `shortcut seq { ... }` is a misunderstanding of the form, not a name.
     let after_shortcut = text[..at].trim_end().ends_with("shortcut")
-        && !["seq", "residual", "concat", "vgg"].contains(&word);
+        && !["seq", "residual", "concat", "gate", "vgg"].contains(&word);
     if !assigned && !after_shortcut {
         return None;
     }
@@ -839,6 +841,7 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         | Rule::seq
         | Rule::residual
         | Rule::concat
+        | Rule::gate
         | Rule::vgg
         | Rule::group
         | Rule::call => "a layer",
@@ -846,6 +849,7 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         Rule::kw_seq => "`seq`",
         Rule::kw_residual => "`residual`",
         Rule::kw_concat => "`concat`",
+        Rule::kw_gate => "`gate`",
         Rule::kw_vgg => "`vgg`",
         Rule::shortcut | Rule::kw_shortcut => "`shortcut`",
         Rule::repeat => "`*`",
@@ -1183,6 +1187,12 @@ impl Builder {
                     .unwrap_or_default(),
             ),
             Rule::concat => Term::Concat(
+                pair.into_inner()
+                    .find(|p| p.as_rule() == Rule::body)
+                    .map(|b| self.body(b, diags))
+                    .unwrap_or_default(),
+            ),
+            Rule::gate => Term::Gate(
                 pair.into_inner()
                     .find(|p| p.as_rule() == Rule::body)
                     .map(|b| self.body(b, diags))

@@ -191,6 +191,9 @@ pub enum StepOp {
     },
     Act(Act),
     Add,
+    /// y = x · factor, the factor (`inputs[1]`) one value per (image,
+    /// channel) when its map is 1×1, else one per element (a `gate`).
+    Mul,
     Copy,
 }
 
@@ -349,7 +352,7 @@ impl Step {
                 Counters,
             ],
             StepOp::ChannelAffine => &[Input(0), Param(0), Param(1), Output, Batch],
-            StepOp::Add => &[Input(0), Input(1), Output, Batch],
+            StepOp::Add | StepOp::Mul => &[Input(0), Input(1), Output, Batch],
             _ => &[Input(0), Output, Batch],
         }
     }

@@ -39,3 +39,38 @@ pub fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
     (shape, npy.into_vec::<f32>().unwrap())
 }
+
+/// Every form of `gate`: squeeze-and-excitation with a [C, 1, 1] factor
+/// (EfficientNet's SiLU and sigmoid, MobileNet v3's ReLU and hardsigmoid), a
+/// [C, H, W] attention map, and a gate that writes into a concat's slice;
+/// and a stochastic depth, which inference drops.
+pub const GATES: &str = "
+model gates {
+  input [8, 9, 7]
+  stem = conv(8, k=3, p=1)
+  relu
+  se = gate {
+    avgpool = adaptive_avgpool(1)
+    fc1 = conv(2, k=1)
+    activation = silu
+    fc2 = conv(8, k=1)
+    scale_activation = sigmoid
+  }
+  attention = gate { map = conv(8, k=3, p=1) hardsigmoid }
+  stochastic_depth(0.2)                  # the identity at inference
+  cat = concat {
+    left = conv(4, k=1)
+    right = gate {
+      avgpool = adaptive_avgpool(1)
+      fc1 = conv(4, k=1)
+      relu
+      fc2 = conv(8, k=1)
+      hardsigmoid
+    }
+  }
+  head = conv(6, k=1)
+  global_avgpool
+  flatten
+  fc = linear(5)
+}
+";

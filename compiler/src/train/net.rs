@@ -158,7 +158,10 @@ impl Net {
         let mut dropout_ordinal = vec![0; graph.nodes.len()];
         let mut next = 0;
         for (id, node) in graph.nodes.iter().enumerate() {
-            if matches!(node.op, Op::Dropout { .. } | Op::Dropout2d { .. }) {
+            if matches!(
+                node.op,
+                Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. }
+            ) {
                 dropout_ordinal[id] = next;
                 next += 1;
             }
@@ -440,6 +443,31 @@ impl Net {
                     }
                     _ => xin.clone(),
                 },
+                Op::StochasticDepth { p, row } => match mode {
+                    Mode::Train { dropout_key } if p.0 > 0.0 => {
+                        // torchvision draws one Bernoulli per image (`row`)
+                        // or one for the whole batch (`batch`).
+                        let total = xin.len();
+                        let (units, per_unit) = if row {
+                            (n, total / n.max(1))
+                        } else {
+                            (1, total)
+                        };
+                        let mask = dropout_mask(
+                            dropout_key,
+                            self.dropout_ordinal[id],
+                            units,
+                            1,
+                            per_unit,
+                            p.0,
+                            true,
+                        );
+                        let y = xin.iter().zip(&mask).map(|(a, b)| a * b).collect();
+                        keep = Saved::Mask(mask);
+                        y
+                    }
+                    _ => xin.clone(),
+                },
                 Op::Flatten | Op::Identity => xin.clone(),
                 Op::Softmax | Op::LogSoftmax => {
                     k::softmax_forward(n, c, h * w, matches!(node.op, Op::LogSoftmax), xin)
@@ -455,6 +483,16 @@ impl Net {
                 Op::Add => {
                     let other = &values[node.inputs[1]];
                     xin.iter().zip(other).map(|(a, b)| a + b).collect()
+                }
+                Op::Mul => {
+                    // A [C, 1, 1] factor has one value per plane of H·W.
+                    let f = &values[node.inputs[1]];
+                    let hw = oh * ow;
+                    let broadcast = f.len() * hw == xin.len();
+                    xin.iter()
+                        .enumerate()
+                        .map(|(i, &v)| v * if broadcast { f[i / hw] } else { f[i] })
+                        .collect()
                 }
                 Op::Concat => {
                     let hw = oh * ow;
@@ -627,14 +665,16 @@ impl Net {
                     );
                     add(&mut grads, src, dx);
                 }
-                Op::Dropout { .. } | Op::Dropout2d { .. } => match &fwd.saved[id] {
-                    Saved::Mask(m) => add(
-                        &mut grads,
-                        src,
-                        dy.iter().zip(m).map(|(a, b)| a * b).collect(),
-                    ),
-                    _ => add(&mut grads, src, dy),
-                },
+                Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => {
+                    match &fwd.saved[id] {
+                        Saved::Mask(m) => add(
+                            &mut grads,
+                            src,
+                            dy.iter().zip(m).map(|(a, b)| a * b).collect(),
+                        ),
+                        _ => add(&mut grads, src, dy),
+                    }
+                }
                 Op::Flatten | Op::Identity => add(&mut grads, src, dy),
                 Op::Softmax | Op::LogSoftmax => {
                     let log = matches!(node.op, Op::LogSoftmax);
@@ -658,6 +698,28 @@ impl Net {
                 Op::Add => {
                     add(&mut grads, node.inputs[1], dy.clone());
                     add(&mut grads, src, dy);
+                }
+                Op::Mul => {
+                    // y = x·f: dx = dy·f; df = dy·x, summed over the plane
+                    // where f was broadcast over it.
+                    let f = &fwd.values[node.inputs[1]];
+                    let hw = oh * ow;
+                    let broadcast = f.len() * hw == x.len();
+                    let dx: Vec<f32> = dy
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| d * if broadcast { f[i / hw] } else { f[i] })
+                        .collect();
+                    let df: Vec<f32> = if broadcast {
+                        dy.chunks(hw)
+                            .zip(x.chunks(hw))
+                            .map(|(d, v)| d.iter().zip(v).map(|(a, b)| a * b).sum())
+                            .collect()
+                    } else {
+                        dy.iter().zip(x).map(|(a, b)| a * b).collect()
+                    };
+                    add(&mut grads, node.inputs[1], df);
+                    add(&mut grads, src, dx);
                 }
                 Op::Concat => {
                     let hw = oh * ow;

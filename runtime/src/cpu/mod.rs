@@ -333,7 +333,7 @@ fn gemm_k_total(g: &Gemm) -> usize {
 
 fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::Result<(), String> {
     let inputs_needed = match step.op {
-        StepOp::Add => 2,
+        StepOp::Add | StepOp::Mul => 2,
         _ => 1,
     };
     if step.inputs.len() < inputs_needed {
@@ -411,6 +411,12 @@ fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::R
         StepOp::Add => {
             if !same_shape(x, y) || !same_shape(&step.inputs[1], y) {
                 return Err("adds tensors of different shapes".into());
+            }
+        }
+        StepOp::Mul => {
+            let f = &step.inputs[1];
+            if !same_shape(x, y) || f.c != y.c || !((f.h, f.w) == (1, 1) || same_shape(f, y)) {
+                return Err("multiplies by a factor of the wrong shape".into());
             }
         }
         StepOp::Lrn { size: 0, .. } => return Err("has an LRN size of 0".into()),
@@ -667,6 +673,23 @@ fn run_step(
                     .zip(arena.plane(x2, n, c))
                 {
                     *o = u + v;
+                }
+            })
+        }
+        StepOp::Mul => {
+            let f = &step.inputs[1];
+            for_each_plane(b, y.c, y.h * y.w, |n, c| {
+                // SAFETY: each task owns output plane (n, c).
+                let out = unsafe { arena.plane_mut(y, n, c) };
+                let factor = arena.plane(f, n, c);
+                if let [s] = factor {
+                    for (o, &u) in out.iter_mut().zip(arena.plane(x, n, c)) {
+                        *o = u * s;
+                    }
+                } else {
+                    for ((o, &u), &s) in out.iter_mut().zip(arena.plane(x, n, c)).zip(factor) {
+                        *o = u * s;
+                    }
                 }
             })
         }
