@@ -402,9 +402,12 @@ fn resnet_tiny_program() -> cnnc::kernels::KernelProgram {
 fn a_planted_bound_error_is_reported_with_its_kernel_and_element() {
     // Off by one in a bound: each GEMM's epilogue skips the last output pixel.
     let error = planted(&|cuda| {
+        // Plant it in the CUDA-core GEMM this FP32 program runs; the
+        // tensor-core tile (`gemm_tc`) has the same bound and stays right.
         let right = "if (n >= n_total) continue;";
-        assert_eq!(cuda.matches(right).count(), 1);
-        cuda.replace(right, "if (n >= n_total - 1) continue;")
+        let fp32_gemm = cuda.find(" void gemm(").expect("the CUDA-core GEMM");
+        let at = fp32_gemm + cuda[fp32_gemm..].find(right).expect("the GEMM's bound");
+        format!("{}if (n >= n_total - 1) continue;{}", &cuda[..at], &cuda[at + right.len()..])
     });
     // The first kernel is the first GEMM; its last element (image 1, every
     // channel, the last of 32×32 pixels) was never written.
