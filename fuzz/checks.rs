@@ -20,7 +20,7 @@ pub fn check(data: &[u8]) {
             if let Err(e) = graph.verify() {
                 panic!("a checked graph breaks an IR invariant: {e}");
             }
-            let _ = cnnc::summary::table(graph, 1);
+            let _ = cnnc::summary::table(graph, &compilation.sources, 1);
             let _ = cnnc::summary::summary(graph);
             let _ = cnnc::summary::check_line(graph);
         }

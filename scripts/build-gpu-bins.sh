@@ -13,9 +13,17 @@ cargo build --release --locked --quiet
 # One target directory for every model's driver crate, so dependencies build once.
 export CARGO_TARGET_DIR="${CNNC_BUILD_TARGET_DIR:-$PWD/target/cnnc-build}"
 mkdir -p gpu/bin
+# gpu/bin/<model> is the default build (--precision tf32); <model>.fp32 and
+# <model>.tf32x3 are the strict and the split-operand builds, which
+# scripts/gpu_check.py compares and times side by side.
+precisions="${CNNC_GPU_PRECISIONS:-tf32 fp32 tf32x3}"
 for m in $models; do
-  echo "building $m"
-  bin="$(./target/release/cnnc build "models/$m.cnn" -o "gpu/crates/$m")"
-  cp "$bin" "gpu/bin/$m.tmp" && mv "gpu/bin/$m.tmp" "gpu/bin/$m"
+  for p in $precisions; do
+    suffix=".$p"
+    [ "$p" = tf32 ] && suffix=""
+    echo "building $m ($p)"
+    bin="$(./target/release/cnnc build "models/$m.cnn" --precision "$p" -o "gpu/crates/$m$suffix")"
+    cp "$bin" "gpu/bin/$m$suffix.tmp" && mv "gpu/bin/$m$suffix.tmp" "gpu/bin/$m$suffix"
+  done
 done
 ls -la gpu/bin

@@ -12,7 +12,7 @@
 //! Accept changed snapshots with `INSTA_UPDATE=always cargo test --test codegen`
 //! (or `cargo insta review`), after reading the diff.
 
-use cnnc::kernels::KernelProgram;
+use cnnc::kernels::{KernelKind, KernelProgram, Precision, Schedule};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -443,7 +443,8 @@ fn emit_in(cwd: &Path, file: &Path, stage: &str, out: Option<&Path>) -> Vec<u8> 
     cmd.current_dir(cwd)
         .arg("emit")
         .arg(file)
-        .args(["--stage", stage]);
+        // The library's stages here are strict FP32 (`kernels::lower`).
+        .args(["--stage", stage, "--precision", "fp32"]);
     if let Some(out) = out {
         cmd.arg("-o").arg(out);
     }
@@ -678,6 +679,236 @@ fn parse_ptxas(log: &str) -> (Vec<(String, String)>, Vec<PtxasFunction>) {
 }
 
 /// Problems in one nvcc run: every kernel compiled for `arch`, no spills, no stack.
+/// The program and its CUDA source reduced to the kernels whose code (with
+/// their names and comments taken out) is not in `seen`, which gains them.
+fn only_new_kernels(
+    mut program: KernelProgram,
+    cuda: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> (KernelProgram, String) {
+    let starts: Vec<usize> = program
+        .kernels
+        .iter()
+        .map(|k| {
+            cuda.find(&format!("\n// {}\n", k.name))
+                .unwrap_or_else(|| panic!("{}: no section in the CUDA source", k.name))
+        })
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "kernel sections out of order"
+    );
+    let mut out = cuda[..starts[0]].to_string();
+    let mut keep = Vec::new();
+    for (i, k) in program.kernels.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(cuda.len());
+        let section = &cuda[starts[i]..end];
+        let key: String = section
+            .replace(&k.name, "KERNEL")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let new = seen.insert(key);
+        if new {
+            out.push_str(section);
+        }
+        keep.push(new);
+    }
+    let mut flags = keep.into_iter();
+    program.kernels.retain(|_| flags.next().unwrap());
+    (program, out)
+}
+
+#[test]
+fn identical_kernels_are_compiled_once() {
+    // resnet50's repeated bottlenecks: each distinct kernel once, and a
+    // second model of the same kernels adds none.
+    let m = models()
+        .into_iter()
+        .find(|m| m.id == "zoo_resnet50")
+        .unwrap();
+    let program = program_in(&m, Precision::default());
+    let cuda = cnnc::cuda::print(&program).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let (first, text) = only_new_kernels(program.clone(), &cuda, &mut seen);
+    assert!(first.kernels.len() < program.kernels.len() * 2 / 3);
+    assert!(first.kernels.len() > 10);
+    // What is left is still a whole file: the first kernel section and the
+    // prelude are there, and every kept kernel's launch function.
+    for k in &first.kernels {
+        assert!(text.contains(&format!(" {}(", k.name)), "{}", k.name);
+    }
+    let dropped: Vec<_> = program
+        .kernels
+        .iter()
+        .filter(|k| !first.kernels.iter().any(|f| f.name == k.name))
+        .collect();
+    assert!(!dropped.is_empty());
+    for k in dropped {
+        assert!(!text.contains(&format!(" {}(", k.name)), "{}", k.name);
+    }
+    let (again, _) = only_new_kernels(program, &cuda, &mut seen);
+    assert!(again.kernels.is_empty());
+}
+
+/// A model's kernels with the GEMMs in `precision`.
+fn program_in(model: &Model, precision: Precision) -> KernelProgram {
+    let compilation = cnnc::compile_file(&model.path, &BTreeMap::new()).expect("readable");
+    let graph = compilation.models[0].graph.as_ref().expect("graph");
+    let (fused, _) = cnnc::passes::optimize(graph).expect("passes");
+    cnnc::kernels::lower_with(&fused, &compilation.sources, precision).expect("lowering")
+}
+
+/// SASS instruction counts per function of a cubin (`cuobjdump -sass`):
+/// function name → (mnemonic → count).
+fn sass_mix(sass: &str) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut mix: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in sass.lines() {
+        if let Some(name) = line.trim().strip_prefix("Function : ") {
+            current = Some(name.trim().to_string());
+            continue;
+        }
+        // `        /*0070*/                   HMMA.1688.F32.TF32 R68, ... ;`
+        let Some(f) = &current else { continue };
+        let Some(rest) = line.trim().strip_prefix("/*") else {
+            continue;
+        };
+        let Some((_, code)) = rest.split_once("*/") else {
+            continue;
+        };
+        let code = code.trim_start().trim_start_matches(['@', '!']);
+        let code = match code.split_once(' ') {
+            // A predicate (`@P0 BRA`) comes before the mnemonic.
+            Some((p, rest)) if p.starts_with('P') || p == "PT" => rest.trim_start(),
+            _ => code,
+        };
+        let Some(mnemonic) = code.split([' ', ';']).next().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        if mnemonic.starts_with("0x") {
+            continue;
+        }
+        *mix.entry(f.clone())
+            .or_default()
+            .entry(mnemonic.to_string())
+            .or_default() += 1;
+    }
+    mix
+}
+
+/// Every kernel (and batch variant) the kernel IR puts on tensor cores has
+/// TF32 MMAs (`HMMA.1688.F32.TF32`) in its SASS, and no other kernel has any
+/// MMA. Writes each kernel's instruction mix next to the cubin.
+fn check_sass(
+    tool: &Path,
+    cubin: &Path,
+    model: &str,
+    arch: &str,
+    program: &KernelProgram,
+) -> Vec<String> {
+    let out = match Command::new(tool).arg("-sass").arg(cubin).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            return vec![format!(
+                "{model} {arch}: cuobjdump failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )]
+        }
+        Err(e) => {
+            return vec![format!(
+                "{model} {arch}: cannot run {}: {e}",
+                tool.display()
+            )]
+        }
+    };
+    let mix = sass_mix(&out);
+    let mut problems = Vec::new();
+    let mut report = String::new();
+    for k in &program.kernels {
+        let mut functions = vec![(k.name.clone(), None)];
+        if let KernelKind::Gemm(g) = &k.kind {
+            functions[0].1 = Some(&g.schedule);
+            for v in &k.variants {
+                functions.push((v.name.clone(), Some(&v.schedule)));
+            }
+        }
+        for (name, schedule) in functions {
+            let Some(counts) = mix.get(&name) else {
+                problems.push(format!("{model} {arch} {name}: not in the cubin's SASS"));
+                continue;
+            };
+            let hmma: usize = counts
+                .iter()
+                .filter(|(m, _)| m.starts_with("HMMA"))
+                .map(|(_, n)| n)
+                .sum();
+            let tf32 = counts.get("HMMA.1688.F32.TF32").copied().unwrap_or(0);
+            let tensor = matches!(schedule, Some(Schedule::Tensor { .. }));
+            if tensor && tf32 == 0 {
+                problems.push(format!(
+                    "{model} {arch} {name}: on tensor cores in the kernel IR, but no HMMA.1688.F32.TF32 in its SASS"
+                ));
+            }
+            if !tensor && hmma != 0 {
+                problems.push(format!(
+                    "{model} {arch} {name}: on CUDA cores in the kernel IR, but {hmma} HMMA in its SASS"
+                ));
+            }
+            // Static counts: the instructions a kernel's code holds (its main
+            // loop unrolled), grouped by what they do.
+            let count = |prefixes: &[&str]| -> usize {
+                counts
+                    .iter()
+                    .filter(|(m, _)| prefixes.iter().any(|p| m.starts_with(p)))
+                    .map(|(_, n)| n)
+                    .sum()
+            };
+            let total: usize = counts.values().sum();
+            let _ = std::fmt::Write::write_fmt(
+                &mut report,
+                format_args!(
+                    "{name}: {total} instructions; HMMA {hmma}, FFMA {}, LDSM {}, LDGSTS {}, LDS {}, LDG {}, STS {}, STG {}, BAR {}, integer {}\n",
+                    count(&["FFMA"]),
+                    count(&["LDSM"]),
+                    count(&["LDGSTS"]),
+                    count(&["LDS."]) + counts.get("LDS").copied().unwrap_or(0),
+                    count(&["LDG.E"]),
+                    count(&["STS"]),
+                    count(&["STG"]),
+                    count(&["BAR"]),
+                    count(&["IMAD", "IADD", "LOP3", "SHF", "LEA", "VIADD", "ISETP", "SEL"]),
+                ),
+            );
+        }
+    }
+    let _ = std::fs::write(cubin.with_extension("sass-mix.txt"), report);
+    problems
+}
+
+#[test]
+fn the_sass_reader_counts_mnemonics_per_function() {
+    let sass = "
+\tcode for sm_90
+\t\tFunction : k00_conv
+\t.headerflags\t@\"EF_CUDA_SM90\"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;            /* 0x00000a00ff017b82 */
+                                                                     /* 0x000fe20000000800 */
+        /*0010*/                   HMMA.1688.F32.TF32 R68, R8.reuse, R94, R68 ;
+        /*0020*/              @!P0 BRA 0x70 ;
+        /*0030*/                   HMMA.1688.F32.TF32 R64, R8, R92, R64 ;
+\t\tFunction : k01_pool
+        /*0000*/                   FMNMX R0, R1, R2, !PT ;
+";
+    let mix = sass_mix(sass);
+    assert_eq!(mix["k00_conv"]["HMMA.1688.F32.TF32"], 2);
+    assert_eq!(mix["k00_conv"]["LDC"], 1);
+    assert_eq!(mix["k00_conv"]["BRA"], 1);
+    assert_eq!(mix["k01_pool"]["FMNMX"], 1);
+    assert_eq!(mix.len(), 2);
+}
+
 fn check_ptxas(model: &str, arch: &str, log: &str, program: &KernelProgram) -> Vec<String> {
     let (entries, functions) = parse_ptxas(log);
     let mut problems = Vec::new();
@@ -761,21 +992,53 @@ fn nvcc_compiles_every_model_without_spills() {
         size: usize,
         program: KernelProgram,
     }
+    // The zoo is compiled as `cnnc build` compiles it by default (TF32:
+    // tensor-core tiles where they pay), the fixtures in strict FP32, so
+    // both kinds of GEMM tile go through ptxas on every commit.
+    let cuobjdump = nvcc.with_file_name("cuobjdump");
+    let cuobjdump = is_file(&cuobjdump).then_some(cuobjdump);
+    if cuobjdump.is_none() && std::env::var_os("CI").is_some() {
+        panic!(
+            "cuobjdump not found beside {}, and CI is set: CI must check the SASS of the \
+             tensor-core kernels. scripts/cuda-toolkit.sh installs it.",
+            nvcc.display()
+        );
+    }
     let mut jobs = Vec::new();
+    // A kernel whose code equals one already compiled (the repeated blocks
+    // of a ResNet, the layers models share) compiles to the same machine
+    // code: each distinct kernel goes through ptxas once, in the first model
+    // that has it, and a model with none new is not compiled again.
+    let mut seen = std::collections::HashSet::new();
+    let (mut kernels, mut distinct) = (0, 0);
     for m in models() {
-        let s = stages(&m);
+        let (program, cuda) = if m.id.starts_with("zoo_") {
+            let program = program_in(&m, Precision::default());
+            let cuda = cnnc::cuda::print(&program).unwrap();
+            (program, cuda)
+        } else {
+            let s = stages(&m);
+            (s.program, s.cuda)
+        };
+        kernels += program.kernels.len();
+        let (program, cuda) = only_new_kernels(program, &cuda, &mut seen);
+        if program.kernels.is_empty() {
+            continue;
+        }
+        distinct += program.kernels.len();
         let cu = dir.join(format!("{}.cu", m.id));
-        std::fs::write(&cu, &s.cuda).unwrap();
+        std::fs::write(&cu, &cuda).unwrap();
         for &arch in ARCHS {
             jobs.push(Job {
                 id: m.id.clone(),
                 arch,
                 cu: cu.clone(),
-                size: s.cuda.len(),
-                program: s.program.clone(),
+                size: cuda.len(),
+                program: program.clone(),
             });
         }
     }
+    eprintln!("nvcc: {distinct} distinct kernels of {kernels}");
     jobs.sort_by_key(|j| j.size); // popped from the end: largest first
     let workers: usize = std::env::var("CNNC_NVCC_JOBS")
         .ok()
@@ -852,6 +1115,8 @@ fn nvcc_compiles_every_model_without_spills() {
                         found.extend(check_ptxas(&job.id, job.arch, &log, &job.program));
                         if std::fs::metadata(&cubin).map(|m| m.len()).unwrap_or(0) == 0 {
                             found.push(format!("{} {}: no cubin written", job.id, job.arch));
+                        } else if let Some(tool) = &cuobjdump {
+                            found.extend(check_sass(tool, &cubin, &job.id, job.arch, &job.program));
                         }
                     }
                 }

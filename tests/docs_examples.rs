@@ -327,7 +327,7 @@ fn run_transcript(command: &str, source: Option<&Fence>) -> Result<String, Strin
                 }
                 for model in &compilation.models {
                     let graph = model.graph.as_ref().ok_or("no graph")?;
-                    out.push_str(&cnnc::summary::table(graph, 1));
+                    out.push_str(&cnnc::summary::table(graph, &compilation.sources, 1));
                 }
             }
             other => return Err(format!("the test does not know `cnnc {other}`")),

@@ -407,7 +407,11 @@ fn a_planted_bound_error_is_reported_with_its_kernel_and_element() {
         let right = "if (n >= n_total) continue;";
         let fp32_gemm = cuda.find(" void gemm(").expect("the CUDA-core GEMM");
         let at = fp32_gemm + cuda[fp32_gemm..].find(right).expect("the GEMM's bound");
-        format!("{}if (n >= n_total - 1) continue;{}", &cuda[..at], &cuda[at + right.len()..])
+        format!(
+            "{}if (n >= n_total - 1) continue;{}",
+            &cuda[..at],
+            &cuda[at + right.len()..]
+        )
     });
     // The first kernel is the first GEMM; its last element (image 1, every
     // channel, the last of 32×32 pixels) was never written.

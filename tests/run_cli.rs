@@ -956,3 +956,61 @@ fn every_flag_of_every_command_is_described() {
         assert!(text.contains("[default: "), "`{text}`");
     }
 }
+
+#[test]
+fn precision_defaults_to_tf32_is_carried_by_the_plan_and_rejects_what_is_not_built() {
+    // The plan a build embeds names the precision: TF32 by default, as
+    // PyTorch's convolutions; `--precision fp32` is the strict path.
+    let default = cnnc(&["emit", "models/resnet50.cnn", "--stage", "plan"]);
+    assert_eq!(default.code, 0, "{default}");
+    assert!(
+        default.stdout.contains("\"precision\": \"tf32\""),
+        "{default}"
+    );
+    let strict = cnnc(&[
+        "emit",
+        "models/resnet50.cnn",
+        "--stage",
+        "plan",
+        "--precision",
+        "fp32",
+    ]);
+    assert!(
+        strict.stdout.contains("\"precision\": \"fp32\""),
+        "{strict}"
+    );
+    // The kernel listing shows where tensor cores are used, and only then.
+    let tc = cnnc(&[
+        "emit",
+        "models/resnet50.cnn",
+        "--stage",
+        "kernels",
+        "--precision",
+        "tf32x3",
+    ]);
+    assert!(tc.stdout.contains("3xTF32"), "{tc}");
+    let fp32 = cnnc(&[
+        "emit",
+        "models/resnet50.cnn",
+        "--stage",
+        "kernels",
+        "--precision",
+        "fp32",
+    ]);
+    assert!(!fp32.stdout.contains("tensor core"), "{fp32}");
+    for (value, says) in [
+        (
+            "bf16",
+            "`bf16` is not implemented yet; choose fp32, tf32 or tf32x3",
+        ),
+        ("f32", "expected one of fp32, tf32, tf32x3, bf16, fp16"),
+    ] {
+        let out = cnnc(&["build", "models/mnist_cnn.cnn", "--precision", value]);
+        assert_eq!(out.code, 2, "{out}");
+        assert!(out.stderr.contains(says), "{out}");
+    }
+    let help = cnnc(&["build", "--help"]);
+    assert!(help.stdout.contains("--precision"), "{help}");
+    assert!(help.stdout.contains("tf32x3"), "{help}");
+}
+

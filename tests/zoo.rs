@@ -134,6 +134,9 @@ fn summaries_are_stable() {
         let path = format!("models/{name}.cnn");
         let compilation = cnnc::compile_file(Path::new(&path), &BTreeMap::new()).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();
-        insta::assert_snapshot!(format!("summary_{name}"), cnnc::summary::table(graph, 1));
+        insta::assert_snapshot!(
+            format!("summary_{name}"),
+            cnnc::summary::table(graph, &compilation.sources, 1)
+        );
     }
 }

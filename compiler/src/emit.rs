@@ -26,8 +26,14 @@ pub enum Stage {
 }
 
 /// A stage other than [`Stage::Ast`] of a checked model, as `cnnc emit`
-/// prints it. Errors are internal ones (a pass or the lowering failed).
-pub fn stage_text(graph: &Graph, sources: &SourceMap, stage: Stage) -> Result<String, String> {
+/// prints it, with the GEMMs in `precision` (the kernels, CUDA, driver and
+/// plan stages). Errors are internal ones (a pass or the lowering failed).
+pub fn stage_text(
+    graph: &Graph,
+    sources: &SourceMap,
+    stage: Stage,
+    precision: crate::kernels::Precision,
+) -> Result<String, String> {
     let internal = |e: String| format!("internal error: {e}");
     if stage == Stage::Ir {
         return Ok(ir(graph, sources));
@@ -41,7 +47,8 @@ pub fn stage_text(graph: &Graph, sources: &SourceMap, stage: Stage) -> Result<St
     match stage {
         Stage::Fused => Ok(fused(graph, &optimized, &logs, sources)),
         Stage::Kernels | Stage::Cuda => {
-            let program = crate::kernels::lower(&optimized, sources).map_err(internal)?;
+            let program =
+                crate::kernels::lower_with(&optimized, sources, precision).map_err(internal)?;
             if stage == Stage::Kernels {
                 Ok(crate::kernels::render(&program))
             } else {
@@ -49,7 +56,8 @@ pub fn stage_text(graph: &Graph, sources: &SourceMap, stage: Stage) -> Result<St
             }
         }
         Stage::Driver | Stage::Plan => {
-            let (_, _, plan) = crate::plan::compile(graph, sources).map_err(internal)?;
+            let (_, _, plan) =
+                crate::plan::compile_with(graph, sources, precision).map_err(internal)?;
             if stage == Stage::Plan {
                 crate::build::plan_json(&plan).map_err(internal)
             } else {

@@ -163,76 +163,9 @@ impl Schedule {
     }
 }
 
-/// The arithmetic a build asks for (`cnnc build --precision`). Only the GEMMs
-/// (convolutions and linear layers) change; every other kernel computes in
-/// FP32 whatever the precision.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    /// FP32 FMAs on CUDA cores: the strict path.
-    Fp32,
-    /// Operands rounded to TF32 (10 mantissa bits), products on tensor cores,
-    /// FP32 accumulation: what PyTorch does for convolutions by default
-    /// (`torch.backends.cudnn.allow_tf32 = True`) and TensorRT by default.
-    #[default]
-    Tf32,
-    /// Each operand split into a big and a small TF32 part, three tensor-core
-    /// products: about FP32's accuracy at tensor-core speed.
-    Tf32x3,
-    /// 16-bit brain-float storage and tensor-core products (not implemented yet).
-    Bf16,
-    /// 16-bit IEEE half storage and tensor-core products (not implemented yet).
-    Fp16,
-}
-
-impl Precision {
-    pub const ALL: [Precision; 5] = [
-        Precision::Fp32,
-        Precision::Tf32,
-        Precision::Tf32x3,
-        Precision::Bf16,
-        Precision::Fp16,
-    ];
-
-    /// The name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Tf32x3 => "tf32x3",
-            Precision::Bf16 => "bf16",
-            Precision::Fp16 => "fp16",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Precision> {
-        Precision::ALL.into_iter().find(|p| p.name() == text)
-    }
-
-    /// Whether the compiler can generate kernels for it yet.
-    pub fn implemented(self) -> bool {
-        matches!(self, Precision::Fp32 | Precision::Tf32 | Precision::Tf32x3)
-    }
-
-    /// Whether GEMMs may run on tensor cores.
-    pub fn tensor_cores(self) -> bool {
-        matches!(self, Precision::Tf32 | Precision::Tf32x3)
-    }
-
-    /// One line for reports: what the GPU kernels compute in.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32 (FP32 FMAs on CUDA cores)",
-            Precision::Tf32 => {
-                "tf32 (convolutions and linear layers on tensor cores: operands rounded to TF32, FP32 accumulation)"
-            }
-            Precision::Tf32x3 => {
-                "tf32x3 (convolutions and linear layers on tensor cores: operands split into two TF32 parts, three products, FP32 accumulation)"
-            }
-            Precision::Bf16 => "bf16 (not implemented)",
-            Precision::Fp16 => "fp16 (not implemented)",
-        }
-    }
-}
+/// The arithmetic a build asks for: defined with the plan, which carries it
+/// to the built binary.
+pub use cnnc_runtime::plan::Precision;
 
 /// A tensor-core tile: a BM×BN output tile per block, computed by
 /// (BM/WM)×(BN/WN) warps, each a WM×WN tile of 16×8 MMA tiles, with K-slices
@@ -324,7 +257,7 @@ pub fn choose_tc_tile(m: u64, n: u64, groups: u64) -> Result<TcTile, &'static st
         .iter()
         .find(|t| waste(t) <= 0.25 && blocks(t) >= 2 * TARGET_SMS)
         .copied()
-        .ok_or("too few blocks to fill the GPU without splitting K: CUDA-core tile with split-K")
+        .ok_or("every tensor-core tile launches under 2 blocks per SM or pads over a quarter of its work; smaller CUDA-core tiles (split-K where needed) fill the GPU")
 }
 
 /// A matrix-vector product for a linear layer at a small batch: each warp owns
@@ -702,6 +635,47 @@ pub struct KernelProgram {
     pub precision: Precision,
 }
 
+impl KernelProgram {
+    /// One line for the build log and `cnnc summary`: the precision and how
+    /// many GEMM kernels use tensor cores for some batch size (each kernel
+    /// has variants for batch buckets; any on tensor cores counts).
+    pub fn precision_line(&self) -> String {
+        let gemms: Vec<&Gemm> = self
+            .kernels
+            .iter()
+            .filter_map(|k| match &k.kind {
+                KernelKind::Gemm(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        if !self.precision.tensor_cores() {
+            return format!(
+                "{}: all {} GEMMs in FP32 on CUDA cores",
+                self.precision.name(),
+                gemms.len()
+            );
+        }
+        let on_tc = self
+            .kernels
+            .iter()
+            .filter(|k| match &k.kind {
+                KernelKind::Gemm(g) => {
+                    matches!(g.schedule, Schedule::Tensor { .. })
+                        || k.variants
+                            .iter()
+                            .any(|v| matches!(v.schedule, Schedule::Tensor { .. }))
+                }
+                _ => false,
+            })
+            .count();
+        format!(
+            "{}: {on_tc} of {} GEMMs on tensor cores at some batch size (`cnnc emit --stage kernels` says which and why)",
+            self.precision.name(),
+            gemms.len()
+        )
+    }
+}
+
 /// Where each node's values live, with views resolved to their owners.
 pub fn placements(g: &Graph) -> Vec<TensorRef> {
     let mut refs: Vec<TensorRef> = g
@@ -1052,7 +1026,7 @@ fn describe_layers(g: &Graph, id: NodeId, sources: &SourceMap) -> Vec<String> {
 /// (`ceil(batch·400/32)`: 400 pixels an image, 32 a block).
 pub fn grid_x(per_image: u64, per_block: u64) -> String {
     let per_block = per_block.max(1);
-    if per_image % per_block == 0 {
+    if per_image.is_multiple_of(per_block) {
         match per_image / per_block {
             1 => "batch".to_string(),
             q => format!("batch·{q}"),

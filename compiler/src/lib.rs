@@ -106,7 +106,12 @@ pub fn emit_stage(path: &Path, stage: emit::Stage) -> Result<String, String> {
         .filter_map(|m| m.graph.as_ref())
         .collect();
     match graphs.as_slice() {
-        [graph] => emit::stage_text(graph, &compilation.sources, stage),
+        [graph] => emit::stage_text(
+            graph,
+            &compilation.sources,
+            stage,
+            kernels::Precision::default(),
+        ),
         _ => Err(format!(
             "`{}` has {} models; `emit_stage` takes a file with one",
             path.display(),

@@ -128,6 +128,14 @@ enum Command {
         /// same on every machine (for snapshot tests; see docs/snapshot-testing.md).
         #[arg(long)]
         stable: bool,
+        /// What convolutions and linear layers compute in on the GPU: tf32
+        /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
+        /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
+        /// (FP32-level accuracy on tensor cores: three products per
+        /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
+        /// always computes in FP32.
+        #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
+        precision: cnnc::kernels::Precision,
     },
     /// Draw the model (one box per layer, repeated blocks as `× N`) as SVG or DOT.
     Graph {
@@ -172,6 +180,14 @@ enum Command {
         /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
+        /// What convolutions and linear layers compute in on the GPU: tf32
+        /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
+        /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
+        /// (FP32-level accuracy on tensor cores: three products per
+        /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
+        /// always computes in FP32.
+        #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
+        precision: cnnc::kernels::Precision,
     },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(Box<RunArgs>),
@@ -247,7 +263,14 @@ fn main() -> ExitCode {
             set,
             include,
             model,
-        } => build(&file, output.as_deref(), &set, &include, model.as_deref()),
+            precision,
+        } => build(
+            &file,
+            output.as_deref(),
+            (&set, &include),
+            model.as_deref(),
+            precision,
+        ),
         Command::Emit {
             file,
             stage,
@@ -256,14 +279,14 @@ fn main() -> ExitCode {
             include,
             model,
             stable,
+            precision,
         } => emit(
             &file,
             stage,
             output.as_deref(),
-            &set,
-            &include,
+            (&set, &include),
             model.as_deref(),
-            stable,
+            (stable, precision),
         ),
         Command::Graph {
             file,
@@ -437,7 +460,7 @@ fn summarize(
                 .map_err(|e| UsageError(e.to_string()))?;
             println!("{text}");
         } else {
-            print!("{}", summary::table(graph, batch));
+            print!("{}", summary::table(graph, &compilation.sources, batch));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -602,6 +625,20 @@ fn init(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--precision`: one of the implemented precisions, by name.
+fn parse_precision(text: &str) -> Result<cnnc::kernels::Precision, String> {
+    use cnnc::kernels::Precision;
+    let names = Precision::ALL.map(|p| p.name()).join(", ");
+    match Precision::parse(text) {
+        Some(p) if p.implemented() => Ok(p),
+        Some(p) => Err(format!(
+            "`{}` is not implemented yet; choose fp32, tf32 or tf32x3",
+            p.name()
+        )),
+        None => Err(format!("expected one of {names}")),
+    }
+}
+
 /// Checks `-o` of `emit` and `graph` before any work: a bad path is a usage
 /// error (exit 2); the model file itself is refused with exit 1.
 fn refuse_output(output: Option<&Path>, file: &Path) -> Result<Option<ExitCode>, UsageError> {
@@ -622,10 +659,9 @@ fn emit(
     file: &Path,
     stage: cnnc::emit::Stage,
     output: Option<&Path>,
-    set: &[String],
-    include: &[PathBuf],
+    (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
-    stable: bool,
+    (stable, precision): (bool, cnnc::kernels::Precision),
 ) -> Result<ExitCode, UsageError> {
     use cnnc::emit::Stage;
     if let Some(code) = refuse_output(output, file)? {
@@ -649,7 +685,7 @@ fn emit(
         if stable {
             sources.make_names_relative_to(&cnnc::model_dir(file));
         }
-        match cnnc::emit::stage_text(&graph, &sources, stage) {
+        match cnnc::emit::stage_text(&graph, &sources, stage, precision) {
             Ok(t) => t,
             Err(e) => return Ok(fail(e)),
         }
@@ -698,16 +734,17 @@ fn draw(
 fn build(
     file: &Path,
     output: Option<&Path>,
-    set: &[String],
-    include: &[PathBuf],
+    (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
+    precision: cnnc::kernels::Precision,
 ) -> Result<ExitCode, UsageError> {
     let compilation = load(file, set, include)?;
     let graph = match one_model(&compilation, file, model)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
-    let (_, program, plan) = match cnnc::plan::compile(&graph, &compilation.sources) {
+    let (_, program, plan) = match cnnc::plan::compile_with(&graph, &compilation.sources, precision)
+    {
         Ok(x) => x,
         Err(e) => return Ok(fail(format!("internal error: {e}"))),
     };
@@ -737,6 +774,7 @@ fn build(
         cubin_cache: Some(cache.join("cubins")),
     };
     let mut log = |m: &str| eprintln!("  {m}");
+    log(&format!("GPU arithmetic: {}", program.precision_line()));
     match cnnc::build::build(&plan, &source, &opts, &mut log) {
         Ok(path) => {
             println!("{}", path.display());

@@ -249,6 +249,7 @@ pub fn build(
         prepared,
         steps,
         ends_in,
+        precision: program.precision,
     })
 }
 

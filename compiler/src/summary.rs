@@ -198,7 +198,7 @@ fn compact(shape: &Shape) -> String {
 }
 
 /// The table printed by `cnnc summary`. Activation memory is for `batch` images in f32.
-pub fn table(graph: &Graph, batch: i64) -> String {
+pub fn table(graph: &Graph, sources: &crate::source::SourceMap, batch: i64) -> String {
     const F32: i64 = 4;
     let rows = rows(graph);
     let mut name_w = "layer".len();
@@ -297,6 +297,11 @@ pub fn table(graph: &Graph, batch: i64) -> String {
             scaled_bytes(plan.arena as i64 * F32, batch),
             scaled_bytes(plan.naive as i64 * F32, batch)
         );
+        // What `cnnc build` compiles by default (its `--precision` changes it).
+        let precision = crate::kernels::Precision::default();
+        if let Ok(program) = crate::kernels::lower_with(&fused, sources, precision) {
+            let _ = writeln!(out, "GPU arithmetic:     {}", program.precision_line());
+        }
         let peak = graph.peak_live_elements();
         let arena = plan.arena as i64;
         if arena > peak {

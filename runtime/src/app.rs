@@ -5,10 +5,10 @@
 
 use crate::cuda::{CudaExecutor, KernelImages};
 use crate::output::Scores;
-use crate::plan::{Ending, Plan};
+use crate::plan::{Ending, Plan, Precision};
 use crate::run::{run_inputs, ModelIo, RunOptions};
 use crate::{Error, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ pub enum Device {
     Cpu,
 }
 
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(about = "Runs a model compiled by cnnc", long_about = None)]
 pub struct Args {
     /// What to run on and what to print: the same flags as `cnnc run`.
@@ -53,7 +53,7 @@ impl Executor {
 
 /// Entry point of a built binary.
 pub fn main(plan: Plan, images: KernelImages) -> ExitCode {
-    let args = Args::parse();
+    let args = parse_args(&plan);
     // The main thread joins rayon's pool as worker 0, so the CPU executor's
     // parallel steps start on it directly instead of handing each one over to
     // a pool thread and sleeping until it is done (RAYON_NUM_THREADS sets the
@@ -69,6 +69,19 @@ pub fn main(plan: Plan, images: KernelImages) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The command line, with `--help` naming the model and what its GPU
+/// kernels compute in.
+fn parse_args(plan: &Plan) -> Args {
+    let command = Args::command().after_help(format!(
+        "Model {}: input {:?}, output {:?}.\nOn the GPU, {}.\nOn the CPU, everything computes in FP32.",
+        plan.model,
+        plan.input_shape,
+        plan.output_shape,
+        plan.precision.describe()
+    ));
+    Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 /// Entry point of a built binary whose driver embeds its plan as JSON
@@ -117,11 +130,18 @@ fn run(plan: &Plan, images: &KernelImages, args: &Args) -> Result<()> {
             }
         },
     };
-    if let Executor::Cuda(e) = &executor {
-        eprintln!(
-            "device: {} (kernels from {})",
-            e.device_name, e.kernels_from
-        );
+    match &executor {
+        Executor::Cuda(e) => eprintln!(
+            "device: {} (kernels from {}; {})",
+            e.device_name,
+            e.kernels_from,
+            plan.precision.name()
+        ),
+        Executor::Cpu(_) if plan.precision != Precision::Fp32 => eprintln!(
+            "note: the CPU computes in FP32; {} applies on the GPU",
+            plan.precision.name()
+        ),
+        Executor::Cpu(_) => {}
     }
     if let Some(iters) = args.bench {
         let p50 = bench(&mut executor, plan, max_batch, iters.max(1))?;
@@ -177,11 +197,15 @@ fn bench(executor: &mut Executor, plan: &Plan, batch: usize, iters: usize) -> Re
     ms.sort_by(f64::total_cmp);
     let p50 = percentile(&ms, 0.5);
     println!(
-        "{}: batch {batch}, {iters} iterations on {}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, min {:.3} ms, {:.1} images/s (at p50)",
+        "{}: batch {batch}, {iters} iterations on {} ({}): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, min {:.3} ms, {:.1} images/s (at p50)",
         plan.model,
         match executor {
             Executor::Cuda(e) => e.device_name.clone(),
             Executor::Cpu(_) => "the CPU".to_string(),
+        },
+        match executor {
+            Executor::Cuda(_) => plan.precision.name(),
+            Executor::Cpu(_) => "fp32",
         },
         p50,
         percentile(&ms, 0.9),

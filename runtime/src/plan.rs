@@ -30,6 +30,81 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Whether the model ends in softmax (probabilities) or log_softmax.
     pub ends_in: Ending,
+    /// What the GPU's convolutions and linear layers compute in. The CPU
+    /// executor computes in FP32 whatever it says.
+    pub precision: Precision,
+}
+
+/// The arithmetic a build asks for (`cnnc build --precision`). Only the GEMMs
+/// (convolutions and linear layers) change; every other kernel computes in
+/// FP32 whatever the precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// FP32 FMAs on CUDA cores: the strict path.
+    Fp32,
+    /// Operands rounded to TF32 (10 mantissa bits), products on tensor cores,
+    /// FP32 accumulation: what PyTorch does for convolutions by default
+    /// (`torch.backends.cudnn.allow_tf32 = True`) and TensorRT by default.
+    #[default]
+    Tf32,
+    /// Each operand split into a big and a small TF32 part, three tensor-core
+    /// products: about FP32's accuracy at tensor-core speed.
+    Tf32x3,
+    /// 16-bit brain-float storage and tensor-core products (not implemented yet).
+    Bf16,
+    /// 16-bit IEEE half storage and tensor-core products (not implemented yet).
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 5] = [
+        Precision::Fp32,
+        Precision::Tf32,
+        Precision::Tf32x3,
+        Precision::Bf16,
+        Precision::Fp16,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Tf32x3 => "tf32x3",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Precision> {
+        Precision::ALL.into_iter().find(|p| p.name() == text)
+    }
+
+    /// Whether the compiler can generate kernels for it yet.
+    pub fn implemented(self) -> bool {
+        matches!(self, Precision::Fp32 | Precision::Tf32 | Precision::Tf32x3)
+    }
+
+    /// Whether GEMMs may run on tensor cores.
+    pub fn tensor_cores(self) -> bool {
+        matches!(self, Precision::Tf32 | Precision::Tf32x3)
+    }
+
+    /// One line for reports: what the GPU kernels compute in.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32 (FP32 FMAs on CUDA cores)",
+            Precision::Tf32 => {
+                "tf32 (convolutions and linear layers on tensor cores: operands rounded to TF32, FP32 accumulation)"
+            }
+            Precision::Tf32x3 => {
+                "tf32x3 (convolutions and linear layers on tensor cores: operands split into two TF32 parts, three products, FP32 accumulation)"
+            }
+            Precision::Bf16 => "bf16 (not implemented)",
+            Precision::Fp16 => "fp16 (not implemented)",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,6 @@ use crate::{shape_text, Error, Result};
 const MAX_PROBLEMS: usize = 30;
 
 /// Checks a weight file against the entries a model declares.
-
 pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) -> Result<()> {
     let mut problems = Vec::new();
     for e in entries {
@@ -273,6 +272,7 @@ mod tests {
             ],
             steps: vec![],
             ends_in: Ending::Logits,
+            precision: Default::default(),
         };
         let mut file = WeightFile::default();
         let w = vec![1.0, -2.0, 3.5, 0.25, 1e-3, -7.0];
