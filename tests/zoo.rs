@@ -97,7 +97,7 @@ fn every_model_matches_pytorch() {
         assert_eq!(layers, expected_layers, "{name}: conv/linear layers differ");
         checked += 1;
     }
-    assert_eq!(checked, 28);
+    assert_eq!(checked, 30);
 }
 
 #[test]

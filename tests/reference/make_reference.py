@@ -307,6 +307,8 @@ MODELS = {
     "wide_resnet50_2": (lambda: TV.wide_resnet50_2(weights=None), IN224),
     "squeezenet1_0": (lambda: TV.squeezenet1_0(weights=None), IN224),
     "squeezenet1_1": (lambda: TV.squeezenet1_1(weights=None), IN224),
+    "efficientnet_b0": (lambda: TV.efficientnet_b0(weights=None), IN224),
+    "mobilenet_v3_large": (lambda: TV.mobilenet_v3_large(weights=None), IN224),
     "mnist_cnn": (MnistCNN, [1, 28, 28]),
     "lenet5": (LeNet5, [1, 32, 32]),
     "alexnet_original": (AlexNetOriginal, [3, 227, 227]),
