@@ -1014,3 +1014,30 @@ fn precision_defaults_to_tf32_is_carried_by_the_plan_and_rejects_what_is_not_bui
     assert!(help.stdout.contains("tf32x3"), "{help}");
 }
 
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    // `cnnc emit … | head -1`: the closed pipe is not a panic.
+    for args in [
+        "emit models/resnet50.cnn --stage cuda",
+        "summary models/resnet50.cnn",
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(args.split(' '))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+    }
+}

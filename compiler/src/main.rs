@@ -458,9 +458,9 @@ fn summarize(
         if json {
             let text = serde_json::to_string_pretty(&summary::summary(graph))
                 .map_err(|e| UsageError(e.to_string()))?;
-            println!("{text}");
+            print_out(&format!("{text}\n"));
         } else {
-            print!("{}", summary::table(graph, &compilation.sources, batch));
+            print_out(&summary::table(graph, &compilation.sources, batch));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -700,10 +700,20 @@ fn write_text(output: Option<&Path>, text: &str) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        None => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        None => print_out(text),
+    }
+}
+
+/// `text` to standard output. A reader that stops early (`| head`) closes
+/// the pipe: that ends the output quietly, as for other command-line tools,
+/// instead of a panic.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(format!("cannot write to standard output: {e}")),
     }
 }
 
