@@ -355,6 +355,8 @@ fn features(k: &cnnc::kernels::Kernel) -> Vec<String> {
         KernelKind::Add => "add kernel".into(),
         KernelKind::Mul => "gate multiply kernel".into(),
         KernelKind::CopySlice => "copy into slice".into(),
+        KernelKind::LayerNorm { .. } => "layer norm".into(),
+        KernelKind::ChannelShuffle { .. } => "channel shuffle".into(),
     }];
     if k.epilogue
         .iter()

@@ -228,6 +228,56 @@ fn cpu_gates_match_the_evaluator() {
 }
 
 #[test]
+fn cpu_shuffle_and_norm_match_the_evaluator() {
+    let compilation =
+        cnnc::compile_source("shuffle_norm.cnn", common::SHUFFLE_NORM, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    use cnnc_runtime::plan::StepOp;
+    let count = |f: &dyn Fn(&StepOp) -> bool| plan.steps.iter().filter(|s| f(&s.op)).count();
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::LayerNorm { .. })),
+        3,
+        "three layer norms"
+    );
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::ChannelShuffle { .. })),
+        2,
+        "two shuffles"
+    );
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::ChannelAffine)),
+        1,
+        "the scale"
+    );
+    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    common::randomize_batchnorm(&mut file, 4);
+    common::randomize_scales(&mut file, 5);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    for batch in [1, 3] {
+        let per = graph.input_shape().numel() as usize;
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let mut exec = executor(graph, &compilation.sources, &file, batch);
+        let out = exec.run(&input, batch).unwrap().to_vec();
+        let worst = worst_scaled(
+            &out,
+            reference(graph, &compilation.sources, &file, batch, &input),
+        );
+        assert!(
+            worst <= 1e-4,
+            "shuffle_norm: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
+        );
+    }
+}
+
+#[test]
 fn cpu_matches_the_evaluator_on_standalone_kernels() {
     let compilation = cnnc::compile_source("odd_ops.cnn", ODD_OPS, &BTreeMap::new());
     assert!(

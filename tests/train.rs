@@ -521,6 +521,17 @@ fn gate_gradients_match_finite_differences() {
 }
 
 #[test]
+fn shuffle_and_norm_gradients_match_finite_differences() {
+    // split (each chunk's gradient lands in its channels), channel_shuffle
+    // (the inverse permutation), layer_norm on maps and on a 1×1 map,
+    // per-pixel linear layers, gelu and a scale inside a residual.
+    gradient_check(
+        "stem = conv(6, k=3, p=1)\n  s = split(2) { identity  b = seq { conv(3, k=1) } }\n  channel_shuffle(3)\n  ln = layer_norm(eps=1e-6)\n  r = residual { dw = conv(6, k=3, p=1, groups=6) pw1 = linear(8, per_pixel=true) gelu pw2 = linear(6, per_pixel=true) layer_scale = scale }\n  global_avgpool\n  hn = layer_norm\n  flatten\n  fc = linear(3)",
+        "[2, 5, 5]",
+    );
+}
+
+#[test]
 fn residual_and_concat_gradients_match_finite_differences() {
     gradient_check(
         "a = conv(4, k=1)\n  r = residual { c = conv(4, k=3, p=1) relu d = conv(4, k=1) }\n  cat = concat { x = conv(2, k=1) y = seq { maxpool(3, s=1, p=1) conv(3, k=1) } z = identity }\n  flatten\n  fc = linear(3)",

@@ -67,10 +67,15 @@ impl Kind {
             | Op::AvgPool2d { .. }
             | Op::AdaptiveAvgPool2d { .. }
             | Op::AdaptiveMaxPool2d { .. } => Kind::Pool,
-            Op::BatchNorm { .. } | Op::LocalResponseNorm { .. } => Kind::Norm,
+            Op::BatchNorm { .. }
+            | Op::LocalResponseNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Scale { .. } => Kind::Norm,
             Op::Activation(_) | Op::Softmax | Op::LogSoftmax => Kind::Activation,
             Op::Add | Op::Concat | Op::Mul => Kind::Merge,
-            Op::Flatten | Op::Identity => Kind::Reshape,
+            Op::Flatten | Op::Identity | Op::ChannelShuffle { .. } | Op::ChannelSlice { .. } => {
+                Kind::Reshape
+            }
             Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kind::Dropout,
         }
     }

@@ -241,6 +241,31 @@ pub enum Op {
     /// [C, 1, 1] (one per image and channel, broadcast over the map) or of
     /// [C, H, W] (a `gate`, torchvision's `SqueezeExcitation`).
     Mul,
+    /// Layer norm over the channels at each pixel (torchvision's
+    /// `LayerNorm2d`, or `nn.LayerNorm(C)` after a permute to channels-last;
+    /// on a flat input over its features): `state_dict` `weight`, `bias` [C].
+    LayerNorm {
+        features: i64,
+        eps: F64,
+    },
+    /// A learned per-channel factor held as a bare parameter (ConvNeXt's
+    /// `layer_scale`): y = x · s[c], the key the layer's own path, shape [C, 1, 1].
+    Scale {
+        channels: i64,
+        /// What `cnnc init` fills it with (torchvision: 1e-6).
+        init: F64,
+    },
+    /// ShuffleNet's `channel_shuffle(x, groups)`: output channel j·groups + i
+    /// is input channel i·(C / groups) + j.
+    ChannelShuffle {
+        groups: i64,
+    },
+    /// Channels `offset .. offset + channels` of the input (one chunk of a
+    /// `split`, `x.chunk(n, dim=1)[i]`).
+    ChannelSlice {
+        offset: i64,
+        channels: i64,
+    },
 }
 
 impl Op {
@@ -267,6 +292,10 @@ impl Op {
             Op::Add => "add",
             Op::Concat => "concat",
             Op::Mul => "mul",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Scale { .. } => "scale",
+            Op::ChannelShuffle { .. } => "channel_shuffle",
+            Op::ChannelSlice { .. } => "chunk",
         }
     }
 
@@ -391,6 +420,18 @@ impl Op {
                 beta,
                 k,
             } => format!("lrn size={size} alpha={alpha} beta={beta} k={k}"),
+            Op::LayerNorm { features, eps } => {
+                if eps.0 == 1e-5 {
+                    format!("layer_norm {features}")
+                } else {
+                    format!("layer_norm {features} eps={eps}")
+                }
+            }
+            Op::Scale { channels, .. } => format!("scale {channels}"),
+            Op::ChannelShuffle { groups } => format!("channel_shuffle groups={groups}"),
+            Op::ChannelSlice { offset, channels } => {
+                format!("chunk channels {offset}..{}", offset + channels)
+            }
             Op::Dropout { p } => format!("dropout p={p}"),
             Op::Dropout2d { p } => format!("dropout2d p={p}"),
             Op::StochasticDepth { p, row } => {
@@ -511,6 +552,9 @@ pub enum ParamKind {
     RunningVar,
     /// An int64 scalar counter; not a parameter, but in the `state_dict`.
     NumBatchesTracked,
+    /// A bare `nn.Parameter` (ConvNeXt's `layer_scale`): its key is the
+    /// layer's path itself, with no suffix.
+    Bare,
 }
 
 impl ParamKind {
@@ -521,12 +565,13 @@ impl ParamKind {
             ParamKind::RunningMean => "running_mean",
             ParamKind::RunningVar => "running_var",
             ParamKind::NumBatchesTracked => "num_batches_tracked",
+            ParamKind::Bare => "",
         }
     }
 
     /// Whether PyTorch counts it in `model.parameters()` (buffers are not).
     pub fn is_parameter(self) -> bool {
-        matches!(self, ParamKind::Weight | ParamKind::Bias)
+        matches!(self, ParamKind::Weight | ParamKind::Bias | ParamKind::Bare)
     }
 }
 
@@ -748,6 +793,28 @@ impl Graph {
                 if !broadcasts || node.shape != x {
                     return Err(format!("node {id} multiplies {x} by a factor of {f}"));
                 }
+            }
+            match (&node.op, node.inputs.first().map(|&i| self.nodes[i].shape)) {
+                (Op::ChannelSlice { offset, channels }, Some(x)) => {
+                    let fits = matches!(x, Shape::Chw(c, h, w)
+                        if *offset >= 0 && offset + channels <= c
+                            && node.shape == Shape::Chw(*channels, h, w));
+                    if !fits {
+                        return Err(format!(
+                            "node {id} takes channels {offset}..{} of {x}",
+                            offset + channels
+                        ));
+                    }
+                }
+                (Op::ChannelShuffle { groups }, Some(x))
+                    if *groups < 1 || x.channels() % groups != 0 || node.shape != x =>
+                {
+                    return Err(format!("node {id} shuffles {x} in {groups} groups"));
+                }
+                (Op::LayerNorm { .. } | Op::Scale { .. }, Some(x)) if node.shape != x => {
+                    return Err(format!("node {id} changes the shape {x}"));
+                }
+                _ => {}
             }
             if !input_shape_ok {
                 return Err(format!(

@@ -412,6 +412,18 @@ fn report_pooling(g: &mut Graph, log: &mut PassLog) {
                     "a multiply by a map-sized factor could be the epilogue of the factor's last layer, reading the gate's input as a second operand, but that epilogue step is not implemented; it runs as its own kernel"
                 }
             },
+            Op::LayerNorm { .. } => {
+                "it normalises over every channel of a pixel, which the epilogue of the layer before sees one channel at a time; it runs as its own kernel, one thread per pixel"
+            }
+            Op::Scale { .. } => {
+                "folding a per-channel scale into the weights of the layer before is not implemented; it runs as a channel-affine kernel"
+            }
+            Op::ChannelShuffle { .. } => {
+                "a permutation of channels; writing the layer before in shuffled order is not implemented; it runs as a copy kernel"
+            }
+            Op::ChannelSlice { .. } => {
+                "a split's chunk is copied out of its input (reading a channel range in place is not implemented)"
+            }
             _ => continue,
         };
         log.not_fused.push(format!("{}: {reason}", label(g, id)));

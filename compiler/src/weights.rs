@@ -173,6 +173,13 @@ pub fn init(graph: &Graph, scheme: InitScheme, seed: u64) -> Result<WeightFile, 
             ParamKind::NumBatchesTracked => Data::I64(vec![0; count.max(1)]),
             ParamKind::RunningMean => Data::F32(vec![0.0; count]),
             ParamKind::RunningVar => Data::F32(vec![1.0; count]),
+            ParamKind::Bare => {
+                let init = match p.node.map(|n| &graph.nodes[n].op) {
+                    Some(Op::Scale { init, .. }) => init.0 as f32,
+                    _ => 1.0,
+                };
+                Data::F32(vec![init; count])
+            }
             ParamKind::Weight if is_norm => Data::F32(vec![1.0; count]),
             ParamKind::Bias if is_norm => Data::F32(vec![0.0; count]),
             ParamKind::Weight | ParamKind::Bias => match scheme {

@@ -127,6 +127,7 @@ fn reads(p: &Prepared, key: &str) -> bool {
         Prepared::FoldedWeight { weight, bn, .. } => weight == key || bn_reads(bn),
         Prepared::FoldedBias { bias, bn, .. } => bias.as_deref() == Some(key) || bn_reads(bn),
         Prepared::BnScale { bn, .. } | Prepared::BnShift { bn, .. } => bn_reads(bn),
+        Prepared::Zeros { .. } => false,
     }
 }
 
@@ -192,6 +193,7 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             )
         }
         Prepared::BnScale { bn, eps } => narrow(scale(bn, *eps)?),
+        Prepared::Zeros { len } => vec![0.0; *len],
         Prepared::BnShift { bn, eps } => {
             let s = scale(bn, *eps)?;
             let beta = get(&format!("{bn}.bias"))?;
