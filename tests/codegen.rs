@@ -398,6 +398,8 @@ fn every_kernel_kind_is_generated_somewhere() {
         "activation kernel",
         "add kernel",
         "copy into slice",
+        "layer norm",
+        "channel shuffle",
         "residual epilogue",
         "writes a channel slice",
     ];

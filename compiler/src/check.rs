@@ -251,7 +251,7 @@ pub fn check_model_at(
         name: model.name.text.clone(),
         nodes: elab.nodes,
         output,
-        params: elab.params,
+        params: own_parameters_first(elab.params),
     };
     if let Some(what) = graph.count_overflow() {
         elab.diags.push(
@@ -268,6 +268,29 @@ pub fn check_model_at(
         return (None, elab.diags);
     }
     (Some(graph), elab.diags)
+}
+
+/// PyTorch's `state_dict` order: a module's own parameters before its
+/// children's entries, whatever order they were assigned in. Only a bare
+/// parameter (a `scale`, ConvNeXt's `layer_scale`) is an own parameter of a
+/// module that has children, so each moves to just before the first entry of
+/// its module (after the module's other bare parameters); the rest keep
+/// their order.
+fn own_parameters_first(mut params: Vec<ParamEntry>) -> Vec<ParamEntry> {
+    let module = |key: &str| key.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+    for i in 0..params.len() {
+        if params[i].kind != ParamKind::Bare {
+            continue;
+        }
+        let m = module(&params[i].key);
+        let inside = |p: &ParamEntry| m.is_empty() || p.key.starts_with(&format!("{m}."));
+        let own = |p: &ParamEntry| p.kind == ParamKind::Bare && module(&p.key) == m;
+        if let Some(j) = (0..i).find(|&j| inside(&params[j]) && !own(&params[j])) {
+            let p = params.remove(i);
+            params.insert(j, p);
+        }
+    }
+    params
 }
 
 /// Where `items` first call `name` as a layer (`act` or `act(...)`), looking
