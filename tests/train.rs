@@ -273,6 +273,20 @@ fn every_other_op_matches_pytorch() {
     );
 }
 
+#[test]
+fn shuffle_and_convnext_ops_match_pytorch() {
+    // split + channel_shuffle, LayerNorm2d, a ConvNeXt block (layer norm and
+    // linear layers at each pixel after PyTorch's permute, GELU, layer_scale).
+    parity(
+        "tests/fixtures/train/shuffle_convnext.cnn",
+        "shuffle_convnext",
+        4,
+        &hashed_batches(6, 3 * 12 * 12),
+        Loss::CrossEntropy,
+        sgd(5e-4, false),
+    );
+}
+
 /// Σ r·f(x; θ) with the f64 reference evaluator.
 fn weighted_output(
     graph: &Graph,
