@@ -250,11 +250,20 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
         2,
         "two shuffles"
     );
+    // The scale after a layer norm runs as a channel affine; the one after
+    // the per-pixel linear is folded into its weights (with the residual add
+    // in its epilogue).
     assert_eq!(
         count(&|o| matches!(o, StepOp::ChannelAffine)),
         1,
-        "the scale"
+        "one scale kernel"
     );
+    let folded = plan
+        .prepared
+        .iter()
+        .filter(|p| matches!(p, cnnc_runtime::plan::Prepared::ScaledWeight { .. }))
+        .count();
+    assert_eq!(folded, 1, "one scale folded into a convolution");
     let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
     common::randomize_batchnorm(&mut file, 4);
     common::randomize_scales(&mut file, 5);

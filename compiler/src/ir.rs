@@ -503,6 +503,10 @@ pub struct BlockInstance {
 pub struct Fusion {
     /// A batch norm folded into this conv/linear's weights and bias (its module path).
     pub folded_batchnorm: Option<FoldedBatchNorm>,
+    /// A `scale` folded into this conv's weights and bias: the key of its
+    /// per-channel parameter (w·s and b·s per output channel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_scale: Option<String>,
     /// Reductions applied to the input before the op (only global average pooling before `linear`).
     pub prologue: Option<Prologue>,
     /// Applied in order to each output element after the op (and bias).
@@ -743,6 +747,7 @@ impl Graph {
             let gemm = matches!(node.op, Op::Conv2d { .. } | Op::Linear { .. });
             if !gemm
                 && (node.fusion.folded_batchnorm.is_some()
+                    || node.fusion.folded_scale.is_some()
                     || !node.fusion.epilogue.is_empty()
                     || node.fusion.prologue.is_some())
             {

@@ -71,6 +71,16 @@ pub fn build(
                 };
                 let bias_key = own_bias.then(|| format!("{}.bias", node.name));
                 match &node.fusion.folded_batchnorm {
+                    None if node.fusion.folded_scale.is_some() => {
+                        let scale = node.fusion.folded_scale.clone().unwrap_or_default();
+                        params.push(push(rt::Prepared::ScaledWeight {
+                            weight,
+                            scale: scale.clone(),
+                        }));
+                        if let Some(bias) = bias_key {
+                            params.push(push(rt::Prepared::ScaledBias { bias, scale }));
+                        }
+                    }
                     Some(bn) => {
                         params.push(push(rt::Prepared::FoldedWeight {
                             weight,

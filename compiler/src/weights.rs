@@ -133,6 +133,30 @@ pub fn prepare(graph: &Graph, weights: &BoundWeights) -> Result<BoundWeights, St
         out.values.insert(format!("{}.weight", node.name), folded_w);
         out.values.insert(format!("{}.bias", node.name), folded_b);
     }
+    // A folded `scale` multiplies each output channel's weights and bias.
+    for node in &graph.nodes {
+        let Some(key) = &node.fusion.folded_scale else {
+            continue;
+        };
+        let Op::Conv2d {
+            out_channels, bias, ..
+        } = node.op
+        else {
+            return Err(format!("scale `{key}` is folded into a {}", node.op.name()));
+        };
+        let s = weights.get(key).ok_or_else(|| format!("missing `{key}`"))?;
+        let wkey = format!("{}.weight", node.name);
+        let w = out.get(&wkey).ok_or_else(|| format!("missing `{wkey}`"))?;
+        let per = w.len() / out_channels as usize;
+        let scaled: Vec<f64> = w.iter().enumerate().map(|(i, v)| v * s[i / per]).collect();
+        out.values.insert(wkey, scaled);
+        if bias {
+            let bkey = format!("{}.bias", node.name);
+            let b = out.get(&bkey).ok_or_else(|| format!("missing `{bkey}`"))?;
+            let scaled: Vec<f64> = b.iter().zip(s).map(|(v, s)| v * s).collect();
+            out.values.insert(bkey, scaled);
+        }
+    }
     Ok(out)
 }
 

@@ -72,6 +72,10 @@ pub enum Prepared {
     BnShift { bn: String, eps: f64 },
     /// `len` zeros (the shift of a `scale` layer run as a channel affine).
     Zeros { len: usize },
+    /// A conv weight with a `scale` folded in: w·s per output channel.
+    ScaledWeight { weight: String, scale: String },
+    /// The matching bias: b·s.
+    ScaledBias { bias: String, scale: String },
 }
 
 /// Where a tensor lives in the arena.

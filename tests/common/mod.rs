@@ -91,7 +91,8 @@ model gates {
 /// ShuffleNet v2's and ConvNeXt's constructs: `split` with an identity chunk
 /// and a branch (and a split into three), `channel_shuffle`, `layer_norm`
 /// over channels (on maps and on a flat vector), `linear(per_pixel = true)`,
-/// `gelu` and a `scale` (layer_scale) inside a residual.
+/// `gelu` and a `scale` (layer_scale) inside a residual (folded into the
+/// convolution before it) and one after a layer norm (a channel affine).
 pub const SHUFFLE_NORM: &str = r#"
 model shuffle_norm {
   input [6, 9, 7]
@@ -106,6 +107,7 @@ model shuffle_norm {
   three = split(3) { identity  a = conv(5, k=1)  b = seq { conv(1, k=3, p=1) relu } }
   channel_shuffle(3)
   norm = layer_norm(eps=1e-6)
+  post_layer_scale = scale
   "block" = residual {
     dw = conv(9, k=3, p=1, groups=9)
     ln = layer_norm
