@@ -204,7 +204,12 @@ pub fn view(graph: &Graph, options: Options) -> Result<View, String> {
         boxes.push(ViewBox {
             nodes: vec![id],
             title: node.name.clone(),
-            op: label(&node.op),
+            op: match node.op {
+                Op::Conv2d { out_channels, .. } if graph.is_pixel_linear(id) => {
+                    format!("linear per pixel, {out_channels}")
+                }
+                _ => label(&node.op),
+            },
             inner: None,
             detail,
             kind: Kind::of(&node.op),

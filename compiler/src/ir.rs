@@ -678,6 +678,33 @@ impl Graph {
         None
     }
 
+    /// Whether node `id` is a `linear(per_pixel = true)`: a 1×1 convolution
+    /// whose weight keeps `nn.Linear`'s [out, in] shape.
+    pub fn is_pixel_linear(&self, id: NodeId) -> bool {
+        matches!(self.nodes[id].op, Op::Conv2d { .. })
+            && self
+                .params
+                .iter()
+                .any(|p| p.node == Some(id) && p.kind == ParamKind::Weight && p.shape.len() == 2)
+    }
+
+    /// How tables describe node `id`: [`Op::describe`], except that a
+    /// per-pixel linear layer says so rather than `conv … k=1`.
+    pub fn describe_node(&self, id: NodeId) -> String {
+        match self.nodes[id].op {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                bias,
+                ..
+            } if self.is_pixel_linear(id) => format!(
+                "linear {in_channels}→{out_channels} per pixel{}",
+                if bias { "" } else { " bias=false" }
+            ),
+            ref op => op.describe(),
+        }
+    }
+
     /// Parameters owned by one node (what its row in a summary counts).
     pub fn node_params(&self, id: NodeId) -> i64 {
         self.params
