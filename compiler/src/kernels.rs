@@ -1110,7 +1110,7 @@ fn describe_layers(g: &Graph, id: NodeId, sources: &SourceMap) -> Vec<String> {
 /// (`ceil(batch·400/32)`: 400 pixels an image, 32 a block).
 pub fn grid_x(per_image: u64, per_block: u64) -> String {
     let per_block = per_block.max(1);
-    if per_image % per_block == 0 {
+    if per_image.is_multiple_of(per_block) {
         match per_image / per_block {
             1 => "batch".to_string(),
             q => format!("batch·{q}"),

@@ -11,7 +11,6 @@ use crate::{shape_text, Error, Result};
 const MAX_PROBLEMS: usize = 30;
 
 /// Checks a weight file against the entries a model declares.
-
 pub fn check_state_dict(model: &str, entries: &[StateEntry], file: &WeightFile) -> Result<()> {
     let mut problems = Vec::new();
     for e in entries {
