@@ -277,13 +277,16 @@ pub fn check_model_at(
 /// its module (after the module's other bare parameters); the rest keep
 /// their order.
 fn own_parameters_first(mut params: Vec<ParamEntry>) -> Vec<ParamEntry> {
-    let module = |key: &str| key.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+    fn module(key: &str) -> &str {
+        key.rsplit_once('.').map_or("", |(m, _)| m)
+    }
     for i in 0..params.len() {
         if params[i].kind != ParamKind::Bare {
             continue;
         }
-        let m = module(&params[i].key);
-        let inside = |p: &ParamEntry| m.is_empty() || p.key.starts_with(&format!("{m}."));
+        let m = module(&params[i].key).to_string();
+        let prefix = format!("{m}.");
+        let inside = |p: &ParamEntry| m.is_empty() || p.key.starts_with(&prefix);
         let own = |p: &ParamEntry| p.kind == ParamKind::Bare && module(&p.key) == m;
         if let Some(j) = (0..i).find(|&j| inside(&params[j]) && !own(&params[j])) {
             let p = params.remove(i);
