@@ -568,3 +568,45 @@ model wide_padding {
         "wide_padding: CPU vs evaluator: max scaled error {worst:e}"
     );
 }
+
+/// Full-size parity of the CPU executor with PyTorch, by hand: for each
+/// folder of `CNNC_PARITY_DIR` (default /tmp/cnnc-parity, written by
+/// `tests/fixtures/make_full_parity.py`) named after a zoo model, runs
+/// `weights.safetensors` on `input.npy` and prints the largest difference
+/// from `expected.npy`.
+/// `CNNC_PARITY_DIR=/tmp/cnnc-parity cargo test --test plan_cpu -- --ignored full_size --nocapture`
+#[test]
+#[ignore]
+fn full_size_parity_with_pytorch() {
+    let dir = std::env::var("CNNC_PARITY_DIR").unwrap_or_else(|_| "/tmp/cnnc-parity".into());
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.npy").exists())
+        .collect();
+    names.sort();
+    for folder in names {
+        let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+        let compilation = cnnc::compile_file(
+            std::path::Path::new(&format!("models/{name}.cnn")),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let file = WeightFile::load(&folder.join("weights.safetensors")).unwrap();
+        let (_, input) = npy_f32(&folder.join("input.npy"));
+        let (_, expected) = npy_f32(&folder.join("expected.npy"));
+        let mut exec = executor(graph, &compilation.sources, &file, 1);
+        let out = exec.run(&input, 1).unwrap().to_vec();
+        let worst = out
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let largest = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        println!(
+            "{name}: CPU executor vs PyTorch max abs error {worst:.3e} (max |y| {largest:.3})"
+        );
+        assert!(worst <= 1e-4 * largest.max(1.0), "{name}: {worst:e}");
+    }
+}
