@@ -355,6 +355,8 @@ fn features(k: &cnnc::kernels::Kernel) -> Vec<String> {
         KernelKind::Add => "add kernel".into(),
         KernelKind::Mul => "gate multiply kernel".into(),
         KernelKind::CopySlice => "copy into slice".into(),
+        KernelKind::LayerNorm { .. } => "layer norm".into(),
+        KernelKind::ChannelShuffle { .. } => "channel shuffle".into(),
     }];
     if k.epilogue
         .iter()
@@ -396,6 +398,8 @@ fn every_kernel_kind_is_generated_somewhere() {
         "activation kernel",
         "add kernel",
         "copy into slice",
+        "layer norm",
+        "channel shuffle",
         "residual epilogue",
         "writes a channel slice",
     ];

@@ -365,6 +365,45 @@ fn gates_match_the_evaluator() {
     report(&case.tag, batch, &checked);
 }
 
+#[test]
+fn shuffle_and_norm_kernels_match_the_evaluator() {
+    // split chunks (copies from a channel range), channel_shuffle,
+    // layer_norm (per pixel, and on a 1×1 map), scale (channel affine),
+    // per-pixel linear layers (1×1 GEMMs) and gelu.
+    let compilation =
+        cnnc::compile_source("shuffle_norm.cnn", common::SHUFFLE_NORM, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 5).unwrap();
+    randomize_batchnorm(&mut weights, 6);
+    common::randomize_scales(&mut weights, 7);
+    let batch = 3;
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let input: Vec<f32> = (0..batch * per)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let case = Case {
+        tag: "shuffle_norm".into(),
+        graph,
+        sources: &compilation.sources,
+        weights: &weights,
+        input,
+        batch,
+        both_orders: true,
+        tile: None,
+        batch1_kernels_only: false,
+        precision: cnnc::kernels::Precision::Fp32,
+        tensor_tile: None,
+    };
+    let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
+    report(&case.tag, batch, &checked);
+}
+
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.
 fn planted(edit: &dyn Fn(String) -> String) -> String {
     planted_with(None, edit)

@@ -522,6 +522,8 @@ fn pngs() {
         ("resnet152", false, false),
         ("resnet50", false, false),
         ("vgg16", false, false),
+        ("shufflenet_v2_x1_0", false, false),
+        ("convnext_tiny", false, false),
     ] {
         let g = model(&format!("models/{name}.cnn"));
         let svg = graph::render(&g, Options { fused, expand }, Format::Svg).unwrap();

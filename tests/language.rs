@@ -384,3 +384,63 @@ fn expect_reports_the_shape_an_item_gives() {
     let rendered = errors("model m {\n  input [3, 8, 8]\n  cat = concat { a = conv(4, k=3) expect [4, 8, 8]  b = conv(4, k=3) }\n}\n");
     assert!(rendered.contains("the output is [4, 6, 6]"), "{rendered}");
 }
+
+#[test]
+fn a_split_unit_reaches_shufflenets_keys() {
+    // torchvision.models.shufflenetv2.InvertedResidual(stride=1):
+    // x1, x2 = x.chunk(2, dim=1); cat(x1, self.branch2(x2)); branch1 is an
+    // empty nn.Sequential with no keys.
+    let k = keys(
+        "model m {\n  input [8, 4, 4]\n  unit = split(2) {\n    identity\n    branch2 = seq { conv(4, k=1, bias=false) batchnorm relu }\n  }\n  channel_shuffle(2)\n}\n",
+    );
+    assert_eq!(k[0], "unit.branch2.0.weight");
+    assert_eq!(k[1], "unit.branch2.1.weight");
+    assert_eq!(k.len(), 6);
+}
+
+#[test]
+fn split_is_not_a_keyword() {
+    // Only `split(...) {` is the form: a layer may still be named `split`.
+    let k = keys("model m {\n  input [8, 4, 4]\n  split = conv(4, k=1)\n}\n");
+    assert_eq!(k, ["split.weight", "split.bias"]);
+}
+
+#[test]
+fn layer_scale_comes_first_in_its_module_as_in_pytorch() {
+    // torchvision.models.convnext.CNBlock assigns self.block before
+    // self.layer_scale, but state_dict() lists a module's own parameters
+    // before its children: `layer_scale`, then `block.*`.
+    let k = keys(
+        "model m {\n  input [8, 4, 4]\n  b = residual {\n    \"block\" = seq { conv(8, k=3, p=1, groups=8) identity layer_norm(eps=1e-6) linear(32, per_pixel=true) gelu linear(8, per_pixel=true) identity }\n    layer_scale = scale(init=1e-6)\n  }\n}\n",
+    );
+    assert_eq!(
+        k,
+        [
+            "b.layer_scale",
+            "b.block.0.weight",
+            "b.block.0.bias",
+            "b.block.2.weight",
+            "b.block.2.bias",
+            "b.block.3.weight",
+            "b.block.3.bias",
+            "b.block.5.weight",
+            "b.block.5.bias",
+        ]
+    );
+}
+
+#[test]
+fn split_errors_say_what_is_wrong() {
+    let e = errors(
+        "model m {\n  input [6, 4, 4]\n  split(4) { identity identity identity identity }\n}\n",
+    );
+    assert!(
+        e.contains("cannot cut 6 channels into 4 equal chunks"),
+        "{e}"
+    );
+    let e =
+        errors("model m {\n  input [6, 4, 4]\n  flatten\n  split(2) { identity identity }\n}\n");
+    assert!(e.contains("needs feature maps"), "{e}");
+    let e = errors("model m {\n  input [6, 4, 4]\n  flatten\n  s = scale\n}\n");
+    assert!(e.contains("needs feature maps"), "{e}");
+}

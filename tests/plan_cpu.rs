@@ -228,6 +228,65 @@ fn cpu_gates_match_the_evaluator() {
 }
 
 #[test]
+fn cpu_shuffle_and_norm_match_the_evaluator() {
+    let compilation =
+        cnnc::compile_source("shuffle_norm.cnn", common::SHUFFLE_NORM, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    use cnnc_runtime::plan::StepOp;
+    let count = |f: &dyn Fn(&StepOp) -> bool| plan.steps.iter().filter(|s| f(&s.op)).count();
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::LayerNorm { .. })),
+        3,
+        "three layer norms"
+    );
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::ChannelShuffle { .. })),
+        2,
+        "two shuffles"
+    );
+    // The scale after a layer norm runs as a channel affine; the one after
+    // the per-pixel linear is folded into its weights (with the residual add
+    // in its epilogue).
+    assert_eq!(
+        count(&|o| matches!(o, StepOp::ChannelAffine)),
+        1,
+        "one scale kernel"
+    );
+    let folded = plan
+        .prepared
+        .iter()
+        .filter(|p| matches!(p, cnnc_runtime::plan::Prepared::ScaledWeight { .. }))
+        .count();
+    assert_eq!(folded, 1, "one scale folded into a convolution");
+    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    common::randomize_batchnorm(&mut file, 4);
+    common::randomize_scales(&mut file, 5);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    for batch in [1, 3] {
+        let per = graph.input_shape().numel() as usize;
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let mut exec = executor(graph, &compilation.sources, &file, batch);
+        let out = exec.run(&input, batch).unwrap().to_vec();
+        let worst = worst_scaled(
+            &out,
+            reference(graph, &compilation.sources, &file, batch, &input),
+        );
+        assert!(
+            worst <= 1e-4,
+            "shuffle_norm: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
+        );
+    }
+}
+
+#[test]
 fn cpu_matches_the_evaluator_on_standalone_kernels() {
     let compilation = cnnc::compile_source("odd_ops.cnn", ODD_OPS, &BTreeMap::new());
     assert!(
@@ -508,4 +567,46 @@ model wide_padding {
         worst <= 1e-4,
         "wide_padding: CPU vs evaluator: max scaled error {worst:e}"
     );
+}
+
+/// Full-size parity of the CPU executor with PyTorch, by hand: for each
+/// folder of `CNNC_PARITY_DIR` (default /tmp/cnnc-parity, written by
+/// `tests/fixtures/make_full_parity.py`) named after a zoo model, runs
+/// `weights.safetensors` on `input.npy` and prints the largest difference
+/// from `expected.npy`.
+/// `CNNC_PARITY_DIR=/tmp/cnnc-parity cargo test --test plan_cpu -- --ignored full_size --nocapture`
+#[test]
+#[ignore]
+fn full_size_parity_with_pytorch() {
+    let dir = std::env::var("CNNC_PARITY_DIR").unwrap_or_else(|_| "/tmp/cnnc-parity".into());
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.npy").exists())
+        .collect();
+    names.sort();
+    for folder in names {
+        let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+        let compilation = cnnc::compile_file(
+            std::path::Path::new(&format!("models/{name}.cnn")),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let file = WeightFile::load(&folder.join("weights.safetensors")).unwrap();
+        let (_, input) = npy_f32(&folder.join("input.npy"));
+        let (_, expected) = npy_f32(&folder.join("expected.npy"));
+        let mut exec = executor(graph, &compilation.sources, &file, 1);
+        let out = exec.run(&input, 1).unwrap().to_vec();
+        let worst = out
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let largest = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        println!(
+            "{name}: CPU executor vs PyTorch max abs error {worst:.3e} (max |y| {largest:.3})"
+        );
+        assert!(worst <= 1e-4 * largest.max(1.0), "{name}: {worst:e}");
+    }
 }

@@ -273,6 +273,20 @@ fn every_other_op_matches_pytorch() {
     );
 }
 
+#[test]
+fn shuffle_and_convnext_ops_match_pytorch() {
+    // split + channel_shuffle, LayerNorm2d, a ConvNeXt block (layer norm and
+    // linear layers at each pixel after PyTorch's permute, GELU, layer_scale).
+    parity(
+        "tests/fixtures/train/shuffle_convnext.cnn",
+        "shuffle_convnext",
+        4,
+        &hashed_batches(6, 3 * 12 * 12),
+        Loss::CrossEntropy,
+        sgd(5e-4, false),
+    );
+}
+
 /// Σ r·f(x; θ) with the f64 reference evaluator.
 fn weighted_output(
     graph: &Graph,
@@ -516,6 +530,17 @@ fn gate_gradients_match_finite_differences() {
     // [C, H, W] one, each reaching back through the gate's input and its body.
     gradient_check(
         "a = conv(4, k=1)\n  se = gate { avgpool = adaptive_avgpool(1) fc1 = conv(2, k=1) silu fc2 = conv(4, k=1) sigmoid }\n  m = gate { c = conv(4, k=3, p=1) hardsigmoid }\n  flatten\n  fc = linear(3)",
+        "[2, 5, 5]",
+    );
+}
+
+#[test]
+fn shuffle_and_norm_gradients_match_finite_differences() {
+    // split (each chunk's gradient lands in its channels), channel_shuffle
+    // (the inverse permutation), layer_norm on maps and on a 1×1 map,
+    // per-pixel linear layers, gelu and a scale inside a residual.
+    gradient_check(
+        "stem = conv(6, k=3, p=1)\n  s = split(2) { identity  b = seq { conv(3, k=1) } }\n  channel_shuffle(3)\n  ln = layer_norm(eps=1e-6)\n  r = residual { dw = conv(6, k=3, p=1, groups=6) pw1 = linear(8, per_pixel=true) gelu pw2 = linear(6, per_pixel=true) layer_scale = scale }\n  global_avgpool\n  hn = layer_norm\n  flatten\n  fc = linear(3)",
         "[2, 5, 5]",
     );
 }

@@ -76,11 +76,26 @@ fn every_model_matches_pytorch() {
         assert_eq!(ours.len(), theirs.len(), "{name}: state_dict sizes differ");
 
         // Every conv/linear call, in forward order, with PyTorch's module path, MACs and output shape.
+        // A per-pixel linear layer (a 1×1 conv with nn.Linear's [out, in]
+        // weight) runs in PyTorch after a permute to channels-last, so its
+        // output there is [H, W, C].
+        let per_pixel = |name: &str| {
+            graph
+                .params
+                .iter()
+                .any(|p| p.key == format!("{name}.weight") && p.shape.len() == 2)
+        };
         let layers: Vec<(String, i64, Vec<i64>)> = graph
             .nodes
             .iter()
             .filter(|n| matches!(n.op, Op::Conv2d { .. } | Op::Linear { .. }))
-            .map(|n| (n.name.clone(), n.op.macs(&n.shape), n.shape.dims()))
+            .map(|n| {
+                let mut dims = n.shape.dims();
+                if matches!(n.op, Op::Conv2d { .. }) && per_pixel(&n.name) {
+                    dims.rotate_left(1);
+                }
+                (n.name.clone(), n.op.macs(&n.shape), dims)
+            })
             .collect();
         let expected_layers: Vec<(String, i64, Vec<i64>)> = expected["layers"]
             .as_array()
@@ -97,7 +112,7 @@ fn every_model_matches_pytorch() {
         assert_eq!(layers, expected_layers, "{name}: conv/linear layers differ");
         checked += 1;
     }
-    assert_eq!(checked, 30);
+    assert_eq!(checked, 32);
 }
 
 #[test]

@@ -18,8 +18,8 @@
 
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Activation, BlockInstance, Fusion, Graph, Node, NodeId, Op, PaddingMode, ParamEntry, ParamKind,
-    Shape, F64,
+    Activation, BlockInstance, Fusion, Graph, Node, NodeId, Op, Padding, PaddingMode, ParamEntry,
+    ParamKind, Shape, F64,
 };
 use crate::shape::{SizeError, Window};
 use crate::source::Span;
@@ -251,7 +251,7 @@ pub fn check_model_at(
         name: model.name.text.clone(),
         nodes: elab.nodes,
         output,
-        params: elab.params,
+        params: own_parameters_first(elab.params),
     };
     if let Some(what) = graph.count_overflow() {
         elab.diags.push(
@@ -270,6 +270,32 @@ pub fn check_model_at(
     (Some(graph), elab.diags)
 }
 
+/// PyTorch's `state_dict` order: a module's own parameters before its
+/// children's entries, whatever order they were assigned in. Only a bare
+/// parameter (a `scale`, ConvNeXt's `layer_scale`) is an own parameter of a
+/// module that has children, so each moves to just before the first entry of
+/// its module (after the module's other bare parameters); the rest keep
+/// their order.
+fn own_parameters_first(mut params: Vec<ParamEntry>) -> Vec<ParamEntry> {
+    fn module(key: &str) -> &str {
+        key.rsplit_once('.').map_or("", |(m, _)| m)
+    }
+    for i in 0..params.len() {
+        if params[i].kind != ParamKind::Bare {
+            continue;
+        }
+        let m = module(&params[i].key).to_string();
+        let prefix = format!("{m}.");
+        let inside = |p: &ParamEntry| m.is_empty() || p.key.starts_with(&prefix);
+        let own = |p: &ParamEntry| p.kind == ParamKind::Bare && module(&p.key) == m;
+        if let Some(j) = (0..i).find(|&j| inside(&params[j]) && !own(&params[j])) {
+            let p = params.remove(i);
+            params.insert(j, p);
+        }
+    }
+    params
+}
+
 /// Where `items` first call `name` as a layer (`act` or `act(...)`), looking
 /// into nested structures but not into other blocks. A name that is itself a
 /// layer or block is that layer or block, never a parameter.
@@ -284,9 +310,11 @@ fn used_as_layer_in(items: &[Item], name: &str) -> Option<Span> {
     items.iter().find_map(|item| match &item.term {
         Term::Call { name: called, .. } if called.text == name => Some(called.span),
         Term::Call { .. } | Term::Vgg { .. } => None,
-        Term::Seq(body) | Term::Concat(body) | Term::Group(body) | Term::Gate(body) => {
-            used_as_layer_in(body, name)
-        }
+        Term::Seq(body)
+        | Term::Concat(body)
+        | Term::Group(body)
+        | Term::Gate(body)
+        | Term::Split { branches: body, .. } => used_as_layer_in(body, name),
         Term::Residual { body, shortcut, .. } => used_as_layer_in(body, name).or_else(|| {
             shortcut
                 .as_ref()
@@ -926,6 +954,7 @@ impl<'a> Elab<'a> {
                 Term::Residual { .. } => "a `residual`",
                 Term::Concat(_) => "a `concat`",
                 Term::Gate(_) => "a `gate`",
+                Term::Split { .. } => "a `split`",
                 Term::Group(_) => "a group `{ }`",
                 Term::Vgg { .. } => "a `vgg` list",
                 Term::Call { .. } => "a call",
@@ -1023,51 +1052,28 @@ impl<'a> Elab<'a> {
                 self.residual_add(keyword, main, short, input, projected, &place.path)
             }
             Term::Concat(branches) => {
-                let mut outputs = Vec::new();
-                // Branches are numbered by position, as the children of an
-                // `nn.ModuleList` of branches would be; a named branch uses
-                // its name but still takes its position. An unnamed group
-                // `{ ... }` is the exception: its layers are attributes of the
-                // module around the concat (Inception v3's `branch5x5_1`,
-                // `branch5x5_2`), so it takes no position and adds no name.
-                let mut position = 0usize;
-                for branch in branches {
-                    let Some(copies) = self.copies(branch, env, &input) else {
-                        outputs.push(self.unknown(branch.span));
-                        continue;
-                    };
-                    for copy in 0..copies {
-                        let Some(name) = self.copy_name(branch, env, &input, copy) else {
-                            outputs.push(self.unknown(branch.span));
-                            continue;
-                        };
-                        let branch_place = match (&name, &branch.term) {
-                            (Some(name), _) => Place {
-                                path: join(&place.path, name),
-                                own: true,
-                            },
-                            (None, Term::Group(_)) => Place {
-                                path: place.path.clone(),
-                                own: false,
-                            },
-                            (None, _) => Place {
-                                path: join(&place.path, &position.to_string()),
-                                own: true,
-                            },
-                        };
-                        if branch.name.is_some() || !matches!(branch.term, Term::Group(_)) {
-                            position += 1;
-                        }
-                        let mut out = self.term(branch, branch_place, env, input, false);
-                        out.span = branch.span;
-                        self.check_expect(branch, env, &input, &out);
-                        outputs.push(out);
-                    }
-                }
+                let outputs = self.branches(branches, &place, env, input, None);
                 let keyword = Span {
                     end: item.term_span.start + "concat".len(),
                     ..item.term_span
                 };
+                self.concat(keyword, &outputs, input, &place.path)
+            }
+            Term::Split {
+                args,
+                args_span,
+                branches,
+            } => {
+                let keyword = Span {
+                    end: item.term_span.start + "split".len(),
+                    ..item.term_span
+                };
+                let Some(chunks) =
+                    self.split_chunks(keyword, args, *args_span, branches, env, input)
+                else {
+                    return self.unknown(item.span);
+                };
+                let outputs = self.branches(branches, &place, env, input, Some(chunks));
                 self.concat(keyword, &outputs, input, &place.path)
             }
             Term::Gate(body) => {
@@ -1137,6 +1143,154 @@ impl<'a> Elab<'a> {
                 }
             }
         }
+    }
+
+    /// The outputs of a `concat`'s or `split`'s branches, each fed `input`,
+    /// or for a `split` (`chunks` = the chunks, their count already checked)
+    /// its own chunk of the input's channels.
+    fn branches(
+        &mut self,
+        branches: &[Item],
+        place: &Place,
+        env: &Env,
+        input: Val,
+        chunks: Option<(i64, Span)>,
+    ) -> Vec<Val> {
+        let mut index = 0i64;
+        let mut outputs = Vec::new();
+        // Branches are numbered by position, as the children of an
+        // `nn.ModuleList` of branches would be; a named branch uses
+        // its name but still takes its position. An unnamed group
+        // `{ ... }` is the exception: its layers are attributes of the
+        // module around the concat (Inception v3's `branch5x5_1`,
+        // `branch5x5_2`), so it takes no position and adds no name.
+        let mut position = 0usize;
+        for branch in branches {
+            let Some(copies) = self.copies(branch, env, &input) else {
+                outputs.push(self.unknown(branch.span));
+                continue;
+            };
+            for copy in 0..copies {
+                let input = match chunks {
+                    Some((size, span)) => self.chunk(input, index * size, size, span),
+                    None => input,
+                };
+                index += 1;
+                let Some(name) = self.copy_name(branch, env, &input, copy) else {
+                    outputs.push(self.unknown(branch.span));
+                    continue;
+                };
+                let branch_place = match (&name, &branch.term) {
+                    (Some(name), _) => Place {
+                        path: join(&place.path, name),
+                        own: true,
+                    },
+                    (None, Term::Group(_)) => Place {
+                        path: place.path.clone(),
+                        own: false,
+                    },
+                    (None, _) => Place {
+                        path: join(&place.path, &position.to_string()),
+                        own: true,
+                    },
+                };
+                if branch.name.is_some() || !matches!(branch.term, Term::Group(_)) {
+                    position += 1;
+                }
+                let mut out = self.term(branch, branch_place, env, input, false);
+                out.span = branch.span;
+                self.check_expect(branch, env, &input, &out);
+                outputs.push(out);
+            }
+        }
+        outputs
+    }
+
+    /// Checks `split(n)`: `n` branches, channels that `n` divides. Returns
+    /// the chunk size and the span to blame for each chunk.
+    fn split_chunks(
+        &mut self,
+        keyword: Span,
+        args: &[Arg],
+        args_span: Span,
+        branches: &[Item],
+        env: &Env,
+        input: Val,
+    ) -> Option<(i64, Span)> {
+        let b = self.bind(
+            "split",
+            &[Spec::req("chunks", &[])],
+            args,
+            env,
+            &input,
+            args_span,
+        )?;
+        let n = self.get_int(&b, 0, 1, 1);
+        let mut count = 0usize;
+        for branch in branches {
+            count += self.copies(branch, env, &input)?;
+        }
+        if count as i64 != n {
+            let mut d = Diagnostic::error(
+                format!(
+                    "`split({n})` has {count} branch{}, but it cuts its input into {n} chunks",
+                    if count == 1 { "" } else { "es" }
+                ),
+                keyword,
+                format!("{n} chunks"),
+            );
+            for branch in branches {
+                d = d.with_secondary(branch.span, "a branch");
+            }
+            d = d.with_help(
+                "give one branch per chunk, in channel order; a chunk that passes through unchanged is `identity`",
+            );
+            self.error(d);
+            return None;
+        }
+        let c = match input.shape {
+            PShape::Chw(Some(c), _, _) => c,
+            PShape::Flat(_) => {
+                self.needs_maps("split", &input, keyword);
+                return None;
+            }
+            _ => return None,
+        };
+        if c % n != 0 {
+            self.error(
+                Diagnostic::error(
+                    format!("`split({n})` cannot cut {c} channels into {n} equal chunks"),
+                    keyword,
+                    format!("{c} is not a multiple of {n}"),
+                )
+                .with_secondary(
+                    input.span,
+                    format!("the input becomes {} here", input.shape.show()),
+                )
+                .with_help(format!(
+                    "the chunks must be equal (ShuffleNet's `x.chunk({n}, dim=1)` of a multiple of {n}); change the channels before, or the chunk count"
+                )),
+            );
+            return None;
+        }
+        Some((c / n, keyword))
+    }
+
+    /// Channels `offset .. offset + size` of `input` (one chunk of a `split`).
+    fn chunk(&mut self, input: Val, offset: i64, size: i64, span: Span) -> Val {
+        let PShape::Chw(_, h, w) = input.shape else {
+            return self.unknown(span);
+        };
+        self.push(
+            Op::ChannelSlice {
+                offset,
+                channels: size,
+            },
+            &[input],
+            PShape::Chw(Some(size), h, w),
+            "",
+            span,
+        )
     }
 
     /// Whether `name` is a built-in layer or a declared block.
@@ -1233,7 +1387,11 @@ impl<'a> Elab<'a> {
         node: Option<NodeId>,
         span: Span,
     ) {
-        let key = join(path, kind.suffix());
+        let key = match kind {
+            // A bare parameter's key is the layer's path itself.
+            ParamKind::Bare => path.to_string(),
+            _ => join(path, kind.suffix()),
+        };
         if let Some(first) = self.keys.get(&key).copied() {
             // One report per layer, not one per tensor (`weight`, `bias`, ...).
             let reported = self
@@ -1797,6 +1955,9 @@ const LAYERS: &[&str] = &[
     "hardsigmoid",
     "hardswish",
     "identity",
+    "layer_norm",
+    "scale",
+    "channel_shuffle",
 ];
 
 /// PyTorch module names users write by habit: the layer, and how to call it.
@@ -1839,6 +2000,21 @@ const PYTORCH_NAMES: &[(&str, &str, &str)] = &[
     ("Flatten", "flatten", ""),
     ("Sequential", "seq", "`seq { ... }`"),
     ("Identity", "identity", ""),
+    (
+        "LayerNorm",
+        "layer_norm",
+        "`layer_norm(eps = ...)`, over the channels at each pixel",
+    ),
+    (
+        "LayerNorm2d",
+        "layer_norm",
+        "`layer_norm(eps = ...)`, over the channels at each pixel",
+    ),
+    (
+        "ChannelShuffle",
+        "channel_shuffle",
+        "`channel_shuffle(groups)`",
+    ),
     ("ReLU", "relu", ""),
     ("ReLU6", "relu6", ""),
     ("LeakyReLU", "leaky_relu", "`leaky_relu(slope)`"),
@@ -2500,12 +2676,17 @@ impl<'a> Elab<'a> {
                     Spec::req("out_features", &["out"]),
                     Spec::opt("bias", &[]),
                     Spec::opt("in_features", &["in"]),
+                    Spec::opt("per_pixel", &[]),
                 ]);
                 let out = self.get_int(&b, 0, 1, 1);
                 let bias = self.get_bool(&b, 1, true);
                 let in_check = b.values[2]
                     .as_ref()
                     .map(|(_, s)| (self.get_int(&b, 2, 1, 1), *s));
+                if self.get_bool(&b, 3, false) {
+                    return self
+                        .pixel_linear_layer(out, bias, in_check, &place, span, input, unused);
+                }
                 self.linear_layer(out, bias, in_check, &place, span, input, unused)
             }
             "softmax" | "log_softmax" => {
@@ -2591,6 +2772,39 @@ impl<'a> Elab<'a> {
             "identity" => {
                 let _ = bind!([]);
                 self.simple(Op::Identity, input, span, &place)
+            }
+            "layer_norm" => {
+                let b = bind!([Spec::opt("eps", &[])]);
+                let eps = self.get_float(&b, 0, 1e-5, (0.0, 1.0));
+                self.layer_norm_layer(eps, &place, span, input, unused)
+            }
+            "scale" => {
+                let b = bind!([Spec::opt("init", &[])]);
+                let init = self.get_float(&b, 0, 1.0, (f64::MIN, f64::MAX));
+                self.scale_layer(init, &place, span, input, unused)
+            }
+            "channel_shuffle" => {
+                let b = bind!([Spec::req("groups", &["g"])]);
+                let groups = self.get_int(&b, 0, 1, 1);
+                if let PShape::Chw(Some(c), _, _) = self.needs_maps(op, &input, span) {
+                    if c % groups != 0 {
+                        let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                        self.error(
+                            Diagnostic::error(
+                                format!("`channel_shuffle` cannot interleave {c} channels in {groups} groups"),
+                                s,
+                                format!("{c} is not a multiple of {groups}"),
+                            )
+                            .with_secondary(
+                                input.span,
+                                format!("the input becomes {} here", input.shape.show()),
+                            )
+                            .with_help("the groups must divide the channels, as `x.view(n, groups, c / groups, h, w)` needs"),
+                        );
+                        return self.unknown(span);
+                    }
+                }
+                self.simple(Op::ChannelShuffle { groups }, input, span, &place)
             }
             _ => {
                 let mut candidates: Vec<&str> = LAYERS.to_vec();
@@ -3164,6 +3378,9 @@ impl<'a> Elab<'a> {
                     )),
                     _ => d.with_help("insert `flatten` before it"),
                 };
+                d = d.with_note(format!(
+                    "to apply it at each pixel instead (nn.Linear after a permute to channels-last), write `linear({out_features}, per_pixel = true)`"
+                ));
                 self.error(d);
                 return self.unknown(span);
             }
@@ -3197,6 +3414,172 @@ impl<'a> Elab<'a> {
             bias,
         };
         let shape = PShape::Flat(Some(out_features));
+        let out = if unused {
+            Val {
+                node: None,
+                shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], shape, &place.path, span)
+        };
+        if named {
+            self.add_param(
+                &place.path,
+                ParamKind::Weight,
+                vec![Some(out_features), in_features],
+                out.node,
+                span,
+            );
+            if bias {
+                self.add_param(
+                    &place.path,
+                    ParamKind::Bias,
+                    vec![Some(out_features)],
+                    out.node,
+                    span,
+                );
+            }
+        }
+        out
+    }
+
+    /// `layer_norm`: over the channels at each pixel (torchvision's
+    /// `LayerNorm2d`), over the features of a flat input; `weight`, `bias` [C].
+    fn layer_norm_layer(
+        &mut self,
+        eps: f64,
+        place: &Place,
+        span: Span,
+        input: Val,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("layer_norm", place, span);
+        let features = input.shape.channels();
+        let op = Op::LayerNorm {
+            features: features.unwrap_or(0),
+            eps: F64(eps),
+        };
+        let out = if unused {
+            Val {
+                node: None,
+                shape: input.shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], input.shape, &place.path, span)
+        };
+        if named {
+            for kind in [ParamKind::Weight, ParamKind::Bias] {
+                self.add_param(&place.path, kind, vec![features], out.node, span);
+            }
+        }
+        out
+    }
+
+    /// `scale`: y = x · s[c], `s` a bare parameter [C, 1, 1] keyed by the layer's own path.
+    fn scale_layer(
+        &mut self,
+        init: f64,
+        place: &Place,
+        span: Span,
+        input: Val,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("scale", place, span);
+        let shape = self.needs_maps("scale", &input, span);
+        let channels = shape.channels();
+        let op = Op::Scale {
+            channels: channels.unwrap_or(0),
+            init: F64(init),
+        };
+        let out = if unused {
+            Val {
+                node: None,
+                shape,
+                span,
+            }
+        } else {
+            self.push(op, &[input], shape, &place.path, span)
+        };
+        if named {
+            self.add_param(
+                &place.path,
+                ParamKind::Bare,
+                vec![channels, Some(1), Some(1)],
+                out.node,
+                span,
+            );
+        }
+        out
+    }
+
+    /// `linear(out, per_pixel = true)`: `nn.Linear` applied at each pixel of
+    /// feature maps (ConvNeXt's after a permute to channels-last): a 1×1
+    /// convolution whose `weight` is kept as `nn.Linear`'s [out, in].
+    #[allow(clippy::too_many_arguments)]
+    fn pixel_linear_layer(
+        &mut self,
+        out_features: i64,
+        bias: bool,
+        in_check: Option<(i64, Span)>,
+        place: &Place,
+        span: Span,
+        input: Val,
+        unused: bool,
+    ) -> Val {
+        let named = self.require_name("linear", place, span);
+        let (in_features, h, w) = match input.shape {
+            _ if unused && in_check.is_some() => (in_check.map(|(n, _)| n), None, None),
+            PShape::Chw(c, h, w) => (c, h, w),
+            PShape::Flat(n) => {
+                let shown = PShape::Flat(n).show();
+                self.error(
+                    Diagnostic::error(
+                        format!("`linear(per_pixel = true)` needs feature maps [C, H, W], but its input is flat {shown}"),
+                        span,
+                        "flat input",
+                    )
+                    .with_secondary(input.span, format!("the input becomes {shown} here"))
+                    .with_help("drop `per_pixel = true`: on a flat input `linear` is the ordinary layer"),
+                );
+                return self.unknown(span);
+            }
+            PShape::Unknown => (None, None, None),
+        };
+        if let (false, Some((expected, s)), Some(n)) = (unused, in_check, in_features) {
+            if expected != n {
+                self.error(
+                    Diagnostic::error(
+                        format!(
+                            "`linear` expects {expected} input features, but its input has {n} channels"
+                        ),
+                        s,
+                        format!("the input has {n} channels"),
+                    )
+                    .with_secondary(
+                        input.span,
+                        format!("the input becomes {} here", input.shape.show()),
+                    )
+                    .with_help(
+                        "input features are inferred; drop `in_features`, or fix the layers before",
+                    ),
+                );
+                return self.unknown(span);
+            }
+        }
+        let op = Op::Conv2d {
+            in_channels: in_features.unwrap_or(0),
+            out_channels: out_features,
+            kernel: (1, 1),
+            stride: (1, 1),
+            padding: Padding::symmetric(0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            bias,
+            padding_mode: PaddingMode::Zeros,
+        };
+        let shape = PShape::Chw(Some(out_features), h, w);
         let out = if unused {
             Val {
                 node: None,

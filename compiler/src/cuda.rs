@@ -222,6 +222,25 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
                 i1.channels_total, i1.channel_offset, o.channels_total, o.channel_offset
             );
         }
+        KernelKind::LayerNorm { eps } => {
+            elementwise_head(
+                out,
+                &k.name,
+                " const float* __restrict__ weight, const float* __restrict__ bias,",
+            );
+            let _ = writeln!(
+                out,
+                "  cnnc::layer_norm<{c}, {h}, {w}, {place}>(x, weight, bias, y, batch, {});\n}}",
+                float(*eps)
+            );
+        }
+        KernelKind::ChannelShuffle { groups } => {
+            elementwise_head(out, &k.name, "");
+            let _ = writeln!(
+                out,
+                "  cnnc::channel_shuffle<{c}, {h}, {w}, {groups}, {place}>(x, y, batch);\n}}"
+            );
+        }
         KernelKind::CopySlice => {
             elementwise_head(out, &k.name, "");
             let _ = writeln!(

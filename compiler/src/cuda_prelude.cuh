@@ -492,6 +492,39 @@ __device__ __forceinline__ void softmax(const float* __restrict__ x, float* __re
   }
 }
 
+// Layer norm over channels, one thread per (image, pixel): the mean, then the
+// mean squared deviation (biased, as nn.LayerNorm), then weight and bias.
+template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
+                                           const float* __restrict__ bias, float* __restrict__ y, int batch,
+                                           float eps) {
+  const long i = global_thread();
+  if (i >= (long)batch * H * W) return;
+  const int image = (int)(i / (H * W));
+  const long p = i - (long)image * H * W;
+  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
+  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  float s = 0.0f;
+  for (int c = 0; c < C; ++c) s += in[(long)c * H * W];
+  const float mean = s / (float)C;
+  float v = 0.0f;
+  for (int c = 0; c < C; ++c) { const float d = in[(long)c * H * W] - mean; v += d * d; }
+  const float inv = 1.0f / sqrtf(v / (float)C + eps);
+  for (int c = 0; c < C; ++c) out[(long)c * H * W] = (in[(long)c * H * W] - mean) * inv * weight[c] + bias[c];
+}
+
+// ShuffleNet's channel shuffle: output channel j * GROUPS + i is input channel
+// i * (C / GROUPS) + j; one thread per output element.
+template <int C, int H, int W, int GROUPS, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void channel_shuffle(const float* __restrict__ x, float* __restrict__ y, int batch) {
+  const long i = global_thread();
+  if (i >= (long)batch * C * H * W) return;
+  const Index4 o(i, C, H, W);
+  const long p = o.y * W + o.x;
+  const int from = (o.c % GROUPS) * (C / GROUPS) + o.c / GROUPS;
+  y[((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p] = x[((long)o.image * IN_CT + IN_CO + from) * (H * W) + p];
+}
+
 // Moves element i of a C x H x W tensor between two placements; returns the
 // source index through `from` and the destination through `to`.
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>

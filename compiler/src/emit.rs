@@ -97,6 +97,9 @@ pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
         if let Some(bn) = &n.fusion.folded_batchnorm {
             let _ = write!(extra, " +bn({})", bn.name);
         }
+        if let Some(scale) = &n.fusion.folded_scale {
+            let _ = write!(extra, " +scale({scale})");
+        }
         if n.fusion.prologue == Some(Prologue::GlobalAvgPool) {
             extra.push_str(" <global_avgpool");
         }

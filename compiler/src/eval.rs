@@ -294,6 +294,68 @@ fn run_node(
                 })
                 .collect()
         }
+        Op::LayerNorm { eps, .. } => {
+            // Over the C channels of each (image, pixel): biased variance,
+            // as nn.LayerNorm; then weight and bias per channel.
+            let gamma = get("weight").ok_or_else(|| format!("missing weight of `{name}`"))?;
+            let beta = get("bias").ok_or_else(|| format!("missing bias of `{name}`"))?;
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let mut y = vec![0.0; x.len()];
+            for i in 0..n {
+                for p in 0..hw {
+                    let at = |ch: usize| (i * c + ch) * hw + p;
+                    let mean = (0..c).map(|ch| x[at(ch)]).sum::<f64>() / c as f64;
+                    let var = (0..c).map(|ch| (x[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
+                    let inv = 1.0 / (var + eps.0).sqrt();
+                    for ch in 0..c {
+                        y[at(ch)] = (x[at(ch)] - mean) * inv * gamma[ch] + beta[ch];
+                    }
+                }
+            }
+            y
+        }
+        Op::Scale { .. } => {
+            let s = weights
+                .get(name)
+                .ok_or_else(|| format!("missing `{name}`"))?;
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| v * s[(i / hw) % c])
+                .collect()
+        }
+        Op::ChannelShuffle { groups } => {
+            // x.view(n, g, c / g, h, w).transpose(1, 2): output channel
+            // j·g + i is input channel i·(c / g) + j.
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let g = groups as usize;
+            let per = c / g;
+            let mut y = vec![0.0; x.len()];
+            for img in 0..n {
+                for i in 0..g {
+                    for j in 0..per {
+                        let from = (img * c + i * per + j) * hw;
+                        let to = (img * c + j * g + i) * hw;
+                        y[to..to + hw].copy_from_slice(&x[from..from + hw]);
+                    }
+                }
+            }
+            y
+        }
+        Op::ChannelSlice { offset, channels } => {
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let (offset, channels) = (offset as usize, channels as usize);
+            let mut y = Vec::with_capacity(n * channels * hw);
+            for img in 0..n {
+                let from = (img * c + offset) * hw;
+                y.extend_from_slice(&x[from..from + channels * hw]);
+            }
+            y
+        }
         Op::LocalResponseNorm {
             size,
             alpha,

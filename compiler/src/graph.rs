@@ -67,10 +67,15 @@ impl Kind {
             | Op::AvgPool2d { .. }
             | Op::AdaptiveAvgPool2d { .. }
             | Op::AdaptiveMaxPool2d { .. } => Kind::Pool,
-            Op::BatchNorm { .. } | Op::LocalResponseNorm { .. } => Kind::Norm,
+            Op::BatchNorm { .. }
+            | Op::LocalResponseNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Scale { .. } => Kind::Norm,
             Op::Activation(_) | Op::Softmax | Op::LogSoftmax => Kind::Activation,
             Op::Add | Op::Concat | Op::Mul => Kind::Merge,
-            Op::Flatten | Op::Identity => Kind::Reshape,
+            Op::Flatten | Op::Identity | Op::ChannelShuffle { .. } | Op::ChannelSlice { .. } => {
+                Kind::Reshape
+            }
             Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kind::Dropout,
         }
     }
@@ -199,7 +204,12 @@ pub fn view(graph: &Graph, options: Options) -> Result<View, String> {
         boxes.push(ViewBox {
             nodes: vec![id],
             title: node.name.clone(),
-            op: label(&node.op),
+            op: match node.op {
+                Op::Conv2d { out_channels, .. } if graph.is_pixel_linear(id) => {
+                    format!("linear per pixel, {out_channels}")
+                }
+                _ => label(&node.op),
+            },
             inner: None,
             detail,
             kind: Kind::of(&node.op),

@@ -241,6 +241,31 @@ pub enum Op {
     /// [C, 1, 1] (one per image and channel, broadcast over the map) or of
     /// [C, H, W] (a `gate`, torchvision's `SqueezeExcitation`).
     Mul,
+    /// Layer norm over the channels at each pixel (torchvision's
+    /// `LayerNorm2d`, or `nn.LayerNorm(C)` after a permute to channels-last;
+    /// on a flat input over its features): `state_dict` `weight`, `bias` [C].
+    LayerNorm {
+        features: i64,
+        eps: F64,
+    },
+    /// A learned per-channel factor held as a bare parameter (ConvNeXt's
+    /// `layer_scale`): y = x · s[c], the key the layer's own path, shape [C, 1, 1].
+    Scale {
+        channels: i64,
+        /// What `cnnc init` fills it with (torchvision: 1e-6).
+        init: F64,
+    },
+    /// ShuffleNet's `channel_shuffle(x, groups)`: output channel j·groups + i
+    /// is input channel i·(C / groups) + j.
+    ChannelShuffle {
+        groups: i64,
+    },
+    /// Channels `offset .. offset + channels` of the input (one chunk of a
+    /// `split`, `x.chunk(n, dim=1)[i]`).
+    ChannelSlice {
+        offset: i64,
+        channels: i64,
+    },
 }
 
 impl Op {
@@ -267,6 +292,10 @@ impl Op {
             Op::Add => "add",
             Op::Concat => "concat",
             Op::Mul => "mul",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Scale { .. } => "scale",
+            Op::ChannelShuffle { .. } => "channel_shuffle",
+            Op::ChannelSlice { .. } => "chunk",
         }
     }
 
@@ -391,6 +420,18 @@ impl Op {
                 beta,
                 k,
             } => format!("lrn size={size} alpha={alpha} beta={beta} k={k}"),
+            Op::LayerNorm { features, eps } => {
+                if eps.0 == 1e-5 {
+                    format!("layer_norm {features}")
+                } else {
+                    format!("layer_norm {features} eps={eps}")
+                }
+            }
+            Op::Scale { channels, .. } => format!("scale {channels}"),
+            Op::ChannelShuffle { groups } => format!("channel_shuffle groups={groups}"),
+            Op::ChannelSlice { offset, channels } => {
+                format!("chunk channels {offset}..{}", offset + channels)
+            }
             Op::Dropout { p } => format!("dropout p={p}"),
             Op::Dropout2d { p } => format!("dropout2d p={p}"),
             Op::StochasticDepth { p, row } => {
@@ -462,6 +503,10 @@ pub struct BlockInstance {
 pub struct Fusion {
     /// A batch norm folded into this conv/linear's weights and bias (its module path).
     pub folded_batchnorm: Option<FoldedBatchNorm>,
+    /// A `scale` folded into this conv's weights and bias: the key of its
+    /// per-channel parameter (w·s and b·s per output channel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_scale: Option<String>,
     /// Reductions applied to the input before the op (only global average pooling before `linear`).
     pub prologue: Option<Prologue>,
     /// Applied in order to each output element after the op (and bias).
@@ -511,6 +556,9 @@ pub enum ParamKind {
     RunningVar,
     /// An int64 scalar counter; not a parameter, but in the `state_dict`.
     NumBatchesTracked,
+    /// A bare `nn.Parameter` (ConvNeXt's `layer_scale`): its key is the
+    /// layer's path itself, with no suffix.
+    Bare,
 }
 
 impl ParamKind {
@@ -521,12 +569,13 @@ impl ParamKind {
             ParamKind::RunningMean => "running_mean",
             ParamKind::RunningVar => "running_var",
             ParamKind::NumBatchesTracked => "num_batches_tracked",
+            ParamKind::Bare => "",
         }
     }
 
     /// Whether PyTorch counts it in `model.parameters()` (buffers are not).
     pub fn is_parameter(self) -> bool {
-        matches!(self, ParamKind::Weight | ParamKind::Bias)
+        matches!(self, ParamKind::Weight | ParamKind::Bias | ParamKind::Bare)
     }
 }
 
@@ -629,6 +678,33 @@ impl Graph {
         None
     }
 
+    /// Whether node `id` is a `linear(per_pixel = true)`: a 1×1 convolution
+    /// whose weight keeps `nn.Linear`'s [out, in] shape.
+    pub fn is_pixel_linear(&self, id: NodeId) -> bool {
+        matches!(self.nodes[id].op, Op::Conv2d { .. })
+            && self
+                .params
+                .iter()
+                .any(|p| p.node == Some(id) && p.kind == ParamKind::Weight && p.shape.len() == 2)
+    }
+
+    /// How tables describe node `id`: [`Op::describe`], except that a
+    /// per-pixel linear layer says so rather than `conv … k=1`.
+    pub fn describe_node(&self, id: NodeId) -> String {
+        match self.nodes[id].op {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                bias,
+                ..
+            } if self.is_pixel_linear(id) => format!(
+                "linear {in_channels}→{out_channels} per pixel{}",
+                if bias { "" } else { " bias=false" }
+            ),
+            ref op => op.describe(),
+        }
+    }
+
     /// Parameters owned by one node (what its row in a summary counts).
     pub fn node_params(&self, id: NodeId) -> i64 {
         self.params
@@ -698,6 +774,7 @@ impl Graph {
             let gemm = matches!(node.op, Op::Conv2d { .. } | Op::Linear { .. });
             if !gemm
                 && (node.fusion.folded_batchnorm.is_some()
+                    || node.fusion.folded_scale.is_some()
                     || !node.fusion.epilogue.is_empty()
                     || node.fusion.prologue.is_some())
             {
@@ -748,6 +825,28 @@ impl Graph {
                 if !broadcasts || node.shape != x {
                     return Err(format!("node {id} multiplies {x} by a factor of {f}"));
                 }
+            }
+            match (&node.op, node.inputs.first().map(|&i| self.nodes[i].shape)) {
+                (Op::ChannelSlice { offset, channels }, Some(x)) => {
+                    let fits = matches!(x, Shape::Chw(c, h, w)
+                        if *offset >= 0 && offset + channels <= c
+                            && node.shape == Shape::Chw(*channels, h, w));
+                    if !fits {
+                        return Err(format!(
+                            "node {id} takes channels {offset}..{} of {x}",
+                            offset + channels
+                        ));
+                    }
+                }
+                (Op::ChannelShuffle { groups }, Some(x))
+                    if *groups < 1 || x.channels() % groups != 0 || node.shape != x =>
+                {
+                    return Err(format!("node {id} shuffles {x} in {groups} groups"));
+                }
+                (Op::LayerNorm { .. } | Op::Scale { .. }, Some(x)) if node.shape != x => {
+                    return Err(format!("node {id} changes the shape {x}"));
+                }
+                _ => {}
             }
             if !input_shape_ok {
                 return Err(format!(

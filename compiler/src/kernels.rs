@@ -581,8 +581,18 @@ pub enum KernelKind {
     Add,
     /// x times a factor of [C, 1, 1] (broadcast) or x's shape: a `gate`.
     Mul,
-    /// Copies one input into its channel slice of the output (a concat that is not in place).
+    /// Copies one input into its channel slice of the output (a concat that
+    /// is not in place), or a channel slice of its input into the output (a
+    /// `split`'s chunk).
     CopySlice,
+    /// Layer norm over channels, one thread per (image, pixel); params weight, bias.
+    LayerNorm {
+        eps: f64,
+    },
+    /// Output channel j·groups + i is input channel i·(C / groups) + j.
+    ChannelShuffle {
+        groups: i64,
+    },
 }
 
 /// How many blocks along x: `ceil(batch·per_image / per_block)`.
@@ -906,6 +916,54 @@ pub fn lower_with(
                 256,
                 one_per_output(node.shape.numel() as u64),
             ),
+            Op::Scale { .. } => {
+                // y = x·s[c] + 0: the channel-affine kernel, its scale the
+                // bare parameter and its shift prepared as zeros.
+                params.push(node.name.clone());
+                (
+                    KernelKind::ChannelAffine,
+                    256,
+                    one_per_output(node.shape.numel() as u64),
+                )
+            }
+            Op::LayerNorm { eps, .. } => {
+                params.push(format!("{}.weight", node.name));
+                params.push(format!("{}.bias", node.name));
+                (
+                    KernelKind::LayerNorm { eps: eps.0 },
+                    256,
+                    one_per_output((oh * ow) as u64),
+                )
+            }
+            Op::ChannelShuffle { groups } => (
+                KernelKind::ChannelShuffle { groups: *groups },
+                256,
+                one_per_output(node.shape.numel() as u64),
+            ),
+            Op::ChannelSlice { offset, .. } => {
+                // A copy from the chunk's channels of the input.
+                let from = TensorRef {
+                    channel_offset: inputs[0].channel_offset + offset,
+                    shape: node.shape,
+                    ..inputs[0]
+                };
+                let index = kernels.len();
+                kernels.push(Kernel {
+                    index,
+                    name: format!("k{index:02}_chunk_{}", *offset),
+                    node: id,
+                    layers: describe_layers(g, id, sources),
+                    kind: KernelKind::CopySlice,
+                    inputs: vec![from],
+                    output,
+                    epilogue: Vec::new(),
+                    params: Vec::new(),
+                    block: 256,
+                    grid: one_per_output(node.shape.numel() as u64),
+                    variants: Vec::new(),
+                });
+                continue;
+            }
             Op::Concat => {
                 // Not in place: one copy kernel per input, each into its slice.
                 let mut offset = 0;
@@ -1260,6 +1318,12 @@ fn describe_kind(kind: &KernelKind) -> String {
         KernelKind::Add => "elementwise add, one thread per element".to_string(),
         KernelKind::Mul => "multiply by a gate's factor, one thread per element".to_string(),
         KernelKind::CopySlice => "copy into a channel slice, one thread per element".to_string(),
+        KernelKind::LayerNorm { .. } => {
+            "layer norm over channels, one thread per (image, pixel)".to_string()
+        }
+        KernelKind::ChannelShuffle { groups } => {
+            format!("channel shuffle in {groups} groups, one thread per element")
+        }
     }
 }
 

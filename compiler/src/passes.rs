@@ -146,12 +146,19 @@ fn drop_inference_noops(g: &mut Graph, log: &mut PassLog) {
 }
 
 /// A batch norm right after a conv or linear layer becomes a scale and shift
-/// of that layer's weights and bias (done when weights are prepared).
+/// of that layer's weights and bias (done when weights are prepared). So
+/// does a `scale` (ConvNeXt's layer_scale) right after a convolution with
+/// nothing folded into it yet: w·s and b·s per output channel. (One pass
+/// for both keeps the report's pass list as it was.)
 fn fold_batchnorm(g: &mut Graph, log: &mut PassLog) {
     let readers = consumers(g);
     let mut dead = vec![false; g.nodes.len()];
     let mut replacement: Vec<NodeId> = (0..g.nodes.len()).collect();
     for id in 0..g.nodes.len() {
+        if matches!(g.nodes[id].op, Op::Scale { .. }) {
+            fold_scale(g, id, &readers, log, &mut dead, &mut replacement);
+            continue;
+        }
         let Op::BatchNorm { eps, .. } = g.nodes[id].op else {
             continue;
         };
@@ -167,7 +174,10 @@ fn fold_batchnorm(g: &mut Graph, log: &mut PassLog) {
                 "the output of {} is also read elsewhere",
                 label(g, producer)
             ))
-        } else if p.fusion.folded_batchnorm.is_some() || !p.fusion.epilogue.is_empty() {
+        } else if p.fusion.folded_batchnorm.is_some()
+            || p.fusion.folded_scale.is_some()
+            || !p.fusion.epilogue.is_empty()
+        {
             Some(format!("{} already has work after it", label(g, producer)))
         } else {
             None
@@ -190,6 +200,56 @@ fn fold_batchnorm(g: &mut Graph, log: &mut PassLog) {
         replacement[id] = producer;
     }
     remove(g, &dead, &replacement);
+}
+
+/// Folds the `scale` node `id` into the convolution before it, or says why not.
+fn fold_scale(
+    g: &mut Graph,
+    id: NodeId,
+    readers: &[Vec<NodeId>],
+    log: &mut PassLog,
+    dead: &mut [bool],
+    replacement: &mut [NodeId],
+) {
+    let producer = g.nodes[id].inputs[0];
+    let p = &g.nodes[producer];
+    let reason = if !matches!(p.op, Op::Conv2d { .. }) || dead[producer] {
+        Some(format!(
+            "its input comes from {}, not a convolution; it runs as a channel-affine kernel",
+            label(g, producer)
+        ))
+    } else if readers[producer].len() != 1 {
+        Some(format!(
+            "the output of {} is also read elsewhere; it runs as a channel-affine kernel",
+            label(g, producer)
+        ))
+    } else if p.fusion.folded_batchnorm.is_some()
+        || p.fusion.folded_scale.is_some()
+        || !p.fusion.epilogue.is_empty()
+    {
+        Some(format!(
+            "{} already has work after it; it runs as a channel-affine kernel",
+            label(g, producer)
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        log.not_fused.push(format!("{}: {reason}", label(g, id)));
+        return;
+    }
+    let scale = merged(g, id);
+    let key = g.nodes[id].name.clone();
+    log.fused.push(format!(
+        "{} folded into {}",
+        label(g, id),
+        label(g, producer)
+    ));
+    let p = &mut g.nodes[producer];
+    p.fusion.folded_scale = Some(key);
+    p.fusion.merged.push(scale);
+    dead[id] = true;
+    replacement[id] = producer;
 }
 
 /// An activation after a conv/linear layer runs in that layer's epilogue.
@@ -412,6 +472,15 @@ fn report_pooling(g: &mut Graph, log: &mut PassLog) {
                     "a multiply by a map-sized factor could be the epilogue of the factor's last layer, reading the gate's input as a second operand, but that epilogue step is not implemented; it runs as its own kernel"
                 }
             },
+            Op::LayerNorm { .. } => {
+                "it normalises over every channel of a pixel, which the epilogue of the layer before sees one channel at a time; it runs as its own kernel, one thread per pixel"
+            }
+            Op::ChannelShuffle { .. } => {
+                "a permutation of channels; writing the layer before in shuffled order is not implemented; it runs as a copy kernel"
+            }
+            Op::ChannelSlice { .. } => {
+                "a split's chunk is copied out of its input (reading a channel range in place is not implemented)"
+            }
             _ => continue,
         };
         log.not_fused.push(format!("{}: {reason}", label(g, id)));

@@ -71,6 +71,16 @@ pub fn build(
                 };
                 let bias_key = own_bias.then(|| format!("{}.bias", node.name));
                 match &node.fusion.folded_batchnorm {
+                    None if node.fusion.folded_scale.is_some() => {
+                        let scale = node.fusion.folded_scale.clone().unwrap_or_default();
+                        params.push(push(rt::Prepared::ScaledWeight {
+                            weight,
+                            scale: scale.clone(),
+                        }));
+                        if let Some(bias) = bias_key {
+                            params.push(push(rt::Prepared::ScaledBias { bias, scale }));
+                        }
+                    }
                     Some(bn) => {
                         params.push(push(rt::Prepared::FoldedWeight {
                             weight,
@@ -144,7 +154,18 @@ pub fn build(
             KernelKind::ChannelAffine => {
                 let eps = match node.op {
                     Op::BatchNorm { eps, .. } => eps.0,
-                    _ => return Err("channel affine without a batch norm".into()),
+                    Op::Scale { channels, .. } => {
+                        // A `scale`: its parameter as stored, no shift.
+                        params.push(push(rt::Prepared::Tensor {
+                            key: node.name.clone(),
+                        }));
+                        params.push(push(rt::Prepared::Zeros {
+                            len: channels as usize,
+                        }));
+                        steps.push(step(k, rt::StepOp::ChannelAffine, params, memory)?);
+                        continue;
+                    }
+                    _ => return Err("channel affine without a batch norm or scale".into()),
                 };
                 params.push(push(rt::Prepared::BnScale {
                     bn: node.name.clone(),
@@ -172,54 +193,20 @@ pub fn build(
             KernelKind::Add => rt::StepOp::Add,
             KernelKind::Mul => rt::StepOp::Mul,
             KernelKind::CopySlice => rt::StepOp::Copy,
+            KernelKind::LayerNorm { eps } => {
+                params.push(push(rt::Prepared::Tensor {
+                    key: format!("{}.weight", node.name),
+                }));
+                params.push(push(rt::Prepared::Tensor {
+                    key: format!("{}.bias", node.name),
+                }));
+                rt::StepOp::LayerNorm { eps: *eps as f32 }
+            }
+            KernelKind::ChannelShuffle { groups } => rt::StepOp::ChannelShuffle {
+                groups: *groups as usize,
+            },
         };
-        let epilogue = k
-            .epilogue
-            .iter()
-            .map(|e| match e {
-                Epilogue::Activation(a) => rt::Epi::Act(act(*a)),
-                Epilogue::AddInput(i) => rt::Epi::AddInput(*i),
-            })
-            .collect();
-        let schedule = match &k.kind {
-            KernelKind::Gemm(g) => Some(g.schedule),
-            _ => None,
-        };
-        steps.push(rt::Step {
-            kernel: k.name.clone(),
-            op,
-            inputs: k
-                .inputs
-                .iter()
-                .map(|r| place(r, memory))
-                .collect::<Result<_, _>>()?,
-            output: place(&k.output, memory)?,
-            epilogue,
-            params,
-            block: k.block,
-            per_image: k.grid.per_image,
-            per_block: k.grid.per_block,
-            grid_y: k.grid.y as u32,
-            grid_z: k.grid.z as u32,
-            layers: k.layers.clone(),
-            variants: k
-                .variants
-                .iter()
-                .map(|v| rt::Variant {
-                    min_batch: v.min_batch as usize,
-                    kernel: v.name.clone(),
-                    block: v.block,
-                    per_image: v.grid.per_image,
-                    per_block: v.grid.per_block,
-                    grid_y: v.grid.y as u32,
-                    grid_z: v.grid.z as u32,
-                    split_k: v.schedule.split(),
-                    partial_floats: v.schedule.partial_floats(),
-                })
-                .collect(),
-            split_k: schedule.map_or(1, |s| s.split()),
-            partial_floats: schedule.map_or(0, |s| s.partial_floats()),
-        });
+        steps.push(step(k, op, params, memory)?);
     }
     let state_dict = crate::weights::state_entries(graph, sources);
     let ends_in = match graph.nodes[graph.output].op {
@@ -250,6 +237,62 @@ pub fn build(
         steps,
         ends_in,
         precision: program.precision,
+    })
+}
+
+/// One step of the plan: kernel `k` running `op` with prepared tensors `params`.
+fn step(
+    k: &crate::kernels::Kernel,
+    op: rt::StepOp,
+    params: Vec<usize>,
+    memory: &MemoryPlan,
+) -> Result<rt::Step, String> {
+    let epilogue = k
+        .epilogue
+        .iter()
+        .map(|e| match e {
+            Epilogue::Activation(a) => rt::Epi::Act(act(*a)),
+            Epilogue::AddInput(i) => rt::Epi::AddInput(*i),
+        })
+        .collect();
+    let schedule = match &k.kind {
+        KernelKind::Gemm(g) => Some(g.schedule),
+        _ => None,
+    };
+    Ok(rt::Step {
+        kernel: k.name.clone(),
+        op,
+        inputs: k
+            .inputs
+            .iter()
+            .map(|r| place(r, memory))
+            .collect::<Result<_, _>>()?,
+        output: place(&k.output, memory)?,
+        epilogue,
+        params,
+        block: k.block,
+        per_image: k.grid.per_image,
+        per_block: k.grid.per_block,
+        grid_y: k.grid.y as u32,
+        grid_z: k.grid.z as u32,
+        layers: k.layers.clone(),
+        variants: k
+            .variants
+            .iter()
+            .map(|v| rt::Variant {
+                min_batch: v.min_batch as usize,
+                kernel: v.name.clone(),
+                block: v.block,
+                per_image: v.grid.per_image,
+                per_block: v.grid.per_block,
+                grid_y: v.grid.y as u32,
+                grid_z: v.grid.z as u32,
+                split_k: v.schedule.split(),
+                partial_floats: v.schedule.partial_floats(),
+            })
+            .collect(),
+        split_k: schedule.map_or(1, |s| s.split()),
+        partial_floats: schedule.map_or(0, |s| s.partial_floats()),
     })
 }
 

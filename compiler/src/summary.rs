@@ -32,7 +32,7 @@ pub fn rows(graph: &Graph) -> Vec<Row> {
         .skip(1)
         .map(|(id, node)| Row {
             name: node.name.clone(),
-            op: node.op.describe(),
+            op: graph.describe_node(id),
             output: node.shape.dims(),
             params: graph.node_params(id),
             macs: node.op.macs(&node.shape),

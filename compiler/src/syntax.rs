@@ -113,6 +113,13 @@ pub enum Term {
         body: Vec<Item>,
         shortcut: Option<Shortcut>,
     },
+    /// `split(n) { branch ... }`: the input's channels in `n` equal chunks,
+    /// chunk i fed to branch i, the outputs joined along channels.
+    Split {
+        args: Vec<Arg>,
+        args_span: Span,
+        branches: Vec<Item>,
+    },
     /// `concat { branch ... }`: every item is a branch fed the same input; outputs joined along channels.
     Concat(Vec<Item>),
     /// `gate { body }`: the input times body(input), a [C, 1, 1] or [C, H, W] factor.
@@ -842,9 +849,12 @@ fn friendly_rule(rule: Rule) -> Option<&'static str> {
         | Rule::residual
         | Rule::concat
         | Rule::gate
+        | Rule::split
         | Rule::vgg
         | Rule::group
         | Rule::call => "a layer",
+        // `split` is not a keyword; where a layer may start, "a layer" says it.
+        Rule::kw_split => return None,
         Rule::kw_unused => "`unused`",
         Rule::kw_seq => "`seq`",
         Rule::kw_residual => "`residual`",
@@ -1246,6 +1256,26 @@ impl Builder {
                     condition,
                     body,
                     shortcut,
+                }
+            }
+            Rule::split => {
+                let mut args = Vec::new();
+                let mut args_span = span;
+                let mut branches = Vec::new();
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::arg_list => {
+                            args_span = self.span(&p);
+                            args = self.args(p, diags);
+                        }
+                        Rule::body => branches = self.body(p, diags),
+                        _ => {}
+                    }
+                }
+                Term::Split {
+                    args,
+                    args_span,
+                    branches,
                 }
             }
             Rule::vgg => {

@@ -133,6 +133,30 @@ pub fn prepare(graph: &Graph, weights: &BoundWeights) -> Result<BoundWeights, St
         out.values.insert(format!("{}.weight", node.name), folded_w);
         out.values.insert(format!("{}.bias", node.name), folded_b);
     }
+    // A folded `scale` multiplies each output channel's weights and bias.
+    for node in &graph.nodes {
+        let Some(key) = &node.fusion.folded_scale else {
+            continue;
+        };
+        let Op::Conv2d {
+            out_channels, bias, ..
+        } = node.op
+        else {
+            return Err(format!("scale `{key}` is folded into a {}", node.op.name()));
+        };
+        let s = weights.get(key).ok_or_else(|| format!("missing `{key}`"))?;
+        let wkey = format!("{}.weight", node.name);
+        let w = out.get(&wkey).ok_or_else(|| format!("missing `{wkey}`"))?;
+        let per = w.len() / out_channels as usize;
+        let scaled: Vec<f64> = w.iter().enumerate().map(|(i, v)| v * s[i / per]).collect();
+        out.values.insert(wkey, scaled);
+        if bias {
+            let bkey = format!("{}.bias", node.name);
+            let b = out.get(&bkey).ok_or_else(|| format!("missing `{bkey}`"))?;
+            let scaled: Vec<f64> = b.iter().zip(s).map(|(v, s)| v * s).collect();
+            out.values.insert(bkey, scaled);
+        }
+    }
     Ok(out)
 }
 
@@ -173,6 +197,13 @@ pub fn init(graph: &Graph, scheme: InitScheme, seed: u64) -> Result<WeightFile, 
             ParamKind::NumBatchesTracked => Data::I64(vec![0; count.max(1)]),
             ParamKind::RunningMean => Data::F32(vec![0.0; count]),
             ParamKind::RunningVar => Data::F32(vec![1.0; count]),
+            ParamKind::Bare => {
+                let init = match p.node.map(|n| &graph.nodes[n].op) {
+                    Some(Op::Scale { init, .. }) => init.0 as f32,
+                    _ => 1.0,
+                };
+                Data::F32(vec![init; count])
+            }
             ParamKind::Weight if is_norm => Data::F32(vec![1.0; count]),
             ParamKind::Bias if is_norm => Data::F32(vec![0.0; count]),
             ParamKind::Weight | ParamKind::Bias => match scheme {

@@ -145,6 +145,12 @@ pub enum Prepared {
     BnScale { bn: String, eps: f64 },
     /// shift = β − μ·scale.
     BnShift { bn: String, eps: f64 },
+    /// `len` zeros (the shift of a `scale` layer run as a channel affine).
+    Zeros { len: usize },
+    /// A conv weight with a `scale` folded in: w·s per output channel.
+    ScaledWeight { weight: String, scale: String },
+    /// The matching bias: b·s.
+    ScaledBias { bias: String, scale: String },
 }
 
 /// Where a tensor lives in the arena.
@@ -270,6 +276,14 @@ pub enum StepOp {
     /// channel) when its map is 1×1, else one per element (a `gate`).
     Mul,
     Copy,
+    /// Layer norm over the channels at each (image, pixel) (params: weight, bias).
+    LayerNorm {
+        eps: f32,
+    },
+    /// Output channel j·groups + i is input channel i·(C / groups) + j.
+    ChannelShuffle {
+        groups: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -426,7 +440,9 @@ impl Step {
                 Workspace,
                 Counters,
             ],
-            StepOp::ChannelAffine => &[Input(0), Param(0), Param(1), Output, Batch],
+            StepOp::ChannelAffine | StepOp::LayerNorm { .. } => {
+                &[Input(0), Param(0), Param(1), Output, Batch]
+            }
             StepOp::Add | StepOp::Mul => &[Input(0), Input(1), Output, Batch],
             _ => &[Input(0), Output, Batch],
         }

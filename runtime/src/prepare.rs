@@ -126,6 +126,10 @@ fn reads(p: &Prepared, key: &str) -> bool {
         Prepared::FoldedWeight { weight, bn, .. } => weight == key || bn_reads(bn),
         Prepared::FoldedBias { bias, bn, .. } => bias.as_deref() == Some(key) || bn_reads(bn),
         Prepared::BnScale { bn, .. } | Prepared::BnShift { bn, .. } => bn_reads(bn),
+        Prepared::Zeros { .. } => false,
+        Prepared::ScaledWeight { weight: t, scale } | Prepared::ScaledBias { bias: t, scale } => {
+            t == key || scale == key
+        }
     }
 }
 
@@ -191,6 +195,23 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             )
         }
         Prepared::BnScale { bn, eps } => narrow(scale(bn, *eps)?),
+        Prepared::Zeros { len } => vec![0.0; *len],
+        Prepared::ScaledWeight { weight, scale }
+        | Prepared::ScaledBias {
+            bias: weight,
+            scale,
+        } => {
+            // Element i of a tensor with one row per output channel.
+            let s = get(scale)?;
+            let w = get(weight)?;
+            let per = w.len() / s.len().max(1);
+            narrow(
+                w.iter()
+                    .enumerate()
+                    .map(|(i, v)| v * s[i / per.max(1)])
+                    .collect(),
+            )
+        }
         Prepared::BnShift { bn, eps } => {
             let s = scale(bn, *eps)?;
             let beta = get(&format!("{bn}.bias"))?;

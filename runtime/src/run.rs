@@ -146,14 +146,14 @@ impl RunOptions {
     }
 }
 
-/// A forward pass: images and their count in, outputs out.
+/// A model's forward pass: images (NCHW) and their count in, outputs out.
 pub type Forward<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
 
 /// Loads the inputs, runs `forward` on batches of at most `--batch` images
 /// (it gets the images and their count and returns the outputs), writes
 /// `--output`, and prints the class table (with accuracy under `--targets`).
 /// Everything that can be checked before running is checked first.
-pub fn run_inputs(options: &RunOptions, model: &ModelIo, forward: &mut Forward<'_>) -> Result<()> {
+pub fn run_inputs(options: &RunOptions, model: &ModelIo, forward: &mut Forward) -> Result<()> {
     if options.input.is_empty() {
         return Err(Error("no input given: give --input FILE...".to_string()));
     }

@@ -25,6 +25,19 @@ pub fn randomize_batchnorm(file: &mut WeightFile, seed: u64) {
     }
 }
 
+/// Random per-channel factors in `scale` parameters ([C, 1, 1] tensors named
+/// `layer_scale`), so a backend that mixes channels up shows it.
+pub fn randomize_scales(file: &mut WeightFile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (key, t) in file.tensors.iter_mut() {
+        if let Data::F32(v) = &mut t.data {
+            if key.ends_with("layer_scale") {
+                v.iter_mut().for_each(|x| *x = rng.random_range(-1.5..1.5));
+            }
+        }
+    }
+}
+
 /// The first of `sizes` at which a model checks with that input height and width.
 pub fn small_size(path: &Path, sizes: &[i64]) -> Option<i64> {
     sizes.iter().copied().find(|&s| {
@@ -74,3 +87,38 @@ model gates {
   fc = linear(5)
 }
 ";
+
+/// ShuffleNet v2's and ConvNeXt's constructs: `split` with an identity chunk
+/// and a branch (and a split into three), `channel_shuffle`, `layer_norm`
+/// over channels (on maps and on a flat vector), `linear(per_pixel = true)`,
+/// `gelu` and a `scale` (layer_scale) inside a residual (folded into the
+/// convolution before it) and one after a layer norm (a channel affine).
+pub const SHUFFLE_NORM: &str = r#"
+model shuffle_norm {
+  input [6, 9, 7]
+  stem = conv(8, k=3, p=1)
+  relu
+  unit = split(2) {
+    identity
+    branch2 = seq { conv(4, k=1, bias=false) batchnorm relu conv(4, k=3, p=1, groups=4, bias=false) batchnorm }
+  }
+  channel_shuffle(2)
+  widen = conv(9, k=1)
+  three = split(3) { identity  a = conv(5, k=1)  b = seq { conv(1, k=3, p=1) relu } }
+  channel_shuffle(3)
+  norm = layer_norm(eps=1e-6)
+  post_layer_scale = scale
+  "block" = residual {
+    dw = conv(9, k=3, p=1, groups=9)
+    ln = layer_norm
+    pw1 = linear(18, per_pixel=true)
+    gelu
+    pw2 = linear(9, per_pixel=true)
+    layer_scale = scale(init=0.5)
+  }
+  global_avgpool
+  head_norm = layer_norm
+  flatten
+  fc = linear(5)
+}
+"#;

@@ -148,7 +148,7 @@ impl Net {
             let Some(node) = p.node else { continue };
             let s = &mut slots[node];
             match p.kind {
-                ParamKind::Weight => s.weight = Some(i),
+                ParamKind::Weight | ParamKind::Bare => s.weight = Some(i),
                 ParamKind::Bias => s.bias = Some(i),
                 ParamKind::RunningMean => s.mean = Some(i),
                 ParamKind::RunningVar => s.var = Some(i),
@@ -469,6 +469,55 @@ impl Net {
                     _ => xin.clone(),
                 },
                 Op::Flatten | Op::Identity => xin.clone(),
+                Op::LayerNorm { eps, .. } => {
+                    let gamma = self.param(slots.weight, node, "weight")?;
+                    let beta = self.param(slots.bias, node, "bias")?;
+                    let mut y = vec![0.0; xin.len()];
+                    let hw = h * w;
+                    for i in 0..n {
+                        for p in 0..hw {
+                            let (mean, inv) = layer_norm_stats(xin, c, hw, i, p, eps.0);
+                            for ch in 0..c {
+                                let at = (i * c + ch) * hw + p;
+                                y[at] =
+                                    ((xin[at] as f64 - mean) * inv) as f32 * gamma[ch] + beta[ch];
+                            }
+                        }
+                    }
+                    y
+                }
+                Op::Scale { .. } => {
+                    let s = self.param(slots.weight, node, "scale")?;
+                    let hw = h * w;
+                    xin.iter()
+                        .enumerate()
+                        .map(|(i, &v)| v * s[(i / hw) % c])
+                        .collect()
+                }
+                Op::ChannelShuffle { groups } => {
+                    let hw = h * w;
+                    let g = groups as usize;
+                    let per = c / g;
+                    let mut y = vec![0.0; xin.len()];
+                    for img in 0..n {
+                        for to_c in 0..c {
+                            let from = (img * c + (to_c % g) * per + to_c / g) * hw;
+                            let to = (img * c + to_c) * hw;
+                            y[to..to + hw].copy_from_slice(&xin[from..from + hw]);
+                        }
+                    }
+                    y
+                }
+                Op::ChannelSlice { offset, channels } => {
+                    let hw = h * w;
+                    let (offset, channels) = (offset as usize, channels as usize);
+                    let mut y = Vec::with_capacity(n * channels * hw);
+                    for img in 0..n {
+                        let from = (img * c + offset) * hw;
+                        y.extend_from_slice(&xin[from..from + channels * hw]);
+                    }
+                    y
+                }
                 Op::Softmax | Op::LogSoftmax => {
                     k::softmax_forward(n, c, h * w, matches!(node.op, Op::LogSoftmax), xin)
                 }
@@ -676,6 +725,84 @@ impl Net {
                     }
                 }
                 Op::Flatten | Op::Identity => add(&mut grads, src, dy),
+                Op::LayerNorm { eps, .. } => {
+                    // x̂ = (x − μ)·r, y = γ·x̂ + β over the C channels of a
+                    // pixel: dx = r/C·(C·g − Σg − x̂·Σ(g·x̂)), g = dy·γ.
+                    let gamma = self.param(slots.weight, node, "weight")?;
+                    let hw = h * w;
+                    let mut dx = vec![0.0f32; x.len()];
+                    let mut dg = vec![0.0f64; c];
+                    let mut db = vec![0.0f64; c];
+                    let mut xhat = vec![0.0f64; c];
+                    let mut gx = vec![0.0f64; c];
+                    for i in 0..n {
+                        for p in 0..hw {
+                            let (mean, inv) = layer_norm_stats(x, c, hw, i, p, eps.0);
+                            let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                            for ch in 0..c {
+                                let at = (i * c + ch) * hw + p;
+                                xhat[ch] = (x[at] as f64 - mean) * inv;
+                                gx[ch] = dy[at] as f64 * gamma[ch] as f64;
+                                sum_g += gx[ch];
+                                sum_gx += gx[ch] * xhat[ch];
+                                dg[ch] += dy[at] as f64 * xhat[ch];
+                                db[ch] += dy[at] as f64;
+                            }
+                            let cf = c as f64;
+                            for ch in 0..c {
+                                let at = (i * c + ch) * hw + p;
+                                dx[at] =
+                                    (inv / cf * (cf * gx[ch] - sum_g - xhat[ch] * sum_gx)) as f32;
+                            }
+                        }
+                    }
+                    pgrads[slots.weight.unwrap()] = Some(dg.iter().map(|&v| v as f32).collect());
+                    pgrads[slots.bias.unwrap()] = Some(db.iter().map(|&v| v as f32).collect());
+                    add(&mut grads, src, dx);
+                }
+                Op::Scale { .. } => {
+                    // y = x·s[c]: dx = dy·s[c]; ds[c] = Σ dy·x over images and the map.
+                    let s = self.param(slots.weight, node, "scale")?;
+                    let hw = h * w;
+                    let mut ds = vec![0.0f64; c];
+                    for (i, (&d, &v)) in dy.iter().zip(x).enumerate() {
+                        ds[(i / hw) % c] += d as f64 * v as f64;
+                    }
+                    pgrads[slots.weight.unwrap()] = Some(ds.iter().map(|&v| v as f32).collect());
+                    let dx = dy
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| d * s[(i / hw) % c])
+                        .collect();
+                    add(&mut grads, src, dx);
+                }
+                Op::ChannelShuffle { groups } => {
+                    // The inverse permutation: input channel i·per + j took
+                    // output channel j·g + i.
+                    let hw = h * w;
+                    let g = groups as usize;
+                    let per = c / g;
+                    let mut dx = vec![0.0; dy.len()];
+                    for img in 0..n {
+                        for to_c in 0..c {
+                            let from = (img * c + (to_c % g) * per + to_c / g) * hw;
+                            let to = (img * c + to_c) * hw;
+                            dx[from..from + hw].copy_from_slice(&dy[to..to + hw]);
+                        }
+                    }
+                    add(&mut grads, src, dx);
+                }
+                Op::ChannelSlice { offset, channels } => {
+                    let hw = h * w;
+                    let (offset, channels) = (offset as usize, channels as usize);
+                    let mut dx = vec![0.0; n * c * hw];
+                    for img in 0..n {
+                        let to = (img * c + offset) * hw;
+                        let from = img * channels * hw;
+                        dx[to..to + channels * hw].copy_from_slice(&dy[from..from + channels * hw]);
+                    }
+                    add(&mut grads, src, dx);
+                }
                 Op::Softmax | Op::LogSoftmax => {
                     let log = matches!(node.op, Op::LogSoftmax);
                     add(
@@ -743,6 +870,15 @@ impl Net {
         }
         Ok(pgrads)
     }
+}
+
+/// Mean and 1/√(var + ε) over the `c` channels of pixel `p` of image `i`
+/// (biased variance, as nn.LayerNorm), in f64.
+fn layer_norm_stats(x: &[f32], c: usize, hw: usize, i: usize, p: usize, eps: f64) -> (f64, f64) {
+    let at = |ch: usize| x[(i * c + ch) * hw + p] as f64;
+    let mean = (0..c).map(at).sum::<f64>() / c as f64;
+    let var = (0..c).map(|ch| (at(ch) - mean).powi(2)).sum::<f64>() / c as f64;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Dropout multipliers: 0 with probability p, else 1/(1−p); one draw per

@@ -419,6 +419,19 @@ fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::R
                 return Err("multiplies by a factor of the wrong shape".into());
             }
         }
+        StepOp::LayerNorm { .. } => {
+            if !same_shape(x, y) {
+                return Err("changes the shape of a layer norm".into());
+            }
+            param(0, y.c, "weight")?;
+            param(1, y.c, "bias")?;
+        }
+        StepOp::ChannelShuffle { groups } => {
+            let groups = *groups;
+            if !same_shape(x, y) || groups == 0 || y.c % groups != 0 {
+                return Err(format!("shuffles {} channels in {groups} groups", y.c));
+            }
+        }
         StepOp::Lrn { size: 0, .. } => return Err("has an LRN size of 0".into()),
         StepOp::Lrn { .. } | StepOp::Softmax { .. } | StepOp::Act(_) | StepOp::Copy => {
             if !same_shape(x, y) {
@@ -697,6 +710,44 @@ fn run_step(
             // SAFETY: each task owns output plane (n, c).
             unsafe { arena.plane_mut(y, n, c) }.copy_from_slice(arena.plane(x, n, c));
         }),
+        StepOp::ChannelShuffle { groups } => {
+            let per = y.c / groups;
+            for_each_plane(b, y.c, y.h * y.w, |n, c| {
+                // Output channel j·groups + i reads input channel i·per + j.
+                let (i, j) = (c % groups, c / groups);
+                // SAFETY: each task owns output plane (n, c).
+                unsafe { arena.plane_mut(y, n, c) }.copy_from_slice(arena.plane(x, n, i * per + j));
+            })
+        }
+        StepOp::LayerNorm { eps } => {
+            // One task per (image, pixel), over channels, as the CUDA kernel:
+            // the mean, then the mean squared deviation (biased), in f32.
+            let (weight, bias) = (param(0), param(1));
+            let hw = y.h * y.w;
+            let pixel = |i: usize| {
+                let (n, p) = (i / hw, i % hw);
+                let at = |c: usize| arena.plane(x, n, c)[p];
+                let mean = (0..x.c).map(at).sum::<f32>() / x.c as f32;
+                let var = (0..x.c)
+                    .map(|c| (at(c) - mean) * (at(c) - mean))
+                    .sum::<f32>()
+                    / x.c as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for c in 0..x.c {
+                    let v = (at(c) - mean) * inv * weight[c] + bias[c];
+                    // SAFETY: each task owns pixel p of image n in every output channel.
+                    unsafe { arena.set(y, n, c, p, v) };
+                }
+            };
+            if b * hw * y.c < SERIAL_ELEMENTS {
+                (0..b * hw).for_each(pixel);
+            } else {
+                (0..b * hw)
+                    .into_par_iter()
+                    .with_min_len((4096 / y.c.max(1)).max(1))
+                    .for_each(pixel);
+            }
+        }
     }
 }
 
