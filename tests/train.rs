@@ -853,3 +853,301 @@ fn the_loss_plot_labels_epochs_as_integers() {
         }
     }
 }
+
+// --- image data ---------------------------------------------------------------
+
+/// An image folder of bundled MNIST digits rendered as `size`×`size` RGB
+/// images, each digit in a colour that changes from image to image: class
+/// folder `name` gets `per_class` images of `digit`, starting at its
+/// `skip`-th occurrence in the 10,000 digits; every fourth is a JPEG.
+fn digit_folder(root: &Path, classes: &[(&str, u8)], per_class: usize, skip: usize, size: u32) {
+    let (images, labels) = cnnc_runtime::idx::read_labelled(
+        Path::new("models/data/mnist-10k-images.idx.gz"),
+        Path::new("models/data/mnist-10k-labels.idx.gz"),
+    )
+    .unwrap();
+    for &(name, digit) in classes {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let picks = (0..images.n)
+            .filter(|&i| labels[i] == digit)
+            .skip(skip)
+            .take(per_class);
+        for (k, i) in picks.enumerate() {
+            let grey = image::GrayImage::from_raw(28, 28, images.image(i).to_vec()).unwrap();
+            let grey =
+                image::imageops::resize(&grey, size, size, image::imageops::FilterType::Triangle);
+            let tint = [
+                100 + (k * 53 % 156) as u32,
+                100 + (k * 97 % 156) as u32,
+                100 + (k * 31 % 156) as u32,
+            ];
+            let rgb = image::RgbImage::from_fn(size, size, |x, y| {
+                let g = grey.get_pixel(x, y).0[0] as u32;
+                image::Rgb(tint.map(|t| (g * t / 255) as u8))
+            });
+            let ext = if k % 4 == 3 { "jpg" } else { "png" };
+            rgb.save(dir.join(format!("{i:05}.{ext}"))).unwrap();
+        }
+    }
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn failure(o: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const DIGITS_RGB: &str = "tests/fixtures/train/digits_rgb.cnn";
+
+/// Image folders: classes sorted by name, a validation folder or a seeded
+/// split, the class names written next to the weights and read back by
+/// `cnnc run --labels`.
+#[test]
+fn image_folders_train_and_write_their_class_names() {
+    let dir = temp_dir("folders");
+    digit_folder(&dir.join("train"), &[("three", 3), ("eight", 8)], 24, 0, 16);
+    digit_folder(&dir.join("val"), &[("three", 3), ("eight", 8)], 8, 500, 20);
+    let out = dir.join("w.safetensors");
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("train").to_str().unwrap(),
+        "--val",
+        dir.join("val").to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("/16)") && text.contains("labels.txt"),
+        "{text}"
+    );
+    let labels = dir.join("w.labels.txt");
+    assert_eq!(std::fs::read_to_string(&labels).unwrap(), "eight\nthree\n");
+    // `cnnc run` with the default preprocessing (what training used) names the class.
+    let img = std::fs::read_dir(dir.join("val/three"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let run = ok(&cnnc(&[
+        "run",
+        DIGITS_RGB,
+        "--weights",
+        out.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+    ]));
+    assert!(run.contains("three") || run.contains("eight"), "{run}");
+    // No --val: a seeded holdout.
+    let o = cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("train").to_str().unwrap(),
+        "--holdout",
+        "10",
+        "--max-steps",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("38 training images, 10 held out"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bad image data is an error before any training, naming the file or folder.
+#[test]
+fn bad_image_data_is_an_error_naming_the_file() {
+    let dir = temp_dir("badimages");
+    let out = dir.join("w.safetensors");
+    let train = |data: &Path, extra: &[&str]| {
+        let o = cnnc(
+            &[
+                &[
+                    "train",
+                    DIGITS_RGB,
+                    "--data",
+                    data.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let err = failure(&o);
+        assert!(!out.exists(), "wrote weights: {err}");
+        err
+    };
+    // An empty class folder.
+    let empty = dir.join("empty");
+    digit_folder(&empty, &[("a", 1)], 4, 0, 16);
+    std::fs::create_dir_all(empty.join("b")).unwrap();
+    let err = train(&empty, &[]);
+    assert!(err.contains("b` has no images"), "{err}");
+    // An unreadable image.
+    let broken = dir.join("broken");
+    digit_folder(&broken, &[("a", 1), ("b", 2)], 4, 0, 16);
+    std::fs::write(broken.join("b/zz.png"), b"not a png").unwrap();
+    let err = train(&broken, &[]);
+    assert!(err.contains("zz.png` is not a readable image"), "{err}");
+    // More classes than the model has outputs: the fix is `--set`.
+    let three = dir.join("three");
+    digit_folder(&three, &[("a", 1), ("b", 2), ("c", 3)], 4, 0, 16);
+    let err = train(&three, &[]);
+    assert!(
+        err.contains("3 classes") && err.contains("--set num_classes=3"),
+        "{err}"
+    );
+    // Images the transforms do not bring to the model's size.
+    let good = dir.join("good");
+    digit_folder(&good, &[("a", 1), ("b", 2)], 4, 0, 16);
+    let cfg = dir.join("crop.yaml");
+    std::fs::write(&cfg, "transforms:\n  train: [random_crop: 12]\n").unwrap();
+    let err = train(&good, &["--config", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains("good/a/0")
+            && err.contains(
+                ".png`: a 16×16 image is 12×12 after transforms.train, but the model takes 16×16"
+            ),
+        "{err}"
+    );
+    std::fs::write(&cfg, "transforms:\n  train: [center_crop: 24]\n").unwrap();
+    let err = train(
+        &three,
+        &["--config", cfg.to_str().unwrap(), "--set", "num_classes=3"],
+    );
+    assert!(err.contains("larger than the 16×16 image"), "{err}");
+    // A validation folder with other classes.
+    let err = train(
+        &three,
+        &["--set", "num_classes=3", "--val", good.to_str().unwrap()],
+    );
+    assert!(err.contains("the same class folders"), "{err}");
+    // A CIFAR file that is not whole records.
+    let bin = dir.join("part.bin");
+    std::fs::write(&bin, vec![0u8; 3073 * 2 + 5]).unwrap();
+    let err = train(&bin, &[]);
+    assert!(
+        err.contains("not a whole number of CIFAR-10 records"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The CIFAR fixtures (tests/fixtures/train/make_cifar_fixture.py): records
+/// as published, CIFAR-100's fine label, the class names from the meta file.
+#[test]
+fn cifar_batches_are_read_as_published() {
+    let (pixels, labels) = cnnc::train::data::read_cifar(
+        Path::new("tests/fixtures/train/cifar10/data_batch_1.bin"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(labels, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(pixels.len(), 6 * 3072);
+    // Record 2, green plane, pixel 5: (37·2 + 85 + 5) mod 256.
+    assert_eq!(pixels[2 * 3072 + 1024 + 5], 164);
+    let (_, fine) =
+        cnnc::train::data::read_cifar(Path::new("tests/fixtures/train/cifar100/train.bin"), true)
+            .unwrap();
+    assert_eq!(fine, vec![0, 7, 14, 21]);
+    let dir = temp_dir("cifar");
+    let out = dir.join("w.safetensors");
+    let cfg = dir.join("t.yaml");
+    std::fs::write(
+        &cfg,
+        "batch: 4\ntransforms:\n  train: [random_crop: {size: 32, padding: 4}, random_horizontal_flip, resize: 16]\n  eval: [resize: 16]\n",
+    )
+    .unwrap();
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        "tests/fixtures/train/cifar10",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(text.contains("(0/3)") || text.contains("/3)"), "{text}");
+    let names = std::fs::read_to_string(dir.join("w.labels.txt")).unwrap();
+    assert!(names.starts_with("airplane\nautomobile\n") && names.lines().count() == 10);
+    // CIFAR-100's labels go past a 10-class model.
+    let err = failure(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        "tests/fixtures/train/cifar100",
+        "--config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(err.contains("train.bin`: label 14"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Random transforms are seeded: two runs with one seed write the same
+/// bytes, another seed other weights.
+#[test]
+fn augmented_runs_with_one_seed_are_bit_identical() {
+    let dir = temp_dir("seeded");
+    digit_folder(&dir.join("data"), &[("a", 1), ("b", 7)], 12, 0, 20);
+    let cfg = dir.join("t.yaml");
+    std::fs::write(
+        &cfg,
+        "batch: 8\nholdout: 8\ntransforms:\n  train:\n    - random_resized_crop: {size: 16, scale: [0.5, 1.0]}\n    - random_horizontal_flip\n    - normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n  eval: [resize: 16, normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}]\n",
+    )
+    .unwrap();
+    let run = |seed: &str, name: &str| {
+        let out = dir.join(name);
+        ok(&cnnc(&[
+            "train",
+            DIGITS_RGB,
+            "--data",
+            dir.join("data").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+        std::fs::read(out).unwrap()
+    };
+    let a = run("5", "a.safetensors");
+    assert_eq!(a, run("5", "b.safetensors"));
+    assert_ne!(a, run("6", "c.safetensors"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,10 +1,11 @@
 //! `cnnc train`: the training loop, its configuration, checkpoints and the
 //! loss plot.
 
-use super::data::{self, Split};
+use super::data::{self, Fit, Loader, Split};
 use super::net::{Mode, Net};
 use super::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
 use super::rng;
+use super::transforms::Pipeline;
 use crate::ir::{Graph, Op};
 use cnnc_runtime::output::write_atomic;
 use cnnc_runtime::weights::WeightFile;
@@ -17,9 +18,15 @@ use std::time::Instant;
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
     pub file: PathBuf,
-    /// MNIST IDX data: a directory (official MNIST files, or mnist-10k-*.idx.gz) or an image file (default: the bundled 10,000 digits).
+    /// The data: an image folder (`DIR/<class>/<image>.png`), CIFAR-10/100 binary batches (a directory or a `.bin` file), or MNIST IDX (a directory or an image file) [default: the bundled 10,000 digits].
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// An image folder to evaluate on (the same class folders as `--data`), instead of a held-out part of `--data`.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Override a model parameter, e.g. `--set num_classes=2` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
     /// Hyperparameters as YAML (keys as the long flags, e.g. `lr: 0.001`); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -47,7 +54,7 @@ pub struct TrainArgs {
     /// Seed of the initial weights, shuffling and dropout [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Images held out for evaluation when the data is one file (default: 2000 of the bundled digits, else a fifth).
+    /// Images held out for evaluation when there is no separate evaluation set: the first N of an IDX or CIFAR file, N chosen by the seed in an image folder (default: 2000 of the bundled digits, else a fifth).
     #[arg(long)]
     pub holdout: Option<usize>,
     /// Zero padding around each digit (2 turns MNIST's 28×28 into LeNet's 32×32) [default: 0].
@@ -94,6 +101,33 @@ pub struct TrainConfig {
     pub holdout: Option<usize>,
     pub pad: usize,
     pub data: Option<PathBuf>,
+    pub val: Option<PathBuf>,
+    pub transforms: TransformsConfig,
+}
+
+/// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
+/// (see [`super::transforms`]); a list left out takes the defaults.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformsConfig {
+    pub train: Option<Vec<serde_yaml::Value>>,
+    pub eval: Option<Vec<serde_yaml::Value>>,
+}
+
+impl TransformsConfig {
+    /// The parsed (train, eval) pipelines; `None` where the defaults apply.
+    pub fn pipelines(&self) -> Result<(Option<Pipeline>, Option<Pipeline>), String> {
+        Ok((
+            self.train
+                .as_deref()
+                .map(|t| Pipeline::parse(t, "train"))
+                .transpose()?,
+            self.eval
+                .as_deref()
+                .map(|t| Pipeline::parse(t, "eval"))
+                .transpose()?,
+        ))
+    }
 }
 
 impl Default for TrainConfig {
@@ -117,6 +151,8 @@ impl Default for TrainConfig {
             holdout: None,
             pad: 0,
             data: None,
+            val: None,
+            transforms: TransformsConfig::default(),
         }
     }
 }
@@ -129,10 +165,12 @@ impl TrainConfig {
                     .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 let mut c: TrainConfig = serde_yaml::from_str(&text)
                     .map_err(|e| format!("`{}`: {e}", path.display()))?;
-                // A data path in the config is relative to the config file.
-                if let (Some(d), Some(dir)) = (&c.data, path.parent()) {
-                    if d.is_relative() {
-                        c.data = Some(dir.join(d));
+                // Data paths in the config are relative to the config file.
+                if let Some(dir) = path.parent() {
+                    for d in [&mut c.data, &mut c.val].into_iter().flatten() {
+                        if d.is_relative() {
+                            *d = dir.join(&*d);
+                        }
                     }
                 }
                 c
@@ -161,6 +199,10 @@ impl TrainConfig {
         if args.data.is_some() {
             c.data = args.data.clone();
         }
+        if args.val.is_some() {
+            c.val = args.val.clone();
+        }
+        c.transforms.pipelines()?;
         if c.batch == 0 {
             return Err("the batch size must be at least 1".into());
         }
@@ -216,29 +258,45 @@ pub fn pick_loss(graph: &Graph, asked: Option<Loss>) -> Result<Loss, String> {
     }
 }
 
-/// Mean loss and accuracy (%) on a data set, in evaluation mode.
-pub fn evaluate(net: &mut Net, data: &data::Dataset, kind: Loss) -> Result<(f64, f64), String> {
-    let classes = net.graph.output_shape().numel() as usize;
-    let (mut total, mut correct) = (0f64, 0usize);
-    let order: Vec<usize> = (0..data.n).collect();
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for chunk in order.chunks(500) {
-        data.gather(chunk, &mut x, &mut y);
-        let fwd = net.forward(&x, y.len(), Mode::Eval)?;
-        let out = fwd.output(&net.graph);
-        let (l, _) = loss(kind, out, &y, classes);
-        total += l * y.len() as f64;
-        for (i, &t) in y.iter().enumerate() {
+/// Batches decoded ahead of the one being trained on.
+const PREFETCH: usize = 3;
+
+/// How many rows' largest score (the first of equals) is the label.
+fn count_correct(out: &[f32], labels: &[u8], classes: usize) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &t)| {
             let row = &out[i * classes..(i + 1) * classes];
             let best = (0..classes)
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
                 .unwrap_or(0);
-            correct += (best == t as usize) as usize;
-        }
+            best == t as usize
+        })
+        .count()
+}
+
+/// Mean loss and accuracy (%) on a data set, in evaluation mode.
+pub fn evaluate(
+    net: &mut Net,
+    data: &data::Dataset,
+    loader: &Loader,
+    kind: Loss,
+) -> Result<(f64, f64), String> {
+    let classes = net.graph.output_shape().numel() as usize;
+    let (mut total, mut correct) = (0f64, 0usize);
+    let order: Vec<usize> = (0..data.len()).collect();
+    for chunk in order.chunks(500) {
+        let (x, y) = loader.batch(data, chunk, &|item| rng::key(&[5, item as u64]))?;
+        let fwd = net.forward(&x, y.len(), Mode::Eval)?;
+        let out = fwd.output(&net.graph);
+        let (l, _) = loss(kind, out, &y, classes);
+        total += l * y.len() as f64;
+        correct += count_correct(out, &y, classes);
     }
     Ok((
-        total / data.n as f64,
-        100.0 * correct as f64 / data.n as f64,
+        total / data.len() as f64,
+        100.0 * correct as f64 / data.len() as f64,
     ))
 }
 
@@ -454,11 +512,53 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         .data
         .clone()
         .unwrap_or_else(|| repo.join("models").join("data"));
-    let Split {
-        train: train_set,
-        test: test_set,
-        description,
-    } = data::load(&data_path, config.holdout, config.pad, chw, classes)?;
+    let (train_pipeline, eval_pipeline) = config.transforms.pipelines()?;
+    for p in [&train_pipeline, &eval_pipeline].into_iter().flatten() {
+        if let Some((mean, _)) = &p.normalize {
+            if mean.len() != chw[0] {
+                return Err(format!(
+                    "`normalize` has {} means, but the model takes {} channels",
+                    mean.len(),
+                    chw[0]
+                ));
+            }
+        }
+    }
+    let fit = Fit {
+        chw,
+        pad: config.pad,
+        classes,
+        seed: config.seed,
+        train: train_pipeline.as_ref(),
+        eval: eval_pipeline.as_ref(),
+    };
+    let (
+        Split {
+            train: train_set,
+            test: test_set,
+            description,
+            classes: class_names,
+        },
+        train_pipeline,
+        eval_pipeline,
+    ) = data::load(&data_path, config.val.as_deref(), config.holdout, &fit)?;
+    let train_loader = Loader {
+        chw,
+        pad: config.pad,
+        pipeline: train_pipeline,
+    };
+    let eval_loader = Loader {
+        chw,
+        pad: config.pad,
+        pipeline: eval_pipeline,
+    };
+    let labels_path = args.output.with_extension("labels.txt");
+    if let Some(names) = &class_names {
+        cnnc_runtime::output::check_target(&labels_path).map_err(|e| e.0)?;
+        let mut text = names.join("\n");
+        text.push('\n');
+        write_atomic(&labels_path, text.as_bytes()).map_err(|e| e.0)?;
+    }
 
     let weights = match (&resumed, &args.weights) {
         (Some(r), _) => r.weights.clone(),
@@ -507,13 +607,12 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             history.epoch, config.epochs
         );
     }
-    let steps_per_epoch = train_set.n.div_ceil(config.batch) as f64;
+    let steps_per_epoch = train_set.len().div_ceil(config.batch) as f64;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let log_every = (train_set.n.div_ceil(config.batch) / 10).max(1);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let log_every = (train_set.len().div_ceil(config.batch) / 10).max(1);
     for epoch in history.epoch..config.epochs {
-        let order = rng::permutation(train_set.n, rng::key(&[config.seed, 1, epoch]));
-        let bar = indicatif::ProgressBar::new(train_set.n as u64);
+        let order = rng::permutation(train_set.len(), rng::key(&[config.seed, 1, epoch]));
+        let bar = indicatif::ProgressBar::new(train_set.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
@@ -526,69 +625,88 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         let (mut sum, mut count, mut logged_sum, mut logged_n) = (0f64, 0usize, 0f64, 0usize);
         // Throughput is timed from the end of the epoch's first step (warm-up: allocation, caches).
         let mut timed: Option<(Instant, usize)> = None;
-        for (b, chunk) in order.chunks(config.batch).enumerate() {
-            train_set.gather(chunk, &mut x, &mut y);
-            let mode = Mode::Train {
-                dropout_key: rng::key(&[config.seed, 2, opt.step]),
-            };
-            let fwd = net.forward(&x, y.len(), mode)?;
-            let t_loss = Instant::now();
-            let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
-            loss_time += t_loss.elapsed().as_secs_f64();
-            if !l.is_finite() {
-                return Err(format!(
+        let mut correct = 0usize;
+        // Batches are decoded and transformed on another thread, at most
+        // PREFETCH ahead, while this one trains on the previous batch.
+        let (seed, batch, set, loader) = (config.seed, config.batch, &train_set, &train_loader);
+        let order = &order;
+        std::thread::scope(|scope| -> Result<(), String> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
+            scope.spawn(move || {
+                for chunk in order.chunks(batch) {
+                    let b =
+                        loader.batch(set, chunk, &|item| rng::key(&[seed, 3, epoch, item as u64]));
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (b, got) in rx.iter().enumerate() {
+                let (x, y) = got?;
+                let mode = Mode::Train {
+                    dropout_key: rng::key(&[config.seed, 2, opt.step]),
+                };
+                let fwd = net.forward(&x, y.len(), mode)?;
+                let t_loss = Instant::now();
+                let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
+                correct += count_correct(fwd.output(&net.graph), &y, classes);
+                loss_time += t_loss.elapsed().as_secs_f64();
+                if !l.is_finite() {
+                    return Err(format!(
                     "the loss became {l} at epoch {}, step {}; lower the learning rate (the last good checkpoint is `{}`)",
                     epoch + 1,
                     b + 1,
                     ckpt.display()
                 ));
-            }
-            let grads = net.backward(&fwd, dout)?;
-            drop(fwd);
-            let t_opt = Instant::now();
-            opt.step(&mut net.state.values, &grads);
-            opt_time += t_opt.elapsed().as_secs_f64();
-            profiled += 1;
-            sum += l * y.len() as f64;
-            count += y.len();
-            logged_sum += l * y.len() as f64;
-            logged_n += y.len();
-            if b % 5 == 4 || count == train_set.n {
-                history.train.push((
-                    epoch as f64 + (b + 1) as f64 / steps_per_epoch,
-                    logged_sum / logged_n as f64,
-                ));
-                logged_sum = 0.0;
-                logged_n = 0;
-            }
-            let rate = match timed {
-                Some((t, c)) => (count - c) as f64 / t.elapsed().as_secs_f64().max(1e-9),
-                None => {
-                    timed = Some((Instant::now(), count));
-                    count as f64 / start.elapsed().as_secs_f64().max(1e-9)
                 }
-            };
-            bar.set_position(count as u64);
-            bar.set_message(format!(
-                "loss {:.4} {rate:.0} samples/s",
-                sum / count as f64
-            ));
-            // The bar draws only on a terminal; into a pipe or a log file,
-            // print a line every tenth of an epoch instead of nothing.
-            if !on_terminal && ((b + 1) % log_every == 0 || count == train_set.n) {
-                eprintln!(
-                    "epoch {}/{} {count}/{} loss {:.4} {rate:.0} samples/s ({:.1} s)",
-                    epoch + 1,
-                    config.epochs,
-                    train_set.n,
-                    sum / count as f64,
-                    start.elapsed().as_secs_f64()
-                );
+                let grads = net.backward(&fwd, dout)?;
+                drop(fwd);
+                let t_opt = Instant::now();
+                opt.step(&mut net.state.values, &grads);
+                opt_time += t_opt.elapsed().as_secs_f64();
+                profiled += 1;
+                sum += l * y.len() as f64;
+                count += y.len();
+                logged_sum += l * y.len() as f64;
+                logged_n += y.len();
+                if b % 5 == 4 || count == train_set.len() {
+                    history.train.push((
+                        epoch as f64 + (b + 1) as f64 / steps_per_epoch,
+                        logged_sum / logged_n as f64,
+                    ));
+                    logged_sum = 0.0;
+                    logged_n = 0;
+                }
+                let rate = match timed {
+                    Some((t, c)) => (count - c) as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                    None => {
+                        timed = Some((Instant::now(), count));
+                        count as f64 / start.elapsed().as_secs_f64().max(1e-9)
+                    }
+                };
+                bar.set_position(count as u64);
+                bar.set_message(format!(
+                    "loss {:.4} {rate:.0} samples/s",
+                    sum / count as f64
+                ));
+                // The bar draws only on a terminal; into a pipe or a log file,
+                // print a line every tenth of an epoch instead of nothing.
+                if !on_terminal && ((b + 1) % log_every == 0 || count == train_set.len()) {
+                    eprintln!(
+                        "epoch {}/{} {count}/{} loss {:.4} {rate:.0} samples/s ({:.1} s)",
+                        epoch + 1,
+                        config.epochs,
+                        train_set.len(),
+                        sum / count as f64,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                if args.max_steps.is_some_and(|m| opt.step >= m) {
+                    break;
+                }
             }
-            if args.max_steps.is_some_and(|m| opt.step >= m) {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let rate = match timed {
@@ -597,7 +715,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         };
         // Evaluation is not part of the training profile.
         let times = net.profile.take();
-        let (test_loss, acc) = evaluate(&mut net, &test_set, kind)?;
+        let (test_loss, acc) = evaluate(&mut net, &test_set, &eval_loader, kind)?;
         net.profile.replace(times);
         history.epoch = epoch + 1;
         history.test.push(((epoch + 1) as f64, test_loss, acc));
@@ -609,14 +727,15 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         let svg = plot_svg(&history, &format!("{}: training", net.graph.name))?;
         write_atomic(&plot, svg.as_bytes()).map_err(|e| e.0)?;
         println!(
-            "epoch {}/{}: train loss {:.4}, held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps",
+            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps",
             epoch + 1,
             config.epochs,
             sum / count.max(1) as f64,
+            100.0 * correct as f64 / count.max(1) as f64,
             test_loss,
             acc,
-            (acc / 100.0 * test_set.n as f64).round(),
-            test_set.n,
+            (acc / 100.0 * test_set.len() as f64).round(),
+            test_set.len(),
             rate,
             train_time,
             count.div_ceil(config.batch)
@@ -629,10 +748,18 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         print_profile(&net.graph, times, loss_time, opt_time, profiled);
     }
     println!(
-        "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve)",
+        "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve){}",
         args.output.display(),
         ckpt.display(),
-        plot.display()
+        plot.display(),
+        if class_names.is_some() {
+            format!(
+                ", {} (class names, for `cnnc run --labels`)",
+                labels_path.display()
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
