@@ -14,7 +14,10 @@
 
 use cnnc::ir::{Graph, ParamKind};
 use cnnc::train::net::{Mode, Net};
-use cnnc::train::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use cnnc::train::optim::{
+    clip_grad_norm, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
+    ScheduleKind,
+};
 use cnnc::train::rng;
 use cnnc_runtime::weights::{Data, WeightFile};
 use std::collections::BTreeMap;
@@ -134,13 +137,46 @@ fn adam() -> OptimConfig {
     }
 }
 
+/// What a parity run trains with besides the optimiser: a schedule
+/// stepping after every optimisation step, label smoothing, a clipping norm.
+#[derive(Clone, Default)]
+struct Extras {
+    schedule: Schedule,
+    smoothing: f64,
+    clip: Option<f64>,
+}
+
+fn plain(sgd: OptimConfig) -> Vec<(&'static str, OptimConfig, Extras)> {
+    vec![
+        ("sgd", sgd, Extras::default()),
+        ("adam", adam(), Extras::default()),
+    ]
+}
+
+fn adamw(weight_decay: f64) -> OptimConfig {
+    OptimConfig {
+        kind: OptimizerKind::AdamW,
+        weight_decay,
+        ..adam()
+    }
+}
+
+/// Each step's schedule, as torch's schedulers step once per optimisation step.
+fn per_step(kind: ScheduleKind) -> Schedule {
+    Schedule {
+        kind,
+        per: cnnc::train::optim::ScheduleUnit::Step,
+        ..Schedule::default()
+    }
+}
+
 fn parity(
     model: &str,
     fixture: &str,
     seed: u64,
     batches: &[(Vec<f32>, Vec<u8>)],
     kind: Loss,
-    sgd: OptimConfig,
+    recipes: Vec<(&str, OptimConfig, Extras)>,
 ) {
     let graph = graph_of(model);
     let fx = Fixture(
@@ -154,7 +190,7 @@ fn parity(
         worst: 0.0,
         what: String::new(),
     };
-    for (name, config) in [("sgd", sgd), ("adam", adam())] {
+    for (name, config, extras) in recipes {
         let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, seed)).unwrap();
         let mut opt = Optimizer::new(config, graph.params.len());
         let losses = fx.get(&format!("loss.{name}"));
@@ -162,16 +198,28 @@ fn parity(
             let mode = Mode::Train {
                 dropout_key: rng::key(&[7, step as u64]),
             };
+            opt.config.lr = extras
+                .schedule
+                .lr(config.lr, step as u64, batches.len() as u64);
             let fwd = net.forward(x, y.len(), mode).unwrap();
-            let (l, dout) = loss(kind, fwd.output(&net.graph), y, classes);
+            let (l, dout) =
+                smoothed_loss(kind, fwd.output(&net.graph), y, classes, extras.smoothing);
             report.check(
                 &format!("{fixture} {name} loss at step {}", step + 1),
                 &[l],
                 &[losses[step]],
                 TOL,
             );
-            let grads = net.backward(&fwd, dout).unwrap();
-            if step == 0 {
+            let mut grads = net.backward(&fwd, dout).unwrap();
+            if let Some(max) = extras.clip {
+                let norm = clip_grad_norm(&mut grads, max);
+                // The recipes' norms are chosen so that clipping acts.
+                assert!(
+                    step > 0 || norm > max,
+                    "{fixture} {name}: gradient norm {norm} ≤ {max}"
+                );
+            }
+            if step == 0 && name == "sgd" {
                 for (i, p) in graph.params.iter().enumerate() {
                     if !p.kind.is_parameter() {
                         continue;
@@ -245,7 +293,7 @@ fn mnist_cnn_matches_pytorch() {
         1,
         &mnist_batches(16),
         Loss::CrossEntropy,
-        sgd(5e-4, false),
+        plain(sgd(5e-4, false)),
     );
 }
 
@@ -257,7 +305,7 @@ fn resnet_with_batchnorm_matches_pytorch() {
         2,
         &mnist_batches(8),
         Loss::CrossEntropy,
-        sgd(5e-4, false),
+        plain(sgd(5e-4, false)),
     );
 }
 
@@ -269,7 +317,95 @@ fn every_other_op_matches_pytorch() {
         3,
         &hashed_batches(6, 3 * 12 * 12),
         Loss::Nll,
-        sgd(1e-3, true),
+        plain(sgd(1e-3, true)),
+    );
+}
+
+/// Warm-up + MultiStepLR with SGD, warm-up + CosineAnnealingLR with AdamW,
+/// label smoothing and gradient clipping (make_train_fixtures.py's RESNET_RECIPES).
+#[test]
+fn schedules_adamw_smoothing_and_clipping_match_pytorch_on_resnet() {
+    let multistep = Schedule {
+        milestones: vec![1, 2],
+        gamma: 0.5,
+        warmup: 2,
+        warmup_factor: 0.25,
+        ..per_step(ScheduleKind::Multistep)
+    };
+    let cosine = Schedule {
+        t_max: Some(4),
+        eta_min: 1e-5,
+        warmup: 1,
+        warmup_factor: 0.1,
+        ..per_step(ScheduleKind::Cosine)
+    };
+    parity(
+        "tests/fixtures/train/resnet_bn.cnn",
+        "resnet_bn_recipes",
+        2,
+        &mnist_batches(8),
+        Loss::CrossEntropy,
+        vec![
+            (
+                "sgd",
+                sgd(5e-4, false),
+                Extras {
+                    schedule: multistep,
+                    smoothing: 0.1,
+                    clip: Some(0.5),
+                },
+            ),
+            (
+                "adamw",
+                adamw(0.05),
+                Extras {
+                    schedule: cosine,
+                    smoothing: 0.2,
+                    clip: Some(0.4),
+                },
+            ),
+        ],
+    );
+}
+
+/// StepLR with nesterov SGD, CosineAnnealingLR (default T_max: the run's
+/// length) with AdamW, clipping, on every other op (OPS_RECIPES).
+#[test]
+fn schedules_adamw_and_clipping_match_pytorch_on_every_other_op() {
+    let step = Schedule {
+        step_size: 2,
+        gamma: 0.3,
+        ..per_step(ScheduleKind::Step)
+    };
+    parity(
+        "tests/fixtures/train/ops.cnn",
+        "ops_recipes",
+        3,
+        &hashed_batches(6, 3 * 12 * 12),
+        Loss::Nll,
+        vec![
+            (
+                "sgd",
+                sgd(1e-3, true),
+                Extras {
+                    schedule: step,
+                    clip: Some(0.05),
+                    ..Extras::default()
+                },
+            ),
+            (
+                "adamw",
+                OptimConfig {
+                    eps: 1e-6,
+                    ..adamw(0.01)
+                },
+                Extras {
+                    schedule: per_step(ScheduleKind::Cosine),
+                    clip: Some(0.1),
+                    ..Extras::default()
+                },
+            ),
+        ],
     );
 }
 
@@ -1149,5 +1285,72 @@ fn augmented_runs_with_one_seed_are_bit_identical() {
     let a = run("5", "a.safetensors");
     assert_eq!(a, run("5", "b.safetensors"));
     assert_ne!(a, run("6", "c.safetensors"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The recipe settings through `cnnc train`: a per-epoch cosine schedule
+/// after a warm-up (the lr printed each epoch), AdamW, label smoothing,
+/// clipping; and the settings that are refused.
+#[test]
+fn schedules_and_recipes_through_the_command_line() {
+    let dir = temp_dir("recipes");
+    let out = dir.join("w.safetensors");
+    let cfg = dir.join("r.yaml");
+    std::fs::write(
+        &cfg,
+        "optimizer: adamw\nlr: 0.01\nbatch: 300\nholdout: 100\nlabel_smoothing: 0.1\nclip_grad_norm: 1.0\nschedule:\n  kind: cosine\n  warmup: 1\n  warmup_factor: 0.5\n  eta_min: 0.001\n",
+    )
+    .unwrap();
+    let base = [
+        "train",
+        "models/mnist_cnn.cnn",
+        "--data",
+        "models/data/mnist-1000-images.idx",
+        "--config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = cnnc(&[&base[..], &["--epochs", "3"]].concat());
+    let text = ok(&o);
+    // Epoch 1 warms up at 0.5·lr; epochs 2 and 3 are cosine over 2 epochs.
+    assert!(text.contains("lr 5.000e-3"), "{text}");
+    assert!(text.contains("lr 1.000e-2"), "{text}");
+    assert!(text.contains("lr 5.500e-3"), "{text}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("AdamW lr 0.01 (cosine schedule per epoch, 1 of warm-up)")
+            && err.contains("label smoothing 0.1")
+            && err.contains("clip 1"),
+        "{err}"
+    );
+    for (flags, expect) in [
+        (
+            vec!["--label-smoothing", "1.5"],
+            "label smoothing must be in [0, 1)",
+        ),
+        (
+            vec!["--clip-grad-norm", "0"],
+            "clipping norm must be positive",
+        ),
+    ] {
+        let err = failure(&cnnc(&[&base[..], &flags[..]].concat()));
+        assert!(err.contains(expect), "{err}");
+    }
+    // LeNet-5 ends in log_softmax: NLL, which has no label smoothing.
+    let err = failure(&cnnc(&[
+        "train",
+        "models/lenet5.cnn",
+        "--pad",
+        "2",
+        "--label-smoothing",
+        "0.1",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("label smoothing applies to cross-entropy"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

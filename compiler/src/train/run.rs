@@ -3,7 +3,10 @@
 
 use super::data::{self, Fit, Loader, Split};
 use super::net::{Mode, Net};
-use super::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use super::optim::{
+    clip_grad_norm, loss, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
+    ScheduleKind, ScheduleUnit,
+};
 use super::rng;
 use super::transforms::Pipeline;
 use crate::ir::{Graph, Op};
@@ -45,9 +48,18 @@ pub struct TrainArgs {
     /// SGD momentum [default: 0].
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// L2 weight decay (added to the gradient, as torch.optim's weight_decay) [default: 0].
+    /// Weight decay: L2, added to the gradient, for SGD and Adam; decoupled for AdamW (as torch.optim's weight_decay) [default: 0, AdamW 0.01].
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Learning-rate schedule (its settings in the config's `schedule:`) [default: constant].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Label smoothing ε of the cross-entropy (F.cross_entropy's label_smoothing) [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Scale the gradients so their global L2 norm is at most this (torch's clip_grad_norm_).
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
     /// Loss (default: cross-entropy, or NLL for models that end in log_softmax).
     #[arg(long, value_enum)]
     pub loss: Option<Loss>,
@@ -92,7 +104,8 @@ pub struct TrainConfig {
     pub momentum: f64,
     pub dampening: f64,
     pub nesterov: bool,
-    pub weight_decay: f64,
+    /// `None`: 0, or torch's 0.01 for AdamW.
+    pub weight_decay: Option<f64>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -103,6 +116,9 @@ pub struct TrainConfig {
     pub data: Option<PathBuf>,
     pub val: Option<PathBuf>,
     pub transforms: TransformsConfig,
+    pub schedule: Schedule,
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
@@ -142,7 +158,7 @@ impl Default for TrainConfig {
             momentum: 0.0,
             dampening: 0.0,
             nesterov: false,
-            weight_decay: 0.0,
+            weight_decay: None,
             beta1: o.beta1,
             beta2: o.beta2,
             eps: o.eps,
@@ -153,6 +169,9 @@ impl Default for TrainConfig {
             data: None,
             val: None,
             transforms: TransformsConfig::default(),
+            schedule: Schedule::default(),
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
         }
     }
 }
@@ -180,16 +199,31 @@ impl TrainConfig {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
         }
-        set!(
-            epochs,
-            batch,
-            lr,
-            optimizer,
-            momentum,
-            weight_decay,
-            seed,
-            pad
-        );
+        set!(epochs, batch, lr, optimizer, momentum, seed, pad);
+        if args.weight_decay.is_some() {
+            c.weight_decay = args.weight_decay;
+        }
+        if let Some(k) = args.schedule {
+            c.schedule.kind = k;
+        }
+        if let Some(e) = args.label_smoothing {
+            c.label_smoothing = e;
+        }
+        if args.clip_grad_norm.is_some() {
+            c.clip_grad_norm = args.clip_grad_norm;
+        }
+        c.schedule.check()?;
+        if !(0.0..1.0).contains(&c.label_smoothing) {
+            return Err(format!(
+                "label smoothing must be in [0, 1), not {}",
+                c.label_smoothing
+            ));
+        }
+        if let Some(m) = c.clip_grad_norm {
+            if !(m > 0.0 && m.is_finite()) {
+                return Err(format!("the clipping norm must be positive, not {m}"));
+            }
+        }
         if args.loss.is_some() {
             c.loss = args.loss;
         }
@@ -222,7 +256,10 @@ impl TrainConfig {
             momentum: self.momentum,
             dampening: self.dampening,
             nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
+            weight_decay: self.weight_decay.unwrap_or(match self.optimizer {
+                OptimizerKind::AdamW => 0.01,
+                _ => 0.0,
+            }),
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
@@ -488,6 +525,11 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         None => TrainConfig::resolve(args)?,
     };
     let kind = pick_loss(&graph, config.loss)?;
+    if kind == Loss::Nll && config.label_smoothing != 0.0 {
+        return Err(
+            "label smoothing applies to cross-entropy, and this model trains with NLL".into(),
+        );
+    }
     cnnc_runtime::output::check_target(&args.output).map_err(|e| e.0)?;
     let plot = args
         .plot
@@ -592,12 +634,34 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         crate::summary::grouped(net.graph.total_params())
     );
     eprintln!(
-        "{:?} lr {} batch {} epochs {} loss {:?} seed {}, {} threads",
+        "{:?} lr {}{} batch {} epochs {} loss {:?}{}{} seed {}, {} threads",
         config.optimizer,
         config.lr,
+        match config.schedule.kind {
+            ScheduleKind::Constant if config.schedule.warmup == 0 => String::new(),
+            k => format!(
+                " ({k:?} schedule per {:?}{})",
+                config.schedule.per,
+                if config.schedule.warmup > 0 {
+                    format!(", {} of warm-up", config.schedule.warmup)
+                } else {
+                    String::new()
+                }
+            )
+            .to_lowercase(),
+        },
         config.batch,
         config.epochs,
         kind,
+        if config.label_smoothing > 0.0 {
+            format!(" (label smoothing {})", config.label_smoothing)
+        } else {
+            String::new()
+        },
+        config
+            .clip_grad_norm
+            .map(|m| format!(" clip {m}"))
+            .unwrap_or_default(),
         config.seed,
         rayon::current_num_threads()
     );
@@ -648,7 +712,13 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 };
                 let fwd = net.forward(&x, y.len(), mode)?;
                 let t_loss = Instant::now();
-                let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
+                let (l, dout) = smoothed_loss(
+                    kind,
+                    fwd.output(&net.graph),
+                    &y,
+                    classes,
+                    config.label_smoothing,
+                );
                 correct += count_correct(fwd.output(&net.graph), &y, classes);
                 loss_time += t_loss.elapsed().as_secs_f64();
                 if !l.is_finite() {
@@ -659,7 +729,18 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                     ckpt.display()
                 ));
                 }
-                let grads = net.backward(&fwd, dout)?;
+                let mut grads = net.backward(&fwd, dout)?;
+                if let Some(max) = config.clip_grad_norm {
+                    clip_grad_norm(&mut grads, max);
+                }
+                opt.config.lr = match config.schedule.per {
+                    ScheduleUnit::Epoch => config.schedule.lr(config.lr, epoch, config.epochs),
+                    ScheduleUnit::Step => config.schedule.lr(
+                        config.lr,
+                        opt.step,
+                        config.epochs * steps_per_epoch as u64,
+                    ),
+                };
                 drop(fwd);
                 let t_opt = Instant::now();
                 opt.step(&mut net.state.values, &grads);
@@ -727,7 +808,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         let svg = plot_svg(&history, &format!("{}: training", net.graph.name))?;
         write_atomic(&plot, svg.as_bytes()).map_err(|e| e.0)?;
         println!(
-            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps",
+            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps, lr {:.3e}",
             epoch + 1,
             config.epochs,
             sum / count.max(1) as f64,
@@ -738,7 +819,8 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             test_set.len(),
             rate,
             train_time,
-            count.div_ceil(config.batch)
+            count.div_ceil(config.batch),
+            opt.config.lr
         );
         if args.max_steps.is_some_and(|m| opt.step >= m) {
             break;
