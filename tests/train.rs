@@ -1354,3 +1354,133 @@ fn schedules_and_recipes_through_the_command_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Batch norm with fixed (running) statistics — evaluation mode, and
+/// training with `batchnorm: eval` — against finite differences; in
+/// training with `batchnorm_eval` the running statistics stay as they are.
+#[test]
+fn batchnorm_with_running_statistics_trains_its_affine_only() {
+    gradient_check(
+        "a = conv(4, k=3)\n  b = batchnorm\n  relu\n  c = conv(3, k=3)",
+        "[2, 6, 6]",
+    );
+    gradient_check(
+        "flatten\n  a = linear(5)\n  b = batchnorm\n  relu\n  c = linear(3)",
+        "[2, 3, 3]",
+    );
+    let graph = graph_of("tests/fixtures/train/resnet_bn.cnn");
+    let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, 2)).unwrap();
+    net.batchnorm_eval = true;
+    let before = net.state.clone();
+    let (x, y) = &mnist_batches(8)[0];
+    let fwd = net
+        .forward(x, y.len(), Mode::Train { dropout_key: 1 })
+        .unwrap();
+    assert_eq!(net.state, before, "running statistics moved");
+    let eval = net.forward(x, y.len(), Mode::Eval).unwrap();
+    assert_eq!(fwd.output(&net.graph), eval.output(&net.graph));
+    let (_, dout) = smoothed_loss(Loss::CrossEntropy, fwd.output(&graph), y, 10, 0.0);
+    let grads = net.backward(&fwd, dout).unwrap();
+    let bn1 = graph
+        .params
+        .iter()
+        .position(|p| p.key == "bn1.weight")
+        .unwrap();
+    assert!(grads[bn1].as_ref().unwrap().iter().any(|&g| g != 0.0));
+}
+
+/// Fine-tuning: a trained 2-class model becomes a 3-class one with `--set`
+/// and `--reset fc`, its features frozen and its batch norms on running
+/// statistics; the best epoch's weights are kept next to the last.
+#[test]
+fn fine_tuning_resets_freezes_and_keeps_the_best_epoch() {
+    let dir = temp_dir("finetune");
+    digit_folder(&dir.join("two"), &[("a", 1), ("b", 7)], 16, 0, 16);
+    digit_folder(
+        &dir.join("three"),
+        &[("a", 1), ("b", 7), ("c", 0)],
+        16,
+        100,
+        16,
+    );
+    let base = dir.join("base.safetensors");
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("two").to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "-o",
+        base.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains(" best,") && text.contains("best.safetensors"),
+        "{text}"
+    );
+    let best = WeightFile::load(&dir.join("base.best.safetensors")).unwrap();
+    assert!(best.tensors.contains_key("fc.weight"));
+    let tuned = dir.join("tuned.safetensors");
+    let finetune = |extra: &[&str]| {
+        cnnc(
+            &[
+                &[
+                    "train",
+                    DIGITS_RGB,
+                    "--data",
+                    dir.join("three").to_str().unwrap(),
+                    "--set",
+                    "num_classes=3",
+                    "--weights",
+                    base.to_str().unwrap(),
+                    "--epochs",
+                    "1",
+                    "--batch",
+                    "8",
+                    "-o",
+                    tuned.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    // Without --reset the old classifier does not fit, and the error says what to do.
+    let err = failure(&finetune(&[]));
+    assert!(
+        err.contains("fc.weight") && err.contains("--reset fc"),
+        "{err}"
+    );
+    let err = failure(&finetune(&["--freeze", "head"]));
+    assert!(
+        err.contains("no parameters under `head`") && err.contains("features, fc"),
+        "{err}"
+    );
+    let o = finetune(&[
+        "--reset",
+        "fc",
+        "--freeze",
+        "features",
+        "--batchnorm",
+        "eval",
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("re-initialised: fc.weight, fc.bias"), "{err}");
+    let before = WeightFile::load(&base).unwrap();
+    let after = WeightFile::load(&tuned).unwrap();
+    assert_eq!(after.tensors["fc.weight"].shape, vec![3, 256]);
+    for (k, t) in &before.tensors {
+        if k.starts_with("features.") {
+            // Frozen weights, and running statistics left as they were.
+            assert_eq!(t.data, after.tensors[k].data, "{k} changed");
+        }
+    }
+    assert_ne!(
+        after.tensors["fc.bias"].data,
+        before.tensors["fc.bias"].data
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -91,6 +91,60 @@ pub struct TrainArgs {
     /// backward pass, the loss and the optimiser, in ms per step.
     #[arg(long)]
     pub profile: bool,
+    /// Re-initialise these layers (a parameter-key prefix, e.g. `fc`) instead of taking them from `--weights`: a classifier for a new class count.
+    #[arg(long, value_name = "LAYER", num_args = 1..)]
+    pub reset: Vec<String>,
+    /// Do not update these layers' parameters (parameter-key prefixes, e.g. `features`).
+    #[arg(long, value_name = "LAYER", num_args = 1..)]
+    pub freeze: Vec<String>,
+    /// Batch norms in training use batch statistics (`train`, as model.train()) or their running ones, left unchanged (`eval`) [default: train].
+    #[arg(long, value_enum)]
+    pub batchnorm: Option<BatchnormMode>,
+}
+
+/// How batch norms behave while training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchnormMode {
+    /// Batch statistics, running statistics updated (`model.train()`).
+    #[default]
+    Train,
+    /// Running statistics, not updated (`bn.eval()` inside a training model).
+    Eval,
+}
+
+/// Whether parameter `key` belongs to layer `name` (`fc` owns `fc.weight`, `fc.0.bias`, ...).
+fn under(key: &str, name: &str) -> bool {
+    key.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Indices of the parameters under each of `names`; an error names a layer with none.
+fn layers(graph: &Graph, names: &[String], flag: &str) -> Result<Vec<bool>, String> {
+    let mut picked = vec![false; graph.params.len()];
+    for name in names {
+        let name = name.trim_end_matches('.');
+        let mut any = false;
+        for (i, p) in graph.params.iter().enumerate() {
+            if under(&p.key, name) {
+                picked[i] = true;
+                any = true;
+            }
+        }
+        if !any {
+            let mut owners: Vec<&str> = graph
+                .params
+                .iter()
+                .filter_map(|p| p.key.split('.').next())
+                .collect();
+            owners.dedup();
+            return Err(format!(
+                "`{flag} {name}`: the model has no parameters under `{name}` (its top-level layers with parameters: {})",
+                owners.join(", ")
+            ));
+        }
+    }
+    Ok(picked)
 }
 
 /// Everything that decides a run; saved in checkpoints.
@@ -119,6 +173,9 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub label_smoothing: f64,
     pub clip_grad_norm: Option<f64>,
+    pub reset: Vec<String>,
+    pub freeze: Vec<String>,
+    pub batchnorm: BatchnormMode,
 }
 
 /// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
@@ -172,6 +229,9 @@ impl Default for TrainConfig {
             schedule: Schedule::default(),
             label_smoothing: 0.0,
             clip_grad_norm: None,
+            reset: Vec::new(),
+            freeze: Vec::new(),
+            batchnorm: BatchnormMode::Train,
         }
     }
 }
@@ -211,6 +271,11 @@ impl TrainConfig {
         }
         if args.clip_grad_norm.is_some() {
             c.clip_grad_norm = args.clip_grad_norm;
+        }
+        c.reset.extend(args.reset.iter().cloned());
+        c.freeze.extend(args.freeze.iter().cloned());
+        if let Some(b) = args.batchnorm {
+            c.batchnorm = b;
         }
         c.schedule.check()?;
         if !(0.0..1.0).contains(&c.label_smoothing) {
@@ -537,6 +602,8 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         .unwrap_or_else(|| args.output.with_extension("loss.svg"));
     cnnc_runtime::output::check_target(&plot).map_err(|e| e.0)?;
     let ckpt = checkpoint_path(&args.output);
+    let best = args.output.with_extension("best.safetensors");
+    cnnc_runtime::output::check_target(&best).map_err(|e| e.0)?;
 
     // Data first: bad files are errors before any work.
     let chw = match graph.input_shape().dims().as_slice() {
@@ -602,14 +669,45 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         write_atomic(&labels_path, text.as_bytes()).map_err(|e| e.0)?;
     }
 
+    let reset = layers(&graph, &config.reset, "--reset")?;
+    let frozen = layers(&graph, &config.freeze, "--freeze")?;
     let weights = match (&resumed, &args.weights) {
         (Some(r), _) => r.weights.clone(),
-        (None, Some(path)) => WeightFile::load(path).map_err(|e| e.0)?,
+        (None, Some(path)) => {
+            let mut w = WeightFile::load(path).map_err(|e| e.0)?;
+            if reset.contains(&true) {
+                // Fresh values for the reset layers, PyTorch's initialisation.
+                let fresh =
+                    crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?;
+                for (p, _) in graph.params.iter().zip(&reset).filter(|(_, &r)| r) {
+                    w.tensors
+                        .insert(p.key.clone(), fresh.tensors[&p.key].clone());
+                }
+            }
+            w
+        }
         (None, None) => {
             crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?
         }
     };
-    let mut net = Net::new(graph, &weights)?;
+    let mut net = Net::new(graph, &weights).map_err(|e| match &args.weights {
+        // A classifier of another class count: say how to replace it.
+        Some(path) if e.contains("has shape") => {
+            let layer = e
+                .trim_start_matches('`')
+                .split('`')
+                .next()
+                .and_then(|k| k.rsplit_once('.'))
+                .map_or("LAYER", |(l, _)| l)
+                .to_string();
+            format!(
+                "`{}`: {e}; to train that layer afresh (a classifier for another class count), pass `--reset {layer}`",
+                path.display()
+            )
+        }
+        _ => e,
+    })?;
+    net.batchnorm_eval = config.batchnorm == BatchnormMode::Eval;
     if args.profile {
         net.profile = RefCell::new(Some(vec![[0.0; 2]; net.graph.nodes.len()]));
     }
@@ -665,6 +763,25 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         config.seed,
         rayon::current_num_threads()
     );
+    let names = |picked: &[bool]| {
+        net.graph
+            .params
+            .iter()
+            .zip(picked)
+            .filter(|(p, &k)| k && p.kind.is_parameter())
+            .map(|(p, _)| p.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if resumed.is_none() && args.weights.is_some() && reset.contains(&true) {
+        eprintln!("re-initialised: {}", names(&reset));
+    }
+    if frozen.contains(&true) {
+        eprintln!("frozen (not updated): {}", names(&frozen));
+    }
+    if net.batchnorm_eval {
+        eprintln!("batch norms use their running statistics (--batchnorm eval)");
+    }
     if history.epoch >= config.epochs {
         eprintln!(
             "the checkpoint has already done {} of {} epochs",
@@ -679,7 +796,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         let bar = indicatif::ProgressBar::new(train_set.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, ETA {eta})",
             )
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
@@ -730,6 +847,9 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 ));
                 }
                 let mut grads = net.backward(&fwd, dout)?;
+                for (g, _) in grads.iter_mut().zip(&frozen).filter(|(_, &f)| f) {
+                    *g = None;
+                }
                 if let Some(max) = config.clip_grad_norm {
                     clip_grad_norm(&mut grads, max);
                 }
@@ -805,10 +925,17 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         save_checkpoint(&ckpt, &net, &opt, &config, &history)?;
         let bytes = net.to_weight_file().to_bytes().map_err(|e| e.0)?;
         write_atomic(&args.output, &bytes).map_err(|e| e.0)?;
+        // The best epoch so far (highest held-out accuracy, then lowest loss).
+        let best_before = history.test[..history.test.len() - 1]
+            .iter()
+            .all(|&(_, l, a)| acc > a || (acc == a && test_loss < l));
+        if best_before {
+            write_atomic(&best, &bytes).map_err(|e| e.0)?;
+        }
         let svg = plot_svg(&history, &format!("{}: training", net.graph.name))?;
         write_atomic(&plot, svg.as_bytes()).map_err(|e| e.0)?;
         println!(
-            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps, lr {:.3e}",
+            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}){}, {:.0} samples/s, {:.1} s, {} steps, lr {:.3e}",
             epoch + 1,
             config.epochs,
             sum / count.max(1) as f64,
@@ -817,6 +944,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             acc,
             (acc / 100.0 * test_set.len() as f64).round(),
             test_set.len(),
+            if best_before { " best" } else { "" },
             rate,
             train_time,
             count.div_ceil(config.batch),
@@ -830,8 +958,9 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         print_profile(&net.graph, times, loss_time, opt_time, profiled);
     }
     println!(
-        "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve){}",
+        "wrote {} (weights), {} (the best epoch's), {} (checkpoint for --resume), {} (loss curve){}",
         args.output.display(),
+        best.display(),
         ckpt.display(),
         plot.display(),
         if class_names.is_some() {
