@@ -379,9 +379,10 @@ impl Pipeline {
                     }
                 }
                 Transform::CenterCrop(ch, cw) => {
-                    // torchvision rounds the offsets: int(round((h − ch) / 2)).
-                    let top = ((h - ch) as f64 / 2.0).round() as u32;
-                    let left = ((w - cw) as f64 / 2.0).round() as u32;
+                    // torchvision rounds the offsets as Python does, half to
+                    // even: int(round((h − ch) / 2)).
+                    let top = ((h - ch) as f64 / 2.0).round_ties_even() as u32;
+                    let left = ((w - cw) as f64 / 2.0).round_ties_even() as u32;
                     img.crop_imm(left, top, cw, ch)
                 }
                 Transform::RandomResizedCrop {
@@ -434,7 +435,8 @@ fn below(n: u32, u: f64) -> u32 {
     ((u * n as f64) as u32).min(n - 1)
 }
 
-/// torchvision's RandomResizedCrop.get_params: (top, left, height, width).
+/// torchvision's RandomResizedCrop.get_params: (top, left, height, width),
+/// Python's `round` (half to even) included.
 fn resized_crop_box(
     width: u32,
     height: u32,
@@ -447,8 +449,8 @@ fn resized_crop_box(
     for _ in 0..10 {
         let target = area * (scale.0 + (scale.1 - scale.0) * u());
         let aspect = (lr0 + (lr1 - lr0) * u()).exp();
-        let w = (target * aspect).sqrt().round() as i64;
-        let h = (target / aspect).sqrt().round() as i64;
+        let w = (target * aspect).sqrt().round_ties_even() as i64;
+        let h = (target / aspect).sqrt().round_ties_even() as i64;
         if 0 < w && w <= width as i64 && 0 < h && h <= height as i64 {
             let (w, h) = (w as u32, h as u32);
             let top = below(height - h + 1, u());
@@ -461,11 +463,11 @@ fn resized_crop_box(
     let (w, h) = if in_ratio < ratio.0 {
         (
             width,
-            ((width as f64 / ratio.0).round() as u32).clamp(1, height),
+            ((width as f64 / ratio.0).round_ties_even() as u32).clamp(1, height),
         )
     } else if in_ratio > ratio.1 {
         (
-            ((height as f64 * ratio.1).round() as u32).clamp(1, width),
+            ((height as f64 * ratio.1).round_ties_even() as u32).clamp(1, width),
             height,
         )
     } else {
@@ -507,6 +509,19 @@ mod tests {
             .out_size((80, 60))
             .unwrap_err()
             .contains("larger"));
+    }
+
+    #[test]
+    fn centre_crops_round_half_to_even_as_torchvision() {
+        // (7 − 2) / 2 = 2.5 → 2 (Python's round), (9 − 2) / 2 = 3.5 → 4.
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 7, |x, y| {
+            image::Luma([(10 * y + x) as u8])
+        }));
+        let p = Pipeline {
+            geometric: vec![Transform::CenterCrop(2, 2)],
+            normalize: None,
+        };
+        assert_eq!(p.apply(img, 0).as_bytes(), &[24, 25, 34, 35]);
     }
 
     #[test]
