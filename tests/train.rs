@@ -1541,3 +1541,60 @@ fn end_to_end_on_rendered_digit_images() {
     assert!(acc >= 95.0, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The source chapter's VGG and ResNet-50 (`models/vgg_small.cnn`,
+/// `models/resnet50_bottleneck.cnn`, 224×224 RGB, 2 classes), at reduced
+/// width for CI time, train on a 224×224 image folder with the default
+/// preprocessing (cnnc run's) and the default recipe: two steps each, a
+/// finite loss, weights that `cnnc run` loads and a labels file it reads.
+/// (googlenet_small's inception widths are fixed: too slow for a test.)
+#[test]
+fn the_chapter_models_train_on_a_224_image_folder() {
+    let dir = temp_dir("chapter");
+    digit_folder(&dir.join("data"), &[("three", 3), ("eight", 8)], 4, 0, 224);
+    for model in ["models/vgg_small.cnn", "models/resnet50_bottleneck.cnn"] {
+        let out = dir.join("w.safetensors");
+        let text = ok(&cnnc(&[
+            "train",
+            model,
+            "--set",
+            "base_dim=2",
+            "--data",
+            dir.join("data").to_str().unwrap(),
+            "--holdout",
+            "2",
+            "--batch",
+            "3",
+            "--epochs",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+        assert!(
+            text.contains("2 steps") && !text.contains("NaN"),
+            "{model}: {text}"
+        );
+        let img = dir
+            .join("data/three")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let run = ok(&cnnc(&[
+            "run",
+            model,
+            "--set",
+            "base_dim=2",
+            "--weights",
+            out.to_str().unwrap(),
+            "--labels",
+            dir.join("w.labels.txt").to_str().unwrap(),
+            "--input",
+            img.to_str().unwrap(),
+        ]));
+        assert!(run.contains("three") || run.contains("eight"), "{run}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
