@@ -1176,6 +1176,9 @@ fn bad_image_data_is_an_error_naming_the_file() {
         &["--config", cfg.to_str().unwrap(), "--set", "num_classes=3"],
     );
     assert!(err.contains("larger than the 16×16 image"), "{err}");
+    // Padding that leaves no room for the image.
+    let err = train(&good, &["--pad", "8"]);
+    assert!(err.contains("`--pad 8` leaves nothing"), "{err}");
     // A validation folder with other classes.
     let err = train(
         &three,

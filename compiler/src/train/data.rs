@@ -219,6 +219,9 @@ impl Fit<'_> {
         pipelines: &(Pipeline, Pipeline),
     ) -> Result<(), String> {
         let [_, mh, mw] = self.chw;
+        if w == 0 || h == 0 {
+            return Err(format!("`{}` is an empty ({w}×{h}) image", file.display()));
+        }
         for (which, p) in [("train", &pipelines.0), ("eval", &pipelines.1)] {
             let (ow, oh) = p
                 .out_size((w, h))
@@ -282,6 +285,21 @@ pub fn load(
         return Err(format!(
             "`--val` names an image folder to evaluate on and goes with an image-folder `--data`; `{}` is not one",
             data.display()
+        ));
+    }
+    let [c, h, w] = fit.chw;
+    if 2 * fit.pad >= h.min(w) {
+        return Err(format!(
+            "`--pad {}` leaves nothing of the model's {h}×{w} input for the image",
+            fit.pad
+        ));
+    }
+    let colour = folder
+        || (data.is_dir() && cifar_dir(data).is_some())
+        || data.extension().is_some_and(|e| e == "bin");
+    if colour && c != 1 && c != 3 {
+        return Err(format!(
+            "images can feed 1- or 3-channel models; this model takes {c} channels"
         ));
     }
     if folder {
