@@ -987,6 +987,7 @@ fn the_loss_plot_labels_epochs_as_integers() {
         if epochs == 4 {
             assert_eq!(labels, ["0", "1", "2", "3", "4"]);
         }
+        assert!(svg.contains("held-out loss") && svg.contains("held-out accuracy (%)"));
     }
 }
 

@@ -498,7 +498,8 @@ fn load_checkpoint(path: &Path) -> Result<Resumed, String> {
     })
 }
 
-/// The loss curve as SVG: training loss per logged step, held-out loss per epoch.
+/// The loss curve as SVG: training loss per logged step, held-out loss per
+/// epoch, and held-out accuracy per epoch on a right-hand axis.
 pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
     use plotters::prelude::*;
     let mut svg = String::new();
@@ -524,8 +525,10 @@ pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
+            .right_y_label_area_size(56)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .set_secondary_coord(0f64..xmax, 0f64..100f64);
         // Epochs are counted in whole numbers: ticks at integers only
         // (plotters would label 0.0, 2.0, 4.0 or halves).
         let whole = |v: &f64| {
@@ -564,6 +567,21 @@ pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
                     .map(|p| Circle::new((p.0, p.1), 3, RED.filled())),
             )
             .map_err(|e| e.to_string())?;
+        // Held-out accuracy on the right-hand axis, in %.
+        chart
+            .configure_secondary_axes()
+            .y_desc("held-out accuracy (%)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let green = RGBColor(0, 140, 60);
+        chart
+            .draw_secondary_series(LineSeries::new(
+                history.test.iter().map(|p| (p.0, p.2)),
+                green.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("held-out accuracy (%)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
