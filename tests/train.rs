@@ -1177,6 +1177,15 @@ fn bad_image_data_is_an_error_naming_the_file() {
         &["--config", cfg.to_str().unwrap(), "--set", "num_classes=3"],
     );
     assert!(err.contains("larger than the 16×16 image"), "{err}");
+    // A directory of nothing known.
+    let nothing = dir.join("nothing");
+    std::fs::create_dir_all(&nothing).unwrap();
+    std::fs::write(nothing.join("notes.txt"), "x").unwrap();
+    let err = train(&nothing, &[]);
+    assert!(
+        err.contains("no class folders") && err.contains("MNIST") && err.contains("CIFAR"),
+        "{err}"
+    );
     // Padding that leaves no room for the image.
     let err = train(&good, &["--pad", "8"]);
     assert!(err.contains("`--pad 8` leaves nothing"), "{err}");

@@ -634,7 +634,7 @@ pub fn scan_folder(root: &Path) -> Result<Folder, String> {
     classes.sort();
     if classes.is_empty() {
         return Err(format!(
-            "`{}` has no class folders: an image folder holds one folder of images per class (`{}/<class>/<image>.png`)",
+            "`{}` has no class folders (an image folder holds one folder of images per class, `{}/<class>/<image>.png`), no MNIST IDX files (train-images-idx3-ubyte[.gz] …, or mnist-10k-images.idx.gz) and no CIFAR batches (data_batch_1.bin …, or train.bin)",
             root.display(),
             root.display()
         ));
