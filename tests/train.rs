@@ -1248,6 +1248,36 @@ fn cifar_batches_are_read_as_published() {
     assert!(text.contains("(0/3)") || text.contains("/3)"), "{text}");
     let names = std::fs::read_to_string(dir.join("w.labels.txt")).unwrap();
     assert!(names.starts_with("airplane\nautomobile\n") && names.lines().count() == 10);
+    // The directory the published archive unpacks to, one level down.
+    let nested = dir.join("archive/cifar-10-batches-bin");
+    std::fs::create_dir_all(&nested).unwrap();
+    for f in ["data_batch_1.bin", "test_batch.bin"] {
+        std::fs::copy(
+            Path::new("tests/fixtures/train/cifar10").join(f),
+            nested.join(f),
+        )
+        .unwrap();
+    }
+    let o = cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        dir.join("archive").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("CIFAR-10, 6 training images (1 file), 3 test images"),
+        "{err}"
+    );
     // CIFAR-100's labels go past a 10-class model.
     let err = failure(&cnnc(&[
         "train",
