@@ -11,6 +11,8 @@
 //!   library and may name a file shown in an earlier ```cnn block; `run` and
 //!   `emit` run the real binary from the repository root on repository files;
 //! - the README's zoo table quotes each model's input, parameters and MACs;
+//! - in docs/training.md, every ```yaml block is a `cnnc train` config that
+//!   parses, its transforms included;
 //! - a ```cnn block whose first line is `# PATH`, PATH a repository file, is
 //!   that file (so transcripts can run on it), and the ```rust block of
 //!   docs/snapshot-testing.md is tests/snapshot_template.rs.
@@ -441,4 +443,22 @@ fn blocks_that_name_a_repository_file_show_it() {
         read("tests/snapshot_template.rs"),
         "docs/snapshot-testing.md: the template differs from tests/snapshot_template.rs"
     );
+}
+
+/// docs/training.md: every YAML block is a config `cnnc train` accepts.
+#[test]
+fn training_configs_parse() {
+    let text = read("docs/training.md");
+    let blocks: Vec<Fence> = fences(&text)
+        .into_iter()
+        .filter(|f| f.info == "yaml")
+        .collect();
+    assert!(blocks.len() >= 3, "docs/training.md has no yaml blocks");
+    for f in blocks {
+        let config: cnnc::train::run::TrainConfig = serde_yaml::from_str(&f.text)
+            .unwrap_or_else(|e| panic!("docs/training.md:{}: {e}", f.line));
+        if let Err(e) = config.transforms.pipelines() {
+            panic!("docs/training.md:{}: {e}", f.line);
+        }
+    }
 }

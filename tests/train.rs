@@ -14,7 +14,10 @@
 
 use cnnc::ir::{Graph, ParamKind};
 use cnnc::train::net::{Mode, Net};
-use cnnc::train::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use cnnc::train::optim::{
+    clip_grad_norm, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
+    ScheduleKind,
+};
 use cnnc::train::rng;
 use cnnc_runtime::weights::{Data, WeightFile};
 use std::collections::BTreeMap;
@@ -134,13 +137,46 @@ fn adam() -> OptimConfig {
     }
 }
 
+/// What a parity run trains with besides the optimiser: a schedule
+/// stepping after every optimisation step, label smoothing, a clipping norm.
+#[derive(Clone, Default)]
+struct Extras {
+    schedule: Schedule,
+    smoothing: f64,
+    clip: Option<f64>,
+}
+
+fn plain(sgd: OptimConfig) -> Vec<(&'static str, OptimConfig, Extras)> {
+    vec![
+        ("sgd", sgd, Extras::default()),
+        ("adam", adam(), Extras::default()),
+    ]
+}
+
+fn adamw(weight_decay: f64) -> OptimConfig {
+    OptimConfig {
+        kind: OptimizerKind::AdamW,
+        weight_decay,
+        ..adam()
+    }
+}
+
+/// Each step's schedule, as torch's schedulers step once per optimisation step.
+fn per_step(kind: ScheduleKind) -> Schedule {
+    Schedule {
+        kind,
+        per: cnnc::train::optim::ScheduleUnit::Step,
+        ..Schedule::default()
+    }
+}
+
 fn parity(
     model: &str,
     fixture: &str,
     seed: u64,
     batches: &[(Vec<f32>, Vec<u8>)],
     kind: Loss,
-    sgd: OptimConfig,
+    recipes: Vec<(&str, OptimConfig, Extras)>,
 ) {
     let graph = graph_of(model);
     let fx = Fixture(
@@ -154,7 +190,7 @@ fn parity(
         worst: 0.0,
         what: String::new(),
     };
-    for (name, config) in [("sgd", sgd), ("adam", adam())] {
+    for (name, config, extras) in recipes {
         let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, seed)).unwrap();
         let mut opt = Optimizer::new(config, graph.params.len());
         let losses = fx.get(&format!("loss.{name}"));
@@ -162,16 +198,28 @@ fn parity(
             let mode = Mode::Train {
                 dropout_key: rng::key(&[7, step as u64]),
             };
+            opt.config.lr = extras
+                .schedule
+                .lr(config.lr, step as u64, batches.len() as u64);
             let fwd = net.forward(x, y.len(), mode).unwrap();
-            let (l, dout) = loss(kind, fwd.output(&net.graph), y, classes);
+            let (l, dout) =
+                smoothed_loss(kind, fwd.output(&net.graph), y, classes, extras.smoothing);
             report.check(
                 &format!("{fixture} {name} loss at step {}", step + 1),
                 &[l],
                 &[losses[step]],
                 TOL,
             );
-            let grads = net.backward(&fwd, dout).unwrap();
-            if step == 0 {
+            let mut grads = net.backward(&fwd, dout).unwrap();
+            if let Some(max) = extras.clip {
+                let norm = clip_grad_norm(&mut grads, max);
+                // The recipes' norms are chosen so that clipping acts.
+                assert!(
+                    step > 0 || norm > max,
+                    "{fixture} {name}: gradient norm {norm} ≤ {max}"
+                );
+            }
+            if step == 0 && name == "sgd" {
                 for (i, p) in graph.params.iter().enumerate() {
                     if !p.kind.is_parameter() {
                         continue;
@@ -245,7 +293,7 @@ fn mnist_cnn_matches_pytorch() {
         1,
         &mnist_batches(16),
         Loss::CrossEntropy,
-        sgd(5e-4, false),
+        plain(sgd(5e-4, false)),
     );
 }
 
@@ -257,7 +305,7 @@ fn resnet_with_batchnorm_matches_pytorch() {
         2,
         &mnist_batches(8),
         Loss::CrossEntropy,
-        sgd(5e-4, false),
+        plain(sgd(5e-4, false)),
     );
 }
 
@@ -269,7 +317,95 @@ fn every_other_op_matches_pytorch() {
         3,
         &hashed_batches(6, 3 * 12 * 12),
         Loss::Nll,
-        sgd(1e-3, true),
+        plain(sgd(1e-3, true)),
+    );
+}
+
+/// Warm-up + MultiStepLR with SGD, warm-up + CosineAnnealingLR with AdamW,
+/// label smoothing and gradient clipping (make_train_fixtures.py's RESNET_RECIPES).
+#[test]
+fn schedules_adamw_smoothing_and_clipping_match_pytorch_on_resnet() {
+    let multistep = Schedule {
+        milestones: vec![1, 2],
+        gamma: 0.5,
+        warmup: 2,
+        warmup_factor: 0.25,
+        ..per_step(ScheduleKind::Multistep)
+    };
+    let cosine = Schedule {
+        t_max: Some(4),
+        eta_min: 1e-5,
+        warmup: 1,
+        warmup_factor: 0.1,
+        ..per_step(ScheduleKind::Cosine)
+    };
+    parity(
+        "tests/fixtures/train/resnet_bn.cnn",
+        "resnet_bn_recipes",
+        2,
+        &mnist_batches(8),
+        Loss::CrossEntropy,
+        vec![
+            (
+                "sgd",
+                sgd(5e-4, false),
+                Extras {
+                    schedule: multistep,
+                    smoothing: 0.1,
+                    clip: Some(0.5),
+                },
+            ),
+            (
+                "adamw",
+                adamw(0.05),
+                Extras {
+                    schedule: cosine,
+                    smoothing: 0.2,
+                    clip: Some(0.4),
+                },
+            ),
+        ],
+    );
+}
+
+/// StepLR with nesterov SGD, CosineAnnealingLR (default T_max: the run's
+/// length) with AdamW, clipping, on every other op (OPS_RECIPES).
+#[test]
+fn schedules_adamw_and_clipping_match_pytorch_on_every_other_op() {
+    let step = Schedule {
+        step_size: 2,
+        gamma: 0.3,
+        ..per_step(ScheduleKind::Step)
+    };
+    parity(
+        "tests/fixtures/train/ops.cnn",
+        "ops_recipes",
+        3,
+        &hashed_batches(6, 3 * 12 * 12),
+        Loss::Nll,
+        vec![
+            (
+                "sgd",
+                sgd(1e-3, true),
+                Extras {
+                    schedule: step,
+                    clip: Some(0.05),
+                    ..Extras::default()
+                },
+            ),
+            (
+                "adamw",
+                OptimConfig {
+                    eps: 1e-6,
+                    ..adamw(0.01)
+                },
+                Extras {
+                    schedule: per_step(ScheduleKind::Cosine),
+                    clip: Some(0.1),
+                    ..Extras::default()
+                },
+            ),
+        ],
     );
 }
 
@@ -283,7 +419,7 @@ fn shuffle_and_convnext_ops_match_pytorch() {
         4,
         &hashed_batches(6, 3 * 12 * 12),
         Loss::CrossEntropy,
-        sgd(5e-4, false),
+        plain(sgd(5e-4, false)),
     );
 }
 
@@ -876,5 +1012,657 @@ fn the_loss_plot_labels_epochs_as_integers() {
         if epochs == 4 {
             assert_eq!(labels, ["0", "1", "2", "3", "4"]);
         }
+        assert!(svg.contains("held-out loss") && svg.contains("held-out accuracy (%)"));
     }
+}
+
+// --- image data ---------------------------------------------------------------
+
+/// An image folder of bundled MNIST digits rendered as `size`×`size` RGB
+/// images, each digit in a colour that changes from image to image: class
+/// folder `name` gets `per_class` images of `digit`, starting at its
+/// `skip`-th occurrence in the 10,000 digits; every fourth is a JPEG.
+fn digit_folder(root: &Path, classes: &[(&str, u8)], per_class: usize, skip: usize, size: u32) {
+    let (images, labels) = cnnc_runtime::idx::read_labelled(
+        Path::new("models/data/mnist-10k-images.idx.gz"),
+        Path::new("models/data/mnist-10k-labels.idx.gz"),
+    )
+    .unwrap();
+    for &(name, digit) in classes {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let picks = (0..images.n)
+            .filter(|&i| labels[i] == digit)
+            .skip(skip)
+            .take(per_class);
+        for (k, i) in picks.enumerate() {
+            let grey = image::GrayImage::from_raw(28, 28, images.image(i).to_vec()).unwrap();
+            let grey =
+                image::imageops::resize(&grey, size, size, image::imageops::FilterType::Triangle);
+            let tint = [
+                100 + (k * 53 % 156) as u32,
+                100 + (k * 97 % 156) as u32,
+                100 + (k * 31 % 156) as u32,
+            ];
+            let rgb = image::RgbImage::from_fn(size, size, |x, y| {
+                let g = grey.get_pixel(x, y).0[0] as u32;
+                image::Rgb(tint.map(|t| (g * t / 255) as u8))
+            });
+            let ext = if k % 4 == 3 { "jpg" } else { "png" };
+            rgb.save(dir.join(format!("{i:05}.{ext}"))).unwrap();
+        }
+    }
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn failure(o: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const DIGITS_RGB: &str = "tests/fixtures/train/digits_rgb.cnn";
+
+/// Image folders: classes sorted by name, a validation folder or a seeded
+/// split, the class names written next to the weights and read back by
+/// `cnnc run --labels`.
+#[test]
+fn image_folders_train_and_write_their_class_names() {
+    let dir = temp_dir("folders");
+    digit_folder(&dir.join("train"), &[("three", 3), ("eight", 8)], 24, 0, 16);
+    digit_folder(&dir.join("val"), &[("three", 3), ("eight", 8)], 8, 500, 20);
+    let out = dir.join("w.safetensors");
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("train").to_str().unwrap(),
+        "--val",
+        dir.join("val").to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("/16)") && text.contains("labels.txt"),
+        "{text}"
+    );
+    let labels = dir.join("w.labels.txt");
+    assert_eq!(std::fs::read_to_string(&labels).unwrap(), "eight\nthree\n");
+    // `cnnc run` with the default preprocessing (what training used) names the class.
+    let img = std::fs::read_dir(dir.join("val/three"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let run = ok(&cnnc(&[
+        "run",
+        DIGITS_RGB,
+        "--weights",
+        out.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+    ]));
+    assert!(run.contains("three") || run.contains("eight"), "{run}");
+    // No --val: a seeded holdout.
+    let o = cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("train").to_str().unwrap(),
+        "--holdout",
+        "10",
+        "--max-steps",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("38 training images, 10 held out"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bad image data is an error before any training, naming the file or folder.
+#[test]
+fn bad_image_data_is_an_error_naming_the_file() {
+    let dir = temp_dir("badimages");
+    let out = dir.join("w.safetensors");
+    let train = |data: &Path, extra: &[&str]| {
+        let o = cnnc(
+            &[
+                &[
+                    "train",
+                    DIGITS_RGB,
+                    "--data",
+                    data.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let err = failure(&o);
+        assert!(!out.exists(), "wrote weights: {err}");
+        err
+    };
+    // An empty class folder.
+    let empty = dir.join("empty");
+    digit_folder(&empty, &[("a", 1)], 4, 0, 16);
+    std::fs::create_dir_all(empty.join("b")).unwrap();
+    let err = train(&empty, &[]);
+    assert!(err.contains("b` has no images"), "{err}");
+    // An unreadable image.
+    let broken = dir.join("broken");
+    digit_folder(&broken, &[("a", 1), ("b", 2)], 4, 0, 16);
+    std::fs::write(broken.join("b/zz.png"), b"not a png").unwrap();
+    let err = train(&broken, &[]);
+    assert!(err.contains("zz.png` is not a readable image"), "{err}");
+    // More classes than the model has outputs: the fix is `--set`.
+    let three = dir.join("three");
+    digit_folder(&three, &[("a", 1), ("b", 2), ("c", 3)], 4, 0, 16);
+    let err = train(&three, &[]);
+    assert!(
+        err.contains("3 classes") && err.contains("--set num_classes=3"),
+        "{err}"
+    );
+    // Images the transforms do not bring to the model's size.
+    let good = dir.join("good");
+    digit_folder(&good, &[("a", 1), ("b", 2)], 4, 0, 16);
+    let cfg = dir.join("crop.yaml");
+    std::fs::write(&cfg, "transforms:\n  train: [random_crop: 12]\n").unwrap();
+    let err = train(&good, &["--config", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains("good/a/0")
+            && err.contains(
+                ".png`: a 16×16 image is 12×12 after transforms.train, but the model takes 16×16"
+            ),
+        "{err}"
+    );
+    std::fs::write(&cfg, "transforms:\n  train: [center_crop: 24]\n").unwrap();
+    let err = train(
+        &three,
+        &["--config", cfg.to_str().unwrap(), "--set", "num_classes=3"],
+    );
+    assert!(err.contains("larger than the 16×16 image"), "{err}");
+    // A directory of nothing known.
+    let nothing = dir.join("nothing");
+    std::fs::create_dir_all(&nothing).unwrap();
+    std::fs::write(nothing.join("notes.txt"), "x").unwrap();
+    let err = train(&nothing, &[]);
+    assert!(
+        err.contains("no class folders") && err.contains("MNIST") && err.contains("CIFAR"),
+        "{err}"
+    );
+    // Padding that leaves no room for the image.
+    let err = train(&good, &["--pad", "8"]);
+    assert!(err.contains("`--pad 8` leaves nothing"), "{err}");
+    // A validation folder with other classes.
+    let err = train(
+        &three,
+        &["--set", "num_classes=3", "--val", good.to_str().unwrap()],
+    );
+    assert!(err.contains("the same class folders"), "{err}");
+    // A CIFAR file that is not whole records.
+    let bin = dir.join("part.bin");
+    std::fs::write(&bin, vec![0u8; 3073 * 2 + 5]).unwrap();
+    let err = train(&bin, &[]);
+    assert!(
+        err.contains("not a whole number of CIFAR-10 records"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The CIFAR fixtures (tests/fixtures/train/make_cifar_fixture.py): records
+/// as published, CIFAR-100's fine label, the class names from the meta file.
+#[test]
+fn cifar_batches_are_read_as_published() {
+    let (pixels, labels) = cnnc::train::data::read_cifar(
+        Path::new("tests/fixtures/train/cifar10/data_batch_1.bin"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(labels, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(pixels.len(), 6 * 3072);
+    // Record 2, green plane, pixel 5: (37·2 + 85 + 5) mod 256.
+    assert_eq!(pixels[2 * 3072 + 1024 + 5], 164);
+    let (_, fine) =
+        cnnc::train::data::read_cifar(Path::new("tests/fixtures/train/cifar100/train.bin"), true)
+            .unwrap();
+    assert_eq!(fine, vec![0, 7, 14, 21]);
+    let dir = temp_dir("cifar");
+    let out = dir.join("w.safetensors");
+    let cfg = dir.join("t.yaml");
+    std::fs::write(
+        &cfg,
+        "batch: 4\ntransforms:\n  train: [random_crop: {size: 32, padding: 4}, random_horizontal_flip, resize: 16]\n  eval: [resize: 16]\n",
+    )
+    .unwrap();
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        "tests/fixtures/train/cifar10",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(text.contains("(0/3)") || text.contains("/3)"), "{text}");
+    let names = std::fs::read_to_string(dir.join("w.labels.txt")).unwrap();
+    assert!(names.starts_with("airplane\nautomobile\n") && names.lines().count() == 10);
+    // The directory the published archive unpacks to, one level down.
+    let nested = dir.join("archive/cifar-10-batches-bin");
+    std::fs::create_dir_all(&nested).unwrap();
+    for f in ["data_batch_1.bin", "test_batch.bin"] {
+        std::fs::copy(
+            Path::new("tests/fixtures/train/cifar10").join(f),
+            nested.join(f),
+        )
+        .unwrap();
+    }
+    let o = cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        dir.join("archive").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("CIFAR-10, 6 training images (1 file), 3 test images"),
+        "{err}"
+    );
+    // CIFAR-100's labels go past a 10-class model.
+    let err = failure(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--set",
+        "num_classes=10",
+        "--data",
+        "tests/fixtures/train/cifar100",
+        "--config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(err.contains("train.bin`: label 14"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Random transforms are seeded: two runs with one seed write the same
+/// bytes, another seed other weights.
+#[test]
+fn augmented_runs_with_one_seed_are_bit_identical() {
+    let dir = temp_dir("seeded");
+    digit_folder(&dir.join("data"), &[("a", 1), ("b", 7)], 12, 0, 20);
+    let cfg = dir.join("t.yaml");
+    std::fs::write(
+        &cfg,
+        "batch: 8\nholdout: 8\ntransforms:\n  train:\n    - random_resized_crop: {size: 16, scale: [0.5, 1.0]}\n    - random_horizontal_flip\n    - normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n  eval: [resize: 16, normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}]\n",
+    )
+    .unwrap();
+    let run = |seed: &str, name: &str| {
+        let out = dir.join(name);
+        ok(&cnnc(&[
+            "train",
+            DIGITS_RGB,
+            "--data",
+            dir.join("data").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+        std::fs::read(out).unwrap()
+    };
+    let a = run("5", "a.safetensors");
+    assert_eq!(a, run("5", "b.safetensors"));
+    assert_ne!(a, run("6", "c.safetensors"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The recipe settings through `cnnc train`: a per-epoch cosine schedule
+/// after a warm-up (the lr printed each epoch), AdamW, label smoothing,
+/// clipping; and the settings that are refused.
+#[test]
+fn schedules_and_recipes_through_the_command_line() {
+    let dir = temp_dir("recipes");
+    let out = dir.join("w.safetensors");
+    let cfg = dir.join("r.yaml");
+    std::fs::write(
+        &cfg,
+        "optimizer: adamw\nlr: 0.01\nbatch: 300\nholdout: 100\nlabel_smoothing: 0.1\nclip_grad_norm: 1.0\nschedule:\n  kind: cosine\n  warmup: 1\n  warmup_factor: 0.5\n  eta_min: 0.001\n",
+    )
+    .unwrap();
+    let base = [
+        "train",
+        "models/mnist_cnn.cnn",
+        "--data",
+        "models/data/mnist-1000-images.idx",
+        "--config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = cnnc(&[&base[..], &["--epochs", "3"]].concat());
+    let text = ok(&o);
+    // Epoch 1 warms up at 0.5·lr; epochs 2 and 3 are cosine over 2 epochs.
+    assert!(text.contains("lr 5.000e-3"), "{text}");
+    assert!(text.contains("lr 1.000e-2"), "{text}");
+    assert!(text.contains("lr 5.500e-3"), "{text}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("AdamW lr 0.01 (cosine schedule per epoch, 1 of warm-up)")
+            && err.contains("label smoothing 0.1")
+            && err.contains("clip 1"),
+        "{err}"
+    );
+    for (flags, expect) in [
+        (
+            vec!["--label-smoothing", "1.5"],
+            "label smoothing must be in [0, 1)",
+        ),
+        (
+            vec!["--clip-grad-norm", "0"],
+            "clipping norm must be positive",
+        ),
+    ] {
+        let err = failure(&cnnc(&[&base[..], &flags[..]].concat()));
+        assert!(err.contains(expect), "{err}");
+    }
+    // LeNet-5 ends in log_softmax: NLL, which has no label smoothing.
+    let err = failure(&cnnc(&[
+        "train",
+        "models/lenet5.cnn",
+        "--pad",
+        "2",
+        "--label-smoothing",
+        "0.1",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("label smoothing applies to cross-entropy"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Batch norm with fixed (running) statistics — evaluation mode, and
+/// training with `batchnorm: eval` — against finite differences; in
+/// training with `batchnorm_eval` the running statistics stay as they are.
+#[test]
+fn batchnorm_with_running_statistics_trains_its_affine_only() {
+    gradient_check(
+        "a = conv(4, k=3)\n  b = batchnorm\n  relu\n  c = conv(3, k=3)",
+        "[2, 6, 6]",
+    );
+    gradient_check(
+        "flatten\n  a = linear(5)\n  b = batchnorm\n  relu\n  c = linear(3)",
+        "[2, 3, 3]",
+    );
+    let graph = graph_of("tests/fixtures/train/resnet_bn.cnn");
+    let mut net = Net::new(graph.clone(), &rng::hashed_weights(&graph, 2)).unwrap();
+    net.batchnorm_eval = true;
+    let before = net.state.clone();
+    let (x, y) = &mnist_batches(8)[0];
+    let fwd = net
+        .forward(x, y.len(), Mode::Train { dropout_key: 1 })
+        .unwrap();
+    assert_eq!(net.state, before, "running statistics moved");
+    let eval = net.forward(x, y.len(), Mode::Eval).unwrap();
+    assert_eq!(fwd.output(&net.graph), eval.output(&net.graph));
+    let (_, dout) = smoothed_loss(Loss::CrossEntropy, fwd.output(&graph), y, 10, 0.0);
+    let grads = net.backward(&fwd, dout).unwrap();
+    let bn1 = graph
+        .params
+        .iter()
+        .position(|p| p.key == "bn1.weight")
+        .unwrap();
+    assert!(grads[bn1].as_ref().unwrap().iter().any(|&g| g != 0.0));
+}
+
+/// Fine-tuning: a trained 2-class model becomes a 3-class one with `--set`
+/// and `--reset fc`, its features frozen and its batch norms on running
+/// statistics; the best epoch's weights are kept next to the last.
+#[test]
+fn fine_tuning_resets_freezes_and_keeps_the_best_epoch() {
+    let dir = temp_dir("finetune");
+    digit_folder(&dir.join("two"), &[("a", 1), ("b", 7)], 16, 0, 16);
+    digit_folder(
+        &dir.join("three"),
+        &[("a", 1), ("b", 7), ("c", 0)],
+        16,
+        100,
+        16,
+    );
+    let base = dir.join("base.safetensors");
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("two").to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "-o",
+        base.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains(" best,") && text.contains("best.safetensors"),
+        "{text}"
+    );
+    let best = WeightFile::load(&dir.join("base.best.safetensors")).unwrap();
+    assert!(best.tensors.contains_key("fc.weight"));
+    let tuned = dir.join("tuned.safetensors");
+    let finetune = |extra: &[&str]| {
+        cnnc(
+            &[
+                &[
+                    "train",
+                    DIGITS_RGB,
+                    "--data",
+                    dir.join("three").to_str().unwrap(),
+                    "--set",
+                    "num_classes=3",
+                    "--weights",
+                    base.to_str().unwrap(),
+                    "--epochs",
+                    "1",
+                    "--batch",
+                    "8",
+                    "-o",
+                    tuned.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    // Without --reset the old classifier does not fit, and the error says what to do.
+    let err = failure(&finetune(&[]));
+    assert!(
+        err.contains("fc.weight") && err.contains("--reset fc"),
+        "{err}"
+    );
+    let err = failure(&finetune(&["--freeze", "head"]));
+    assert!(
+        err.contains("no parameters under `head`") && err.contains("features, fc"),
+        "{err}"
+    );
+    let o = finetune(&[
+        "--reset",
+        "fc",
+        "--freeze",
+        "features",
+        "--batchnorm",
+        "eval",
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("re-initialised: fc.weight, fc.bias"), "{err}");
+    let before = WeightFile::load(&base).unwrap();
+    let after = WeightFile::load(&tuned).unwrap();
+    assert_eq!(after.tensors["fc.weight"].shape, vec![3, 256]);
+    for (k, t) in &before.tensors {
+        if k.starts_with("features.") {
+            // Frozen weights, and running statistics left as they were.
+            assert_eq!(t.data, after.tensors[k].data, "{k} changed");
+        }
+    }
+    assert_ne!(
+        after.tensors["fc.bias"].data,
+        before.tensors["fc.bias"].data
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// End to end on real images: two digits (3 and 8) of the bundled MNIST
+/// set, rendered as 16×16 RGB PNGs/JPEGs in changing colours, 300 of each
+/// to train on and 100 other ones of each in a validation folder; the small
+/// `digits_rgb` model with augmentation, AdamW and a cosine schedule must
+/// reach 95% on the validation images (measured: see docs/training.md).
+#[test]
+fn end_to_end_on_rendered_digit_images() {
+    let dir = temp_dir("e2e");
+    digit_folder(
+        &dir.join("train"),
+        &[("three", 3), ("eight", 8)],
+        300,
+        0,
+        16,
+    );
+    digit_folder(
+        &dir.join("val"),
+        &[("three", 3), ("eight", 8)],
+        100,
+        500,
+        16,
+    );
+    let cfg = dir.join("e2e.yaml");
+    std::fs::write(
+        &cfg,
+        "optimizer: adamw\nlr: 0.01\nbatch: 32\nepochs: 6\nlabel_smoothing: 0.05\nschedule: {kind: cosine}\ntransforms:\n  train:\n    - random_crop: {size: 16, padding: 1}\n    - normalize: {mean: [0.2, 0.2, 0.2], std: [0.3, 0.3, 0.3]}\n  eval:\n    - normalize: {mean: [0.2, 0.2, 0.2], std: [0.3, 0.3, 0.3]}\n",
+    )
+    .unwrap();
+    let out = dir.join("w.safetensors");
+    let started = std::time::Instant::now();
+    let text = ok(&cnnc(&[
+        "train",
+        DIGITS_RGB,
+        "--data",
+        dir.join("train").to_str().unwrap(),
+        "--val",
+        dir.join("val").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    let last = text.lines().rfind(|l| l.starts_with("epoch 6/6")).unwrap();
+    let acc: f64 = last
+        .split("accuracy ")
+        .nth(2)
+        .and_then(|a| a.split('%').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in `{last}`"));
+    eprintln!(
+        "end to end: {acc}% on 200 validation images, {:.1} s\n{text}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(acc >= 95.0, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The source chapter's VGG and ResNet-50 (`models/vgg_small.cnn`,
+/// `models/resnet50_bottleneck.cnn`, 224×224 RGB, 2 classes), at reduced
+/// width for CI time, train on a 224×224 image folder with the default
+/// preprocessing (cnnc run's) and the default recipe: two steps each, a
+/// finite loss, weights that `cnnc run` loads and a labels file it reads.
+/// (googlenet_small's inception widths are fixed: too slow for a test.)
+#[test]
+fn the_chapter_models_train_on_a_224_image_folder() {
+    let dir = temp_dir("chapter");
+    digit_folder(&dir.join("data"), &[("three", 3), ("eight", 8)], 4, 0, 224);
+    for model in ["models/vgg_small.cnn", "models/resnet50_bottleneck.cnn"] {
+        let out = dir.join("w.safetensors");
+        let text = ok(&cnnc(&[
+            "train",
+            model,
+            "--set",
+            "base_dim=2",
+            "--data",
+            dir.join("data").to_str().unwrap(),
+            "--holdout",
+            "2",
+            "--batch",
+            "3",
+            "--epochs",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+        assert!(
+            text.contains("2 steps") && !text.contains("NaN"),
+            "{model}: {text}"
+        );
+        let img = dir
+            .join("data/three")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let run = ok(&cnnc(&[
+            "run",
+            model,
+            "--set",
+            "base_dim=2",
+            "--weights",
+            out.to_str().unwrap(),
+            "--labels",
+            dir.join("w.labels.txt").to_str().unwrap(),
+            "--input",
+            img.to_str().unwrap(),
+        ]));
+        assert!(run.contains("three") || run.contains("eight"), "{run}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

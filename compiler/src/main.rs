@@ -191,7 +191,7 @@ enum Command {
     },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(Box<RunArgs>),
-    /// Train a model on MNIST-style IDX data (CPU, f32): Adam/SGD, checkpoints, loss plot.
+    /// Train a model on image folders, CIFAR or MNIST IDX data (CPU, f32): Adam/SGD, augmentation, checkpoints, loss plot.
     Train(Box<cnnc::train::run::TrainArgs>),
     /// Write freshly initialised weights for a model as safetensors.
     Init {
@@ -571,7 +571,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
 }
 
 fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
-    let compilation = load(&args.file, &[], &[])?;
+    let compilation = load(&args.file, &args.set, &[])?;
     let graph = match one_model(&compilation, &args.file, None)? {
         Ok(g) => g,
         Err(code) => return Ok(code),

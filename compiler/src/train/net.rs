@@ -47,6 +47,8 @@ enum Saved {
     Mask(Vec<f32>),
     /// LRN denominators.
     Lrn(Vec<f32>),
+    /// Batch norm with running statistics: 1/√(running_var + eps) per channel.
+    BnFixed(Vec<f32>),
 }
 
 /// What a forward pass leaves for the backward pass.
@@ -69,6 +71,10 @@ pub struct Net {
     /// Per-node (forward, backward) seconds, summed over passes, when
     /// profiling (`Some`); a cell so that `backward(&self)` can add to it.
     pub profile: RefCell<Option<Vec<[f64; 2]>>>,
+    /// Batch norms use their running statistics in training mode too (and
+    /// leave them as they are), as after `bn.eval()` in a `train()` model:
+    /// for fine-tuning with small batches. Their weight and bias still train.
+    pub batchnorm_eval: bool,
     slots: Vec<Slots>,
     /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
     dropout_ordinal: Vec<u64>,
@@ -232,6 +238,7 @@ impl Net {
             relu_folded,
             pool_fused,
             profile: RefCell::new(None),
+            batchnorm_eval: false,
         })
     }
 
@@ -387,7 +394,7 @@ impl Net {
                 Op::BatchNorm { eps, momentum, .. } => {
                     let gamma = self.param(slots.weight, node, "weight")?;
                     let beta = self.param(slots.bias, node, "bias")?;
-                    if train {
+                    if train && !self.batchnorm_eval {
                         let (y, s, mean, var) =
                             k::batchnorm_train_forward(n, c, h * w, eps.0, xin, gamma, beta)
                                 .map_err(|e| format!("`{}`: {e}", node.name))?;
@@ -411,6 +418,13 @@ impl Net {
                     } else {
                         let mean = self.param(slots.mean, node, "running_mean")?;
                         let var = self.param(slots.var, node, "running_var")?;
+                        {
+                            keep = Saved::BnFixed(
+                                var.iter()
+                                    .map(|&v| (1.0 / (v as f64 + eps.0).sqrt()) as f32)
+                                    .collect(),
+                            );
+                        }
                         k::batchnorm_eval(c, h * w, eps.0, xin, gamma, beta, mean, var)
                     }
                 }
@@ -681,6 +695,34 @@ impl Net {
                         src,
                         k::adaptive_avg_backward(n * c, (h, w), (oh, ow), &dy),
                     );
+                }
+                Op::BatchNorm { .. } if matches!(fwd.saved[id], Saved::BnFixed(_)) => {
+                    // y = (x − μ)·γ·s + β with fixed μ and s = 1/√(σ² + eps):
+                    // dx = dy·γ·s, dγ = Σ dy·(x − μ)·s, dβ = Σ dy.
+                    let Saved::BnFixed(inv) = &fwd.saved[id] else {
+                        unreachable!("matched above")
+                    };
+                    let gamma = self.param(slots.weight, node, "weight")?;
+                    let mean = self.param(slots.mean, node, "running_mean")?;
+                    let hw = h * w;
+                    let mut dx = vec![0f32; dy.len()];
+                    let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
+                    for (plane, (dxp, (dyp, xp))) in dx
+                        .chunks_mut(hw)
+                        .zip(dy.chunks(hw).zip(x.chunks(hw)))
+                        .enumerate()
+                    {
+                        let ch = plane % c;
+                        let scale = gamma[ch] * inv[ch];
+                        for ((d, &g), &xv) in dxp.iter_mut().zip(dyp).zip(xp) {
+                            *d = g * scale;
+                            dg[ch] += g as f64 * ((xv - mean[ch]) * inv[ch]) as f64;
+                            db[ch] += g as f64;
+                        }
+                    }
+                    pgrads[slots.weight.unwrap()] = Some(dg.iter().map(|&v| v as f32).collect());
+                    pgrads[slots.bias.unwrap()] = Some(db.iter().map(|&v| v as f32).collect());
+                    add(&mut grads, src, dx);
                 }
                 Op::BatchNorm { .. } => {
                     let Saved::Bn(s) = &fwd.saved[id] else {

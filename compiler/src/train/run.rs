@@ -1,10 +1,14 @@
 //! `cnnc train`: the training loop, its configuration, checkpoints and the
 //! loss plot.
 
-use super::data::{self, Split};
+use super::data::{self, Fit, Loader, Split};
 use super::net::{Mode, Net};
-use super::optim::{loss, Loss, OptimConfig, Optimizer, OptimizerKind};
+use super::optim::{
+    clip_grad_norm, loss, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
+    ScheduleKind, ScheduleUnit,
+};
 use super::rng;
+use super::transforms::Pipeline;
 use crate::ir::{Graph, Op};
 use cnnc_runtime::output::write_atomic;
 use cnnc_runtime::weights::WeightFile;
@@ -17,9 +21,15 @@ use std::time::Instant;
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
     pub file: PathBuf,
-    /// MNIST IDX data: a directory (official MNIST files, or mnist-10k-*.idx.gz) or an image file (default: the bundled 10,000 digits).
+    /// The data: an image folder (`DIR/<class>/<image>.png`), CIFAR-10/100 binary batches (a directory or a `.bin` file), or MNIST IDX (a directory or an image file) [default: the bundled 10,000 digits].
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// An image folder to evaluate on (the same class folders as `--data`), instead of a held-out part of `--data`.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Override a model parameter, e.g. `--set num_classes=2` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
     /// Hyperparameters as YAML (keys as the long flags, e.g. `lr: 0.001`); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -38,16 +48,25 @@ pub struct TrainArgs {
     /// SGD momentum [default: 0].
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// L2 weight decay (added to the gradient, as torch.optim's weight_decay) [default: 0].
+    /// Weight decay: L2, added to the gradient, for SGD and Adam; decoupled for AdamW (as torch.optim's weight_decay) [default: 0, AdamW 0.01].
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Learning-rate schedule (its settings in the config's `schedule:`) [default: constant].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Label smoothing ε of the cross-entropy (F.cross_entropy's label_smoothing) [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Scale the gradients so their global L2 norm is at most this (torch's clip_grad_norm_).
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
     /// Loss (default: cross-entropy, or NLL for models that end in log_softmax).
     #[arg(long, value_enum)]
     pub loss: Option<Loss>,
     /// Seed of the initial weights, shuffling and dropout [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Images held out for evaluation when the data is one file (default: 2000 of the bundled digits, else a fifth).
+    /// Images held out for evaluation when there is no separate evaluation set: the first N of an IDX or CIFAR file, N chosen by the seed in an image folder (default: 2000 of the bundled digits, else a fifth).
     #[arg(long)]
     pub holdout: Option<usize>,
     /// Zero padding around each digit (2 turns MNIST's 28×28 into LeNet's 32×32) [default: 0].
@@ -72,6 +91,60 @@ pub struct TrainArgs {
     /// backward pass, the loss and the optimiser, in ms per step.
     #[arg(long)]
     pub profile: bool,
+    /// Re-initialise these layers (a parameter-key prefix, e.g. `fc`) instead of taking them from `--weights`: a classifier for a new class count.
+    #[arg(long, value_name = "LAYER", num_args = 1..)]
+    pub reset: Vec<String>,
+    /// Do not update these layers' parameters (parameter-key prefixes, e.g. `features`).
+    #[arg(long, value_name = "LAYER", num_args = 1..)]
+    pub freeze: Vec<String>,
+    /// Batch norms in training use batch statistics (`train`, as model.train()) or their running ones, left unchanged (`eval`) [default: train].
+    #[arg(long, value_enum)]
+    pub batchnorm: Option<BatchnormMode>,
+}
+
+/// How batch norms behave while training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchnormMode {
+    /// Batch statistics, running statistics updated (`model.train()`).
+    #[default]
+    Train,
+    /// Running statistics, not updated (`bn.eval()` inside a training model).
+    Eval,
+}
+
+/// Whether parameter `key` belongs to layer `name` (`fc` owns `fc.weight`, `fc.0.bias`, ...).
+fn under(key: &str, name: &str) -> bool {
+    key.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Indices of the parameters under each of `names`; an error names a layer with none.
+fn layers(graph: &Graph, names: &[String], flag: &str) -> Result<Vec<bool>, String> {
+    let mut picked = vec![false; graph.params.len()];
+    for name in names {
+        let name = name.trim_end_matches('.');
+        let mut any = false;
+        for (i, p) in graph.params.iter().enumerate() {
+            if under(&p.key, name) {
+                picked[i] = true;
+                any = true;
+            }
+        }
+        if !any {
+            let mut owners: Vec<&str> = graph
+                .params
+                .iter()
+                .filter_map(|p| p.key.split('.').next())
+                .collect();
+            owners.dedup();
+            return Err(format!(
+                "`{flag} {name}`: the model has no parameters under `{name}` (its top-level layers with parameters: {})",
+                owners.join(", ")
+            ));
+        }
+    }
+    Ok(picked)
 }
 
 /// Everything that decides a run; saved in checkpoints.
@@ -85,7 +158,8 @@ pub struct TrainConfig {
     pub momentum: f64,
     pub dampening: f64,
     pub nesterov: bool,
-    pub weight_decay: f64,
+    /// `None`: 0, or torch's 0.01 for AdamW.
+    pub weight_decay: Option<f64>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -94,6 +168,39 @@ pub struct TrainConfig {
     pub holdout: Option<usize>,
     pub pad: usize,
     pub data: Option<PathBuf>,
+    pub val: Option<PathBuf>,
+    pub transforms: TransformsConfig,
+    pub schedule: Schedule,
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub reset: Vec<String>,
+    pub freeze: Vec<String>,
+    pub batchnorm: BatchnormMode,
+}
+
+/// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
+/// (see [`super::transforms`]); a list left out takes the defaults.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformsConfig {
+    pub train: Option<Vec<serde_yaml::Value>>,
+    pub eval: Option<Vec<serde_yaml::Value>>,
+}
+
+impl TransformsConfig {
+    /// The parsed (train, eval) pipelines; `None` where the defaults apply.
+    pub fn pipelines(&self) -> Result<(Option<Pipeline>, Option<Pipeline>), String> {
+        Ok((
+            self.train
+                .as_deref()
+                .map(|t| Pipeline::parse(t, "train"))
+                .transpose()?,
+            self.eval
+                .as_deref()
+                .map(|t| Pipeline::parse(t, "eval"))
+                .transpose()?,
+        ))
+    }
 }
 
 impl Default for TrainConfig {
@@ -108,7 +215,7 @@ impl Default for TrainConfig {
             momentum: 0.0,
             dampening: 0.0,
             nesterov: false,
-            weight_decay: 0.0,
+            weight_decay: None,
             beta1: o.beta1,
             beta2: o.beta2,
             eps: o.eps,
@@ -117,6 +224,14 @@ impl Default for TrainConfig {
             holdout: None,
             pad: 0,
             data: None,
+            val: None,
+            transforms: TransformsConfig::default(),
+            schedule: Schedule::default(),
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
+            reset: Vec::new(),
+            freeze: Vec::new(),
+            batchnorm: BatchnormMode::Train,
         }
     }
 }
@@ -129,10 +244,12 @@ impl TrainConfig {
                     .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 let mut c: TrainConfig = serde_yaml::from_str(&text)
                     .map_err(|e| format!("`{}`: {e}", path.display()))?;
-                // A data path in the config is relative to the config file.
-                if let (Some(d), Some(dir)) = (&c.data, path.parent()) {
-                    if d.is_relative() {
-                        c.data = Some(dir.join(d));
+                // Data paths in the config are relative to the config file.
+                if let Some(dir) = path.parent() {
+                    for d in [&mut c.data, &mut c.val].into_iter().flatten() {
+                        if d.is_relative() {
+                            *d = dir.join(&*d);
+                        }
                     }
                 }
                 c
@@ -142,16 +259,36 @@ impl TrainConfig {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
         }
-        set!(
-            epochs,
-            batch,
-            lr,
-            optimizer,
-            momentum,
-            weight_decay,
-            seed,
-            pad
-        );
+        set!(epochs, batch, lr, optimizer, momentum, seed, pad);
+        if args.weight_decay.is_some() {
+            c.weight_decay = args.weight_decay;
+        }
+        if let Some(k) = args.schedule {
+            c.schedule.kind = k;
+        }
+        if let Some(e) = args.label_smoothing {
+            c.label_smoothing = e;
+        }
+        if args.clip_grad_norm.is_some() {
+            c.clip_grad_norm = args.clip_grad_norm;
+        }
+        c.reset.extend(args.reset.iter().cloned());
+        c.freeze.extend(args.freeze.iter().cloned());
+        if let Some(b) = args.batchnorm {
+            c.batchnorm = b;
+        }
+        c.schedule.check()?;
+        if !(0.0..1.0).contains(&c.label_smoothing) {
+            return Err(format!(
+                "label smoothing must be in [0, 1), not {}",
+                c.label_smoothing
+            ));
+        }
+        if let Some(m) = c.clip_grad_norm {
+            if !(m > 0.0 && m.is_finite()) {
+                return Err(format!("the clipping norm must be positive, not {m}"));
+            }
+        }
         if args.loss.is_some() {
             c.loss = args.loss;
         }
@@ -161,6 +298,10 @@ impl TrainConfig {
         if args.data.is_some() {
             c.data = args.data.clone();
         }
+        if args.val.is_some() {
+            c.val = args.val.clone();
+        }
+        c.transforms.pipelines()?;
         if c.batch == 0 {
             return Err("the batch size must be at least 1".into());
         }
@@ -180,7 +321,10 @@ impl TrainConfig {
             momentum: self.momentum,
             dampening: self.dampening,
             nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
+            weight_decay: self.weight_decay.unwrap_or(match self.optimizer {
+                OptimizerKind::AdamW => 0.01,
+                _ => 0.0,
+            }),
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
@@ -216,29 +360,45 @@ pub fn pick_loss(graph: &Graph, asked: Option<Loss>) -> Result<Loss, String> {
     }
 }
 
-/// Mean loss and accuracy (%) on a data set, in evaluation mode.
-pub fn evaluate(net: &mut Net, data: &data::Dataset, kind: Loss) -> Result<(f64, f64), String> {
-    let classes = net.graph.output_shape().numel() as usize;
-    let (mut total, mut correct) = (0f64, 0usize);
-    let order: Vec<usize> = (0..data.n).collect();
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for chunk in order.chunks(500) {
-        data.gather(chunk, &mut x, &mut y);
-        let fwd = net.forward(&x, y.len(), Mode::Eval)?;
-        let out = fwd.output(&net.graph);
-        let (l, _) = loss(kind, out, &y, classes);
-        total += l * y.len() as f64;
-        for (i, &t) in y.iter().enumerate() {
+/// Batches decoded ahead of the one being trained on.
+const PREFETCH: usize = 3;
+
+/// How many rows' largest score (the first of equals) is the label.
+fn count_correct(out: &[f32], labels: &[u8], classes: usize) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &t)| {
             let row = &out[i * classes..(i + 1) * classes];
             let best = (0..classes)
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
                 .unwrap_or(0);
-            correct += (best == t as usize) as usize;
-        }
+            best == t as usize
+        })
+        .count()
+}
+
+/// Mean loss and accuracy (%) on a data set, in evaluation mode.
+pub fn evaluate(
+    net: &mut Net,
+    data: &data::Dataset,
+    loader: &Loader,
+    kind: Loss,
+) -> Result<(f64, f64), String> {
+    let classes = net.graph.output_shape().numel() as usize;
+    let (mut total, mut correct) = (0f64, 0usize);
+    let order: Vec<usize> = (0..data.len()).collect();
+    for chunk in order.chunks(500) {
+        let (x, y) = loader.batch(data, chunk, &|item| rng::key(&[5, item as u64]))?;
+        let fwd = net.forward(&x, y.len(), Mode::Eval)?;
+        let out = fwd.output(&net.graph);
+        let (l, _) = loss(kind, out, &y, classes);
+        total += l * y.len() as f64;
+        correct += count_correct(out, &y, classes);
     }
     Ok((
-        total / data.n as f64,
-        100.0 * correct as f64 / data.n as f64,
+        total / data.len() as f64,
+        100.0 * correct as f64 / data.len() as f64,
     ))
 }
 
@@ -338,7 +498,8 @@ fn load_checkpoint(path: &Path) -> Result<Resumed, String> {
     })
 }
 
-/// The loss curve as SVG: training loss per logged step, held-out loss per epoch.
+/// The loss curve as SVG: training loss per logged step, held-out loss per
+/// epoch, and held-out accuracy per epoch on a right-hand axis.
 pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
     use plotters::prelude::*;
     let mut svg = String::new();
@@ -364,8 +525,10 @@ pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
+            .right_y_label_area_size(56)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .set_secondary_coord(0f64..xmax, 0f64..100f64);
         // Epochs are counted in whole numbers: ticks at integers only
         // (plotters would label 0.0, 2.0, 4.0 or halves).
         let whole = |v: &f64| {
@@ -404,6 +567,21 @@ pub fn plot_svg(history: &History, title: &str) -> Result<String, String> {
                     .map(|p| Circle::new((p.0, p.1), 3, RED.filled())),
             )
             .map_err(|e| e.to_string())?;
+        // Held-out accuracy on the right-hand axis, in %.
+        chart
+            .configure_secondary_axes()
+            .y_desc("held-out accuracy (%)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let green = RGBColor(0, 140, 60);
+        chart
+            .draw_secondary_series(LineSeries::new(
+                history.test.iter().map(|p| (p.0, p.2)),
+                green.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("held-out accuracy (%)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -430,6 +608,11 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         None => TrainConfig::resolve(args)?,
     };
     let kind = pick_loss(&graph, config.loss)?;
+    if kind == Loss::Nll && config.label_smoothing != 0.0 {
+        return Err(
+            "label smoothing applies to cross-entropy, and this model trains with NLL".into(),
+        );
+    }
     cnnc_runtime::output::check_target(&args.output).map_err(|e| e.0)?;
     let plot = args
         .plot
@@ -437,6 +620,8 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         .unwrap_or_else(|| args.output.with_extension("loss.svg"));
     cnnc_runtime::output::check_target(&plot).map_err(|e| e.0)?;
     let ckpt = checkpoint_path(&args.output);
+    let best = args.output.with_extension("best.safetensors");
+    cnnc_runtime::output::check_target(&best).map_err(|e| e.0)?;
 
     // Data first: bad files are errors before any work.
     let chw = match graph.input_shape().dims().as_slice() {
@@ -454,20 +639,93 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         .data
         .clone()
         .unwrap_or_else(|| repo.join("models").join("data"));
-    let Split {
-        train: train_set,
-        test: test_set,
-        description,
-    } = data::load(&data_path, config.holdout, config.pad, chw, classes)?;
+    let (train_pipeline, eval_pipeline) = config.transforms.pipelines()?;
+    for p in [&train_pipeline, &eval_pipeline].into_iter().flatten() {
+        if let Some((mean, _)) = &p.normalize {
+            if mean.len() != chw[0] {
+                return Err(format!(
+                    "`normalize` has {} means, but the model takes {} channels",
+                    mean.len(),
+                    chw[0]
+                ));
+            }
+        }
+    }
+    let fit = Fit {
+        chw,
+        pad: config.pad,
+        classes,
+        seed: config.seed,
+        train: train_pipeline.as_ref(),
+        eval: eval_pipeline.as_ref(),
+    };
+    let (
+        Split {
+            train: train_set,
+            test: test_set,
+            description,
+            classes: class_names,
+        },
+        train_pipeline,
+        eval_pipeline,
+    ) = data::load(&data_path, config.val.as_deref(), config.holdout, &fit)?;
+    let train_loader = Loader {
+        chw,
+        pad: config.pad,
+        pipeline: train_pipeline,
+    };
+    let eval_loader = Loader {
+        chw,
+        pad: config.pad,
+        pipeline: eval_pipeline,
+    };
+    let labels_path = args.output.with_extension("labels.txt");
+    if let Some(names) = &class_names {
+        cnnc_runtime::output::check_target(&labels_path).map_err(|e| e.0)?;
+        let mut text = names.join("\n");
+        text.push('\n');
+        write_atomic(&labels_path, text.as_bytes()).map_err(|e| e.0)?;
+    }
 
+    let reset = layers(&graph, &config.reset, "--reset")?;
+    let frozen = layers(&graph, &config.freeze, "--freeze")?;
     let weights = match (&resumed, &args.weights) {
         (Some(r), _) => r.weights.clone(),
-        (None, Some(path)) => WeightFile::load(path).map_err(|e| e.0)?,
+        (None, Some(path)) => {
+            let mut w = WeightFile::load(path).map_err(|e| e.0)?;
+            if reset.contains(&true) {
+                // Fresh values for the reset layers, PyTorch's initialisation.
+                let fresh =
+                    crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?;
+                for (p, _) in graph.params.iter().zip(&reset).filter(|(_, &r)| r) {
+                    w.tensors
+                        .insert(p.key.clone(), fresh.tensors[&p.key].clone());
+                }
+            }
+            w
+        }
         (None, None) => {
             crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?
         }
     };
-    let mut net = Net::new(graph, &weights)?;
+    let mut net = Net::new(graph, &weights).map_err(|e| match &args.weights {
+        // A classifier of another class count: say how to replace it.
+        Some(path) if e.contains("has shape") => {
+            let layer = e
+                .trim_start_matches('`')
+                .split('`')
+                .next()
+                .and_then(|k| k.rsplit_once('.'))
+                .map_or("LAYER", |(l, _)| l)
+                .to_string();
+            format!(
+                "`{}`: {e}; to train that layer afresh (a classifier for another class count), pass `--reset {layer}`",
+                path.display()
+            )
+        }
+        _ => e,
+    })?;
+    net.batchnorm_eval = config.batchnorm == BatchnormMode::Eval;
     if args.profile {
         net.profile = RefCell::new(Some(vec![[0.0; 2]; net.graph.nodes.len()]));
     }
@@ -492,31 +750,71 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         crate::summary::grouped(net.graph.total_params())
     );
     eprintln!(
-        "{:?} lr {} batch {} epochs {} loss {:?} seed {}, {} threads",
+        "{:?} lr {}{} batch {} epochs {} loss {:?}{}{} seed {}, {} threads",
         config.optimizer,
         config.lr,
+        match config.schedule.kind {
+            ScheduleKind::Constant if config.schedule.warmup == 0 => String::new(),
+            k => format!(
+                " ({k:?} schedule per {:?}{})",
+                config.schedule.per,
+                if config.schedule.warmup > 0 {
+                    format!(", {} of warm-up", config.schedule.warmup)
+                } else {
+                    String::new()
+                }
+            )
+            .to_lowercase(),
+        },
         config.batch,
         config.epochs,
         kind,
+        if config.label_smoothing > 0.0 {
+            format!(" (label smoothing {})", config.label_smoothing)
+        } else {
+            String::new()
+        },
+        config
+            .clip_grad_norm
+            .map(|m| format!(" clip {m}"))
+            .unwrap_or_default(),
         config.seed,
         rayon::current_num_threads()
     );
+    let names = |picked: &[bool]| {
+        net.graph
+            .params
+            .iter()
+            .zip(picked)
+            .filter(|(p, &k)| k && p.kind.is_parameter())
+            .map(|(p, _)| p.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if resumed.is_none() && args.weights.is_some() && reset.contains(&true) {
+        eprintln!("re-initialised: {}", names(&reset));
+    }
+    if frozen.contains(&true) {
+        eprintln!("frozen (not updated): {}", names(&frozen));
+    }
+    if net.batchnorm_eval {
+        eprintln!("batch norms use their running statistics (--batchnorm eval)");
+    }
     if history.epoch >= config.epochs {
         eprintln!(
             "the checkpoint has already done {} of {} epochs",
             history.epoch, config.epochs
         );
     }
-    let steps_per_epoch = train_set.n.div_ceil(config.batch) as f64;
+    let steps_per_epoch = train_set.len().div_ceil(config.batch) as f64;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let log_every = (train_set.n.div_ceil(config.batch) / 10).max(1);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let log_every = (train_set.len().div_ceil(config.batch) / 10).max(1);
     for epoch in history.epoch..config.epochs {
-        let order = rng::permutation(train_set.n, rng::key(&[config.seed, 1, epoch]));
-        let bar = indicatif::ProgressBar::new(train_set.n as u64);
+        let order = rng::permutation(train_set.len(), rng::key(&[config.seed, 1, epoch]));
+        let bar = indicatif::ProgressBar::new(train_set.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, ETA {eta})",
             )
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
@@ -526,69 +824,108 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         let (mut sum, mut count, mut logged_sum, mut logged_n) = (0f64, 0usize, 0f64, 0usize);
         // Throughput is timed from the end of the epoch's first step (warm-up: allocation, caches).
         let mut timed: Option<(Instant, usize)> = None;
-        for (b, chunk) in order.chunks(config.batch).enumerate() {
-            train_set.gather(chunk, &mut x, &mut y);
-            let mode = Mode::Train {
-                dropout_key: rng::key(&[config.seed, 2, opt.step]),
-            };
-            let fwd = net.forward(&x, y.len(), mode)?;
-            let t_loss = Instant::now();
-            let (l, dout) = loss(kind, fwd.output(&net.graph), &y, classes);
-            loss_time += t_loss.elapsed().as_secs_f64();
-            if !l.is_finite() {
-                return Err(format!(
+        let mut correct = 0usize;
+        // Batches are decoded and transformed on another thread, at most
+        // PREFETCH ahead, while this one trains on the previous batch.
+        let (seed, batch, set, loader) = (config.seed, config.batch, &train_set, &train_loader);
+        let order = &order;
+        std::thread::scope(|scope| -> Result<(), String> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
+            scope.spawn(move || {
+                for chunk in order.chunks(batch) {
+                    let b =
+                        loader.batch(set, chunk, &|item| rng::key(&[seed, 3, epoch, item as u64]));
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (b, got) in rx.iter().enumerate() {
+                let (x, y) = got?;
+                let mode = Mode::Train {
+                    dropout_key: rng::key(&[config.seed, 2, opt.step]),
+                };
+                let fwd = net.forward(&x, y.len(), mode)?;
+                let t_loss = Instant::now();
+                let (l, dout) = smoothed_loss(
+                    kind,
+                    fwd.output(&net.graph),
+                    &y,
+                    classes,
+                    config.label_smoothing,
+                );
+                correct += count_correct(fwd.output(&net.graph), &y, classes);
+                loss_time += t_loss.elapsed().as_secs_f64();
+                if !l.is_finite() {
+                    return Err(format!(
                     "the loss became {l} at epoch {}, step {}; lower the learning rate (the last good checkpoint is `{}`)",
                     epoch + 1,
                     b + 1,
                     ckpt.display()
                 ));
-            }
-            let grads = net.backward(&fwd, dout)?;
-            drop(fwd);
-            let t_opt = Instant::now();
-            opt.step(&mut net.state.values, &grads);
-            opt_time += t_opt.elapsed().as_secs_f64();
-            profiled += 1;
-            sum += l * y.len() as f64;
-            count += y.len();
-            logged_sum += l * y.len() as f64;
-            logged_n += y.len();
-            if b % 5 == 4 || count == train_set.n {
-                history.train.push((
-                    epoch as f64 + (b + 1) as f64 / steps_per_epoch,
-                    logged_sum / logged_n as f64,
-                ));
-                logged_sum = 0.0;
-                logged_n = 0;
-            }
-            let rate = match timed {
-                Some((t, c)) => (count - c) as f64 / t.elapsed().as_secs_f64().max(1e-9),
-                None => {
-                    timed = Some((Instant::now(), count));
-                    count as f64 / start.elapsed().as_secs_f64().max(1e-9)
                 }
-            };
-            bar.set_position(count as u64);
-            bar.set_message(format!(
-                "loss {:.4} {rate:.0} samples/s",
-                sum / count as f64
-            ));
-            // The bar draws only on a terminal; into a pipe or a log file,
-            // print a line every tenth of an epoch instead of nothing.
-            if !on_terminal && ((b + 1) % log_every == 0 || count == train_set.n) {
-                eprintln!(
-                    "epoch {}/{} {count}/{} loss {:.4} {rate:.0} samples/s ({:.1} s)",
-                    epoch + 1,
-                    config.epochs,
-                    train_set.n,
-                    sum / count as f64,
-                    start.elapsed().as_secs_f64()
-                );
+                let mut grads = net.backward(&fwd, dout)?;
+                for (g, _) in grads.iter_mut().zip(&frozen).filter(|(_, &f)| f) {
+                    *g = None;
+                }
+                if let Some(max) = config.clip_grad_norm {
+                    clip_grad_norm(&mut grads, max);
+                }
+                opt.config.lr = match config.schedule.per {
+                    ScheduleUnit::Epoch => config.schedule.lr(config.lr, epoch, config.epochs),
+                    ScheduleUnit::Step => config.schedule.lr(
+                        config.lr,
+                        opt.step,
+                        config.epochs * steps_per_epoch as u64,
+                    ),
+                };
+                drop(fwd);
+                let t_opt = Instant::now();
+                opt.step(&mut net.state.values, &grads);
+                opt_time += t_opt.elapsed().as_secs_f64();
+                profiled += 1;
+                sum += l * y.len() as f64;
+                count += y.len();
+                logged_sum += l * y.len() as f64;
+                logged_n += y.len();
+                if b % 5 == 4 || count == train_set.len() {
+                    history.train.push((
+                        epoch as f64 + (b + 1) as f64 / steps_per_epoch,
+                        logged_sum / logged_n as f64,
+                    ));
+                    logged_sum = 0.0;
+                    logged_n = 0;
+                }
+                let rate = match timed {
+                    Some((t, c)) => (count - c) as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                    None => {
+                        timed = Some((Instant::now(), count));
+                        count as f64 / start.elapsed().as_secs_f64().max(1e-9)
+                    }
+                };
+                bar.set_position(count as u64);
+                bar.set_message(format!(
+                    "loss {:.4} {rate:.0} samples/s",
+                    sum / count as f64
+                ));
+                // The bar draws only on a terminal; into a pipe or a log file,
+                // print a line every tenth of an epoch instead of nothing.
+                if !on_terminal && ((b + 1) % log_every == 0 || count == train_set.len()) {
+                    eprintln!(
+                        "epoch {}/{} {count}/{} loss {:.4} {rate:.0} samples/s ({:.1} s)",
+                        epoch + 1,
+                        config.epochs,
+                        train_set.len(),
+                        sum / count as f64,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                if args.max_steps.is_some_and(|m| opt.step >= m) {
+                    break;
+                }
             }
-            if args.max_steps.is_some_and(|m| opt.step >= m) {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let rate = match timed {
@@ -597,7 +934,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         };
         // Evaluation is not part of the training profile.
         let times = net.profile.take();
-        let (test_loss, acc) = evaluate(&mut net, &test_set, kind)?;
+        let (test_loss, acc) = evaluate(&mut net, &test_set, &eval_loader, kind)?;
         net.profile.replace(times);
         history.epoch = epoch + 1;
         history.test.push(((epoch + 1) as f64, test_loss, acc));
@@ -606,20 +943,30 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         save_checkpoint(&ckpt, &net, &opt, &config, &history)?;
         let bytes = net.to_weight_file().to_bytes().map_err(|e| e.0)?;
         write_atomic(&args.output, &bytes).map_err(|e| e.0)?;
+        // The best epoch so far (highest held-out accuracy, then lowest loss).
+        let best_before = history.test[..history.test.len() - 1]
+            .iter()
+            .all(|&(_, l, a)| acc > a || (acc == a && test_loss < l));
+        if best_before {
+            write_atomic(&best, &bytes).map_err(|e| e.0)?;
+        }
         let svg = plot_svg(&history, &format!("{}: training", net.graph.name))?;
         write_atomic(&plot, svg.as_bytes()).map_err(|e| e.0)?;
         println!(
-            "epoch {}/{}: train loss {:.4}, held-out loss {:.4}, accuracy {:.2}% ({}/{}), {:.0} samples/s, {:.1} s, {} steps",
+            "epoch {}/{}: train loss {:.4} (accuracy {:.2}%), held-out loss {:.4}, accuracy {:.2}% ({}/{}){}, {:.0} samples/s, {:.1} s, {} steps, lr {:.3e}",
             epoch + 1,
             config.epochs,
             sum / count.max(1) as f64,
+            100.0 * correct as f64 / count.max(1) as f64,
             test_loss,
             acc,
-            (acc / 100.0 * test_set.n as f64).round(),
-            test_set.n,
+            (acc / 100.0 * test_set.len() as f64).round(),
+            test_set.len(),
+            if best_before { " best" } else { "" },
             rate,
             train_time,
-            count.div_ceil(config.batch)
+            count.div_ceil(config.batch),
+            opt.config.lr
         );
         if args.max_steps.is_some_and(|m| opt.step >= m) {
             break;
@@ -629,10 +976,19 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         print_profile(&net.graph, times, loss_time, opt_time, profiled);
     }
     println!(
-        "wrote {} (weights), {} (checkpoint for --resume), {} (loss curve)",
+        "wrote {} (weights), {} (the best epoch's), {} (checkpoint for --resume), {} (loss curve){}",
         args.output.display(),
+        best.display(),
         ckpt.display(),
-        plot.display()
+        plot.display(),
+        if class_names.is_some() {
+            format!(
+                ", {} (class names, for `cnnc run --labels`)",
+                labels_path.display()
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
