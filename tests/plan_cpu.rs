@@ -32,6 +32,32 @@ fn worst_scaled(a: &[f32], b: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// Compiles `graph` to a plan and loads `file` into a CPU executor.
+/// The CPU executor against the f64 evaluator on random inputs in [-2, 2)
+/// (drawn from `seed`) at each batch size: within 1e-4, scaled.
+fn cpu_matches_evaluator(
+    tag: &str,
+    graph: &Graph,
+    sources: &SourceMap,
+    file: &WeightFile,
+    batches: &[usize],
+    seed: u64,
+) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for &batch in batches {
+        let per = graph.input_shape().numel() as usize;
+        let input: Vec<f32> = (0..batch * per)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let mut exec = executor(graph, sources, file, batch);
+        let out = exec.run(&input, batch).unwrap().to_vec();
+        let worst = worst_scaled(&out, reference(graph, sources, file, batch, &input));
+        assert!(
+            worst <= 1e-4,
+            "{tag}: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
+        );
+    }
+}
+
 fn executor(
     graph: &Graph,
     sources: &SourceMap,
@@ -208,23 +234,7 @@ fn cpu_gates_match_the_evaluator() {
         .count();
     assert_eq!(muls, 3, "one multiply step per gate");
     let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-    for batch in [1, 3] {
-        let per = graph.input_shape().numel() as usize;
-        let input: Vec<f32> = (0..batch * per)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect();
-        let mut exec = executor(graph, &compilation.sources, &file, batch);
-        let out = exec.run(&input, batch).unwrap().to_vec();
-        let worst = worst_scaled(
-            &out,
-            reference(graph, &compilation.sources, &file, batch, &input),
-        );
-        assert!(
-            worst <= 1e-4,
-            "gates: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
-        );
-    }
+    cpu_matches_evaluator("gates", graph, &compilation.sources, &file, &[1, 3], 12);
 }
 
 #[test]
@@ -267,23 +277,14 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
     let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
     common::randomize_batchnorm(&mut file, 4);
     common::randomize_scales(&mut file, 5);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-    for batch in [1, 3] {
-        let per = graph.input_shape().numel() as usize;
-        let input: Vec<f32> = (0..batch * per)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect();
-        let mut exec = executor(graph, &compilation.sources, &file, batch);
-        let out = exec.run(&input, batch).unwrap().to_vec();
-        let worst = worst_scaled(
-            &out,
-            reference(graph, &compilation.sources, &file, batch, &input),
-        );
-        assert!(
-            worst <= 1e-4,
-            "shuffle_norm: CPU vs evaluator at batch {batch}: max scaled error {worst:e}"
-        );
-    }
+    cpu_matches_evaluator(
+        "shuffle_norm",
+        graph,
+        &compilation.sources,
+        &file,
+        &[1, 3],
+        12,
+    );
 }
 
 #[test]
@@ -306,22 +307,7 @@ fn cpu_matches_the_evaluator_on_standalone_kernels() {
     );
     let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
     randomize_batchnorm(&mut file, 5);
-    let batch = 3;
-    let per = graph.input_shape().numel() as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let mut exec = executor(graph, &compilation.sources, &file, batch);
-    let out = exec.run(&input, batch).unwrap().to_vec();
-    let worst = worst_scaled(
-        &out,
-        reference(graph, &compilation.sources, &file, batch, &input),
-    );
-    assert!(
-        worst <= 1e-4,
-        "odd_ops: CPU vs evaluator: max scaled error {worst:e}"
-    );
+    cpu_matches_evaluator("odd_ops", graph, &compilation.sources, &file, &[3], 11);
 }
 
 #[test]
@@ -551,22 +537,7 @@ model wide_padding {
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
-    let batch = 2;
-    let per = graph.input_shape().numel() as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let mut exec = executor(graph, &compilation.sources, &file, batch);
-    let out = exec.run(&input, batch).unwrap().to_vec();
-    let worst = worst_scaled(
-        &out,
-        reference(graph, &compilation.sources, &file, batch, &input),
-    );
-    assert!(
-        worst <= 1e-4,
-        "wide_padding: CPU vs evaluator: max scaled error {worst:e}"
-    );
+    cpu_matches_evaluator("wide_padding", graph, &compilation.sources, &file, &[2], 5);
 }
 
 /// Full-size parity of the CPU executor with PyTorch, by hand: for each
