@@ -104,7 +104,7 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda or driver.
+    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda, driver or plan.
     Emit {
         file: PathBuf,
         /// What to print: the parse tree, the graph IR, the fusion report, the
