@@ -538,6 +538,20 @@ impl<'a> Arena<'a> {
 const SERIAL_ELEMENTS: usize = 32 * 1024;
 
 /// Runs `f(n, c)` for every (image, channel) plane of an output, in parallel.
+/// Runs `f` on each of `pixels` (image, pixel) positions, each task writing
+/// every one of its `channels` output channels; small steps stay on the
+/// calling thread.
+fn for_each_pixel(pixels: usize, channels: usize, f: impl Fn(usize) + Sync + Send) {
+    if pixels * channels < SERIAL_ELEMENTS {
+        (0..pixels).for_each(f);
+    } else {
+        (0..pixels)
+            .into_par_iter()
+            .with_min_len((4096 / channels.max(1)).max(1))
+            .for_each(f);
+    }
+}
+
 fn for_each_plane(
     batch: usize,
     channels: usize,
@@ -660,14 +674,7 @@ fn run_step(
                     unsafe { arena.set(y, n, c, p, v) };
                 }
             };
-            if b * hw * y.c < SERIAL_ELEMENTS {
-                (0..b * hw).for_each(pixel);
-            } else {
-                (0..b * hw)
-                    .into_par_iter()
-                    .with_min_len((4096 / y.c.max(1)).max(1))
-                    .for_each(pixel);
-            }
+            for_each_pixel(b * hw, y.c, pixel);
         }
         StepOp::Act(a) => for_each_plane(b, y.c, y.h * y.w, |n, c| {
             // SAFETY: each task owns output plane (n, c).
@@ -739,14 +746,7 @@ fn run_step(
                     unsafe { arena.set(y, n, c, p, v) };
                 }
             };
-            if b * hw * y.c < SERIAL_ELEMENTS {
-                (0..b * hw).for_each(pixel);
-            } else {
-                (0..b * hw)
-                    .into_par_iter()
-                    .with_min_len((4096 / y.c.max(1)).max(1))
-                    .for_each(pixel);
-            }
+            for_each_pixel(b * hw, y.c, pixel);
         }
     }
 }
