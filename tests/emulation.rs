@@ -309,17 +309,34 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
     }
     let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
     randomize_batchnorm(&mut weights, 5);
-    let batch = 3;
+    check_on_random_input(
+        "kernel_coverage",
+        graph,
+        &compilation.sources,
+        &weights,
+        (3, 11, 1.0),
+    );
+}
+
+/// Emulates `graph` at `batch` on inputs drawn uniformly from ±`range` with
+/// `seed`, in both thread orders, against the evaluator; panics on a failure.
+fn check_on_random_input(
+    tag: &str,
+    graph: &cnnc::ir::Graph,
+    sources: &cnnc::source::SourceMap,
+    weights: &cnnc_runtime::weights::WeightFile,
+    (batch, seed, range): (usize, u64, f32),
+) {
     let per = graph.input_shape().numel() as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-1.0..1.0))
+        .map(|_| rng.random_range(-range..range))
         .collect();
     let case = Case {
-        tag: "kernel_coverage".into(),
+        tag: tag.into(),
         graph,
-        sources: &compilation.sources,
-        weights: &weights,
+        sources,
+        weights,
         input,
         batch,
         both_orders: true,
@@ -342,27 +359,7 @@ fn gates_match_the_evaluator() {
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
-    let batch = 3;
-    let per = graph.input_shape().numel() as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-    let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let case = Case {
-        tag: "gates".into(),
-        graph,
-        sources: &compilation.sources,
-        weights: &weights,
-        input,
-        batch,
-        both_orders: true,
-        tile: None,
-        batch1_kernels_only: false,
-        precision: cnnc::kernels::Precision::Fp32,
-        tensor_tile: None,
-    };
-    let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
-    report(&case.tag, batch, &checked);
+    check_on_random_input("gates", graph, &compilation.sources, &weights, (3, 12, 2.0));
 }
 
 #[test]
@@ -381,27 +378,13 @@ fn shuffle_and_norm_kernels_match_the_evaluator() {
     let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 5).unwrap();
     randomize_batchnorm(&mut weights, 6);
     common::randomize_scales(&mut weights, 7);
-    let batch = 3;
-    let per = graph.input_shape().numel() as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-    let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let case = Case {
-        tag: "shuffle_norm".into(),
+    check_on_random_input(
+        "shuffle_norm",
         graph,
-        sources: &compilation.sources,
-        weights: &weights,
-        input,
-        batch,
-        both_orders: true,
-        tile: None,
-        batch1_kernels_only: false,
-        precision: cnnc::kernels::Precision::Fp32,
-        tensor_tile: None,
-    };
-    let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
-    report(&case.tag, batch, &checked);
+        &compilation.sources,
+        &weights,
+        (3, 13, 2.0),
+    );
 }
 
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.
