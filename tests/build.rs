@@ -351,10 +351,12 @@ fn emit_stable_is_the_same_from_anywhere() {
     assert_eq!(library, from_root);
 }
 
-/// Cubins are kept in the cache by the digest of their source, architecture
-/// and nvcc: building an unchanged model again runs no nvcc, a changed one
-/// does. A stand-in nvcc logs its runs; `CARGO=false` stops each build after
-/// the kernels, so no driver is compiled.
+/// Each distinct kernel is compiled to a cubin of its own and kept in the
+/// cache by the digest of its code, architecture and nvcc: building an
+/// unchanged model again runs no nvcc, a one-layer edit compiles the one
+/// kernel it changed, and cubins the model no longer uses leave `kernels/`.
+/// A stand-in nvcc logs its runs; `CARGO=false` stops each build after the
+/// kernels and the driver's `main.rs`, so no driver is compiled.
 #[test]
 fn unchanged_kernels_are_not_compiled_again() {
     use std::os::unix::fs::PermissionsExt;
@@ -363,11 +365,12 @@ fn unchanged_kernels_are_not_compiled_again() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("nvcc.log");
     let nvcc = dir.join("fake-nvcc");
-    // The last two arguments are `-o`'s value and the source.
+    // The last two arguments are `-o`'s value and the source; the "cubin"
+    // names the source it came from.
     std::fs::write(
         &nvcc,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nwhile [ $# -gt 2 ]; do shift; done\necho cubin > \"$1\"\n",
+            "#!/bin/sh\necho \"$*\" >> '{}'\nwhile [ $# -gt 2 ]; do shift; done\nbasename \"$2\" > \"$1\"\n",
             log.display()
         ),
     )
@@ -379,13 +382,13 @@ fn unchanged_kernels_are_not_compiled_again() {
             .lines()
             .count()
     };
-    let build = |fixture: &str, out: &str| {
+    let build = |model: &Path, out: &str| {
         let result = cnnc()
             .env("CNNC_CACHE_DIR", dir.join("cache"))
             .env("CNNC_NVCC", &nvcc)
             .env("CARGO", "false")
             .arg("build")
-            .arg(format!("tests/fixtures/{fixture}/model.cnn"))
+            .arg(model)
             .arg("-o")
             .arg(dir.join(out))
             .output()
@@ -394,21 +397,98 @@ fn unchanged_kernels_are_not_compiled_again() {
         assert_eq!(result.status.code(), Some(1));
         String::from_utf8_lossy(&result.stderr).into_owned()
     };
-    let first = build("mnist_cnn", "a");
-    assert_eq!(runs(), 2, "{first}");
+    // The cubins the driver embeds, as written in its main.rs.
+    let embedded = |out: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.join(out).join("src/main.rs"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("include_bytes!(\"../kernels/"))
+            .map(|l| l.trim_end_matches("\"),").to_string())
+            .collect()
+    };
+    let mnist = Path::new("tests/fixtures/mnist_cnn/model.cnn");
+    let first = build(mnist, "a");
+    let cubins = embedded("a");
+    // mnist_cnn: 7 kernels, all different, for two architectures.
+    assert_eq!(cubins.len(), 14, "{cubins:?}");
+    assert_eq!(runs(), 14, "{first}");
     assert!(
-        first.contains("compiling kernels for sm_80 and sm_90"),
+        first.contains(
+            "compiling 14 cubins (7 distinct kernels for sm_80 and sm_90; 0 taken from the cache)"
+        ),
         "{first}"
     );
-    // The same model into another folder: both cubins from the cache.
-    let again = build("mnist_cnn", "b");
-    assert_eq!(runs(), 2, "{again}");
-    assert!(again.contains("unchanged, taken from the cache"), "{again}");
-    assert_eq!(
-        std::fs::read(dir.join("b/kernels/sm_90.cubin")).unwrap(),
-        b"cubin\n"
+    for c in &cubins {
+        // Each cubin came from its own kernel's source, named as the cubin.
+        let symbol = c.split('/').nth(1).unwrap().trim_end_matches(".cubin");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("a/kernels").join(c)).unwrap(),
+            format!("{symbol}.cu\n")
+        );
+    }
+    // The scratch sources are gone once every compile succeeded.
+    assert!(!dir.join("a/kernels/.nvcc").exists());
+
+    // The same model into another folder: every cubin from the cache.
+    let again = build(mnist, "b");
+    assert_eq!(runs(), 14, "{again}");
+    assert!(
+        again.contains(
+            "kernels: 7 distinct, for sm_80 and sm_90: all 14 cubins taken from the cache"
+        ),
+        "{again}"
     );
-    // Another model compiles its own.
-    build("resnet_tiny", "c");
-    assert_eq!(runs(), 4);
+    assert_eq!(embedded("b"), cubins);
+
+    // One layer edited (the first linear layer's activation): one kernel
+    // compiles again, for both architectures; its old cubins leave `a`.
+    let edited = dir.join("edited.cnn");
+    let text = std::fs::read_to_string(mnist).unwrap();
+    assert!(text.contains("linear(100) relu "));
+    std::fs::write(
+        &edited,
+        text.replace("linear(100) relu ", "linear(100) relu6 "),
+    )
+    .unwrap();
+    let after_edit = build(&edited, "a");
+    assert_eq!(runs(), 16, "{after_edit}");
+    assert!(
+        after_edit.contains(
+            "compiling 2 cubins (7 distinct kernels for sm_80 and sm_90; 12 taken from the cache)"
+        ),
+        "{after_edit}"
+    );
+    let new_cubins = embedded("a");
+    let changed: Vec<&String> = new_cubins.iter().filter(|c| !cubins.contains(c)).collect();
+    assert_eq!(changed.len(), 2, "{new_cubins:?}");
+    assert!(
+        changed.iter().all(|c| c.contains("/linear_")),
+        "{changed:?}"
+    );
+    let mut on_disk: Vec<String> = ["sm_80", "sm_90"]
+        .iter()
+        .flat_map(|arch| {
+            std::fs::read_dir(dir.join("a/kernels").join(arch))
+                .unwrap()
+                .map(move |e| format!("{arch}/{}", e.unwrap().file_name().to_string_lossy()))
+        })
+        .collect();
+    on_disk.sort();
+    let mut expected = new_cubins.clone();
+    expected.sort();
+    assert_eq!(on_disk, expected);
+
+    // A model whose blocks repeat compiles each distinct kernel once.
+    let resnet = Path::new("tests/fixtures/resnet_tiny/model.cnn");
+    build(resnet, "c");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("c/plan.json")).unwrap()).unwrap();
+    let kernels = plan["steps"].as_array().unwrap().len();
+    let distinct = embedded("c").len() / 2;
+    // resnet_tiny's two stages share kernels that differ only in name.
+    assert!(
+        distinct < kernels,
+        "{distinct} cubins for {kernels} kernels"
+    );
+    assert_eq!(runs(), 16 + 2 * distinct);
 }

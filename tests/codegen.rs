@@ -682,46 +682,39 @@ fn parse_ptxas(log: &str) -> (Vec<(String, String)>, Vec<PtxasFunction>) {
     (entries, functions)
 }
 
-/// Problems in one nvcc run: every kernel compiled for `arch`, no spills, no stack.
-/// The program and its CUDA source reduced to the kernels whose code (with
-/// their names and comments taken out) is not in `seen`, which gains them.
+/// The program reduced to the kernels whose compile unit (as `cnnc build`
+/// compiles them: `cnnc::cuda::compile_units`, named by a digest of their
+/// code) is not in `seen`, which gains them, renamed as in their cubins;
+/// and one CUDA file holding the device library once and those units' code.
 fn only_new_kernels(
-    mut program: KernelProgram,
-    cuda: &str,
+    program: KernelProgram,
     seen: &mut std::collections::HashSet<String>,
 ) -> (KernelProgram, String) {
-    let starts: Vec<usize> = program
-        .kernels
-        .iter()
-        .map(|k| {
-            cuda.find(&format!("\n// {}\n", k.name))
-                .unwrap_or_else(|| panic!("{}: no section in the CUDA source", k.name))
-        })
-        .collect();
-    assert!(
-        starts.windows(2).all(|w| w[0] < w[1]),
-        "kernel sections out of order"
-    );
-    let mut out = cuda[..starts[0]].to_string();
-    let mut keep = Vec::new();
-    for (i, k) in program.kernels.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(cuda.len());
-        let section = &cuda[starts[i]..end];
-        let key: String = section
-            .replace(&k.name, "KERNEL")
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let new = seen.insert(key);
-        if new {
-            out.push_str(section);
+    let (units, table) = cnnc::cuda::compile_units(&program).unwrap();
+    let mut out = cnnc::cuda::PRELUDE.to_string();
+    let mut kept = program.clone();
+    kept.kernels.clear();
+    for mut k in program.kernels {
+        let (_, unit, symbol) = table
+            .iter()
+            .find(|(name, _, _)| *name == k.name)
+            .unwrap_or_else(|| panic!("{}: not in the symbol table", k.name));
+        if !seen.insert(symbol.clone()) {
+            continue;
         }
-        keep.push(new);
+        let code = units[*unit]
+            .text
+            .strip_prefix(cnnc::cuda::PRELUDE)
+            .expect("a unit starts with the device library");
+        out.push_str(code);
+        for v in &mut k.variants {
+            let (_, _, variant) = table.iter().find(|(name, _, _)| *name == v.name).unwrap();
+            v.name = variant.clone();
+        }
+        k.name = symbol.clone();
+        kept.kernels.push(k);
     }
-    let mut flags = keep.into_iter();
-    program.kernels.retain(|_| flags.next().unwrap());
-    (program, out)
+    (kept, out)
 }
 
 #[test]
@@ -733,26 +726,42 @@ fn identical_kernels_are_compiled_once() {
         .find(|m| m.id == "zoo_resnet50")
         .unwrap();
     let program = program_in(&m, Precision::default());
-    let cuda = cnnc::cuda::print(&program).unwrap();
     let mut seen = std::collections::HashSet::new();
-    let (first, text) = only_new_kernels(program.clone(), &cuda, &mut seen);
+    let (first, text) = only_new_kernels(program.clone(), &mut seen);
     assert!(first.kernels.len() < program.kernels.len() * 2 / 3);
     assert!(first.kernels.len() > 10);
-    // What is left is still a whole file: the first kernel section and the
-    // prelude are there, and every kept kernel's launch function.
+    // What is left is one whole file: the device library once, and every
+    // kept kernel's launch function under its cubin name, none under the
+    // plan's names.
+    assert_eq!(text.matches(cnnc::cuda::PRELUDE).count(), 1);
     for k in &first.kernels {
         assert!(text.contains(&format!(" {}(", k.name)), "{}", k.name);
+        for v in &k.variants {
+            assert!(text.contains(&format!(" {}(", v.name)), "{}", v.name);
+        }
     }
-    let dropped: Vec<_> = program
-        .kernels
-        .iter()
-        .filter(|k| !first.kernels.iter().any(|f| f.name == k.name))
-        .collect();
-    assert!(!dropped.is_empty());
-    for k in dropped {
+    for k in &program.kernels {
         assert!(!text.contains(&format!(" {}(", k.name)), "{}", k.name);
     }
-    let (again, _) = only_new_kernels(program, &cuda, &mut seen);
+    // The units' code is model.cu's code: comments and names aside, each
+    // kernel's section is its unit.
+    let cuda = cnnc::cuda::print(&program).unwrap();
+    let (_, chunks) = split_cuda(&cuda, &program);
+    let (units, table) = cnnc::cuda::compile_units(&program).unwrap();
+    for (name, section) in chunks {
+        let (_, unit, symbol) = table.iter().find(|(n, _, _)| n == name).unwrap();
+        let code: String = section
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{}\n", l.replace(name, symbol)))
+            .collect();
+        assert_eq!(
+            units[*unit].text,
+            format!("{}\n{code}", cnnc::cuda::PRELUDE),
+            "{name}"
+        );
+    }
+    let (again, _) = only_new_kernels(program, &mut seen);
     assert!(again.kernels.is_empty());
 }
 
@@ -1009,23 +1018,22 @@ fn nvcc_compiles_every_model_without_spills() {
         );
     }
     let mut jobs = Vec::new();
-    // A kernel whose code equals one already compiled (the repeated blocks
-    // of a ResNet, the layers models share) compiles to the same machine
-    // code: each distinct kernel goes through ptxas once, in the first model
-    // that has it, and a model with none new is not compiled again.
+    // The kernels are compiled as `cnnc build` compiles them: as compile
+    // units named by a digest of their code, so a kernel whose code equals
+    // one already compiled (the repeated blocks of a ResNet, the layers
+    // models share) goes through ptxas once, in the first model that has
+    // it, and a model with none new is not compiled again. A model's new
+    // units share one nvcc run (one process per unit costs ~0.3 s each).
     let mut seen = std::collections::HashSet::new();
     let (mut kernels, mut distinct) = (0, 0);
     for m in models() {
-        let (program, cuda) = if m.id.starts_with("zoo_") {
-            let program = program_in(&m, Precision::default());
-            let cuda = cnnc::cuda::print(&program).unwrap();
-            (program, cuda)
+        let program = if m.id.starts_with("zoo_") {
+            program_in(&m, Precision::default())
         } else {
-            let s = stages(&m);
-            (s.program, s.cuda)
+            stages(&m).program
         };
         kernels += program.kernels.len();
-        let (program, cuda) = only_new_kernels(program, &cuda, &mut seen);
+        let (program, cuda) = only_new_kernels(program, &mut seen);
         if program.kernels.is_empty() {
             continue;
         }

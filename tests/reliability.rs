@@ -487,10 +487,26 @@ fn build_into_a_file_or_an_unwritable_place() {
         1,
     );
     assert!(stderr.contains("nvcc failed for sm_80"), "{stderr}");
+    assert!(stderr.contains("(kernel k00_"), "{stderr}");
+    assert!(
+        stderr.contains("the kernel sources are kept in"),
+        "{stderr}"
+    );
+    // No cubin, partial or whole: only the source, the scratch sources the
+    // message points to, and the (empty) per-architecture folders.
     assert_eq!(
         leftovers(&out.join("kernels"), &["model.cu"]),
-        Vec::<String>::new()
+        vec![".nvcc", "sm_80", "sm_90"]
     );
+    for arch in ["sm_80", "sm_90"] {
+        assert_eq!(
+            leftovers(&out.join("kernels").join(arch), &[]),
+            Vec::<String>::new()
+        );
+    }
+    assert!(leftovers(&out.join("kernels/.nvcc"), &[])
+        .iter()
+        .all(|f| f.ends_with(".cu")));
 }
 
 // -- activation memory budget -------------------------------------------------------

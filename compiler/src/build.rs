@@ -18,27 +18,49 @@ pub const ARCHS: &[u32] = &[80, 90];
 /// The driver's `main.rs`, pretty-printed: the few typed lines a person
 /// would write. The plan is data (`plan.json`, see [`plan_json`]) and the
 /// kernels are files, all embedded with `include_*!`, so rustc compiles
-/// almost nothing per model. `cubins` are (arch, file name) pairs in `kernels/`.
+/// almost nothing per model. `cubins` lists each architecture's cubin files
+/// in `kernels/` (one per compile unit, in unit order); `symbols` says which
+/// unit and name each kernel of the plan has there.
 pub fn driver_source(
     plan: &Plan,
     source_file: &str,
-    cubins: &[(u32, String)],
+    cubins: &Cubins,
+    symbols: &crate::cuda::SymbolTable,
 ) -> Result<String, String> {
-    let cubin_entries: Vec<TokenStream> = cubins
+    let arch_entries: Vec<TokenStream> = cubins
         .iter()
-        .map(|(arch, file)| {
+        .map(|(arch, files)| {
             let arch = Literal::u32_unsuffixed(*arch);
-            let path = Literal::string(&format!("../kernels/{file}"));
-            quote!((#arch, include_bytes!(#path)))
+            let files = files
+                .iter()
+                .map(|f| Literal::string(&format!("../kernels/{f}")));
+            quote!((#arch, &[#(include_bytes!(#files)),*]))
         })
         .collect();
+    // Without cubins (no nvcc) the NVRTC build of model.cu has the plan's names.
+    let symbol_entries: Vec<TokenStream> = if cubins.is_empty() {
+        Vec::new()
+    } else {
+        symbols
+            .iter()
+            .map(|(name, unit, symbol)| {
+                let (name, symbol) = (Literal::string(name), Literal::string(symbol));
+                let unit = Literal::u32_unsuffixed(*unit as u32);
+                quote!((#name, #unit, #symbol))
+            })
+            .collect()
+    };
     let source_path = Literal::string(&format!("../kernels/{source_file}"));
     let plan_path = Literal::string(&format!("../{PLAN_FILE}"));
     let file = quote! {
         use cnnc_runtime::cuda::KernelImages;
 
-        /// Kernels compiled ahead of time, by compute capability.
-        static CUBINS: &[(u32, &[u8])] = &[#(#cubin_entries),*];
+        /// Kernels compiled ahead of time, by compute capability: one cubin
+        /// per distinct kernel.
+        static CUBINS: &[(u32, &[&[u8]])] = &[#(#arch_entries),*];
+
+        /// Each kernel of the plan: its cubin (index in each list above) and its name there.
+        static SYMBOLS: &[(&str, u32, &str)] = &[#(#symbol_entries),*];
 
         /// The CUDA source, compiled with NVRTC when no cubin fits the GPU.
         static SOURCE: &str = include_str!(#source_path);
@@ -47,7 +69,10 @@ pub fn driver_source(
         static PLAN: &str = include_str!(#plan_path);
 
         fn main() -> std::process::ExitCode {
-            cnnc_runtime::app::main_with_plan_json(PLAN, KernelImages { cubins: CUBINS, source: SOURCE })
+            cnnc_runtime::app::main_with_plan_json(
+                PLAN,
+                KernelImages { cubins: CUBINS, symbols: SYMBOLS, source: SOURCE },
+            )
         }
     };
     let parsed: syn::File =
@@ -202,61 +227,173 @@ fn cubin_key(nvcc: &Path, source: &str, arch: u32) -> String {
     format!("{:032x}", crate::cache::fnv1a128(key.as_bytes()))
 }
 
-/// Compiles `cu` to a cubin per architecture in [`ARCHS`], the
-/// architectures in parallel (one nvcc each), and files the results in
-/// `cache` by [`cubin_key`], so a rebuild of an unchanged model, in any
-/// output folder, takes them from there. Returns (arch, file name) pairs in
-/// `kernels/`, next to `cu`.
+/// The kernels of a build: `model.cu`, whole and readable (embedded for
+/// NVRTC), and the same kernels as compile units for nvcc (see
+/// [`crate::cuda::compile_units`]).
+pub struct KernelSources {
+    pub source: String,
+    pub units: Vec<crate::cuda::CompileUnit>,
+    pub symbols: crate::cuda::SymbolTable,
+}
+
+impl KernelSources {
+    pub fn new(program: &crate::kernels::KernelProgram) -> Result<KernelSources, String> {
+        let source = crate::cuda::print(program)?;
+        let (units, symbols) = crate::cuda::compile_units(program)?;
+        Ok(KernelSources {
+            source,
+            units,
+            symbols,
+        })
+    }
+}
+
+/// The cubins of a build: per architecture, one file per compile unit (in
+/// unit order), as paths relative to `kernels/`.
+pub type Cubins = Vec<(u32, Vec<String>)>;
+
+/// The folder of `sm_{arch}`'s cubins inside `kernels/`.
+fn arch_dir(arch: u32) -> String {
+    format!("sm_{arch}")
+}
+
+/// The cubin files of `units` in `kernels/`: `sm_<arch>/<symbol>.cubin`.
+pub fn cubin_files(units: &[crate::cuda::CompileUnit]) -> Cubins {
+    ARCHS
+        .iter()
+        .map(|&arch| {
+            let files = units
+                .iter()
+                .map(|u| format!("{}/{}.cubin", arch_dir(arch), u.symbol))
+                .collect();
+            (arch, files)
+        })
+        .collect()
+}
+
+/// Compiles each compile unit to a cubin per architecture in [`ARCHS`] into
+/// `kernels/sm_<arch>/<symbol>.cubin`. A cubin already in `cache` (filed by
+/// [`cubin_key`]) is copied, so a kernel is compiled once per machine
+/// whatever model or folder it is built for, and a one-layer edit compiles
+/// only the kernels it changed. The rest run as parallel nvcc processes, one
+/// per core. Cubins of earlier builds that the model no longer uses are
+/// removed from `kernels/`.
 fn compile_cubins(
     nvcc: &Path,
-    cu: &Path,
-    source: &str,
+    kernels: &Path,
+    sources: &KernelSources,
     cache: Option<&Path>,
     log: &mut dyn FnMut(&str),
-) -> Result<Vec<(u32, String)>, String> {
-    let kernels = cu.parent().unwrap_or(Path::new("."));
+) -> Result<Cubins, String> {
     let started = Instant::now();
-    let mut todo = Vec::new();
-    let mut cubins = Vec::new();
-    for &arch in ARCHS {
-        let file = format!("sm_{arch}.cubin");
-        let cached = cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, source, arch))));
-        match cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
-            Some(bytes) => {
-                write(&kernels.join(&file), &bytes)?;
-                log(&format!(
-                    "kernels for sm_{arch}: unchanged, taken from the cache"
-                ));
-            }
-            None => todo.push((arch, cached)),
-        }
-        cubins.push((arch, file));
-    }
-    if todo.is_empty() {
-        return Ok(cubins);
-    }
-    let archs: Vec<String> = todo.iter().map(|(a, _)| format!("sm_{a}")).collect();
-    log(&format!(
-        "compiling kernels for {} with {}",
-        archs.join(" and "),
-        nvcc.display()
-    ));
-    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-        let jobs: Vec<_> = todo
+    let units = &sources.units;
+    // The plan's first name for each unit, for messages.
+    let kernel_of = |unit: usize| {
+        sources
+            .symbols
             .iter()
-            .map(|(arch, cached)| {
-                scope.spawn(move || -> Result<(), String> {
-                    let file = kernels.join(format!("sm_{arch}.cubin"));
-                    let tmp = kernels.join(format!(".sm_{arch}.cubin.tmp"));
-                    if let Err(e) = nvcc_cubin(nvcc, cu, *arch, &tmp) {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
+            .find(|(_, u, _)| *u == unit)
+            .map_or("?", |(name, _, _)| name.as_str())
+    };
+    struct Job {
+        unit: usize,
+        arch: u32,
+        file: PathBuf,
+        cached: Option<PathBuf>,
+    }
+    let mut jobs = Vec::new();
+    let cubins = cubin_files(units);
+    let mut from_cache = 0;
+    for (arch, files) in &cubins {
+        let arch = *arch;
+        let dir = kernels.join(arch_dir(arch));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        for (i, (unit, name)) in units.iter().zip(files).enumerate() {
+            let file = kernels.join(name);
+            let cached =
+                cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, &unit.text, arch))));
+            match cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
+                Some(bytes) => {
+                    if std::fs::read(&file).map_or(true, |old| old != bytes) {
+                        write(&file, &bytes)?;
                     }
-                    std::fs::rename(&tmp, &file)
-                        .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
+                    from_cache += 1;
+                }
+                None => jobs.push(Job {
+                    unit: i,
+                    arch,
+                    file,
+                    cached,
+                }),
+            }
+        }
+    }
+    let total = units.len() * ARCHS.len();
+    let archs: Vec<String> = ARCHS.iter().map(|a| format!("sm_{a}")).collect();
+    if jobs.is_empty() {
+        log(&format!(
+            "kernels: {} distinct, for {}: all {total} cubins taken from the cache",
+            units.len(),
+            archs.join(" and "),
+        ));
+    } else {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len());
+        log(&format!(
+            "compiling {} cubins ({} distinct kernels for {}; {from_cache} taken from the cache) with {} on {threads} thread{}",
+            jobs.len(),
+            units.len(),
+            archs.join(" and "),
+            nvcc.display(),
+            if threads == 1 { "" } else { "s" }
+        ));
+        // Each unit's source, once for all architectures, in a scratch
+        // folder that is removed when every compile succeeded.
+        let scratch = kernels.join(".nvcc");
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| format!("cannot create `{}`: {e}", scratch.display()))?;
+        let mut written = std::collections::HashSet::new();
+        for job in &jobs {
+            if written.insert(job.unit) {
+                let unit = &units[job.unit];
+                write(
+                    &scratch.join(format!("{}.cu", unit.symbol)),
+                    unit.text.as_bytes(),
+                )?;
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
+        let mut failures = Vec::new();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let done_tx = done_tx.clone();
+                let (jobs, next, scratch) = (&jobs, &next, &scratch);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let unit = &units[job.unit];
+                    let cu = scratch.join(format!("{}.cu", unit.symbol));
+                    let tmp = job.file.with_extension("cubin.tmp");
+                    let result = nvcc_cubin(nvcc, &cu, job.arch, &tmp)
+                        .and_then(|()| {
+                            std::fs::rename(&tmp, &job.file)
+                                .map_err(|e| format!("cannot move the cubin into place: {e}"))
+                        })
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(&tmp);
+                            format!(
+                                "{e}\n(kernel {} as `{}`, from `{}`)",
+                                kernel_of(job.unit),
+                                unit.symbol,
+                                cu.display()
+                            )
+                        });
                     // The cache is an optimisation: failing to fill it is no error.
-                    if let Some(cached) = cached {
-                        if let Ok(bytes) = std::fs::read(&file) {
+                    if let (Ok(()), Some(cached)) = (&result, &job.cached) {
+                        if let Ok(bytes) = std::fs::read(&job.file) {
                             if cached
                                 .parent()
                                 .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
@@ -265,26 +402,76 @@ fn compile_cubins(
                             }
                         }
                     }
-                    Ok(())
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| {
-                j.join()
-                    .unwrap_or_else(|_| Err("nvcc's thread panicked".to_string()))
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<Vec<()>, String>>()?;
-    log(&format!("  kernels compiled in {}", elapsed(started)));
+                    if done_tx.send((i, result)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+            // Progress every ten seconds, from this thread (the log is not shared).
+            let mut finished = 0;
+            let mut last = Instant::now();
+            for (i, result) in done_rx {
+                finished += 1;
+                if let Err(e) = result {
+                    failures.push((i, e));
+                    // Stop handing out work: one failure fails the build.
+                    next.store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                if last.elapsed().as_secs_f64() >= 10.0 && finished < jobs.len() {
+                    log(&format!(
+                        "  {finished} of {} cubins compiled, {}",
+                        jobs.len(),
+                        elapsed(started)
+                    ));
+                    last = Instant::now();
+                }
+            }
+        });
+        // The first failure in job order, whatever thread finished first.
+        failures.sort();
+        if let Some((_, first)) = failures.first() {
+            return Err(format!(
+                "{first}{}\nthe kernel sources are kept in `{}`",
+                if failures.len() > 1 {
+                    format!("\n({} more cubins failed)", failures.len() - 1)
+                } else {
+                    String::new()
+                },
+                scratch.display()
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        log(&format!("  kernels compiled in {}", elapsed(started)));
+    }
+    remove_stale_cubins(kernels, &cubins);
     Ok(cubins)
+}
+
+/// Removes the cubins in `kernels/` that `cubins` does not list: those of an
+/// earlier build of this folder (and the single-file cubins of cnnc versions
+/// before per-kernel compiles). Failing to remove one is no error.
+fn remove_stale_cubins(kernels: &Path, cubins: &Cubins) {
+    let keep: std::collections::HashSet<PathBuf> = cubins
+        .iter()
+        .flat_map(|(_, files)| files.iter().map(|f| kernels.join(f)))
+        .collect();
+    let mut dirs = vec![kernels.to_path_buf()];
+    dirs.extend(ARCHS.iter().map(|a| kernels.join(arch_dir(*a))));
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "cubin") && !keep.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 /// Writes the crate, compiles kernels and builds; returns the binary's path.
 pub fn build(
     plan: &Plan,
-    cuda_source: &str,
+    sources: &KernelSources,
     opts: &BuildOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, String> {
@@ -316,16 +503,23 @@ pub fn build(
     }
     let source_file = "model.cu";
     let cu = dir.join("kernels").join(source_file);
-    write(&cu, cuda_source.as_bytes())?;
+    write(&cu, sources.source.as_bytes())?;
     let cubins = match &opts.nvcc {
-        Some(nvcc) => compile_cubins(nvcc, &cu, cuda_source, opts.cubin_cache.as_deref(), log)?,
+        Some(nvcc) => compile_cubins(
+            nvcc,
+            &dir.join("kernels"),
+            sources,
+            opts.cubin_cache.as_deref(),
+            log,
+        )?,
         None => {
             log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run");
+            remove_stale_cubins(&dir.join("kernels"), &Vec::new());
             Vec::new()
         }
     };
     write(&dir.join(PLAN_FILE), plan_json(plan)?.as_bytes())?;
-    let driver = driver_source(plan, source_file, &cubins)?;
+    let driver = driver_source(plan, source_file, &cubins, &sources.symbols)?;
     write(&dir.join("src").join("main.rs"), driver.as_bytes())?;
     let runtime = opts
         .runtime

@@ -50,6 +50,78 @@ pub fn print(program: &KernelProgram) -> Result<String, String> {
     Ok(out)
 }
 
+/// One file nvcc compiles: the device library and one kernel (with its
+/// batch-size variants), under a name derived from its code.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileUnit {
+    /// The kernel's name in the cubin: `<kind>_<16 hex digits>`, the digits
+    /// a digest of the kernel's code with comments dropped and its own name
+    /// left out. Identical kernels (a ResNet's repeated blocks, a layer two
+    /// models share, a layer that only moved) have one name and one cubin.
+    pub symbol: String,
+    /// The CUDA file: [`PRELUDE`] and the kernel's code under `symbol`.
+    pub text: String,
+}
+
+/// Where the plan's kernels are in the compile units: for each name the plan
+/// launches (kernels and their variants, in plan order), the index of its
+/// unit and its name there.
+pub type SymbolTable = Vec<(String, usize, String)>;
+
+/// The model's kernels as separate compile units, each distinct kernel once,
+/// in order of first use, and where each launched name went. `cnnc build`
+/// compiles and caches each unit on its own, so a one-layer edit compiles
+/// one kernel; `model.cu` ([`print`]) stays the readable whole, with the
+/// plan's names, for NVRTC and for people.
+pub fn compile_units(program: &KernelProgram) -> Result<(Vec<CompileUnit>, SymbolTable), String> {
+    let mut units: Vec<CompileUnit> = Vec::new();
+    let mut table = Vec::new();
+    for k in &program.kernels {
+        let mut section = String::new();
+        kernel(&mut section, k)?;
+        // Comments carry layer names and source lines; only code decides
+        // what nvcc produces.
+        let code: String = section
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let placeholder = "CNNC_KERNEL";
+        let canonical = code.replace(&k.name, placeholder);
+        let kind = k
+            .name
+            .split('_')
+            .nth(1)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("k");
+        let digest = crate::cache::fnv1a128(canonical.as_bytes());
+        let symbol = format!("{kind}_{:016x}", (digest >> 64) as u64 ^ digest as u64);
+        let text = format!("{PRELUDE}\n{}", canonical.replace(placeholder, &symbol));
+        let index = match units.iter().position(|u| u.symbol == symbol) {
+            Some(i) if units[i].text == text => i,
+            Some(_) => return Err(format!("two different kernels have the digest {symbol}")),
+            None => {
+                units.push(CompileUnit {
+                    symbol: symbol.clone(),
+                    text,
+                });
+                units.len() - 1
+            }
+        };
+        table.push((k.name.clone(), index, symbol.clone()));
+        for v in &k.variants {
+            let suffix = v.name.strip_prefix(k.name.as_str()).ok_or_else(|| {
+                format!(
+                    "variant {} does not extend its kernel's name {}",
+                    v.name, k.name
+                )
+            })?;
+            table.push((v.name.clone(), index, format!("{symbol}{suffix}")));
+        }
+    }
+    Ok((units, table))
+}
+
 /// A float as a C literal that reads back to the same f32.
 fn float(v: f64) -> String {
     let f = v as f32;

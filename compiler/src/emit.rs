@@ -56,16 +56,16 @@ pub fn stage_text(
             }
         }
         Stage::Driver | Stage::Plan => {
-            let (_, _, plan) =
+            let (_, program, plan) =
                 crate::plan::compile_with(graph, sources, precision).map_err(internal)?;
             if stage == Stage::Plan {
                 crate::build::plan_json(&plan).map_err(internal)
             } else {
-                let cubins: Vec<(u32, String)> = crate::build::ARCHS
-                    .iter()
-                    .map(|a| (*a, format!("sm_{a}.cubin")))
-                    .collect();
-                crate::build::driver_source(&plan, "model.cu", &cubins).map_err(internal)
+                // The driver as `cnnc build` writes it when nvcc is found.
+                let kernels = crate::build::KernelSources::new(&program).map_err(internal)?;
+                let cubins = crate::build::cubin_files(&kernels.units);
+                crate::build::driver_source(&plan, "model.cu", &cubins, &kernels.symbols)
+                    .map_err(internal)
             }
         }
         Stage::Ast | Stage::Ir => unreachable!("handled above"),

@@ -38,16 +38,18 @@ fn keep_freed_memory() {
 const BUILD_HELP: &str = "\
 What it needs and uses:
   cargo         builds the generated crate (`CARGO` names another cargo)
-  nvcc          compiles the kernels to cubins for sm_80 and sm_90: `CNNC_NVCC`,
-                then `PATH`, then /usr/local/cuda/bin/nvcc; without it the CUDA
-                source is embedded and compiled with NVRTC when the binary
-                first runs on a GPU
-  the cache     the runtime crate (built into cnnc, unpacked on first use) and
-                the compiled dependencies, shared by every build of this cnnc
+  nvcc          compiles each distinct kernel to a cubin for sm_80 and sm_90,
+                one nvcc per core: `CNNC_NVCC`, then `PATH`, then
+                /usr/local/cuda/bin/nvcc; without it the CUDA source is
+                embedded and compiled with NVRTC when the binary first runs on
+                a GPU
+  the cache     the runtime crate (built into cnnc, unpacked on first use),
+                the compiled dependencies and the cubins (by the digest of
+                each kernel's code), shared by every build of this cnnc
                 version: $CNNC_CACHE_DIR/<version>, else
                 $XDG_CACHE_HOME/cnnc/<version>, else ~/.cache/cnnc/<version>.
                 The first build compiles the dependencies (minutes); later
-                builds take seconds.
+                builds take seconds, and compile only kernels not built before.
 
 Environment:
   CNNC_CACHE_DIR     the cache folder (<version> is appended)
@@ -758,7 +760,7 @@ fn build(
         Ok(x) => x,
         Err(e) => return Ok(fail(format!("internal error: {e}"))),
     };
-    let source = match cnnc::cuda::print(&program) {
+    let kernels = match cnnc::build::KernelSources::new(&program) {
         Ok(s) => s,
         Err(e) => return Ok(fail(format!("internal error: {e}"))),
     };
@@ -785,7 +787,7 @@ fn build(
     };
     let mut log = |m: &str| eprintln!("  {m}");
     log(&format!("GPU arithmetic: {}", program.precision_line()));
-    match cnnc::build::build(&plan, &source, &opts, &mut log) {
+    match cnnc::build::build(&plan, &kernels, &opts, &mut log) {
         Ok(path) => {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)

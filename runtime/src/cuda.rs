@@ -18,9 +18,15 @@ use std::sync::Arc;
 /// Compiled kernels shipped in a binary.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelImages {
-    /// (compute capability major·10 + minor, cubin bytes), e.g. (80, …), (90, …).
-    pub cubins: &'static [(u32, &'static [u8])],
-    /// The CUDA C source, compiled with NVRTC when no cubin fits the GPU.
+    /// Per architecture (compute capability major·10 + minor, e.g. 80, 90),
+    /// one cubin per distinct kernel; every architecture lists the same
+    /// kernels in the same order.
+    pub cubins: &'static [(u32, &'static [&'static [u8]])],
+    /// For each kernel name the plan launches: the index of its cubin in
+    /// each list of `cubins`, and the kernel's name in that cubin.
+    pub symbols: &'static [(&'static str, u32, &'static str)],
+    /// The CUDA C source, compiled with NVRTC when no cubin fits the GPU;
+    /// its kernels have the plan's names.
     pub source: &'static str,
 }
 
@@ -85,11 +91,27 @@ impl CudaExecutor {
             .iter()
             .filter(|(arch, _)| arch / 10 == cc / 10 && *arch <= cc)
             .max_by_key(|(arch, _)| *arch);
-        let (ptx, kernels_from) = match cubin {
-            Some((arch, bytes)) => (
-                cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
-                format!("cubin sm_{arch}"),
-            ),
+        // The modules, and where each of the plan's kernels is: by name in
+        // the cubins' symbol table, or under its own name in NVRTC's module.
+        let (modules, symbols, kernels_from) = match cubin {
+            Some((arch, images_for_arch)) => {
+                let mut modules = Vec::with_capacity(images_for_arch.len());
+                for (i, bytes) in images_for_arch.iter().enumerate() {
+                    let ptx = cudarc::nvrtc::Ptx::from_binary(bytes.to_vec());
+                    modules.push(
+                        ctx.load_module(ptx).map_err(|e| {
+                            Error(format!("cannot load cubin {i} of sm_{arch}: {e}"))
+                        })?,
+                    );
+                }
+                let symbols: std::collections::HashMap<&str, (usize, &str)> = images
+                    .symbols
+                    .iter()
+                    .map(|(name, unit, symbol)| (*name, (*unit as usize, *symbol)))
+                    .collect();
+                let from = format!("cubins sm_{arch} ({} kernels)", modules.len());
+                (modules, Some(symbols), from)
+            }
             None => {
                 let opts = cudarc::nvrtc::CompileOptions {
                     arch: None,
@@ -97,19 +119,32 @@ impl CudaExecutor {
                 };
                 let ptx = cudarc::nvrtc::compile_ptx_with_opts(images.source, opts)
                     .map_err(|e| Error(format!("no cubin for compute capability {major}.{minor}, and NVRTC failed to compile the kernels: {e}")))?;
-                (ptx, format!("NVRTC (no cubin for sm_{cc})"))
+                let module = ctx
+                    .load_module(ptx)
+                    .map_err(cuda_err("cannot load the kernels"))?;
+                (vec![module], None, format!("NVRTC (no cubin for sm_{cc})"))
             }
         };
-        let module = ctx
-            .load_module(ptx)
-            .map_err(cuda_err("cannot load the kernels"))?;
         // Every kernel a step may launch (its batch-size variants too), by name.
         let mut functions = Vec::new();
         for step in &plan.steps {
             let mut variants = Vec::new();
             for name in step.kernels() {
-                variants.push(module.load_function(name).map_err(|e| {
-                    Error(format!("kernel `{name}` is missing from the module: {e}"))
+                let (unit, symbol) = match &symbols {
+                    Some(table) => *table.get(name).ok_or_else(|| {
+                        Error(format!(
+                            "kernel `{name}` is not in the binary's symbol table"
+                        ))
+                    })?,
+                    None => (0, name),
+                };
+                let module = modules
+                    .get(unit)
+                    .ok_or_else(|| Error(format!("kernel `{name}`: cubin {unit} is missing")))?;
+                variants.push(module.load_function(symbol).map_err(|e| {
+                    Error(format!(
+                        "kernel `{name}` (`{symbol}`) is missing from its module: {e}"
+                    ))
                 })?);
             }
             functions.push(variants);
