@@ -414,7 +414,7 @@ fn unchanged_kernels_are_not_compiled_again() {
     assert_eq!(runs(), 14, "{first}");
     assert!(
         first.contains(
-            "compiling 14 cubins (7 distinct kernels for sm_80 and sm_90; 0 taken from the cache)"
+            "compiling 14 of 14 kernels (7 distinct, for sm_80 and sm_90; 0 taken from the cache) into 14 cubins"
         ),
         "{first}"
     );
@@ -433,9 +433,7 @@ fn unchanged_kernels_are_not_compiled_again() {
     let again = build(mnist, "b");
     assert_eq!(runs(), 14, "{again}");
     assert!(
-        again.contains(
-            "kernels: 7 distinct, for sm_80 and sm_90: all 14 cubins taken from the cache"
-        ),
+        again.contains("kernels: all 14 (7 distinct, for sm_80 and sm_90) taken from the cache"),
         "{again}"
     );
     assert_eq!(embedded("b"), cubins);
@@ -454,7 +452,7 @@ fn unchanged_kernels_are_not_compiled_again() {
     assert_eq!(runs(), 16, "{after_edit}");
     assert!(
         after_edit.contains(
-            "compiling 2 cubins (7 distinct kernels for sm_80 and sm_90; 12 taken from the cache)"
+            "compiling 2 of 14 kernels (7 distinct, for sm_80 and sm_90; 12 taken from the cache) into 2 cubins"
         ),
         "{after_edit}"
     );
@@ -491,4 +489,47 @@ fn unchanged_kernels_are_not_compiled_again() {
         "{distinct} cubins for {kernels} kernels"
     );
     assert_eq!(runs(), 16 + 2 * distinct);
+
+    // Many kernels compile several to a cubin (one nvcc process each), and
+    // the cache still knows each kernel: a model that differs in one layer
+    // takes its other kernels from those grouped cubins.
+    let units = |out: &str| -> usize {
+        let main = std::fs::read_to_string(dir.join(out).join("src/main.rs")).unwrap();
+        main.lines()
+            .filter_map(|l| l.trim().strip_prefix("(\"k"))
+            .map(|l| l.split(", ").nth(1).unwrap().parse::<usize>().unwrap())
+            .max()
+            .unwrap()
+            + 1
+    };
+    let before = runs();
+    build(Path::new("models/densenet121.cnn"), "d");
+    let (grouped, distinct) = (embedded("d"), units("d"));
+    assert_eq!(runs() - before, grouped.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if distinct / (4 * threads) >= 2 {
+        assert!(
+            grouped.len() < distinct,
+            "{} cubins for {distinct} kernels",
+            grouped.len()
+        );
+        assert!(grouped.iter().any(|f| f.contains("/group_")), "{grouped:?}");
+    }
+    std::fs::create_dir_all(dir.join("blocks")).unwrap();
+    std::fs::copy(
+        "models/blocks/densenet.cnn",
+        dir.join("blocks/densenet.cnn"),
+    )
+    .unwrap();
+    let ten = dir.join("densenet10.cnn");
+    let text = std::fs::read_to_string("models/densenet121.cnn").unwrap();
+    std::fs::write(&ten, text.replace("num_classes = 1000", "num_classes = 10")).unwrap();
+    let before = runs();
+    let log = build(&ten, "e");
+    // The classifier alone is new.
+    assert_eq!(runs() - before, 2, "{log}");
+    let reused = embedded("e");
+    let new: Vec<&String> = reused.iter().filter(|f| !grouped.contains(f)).collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert!(new.iter().all(|f| f.contains("/linear_")), "{new:?}");
 }

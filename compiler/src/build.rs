@@ -19,8 +19,8 @@ pub const ARCHS: &[u32] = &[80, 90];
 /// would write. The plan is data (`plan.json`, see [`plan_json`]) and the
 /// kernels are files, all embedded with `include_*!`, so rustc compiles
 /// almost nothing per model. `cubins` lists each architecture's cubin files
-/// in `kernels/` (one per compile unit, in unit order); `symbols` says which
-/// unit and name each kernel of the plan has there.
+/// in `kernels/` and the file of each compile unit; `symbols` says which
+/// unit and name each kernel of the plan has.
 pub fn driver_source(
     plan: &Plan,
     source_file: &str,
@@ -29,12 +29,21 @@ pub fn driver_source(
 ) -> Result<String, String> {
     let arch_entries: Vec<TokenStream> = cubins
         .iter()
-        .map(|(arch, files)| {
-            let arch = Literal::u32_unsuffixed(*arch);
-            let files = files
+        .map(|a| {
+            let arch = Literal::u32_unsuffixed(a.arch);
+            let files = a
+                .files
                 .iter()
                 .map(|f| Literal::string(&format!("../kernels/{f}")));
-            quote!((#arch, &[#(include_bytes!(#files)),*]))
+            let units = a
+                .unit_file
+                .iter()
+                .map(|&i| Literal::u32_unsuffixed(i as u32));
+            quote!(ArchImages {
+                arch: #arch,
+                cubins: &[#(include_bytes!(#files)),*],
+                units: &[#(#units),*],
+            })
         })
         .collect();
     // Without cubins (no nvcc) the NVRTC build of model.cu has the plan's names.
@@ -53,13 +62,13 @@ pub fn driver_source(
     let source_path = Literal::string(&format!("../kernels/{source_file}"));
     let plan_path = Literal::string(&format!("../{PLAN_FILE}"));
     let file = quote! {
-        use cnnc_runtime::cuda::KernelImages;
+        use cnnc_runtime::cuda::{ArchImages, KernelImages};
 
-        /// Kernels compiled ahead of time, by compute capability: one cubin
-        /// per distinct kernel.
-        static CUBINS: &[(u32, &[&[u8]])] = &[#(#arch_entries),*];
+        /// Kernels compiled ahead of time, by compute capability; `units`
+        /// says which cubin holds each distinct kernel (the unit numbers below).
+        static CUBINS: &[ArchImages] = &[#(#arch_entries),*];
 
-        /// Each kernel of the plan: its cubin (index in each list above) and its name there.
+        /// Each kernel of the plan: its unit and its name in the cubin.
         static SYMBOLS: &[(&str, u32, &str)] = &[#(#symbol_entries),*];
 
         /// The CUDA source, compiled with NVRTC when no cubin fits the GPU.
@@ -248,36 +257,59 @@ impl KernelSources {
     }
 }
 
-/// The cubins of a build: per architecture, one file per compile unit (in
-/// unit order), as paths relative to `kernels/`.
-pub type Cubins = Vec<(u32, Vec<String>)>;
+/// The cubins of one architecture: the files in `kernels/` (relative
+/// paths, `sm_<arch>/<name>.cubin`) and, for each compile unit in unit
+/// order, the index of the file that holds its kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchCubins {
+    pub arch: u32,
+    pub files: Vec<String>,
+    pub unit_file: Vec<usize>,
+}
+
+/// The cubins of a build, per architecture in [`ARCHS`].
+pub type Cubins = Vec<ArchCubins>;
 
 /// The folder of `sm_{arch}`'s cubins inside `kernels/`.
 fn arch_dir(arch: u32) -> String {
     format!("sm_{arch}")
 }
 
-/// The cubin files of `units` in `kernels/`: `sm_<arch>/<symbol>.cubin`.
+/// Every unit in a cubin of its own, `sm_<arch>/<symbol>.cubin`: what
+/// `cnnc emit --stage driver` shows (a build may group units that compiled
+/// together; see [`compile_cubins`]).
 pub fn cubin_files(units: &[crate::cuda::CompileUnit]) -> Cubins {
     ARCHS
         .iter()
-        .map(|&arch| {
-            let files = units
+        .map(|&arch| ArchCubins {
+            arch,
+            files: units
                 .iter()
                 .map(|u| format!("{}/{}.cubin", arch_dir(arch), u.symbol))
-                .collect();
-            (arch, files)
+                .collect(),
+            unit_file: (0..units.len()).collect(),
         })
         .collect()
 }
 
-/// Compiles each compile unit to a cubin per architecture in [`ARCHS`] into
-/// `kernels/sm_<arch>/<symbol>.cubin`. A cubin already in `cache` (filed by
-/// [`cubin_key`]) is copied, so a kernel is compiled once per machine
-/// whatever model or folder it is built for, and a one-layer edit compiles
-/// only the kernels it changed. The rest run as parallel nvcc processes, one
-/// per core. Cubins of earlier builds that the model no longer uses are
-/// removed from `kernels/`.
+/// How many compile units share one nvcc run when `misses` units are to be
+/// compiled on `threads` threads: one each while there are few (a one-layer
+/// edit compiles one kernel), more when there are many, since each nvcc
+/// process costs about 0.2 s of CPU before its first kernel (parsing the
+/// device library; DenseNet-121 has 311 distinct kernels). Enough groups
+/// remain to keep every thread busy.
+fn group_size(misses: usize, threads: usize) -> usize {
+    (misses / (4 * threads.max(1))).clamp(1, 16)
+}
+
+/// Compiles the compile units to cubins for each architecture in [`ARCHS`]
+/// into `kernels/sm_<arch>/`. The cache keeps, for each unit (by
+/// [`cubin_key`]: its code, the architecture, flags and nvcc), the cubin
+/// that holds it, so a kernel is compiled once per machine whatever model or
+/// folder it is built for, and a one-layer edit compiles only the kernels it
+/// changed. The others run as parallel nvcc processes, one per core, in
+/// groups of [`group_size`] units per cubin. Cubins of earlier builds that
+/// the model no longer uses are removed from `kernels/`.
 fn compile_cubins(
     nvcc: &Path,
     kernels: &Path,
@@ -287,6 +319,8 @@ fn compile_cubins(
 ) -> Result<Cubins, String> {
     let started = Instant::now();
     let units = &sources.units;
+    let prefix = format!("{}\n", crate::cuda::PRELUDE);
+    let code_of = |unit: usize| units[unit].text.strip_prefix(&prefix).unwrap_or("");
     // The plan's first name for each unit, for messages.
     let kernel_of = |unit: usize| {
         sources
@@ -295,73 +329,127 @@ fn compile_cubins(
             .find(|(_, u, _)| *u == unit)
             .map_or("?", |(name, _, _)| name.as_str())
     };
+    let index_dir = cache.map(|c| c.join("index"));
     struct Job {
-        unit: usize,
         arch: u32,
+        units: Vec<usize>,
+        /// `kernels/sm_<arch>/<name>.cubin`.
         file: PathBuf,
+        name: String,
+        /// The cache entry of the cubin and of each unit's index line.
         cached: Option<PathBuf>,
+        unit_keys: Vec<String>,
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut jobs = Vec::new();
-    let cubins = cubin_files(units);
+    let mut cubins: Cubins = Vec::new();
     let mut from_cache = 0;
-    for (arch, files) in &cubins {
-        let arch = *arch;
+    let mut missing = 0;
+    for &arch in ARCHS {
         let dir = kernels.join(arch_dir(arch));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-        for (i, (unit, name)) in units.iter().zip(files).enumerate() {
-            let file = kernels.join(name);
-            let cached =
-                cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, &unit.text, arch))));
-            match cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
-                Some(bytes) => {
+        let mut names: Vec<Option<String>> = vec![None; units.len()];
+        let mut misses = Vec::new();
+        for (i, unit) in units.iter().enumerate() {
+            let key = cubin_key(nvcc, &unit.text, arch);
+            // The index line: the cached cubin's key and its file name.
+            let hit = index_dir.as_ref().and_then(|d| {
+                let line = std::fs::read_to_string(d.join(&key)).ok()?;
+                let (cubin_key, name) = line.trim().split_once(' ')?;
+                let bytes = std::fs::read(cache?.join(format!("{cubin_key}.cubin"))).ok()?;
+                Some((name.to_string(), bytes))
+            });
+            match hit {
+                Some((name, bytes)) => {
+                    let file = dir.join(format!("{name}.cubin"));
                     if std::fs::read(&file).map_or(true, |old| old != bytes) {
                         write(&file, &bytes)?;
                     }
+                    names[i] = Some(name);
                     from_cache += 1;
                 }
-                None => jobs.push(Job {
-                    unit: i,
-                    arch,
-                    file,
-                    cached,
-                }),
+                None => misses.push((i, key)),
             }
         }
+        missing += misses.len();
+        for group in misses.chunks(group_size(misses.len(), threads)) {
+            let name = match group {
+                [(i, _)] => units[*i].symbol.clone(),
+                _ => {
+                    let symbols: Vec<&str> = group
+                        .iter()
+                        .map(|(i, _)| units[*i].symbol.as_str())
+                        .collect();
+                    format!(
+                        "group_{:016x}",
+                        crate::cache::fnv1a128(symbols.join(" ").as_bytes()) as u64
+                    )
+                }
+            };
+            for (i, _) in group {
+                names[*i] = Some(name.clone());
+            }
+            let text: String = std::iter::once(prefix.as_str())
+                .chain(group.iter().map(|(i, _)| code_of(*i)))
+                .collect();
+            jobs.push(Job {
+                arch,
+                units: group.iter().map(|(i, _)| *i).collect(),
+                file: dir.join(format!("{name}.cubin")),
+                name,
+                cached: cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, &text, arch)))),
+                unit_keys: group.iter().map(|(_, k)| k.clone()).collect(),
+            });
+        }
+        // Files in order of first use; each unit points at its file.
+        let mut files: Vec<String> = Vec::new();
+        let mut unit_file = Vec::with_capacity(units.len());
+        for name in names {
+            let path = format!("{}/{}.cubin", arch_dir(arch), name.unwrap_or_default());
+            let at = files.iter().position(|f| *f == path).unwrap_or_else(|| {
+                files.push(path);
+                files.len() - 1
+            });
+            unit_file.push(at);
+        }
+        cubins.push(ArchCubins {
+            arch,
+            files,
+            unit_file,
+        });
     }
     let total = units.len() * ARCHS.len();
     let archs: Vec<String> = ARCHS.iter().map(|a| format!("sm_{a}")).collect();
     if jobs.is_empty() {
         log(&format!(
-            "kernels: {} distinct, for {}: all {total} cubins taken from the cache",
+            "kernels: all {total} ({} distinct, for {}) taken from the cache",
             units.len(),
             archs.join(" and "),
         ));
     } else {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(jobs.len());
+        let threads = threads.min(jobs.len());
         log(&format!(
-            "compiling {} cubins ({} distinct kernels for {}; {from_cache} taken from the cache) with {} on {threads} thread{}",
-            jobs.len(),
+            "compiling {missing} of {total} kernels ({} distinct, for {}; {from_cache} taken from the cache) into {} cubin{} with {} on {threads} thread{}",
             units.len(),
             archs.join(" and "),
+            jobs.len(),
+            if jobs.len() == 1 { "" } else { "s" },
             nvcc.display(),
             if threads == 1 { "" } else { "s" }
         ));
-        // Each unit's source, once for all architectures, in a scratch
-        // folder that is removed when every compile succeeded.
+        // Each cubin's source, in a scratch folder that is removed when
+        // every compile succeeded (a name is the same code for every arch).
         let scratch = kernels.join(".nvcc");
         std::fs::create_dir_all(&scratch)
             .map_err(|e| format!("cannot create `{}`: {e}", scratch.display()))?;
         let mut written = std::collections::HashSet::new();
         for job in &jobs {
-            if written.insert(job.unit) {
-                let unit = &units[job.unit];
-                write(
-                    &scratch.join(format!("{}.cu", unit.symbol)),
-                    unit.text.as_bytes(),
-                )?;
+            if written.insert(job.name.clone()) {
+                let text: String = std::iter::once(prefix.as_str())
+                    .chain(job.units.iter().map(|i| code_of(*i)))
+                    .collect();
+                write(&scratch.join(format!("{}.cu", job.name)), text.as_bytes())?;
             }
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -370,12 +458,11 @@ fn compile_cubins(
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let done_tx = done_tx.clone();
-                let (jobs, next, scratch) = (&jobs, &next, &scratch);
+                let (jobs, next, scratch, index_dir) = (&jobs, &next, &scratch, &index_dir);
                 scope.spawn(move || loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    let unit = &units[job.unit];
-                    let cu = scratch.join(format!("{}.cu", unit.symbol));
+                    let cu = scratch.join(format!("{}.cu", job.name));
                     let tmp = job.file.with_extension("cubin.tmp");
                     let result = nvcc_cubin(nvcc, &cu, job.arch, &tmp)
                         .and_then(|()| {
@@ -384,21 +471,32 @@ fn compile_cubins(
                         })
                         .map_err(|e| {
                             let _ = std::fs::remove_file(&tmp);
+                            let others = match job.units.len() {
+                                1 => String::new(),
+                                n => format!(" and {} more", n - 1),
+                            };
                             format!(
-                                "{e}\n(kernel {} as `{}`, from `{}`)",
-                                kernel_of(job.unit),
-                                unit.symbol,
+                                "{e}\n(kernel {}{others} as `{}`, from `{}`)",
+                                kernel_of(job.units[0]),
+                                job.name,
                                 cu.display()
                             )
                         });
-                    // The cache is an optimisation: failing to fill it is no error.
-                    if let (Ok(()), Some(cached)) = (&result, &job.cached) {
-                        if let Ok(bytes) = std::fs::read(&job.file) {
-                            if cached
-                                .parent()
-                                .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-                            {
-                                let _ = write(cached, &bytes);
+                    // The cache is an optimisation: failing to fill it is no
+                    // error. The cubin first, then the index lines that
+                    // point at it.
+                    if let (Ok(()), Some(cached), Some(index_dir)) =
+                        (&result, &job.cached, index_dir)
+                    {
+                        let filed = std::fs::read(&job.file).is_ok_and(|bytes| {
+                            std::fs::create_dir_all(index_dir).is_ok()
+                                && write(cached, &bytes).is_ok()
+                        });
+                        let cubin_key = cached.file_stem().unwrap_or_default().to_string_lossy();
+                        if filed {
+                            for key in &job.unit_keys {
+                                let line = format!("{cubin_key} {}\n", job.name);
+                                let _ = write(&index_dir.join(key), line.as_bytes());
                             }
                         }
                     }
@@ -454,7 +552,7 @@ fn compile_cubins(
 fn remove_stale_cubins(kernels: &Path, cubins: &Cubins) {
     let keep: std::collections::HashSet<PathBuf> = cubins
         .iter()
-        .flat_map(|(_, files)| files.iter().map(|f| kernels.join(f)))
+        .flat_map(|a| a.files.iter().map(|f| kernels.join(f)))
         .collect();
     let mut dirs = vec![kernels.to_path_buf()];
     dirs.extend(ARCHS.iter().map(|a| kernels.join(arch_dir(*a))));

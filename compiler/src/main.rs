@@ -38,8 +38,8 @@ fn keep_freed_memory() {
 const BUILD_HELP: &str = "\
 What it needs and uses:
   cargo         builds the generated crate (`CARGO` names another cargo)
-  nvcc          compiles each distinct kernel to a cubin for sm_80 and sm_90,
-                one nvcc per core: `CNNC_NVCC`, then `PATH`, then
+  nvcc          compiles each distinct kernel for sm_80 and sm_90, one nvcc
+                per core: `CNNC_NVCC`, then `PATH`, then
                 /usr/local/cuda/bin/nvcc; without it the CUDA source is
                 embedded and compiled with NVRTC when the binary first runs on
                 a GPU

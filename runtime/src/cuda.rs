@@ -15,15 +15,23 @@ use cudarc::driver::{
 };
 use std::sync::Arc;
 
+/// The cubins of one architecture.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchImages {
+    /// Compute capability major·10 + minor, e.g. 80, 90.
+    pub arch: u32,
+    pub cubins: &'static [&'static [u8]],
+    /// For each compile unit (a distinct kernel, numbered as in
+    /// [`KernelImages::symbols`]), the index of the cubin that holds it.
+    pub units: &'static [u32],
+}
+
 /// Compiled kernels shipped in a binary.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelImages {
-    /// Per architecture (compute capability major·10 + minor, e.g. 80, 90),
-    /// one cubin per distinct kernel; every architecture lists the same
-    /// kernels in the same order.
-    pub cubins: &'static [(u32, &'static [&'static [u8]])],
-    /// For each kernel name the plan launches: the index of its cubin in
-    /// each list of `cubins`, and the kernel's name in that cubin.
+    pub cubins: &'static [ArchImages],
+    /// For each kernel name the plan launches: its compile unit and the
+    /// kernel's name in the unit's cubin.
     pub symbols: &'static [(&'static str, u32, &'static str)],
     /// The CUDA C source, compiled with NVRTC when no cubin fits the GPU;
     /// its kernels have the plan's names.
@@ -89,27 +97,27 @@ impl CudaExecutor {
         let cubin = images
             .cubins
             .iter()
-            .filter(|(arch, _)| arch / 10 == cc / 10 && *arch <= cc)
-            .max_by_key(|(arch, _)| *arch);
-        // The modules, and where each of the plan's kernels is: by name in
-        // the cubins' symbol table, or under its own name in NVRTC's module.
+            .filter(|a| a.arch / 10 == cc / 10 && a.arch <= cc)
+            .max_by_key(|a| a.arch);
+        // The modules, and where each of the plan's kernels is: through the
+        // symbol table in the cubins, or under its own name in NVRTC's module.
         let (modules, symbols, kernels_from) = match cubin {
-            Some((arch, images_for_arch)) => {
-                let mut modules = Vec::with_capacity(images_for_arch.len());
-                for (i, bytes) in images_for_arch.iter().enumerate() {
+            Some(a) => {
+                let mut modules = Vec::with_capacity(a.cubins.len());
+                for (i, bytes) in a.cubins.iter().enumerate() {
                     let ptx = cudarc::nvrtc::Ptx::from_binary(bytes.to_vec());
-                    modules.push(
-                        ctx.load_module(ptx).map_err(|e| {
-                            Error(format!("cannot load cubin {i} of sm_{arch}: {e}"))
-                        })?,
-                    );
+                    modules.push(ctx.load_module(ptx).map_err(|e| {
+                        Error(format!("cannot load cubin {i} of sm_{}: {e}", a.arch))
+                    })?);
                 }
-                let symbols: std::collections::HashMap<&str, (usize, &str)> = images
-                    .symbols
-                    .iter()
-                    .map(|(name, unit, symbol)| (*name, (*unit as usize, *symbol)))
-                    .collect();
-                let from = format!("cubins sm_{arch} ({} kernels)", modules.len());
+                let mut symbols = std::collections::HashMap::new();
+                for (name, unit, symbol) in images.symbols {
+                    let module = a.units.get(*unit as usize).ok_or_else(|| {
+                        Error(format!("kernel `{name}`: no cubin holds unit {unit}"))
+                    })?;
+                    symbols.insert(*name, (*module as usize, *symbol));
+                }
+                let from = format!("cubins sm_{} ({} files)", a.arch, modules.len());
                 (modules, Some(symbols), from)
             }
             None => {
