@@ -74,10 +74,14 @@ pub fn split_phases(g: &Geometry, x: &[f32], s: &mut [f32]) {
             rows[pw..pw + g.w].copy_from_slice(src);
             rows[pw + g.w..].fill(0.0);
         } else {
-            rows.fill(0.0);
-            for (i, &v) in src.iter().enumerate() {
-                let j = i + pw;
-                rows[(j % sw) * len + j / sw] = v;
+            // Phase r, entry i: padded column i·SW + r, input column i·SW + r − PW.
+            for (r, phase) in rows.chunks_exact_mut(len).enumerate() {
+                for (i, d) in phase.iter_mut().enumerate() {
+                    *d = (i * sw + r)
+                        .checked_sub(pw)
+                        .and_then(|j| src.get(j))
+                        .map_or(0.0, |&v| v);
+                }
             }
         }
     }
@@ -138,7 +142,9 @@ fn plane_any<const FMA: bool>(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out
             row0: oy * sh + k0 * dh - g.pad.0,
             taps: (k0, k1),
             kw,
-            step: (dh, dw),
+            dh,
+            dw_phase: dw % sw,
+            dw_entry: dw / sw,
             sw,
             len,
         };
@@ -169,8 +175,11 @@ struct Rows<'a> {
     /// The kernel rows that land inside the map, `k0..k1`.
     taps: (usize, usize),
     kw: usize,
-    /// Dilation (rows, columns).
-    step: (usize, usize),
+    /// The row dilation.
+    dh: usize,
+    /// The column dilation as phases and entries: DW mod SW, DW / SW.
+    dw_phase: usize,
+    dw_entry: usize,
     sw: usize,
     len: usize,
 }
@@ -180,15 +189,21 @@ impl Rows<'_> {
     #[inline(always)]
     fn chunk<const V: usize, const FMA: bool>(&self, x0: usize, bias: f32, out: &mut [f32]) {
         let mut acc = [bias; V];
-        let (dh, dw) = self.step;
+        let dh = self.dh;
         for ky in self.taps.0..self.taps.1 {
             let y = self.row0 + (ky - self.taps.0) * dh;
             let base = y * self.sw * self.len + x0;
+            // Tap kx reads column x·SW + kx·DW of the padded row: phase
+            // (kx·DW) mod SW, entry x + (kx·DW) / SW; kept as (phase, entry
+            // offset) and stepped by DW without a division.
+            let (mut phase, mut entry) = (0, 0);
             for kx in 0..self.kw {
                 let wv = self.w[ky * self.kw + kx];
-                let c = kx * dw;
-                // Column x·SW + c of the padded row is phase c mod SW, index x + c / SW.
-                let at = base + (c % self.sw) * self.len + c / self.sw;
+                let at = base + phase * self.len + entry;
+                (phase, entry) = (phase + self.dw_phase, entry + self.dw_entry);
+                if phase >= self.sw {
+                    (phase, entry) = (phase - self.sw, entry + 1);
+                }
                 let x = &self.s[at..at + V];
                 for j in 0..V {
                     acc[j] = if FMA {
