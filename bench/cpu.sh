@@ -4,14 +4,14 @@
 # too. Builds the binaries it needs (scripts/build-gpu-bins.sh, into gpu/bin)
 # when they are missing or older than their sources, or all of them with
 # CNNC_REBUILD=1.
-#   bench/cpu.sh                      # every case of the issue (about 6 minutes on 2 quiet cores)
+#   bench/cpu.sh                      # every case of the issues (about 7 minutes on 2 quiet cores)
 #   CNNC_BENCH_CASES="resnet18:1" bench/cpu.sh
 # Results: stdout and $CNNC_BENCH_OUT/results.md (default /tmp/cnnc-cpu-bench).
 # Needs cargo, python3 with torch, torchvision and numpy, and /usr/bin/time.
 # Run it on a quiet machine: the load average is printed with the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cases="${CNNC_BENCH_CASES:-mnist_cnn:1 mnist_cnn:256 lenet5:1 lenet5:256 resnet18:1 resnet18:16 resnet50:1 resnet50:16 vgg16:1}"
+cases="${CNNC_BENCH_CASES:-mnist_cnn:1 mnist_cnn:256 lenet5:1 lenet5:256 resnet18:1 resnet18:16 resnet50:1 resnet50:16 vgg16:1 mobilenet_v2:1 efficientnet_b0:1}"
 export CNNC_BENCH_CASES="$cases"
 models="$(for c in $cases; do echo "${c%%:*}"; done | sort -u | tr '\n' ' ')"
 missing=""

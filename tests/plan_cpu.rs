@@ -581,3 +581,81 @@ fn full_size_parity_with_pytorch() {
         assert!(worst <= 1e-4 * largest.max(1.0), "{name}: {worst:e}");
     }
 }
+
+/// Depthwise convolutions (groups = channels) of every geometry the CPU's
+/// depthwise kernel handles: 3×3 and 5×5, strides 1 and 2 (and 3 by 1),
+/// padding, dilation, odd sizes, tiny maps (2×2, 1×1), with bias, folded
+/// batch norm, activations and a residual add in their epilogues.
+const DEPTHWISE: &str = "
+model depthwise {
+  input [16, 41, 38]
+  a = seq { conv(16, k=3, p=1, g=16, bias=false) batchnorm relu6 }       # 41×38, parallel planes
+  b = seq { conv(16, k=5, s=2, p=2, g=16, bias=false) batchnorm hardswish } # 21×19
+  c = residual { seq { conv(16, k=3, p=2, d=2, g=16, bias=false) batchnorm } } # dilated, add in the epilogue
+  d = seq { conv(16, k=3, s=2, g=16) silu }                              # no padding: 10×9
+  e = conv(16, k=5, p=2, g=16)                                           # 5×5, stride 1
+  f = seq { conv(16, k=3, s=(3, 1), p=(0, 1), g=16) sigmoid }            # 3×9
+  g = conv(16, k=(3, 5), s=2, p=1, d=(1, 2), g=16)                       # 2×2
+  h = conv(16, k=3, p=1, g=16) relu                                      # 2×2
+  i = conv(16, k=3, s=2, p=1, g=16)                                      # 1×1
+  j = conv(16, k=5, p=2, g=16)                                           # 5×5 on 1×1
+  k = conv(16, k=1, g=16)                                                # 1×1 on 1×1
+  l = residual { seq { conv(16, k=5, p=2, g=16, bias=false) batchnorm relu6 } } # 5×5 on 1×1
+  flatten
+}
+";
+
+/// The depthwise convolutions run on the depthwise kernel, and match the
+/// evaluator at batches 1 and 3, on pools of 1 and 3 threads.
+#[test]
+fn cpu_depthwise_convolutions_match_the_evaluator() {
+    let compilation = cnnc::compile_source("depthwise.cnn", DEPTHWISE, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    randomize_batchnorm(&mut file, 4);
+    let exec = executor(graph, &compilation.sources, &file, 1);
+    use cnnc_runtime::cpu::CpuPath;
+    use cnnc_runtime::plan::{Epi, StepOp};
+    let steps = &exec.plan().steps;
+    let depthwise: Vec<usize> = (0..steps.len())
+        .filter(|&i| exec.step_path(i) == CpuPath::Depthwise)
+        .collect();
+    assert_eq!(
+        depthwise.len(),
+        12,
+        "every convolution on the depthwise kernel"
+    );
+    assert!(depthwise
+        .iter()
+        .all(|&i| matches!(steps[i].op, StepOp::Gemm(g) if g.groups == 16)));
+    let epilogues: Vec<&[Epi]> = depthwise.iter().map(|&i| &steps[i].epilogue[..]).collect();
+    assert!(
+        epilogues
+            .iter()
+            .filter(|e| e.iter().any(|e| matches!(e, Epi::AddInput(_))))
+            .count()
+            == 2,
+        "two residual adds fused: {epilogues:?}"
+    );
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            cpu_matches_evaluator(
+                &format!("depthwise, {threads} threads"),
+                graph,
+                &compilation.sources,
+                &file,
+                &[1, 3],
+                17,
+            )
+        });
+    }
+}

@@ -25,7 +25,7 @@
 //! than zeros go through `source_index` per element.
 
 use super::act::apply_slice;
-use super::{direct, winograd, Arena, Scratch};
+use super::{depthwise, direct, winograd, Arena, Scratch};
 use crate::plan::{Epi, Gemm, Place, Step};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -510,6 +510,58 @@ pub(super) fn direct_conv(
             run(i, &mut s);
         });
     }
+}
+
+/// A depthwise convolution's plane geometry, where the step runs on the
+/// depthwise kernel ([`depthwise`]): as many groups as input and output
+/// channels, zero padding, and an output the padded input covers (always,
+/// for a plan the compiler made). Any kernel, stride and dilation.
+pub(super) fn depthwise_fits(g: &Gemm, x: &Place, y: &Place) -> Option<depthwise::Geometry> {
+    if g.global_pool
+        || g.padding_mode != 0
+        || g.groups != g.in_channels
+        || g.groups != g.out_channels
+    {
+        return None;
+    }
+    let d = depthwise::Geometry {
+        h: x.h,
+        w: x.w,
+        oh: y.h,
+        ow: y.w,
+        kernel: g.kernel,
+        stride: g.stride,
+        pad: g.pad,
+        dilation: g.dilation,
+    };
+    d.valid().then_some(d)
+}
+
+/// A depthwise convolution: one task per (image, channel) plane, which
+/// lays its input plane out in the thread's scratch, runs the kernel with
+/// the bias, then the epilogue on the plane while it is in cache.
+pub(super) fn depthwise_conv(
+    d: &depthwise::Geometry,
+    step: &Step,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    arena: Arena,
+    scratch: &[Mutex<Scratch>],
+) {
+    let (x, y) = (&step.inputs[0], &step.output);
+    let taps = d.kernel.0 * d.kernel.1;
+    // The work of a plane is its pixels times the taps.
+    super::for_each_plane(arena.batch, y.c, y.h * y.w * taps, |n, c| {
+        // The task makes no rayon call while it holds its thread's scratch.
+        let mut s = lock_scratch(scratch, rayon::current_thread_index().unwrap_or(0));
+        let phases = &mut s.phases[..d.scratch_len()];
+        depthwise::split_phases(d, arena.plane(x, n, c), phases);
+        // SAFETY: each task owns output plane (n, c).
+        let out = unsafe { arena.plane_mut(y, n, c) };
+        let b = bias.map_or(0.0, |b| b[c]);
+        depthwise::plane(d, phases, &w[c * taps..(c + 1) * taps], b, out);
+        epilogue(step, arena, out, n, c, 0);
+    });
 }
 
 /// Fills rows `row0..` of the column matrix (`rows`, `cols` floats each, the

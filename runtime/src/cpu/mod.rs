@@ -57,6 +57,7 @@ macro_rules! blocks {
 
 pub(crate) mod act;
 mod conv;
+pub mod depthwise;
 pub mod direct;
 pub mod winograd;
 
@@ -95,6 +96,22 @@ struct Scratch {
     pm: Vec<f32>,
     /// Winograd's transformed tiles (sized for the largest such step).
     wino: winograd::Scratch,
+    /// Depthwise convolutions: one input plane, padded and split by stride
+    /// ([`depthwise::split_phases`]).
+    phases: Vec<f32>,
+}
+
+/// Which kernel the CPU executor runs a step on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuPath {
+    /// A convolution or linear layer as im2col + GEMM ([`conv`]).
+    Gemm,
+    /// A convolution on the direct (and, for whole images, Winograd) kernels.
+    Direct,
+    /// A depthwise convolution on [`depthwise`].
+    Depthwise,
+    /// Any other step: its own loop.
+    Other,
 }
 
 pub struct CpuExecutor {
@@ -110,6 +127,8 @@ pub struct CpuExecutor {
     /// Per step: the weights tap-major (and for Winograd) where the step
     /// runs on the direct kernels ([`direct`], [`winograd`]).
     direct_w: Vec<Option<conv::DirectWeights>>,
+    /// Per step: the plane geometry where the step runs on [`depthwise`].
+    depthwise: Vec<Option<depthwise::Geometry>>,
     /// With profiling on: milliseconds spent in each step, summed over runs.
     step_ms: Option<Vec<f64>>,
 }
@@ -141,13 +160,26 @@ impl CpuExecutor {
         let threads = rayon::current_num_threads().max(1);
         let (mut col_len, mut product_len) = (0usize, 0usize);
         let (mut padded_len, mut pm_len) = (0usize, 0usize);
-        let mut direct_w = Vec::with_capacity(plan.steps.len());
+        let (mut direct_w, mut depthwise) = (Vec::new(), Vec::new());
         let mut winograd_steps = Vec::new();
+        let mut phases_len = 0;
         for step in &plan.steps {
             check_step(&plan, step, &prepared)
                 .map_err(|e| Error(format!("step `{}`: {e}", step.kernel)))?;
+            let dw = match &step.op {
+                StepOp::Gemm(g) => conv::depthwise_fits(g, &step.inputs[0], &step.output),
+                _ => None,
+            };
+            if let Some(d) = &dw {
+                phases_len = phases_len.max(d.scratch_len());
+            }
+            depthwise.push(dw);
             let direct = match &step.op {
-                StepOp::Gemm(g) if conv::direct_fits(g, &step.inputs[0], &step.output) => Some(g),
+                StepOp::Gemm(g)
+                    if dw.is_none() && conv::direct_fits(g, &step.inputs[0], &step.output) =>
+                {
+                    Some(g)
+                }
                 _ => None,
             };
             direct_w.push(direct.map(|g| {
@@ -165,7 +197,7 @@ impl CpuExecutor {
                     winograd,
                 }
             }));
-            if let (StepOp::Gemm(g), None) = (&step.op, direct) {
+            if let (StepOp::Gemm(g), None, None) = (&step.op, direct, dw) {
                 // Tasks only grow with the batch and shrink with more threads.
                 for b in [1, max_batch] {
                     let tiling = conv::tiling(g, &step.output, b, 1);
@@ -187,6 +219,7 @@ impl CpuExecutor {
                     padded: vec![0.0; padded_len],
                     pm: vec![0.0; pm_len],
                     wino,
+                    phases: vec![0.0; phases_len],
                 })
             })
             .collect();
@@ -198,8 +231,19 @@ impl CpuExecutor {
             prepared,
             max_batch,
             direct_w,
+            depthwise,
             step_ms: None,
         })
+    }
+
+    /// The kernel step `i` runs on (at a batch whose tasks are whole images).
+    pub fn step_path(&self, i: usize) -> CpuPath {
+        match self.plan.steps.get(i).map(|s| &s.op) {
+            _ if self.depthwise.get(i).is_some_and(Option::is_some) => CpuPath::Depthwise,
+            _ if self.direct_w.get(i).is_some_and(Option::is_some) => CpuPath::Direct,
+            Some(StepOp::Gemm(_)) => CpuPath::Gemm,
+            _ => CpuPath::Other,
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -238,6 +282,7 @@ impl CpuExecutor {
             scratch,
             output,
             direct_w,
+            depthwise,
             step_ms,
             ..
         } = self;
@@ -261,9 +306,14 @@ impl CpuExecutor {
             }
         }
         let shared = Arena::new(arena, batch);
-        for (i, (step, dw)) in plan.steps.iter().zip(direct_w.iter()).enumerate() {
+        for (i, step) in plan.steps.iter().enumerate() {
             let start = step_ms.is_some().then(std::time::Instant::now);
-            run_step(step, prepared, dw.as_ref(), shared, scratch);
+            let path = match (&depthwise[i], &direct_w[i]) {
+                (Some(d), _) => Path::Depthwise(d),
+                (None, Some(w)) => Path::Direct(w),
+                (None, None) => Path::Plain,
+            };
+            run_step(step, prepared, path, shared, scratch);
             if let (Some(ms), Some(start)) = (step_ms.as_mut(), start) {
                 ms[i] += start.elapsed().as_secs_f64() * 1e3;
             }
@@ -576,11 +626,21 @@ fn for_each_plane(
 // The steps, one function per CUDA kernel template.
 // ---------------------------------------------------------------------------
 
-/// One step; `direct_w`: the weights prepared when it runs on the direct kernels.
+/// How a convolution step runs, chosen in [`CpuExecutor::new`].
+enum Path<'a> {
+    /// On the direct kernels, with the weights prepared for them.
+    Direct(&'a conv::DirectWeights),
+    /// On the depthwise kernel, planes of this geometry.
+    Depthwise(&'a depthwise::Geometry),
+    /// As a GEMM (or, for other steps, their own loop).
+    Plain,
+}
+
+/// One step, on the kernel `path` says.
 fn run_step(
     step: &Step,
     prepared: &[Vec<f32>],
-    direct_w: Option<&conv::DirectWeights>,
+    path: Path,
     arena: Arena,
     scratch: &[Mutex<Scratch>],
 ) {
@@ -588,10 +648,14 @@ fn run_step(
     let (x, y) = (&step.inputs[0], &step.output);
     let b = arena.batch;
     match step.op {
-        StepOp::Gemm(g) => match direct_w {
-            Some(w) => conv::direct_conv(&g, step, w, g.bias.then(|| param(1)), arena, scratch),
-            None => conv::conv(&g, step, param(0), g.bias.then(|| param(1)), arena, scratch),
-        },
+        StepOp::Gemm(g) => {
+            let bias = g.bias.then(|| param(1));
+            match path {
+                Path::Direct(w) => conv::direct_conv(&g, step, w, bias, arena, scratch),
+                Path::Depthwise(d) => conv::depthwise_conv(d, step, param(0), bias, arena, scratch),
+                Path::Plain => conv::conv(&g, step, param(0), bias, arena, scratch),
+            }
+        }
         StepOp::Pool {
             max,
             kernel,
