@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Batch norms in training use batch statistics (`train`, as model.train()) or their running ones, left unchanged (`eval`) [default: train].
     #[arg(long, value_enum)]
     pub batchnorm: Option<BatchnormMode>,
+    /// How fresh weights are drawn (and `--reset` layers): PyTorch's defaults, or torchvision's VGG/ResNet recipe (kaiming-normal convs, N(0, 0.01) linears, zero biases) [default: pytorch].
+    #[arg(long, value_enum)]
+    pub init: Option<crate::weights::InitScheme>,
 }
 
 /// How batch norms behave while training.
@@ -176,6 +179,7 @@ pub struct TrainConfig {
     pub reset: Vec<String>,
     pub freeze: Vec<String>,
     pub batchnorm: BatchnormMode,
+    pub init: crate::weights::InitScheme,
 }
 
 /// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
@@ -232,6 +236,7 @@ impl Default for TrainConfig {
             reset: Vec::new(),
             freeze: Vec::new(),
             batchnorm: BatchnormMode::Train,
+            init: crate::weights::InitScheme::Pytorch,
         }
     }
 }
@@ -276,6 +281,9 @@ impl TrainConfig {
         c.freeze.extend(args.freeze.iter().cloned());
         if let Some(b) = args.batchnorm {
             c.batchnorm = b;
+        }
+        if let Some(i) = args.init {
+            c.init = i;
         }
         c.schedule.check()?;
         if !(0.0..1.0).contains(&c.label_smoothing) {
@@ -695,8 +703,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             let mut w = WeightFile::load(path).map_err(|e| e.0)?;
             if reset.contains(&true) {
                 // Fresh values for the reset layers, PyTorch's initialisation.
-                let fresh =
-                    crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?;
+                let fresh = crate::weights::init(&graph, config.init, config.seed)?;
                 for (p, _) in graph.params.iter().zip(&reset).filter(|(_, &r)| r) {
                     w.tensors
                         .insert(p.key.clone(), fresh.tensors[&p.key].clone());
@@ -704,9 +711,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             }
             w
         }
-        (None, None) => {
-            crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?
-        }
+        (None, None) => crate::weights::init(&graph, config.init, config.seed)?,
     };
     let mut net = Net::new(graph, &weights).map_err(|e| match &args.weights {
         // A classifier of another class count: say how to replace it.
