@@ -5,6 +5,7 @@
 # timed after its first (warm-up) step. Prints samples/s of both and the ratio.
 #   bench/train.sh                        # 5 rounds of 20 timed steps each side
 #   CNNC_TRAIN_ROUNDS=5 CNNC_TRAIN_STEPS=30 bench/train.sh
+#   bench/train.sh --resnet18             # resnet18 at 32×32, 10 classes, batch 128, SGD
 # Needs cargo and python3 with torch and numpy. Run it on a quiet machine:
 # the load average before and after is printed with the results.
 set -euo pipefail
@@ -13,4 +14,4 @@ cargo build --release --quiet
 CNNC_BENCH_MACHINE="machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB; $(date -u '+%Y-%m-%d %H:%M UTC'); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 export CNNC_BENCH_MACHINE
 echo "$CNNC_BENCH_MACHINE" >&2
-exec python3 bench/train_bench.py
+exec python3 bench/train_bench.py "$@"

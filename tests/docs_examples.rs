@@ -8,8 +8,9 @@
 //! - a ```text block that starts with `$ cnnc ...` is a transcript, and its
 //!   output must be what the command prints (line prefixes, in order, where
 //!   the transcript elides with `...`). `check` and `summary` go through the
-//!   library and may name a file shown in an earlier ```cnn block; `run` and
-//!   `emit` run the real binary from the repository root on repository files;
+//!   library and may name a file shown in an earlier ```cnn block; `run`,
+//!   `emit` and `train` (its `--dry-run`, in docs/training.md) run the real
+//!   binary from the repository root on repository files;
 //! - the README's zoo table quotes each model's input, parameters and MACs;
 //! - in docs/training.md, every ```yaml block is a `cnnc train` config that
 //!   parses, its transforms included;
@@ -26,11 +27,12 @@ const DOCUMENTS: &[&str] = &[
     "docs/language.md",
     "docs/architecture.md",
     "docs/snapshot-testing.md",
+    "docs/training.md",
     "README.md",
 ];
 
 /// Subcommands whose transcripts are reproduced by running the `cnnc` binary.
-const RUN_BY_BINARY: &[&str] = &["run", "emit"];
+const RUN_BY_BINARY: &[&str] = &["run", "emit", "train"];
 
 /// One fenced code block: its info string, its text, and the line of its opening fence.
 struct Fence {

@@ -160,10 +160,22 @@ pub fn prepare(graph: &Graph, weights: &BoundWeights) -> Result<BoundWeights, St
     Ok(out)
 }
 
-/// How `cnnc init` draws weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How `cnnc init` (and `cnnc train`, for fresh weights) draws weights.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum InitScheme {
     /// PyTorch's defaults: U(−1/√fan_in, 1/√fan_in) for conv and linear weights and biases.
+    #[default]
     Pytorch,
     /// torchvision's VGG/ResNet recipe: kaiming-normal (fan_out, relu) convs, N(0, 0.01) linears, zero biases.
     Kaiming,

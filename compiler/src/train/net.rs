@@ -6,7 +6,7 @@ use super::kernels::{self as k, BnSaved, ConvGeom, PoolGeom};
 use super::rng;
 use crate::ir::{Activation, Graph, NodeId, Op, ParamKind, Shape};
 use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -63,6 +63,97 @@ impl Forward {
     pub fn output(&self, graph: &Graph) -> &[f32] {
         &self.values[graph.output]
     }
+
+    /// Bytes this pass keeps for the backward pass: every node output still
+    /// held (an in-place relu's input has handed its buffer on) and what
+    /// each node saved (pool indices, batch-norm statistics, masks).
+    pub fn bytes(&self) -> usize {
+        let saved: usize = self
+            .saved
+            .iter()
+            .map(|s| match s {
+                Saved::None => 0,
+                Saved::Arg(v) => v.len() * 4,
+                Saved::Bn(b) => (b.xhat.len() + b.inv_std.len()) * 4,
+                Saved::Mask(v) | Saved::Lrn(v) | Saved::BnFixed(v) => v.len() * 4,
+            })
+            .sum();
+        self.values.iter().map(|v| v.len() * 4).sum::<usize>() + saved
+    }
+}
+
+/// Training memory at one batch size, in bytes, by what holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrainMemory {
+    /// Parameters and buffers (f32), and `num_batches_tracked` counters.
+    pub parameters: usize,
+    /// The backward pass's parameter gradients (f32; frozen layers' too,
+    /// computed and then dropped).
+    pub gradients: usize,
+    /// The optimiser's moments: SGD's momentum buffer, Adam's two.
+    pub optimizer: usize,
+    /// What the forward pass keeps for the backward pass ([`Forward::bytes`]).
+    pub activations: usize,
+    /// The backward pass's activation gradients at their peak.
+    pub scratch: usize,
+    /// Input batches in flight: the one trained on, the one being decoded
+    /// and the prefetch queue's.
+    pub batches: usize,
+}
+
+/// [`TrainMemory`] at any batch size: the parts that do not depend on it,
+/// and (activations, scratch) measured at 2 and 3 images.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryModel {
+    pub parameters: usize,
+    pub gradients: usize,
+    pub optimizer: usize,
+    at2: [usize; 2],
+    at3: [usize; 2],
+    /// Bytes of input batches in flight, per image of the batch.
+    batch_bytes: usize,
+}
+
+impl MemoryModel {
+    pub fn at(&self, batch: usize) -> TrainMemory {
+        let extend = |i: usize| {
+            let (a, b) = (self.at2[i] as i128, self.at3[i] as i128);
+            (a + (b - a) * (batch as i128 - 2)).max(0) as usize
+        };
+        TrainMemory {
+            parameters: self.parameters,
+            gradients: self.gradients,
+            optimizer: self.optimizer,
+            activations: extend(0),
+            scratch: extend(1),
+            batches: self.batch_bytes * batch,
+        }
+    }
+
+    /// The largest batch whose memory is at most `limit` bytes (0 if none).
+    pub fn largest_batch(&self, limit: usize) -> usize {
+        let (mut lo, mut hi) = (0usize, 1usize << 32);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if self.at(mid).total() <= limit {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+}
+
+impl TrainMemory {
+    pub fn total(&self) -> usize {
+        self.parameters
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.scratch
+            + self.batches
+    }
 }
 
 pub struct Net {
@@ -75,6 +166,9 @@ pub struct Net {
     /// leave them as they are), as after `bn.eval()` in a `train()` model:
     /// for fine-tuning with small batches. Their weight and bias still train.
     pub batchnorm_eval: bool,
+    /// Bytes of activation gradients alive at once in the last backward
+    /// pass, at their peak (the `scratch` of [`TrainMemory`]).
+    pub gradient_peak: Cell<usize>,
     slots: Vec<Slots>,
     /// For dropout nodes, their position among the graph's dropout nodes (the mask's key).
     dropout_ordinal: Vec<u64>,
@@ -239,6 +333,7 @@ impl Net {
             pool_fused,
             profile: RefCell::new(None),
             batchnorm_eval: false,
+            gradient_peak: Cell::new(0),
         })
     }
 
@@ -289,6 +384,57 @@ impl Net {
 
     /// Runs `n` images (NCHW f32). In training mode batch norms use batch
     /// statistics and update their running statistics as PyTorch does.
+    /// Training memory as a function of the batch size, from what the
+    /// trainer allocates: one forward and backward pass over 2 and over 3
+    /// blank images (in training mode; the state is restored afterwards),
+    /// their kept activations ([`Forward::bytes`]) and activation-gradient
+    /// peak ([`Net::gradient_peak`]) measured, to be extended linearly (each
+    /// of those buffers holds a whole number of images, or a per-channel
+    /// statistic that does not depend on the batch); the parameter gradients
+    /// as the backward pass returns them; `moments` optimiser buffers (0, 1
+    /// or 2) the size of each parameter that is not `frozen`; and `in_flight`
+    /// input batches.
+    pub fn memory_model(
+        &mut self,
+        moments: usize,
+        frozen: &[bool],
+        in_flight: usize,
+    ) -> Result<MemoryModel, String> {
+        let per = self.graph.input_shape().numel() as usize;
+        let kept = self.state.clone();
+        type Probe = ([usize; 2], Vec<Option<Vec<f32>>>);
+        let mut probe = |n: usize| -> Result<Probe, String> {
+            let fwd = self.forward(&vec![0.0; n * per], n, Mode::Train { dropout_key: 0 })?;
+            let dout = vec![0.0; fwd.output(&self.graph).len()];
+            let grads = self.backward(&fwd, dout)?;
+            Ok(([fwd.bytes(), self.gradient_peak.get()], grads))
+        };
+        let two = probe(2);
+        let three = probe(3);
+        self.state = kept;
+        let ((at2, grads), (at3, _)) = (two?, three?);
+        let bytes = |g: &Option<Vec<f32>>| g.as_ref().map_or(0, |g| g.len() * 4);
+        let trained: usize = grads
+            .iter()
+            .zip(frozen)
+            .filter(|(_, &f)| !f)
+            .map(|(g, _)| bytes(g))
+            .sum();
+        Ok(MemoryModel {
+            parameters: self.parameter_bytes(),
+            gradients: grads.iter().map(bytes).sum(),
+            optimizer: moments * trained,
+            at2,
+            at3,
+            batch_bytes: in_flight * (per * 4 + 1),
+        })
+    }
+
+    /// Bytes of the parameters and buffers as held ([`State`]).
+    pub fn parameter_bytes(&self) -> usize {
+        self.state.values.iter().map(|v| v.len() * 4).sum::<usize>() + self.state.counts.len() * 8
+    }
+
     pub fn forward(&mut self, x: &[f32], n: usize, mode: Mode) -> Result<Forward, String> {
         let per = self.graph.input_shape().numel() as usize;
         if x.len() != n * per {
@@ -608,9 +754,11 @@ impl Net {
                 src
             }
         };
+        let mut peak = 0usize;
         for id in (1..g.nodes.len()).rev() {
             let Some(dy) = grads[id].take() else { continue };
             let started = self.profile.borrow().is_some().then(Instant::now);
+            let (dy_at, dy_bytes) = (dy.as_ptr(), dy.len() * 4);
             let node = &g.nodes[id];
             let slots = self.slots[id];
             let src = node.inputs[0];
@@ -909,7 +1057,14 @@ impl Net {
             if let (Some(t), Some(p)) = (started, self.profile.borrow_mut().as_mut()) {
                 p[id][1] += t.elapsed().as_secs_f64();
             }
+            // This node's output gradient and the input gradients it made
+            // (added to the ones waiting) are alive together here; an op
+            // that passed its output gradient on unchanged holds it once.
+            let waiting: usize = grads.iter().flatten().map(|d| d.len() * 4).sum();
+            let passed_on = grads.iter().flatten().any(|d| d.as_ptr() == dy_at);
+            peak = peak.max(waiting + if passed_on { 0 } else { dy_bytes });
         }
+        self.gradient_peak.set(peak);
         Ok(pgrads)
     }
 }

@@ -109,6 +109,19 @@ impl Default for OptimConfig {
     }
 }
 
+impl OptimConfig {
+    /// Buffers the size of each trained parameter that [`Optimizer::step`]
+    /// allocates: Adam's two moments, SGD's momentum buffer (none without
+    /// momentum).
+    pub fn moments(&self) -> usize {
+        match self.kind {
+            OptimizerKind::Adam | OptimizerKind::AdamW => 2,
+            OptimizerKind::Sgd if self.momentum != 0.0 => 1,
+            OptimizerKind::Sgd => 0,
+        }
+    }
+}
+
 /// Optimiser state for each parameter (aligned with `graph.params`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
@@ -128,6 +141,11 @@ impl Optimizer {
             m: vec![Vec::new(); params],
             v: vec![Vec::new(); params],
         }
+    }
+
+    /// Bytes of the moment buffers allocated so far.
+    pub fn bytes(&self) -> usize {
+        self.m.iter().chain(&self.v).map(|b| b.len() * 4).sum()
     }
 
     /// One step over every parameter that has a gradient.

@@ -2,7 +2,7 @@
 //! loss plot.
 
 use super::data::{self, Fit, Loader, Split};
-use super::net::{Mode, Net};
+use super::net::{MemoryModel, Mode, Net, TrainMemory};
 use super::optim::{
     clip_grad_norm, loss, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
     ScheduleKind, ScheduleUnit,
@@ -79,8 +79,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where the trained weights go (a PyTorch state_dict as safetensors), rewritten after each epoch.
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(short, long, required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Print the training memory for the batch size (parameters, gradients, optimiser state, activations kept for the backward pass, scratch, input batches) and exit without training. A real run refuses, before training, a batch that needs more than the memory available (MemAvailable in /proc/meminfo, or the environment's CNNC_MEMORY_LIMIT, e.g. `2GiB`).
+    #[arg(long)]
+    pub dry_run: bool,
     /// The loss curve (SVG; default: the output with `.loss.svg`).
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -100,6 +103,9 @@ pub struct TrainArgs {
     /// Batch norms in training use batch statistics (`train`, as model.train()) or their running ones, left unchanged (`eval`) [default: train].
     #[arg(long, value_enum)]
     pub batchnorm: Option<BatchnormMode>,
+    /// How fresh weights are drawn (and `--reset` layers): PyTorch's defaults, or torchvision's VGG/ResNet recipe (kaiming-normal convs, N(0, 0.01) linears, zero biases) [default: pytorch].
+    #[arg(long, value_enum)]
+    pub init: Option<crate::weights::InitScheme>,
 }
 
 /// How batch norms behave while training.
@@ -176,6 +182,7 @@ pub struct TrainConfig {
     pub reset: Vec<String>,
     pub freeze: Vec<String>,
     pub batchnorm: BatchnormMode,
+    pub init: crate::weights::InitScheme,
 }
 
 /// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
@@ -232,6 +239,7 @@ impl Default for TrainConfig {
             reset: Vec::new(),
             freeze: Vec::new(),
             batchnorm: BatchnormMode::Train,
+            init: crate::weights::InitScheme::Pytorch,
         }
     }
 }
@@ -276,6 +284,9 @@ impl TrainConfig {
         c.freeze.extend(args.freeze.iter().cloned());
         if let Some(b) = args.batchnorm {
             c.batchnorm = b;
+        }
+        if let Some(i) = args.init {
+            c.init = i;
         }
         c.schedule.check()?;
         if !(0.0..1.0).contains(&c.label_smoothing) {
@@ -362,6 +373,133 @@ pub fn pick_loss(graph: &Graph, asked: Option<Loss>) -> Result<Loss, String> {
 
 /// Batches decoded ahead of the one being trained on.
 const PREFETCH: usize = 3;
+/// Input batches alive at once: the queue's, the one being decoded and the
+/// one being trained on.
+const IN_FLIGHT: usize = PREFETCH + 2;
+
+/// The memory training may use, in bytes, and where that figure comes from:
+/// `CNNC_MEMORY_LIMIT` if set, else MemAvailable from /proc/meminfo; `None`
+/// where neither is known (no check then).
+fn memory_limit() -> Result<Option<(u64, &'static str)>, String> {
+    if let Ok(text) = std::env::var("CNNC_MEMORY_LIMIT") {
+        return crate::summary::parse_size(&text)
+            .map(|b| Some((b, "CNNC_MEMORY_LIMIT")))
+            .map_err(|e| format!("CNNC_MEMORY_LIMIT: {e}"));
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return Ok(None);
+    };
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| (kb * 1024, "MemAvailable in /proc/meminfo")))
+}
+
+/// An error, with the numbers and a batch that fits, when training at
+/// `batch` needs more than `limit`.
+fn check_fits(
+    model: &MemoryModel,
+    batch: usize,
+    limit: Option<(u64, &'static str)>,
+) -> Result<(), String> {
+    let Some((limit, from)) = limit else {
+        return Ok(());
+    };
+    let need = model.at(batch).total();
+    if need as u64 <= limit {
+        return Ok(());
+    }
+    let fits = model.largest_batch(usize::try_from(limit).unwrap_or(usize::MAX));
+    let b = |n: usize| crate::summary::bytes(n as i64);
+    Err(format!(
+        "a batch of {batch} needs {} of memory to train, but {} is available ({from}); {}",
+        b(need),
+        b(limit as usize),
+        if fits > 0 {
+            format!(
+                "a batch of {fits} fits ({}): pass `--batch {fits}` (`cnnc train --dry-run` lists where it goes)",
+                b(model.at(fits).total())
+            )
+        } else {
+            format!(
+                "even a batch of 1 needs {}: the parameters, gradients and optimiser state alone take {}",
+                b(model.at(1).total()),
+                b(model.parameters + model.gradients + model.optimizer)
+            )
+        }
+    ))
+}
+
+/// `cnnc train --dry-run`: the training memory at the configured batch,
+/// from the trainer's own buffers ([`Net::memory_model`]), on stdout.
+fn dry_run(graph: Graph, config: &TrainConfig, frozen: &[bool]) -> Result<(), String> {
+    let weights = crate::weights::init(&graph, config.init, config.seed)?;
+    let mut net = Net::new(graph, &weights)?;
+    net.batchnorm_eval = config.batchnorm == BatchnormMode::Eval;
+    let optim = config.optim();
+    let model = net.memory_model(optim.moments(), frozen, IN_FLIGHT)?;
+    let m = model.at(config.batch);
+    let b = |n: usize| crate::summary::bytes(n as i64);
+    let params = net.graph.total_params();
+    println!(
+        "training memory of {} at batch {} (f32, {:?}):",
+        net.graph.name, config.batch, optim.kind
+    );
+    let rows = [
+        (
+            "parameters",
+            m.parameters,
+            format!(
+                "{} parameters, and buffers",
+                crate::summary::grouped(params)
+            ),
+        ),
+        ("gradients", m.gradients, "one per parameter".to_string()),
+        (
+            "optimiser state",
+            m.optimizer,
+            format!("{} moment buffer(s) per trained parameter", optim.moments()),
+        ),
+        (
+            "activations",
+            m.activations,
+            "kept by the forward pass for the backward pass".to_string(),
+        ),
+        (
+            "scratch",
+            m.scratch,
+            "activation gradients alive at once in the backward pass, at their peak".to_string(),
+        ),
+        (
+            "input batches",
+            m.batches,
+            format!("{IN_FLIGHT} in flight (decoding and prefetch)"),
+        ),
+        ("total", m.total(), String::new()),
+    ];
+    for (name, bytes, what) in rows {
+        let line = format!("  {name:<16} {:>10}  {bytes:>14} bytes  {what}", b(bytes));
+        println!("{}", line.trim_end());
+    }
+    match memory_limit()? {
+        Some((limit, from)) => {
+            let fits = model.largest_batch(usize::try_from(limit).unwrap_or(usize::MAX));
+            println!(
+                "available: {} ({from}): {}; the largest batch that fits is {fits}",
+                b(limit as usize),
+                if m.total() as u64 <= limit {
+                    "fits"
+                } else {
+                    "does not fit"
+                },
+            );
+        }
+        None => println!("available: unknown (no /proc/meminfo; set CNNC_MEMORY_LIMIT)"),
+    }
+    Ok(())
+}
 
 /// How many rows' largest score (the first of equals) is the label.
 fn count_correct(out: &[f32], labels: &[u8], classes: usize) -> usize {
@@ -613,14 +751,22 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             "label smoothing applies to cross-entropy, and this model trains with NLL".into(),
         );
     }
-    cnnc_runtime::output::check_target(&args.output).map_err(|e| e.0)?;
+    let frozen_names = layers(&graph, &config.freeze, "--freeze")?;
+    if args.dry_run {
+        return dry_run(graph, &config, &frozen_names);
+    }
+    let output = args
+        .output
+        .clone()
+        .ok_or("`cnnc train` needs `-o FILE` for the weights")?;
+    cnnc_runtime::output::check_target(&output).map_err(|e| e.0)?;
     let plot = args
         .plot
         .clone()
-        .unwrap_or_else(|| args.output.with_extension("loss.svg"));
+        .unwrap_or_else(|| output.with_extension("loss.svg"));
     cnnc_runtime::output::check_target(&plot).map_err(|e| e.0)?;
-    let ckpt = checkpoint_path(&args.output);
-    let best = args.output.with_extension("best.safetensors");
+    let ckpt = checkpoint_path(&output);
+    let best = output.with_extension("best.safetensors");
     cnnc_runtime::output::check_target(&best).map_err(|e| e.0)?;
 
     // Data first: bad files are errors before any work.
@@ -679,7 +825,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         pad: config.pad,
         pipeline: eval_pipeline,
     };
-    let labels_path = args.output.with_extension("labels.txt");
+    let labels_path = output.with_extension("labels.txt");
     if let Some(names) = &class_names {
         cnnc_runtime::output::check_target(&labels_path).map_err(|e| e.0)?;
         let mut text = names.join("\n");
@@ -688,15 +834,14 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
     }
 
     let reset = layers(&graph, &config.reset, "--reset")?;
-    let frozen = layers(&graph, &config.freeze, "--freeze")?;
+    let frozen = frozen_names;
     let weights = match (&resumed, &args.weights) {
         (Some(r), _) => r.weights.clone(),
         (None, Some(path)) => {
             let mut w = WeightFile::load(path).map_err(|e| e.0)?;
             if reset.contains(&true) {
                 // Fresh values for the reset layers, PyTorch's initialisation.
-                let fresh =
-                    crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?;
+                let fresh = crate::weights::init(&graph, config.init, config.seed)?;
                 for (p, _) in graph.params.iter().zip(&reset).filter(|(_, &r)| r) {
                     w.tensors
                         .insert(p.key.clone(), fresh.tensors[&p.key].clone());
@@ -704,9 +849,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             }
             w
         }
-        (None, None) => {
-            crate::weights::init(&graph, crate::weights::InitScheme::Pytorch, config.seed)?
-        }
+        (None, None) => crate::weights::init(&graph, config.init, config.seed)?,
     };
     let mut net = Net::new(graph, &weights).map_err(|e| match &args.weights {
         // A classifier of another class count: say how to replace it.
@@ -726,6 +869,20 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         _ => e,
     })?;
     net.batchnorm_eval = config.batchnorm == BatchnormMode::Eval;
+    // The training memory for this batch, refused up front if it does not fit.
+    let model = net.memory_model(config.optim().moments(), &frozen, IN_FLIGHT)?;
+    let planned = model.at(config.batch);
+    let limit = memory_limit()?;
+    check_fits(&model, config.batch, limit)?;
+    eprintln!(
+        "training memory at batch {}: {}{}",
+        config.batch,
+        crate::summary::bytes(planned.total() as i64),
+        limit
+            .map(|(l, from)| format!(" of {} available ({from})", crate::summary::bytes(l as i64)))
+            .unwrap_or_default()
+    );
+    let mut measured_once = false;
     if args.profile {
         net.profile = RefCell::new(Some(vec![[0.0; 2]; net.graph.nodes.len()]));
     }
@@ -865,6 +1022,14 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 ));
                 }
                 let mut grads = net.backward(&fwd, dout)?;
+                let measured = (!measured_once).then(|| TrainMemory {
+                    parameters: net.parameter_bytes(),
+                    gradients: grads.iter().flatten().map(|g| g.len() * 4).sum(),
+                    optimizer: 0,
+                    activations: fwd.bytes(),
+                    scratch: net.gradient_peak.get(),
+                    batches: 0,
+                });
                 for (g, _) in grads.iter_mut().zip(&frozen).filter(|(_, &f)| f) {
                     *g = None;
                 }
@@ -883,6 +1048,19 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
                 let t_opt = Instant::now();
                 opt.step(&mut net.state.values, &grads);
                 opt_time += t_opt.elapsed().as_secs_f64();
+                if let Some(m) = measured {
+                    // What this first step allocated, as `--dry-run` counts it.
+                    measured_once = true;
+                    eprintln!(
+                        "memory at the first step of {} images (measured, bytes): parameters {}, gradients {}, optimiser {}, activations {}, scratch {}",
+                        y.len(),
+                        m.parameters,
+                        m.gradients,
+                        opt.bytes(),
+                        m.activations,
+                        m.scratch
+                    );
+                }
                 profiled += 1;
                 sum += l * y.len() as f64;
                 count += y.len();
@@ -942,7 +1120,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
         // each is written to a temporary file and renamed.
         save_checkpoint(&ckpt, &net, &opt, &config, &history)?;
         let bytes = net.to_weight_file().to_bytes().map_err(|e| e.0)?;
-        write_atomic(&args.output, &bytes).map_err(|e| e.0)?;
+        write_atomic(&output, &bytes).map_err(|e| e.0)?;
         // The best epoch so far (highest held-out accuracy, then lowest loss).
         let best_before = history.test[..history.test.len() - 1]
             .iter()
@@ -977,7 +1155,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
     }
     println!(
         "wrote {} (weights), {} (the best epoch's), {} (checkpoint for --resume), {} (loss curve){}",
-        args.output.display(),
+        output.display(),
         best.display(),
         ckpt.display(),
         plot.display(),
