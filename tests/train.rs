@@ -1595,19 +1595,27 @@ fn end_to_end_on_rendered_digit_images() {
         "-o",
         out.to_str().unwrap(),
     ]));
-    let last = text.lines().rfind(|l| l.starts_with("epoch 6/6")).unwrap();
-    let acc: f64 = last
-        .split("accuracy ")
-        .nth(2)
-        .and_then(|a| a.split('%').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no accuracy in `{last}`"));
+    let acc = validation_accuracy(&text, 6);
     eprintln!(
         "end to end: {acc}% on 200 validation images, {:.1} s\n{text}",
         started.elapsed().as_secs_f64()
     );
     assert!(acc >= 95.0, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The validation accuracy (in %) on the line of the last of `epochs`
+/// epochs: its second `accuracy` (the first is the training accuracy).
+fn validation_accuracy(text: &str, epochs: usize) -> f64 {
+    let last = text
+        .lines()
+        .rfind(|l| l.starts_with(&format!("epoch {epochs}/{epochs}")))
+        .unwrap_or_else(|| panic!("no line for epoch {epochs}:\n{text}"));
+    last.split("accuracy ")
+        .nth(2)
+        .and_then(|a| a.split('%').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in `{last}`"))
 }
 
 /// The source chapter's three networks (`models/vgg_small.cnn`,
@@ -1657,16 +1665,7 @@ fn the_chapter_models_train_to_an_accuracy_on_digit_images() {
             "-o",
             out.to_str().unwrap(),
         ]));
-        let last = text
-            .lines()
-            .rfind(|l| l.starts_with("epoch 10/10"))
-            .unwrap();
-        let acc: f64 = last
-            .split("accuracy ")
-            .nth(2)
-            .and_then(|a| a.split('%').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no accuracy in `{last}`"));
+        let acc = validation_accuracy(&text, 10);
         eprintln!(
             "{model}: {acc}% on 200 validation images, {:.1} s\n{text}",
             started.elapsed().as_secs_f64()
