@@ -177,6 +177,103 @@ impl ConvGeom {
         }
     }
 
+    /// The images per parallel task of the backward pass: [`Self::split`]'s,
+    /// but where a task's images hold fewer than 64 output pixels, enough
+    /// images (up to one task per thread) for 64. Each task sums its own
+    /// [OC, CKK] weight gradient, which costs as much as writing and adding
+    /// the matrix once; its product costs task·OHW multiply-adds per weight,
+    /// so on tiny maps (resnet18's layer4 at 32×32 input: 1×1) small tasks
+    /// spent their time on the partial matrices, not on arithmetic.
+    fn split_backward(&self, n: usize) -> (usize, usize, usize) {
+        const MIN_PIXELS: usize = 64;
+        let (task, sub, rows) = self.split(n);
+        let ohw = self.ohw().max(1);
+        if task * ohw >= MIN_PIXELS {
+            return (task, sub, rows);
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let bigger = MIN_PIXELS.div_ceil(ohw).min(n.div_ceil(threads)).max(task);
+        // ohw < 64: split's tiles are whole images, as many as fit.
+        let images = ((32 << 10) / (self.ckk().max(1) * ohw)).max(MIN_PIXELS.div_ceil(ohw));
+        (bigger, bigger.min(images).max(1), rows)
+    }
+
+    /// The same convolution without the kernel taps that read only zero
+    /// padding at every output position (the first and last rows and
+    /// columns of taps that do; a dead tap between live ones stays), where
+    /// there are any: (the smaller geometry, the taps kept as
+    /// [ky0, ky1, kx0, kx1]). Those taps add nothing to the output, nothing
+    /// to the input gradient, and their weight gradient is exactly zero, so
+    /// the smaller convolution gives the same results up to summation
+    /// order. A 3×3 convolution with padding 1 on a 1×1 map is its centre
+    /// tap: a 1×1 convolution, a GEMM. Only zero padding (the other modes
+    /// read the image), and only where the smaller geometry's padding is
+    /// still non-negative.
+    fn trimmed(&self) -> Option<(ConvGeom, [usize; 4])> {
+        #[cfg(test)]
+        if !tests::TRIM.with(|c| c.get()) {
+            return None;
+        }
+        if self.mode != PaddingMode::Zeros || !self.padded() {
+            return None;
+        }
+        // One axis: (size, outputs, kernel, stride, dilation, pad before,
+        // pad after) → (first live tap, last + 1, new pads).
+        let axis = |size: usize, out: usize, k: usize, s: usize, d: usize, lo: usize| {
+            let live = |t: usize| {
+                (0..out).any(|o| {
+                    let i = (o * s + t * d) as i64 - lo as i64;
+                    i >= 0 && i < size as i64
+                })
+            };
+            let t0 = (0..k).find(|&t| live(t))?;
+            let t1 = (0..k).rfind(|&t| live(t))? + 1;
+            let lo2 = lo.checked_sub(t0 * d)?;
+            let extent = (out.checked_sub(1)?) * s + (t1 - t0 - 1) * d + 1;
+            let hi2 = extent.checked_sub(size + lo2)?;
+            Some((t0, t1, lo2, hi2))
+        };
+        let (ky0, ky1, top, bottom) =
+            axis(self.h, self.oh, self.kh, self.sh, self.dh, self.pads[0])?;
+        let (kx0, kx1, left, right) =
+            axis(self.w, self.ow, self.kw, self.sw, self.dw, self.pads[2])?;
+        if (ky1 - ky0, kx1 - kx0) == (self.kh, self.kw) {
+            return None;
+        }
+        let t = ConvGeom {
+            kh: ky1 - ky0,
+            kw: kx1 - kx0,
+            pads: [top, bottom, left, right],
+            ..*self
+        };
+        Some((t, [ky0, ky1, kx0, kx1]))
+    }
+
+    /// The weights of the taps [`Self::trimmed`] kept ([OC, C/groups, KH', KW']).
+    fn trim_weights(&self, w: &[f32], [ky0, ky1, kx0, kx1]: [usize; 4]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(w.len() / (self.kh * self.kw) * (ky1 - ky0) * (kx1 - kx0));
+        for filter in w.chunks(self.kh * self.kw) {
+            for ky in ky0..ky1 {
+                out.extend_from_slice(&filter[ky * self.kw + kx0..ky * self.kw + kx1]);
+            }
+        }
+        out
+    }
+
+    /// The adjoint of [`Self::trim_weights`]: the kept taps' gradient in
+    /// the full kernel, zeros at the others.
+    fn untrim_weights(&self, dw: &[f32], [ky0, ky1, kx0, kx1]: [usize; 4]) -> Vec<f32> {
+        let (kh2, kw2) = (ky1 - ky0, kx1 - kx0);
+        let mut out = vec![0f32; dw.len() / (kh2 * kw2) * self.kh * self.kw];
+        for (filter, src) in out.chunks_mut(self.kh * self.kw).zip(dw.chunks(kh2 * kw2)) {
+            for ky in ky0..ky1 {
+                filter[ky * self.kw + kx0..ky * self.kw + kx1]
+                    .copy_from_slice(&src[(ky - ky0) * kw2..(ky - ky0 + 1) * kw2]);
+            }
+        }
+        out
+    }
+
     /// Pads one image's planes into `out` ([C, Hp, Wp]).
     fn pad_image(&self, x: &[f32], out: &mut [f32]) {
         let (hp, wp) = (self.hp(), self.wp());
@@ -379,14 +476,19 @@ impl ConvGeom {
     }
 
     /// The direct kernel's geometry, where it applies: stride 1, no
-    /// dilation, one group, output channels in multiples of 16, a CPU with
-    /// AVX2 and FMA.
+    /// dilation, one group, output channels in multiples of 16, at least 4
+    /// output pixels, a CPU with AVX2 and FMA. Below 4 pixels its per-image
+    /// passes (the weight gradient a rank-OHW update of the whole gradient
+    /// matrix per image, the forward a matrix-vector product per pixel)
+    /// re-read the weights for almost no arithmetic; im2col + GEMM over
+    /// many images at once does the same work in a few larger products.
     fn direct(&self) -> Option<direct::Geometry> {
         #[cfg(test)]
         if tests::KERNELS.with(|c| c.get()) == tests::Kernels::Im2col {
             return None;
         }
         let fits = (self.sh, self.sw, self.dh, self.dw) == (1, 1, 1, 1)
+            && self.ohw() >= 4
             && self.groups == 1
             && self.oc.is_multiple_of(16)
             && direct::available();
@@ -467,6 +569,9 @@ pub fn conv_forward(
     b: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
+    if let Some((t, taps)) = g.trimmed() {
+        return conv_forward(&t, n, x, &g.trim_weights(w, taps), b, relu);
+    }
     let (in_per, out_per) = (g.c * g.h * g.w, g.oc * g.ohw());
     let mut y = vec![0f32; n * out_per];
     let (task, sub, rows) = g.split(n);
@@ -496,6 +601,9 @@ pub fn conv_relu_maxpool_forward(
     b: Option<&[f32]>,
     (oh, ow): (usize, usize),
 ) -> (Vec<f32>, Vec<u32>) {
+    if let Some((t, taps)) = g.trimmed() {
+        return conv_relu_maxpool_forward(&t, n, x, &g.trim_weights(w, taps), b, (oh, ow));
+    }
     assert!(2 * oh <= g.oh && 2 * ow <= g.ow);
     let (in_per, out_per) = (g.c * g.h * g.w, g.oc * g.ohw());
     let pooled = g.oc * oh * ow;
@@ -705,10 +813,15 @@ pub fn conv_backward(
     need_dx: bool,
     relu_input: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    if let Some((t, taps)) = g.trimmed() {
+        let wt = g.trim_weights(w, taps);
+        let (dx, dw, db) = conv_backward(&t, n, x, &wt, dy, need_dx, relu_input);
+        return (dx, g.untrim_weights(&dw, taps), db);
+    }
     let (ohw, ckk) = (g.ohw(), g.ckk());
     let in_per = g.c * g.h * g.w;
     let out_per = g.oc * ohw;
-    let (task, sub, rows) = g.split(n);
+    let (task, sub, rows) = g.split_backward(n);
     let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
     let kk = g.kh * g.kw;
     let gk = cpg * kk;
@@ -1732,6 +1845,9 @@ mod tests {
     thread_local! {
         /// Set by a test (read on the calling thread, before the parallel work).
         pub(super) static KERNELS: std::cell::Cell<Kernels> = const { std::cell::Cell::new(Kernels::All) };
+        /// Whether the convolutions drop taps that read only padding
+        /// ([`ConvGeom::trimmed`]); off to compare against the full kernel.
+        pub(super) static TRIM: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
     }
 
     /// A window with two NaNs: PyTorch 2.15 routes the gradient to the last
@@ -2021,6 +2137,141 @@ mod tests {
                 close(&format!("{what} dw without dx"), &gw, &dwt);
             }
             KERNELS.with(|c| c.set(Kernels::All));
+        }
+    }
+
+    /// Convolutions on tiny maps, whose kernels have taps that read only
+    /// padding ([`ConvGeom::trimmed`]): the trimmed kernel (and the larger
+    /// backward tasks, [`ConvGeom::split_backward`]) against the f64 direct
+    /// convolution and against the full kernel, on every path; the dropped
+    /// taps' weight gradients exactly zero. Fails if a needed tap is dropped.
+    #[test]
+    fn convs_on_tiny_maps_drop_only_taps_that_read_padding() {
+        use crate::ir::PaddingMode::*;
+        // (c, h, w, oc, k, stride, dilation, pads, groups, mode, images, taps kept)
+        #[allow(clippy::type_complexity)]
+        #[rustfmt::skip]
+        let cases: [(_, _, _, _, _, _, _, _, _, _, _, Option<[usize; 4]>); 10] = [
+            // 1×1 map, 3×3 padding 1: the centre tap, a GEMM
+            (32, 1, 1, 32, (3, 3), (1, 1), (1, 1), [1; 4], 1, Zeros, 5, Some([1, 2, 1, 2])),
+            // more images than the backward's larger tasks, a partial one last
+            (64, 1, 1, 48, (3, 3), (1, 1), (1, 1), [1; 4], 1, Zeros, 150, Some([1, 2, 1, 2])),
+            // 2×2 map, stride 2: a 2×2 kernel without padding
+            (16, 2, 2, 16, (3, 3), (2, 2), (1, 1), [1; 4], 1, Zeros, 3, Some([1, 3, 1, 3])),
+            // the same, padding only before
+            (8, 2, 2, 16, (3, 3), (2, 2), (1, 1), [1, 0, 1, 0], 1, Zeros, 2, Some([1, 3, 1, 3])),
+            // 2×2 map, stride 1: every tap reads the image at some output
+            (16, 2, 2, 32, (3, 3), (1, 1), (1, 1), [1; 4], 1, Zeros, 3, None),
+            // 3×3 map, stride 2: likewise
+            (8, 3, 3, 16, (3, 3), (2, 2), (1, 1), [1; 4], 1, Zeros, 2, None),
+            // one row: only the middle row of taps
+            (8, 1, 3, 16, (3, 3), (1, 1), (1, 1), [1; 4], 1, Zeros, 2, Some([1, 2, 0, 3])),
+            // 5×5 padding 2 on 2×2: the inner 3×3, padding 1 (pooled too)
+            (16, 2, 2, 16, (5, 5), (1, 1), (1, 1), [2; 4], 1, Zeros, 3, Some([1, 4, 1, 4])),
+            // dilated, grouped, on 1×1
+            (12, 1, 1, 12, (5, 5), (1, 1), (2, 2), [4; 4], 3, Zeros, 4, Some([2, 3, 2, 3])),
+            // replicate padding reads the image: nothing dropped
+            (4, 1, 1, 8, (3, 3), (1, 1), (1, 1), [1; 4], 1, Replicate, 2, None),
+        ];
+        for (c, h, w, oc, (kh, kw), (sh, sw), (dh, dw), pads, groups, mode, n, kept) in cases {
+            let oh = (h + pads[0] + pads[1] - dh * (kh - 1) - 1) / sh + 1;
+            let ow = (w + pads[2] + pads[3] - dw * (kw - 1) - 1) / sw + 1;
+            let g = ConvGeom {
+                c,
+                h,
+                w,
+                oc,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                dh,
+                dw,
+                pads,
+                groups,
+                mode,
+            };
+            assert_eq!(g.trimmed().map(|(_, t)| t), kept, "{g:?}");
+            if let Some((t, _)) = g.trimmed() {
+                assert_eq!((t.oh, t.ow), (oh, ow));
+                assert!(t.trimmed().is_none(), "trimming twice: {t:?}");
+            }
+            let mut seed = 0x2545f4914f6cdd1du64 ^ (c * 131 + h * 17 + oc + n) as u64;
+            let mut rand = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    })
+                    .collect()
+            };
+            let x = rand(n * c * h * w);
+            let wt = rand(oc * (c / groups) * kh * kw);
+            let dy = rand(n * oc * oh * ow);
+            let bias: Vec<f32> = (0..oc).map(|o| o as f32 * 0.01 - 0.05).collect();
+            let [y, dx, dwt, db] = naive(&g, n, &x, &wt, &dy);
+            let yb: Vec<f64> = y
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v + bias[(i / (oh * ow)) % oc] as f64).max(0.0))
+                .collect();
+            for trim in [true, false] {
+                TRIM.with(|c| c.set(trim));
+                for kernels in [Kernels::All, Kernels::Direct, Kernels::Im2col] {
+                    KERNELS.with(|c| c.set(kernels));
+                    let what = format!("{g:?} trim {trim} {kernels:?}");
+                    close(
+                        &format!("{what} y"),
+                        &conv_forward(&g, n, &x, &wt, None, false),
+                        &y,
+                    );
+                    let got = conv_forward(&g, n, &x, &wt, Some(&bias), true);
+                    close(&format!("{what} bias relu"), &got, &yb);
+                    if oh >= 2 && ow >= 2 {
+                        let pg = PoolGeom {
+                            h: oh,
+                            w: ow,
+                            oh: oh / 2,
+                            ow: ow / 2,
+                            kernel: (2, 2),
+                            stride: (2, 2),
+                            padding: (0, 0),
+                            dilation: (1, 1),
+                        };
+                        let want = maxpool_forward(&pg, n * oc, &got);
+                        let pooled = conv_relu_maxpool_forward(
+                            &g,
+                            n,
+                            &x,
+                            &wt,
+                            Some(&bias),
+                            (oh / 2, ow / 2),
+                        );
+                        assert_eq!(pooled, want, "{what} pooled");
+                    }
+                    let (gx, gw, gb) = conv_backward(&g, n, &x, &wt, &dy, true, false);
+                    close(&format!("{what} dx"), &gx.unwrap(), &dx);
+                    close(&format!("{what} dw"), &gw, &dwt);
+                    close(&format!("{what} db"), &gb, &db);
+                    let (none, gw2, _) = conv_backward(&g, n, &x, &wt, &dy, false, false);
+                    assert!(none.is_none());
+                    close(&format!("{what} dw without dx"), &gw2, &dwt);
+                    if let (true, Some([ky0, ky1, kx0, kx1])) = (trim, kept) {
+                        for (i, &v) in gw.iter().enumerate() {
+                            let (ky, kx) = ((i / kw) % kh, i % kw);
+                            if !(ky0..ky1).contains(&ky) || !(kx0..kx1).contains(&kx) {
+                                assert_eq!(v, 0.0, "{what} dw[{i}] of a dropped tap");
+                            }
+                        }
+                    }
+                }
+            }
+            KERNELS.with(|c| c.set(Kernels::All));
+            TRIM.with(|c| c.set(true));
         }
     }
 }
