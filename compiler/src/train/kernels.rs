@@ -1975,6 +1975,19 @@ mod tests {
     }
 
     /// Direct f64 convolution and its adjoints, element by element.
+    /// `len` values in [−0.5, 0.5) from the xorshift generator in `seed`,
+    /// which moves on, so successive calls draw successive values.
+    fn xorshift(seed: &mut u64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
     #[allow(clippy::needless_range_loop)]
     fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {
         let (cpg, opg) = (g.c / g.groups, g.oc / g.groups);
@@ -2070,16 +2083,7 @@ mod tests {
                 mode,
             };
             let mut seed = 0x9e3779b97f4a7c15u64 ^ (c * 131 + h * 17 + oc) as u64;
-            let mut rand = |len: usize| -> Vec<f32> {
-                (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    })
-                    .collect()
-            };
+            let mut rand = |len: usize| xorshift(&mut seed, len);
             let x = rand(n * c * h * w);
             let wt = rand(oc * (c / groups) * kh * kw);
             let dy = rand(n * oc * oh * ow);
@@ -2199,16 +2203,7 @@ mod tests {
                 assert!(t.trimmed().is_none(), "trimming twice: {t:?}");
             }
             let mut seed = 0x2545f4914f6cdd1du64 ^ (c * 131 + h * 17 + oc + n) as u64;
-            let mut rand = |len: usize| -> Vec<f32> {
-                (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    })
-                    .collect()
-            };
+            let mut rand = |len: usize| xorshift(&mut seed, len);
             let x = rand(n * c * h * w);
             let wt = rand(oc * (c / groups) * kh * kw);
             let dy = rand(n * oc * oh * ow);
