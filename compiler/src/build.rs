@@ -220,19 +220,25 @@ fn first_build_estimate() -> String {
     )
 }
 
-/// The cache key of a cubin: the source, the architecture, the flags, and
-/// the nvcc (its path, size and modification time, so a new nvcc misses).
-fn cubin_key(nvcc: &Path, source: &str, arch: u32) -> String {
-    let mut key = format!("{}\0sm_{arch}\0{}\0", nvcc.display(), NVCC_FLAGS.join(" "));
+/// What identifies the nvcc in use: its path, size and modification time
+/// (so a new nvcc misses the cache), and the flags. Read once per build.
+fn nvcc_identity(nvcc: &Path) -> String {
+    let mut id = format!("{}\0{}\0", nvcc.display(), NVCC_FLAGS.join(" "));
     if let Ok(meta) = std::fs::metadata(nvcc) {
         let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
-        key.push_str(&format!("{}\0{mtime}\0", meta.len()));
+        id.push_str(&format!("{}\0{mtime}\0", meta.len()));
     }
-    key.push_str(source);
+    id
+}
+
+/// The cache key of a cubin: the nvcc ([`nvcc_identity`]), the
+/// architecture and the source.
+fn cubin_key(nvcc_id: &str, source: &str, arch: u32) -> String {
+    let key = format!("{nvcc_id}sm_{arch}\0{source}");
     format!("{:032x}", crate::cache::fnv1a128(key.as_bytes()))
 }
 
@@ -330,12 +336,15 @@ fn compile_cubins(
             .map_or("?", |(name, _, _)| name.as_str())
     };
     let index_dir = cache.map(|c| c.join("index"));
+    let nvcc_id = nvcc_identity(nvcc);
     struct Job {
         arch: u32,
         units: Vec<usize>,
         /// `kernels/sm_<arch>/<name>.cubin`.
         file: PathBuf,
         name: String,
+        /// The CUDA file: the device library and the units' code.
+        text: String,
         /// The cache entry of the cubin and of each unit's index line.
         cached: Option<PathBuf>,
         unit_keys: Vec<String>,
@@ -352,7 +361,7 @@ fn compile_cubins(
         let mut names: Vec<Option<String>> = vec![None; units.len()];
         let mut misses = Vec::new();
         for (i, unit) in units.iter().enumerate() {
-            let key = cubin_key(nvcc, &unit.text, arch);
+            let key = cubin_key(&nvcc_id, &unit.text, arch);
             // The index line: the cached cubin's key and its file name.
             let hit = index_dir.as_ref().and_then(|d| {
                 let line = std::fs::read_to_string(d.join(&key)).ok()?;
@@ -398,7 +407,9 @@ fn compile_cubins(
                 units: group.iter().map(|(i, _)| *i).collect(),
                 file: dir.join(format!("{name}.cubin")),
                 name,
-                cached: cache.map(|c| c.join(format!("{}.cubin", cubin_key(nvcc, &text, arch)))),
+                cached: cache
+                    .map(|c| c.join(format!("{}.cubin", cubin_key(&nvcc_id, &text, arch)))),
+                text,
                 unit_keys: group.iter().map(|(_, k)| k.clone()).collect(),
             });
         }
@@ -446,10 +457,10 @@ fn compile_cubins(
         let mut written = std::collections::HashSet::new();
         for job in &jobs {
             if written.insert(job.name.clone()) {
-                let text: String = std::iter::once(prefix.as_str())
-                    .chain(job.units.iter().map(|i| code_of(*i)))
-                    .collect();
-                write(&scratch.join(format!("{}.cu", job.name)), text.as_bytes())?;
+                write(
+                    &scratch.join(format!("{}.cu", job.name)),
+                    job.text.as_bytes(),
+                )?;
             }
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
