@@ -1,6 +1,6 @@
 //! Build script of `cnnc`: embeds the runtime crate's sources and the
 //! workspace lock file in the binary, so an installed `cnnc build` needs no
-//! checkout (compiler/src/cache.rs unpacks them into the user's cache).
+//! checkout (compiler/src/back/cache.rs unpacks them into the user's cache).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

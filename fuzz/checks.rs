@@ -20,9 +20,9 @@ pub fn check(data: &[u8]) {
             if let Err(e) = graph.verify() {
                 panic!("a checked graph breaks an IR invariant: {e}");
             }
-            let _ = cnnc::summary::table(graph, &compilation.sources, 1);
-            let _ = cnnc::summary::summary(graph);
-            let _ = cnnc::summary::check_line(graph);
+            let _ = cnnc::tools::summary::table(graph, &compilation.sources, 1);
+            let _ = cnnc::tools::summary::summary(graph);
+            let _ = cnnc::tools::summary::check_line(graph);
         }
     }
 }

@@ -111,7 +111,10 @@ fn every_form_matches_the_f64_formula() {
     for a in activations() {
         let (kind, p) = a.kind();
         for x in inputs() {
-            let (got, want) = (cnnc::eval::activate(a, x as f64), kind.forward(p, x as f64));
+            let (got, want) = (
+                cnnc::tools::eval::activate(a, x as f64),
+                kind.forward(p, x as f64),
+            );
             if !(got == want || got.is_nan() && want.is_nan()) {
                 failures.push(format!("evaluator: {a:?} at {x:e}: {got:e} vs {want:e}"));
             }
@@ -119,16 +122,16 @@ fn every_form_matches_the_f64_formula() {
     }
     failures.extend(hold("trainer f32", 1e-6, &|a, xs| {
         xs.iter()
-            .map(|&x| cnnc::train::kernels::activate(a, x))
+            .map(|&x| cnnc::tools::train::kernels::activate(a, x))
             .collect()
     }));
     failures.extend(hold("runtime f32 (Act::apply)", 1e-6, &|a, xs| {
-        let act = cnnc::plan::act(a);
+        let act = cnnc::back::plan::act(a);
         xs.iter().map(|&x| act.apply(x)).collect()
     }));
     failures.extend(hold("CPU vectorised (apply_slice)", 1e-6, &|a, xs| {
         let mut v = xs.to_vec();
-        apply_slice(cnnc::plan::act(a), &mut v);
+        apply_slice(cnnc::back::plan::act(a), &mut v);
         v
     }));
     failures.extend(hold("CUDA (emulated)", 1e-6, &|a, xs| cuda(a, xs)));
@@ -140,9 +143,9 @@ fn every_form_matches_the_f64_formula() {
 fn cuda_module() -> &'static Module {
     static MODULE: std::sync::OnceLock<Module> = std::sync::OnceLock::new();
     MODULE.get_or_init(|| {
-        let mut source = cnnc::cuda::PRELUDE.to_string();
+        let mut source = cnnc::back::cuda::PRELUDE.to_string();
         for (i, a) in activations().into_iter().enumerate() {
-            let call = cnnc::cuda::activation(a, "x[i]");
+            let call = cnnc::back::cuda::activation(a, "x[i]");
             source.push_str(&format!(
                 "\n__global__ void act{i}(const float* __restrict__ x, float* __restrict__ y, int n) {{\n  \
                  const int i = blockIdx.x * blockDim.x + threadIdx.x;\n  if (i < n) y[i] = {call};\n}}\n"
@@ -199,7 +202,7 @@ fn derivatives_match_finite_differences() {
             }
         }
         for x in inputs() {
-            let got = cnnc::train::kernels::activation_grad(a, x) as f64;
+            let got = cnnc::tools::train::kernels::activation_grad(a, x) as f64;
             let want = kind.derivative(p as f32 as f64, x as f64);
             if !agrees(got, want, 1e-6) {
                 failures.push(format!(
@@ -218,7 +221,7 @@ fn derivatives_match_finite_differences() {
 fn the_device_library_and_the_checker_follow_the_table() {
     for e in TABLE {
         assert!(
-            cnnc::cuda::PRELUDE.contains(e.cuda),
+            cnnc::back::cuda::PRELUDE.contains(e.cuda),
             "cuda_prelude.cuh lacks {:?}'s definition:\n{}",
             e.kind,
             e.cuda

@@ -346,8 +346,11 @@ fn emit_stable_is_the_same_from_anywhere() {
     assert!(
         emit(root, Path::new("models/resnet18.cnn"), false).contains("from models/resnet18.cnn ")
     );
-    let library =
-        cnnc::emit_stage(&root.join("models/resnet18.cnn"), cnnc::emit::Stage::Cuda).unwrap();
+    let library = cnnc::emit_stage(
+        &root.join("models/resnet18.cnn"),
+        cnnc::tools::emit::Stage::Cuda,
+    )
+    .unwrap();
     assert_eq!(library, from_root);
 }
 

@@ -12,7 +12,7 @@
 //! Accept changed snapshots with `INSTA_UPDATE=always cargo test --test codegen`
 //! (or `cargo insta review`), after reading the diff.
 
-use cnnc::kernels::{KernelKind, KernelProgram, Precision, Schedule};
+use cnnc::back::kernel_ir::{KernelKind, KernelProgram, Precision, Schedule};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,14 +156,14 @@ fn stages_of(path: &Path, compilation: cnnc::Compilation) -> Stages {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().expect("graph");
-    let (fused, logs) =
-        cnnc::passes::optimize(graph).unwrap_or_else(|e| panic!("{}: passes: {e}", path.display()));
-    let program = cnnc::kernels::lower(&fused, &compilation.sources)
+    let (fused, logs) = cnnc::ir::passes::optimize(graph)
+        .unwrap_or_else(|e| panic!("{}: passes: {e}", path.display()));
+    let program = cnnc::back::kernel_ir::lower(&fused, &compilation.sources)
         .unwrap_or_else(|e| panic!("{}: lower: {e}", path.display()));
     Stages {
-        fused: cnnc::emit::fused(graph, &fused, &logs, &compilation.sources),
-        kernels: cnnc::kernels::render(&program),
-        cuda: cnnc::cuda::print(&program)
+        fused: cnnc::tools::emit::fused(graph, &fused, &logs, &compilation.sources),
+        kernels: cnnc::back::kernel_ir::render(&program),
+        cuda: cnnc::back::cuda::print(&program)
             .unwrap_or_else(|e| panic!("{}: cuda: {e}", path.display())),
         program,
         graph: fused,
@@ -179,7 +179,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// A `.cu` file cut at the prelude: (header before it, one chunk per kernel).
 fn split_cuda<'a>(cuda: &'a str, program: &'a KernelProgram) -> (&'a str, Vec<(&'a str, &'a str)>) {
-    let prelude = cnnc::cuda::PRELUDE;
+    let prelude = cnnc::back::cuda::PRELUDE;
     assert_eq!(
         cuda.matches(prelude).count(),
         1,
@@ -222,7 +222,7 @@ fn split_cuda<'a>(cuda: &'a str, program: &'a KernelProgram) -> (&'a str, Vec<(&
 fn cuda_full(cuda: &str, program: &KernelProgram) -> String {
     let (header, chunks) = split_cuda(cuda, program);
     let mut out = header.to_string();
-    out.push_str("// [cnnc::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n");
+    out.push_str("// [cnnc::back::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n");
     for (_, text) in chunks {
         out.push_str(text);
     }
@@ -233,7 +233,9 @@ fn cuda_full(cuda: &str, program: &KernelProgram) -> String {
 fn cuda_digests(cuda: &str, program: &KernelProgram) -> String {
     let (header, chunks) = split_cuda(cuda, program);
     let mut out = header.to_string();
-    out.push_str("// [cnnc::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n\n");
+    out.push_str(
+        "// [cnnc::back::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n\n",
+    );
     out.push_str(&format!(
         "{} kernels; whole file fnv1a64 {:016x}\n\n",
         chunks.len(),
@@ -301,8 +303,8 @@ fn kernel_ir_snapshots() {
 fn cuda_prelude_snapshot() {
     snapshot(
         "cuda_prelude",
-        "cnnc::cuda::PRELUDE, the device library at the top of every generated .cu file",
-        cnnc::cuda::PRELUDE,
+        "cnnc::back::cuda::PRELUDE, the device library at the top of every generated .cu file",
+        cnnc::back::cuda::PRELUDE,
     );
 }
 
@@ -328,9 +330,9 @@ fn cuda_snapshots() {
 }
 
 /// What a kernel exercises in the CUDA printer and the prelude.
-fn features(k: &cnnc::kernels::Kernel) -> Vec<String> {
+fn features(k: &cnnc::back::kernel_ir::Kernel) -> Vec<String> {
+    use cnnc::back::kernel_ir::KernelKind;
     use cnnc::ir::{Epilogue, Op};
-    use cnnc::kernels::KernelKind;
     let mut f = vec![match &k.kind {
         KernelKind::Gemm(g) => format!(
             "gemm {:?} padding{}{}{}",
@@ -432,12 +434,12 @@ fn emitting_twice_gives_identical_text() {
         assert_eq!(a.cuda, b.cuda, "{}: CUDA differs", m.id);
         // Printing the same program twice, too.
         assert_eq!(
-            cnnc::cuda::print(&a.program).unwrap(),
+            cnnc::back::cuda::print(&a.program).unwrap(),
             a.cuda,
             "{}: print twice",
             m.id
         );
-        assert_eq!(cnnc::kernels::render(&a.program), a.kernels);
+        assert_eq!(cnnc::back::kernel_ir::render(&a.program), a.kernels);
     });
 }
 
@@ -522,9 +524,9 @@ fn memory_plans_are_valid_and_save_memory() {
     let mut failures = Vec::new();
     for m in models() {
         let s = stages(&m);
-        let refs = cnnc::kernels::placements(&s.graph);
-        let plan = cnnc::memory::plan(&s.graph, &refs);
-        if let Err(e) = cnnc::memory::verify(&plan) {
+        let refs = cnnc::back::kernel_ir::placements(&s.graph);
+        let plan = cnnc::back::memory::plan(&s.graph, &refs);
+        if let Err(e) = cnnc::back::memory::verify(&plan) {
             failures.push(format!("{}: invalid plan: {e}", m.id));
         }
         if plan.arena > plan.naive {
@@ -570,7 +572,7 @@ fn memory_plans_are_valid_and_save_memory() {
         // verify() is not vacuous: everything at offset 0 must be rejected.
         let mut broken = plan.clone();
         broken.buffers.iter_mut().for_each(|b| b.offset = 0);
-        if broken.buffers.len() > 1 && cnnc::memory::verify(&broken).is_ok() {
+        if broken.buffers.len() > 1 && cnnc::back::memory::verify(&broken).is_ok() {
             failures.push(format!("{}: verify accepted overlapping buffers", m.id));
         }
         table.push_str(&format!(
@@ -683,15 +685,15 @@ fn parse_ptxas(log: &str) -> (Vec<(String, String)>, Vec<PtxasFunction>) {
 }
 
 /// The program reduced to the kernels whose compile unit (as `cnnc build`
-/// compiles them: `cnnc::cuda::compile_units`, named by a digest of their
+/// compiles them: `cnnc::back::cuda::compile_units`, named by a digest of their
 /// code) is not in `seen`, which gains them, renamed as in their cubins;
 /// and one CUDA file holding the device library once and those units' code.
 fn only_new_kernels(
     program: KernelProgram,
     seen: &mut std::collections::HashSet<String>,
 ) -> (KernelProgram, String) {
-    let (units, table) = cnnc::cuda::compile_units(&program).unwrap();
-    let mut out = cnnc::cuda::PRELUDE.to_string();
+    let (units, table) = cnnc::back::cuda::compile_units(&program).unwrap();
+    let mut out = cnnc::back::cuda::PRELUDE.to_string();
     let mut kept = program.clone();
     kept.kernels.clear();
     for mut k in program.kernels {
@@ -704,7 +706,7 @@ fn only_new_kernels(
         }
         let code = units[*unit]
             .text
-            .strip_prefix(cnnc::cuda::PRELUDE)
+            .strip_prefix(cnnc::back::cuda::PRELUDE)
             .expect("a unit starts with the device library");
         out.push_str(code);
         for v in &mut k.variants {
@@ -733,7 +735,7 @@ fn identical_kernels_are_compiled_once() {
     // What is left is one whole file: the device library once, and every
     // kept kernel's launch function under its cubin name, none under the
     // plan's names.
-    assert_eq!(text.matches(cnnc::cuda::PRELUDE).count(), 1);
+    assert_eq!(text.matches(cnnc::back::cuda::PRELUDE).count(), 1);
     for k in &first.kernels {
         assert!(text.contains(&format!(" {}(", k.name)), "{}", k.name);
         for v in &k.variants {
@@ -745,9 +747,9 @@ fn identical_kernels_are_compiled_once() {
     }
     // The units' code is model.cu's code: comments and names aside, each
     // kernel's section is its unit.
-    let cuda = cnnc::cuda::print(&program).unwrap();
+    let cuda = cnnc::back::cuda::print(&program).unwrap();
     let (_, chunks) = split_cuda(&cuda, &program);
-    let (units, table) = cnnc::cuda::compile_units(&program).unwrap();
+    let (units, table) = cnnc::back::cuda::compile_units(&program).unwrap();
     for (name, section) in chunks {
         let (_, unit, symbol) = table.iter().find(|(n, _, _)| n == name).unwrap();
         let code: String = section
@@ -757,7 +759,7 @@ fn identical_kernels_are_compiled_once() {
             .collect();
         assert_eq!(
             units[*unit].text,
-            format!("{}\n{code}", cnnc::cuda::PRELUDE),
+            format!("{}\n{code}", cnnc::back::cuda::PRELUDE),
             "{name}"
         );
     }
@@ -769,8 +771,8 @@ fn identical_kernels_are_compiled_once() {
 fn program_in(model: &Model, precision: Precision) -> KernelProgram {
     let compilation = cnnc::compile_file(&model.path, &BTreeMap::new()).expect("readable");
     let graph = compilation.models[0].graph.as_ref().expect("graph");
-    let (fused, _) = cnnc::passes::optimize(graph).expect("passes");
-    cnnc::kernels::lower_with(&fused, &compilation.sources, precision).expect("lowering")
+    let (fused, _) = cnnc::ir::passes::optimize(graph).expect("passes");
+    cnnc::back::kernel_ir::lower_with(&fused, &compilation.sources, precision).expect("lowering")
 }
 
 /// SASS instruction counts per function of a cubin (`cuobjdump -sass`):

@@ -218,8 +218,8 @@ fn readme_zoo_table_matches_the_models() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let expected = [
             graph.input_shape().to_string(),
-            cnnc::summary::grouped(graph.total_params()),
-            cnnc::summary::macs(graph.total_macs()),
+            cnnc::tools::summary::grouped(graph.total_params()),
+            cnnc::tools::summary::macs(graph.total_macs()),
         ];
         for value in expected {
             assert!(
@@ -235,7 +235,7 @@ fn check_output(name: &str, compilation: &cnnc::Compilation) -> String {
     let mut out = String::new();
     for model in &compilation.models {
         if let Some(graph) = &model.graph {
-            out.push_str(&cnnc::summary::check_line(graph));
+            out.push_str(&cnnc::tools::summary::check_line(graph));
             out.push('\n');
         }
     }
@@ -331,7 +331,7 @@ fn run_transcript(command: &str, source: Option<&Fence>) -> Result<String, Strin
                 }
                 for model in &compilation.models {
                     let graph = model.graph.as_ref().ok_or("no graph")?;
-                    out.push_str(&cnnc::summary::table(graph, &compilation.sources, 1));
+                    out.push_str(&cnnc::tools::summary::table(graph, &compilation.sources, 1));
                 }
             }
             other => return Err(format!("the test does not know `cnnc {other}`")),
@@ -457,7 +457,7 @@ fn training_configs_parse() {
         .collect();
     assert!(blocks.len() >= 3, "docs/training.md has no yaml blocks");
     for f in blocks {
-        let config: cnnc::train::run::TrainConfig = serde_yaml::from_str(&f.text)
+        let config: cnnc::tools::train::run::TrainConfig = serde_yaml::from_str(&f.text)
             .unwrap_or_else(|e| panic!("docs/training.md:{}: {e}", f.line));
         if let Err(e) = config.transforms.pipelines() {
             panic!("docs/training.md:{}: {e}", f.line);

@@ -111,7 +111,7 @@ impl Fixture {
             both_orders: true,
             tile: None,
             batch1_kernels_only: false,
-            precision: cnnc::kernels::Precision::Fp32,
+            precision: cnnc::back::kernel_ir::Precision::Fp32,
             tensor_tile: None,
         }
     }
@@ -185,7 +185,7 @@ fn every_zoo_model_matches_the_evaluator() {
         let _turn = (graph.total_params() > 50_000_000)
             .then(|| heavy.lock().unwrap_or_else(|e| e.into_inner()));
         let mut weights =
-            cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+            cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
         randomize_batchnorm(&mut weights, 5);
         // Batch 2 exercises the image index; the largest models run one image.
         let batch = if *macs > 200_000_000 { 1 } else { 2 };
@@ -206,7 +206,7 @@ fn every_zoo_model_matches_the_evaluator() {
             both_orders: batch == 2,
             tile: None,
             batch1_kernels_only: false,
-            precision: cnnc::kernels::Precision::Fp32,
+            precision: cnnc::back::kernel_ir::Precision::Fp32,
             tensor_tile: None,
         };
         let checked = check(&case, &|cuda| cuda)?;
@@ -228,11 +228,11 @@ fn every_gemm_tile_computes_the_same_numbers() {
     // its slices allow (up to 16 ways; splits of one slice).
     let mut jobs = Vec::new();
     for name in ["resnet_tiny", "kitchen_sink"] {
-        for tile in cnnc::kernels::TILES {
+        for tile in cnnc::back::kernel_ir::TILES {
             jobs.push((name, *tile, 1));
             jobs.push((name, *tile, 3));
         }
-        jobs.push((name, *cnnc::kernels::TILES.last().unwrap(), 16));
+        jobs.push((name, *cnnc::back::kernel_ir::TILES.last().unwrap(), 16));
     }
     let failures = in_parallel(&jobs, |(name, tile, split)| {
         let f = fixture(&Path::new("tests/fixtures").join(name));
@@ -281,7 +281,7 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let (_, program, _) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    let (_, program, _) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     let kinds: Vec<String> = program
         .kernels
         .iter()
@@ -307,7 +307,8 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
             "no {kind} kernel: {kinds:?}"
         );
     }
-    let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let mut weights =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     randomize_batchnorm(&mut weights, 5);
     check_on_random_input(
         "kernel_coverage",
@@ -323,7 +324,7 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
 fn check_on_random_input(
     tag: &str,
     graph: &cnnc::ir::Graph,
-    sources: &cnnc::source::SourceMap,
+    sources: &cnnc::front::source::SourceMap,
     weights: &cnnc_runtime::weights::WeightFile,
     (batch, seed, range): (usize, u64, f32),
 ) {
@@ -342,7 +343,7 @@ fn check_on_random_input(
         both_orders: true,
         tile: None,
         batch1_kernels_only: false,
-        precision: cnnc::kernels::Precision::Fp32,
+        precision: cnnc::back::kernel_ir::Precision::Fp32,
         tensor_tile: None,
     };
     let checked = check(&case, &|cuda| cuda).unwrap_or_else(|e| panic!("{e}"));
@@ -358,7 +359,8 @@ fn gates_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let weights =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     check_on_random_input("gates", graph, &compilation.sources, &weights, (3, 12, 2.0));
 }
 
@@ -375,7 +377,8 @@ fn shuffle_and_norm_kernels_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let mut weights = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 5).unwrap();
+    let mut weights =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 5).unwrap();
     randomize_batchnorm(&mut weights, 6);
     common::randomize_scales(&mut weights, 7);
     check_on_random_input(
@@ -394,7 +397,7 @@ fn planted(edit: &dyn Fn(String) -> String) -> String {
 
 /// [`planted`], every GEMM on `schedule` (a tile and a K split) when given.
 fn planted_with(
-    schedule: Option<(cnnc::kernels::GemmTile, u32)>,
+    schedule: Option<(cnnc::back::kernel_ir::GemmTile, u32)>,
     edit: &dyn Fn(String) -> String,
 ) -> String {
     let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
@@ -413,9 +416,9 @@ fn planted_with(
     }
 }
 
-fn resnet_tiny_program() -> cnnc::kernels::KernelProgram {
+fn resnet_tiny_program() -> cnnc::back::kernel_ir::KernelProgram {
     let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
-    cnnc::plan::compile(f.graph(), &f.compilation.sources)
+    cnnc::back::plan::compile(f.graph(), &f.compilation.sources)
         .unwrap()
         .1
 }
@@ -513,7 +516,7 @@ fn a_missing_barrier_is_reported() {
 /// (resnet_tiny's first GEMM, K = 27 in two slices, gets 2 splits), and the
 /// one occurrence of `right` in the printed CUDA replaced by `wrong`.
 fn planted_in_split_k(right: &str, wrong: &str) -> String {
-    let split = Some((*cnnc::kernels::TILES.last().unwrap(), 3));
+    let split = Some((*cnnc::back::kernel_ir::TILES.last().unwrap(), 3));
     planted_with(split, &|cuda| {
         assert_eq!(cuda.matches(right).count(), 1, "{right}");
         cuda.replace(right, wrong)
@@ -884,9 +887,9 @@ fn every_batch_bucket_variant_matches_the_evaluator() {
         case.both_orders = *batch == 9;
         case.batch1_kernels_only = *batch1_only;
         // Which schedules ran: a GEMV past one block, a variant per bucket.
-        let (_, program, _) = cnnc::plan::compile(f.graph(), &f.compilation.sources)?;
+        let (_, program, _) = cnnc::back::plan::compile(f.graph(), &f.compilation.sources)?;
         for k in &program.kernels {
-            if let cnnc::kernels::KernelKind::Gemm(g) = &k.kind {
+            if let cnnc::back::kernel_ir::KernelKind::Gemm(g) = &k.kind {
                 let chosen = k
                     .variants
                     .iter()
@@ -897,7 +900,9 @@ fn every_batch_bucket_variant_matches_the_evaluator() {
                     (Some(v), false) => {
                         l.insert(format!("variant b{}", v.min_batch));
                     }
-                    _ if matches!(g.schedule, cnnc::kernels::Schedule::Gemv(_)) && *batch > 7 => {
+                    _ if matches!(g.schedule, cnnc::back::kernel_ir::Schedule::Gemv(_))
+                        && *batch > 7 =>
+                    {
                         l.insert("gemv over several blocks".to_string());
                     }
                     _ => {}
@@ -936,7 +941,7 @@ fn tf32_rounded(v: f32) -> f32 {
 fn the_emulated_tensor_core_instructions_follow_the_ptx_isa() {
     let source = format!(
         "{}{}",
-        cnnc::cuda::PRELUDE,
+        cnnc::back::cuda::PRELUDE,
         std::fs::read_to_string("tests/emulation/selftest_tc.cu").unwrap()
     );
     let module = Module::build("selftest_tc", &source).unwrap();
@@ -1049,8 +1054,8 @@ fn the_emulated_tensor_core_instructions_follow_the_ptx_isa() {
 /// A fixture with every GEMM that can on the tensor-core `tile`.
 fn tensor_case<'a>(
     f: &'a Fixture,
-    tile: cnnc::kernels::TcTile,
-    precision: cnnc::kernels::Precision,
+    tile: cnnc::back::kernel_ir::TcTile,
+    precision: cnnc::back::kernel_ir::Precision,
 ) -> Case<'a> {
     let mut case = f.case();
     case.tag = format!(
@@ -1075,13 +1080,13 @@ fn every_tensor_core_tile_matches_the_evaluator() {
     // layers; grouped convs stay on CUDA cores), in TF32 and 3xTF32.
     let mut jobs = Vec::new();
     for name in ["resnet_tiny", "kitchen_sink", "mnist_cnn"] {
-        for tile in cnnc::kernels::TC_TILES {
-            jobs.push((name, *tile, cnnc::kernels::Precision::Tf32));
+        for tile in cnnc::back::kernel_ir::TC_TILES {
+            jobs.push((name, *tile, cnnc::back::kernel_ir::Precision::Tf32));
         }
         jobs.push((
             name,
-            *cnnc::kernels::TC_TILES.last().unwrap(),
-            cnnc::kernels::Precision::Tf32x3,
+            *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
+            cnnc::back::kernel_ir::Precision::Tf32x3,
         ));
     }
     let failures = in_parallel(&jobs, |(name, tile, precision)| {
@@ -1101,8 +1106,8 @@ fn planted_in_tensor_tile(right: &str, wrong: &str) -> (String, String) {
     let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
     let case = tensor_case(
         &f,
-        *cnnc::kernels::TC_TILES.last().unwrap(),
-        cnnc::kernels::Precision::Tf32,
+        *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
+        cnnc::back::kernel_ir::Precision::Tf32,
     );
     let first = resnet_tiny_program().kernels[0].name.clone();
     match check(&case, &|cuda| {

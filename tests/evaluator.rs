@@ -22,13 +22,13 @@ fn run_fixture(name: &str) -> (f64, usize) {
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let file = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
-    let weights = cnnc::weights::bind(graph, &file, &compilation.sources)
+    let weights = cnnc::ir::weights::bind(graph, &file, &compilation.sources)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let dims = graph.input_shape().dims();
     let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
     let input = load(&[dir.join("input.npy")], chw, &InputOptions::default()).unwrap();
     let n = input.shape[0];
-    let out = cnnc::eval::evaluate(graph, &weights, n, &input.data).unwrap();
+    let out = cnnc::tools::eval::evaluate(graph, &weights, n, &input.data).unwrap();
     let (shape, expected) = npy_f32(&dir.join("expected.npy"));
     assert_eq!(out.dims(), shape, "{name}: output shape");
     let mut worst = 0f64;
@@ -63,14 +63,14 @@ fn a_wrong_weight_is_noticed() {
     if let cnnc_runtime::weights::Data::F32(v) = &mut t.data {
         v[0] *= 4.0;
     }
-    let weights = cnnc::weights::bind(graph, &file, &compilation.sources).unwrap();
+    let weights = cnnc::ir::weights::bind(graph, &file, &compilation.sources).unwrap();
     let input = load(
         &[dir.join("input.npy")],
         [3, 32, 32],
         &InputOptions::default(),
     )
     .unwrap();
-    let out = cnnc::eval::evaluate(graph, &weights, input.shape[0], &input.data).unwrap();
+    let out = cnnc::tools::eval::evaluate(graph, &weights, input.shape[0], &input.data).unwrap();
     let (_, expected) = npy_f32(&dir.join("expected.npy"));
     let worst = out
         .data
@@ -90,24 +90,24 @@ fn strict_loading_lists_every_problem() {
     let fc = file.tensors.remove("fc_layer.2.weight").unwrap();
     file.tensors.insert("fc_layer.3.weight".to_string(), fc);
     file.tensors.get_mut("layer.0.bias").unwrap().shape = vec![4, 4];
-    let err = cnnc::weights::bind(graph, &file, &compilation.sources).unwrap_err();
+    let err = cnnc::ir::weights::bind(graph, &file, &compilation.sources).unwrap_err();
     insta::assert_snapshot!(err);
 }
 
 #[test]
 fn init_weights_load_back() {
     for scheme in [
-        cnnc::weights::InitScheme::Pytorch,
-        cnnc::weights::InitScheme::Kaiming,
+        cnnc::ir::weights::InitScheme::Pytorch,
+        cnnc::ir::weights::InitScheme::Kaiming,
     ] {
         let compilation =
             cnnc::compile_file(Path::new("models/resnet18.cnn"), &BTreeMap::new()).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();
-        let file = cnnc::weights::init(graph, scheme, 7).unwrap();
+        let file = cnnc::ir::weights::init(graph, scheme, 7).unwrap();
         let reread = WeightFile::from_bytes(&file.to_bytes().unwrap()).unwrap();
         assert_eq!(reread, file);
-        cnnc::weights::bind(graph, &reread, &compilation.sources).unwrap();
+        cnnc::ir::weights::bind(graph, &reread, &compilation.sources).unwrap();
         // Deterministic for a seed.
-        assert_eq!(cnnc::weights::init(graph, scheme, 7).unwrap(), file);
+        assert_eq!(cnnc::ir::weights::init(graph, scheme, 7).unwrap(), file);
     }
 }

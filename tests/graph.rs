@@ -3,8 +3,8 @@
 //! inside the boxes), repeated blocks collapse, fused groups match the fusion
 //! report, and the output is deterministic and snapshot-tested.
 
-use cnnc::graph::{self, Fate, Format, Kind, Options};
 use cnnc::ir::Graph;
+use cnnc::tools::draw::{self, Fate, Format, Kind, Options};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -144,13 +144,13 @@ fn box_and_texts(tree: &resvg::usvg::Tree, id: &str) -> (Rect, Vec<Rect>) {
 
 /// What the picture of `graph` must show, checked on the pixels: returns the box count.
 fn check_picture(name: &str, graph: &Graph, options: Options, expected_boxes: usize) {
-    let view = graph::view(graph, options).expect("view");
+    let view = draw::view(graph, options).expect("view");
     assert_eq!(
         view.boxes.len(),
         expected_boxes,
         "{name}: boxes in the view"
     );
-    let svg = graph::svg(&view);
+    let svg = draw::svg(&view);
     let pic = rasterize(&svg);
     let (w, h) = (pic.pixmap.width(), pic.pixmap.height());
     assert!(w >= 200 && h >= 200, "{name}: {w}×{h} is too small");
@@ -250,7 +250,7 @@ fn googlenet_picture() {
 #[test]
 fn resnet152_collapses_repeated_bottlenecks() {
     let g = model("models/resnet152.cnn");
-    let runs = graph::repeated_runs(&g);
+    let runs = draw::repeated_runs(&g);
     let summary: Vec<(String, usize, String, String)> = runs
         .iter()
         .map(|r| {
@@ -288,7 +288,7 @@ fn resnet152_collapses_repeated_bottlenecks() {
         "46 bottlenecks without downsample, 10 nodes each"
     );
     check_picture("resnet152", &g, COLLAPSED, g.nodes.len() - hidden + 4);
-    let view = graph::view(&g, COLLAPSED).unwrap();
+    let view = draw::view(&g, COLLAPSED).unwrap();
     let layer3 = view
         .boxes
         .iter()
@@ -301,7 +301,7 @@ fn resnet152_collapses_repeated_bottlenecks() {
         "[1024, 14, 14] · 35 × 1,117,184 = 39,101,440 params"
     );
     // --expand draws every layer.
-    let expanded = graph::view(
+    let expanded = draw::view(
         &g,
         Options {
             fused: false,
@@ -315,7 +315,7 @@ fn resnet152_collapses_repeated_bottlenecks() {
 #[test]
 fn skip_edges_are_the_shortcuts_of_residual_adds() {
     let g = model("models/resnet18.cnn");
-    let view = graph::view(
+    let view = draw::view(
         &g,
         Options {
             fused: false,
@@ -344,7 +344,7 @@ fn skip_edges_are_the_shortcuts_of_residual_adds() {
     );
     // googlenet has concats, no residual adds: no skip edges, 4 edges into each concat.
     let g = model("models/googlenet.cnn");
-    let view = graph::view(&g, COLLAPSED).unwrap();
+    let view = draw::view(&g, COLLAPSED).unwrap();
     assert!(view.edges.iter().all(|e| !e.skip));
     for (i, b) in view.boxes.iter().enumerate() {
         if b.op == "concat" {
@@ -357,7 +357,7 @@ fn skip_edges_are_the_shortcuts_of_residual_adds() {
 fn fused_groups_match_the_fusion_report() {
     // `cnnc emit --stage fused models/mnist_cnn.cnn`: 12 layers → 8 nodes, 7 kernels.
     let g = model("models/mnist_cnn.cnn");
-    let (fates, kernels) = graph::fates(&g).unwrap();
+    let (fates, kernels) = draw::fates(&g).unwrap();
     assert_eq!(kernels, 7);
     let name = |i: usize| g.nodes[i].name.clone();
     let kernel_of = |n: &str| {
@@ -371,7 +371,7 @@ fn fused_groups_match_the_fusion_report() {
         .find(|&i| g.nodes[i].op == cnnc::ir::Op::Flatten)
         .unwrap();
     assert_eq!(fates[flatten], Fate::View);
-    let view = graph::view(
+    let view = draw::view(
         &g,
         Options {
             fused: true,
@@ -389,14 +389,14 @@ fn fused_groups_match_the_fusion_report() {
     assert!(view.groups.iter().all(|g| g.len() == 2));
     // resnet18: every conv is fused with its batch norm; googlenet's dropout is dropped.
     let g = model("models/resnet18.cnn");
-    let (fates, _) = graph::fates(&g).unwrap();
+    let (fates, _) = draw::fates(&g).unwrap();
     for (i, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, cnnc::ir::Op::BatchNorm { .. }) {
             assert_eq!(fates[i], fates[n.inputs[0]], "{} not with its conv", n.name);
         }
     }
     let g = model("models/googlenet.cnn");
-    let (fates, _) = graph::fates(&g).unwrap();
+    let (fates, _) = draw::fates(&g).unwrap();
     let dropout = g.nodes.iter().position(|n| n.name == "dropout").unwrap();
     assert_eq!(fates[dropout], Fate::Dropped);
 }
@@ -406,15 +406,15 @@ fn snapshots() {
     let mnist = model("models/mnist_cnn.cnn");
     insta::assert_snapshot!(
         "mnist_cnn_svg",
-        graph::render(&mnist, COLLAPSED, Format::Svg).unwrap()
+        draw::render(&mnist, COLLAPSED, Format::Svg).unwrap()
     );
     insta::assert_snapshot!(
         "mnist_cnn_dot",
-        graph::render(&mnist, COLLAPSED, Format::Dot).unwrap()
+        draw::render(&mnist, COLLAPSED, Format::Dot).unwrap()
     );
     insta::assert_snapshot!(
         "mnist_cnn_fused_dot",
-        graph::render(
+        draw::render(
             &mnist,
             Options {
                 fused: true,
@@ -427,12 +427,12 @@ fn snapshots() {
     let resnet18 = model("models/resnet18.cnn");
     insta::assert_snapshot!(
         "resnet18_dot",
-        graph::render(&resnet18, COLLAPSED, Format::Dot).unwrap()
+        draw::render(&resnet18, COLLAPSED, Format::Dot).unwrap()
     );
     let googlenet = model("models/googlenet.cnn");
     insta::assert_snapshot!(
         "googlenet_dot",
-        graph::render(&googlenet, COLLAPSED, Format::Dot).unwrap()
+        draw::render(&googlenet, COLLAPSED, Format::Dot).unwrap()
     );
 }
 
@@ -526,7 +526,7 @@ fn pngs() {
         ("convnext_tiny", false, false),
     ] {
         let g = model(&format!("models/{name}.cnn"));
-        let svg = graph::render(&g, Options { fused, expand }, Format::Svg).unwrap();
+        let svg = draw::render(&g, Options { fused, expand }, Format::Svg).unwrap();
         let pic = rasterize(&svg);
         let suffix = match (fused, expand) {
             (true, true) => "-fused-expanded",
@@ -546,8 +546,8 @@ fn pngs() {
 }
 
 /// Centre x of each box in the laid-out picture.
-fn centres(view: &graph::View) -> Vec<f64> {
-    let p = graph::place(view).expect("layout");
+fn centres(view: &draw::View) -> Vec<f64> {
+    let p = draw::place(view).expect("layout");
     p.boxes.iter().map(|&(x, _, w, _)| x + w / 2.0).collect()
 }
 
@@ -561,7 +561,7 @@ fn resnet18_keeps_its_main_path_in_one_column() {
             expand: true,
         },
     ] {
-        let view = graph::view(&g, options).unwrap();
+        let view = draw::view(&g, options).unwrap();
         let x = centres(&view);
         // The main path: the input, every residual add, and the output.
         let mut main = vec![0, view.boxes.len() - 1];
@@ -578,7 +578,7 @@ fn resnet18_keeps_its_main_path_in_one_column() {
             );
         }
         // No staircase: the picture is not much wider than its widest box.
-        let p = graph::place(&view).unwrap();
+        let p = draw::place(&view).unwrap();
         let widest = p.boxes.iter().map(|b| b.2).fold(0.0, f64::max);
         let left = p.boxes.iter().map(|b| b.0).fold(f64::MAX, f64::min);
         let right = p.boxes.iter().map(|b| b.0 + b.2).fold(f64::MIN, f64::max);
@@ -593,7 +593,7 @@ fn resnet18_keeps_its_main_path_in_one_column() {
 #[test]
 fn googlenet_draws_concat_branches_in_source_order_centred() {
     let g = model("models/googlenet.cnn");
-    let view = graph::view(&g, COLLAPSED).unwrap();
+    let view = draw::view(&g, COLLAPSED).unwrap();
     let x = centres(&view);
     let mut concats = 0;
     for (j, b) in view.boxes.iter().enumerate() {

@@ -4,8 +4,8 @@
 //! fixture (real PyTorch weights) and every zoo model (random weights with
 //! random batch-norm statistics, at a reduced input size).
 
+use cnnc::front::source::SourceMap;
 use cnnc::ir::Graph;
-use cnnc::source::SourceMap;
 use cnnc_runtime::weights::WeightFile;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -19,16 +19,16 @@ const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];
 
 /// Runs `graph` unfused and fused on the same weights; returns the worst scaled difference.
 fn fused_vs_unfused(graph: &Graph, file: &WeightFile, sources: &SourceMap, n: usize) -> f64 {
-    let (fused, _) = cnnc::passes::optimize(graph).unwrap();
+    let (fused, _) = cnnc::ir::passes::optimize(graph).unwrap();
     assert!(fused.nodes.len() <= graph.nodes.len());
-    let bound = cnnc::weights::bind(graph, file, sources).unwrap();
-    let fused_bound = cnnc::weights::bind(&fused, file, sources).unwrap();
-    let prepared = cnnc::weights::prepare(&fused, &fused_bound).unwrap();
+    let bound = cnnc::ir::weights::bind(graph, file, sources).unwrap();
+    let fused_bound = cnnc::ir::weights::bind(&fused, file, sources).unwrap();
+    let prepared = cnnc::ir::weights::prepare(&fused, &fused_bound).unwrap();
     let per = graph.input_shape().numel() as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let input: Vec<f32> = (0..n * per).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let a = cnnc::eval::evaluate(graph, &bound, n, &input).unwrap();
-    let b = cnnc::eval::evaluate(&fused, &prepared, n, &input).unwrap();
+    let a = cnnc::tools::eval::evaluate(graph, &bound, n, &input).unwrap();
+    let b = cnnc::tools::eval::evaluate(&fused, &prepared, n, &input).unwrap();
     assert_eq!(a.dims(), b.dims());
     a.data
         .iter()
@@ -71,7 +71,8 @@ fn fused_equals_unfused_on_every_zoo_model() {
             cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();
         // Big classifiers dominate the time and test nothing new; keep them, at batch 1.
-        let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+        let mut file =
+            cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
         randomize_batchnorm(&mut file, 5);
         let worst = fused_vs_unfused(graph, &file, &compilation.sources, 1);
         assert!(
@@ -87,7 +88,7 @@ fn the_pipeline_fuses_what_it_should() {
     let compilation =
         cnnc::compile_file(Path::new("models/resnet18.cnn"), &BTreeMap::new()).unwrap();
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let (fused, logs) = cnnc::passes::optimize(graph).unwrap();
+    let (fused, logs) = cnnc::ir::passes::optimize(graph).unwrap();
     use cnnc::ir::Op;
     // No batch norm, no standalone relu or add remains in resnet18.
     assert!(!fused

@@ -3,8 +3,8 @@
 //! evaluator compute: on every fixture (real PyTorch weights) and on every zoo
 //! model (random weights with random batch-norm statistics, reduced input).
 
+use cnnc::front::source::SourceMap;
 use cnnc::ir::Graph;
-use cnnc::source::SourceMap;
 use cnnc_runtime::cpu::CpuExecutor;
 use cnnc_runtime::input::{load, InputOptions};
 use cnnc_runtime::weights::WeightFile;
@@ -64,7 +64,7 @@ fn executor(
     file: &WeightFile,
     max_batch: usize,
 ) -> CpuExecutor {
-    let (_, _, plan) = cnnc::plan::compile(graph, sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(graph, sources).unwrap();
     let prepared = cnnc_runtime::prepare::prepare(&plan, file).unwrap();
     CpuExecutor::new(plan, prepared, max_batch).unwrap()
 }
@@ -77,8 +77,10 @@ fn reference(
     n: usize,
     input: &[f32],
 ) -> Vec<f64> {
-    let bound = cnnc::weights::bind(graph, file, sources).unwrap();
-    cnnc::eval::evaluate(graph, &bound, n, input).unwrap().data
+    let bound = cnnc::ir::weights::bind(graph, file, sources).unwrap();
+    cnnc::tools::eval::evaluate(graph, &bound, n, input)
+        .unwrap()
+        .data
 }
 
 struct Fixture {
@@ -167,7 +169,8 @@ fn cpu_matches_the_evaluator_on_every_zoo_model() {
         let compilation =
             cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
         let graph = compilation.models[0].graph.as_ref().unwrap();
-        let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+        let mut file =
+            cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
         randomize_batchnorm(&mut file, 5);
         let per = graph.input_shape().numel() as usize;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -225,7 +228,7 @@ fn cpu_gates_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     use cnnc_runtime::plan::StepOp;
     let muls = plan
         .steps
@@ -233,7 +236,7 @@ fn cpu_gates_match_the_evaluator() {
         .filter(|s| matches!(s.op, StepOp::Mul))
         .count();
     assert_eq!(muls, 3, "one multiply step per gate");
-    let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     cpu_matches_evaluator("gates", graph, &compilation.sources, &file, &[1, 3], 12);
 }
 
@@ -247,7 +250,7 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     use cnnc_runtime::plan::StepOp;
     let count = |f: &dyn Fn(&StepOp) -> bool| plan.steps.iter().filter(|s| f(&s.op)).count();
     assert_eq!(
@@ -274,7 +277,8 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
         .filter(|p| matches!(p, cnnc_runtime::plan::Prepared::ScaledWeight { .. }))
         .count();
     assert_eq!(folded, 1, "one scale folded into a convolution");
-    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let mut file =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     common::randomize_batchnorm(&mut file, 4);
     common::randomize_scales(&mut file, 5);
     cpu_matches_evaluator(
@@ -296,7 +300,7 @@ fn cpu_matches_the_evaluator_on_standalone_kernels() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let (_, _, plan) = cnnc::plan::compile(graph, &compilation.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     use cnnc_runtime::plan::StepOp;
     let has = |f: fn(&StepOp) -> bool| plan.steps.iter().any(|s| f(&s.op));
     assert!(has(|o| matches!(o, StepOp::Copy)) && has(|o| matches!(o, StepOp::ChannelAffine)));
@@ -305,7 +309,8 @@ fn cpu_matches_the_evaluator_on_standalone_kernels() {
         has(|o| matches!(o, StepOp::Softmax { log: false }))
             && has(|o| matches!(o, StepOp::Softmax { log: true }))
     );
-    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let mut file =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     randomize_batchnorm(&mut file, 5);
     cpu_matches_evaluator("odd_ops", graph, &compilation.sources, &file, &[3], 11);
 }
@@ -366,7 +371,7 @@ fn batch_and_input_errors_are_clear() {
     assert!(err.contains("input has 784 values"), "{err}");
     // Still usable after the errors.
     exec.run(&f.input, 2).unwrap();
-    let (_, _, plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
     let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
     assert!(CpuExecutor::new(plan.clone(), prepared.clone(), 0).is_err());
     assert!(CpuExecutor::new(plan.clone(), prepared[1..].to_vec(), 1).is_err());
@@ -377,7 +382,7 @@ fn a_plan_that_writes_what_it_reads_is_refused() {
     // The executor shares the arena between parallel tasks on the strength of
     // this check: no step's output may overlap its inputs.
     let f = fixture("resnet_tiny");
-    let (_, _, mut plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, mut plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
     let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
     let step = plan
         .steps
@@ -391,7 +396,7 @@ fn a_plan_that_writes_what_it_reads_is_refused() {
         .to_string();
     assert!(err.contains("overlaps its input 1"), "{err}");
     // And a place outside the arena.
-    let (_, _, mut plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, mut plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
     plan.steps[0].output.offset = plan.arena_per_image;
     let err = CpuExecutor::new(plan, prepared, 1)
         .err()
@@ -454,7 +459,8 @@ fn cpu_gemm_and_pool_paths_match_the_evaluator_at_any_batch_and_thread_count() {
             compilation.render_diagnostics()
         );
         let graph = compilation.models[0].graph.as_ref().unwrap();
-        let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 7).unwrap();
+        let file =
+            cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 7).unwrap();
         let per = graph.input_shape().numel() as usize;
         for batch in [1usize, 2, 7] {
             let input: Vec<f32> = (0..batch * per)
@@ -489,7 +495,7 @@ fn the_split_k_workspace_fits_every_batch() {
     // batch 2: conv2 launches ceil(800/32)·2·5 = 250 blocks (128,000 floats,
     // 50 tiles), conv3 ceil(72/32)·4·10 = 120 (61,440 floats, 12 tiles).
     let f = fixture("mnist_cnn");
-    let (_, _, plan) = cnnc::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
     let splits: Vec<u32> = plan.steps.iter().map(|s| s.split_k).collect();
     assert_eq!(splits, [1, 5, 1, 10, 1, 1, 1]);
     let two = plan.workspace(2);
@@ -536,7 +542,7 @@ model wide_padding {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     cpu_matches_evaluator("wide_padding", graph, &compilation.sources, &file, &[2], 5);
 }
 
@@ -616,7 +622,8 @@ fn cpu_depthwise_convolutions_match_the_evaluator() {
         compilation.render_diagnostics()
     );
     let graph = compilation.models[0].graph.as_ref().unwrap();
-    let mut file = cnnc::weights::init(graph, cnnc::weights::InitScheme::Pytorch, 3).unwrap();
+    let mut file =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     randomize_batchnorm(&mut file, 4);
     let exec = executor(graph, &compilation.sources, &file, 1);
     use cnnc_runtime::cpu::CpuPath;

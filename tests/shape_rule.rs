@@ -1,12 +1,12 @@
 //! The output-size rule of convolution and pooling windows
-//! ([`cnnc::shape::Window::output`]) against three independent references:
+//! ([`cnnc::front::shape::Window::output`]) against three independent references:
 //!
-//! 1. [`cnnc::shape::brute_force_output`], which counts window positions one by one;
+//! 1. [`cnnc::front::shape::brute_force_output`], which counts window positions one by one;
 //! 2. PyTorch's formula (`pooling_output_shape_pad_lr` in ATen), written out
 //!    again here in 128-bit arithmetic;
 //! 3. a table of sizes produced by real PyTorch modules.
 
-use cnnc::shape::{brute_force_output, SizeError, Window};
+use cnnc::front::shape::{brute_force_output, SizeError, Window};
 use proptest::prelude::*;
 
 /// PyTorch's rule, independently of `shape.rs`: floor mode is

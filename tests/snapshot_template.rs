@@ -2,7 +2,7 @@
 //! change to the model, or a new cnnc, shows up as a diff to review
 //! (docs/snapshot-testing.md). Here it checks `models/mnist_cnn.cnn`.
 
-use cnnc::emit::Stage;
+use cnnc::tools::emit::Stage;
 use std::path::Path;
 
 /// The model under test, relative to the crate root (where `cargo test` runs).

@@ -13,12 +13,12 @@
 //!   against central finite differences of the f64 reference evaluator.
 
 use cnnc::ir::{Graph, ParamKind};
-use cnnc::train::net::{Mode, Net};
-use cnnc::train::optim::{
+use cnnc::tools::train::net::{Mode, Net};
+use cnnc::tools::train::optim::{
     clip_grad_norm, smoothed_loss, Loss, OptimConfig, Optimizer, OptimizerKind, Schedule,
     ScheduleKind,
 };
-use cnnc::train::rng;
+use cnnc::tools::train::rng;
 use cnnc_runtime::weights::{Data, WeightFile};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -165,7 +165,7 @@ fn adamw(weight_decay: f64) -> OptimConfig {
 fn per_step(kind: ScheduleKind) -> Schedule {
     Schedule {
         kind,
-        per: cnnc::train::optim::ScheduleUnit::Step,
+        per: cnnc::tools::train::optim::ScheduleUnit::Step,
         ..Schedule::default()
     }
 }
@@ -426,14 +426,14 @@ fn shuffle_and_convnext_ops_match_pytorch() {
 /// Σ r·f(x; θ) with the f64 reference evaluator.
 fn weighted_output(
     graph: &Graph,
-    sources: &cnnc::source::SourceMap,
+    sources: &cnnc::front::source::SourceMap,
     weights: &WeightFile,
     n: usize,
     x: &[f32],
     r: &[f32],
 ) -> f64 {
-    let bound = cnnc::weights::bind(graph, weights, sources).unwrap();
-    let out = cnnc::eval::evaluate(graph, &bound, n, x).unwrap();
+    let bound = cnnc::ir::weights::bind(graph, weights, sources).unwrap();
+    let out = cnnc::tools::eval::evaluate(graph, &bound, n, x).unwrap();
     out.data.iter().zip(r).map(|(a, &b)| a * b as f64).sum()
 }
 
@@ -967,7 +967,7 @@ fn both_spellings_of_cross_entropy_and_progress_lines_in_a_pipe() {
 
 #[test]
 fn the_loss_plot_labels_epochs_as_integers() {
-    use cnnc::train::run::{plot_svg, History};
+    use cnnc::tools::train::run::{plot_svg, History};
     for epochs in [4u64, 10, 25] {
         let history = History {
             epoch: epochs,
@@ -1235,7 +1235,7 @@ fn bad_image_data_is_an_error_naming_the_file() {
 /// as published, CIFAR-100's fine label, the class names from the meta file.
 #[test]
 fn cifar_batches_are_read_as_published() {
-    let (pixels, labels) = cnnc::train::data::read_cifar(
+    let (pixels, labels) = cnnc::tools::train::data::read_cifar(
         Path::new("tests/fixtures/train/cifar10/data_batch_1.bin"),
         false,
     )
@@ -1244,9 +1244,11 @@ fn cifar_batches_are_read_as_published() {
     assert_eq!(pixels.len(), 6 * 3072);
     // Record 2, green plane, pixel 5: (37·2 + 85 + 5) mod 256.
     assert_eq!(pixels[2 * 3072 + 1024 + 5], 164);
-    let (_, fine) =
-        cnnc::train::data::read_cifar(Path::new("tests/fixtures/train/cifar100/train.bin"), true)
-            .unwrap();
+    let (_, fine) = cnnc::tools::train::data::read_cifar(
+        Path::new("tests/fixtures/train/cifar100/train.bin"),
+        true,
+    )
+    .unwrap();
     assert_eq!(fine, vec![0, 7, 14, 21]);
     let dir = temp_dir("cifar");
     let out = dir.join("w.safetensors");
@@ -1935,7 +1937,7 @@ fn a_batch_that_does_not_fit_is_refused_with_one_that_does() {
     let mut run = args("32");
     run.extend(["-o".to_string(), out.to_str().unwrap().to_string()]);
     let err = failure(&with_limit(run, &limit));
-    let human = |b: usize| cnnc::summary::bytes(b as i64);
+    let human = |b: usize| cnnc::tools::summary::bytes(b as i64);
     assert!(
         err.contains(&format!("a batch of 32 needs {}", human(total)))
             && err.contains(&format!(

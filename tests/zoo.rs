@@ -134,7 +134,10 @@ fn every_model_file_is_in_the_reference() {
 #[test]
 fn overrides_change_the_classifier() {
     let mut set = BTreeMap::new();
-    set.insert("num_classes".to_string(), cnnc::check::Value::Int(10));
+    set.insert(
+        "num_classes".to_string(),
+        cnnc::front::check::Value::Int(10),
+    );
     let compilation = cnnc::compile_file(Path::new("models/resnet18.cnn"), &set).unwrap();
     let graph = compilation.models[0].graph.as_ref().unwrap();
     assert_eq!(graph.output_shape().dims(), vec![10]);
@@ -151,7 +154,7 @@ fn summaries_are_stable() {
         let graph = compilation.models[0].graph.as_ref().unwrap();
         insta::assert_snapshot!(
             format!("summary_{name}"),
-            cnnc::summary::table(graph, &compilation.sources, 1)
+            cnnc::tools::summary::table(graph, &compilation.sources, 1)
         );
     }
 }

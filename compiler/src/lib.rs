@@ -9,36 +9,28 @@
 //! ```
 //!
 //! Each stage is a function from one typed value to the next. Problems are
-//! [`diag::Diagnostic`] values with source spans, rendered in one place
-//! ([`diag::render`]). [`compile_file`] and [`compile_source`] only chain the
+//! [`front::diag::Diagnostic`] values with source spans, rendered in one place
+//! ([`front::diag::render`]). [`compile_file`] and [`compile_source`] only chain the
 //! stages; the command-line tool in `main.rs` only prints what they return.
 
-pub mod build;
-pub mod cache;
-pub mod check;
-pub mod cuda;
-pub mod diag;
-pub mod emit;
-pub mod eval;
-pub mod graph;
+// The folders follow the pipeline (docs/architecture.md draws it):
+// text → front end → graph IR (and its passes) → back end → a built binary,
+// with the tools (summary, emit, the reference evaluator, drawing, training)
+// reading the graph IR beside it.
+pub mod back;
+pub mod front;
 pub mod ir;
-pub mod kernels;
-pub mod memory;
-pub mod passes;
-pub mod plan;
-pub mod shape;
-pub mod source;
-pub mod summary;
-pub mod syntax;
-pub mod train;
-pub mod weights;
+pub mod tools;
 
-use check::{Declarations, Value};
-use diag::Diagnostic;
-use source::{FileId, SourceMap, Span};
+use back::kernel_ir;
+use front::check::{self, Declarations, Value};
+use front::diag::{self, Diagnostic};
+use front::source::{FileId, SourceMap, Span};
+use front::syntax;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use syntax::{Decl, SourceFile};
+use tools::emit;
 
 /// Largest `.cnn` file read, so a stray multi-gigabyte file is an error, not an allocation.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -110,7 +102,7 @@ pub fn emit_stage(path: &Path, stage: emit::Stage) -> Result<String, String> {
             graph,
             &compilation.sources,
             stage,
-            kernels::Precision::default(),
+            kernel_ir::Precision::default(),
         ),
         _ => Err(format!(
             "`{}` has {} models; `emit_stage` takes a file with one",

@@ -3,11 +3,11 @@
 //! Exit codes: 0 fine, 1 the model has errors, 2 bad command line.
 
 use clap::{Parser, Subcommand};
+use cnnc::front::diag;
+use cnnc::ir::weights::InitScheme;
 use cnnc::ir::{Graph, Op};
-use cnnc::weights::InitScheme;
-use cnnc::{
-    compile_file_with, diag, parse_settings, summary, unknown_settings, Compilation, UsageError,
-};
+use cnnc::tools::summary;
+use cnnc::{compile_file_with, parse_settings, unknown_settings, Compilation, UsageError};
 use cnnc_runtime::output::Scores;
 use cnnc_runtime::run::{ModelIo, RunOptions};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ enum Command {
         include: Vec<PathBuf>,
         /// Fail when a model's activations (the arena a built binary plans, at
         /// --batch) exceed this size: bytes, or with a unit, e.g. 512MiB, 2GB.
-        #[arg(long, value_name = "SIZE", value_parser = cnnc::summary::parse_size)]
+        #[arg(long, value_name = "SIZE", value_parser = cnnc::tools::summary::parse_size)]
         memory_budget: Option<u64>,
         /// Batch size for --memory-budget.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
@@ -112,7 +112,7 @@ enum Command {
         /// What to print: the parse tree, the graph IR, the fusion report, the
         /// kernel IR, the CUDA C source, or the Rust driver `cnnc build` writes.
         #[arg(long, value_enum)]
-        stage: cnnc::emit::Stage,
+        stage: cnnc::tools::emit::Stage,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -137,7 +137,7 @@ enum Command {
         /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
         /// always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
-        precision: cnnc::kernels::Precision,
+        precision: cnnc::back::kernel_ir::Precision,
     },
     /// Draw the model (one box per layer, repeated blocks as `× N`) as SVG or DOT.
     Graph {
@@ -146,8 +146,8 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// SVG to look at, or Graphviz DOT to lay out with another tool.
-        #[arg(long, value_enum, default_value_t = cnnc::graph::Format::Svg)]
-        format: cnnc::graph::Format,
+        #[arg(long, value_enum, default_value_t = cnnc::tools::draw::Format::Svg)]
+        format: cnnc::tools::draw::Format,
         /// Shade the layers that the fusion passes merge into one kernel.
         #[arg(long)]
         fused: bool,
@@ -189,12 +189,12 @@ enum Command {
         /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
         /// always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
-        precision: cnnc::kernels::Precision,
+        precision: cnnc::back::kernel_ir::Precision,
     },
     /// Run a model on inputs with the reference evaluator (f64, PyTorch eval() semantics).
     Run(Box<RunArgs>),
     /// Train a model on image folders, CIFAR or MNIST IDX data (CPU, f32): Adam/SGD, augmentation, checkpoints, loss plot.
-    Train(Box<cnnc::train::run::TrainArgs>),
+    Train(Box<cnnc::tools::train::run::TrainArgs>),
     /// Write freshly initialised weights for a model as safetensors.
     Init {
         file: PathBuf,
@@ -303,7 +303,7 @@ fn main() -> ExitCode {
             &file,
             output.as_deref(),
             format,
-            cnnc::graph::Options { fused, expand },
+            cnnc::tools::draw::Options { fused, expand },
             (&set, &include),
             model.as_deref(),
         ),
@@ -535,7 +535,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),
     };
-    let bound = match cnnc::weights::bind(&graph, &weights, &compilation.sources) {
+    let bound = match cnnc::ir::weights::bind(&graph, &weights, &compilation.sources) {
         Ok(b) => b,
         Err(e) => return Ok(fail(format!("`{}`: {e}", options.weights.display()))),
     };
@@ -562,7 +562,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
         scores,
     };
     let mut forward = |input: &[f32], n: usize| {
-        cnnc::eval::evaluate(&graph, &bound, n, input)
+        cnnc::tools::eval::evaluate(&graph, &bound, n, input)
             .map(|out| out.data.iter().map(|&v| v as f32).collect())
             .map_err(|e| cnnc_runtime::Error(format!("evaluation failed: {e}")))
     };
@@ -572,14 +572,14 @@ fn run(args: &RunArgs) -> Result<ExitCode, UsageError> {
     }
 }
 
-fn train(args: &cnnc::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
+fn train(args: &cnnc::tools::train::run::TrainArgs) -> Result<ExitCode, UsageError> {
     let compilation = load(&args.file, &args.set, &[])?;
     let graph = match one_model(&compilation, &args.file, None)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match cnnc::train::run::train(graph, args, &repo) {
+    match cnnc::tools::train::run::train(graph, args, &repo) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Ok(fail(e)),
     }
@@ -607,7 +607,7 @@ fn init(
             output.display()
         )));
     }
-    let weights = match cnnc::weights::init(&graph, scheme, seed) {
+    let weights = match cnnc::ir::weights::init(&graph, scheme, seed) {
         Ok(w) => w,
         Err(e) => return Ok(fail(e)),
     };
@@ -628,8 +628,8 @@ fn init(
 }
 
 /// `--precision`: one of the implemented precisions, by name.
-fn parse_precision(text: &str) -> Result<cnnc::kernels::Precision, String> {
-    use cnnc::kernels::Precision;
+fn parse_precision(text: &str) -> Result<cnnc::back::kernel_ir::Precision, String> {
+    use cnnc::back::kernel_ir::Precision;
     let names = Precision::ALL.map(|p| p.name()).join(", ");
     match Precision::parse(text) {
         Some(p) if p.implemented() => Ok(p),
@@ -659,13 +659,13 @@ fn refuse_output(output: Option<&Path>, file: &Path) -> Result<Option<ExitCode>,
 
 fn emit(
     file: &Path,
-    stage: cnnc::emit::Stage,
+    stage: cnnc::tools::emit::Stage,
     output: Option<&Path>,
     (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
-    (stable, precision): (bool, cnnc::kernels::Precision),
+    (stable, precision): (bool, cnnc::back::kernel_ir::Precision),
 ) -> Result<ExitCode, UsageError> {
-    use cnnc::emit::Stage;
+    use cnnc::tools::emit::Stage;
     if let Some(code) = refuse_output(output, file)? {
         return Ok(code);
     }
@@ -676,8 +676,8 @@ fn emit(
             return Ok(ExitCode::from(1));
         }
         let source = std::fs::read_to_string(file).map_err(|e| UsageError(e.to_string()))?;
-        let (parsed, _) = cnnc::syntax::parse(cnnc::source::FileId(0), &source);
-        cnnc::emit::ast(&parsed)
+        let (parsed, _) = cnnc::front::syntax::parse(cnnc::front::source::FileId(0), &source);
+        cnnc::tools::emit::ast(&parsed)
     } else {
         let graph = match one_model(&compilation, file, model)? {
             Ok(g) => g,
@@ -687,7 +687,7 @@ fn emit(
         if stable {
             sources.make_names_relative_to(&cnnc::model_dir(file));
         }
-        match cnnc::emit::stage_text(&graph, &sources, stage, precision) {
+        match cnnc::tools::emit::stage_text(&graph, &sources, stage, precision) {
             Ok(t) => t,
             Err(e) => return Ok(fail(e)),
         }
@@ -723,8 +723,8 @@ fn print_out(text: &str) -> ExitCode {
 fn draw(
     file: &Path,
     output: Option<&Path>,
-    format: cnnc::graph::Format,
-    options: cnnc::graph::Options,
+    format: cnnc::tools::draw::Format,
+    options: cnnc::tools::draw::Options,
     (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
@@ -736,7 +736,7 @@ fn draw(
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
-    let text = match cnnc::graph::render(&graph, options, format) {
+    let text = match cnnc::tools::draw::render(&graph, options, format) {
         Ok(t) => t,
         Err(e) => return Ok(fail(e)),
     };
@@ -748,46 +748,46 @@ fn build(
     output: Option<&Path>,
     (set, include): (&[String], &[PathBuf]),
     model: Option<&str>,
-    precision: cnnc::kernels::Precision,
+    precision: cnnc::back::kernel_ir::Precision,
 ) -> Result<ExitCode, UsageError> {
     let compilation = load(file, set, include)?;
     let graph = match one_model(&compilation, file, model)? {
         Ok(g) => g,
         Err(code) => return Ok(code),
     };
-    let (_, program, plan) = match cnnc::plan::compile_with(&graph, &compilation.sources, precision)
-    {
-        Ok(x) => x,
-        Err(e) => return Ok(fail(format!("internal error: {e}"))),
-    };
-    let kernels = match cnnc::build::KernelSources::new(&program) {
+    let (_, program, plan) =
+        match cnnc::back::plan::compile_with(&graph, &compilation.sources, precision) {
+            Ok(x) => x,
+            Err(e) => return Ok(fail(format!("internal error: {e}"))),
+        };
+    let kernels = match cnnc::back::build::KernelSources::new(&program) {
         Ok(s) => s,
         Err(e) => return Ok(fail(format!("internal error: {e}"))),
     };
     let out_dir = output
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("build").join(cnnc::build::crate_name(&plan.model)));
+        .unwrap_or_else(|| PathBuf::from("build").join(cnnc::back::build::crate_name(&plan.model)));
     // The runtime's sources and compiled dependencies live in the user's
     // cache, shared by every build of this cnnc version (cache.rs).
-    let cache = match cnnc::cache::cache_dir() {
+    let cache = match cnnc::back::cache::cache_dir() {
         Ok(c) => c,
         Err(e) => return Ok(fail(e)),
     };
-    let runtime = match cnnc::cache::runtime_crate(&cache) {
+    let runtime = match cnnc::back::cache::runtime_crate(&cache) {
         Ok(r) => r,
         Err(e) => return Ok(fail(e)),
     };
-    let opts = cnnc::build::BuildOptions {
+    let opts = cnnc::back::build::BuildOptions {
         out_dir,
         runtime,
-        lockfile: Some(cnnc::cache::LOCK_FILE),
-        nvcc: cnnc::build::find_nvcc(),
-        target_dir: cnnc::cache::target_dir(&cache),
+        lockfile: Some(cnnc::back::cache::LOCK_FILE),
+        nvcc: cnnc::back::build::find_nvcc(),
+        target_dir: cnnc::back::cache::target_dir(&cache),
         cubin_cache: Some(cache.join("cubins")),
     };
     let mut log = |m: &str| eprintln!("  {m}");
     log(&format!("GPU arithmetic: {}", program.precision_line()));
-    match cnnc::build::build(&plan, &kernels, &opts, &mut log) {
+    match cnnc::back::build::build(&plan, &kernels, &opts, &mut log) {
         Ok(path) => {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@
 //! [`Fast`] (the same formula with a polynomial `exp` that vectorises, in
 //! `cpu::act`), and the CUDA printer the [`Entry::cuda_call`] of each entry,
 //! whose device function ([`Entry::cuda`]) is in the device library
-//! `compiler/src/cuda_prelude.cuh` verbatim (a test checks it). One test
+//! `compiler/src/back/cuda_prelude.cuh` verbatim (a test checks it). One test
 //! (`tests/activations.rs`) holds every one of these forms to the f64
 //! formula, NaN and ±∞ included.
 

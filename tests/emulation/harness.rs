@@ -18,9 +18,9 @@
 
 #![allow(dead_code)]
 
+use cnnc::back::kernel_ir::KernelProgram;
+use cnnc::ir::weights::BoundWeights;
 use cnnc::ir::Graph;
-use cnnc::kernels::KernelProgram;
-use cnnc::weights::BoundWeights;
 use cnnc_runtime::plan::{KernelArg, Place, Plan, Step};
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::{c_char, c_void, CStr};
@@ -795,9 +795,9 @@ pub fn compare(got: &[f32], want: &[f64]) -> (f64, Option<Mismatch>) {
 
 /// The tolerance of a comparison with the reference evaluator when the GEMMs
 /// compute in `precision` (derived in docs/testing.md, "Tensor cores").
-pub fn tolerance(precision: cnnc::kernels::Precision) -> f64 {
+pub fn tolerance(precision: cnnc::back::kernel_ir::Precision) -> f64 {
     match precision {
-        cnnc::kernels::Precision::Tf32 => TF32_TOLERANCE,
+        cnnc::back::kernel_ir::Precision::Tf32 => TF32_TOLERANCE,
         _ => TOLERANCE,
     }
 }
@@ -870,12 +870,15 @@ pub fn first_wrong_kernel(
     input: &[f32],
     batch: usize,
 ) -> Option<String> {
-    let refs = cnnc::kernels::placements(fused);
+    let refs = cnnc::back::kernel_ir::placements(fused);
     for (i, (step, kernel)) in plan.steps.iter().zip(&program.kernels).enumerate() {
-        let value = match cnnc::eval::evaluate(&cut(fused, kernel.node), weights, batch, input) {
-            Ok(v) => v,
-            Err(e) => return Some(format!("the evaluator failed on node {}: {e}", kernel.node)),
-        };
+        let value =
+            match cnnc::tools::eval::evaluate(&cut(fused, kernel.node), weights, batch, input) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(format!("the evaluator failed on node {}: {e}", kernel.node))
+                }
+            };
         let (nc, _, _) = match value.shape {
             cnnc::ir::Shape::Chw(c, h, w) => (c as usize, h as usize, w as usize),
             cnnc::ir::Shape::Flat(f) => (f as usize, 1, 1),
@@ -911,7 +914,7 @@ pub struct Case<'a> {
     pub tag: String,
     /// The checked (unfused) graph: the reference.
     pub graph: &'a Graph,
-    pub sources: &'a cnnc::source::SourceMap,
+    pub sources: &'a cnnc::front::source::SourceMap,
     pub weights: &'a cnnc_runtime::weights::WeightFile,
     pub input: Vec<f32>,
     pub batch: usize,
@@ -920,24 +923,24 @@ pub struct Case<'a> {
     /// Every GEMM uses this tile, with K split this many ways (made exact
     /// as the compiler makes it), instead of the schedule the compiler chose,
     /// at every batch size.
-    pub tile: Option<(cnnc::kernels::GemmTile, u32)>,
+    pub tile: Option<(cnnc::back::kernel_ir::GemmTile, u32)>,
     /// Drop the batch-size variants: every batch runs the batch-1 kernels
     /// (a GEMV then covers more images than one block holds).
     pub batch1_kernels_only: bool,
     /// What the GEMMs compute in (the tolerance follows from it).
-    pub precision: cnnc::kernels::Precision,
+    pub precision: cnnc::back::kernel_ir::Precision,
     /// Every GEMM that can run on tensor cores uses this tile, at every batch
     /// size (with the precision's TF32 or 3xTF32 products).
-    pub tensor_tile: Option<cnnc::kernels::TcTile>,
+    pub tensor_tile: Option<cnnc::back::kernel_ir::TcTile>,
 }
 
 /// Gives every GEMM kernel `tile` with K split `split` ways at every batch
 /// size, with the block and grid that go with it (as `kernels::lower`
 /// computes them), to run schedules the model's sizes would not pick.
-pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile, split: u32) {
+pub fn retile(program: &mut KernelProgram, tile: cnnc::back::kernel_ir::GemmTile, split: u32) {
     for k in &mut program.kernels {
-        if let cnnc::kernels::KernelKind::Gemm(g) = &mut k.kind {
-            g.schedule = cnnc::kernels::Schedule::tiled_split(tile, g.k(), split);
+        if let cnnc::back::kernel_ir::KernelKind::Gemm(g) = &mut k.kind {
+            g.schedule = cnnc::back::kernel_ir::Schedule::tiled_split(tile, g.k(), split);
             (k.block, k.grid) = g.launch(&g.schedule);
             k.variants.clear();
         }
@@ -946,14 +949,14 @@ pub fn retile(program: &mut KernelProgram, tile: cnnc::kernels::GemmTile, split:
 
 /// Gives every GEMM that can run on tensor cores (no global-pool prologue,
 /// one group) the tensor-core `tile` at every batch size.
-pub fn retile_tensor(program: &mut KernelProgram, tile: cnnc::kernels::TcTile) {
-    let x3 = program.precision == cnnc::kernels::Precision::Tf32x3;
+pub fn retile_tensor(program: &mut KernelProgram, tile: cnnc::back::kernel_ir::TcTile) {
+    let x3 = program.precision == cnnc::back::kernel_ir::Precision::Tf32x3;
     for k in &mut program.kernels {
-        if let cnnc::kernels::KernelKind::Gemm(g) = &mut k.kind {
+        if let cnnc::back::kernel_ir::KernelKind::Gemm(g) = &mut k.kind {
             if g.global_pool || g.groups > 1 {
                 continue;
             }
-            g.schedule = cnnc::kernels::Schedule::Tensor {
+            g.schedule = cnnc::back::kernel_ir::Schedule::Tensor {
                 tile,
                 x3,
                 vec_a: g.k() % 4 == 0,
@@ -964,10 +967,10 @@ pub fn retile_tensor(program: &mut KernelProgram, tile: cnnc::kernels::TcTile) {
     }
 }
 
-/// `cnnc::plan::compile_with`, step by step, with the tile overrides in between.
+/// `cnnc::back::plan::compile_with`, step by step, with the tile overrides in between.
 fn compile(case: &Case) -> Result<(Graph, KernelProgram, Plan), String> {
-    let (fused, _) = cnnc::passes::optimize(case.graph)?;
-    let mut program = cnnc::kernels::lower_with(&fused, case.sources, case.precision)?;
+    let (fused, _) = cnnc::ir::passes::optimize(case.graph)?;
+    let mut program = cnnc::back::kernel_ir::lower_with(&fused, case.sources, case.precision)?;
     if let Some((tile, split)) = case.tile {
         retile(&mut program, tile, split);
     }
@@ -979,10 +982,10 @@ fn compile(case: &Case) -> Result<(Graph, KernelProgram, Plan), String> {
             k.variants.clear();
         }
     }
-    let refs = cnnc::kernels::placements(&fused);
-    let memory = cnnc::memory::plan(&fused, &refs);
-    cnnc::memory::verify(&memory)?;
-    let plan = cnnc::plan::build(&fused, &program, &memory, case.sources)?;
+    let refs = cnnc::back::kernel_ir::placements(&fused);
+    let memory = cnnc::back::memory::plan(&fused, &refs);
+    cnnc::back::memory::verify(&memory)?;
+    let plan = cnnc::back::plan::build(&fused, &program, &memory, case.sources)?;
     Ok((fused, program, plan))
 }
 
@@ -1003,7 +1006,7 @@ pub struct Checked {
 pub fn check(case: &Case, edit: &dyn Fn(String) -> String) -> Result<Checked, String> {
     let tag = &case.tag;
     let (fused, program, plan) = compile(case).map_err(|e| format!("{tag}: {e}"))?;
-    let cuda = edit(cnnc::cuda::print(&program).map_err(|e| format!("{tag}: {e}"))?);
+    let cuda = edit(cnnc::back::cuda::print(&program).map_err(|e| format!("{tag}: {e}"))?);
     let t = std::time::Instant::now();
     let module = Module::build(tag, &cuda)?;
     let compile = t.elapsed();
@@ -1048,9 +1051,9 @@ pub fn check(case: &Case, edit: &dyn Fn(String) -> String) -> Result<Checked, St
     let emulate = t.elapsed();
     drop(prepared);
     let t = std::time::Instant::now();
-    let bound = cnnc::weights::bind(case.graph, case.weights, case.sources)
+    let bound = cnnc::ir::weights::bind(case.graph, case.weights, case.sources)
         .map_err(|e| format!("{tag}: {e}"))?;
-    let reference = cnnc::eval::evaluate(case.graph, &bound, case.batch, &case.input)
+    let reference = cnnc::tools::eval::evaluate(case.graph, &bound, case.batch, &case.input)
         .map_err(|e| format!("{tag}: {e}"))?;
     let evaluate = t.elapsed();
     drop(bound);
@@ -1066,10 +1069,10 @@ pub fn check(case: &Case, edit: &dyn Fn(String) -> String) -> Result<Checked, St
             m.got,
             m.want as f32
         );
-        let fused_bound = cnnc::weights::bind(&fused, case.weights, case.sources)
+        let fused_bound = cnnc::ir::weights::bind(&fused, case.weights, case.sources)
             .map_err(|e| format!("{tag}: {e}"))?;
         let folded =
-            cnnc::weights::prepare(&fused, &fused_bound).map_err(|e| format!("{tag}: {e}"))?;
+            cnnc::ir::weights::prepare(&fused, &fused_bound).map_err(|e| format!("{tag}: {e}"))?;
         match first_wrong_kernel(&fused, &folded, &program, &plan, &run, &case.input, case.batch) {
             Some(k) => message += &format!("\n{k}"),
             None => message += "\nevery kernel matches its node's value; the difference is in how the output is read",

@@ -2,7 +2,7 @@
 //! one activation arena allocated when the executor is made.
 //!
 //! Each step computes the same function as the CUDA kernel it stands for
-//! (`compiler/src/cuda.rs`, `PRELUDE`), with the same placements: element
+//! (`compiler/src/back/cuda.rs`, `PRELUDE`), with the same placements: element
 //! (n, c, p) of a [`Place`] lives at `place.index(batch, n, c, p)`, so channel
 //! slices (a concat written in place) and buffer reuse behave exactly as on
 //! the GPU. Convolutions and linear layers are GEMMs through the `gemm`

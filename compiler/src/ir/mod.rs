@@ -11,7 +11,10 @@
 //! - `output` is a node index; nodes not reachable from it are allowed (they
 //!   are `unused` layers kept for their weights, which have no node).
 
-use crate::source::Span;
+pub mod passes;
+pub mod weights;
+
+use crate::front::source::Span;
 use cnnc_runtime::activation::Kind;
 use serde::Serialize;
 use std::fmt;
@@ -631,7 +634,7 @@ impl Graph {
     /// parameter size, a layer's MACs, or a total (with f32 bytes for memory).
     /// The checker rejects such models, so the counts above need no checks.
     pub fn count_overflow(&self) -> Option<&'static str> {
-        use crate::shape::checked_product;
+        use crate::front::shape::checked_product;
         const F32: i64 = 4;
         let (mut activations, mut macs, mut params) = (0i64, 0i64, 0i64);
         for node in &self.nodes {

@@ -1,7 +1,7 @@
 //! Diagnostics are data (severity, message, labelled spans, notes, a help line);
 //! [`render`] is the one place that turns them into text.
 
-use crate::source::{SourceMap, Span};
+use crate::front::source::{SourceMap, Span};
 use codespan_reporting::diagnostic as cs;
 use codespan_reporting::term;
 

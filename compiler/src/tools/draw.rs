@@ -16,7 +16,7 @@
 //! deterministic: the same model gives the same bytes.
 
 use crate::ir::{Activation, Graph, NodeId, Op, Shape};
-use crate::summary::grouped;
+use crate::tools::summary::grouped;
 use layout::core::base::Orientation;
 use layout::core::format::{ClipHandle, RenderBackend};
 use layout::core::geometry::Point;
@@ -580,7 +580,7 @@ pub fn fates(graph: &Graph) -> Result<(Vec<Fate>, usize), String> {
     for (id, node) in tagged.nodes.iter_mut().enumerate() {
         node.name = format!("#{id}");
     }
-    let (fused, _) = crate::passes::optimize(&tagged)?;
+    let (fused, _) = crate::ir::passes::optimize(&tagged)?;
     let index = |name: &str| -> Result<NodeId, String> {
         name.strip_prefix('#')
             .and_then(|n| n.parse::<NodeId>().ok())

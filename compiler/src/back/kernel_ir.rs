@@ -17,8 +17,8 @@
 //! it, so a GEMM kernel comes in variants, one per batch bucket
 //! ([`BATCH_BUCKETS`]); the driver launches the variant for the batch it runs.
 
+use crate::front::source::SourceMap;
 use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, PaddingMode, Prologue, Shape};
-use crate::source::SourceMap;
 use std::fmt::Write;
 
 /// Streaming multiprocessors on the smallest GPU we tune for (A100: 108; H100: 132).
@@ -1052,7 +1052,7 @@ pub fn lower_with(
 /// "conv layer1.0.conv1 — models/resnet50.cnn:14" lines: the node and everything merged into it.
 fn describe_layers(g: &Graph, id: NodeId, sources: &SourceMap) -> Vec<String> {
     let node = &g.nodes[id];
-    let line = |span: crate::source::Span| {
+    let line = |span: crate::front::source::Span| {
         let (l, _) = sources.line_col(span.file, span.start);
         format!("{}:{l}", sources.name(span.file))
     };

@@ -16,15 +16,15 @@
 //! Errors never stop the walk: a failed shape becomes unknown and later
 //! checks that need it are skipped, so one run reports every independent error.
 
-use crate::diag::Diagnostic;
+use crate::front::diag::Diagnostic;
+use crate::front::shape::{SizeError, Window};
+use crate::front::source::Span;
+use crate::front::syntax::{
+    Arg, BinOp, BlockDecl, Expr, ExprKind, Ident, Item, ModelDecl, NamePart, Term,
+};
 use crate::ir::{
     Activation, BlockInstance, Fusion, Graph, Node, NodeId, Op, Padding, PaddingMode, ParamEntry,
     ParamKind, Shape, F64,
-};
-use crate::shape::{SizeError, Window};
-use crate::source::Span;
-use crate::syntax::{
-    Arg, BinOp, BlockDecl, Expr, ExprKind, Ident, Item, ModelDecl, NamePart, Term,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -888,7 +888,7 @@ impl<'a> Elab<'a> {
                 },
             }
         }
-        if out.chars().count() > crate::syntax::MAX_NAME {
+        if out.chars().count() > crate::front::syntax::MAX_NAME {
             self.error(
                 Diagnostic::error(
                     format!("name is {} characters long", out.chars().count()),
@@ -897,7 +897,7 @@ impl<'a> Elab<'a> {
                 )
                 .with_help(format!(
                     "names may have at most {} characters",
-                    crate::syntax::MAX_NAME
+                    crate::front::syntax::MAX_NAME
                 )),
             );
             return None;
@@ -2632,7 +2632,7 @@ impl<'a> Elab<'a> {
                 let shape = match input.shape {
                     PShape::Chw(c, h, w) => match (c, h, w) {
                         (Some(c), Some(h), Some(w)) => {
-                            match crate::shape::checked_product(&[c, h, w]) {
+                            match crate::front::shape::checked_product(&[c, h, w]) {
                                 Some(n) => PShape::Flat(Some(n)),
                                 None => {
                                     self.error(
@@ -3357,7 +3357,7 @@ impl<'a> Elab<'a> {
             PShape::Flat(n) => n,
             PShape::Chw(c, h, w) => {
                 let product = match (c, h, w) {
-                    (Some(c), Some(h), Some(w)) => crate::shape::checked_product(&[c, h, w]),
+                    (Some(c), Some(h), Some(w)) => crate::front::shape::checked_product(&[c, h, w]),
                     _ => None,
                 };
                 let mut d = Diagnostic::error(

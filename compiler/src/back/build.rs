@@ -25,7 +25,7 @@ pub fn driver_source(
     plan: &Plan,
     source_file: &str,
     cubins: &Cubins,
-    symbols: &crate::cuda::SymbolTable,
+    symbols: &crate::back::cuda::SymbolTable,
 ) -> Result<String, String> {
     let arch_entries: Vec<TokenStream> = cubins
         .iter()
@@ -165,7 +165,7 @@ pub struct BuildOptions {
 
 /// A crate name from a model name.
 pub fn crate_name(model: &str) -> String {
-    let s = crate::kernels::sanitize(model).to_lowercase();
+    let s = crate::back::kernel_ir::sanitize(model).to_lowercase();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
         format!("model_{s}")
     } else {
@@ -239,22 +239,22 @@ fn nvcc_identity(nvcc: &Path) -> String {
 /// architecture and the source.
 fn cubin_key(nvcc_id: &str, source: &str, arch: u32) -> String {
     let key = format!("{nvcc_id}sm_{arch}\0{source}");
-    format!("{:032x}", crate::cache::fnv1a128(key.as_bytes()))
+    format!("{:032x}", crate::back::cache::fnv1a128(key.as_bytes()))
 }
 
 /// The kernels of a build: `model.cu`, whole and readable (embedded for
 /// NVRTC), and the same kernels as compile units for nvcc (see
-/// [`crate::cuda::compile_units`]).
+/// [`crate::back::cuda::compile_units`]).
 pub struct KernelSources {
     pub source: String,
-    pub units: Vec<crate::cuda::CompileUnit>,
-    pub symbols: crate::cuda::SymbolTable,
+    pub units: Vec<crate::back::cuda::CompileUnit>,
+    pub symbols: crate::back::cuda::SymbolTable,
 }
 
 impl KernelSources {
-    pub fn new(program: &crate::kernels::KernelProgram) -> Result<KernelSources, String> {
-        let source = crate::cuda::print(program)?;
-        let (units, symbols) = crate::cuda::compile_units(program)?;
+    pub fn new(program: &crate::back::kernel_ir::KernelProgram) -> Result<KernelSources, String> {
+        let source = crate::back::cuda::print(program)?;
+        let (units, symbols) = crate::back::cuda::compile_units(program)?;
         Ok(KernelSources {
             source,
             units,
@@ -284,7 +284,7 @@ fn arch_dir(arch: u32) -> String {
 /// Every unit in a cubin of its own, `sm_<arch>/<symbol>.cubin`: what
 /// `cnnc emit --stage driver` shows (a build may group units that compiled
 /// together; see [`compile_cubins`]).
-pub fn cubin_files(units: &[crate::cuda::CompileUnit]) -> Cubins {
+pub fn cubin_files(units: &[crate::back::cuda::CompileUnit]) -> Cubins {
     ARCHS
         .iter()
         .map(|&arch| ArchCubins {
@@ -325,7 +325,7 @@ fn compile_cubins(
 ) -> Result<Cubins, String> {
     let started = Instant::now();
     let units = &sources.units;
-    let prefix = format!("{}\n", crate::cuda::PRELUDE);
+    let prefix = format!("{}\n", crate::back::cuda::PRELUDE);
     let code_of = |unit: usize| units[unit].text.strip_prefix(&prefix).unwrap_or("");
     // The plan's first name for each unit, for messages.
     let kernel_of = |unit: usize| {
@@ -392,7 +392,7 @@ fn compile_cubins(
                         .collect();
                     format!(
                         "group_{:016x}",
-                        crate::cache::fnv1a128(symbols.join(" ").as_bytes()) as u64
+                        crate::back::cache::fnv1a128(symbols.join(" ").as_bytes()) as u64
                     )
                 }
             };

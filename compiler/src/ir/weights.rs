@@ -1,8 +1,8 @@
 //! Binding a weight file to a checked model, strictly, as PyTorch's
 //! `load_state_dict` does; and making fresh weights (`cnnc init`).
 
+use crate::front::source::SourceMap;
 use crate::ir::{Graph, Op, ParamKind};
-use crate::source::SourceMap;
 use cnnc_runtime::plan::StateEntry;
 use cnnc_runtime::prepare::check_state_dict;
 use cnnc_runtime::weights::{Data, WeightFile, WeightTensor};

@@ -105,7 +105,7 @@ pub struct TrainArgs {
     pub batchnorm: Option<BatchnormMode>,
     /// How fresh weights are drawn (and `--reset` layers): PyTorch's defaults, or torchvision's VGG/ResNet recipe (kaiming-normal convs, N(0, 0.01) linears, zero biases) [default: pytorch].
     #[arg(long, value_enum)]
-    pub init: Option<crate::weights::InitScheme>,
+    pub init: Option<crate::ir::weights::InitScheme>,
 }
 
 /// How batch norms behave while training.
@@ -182,7 +182,7 @@ pub struct TrainConfig {
     pub reset: Vec<String>,
     pub freeze: Vec<String>,
     pub batchnorm: BatchnormMode,
-    pub init: crate::weights::InitScheme,
+    pub init: crate::ir::weights::InitScheme,
 }
 
 /// `transforms: {train: [...], eval: [...]}`: torchvision-named transforms
@@ -239,7 +239,7 @@ impl Default for TrainConfig {
             reset: Vec::new(),
             freeze: Vec::new(),
             batchnorm: BatchnormMode::Train,
-            init: crate::weights::InitScheme::Pytorch,
+            init: crate::ir::weights::InitScheme::Pytorch,
         }
     }
 }
@@ -382,7 +382,7 @@ const IN_FLIGHT: usize = PREFETCH + 2;
 /// where neither is known (no check then).
 fn memory_limit() -> Result<Option<(u64, &'static str)>, String> {
     if let Ok(text) = std::env::var("CNNC_MEMORY_LIMIT") {
-        return crate::summary::parse_size(&text)
+        return crate::tools::summary::parse_size(&text)
             .map(|b| Some((b, "CNNC_MEMORY_LIMIT")))
             .map_err(|e| format!("CNNC_MEMORY_LIMIT: {e}"));
     }
@@ -412,7 +412,7 @@ fn check_fits(
         return Ok(());
     }
     let fits = model.largest_batch(usize::try_from(limit).unwrap_or(usize::MAX));
-    let b = |n: usize| crate::summary::bytes(n as i64);
+    let b = |n: usize| crate::tools::summary::bytes(n as i64);
     Err(format!(
         "a batch of {batch} needs {} of memory to train, but {} is available ({from}); {}",
         b(need),
@@ -435,13 +435,13 @@ fn check_fits(
 /// `cnnc train --dry-run`: the training memory at the configured batch,
 /// from the trainer's own buffers ([`Net::memory_model`]), on stdout.
 fn dry_run(graph: Graph, config: &TrainConfig, frozen: &[bool]) -> Result<(), String> {
-    let weights = crate::weights::init(&graph, config.init, config.seed)?;
+    let weights = crate::ir::weights::init(&graph, config.init, config.seed)?;
     let mut net = Net::new(graph, &weights)?;
     net.batchnorm_eval = config.batchnorm == BatchnormMode::Eval;
     let optim = config.optim();
     let model = net.memory_model(optim.moments(), frozen, IN_FLIGHT)?;
     let m = model.at(config.batch);
-    let b = |n: usize| crate::summary::bytes(n as i64);
+    let b = |n: usize| crate::tools::summary::bytes(n as i64);
     let params = net.graph.total_params();
     println!(
         "training memory of {} at batch {} (f32, {:?}):",
@@ -453,7 +453,7 @@ fn dry_run(graph: Graph, config: &TrainConfig, frozen: &[bool]) -> Result<(), St
             m.parameters,
             format!(
                 "{} parameters, and buffers",
-                crate::summary::grouped(params)
+                crate::tools::summary::grouped(params)
             ),
         ),
         ("gradients", m.gradients, "one per parameter".to_string()),
@@ -841,7 +841,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             let mut w = WeightFile::load(path).map_err(|e| e.0)?;
             if reset.contains(&true) {
                 // Fresh values for the reset layers, PyTorch's initialisation.
-                let fresh = crate::weights::init(&graph, config.init, config.seed)?;
+                let fresh = crate::ir::weights::init(&graph, config.init, config.seed)?;
                 for (p, _) in graph.params.iter().zip(&reset).filter(|(_, &r)| r) {
                     w.tensors
                         .insert(p.key.clone(), fresh.tensors[&p.key].clone());
@@ -849,7 +849,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
             }
             w
         }
-        (None, None) => crate::weights::init(&graph, config.init, config.seed)?,
+        (None, None) => crate::ir::weights::init(&graph, config.init, config.seed)?,
     };
     let mut net = Net::new(graph, &weights).map_err(|e| match &args.weights {
         // A classifier of another class count: say how to replace it.
@@ -877,9 +877,12 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
     eprintln!(
         "training memory at batch {}: {}{}",
         config.batch,
-        crate::summary::bytes(planned.total() as i64),
+        crate::tools::summary::bytes(planned.total() as i64),
         limit
-            .map(|(l, from)| format!(" of {} available ({from})", crate::summary::bytes(l as i64)))
+            .map(|(l, from)| format!(
+                " of {} available ({from})",
+                crate::tools::summary::bytes(l as i64)
+            ))
             .unwrap_or_default()
     );
     let mut measured_once = false;
@@ -904,7 +907,7 @@ pub fn train(graph: Graph, args: &TrainArgs, repo: &Path) -> Result<(), String> 
     eprintln!(
         "training {} ({} params) on {description}",
         net.graph.name,
-        crate::summary::grouped(net.graph.total_params())
+        crate::tools::summary::grouped(net.graph.total_params())
     );
     eprintln!(
         "{:?} lr {}{} batch {} epochs {} loss {:?}{}{} seed {}, {} threads",

@@ -1,10 +1,10 @@
 //! Lowers kernels and the memory plan to the runtime's execution plan
 //! (`cnnc_runtime::plan`), the data both executors run.
 
+use crate::back::kernel_ir::{KernelKind, KernelProgram, TensorRef};
+use crate::back::memory::MemoryPlan;
+use crate::front::source::SourceMap;
 use crate::ir::{Activation, Epilogue, Graph, Op, Shape};
-use crate::kernels::{KernelKind, KernelProgram, TensorRef};
-use crate::memory::MemoryPlan;
-use crate::source::SourceMap;
 use cnnc_runtime::plan::{self as rt, Plan};
 
 /// The runtime form of an activation (its parameter rounded to f32).
@@ -208,7 +208,7 @@ pub fn build(
         };
         steps.push(step(k, op, params, memory)?);
     }
-    let state_dict = crate::weights::state_entries(graph, sources);
+    let state_dict = crate::ir::weights::state_entries(graph, sources);
     let ends_in = match graph.nodes[graph.output].op {
         Op::Softmax => rt::Ending::Probabilities,
         Op::LogSoftmax => rt::Ending::LogProbabilities,
@@ -242,7 +242,7 @@ pub fn build(
 
 /// One step of the plan: kernel `k` running `op` with prepared tensors `params`.
 fn step(
-    k: &crate::kernels::Kernel,
+    k: &crate::back::kernel_ir::Kernel,
     op: rt::StepOp,
     params: Vec<usize>,
     memory: &MemoryPlan,
@@ -299,20 +299,20 @@ fn step(
 /// The whole back half of the pipeline: optimise, lower, plan memory, build the plan
 /// (strict FP32 kernels).
 pub fn compile(graph: &Graph, sources: &SourceMap) -> Result<(Graph, KernelProgram, Plan), String> {
-    compile_with(graph, sources, crate::kernels::Precision::Fp32)
+    compile_with(graph, sources, crate::back::kernel_ir::Precision::Fp32)
 }
 
 /// [`compile`] with the GEMMs in `precision` (`cnnc build --precision`).
 pub fn compile_with(
     graph: &Graph,
     sources: &SourceMap,
-    precision: crate::kernels::Precision,
+    precision: crate::back::kernel_ir::Precision,
 ) -> Result<(Graph, KernelProgram, Plan), String> {
-    let (fused, _) = crate::passes::optimize(graph)?;
-    let program = crate::kernels::lower_with(&fused, sources, precision)?;
-    let refs = crate::kernels::placements(&fused);
-    let memory = crate::memory::plan(&fused, &refs);
-    crate::memory::verify(&memory)?;
+    let (fused, _) = crate::ir::passes::optimize(graph)?;
+    let program = crate::back::kernel_ir::lower_with(&fused, sources, precision)?;
+    let refs = crate::back::kernel_ir::placements(&fused);
+    let memory = crate::back::memory::plan(&fused, &refs);
+    crate::back::memory::verify(&memory)?;
     let plan = build(&fused, &program, &memory, sources)?;
     Ok((fused, program, plan))
 }

@@ -1,10 +1,10 @@
 //! `cnnc emit`: each stage of the pipeline as text (AST, IR, fusion report,
 //! kernel IR, CUDA). Every stage is deterministic.
 
+use crate::front::source::SourceMap;
+use crate::front::syntax::SourceFile;
+use crate::ir::passes::PassLog;
 use crate::ir::{Epilogue, Graph, Op, Prologue};
-use crate::passes::PassLog;
-use crate::source::SourceMap;
-use crate::syntax::SourceFile;
 use std::fmt::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -32,7 +32,7 @@ pub fn stage_text(
     graph: &Graph,
     sources: &SourceMap,
     stage: Stage,
-    precision: crate::kernels::Precision,
+    precision: crate::back::kernel_ir::Precision,
 ) -> Result<String, String> {
     let internal = |e: String| format!("internal error: {e}");
     if stage == Stage::Ir {
@@ -43,28 +43,28 @@ pub fn stage_text(
             "the syntax tree is printed from the file, not the graph".to_string(),
         ));
     }
-    let (optimized, logs) = crate::passes::optimize(graph).map_err(internal)?;
+    let (optimized, logs) = crate::ir::passes::optimize(graph).map_err(internal)?;
     match stage {
         Stage::Fused => Ok(fused(graph, &optimized, &logs, sources)),
         Stage::Kernels | Stage::Cuda => {
-            let program =
-                crate::kernels::lower_with(&optimized, sources, precision).map_err(internal)?;
+            let program = crate::back::kernel_ir::lower_with(&optimized, sources, precision)
+                .map_err(internal)?;
             if stage == Stage::Kernels {
-                Ok(crate::kernels::render(&program))
+                Ok(crate::back::kernel_ir::render(&program))
             } else {
-                crate::cuda::print(&program).map_err(internal)
+                crate::back::cuda::print(&program).map_err(internal)
             }
         }
         Stage::Driver | Stage::Plan => {
             let (_, program, plan) =
-                crate::plan::compile_with(graph, sources, precision).map_err(internal)?;
+                crate::back::plan::compile_with(graph, sources, precision).map_err(internal)?;
             if stage == Stage::Plan {
-                crate::build::plan_json(&plan).map_err(internal)
+                crate::back::build::plan_json(&plan).map_err(internal)
             } else {
                 // The driver as `cnnc build` writes it when nvcc is found.
-                let kernels = crate::build::KernelSources::new(&program).map_err(internal)?;
-                let cubins = crate::build::cubin_files(&kernels.units);
-                crate::build::driver_source(&plan, "model.cu", &cubins, &kernels.symbols)
+                let kernels = crate::back::build::KernelSources::new(&program).map_err(internal)?;
+                let cubins = crate::back::build::cubin_files(&kernels.units);
+                crate::back::build::driver_source(&plan, "model.cu", &cubins, &kernels.symbols)
                     .map_err(internal)
             }
         }
@@ -76,7 +76,7 @@ pub fn ast(file: &SourceFile) -> String {
     format!("{:#?}\n", file.decls)
 }
 
-fn location(sources: &SourceMap, span: crate::source::Span) -> String {
+fn location(sources: &SourceMap, span: crate::front::source::Span) -> String {
     let (line, col) = sources.line_col(span.file, span.start);
     format!("{}:{line}:{col}", sources.name(span.file))
 }

@@ -6,8 +6,8 @@
 //! does not hide errors in the next (each top-level declaration is re-parsed
 //! on its own after the first failure).
 
-use crate::diag::Diagnostic;
-use crate::source::{FileId, Span};
+use crate::front::diag::Diagnostic;
+use crate::front::source::{FileId, Span};
 use pest::iterators::Pair;
 use pest::Parser as _;
 

@@ -124,11 +124,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// against `limit` bytes with overflow-checked arithmetic.
 pub fn check_memory_budget(graph: &Graph, limit: u64, batch: i64) -> Result<(), String> {
     const F32: i64 = 4;
-    let (elements, what) = match crate::passes::optimize(graph) {
+    let (elements, what) = match crate::ir::passes::optimize(graph) {
         Ok((fused, _)) => {
-            let refs = crate::kernels::placements(&fused);
+            let refs = crate::back::kernel_ir::placements(&fused);
             (
-                crate::memory::plan(&fused, &refs).arena as i64,
+                crate::back::memory::plan(&fused, &refs).arena as i64,
                 "planned arena",
             )
         }
@@ -198,7 +198,7 @@ fn compact(shape: &Shape) -> String {
 }
 
 /// The table printed by `cnnc summary`. Activation memory is for `batch` images in f32.
-pub fn table(graph: &Graph, sources: &crate::source::SourceMap, batch: i64) -> String {
+pub fn table(graph: &Graph, sources: &crate::front::source::SourceMap, batch: i64) -> String {
     const F32: i64 = 4;
     let rows = rows(graph);
     let mut name_w = "layer".len();
@@ -288,9 +288,9 @@ pub fn table(graph: &Graph, sources: &crate::source::SourceMap, batch: i64) -> S
     );
     // What a built binary allocates: one arena for the fused graph, buffers
     // reused by liveness (see memory.rs).
-    if let Ok((fused, _)) = crate::passes::optimize(graph) {
-        let refs = crate::kernels::placements(&fused);
-        let plan = crate::memory::plan(&fused, &refs);
+    if let Ok((fused, _)) = crate::ir::passes::optimize(graph) {
+        let refs = crate::back::kernel_ir::placements(&fused);
+        let plan = crate::back::memory::plan(&fused, &refs);
         let _ = writeln!(
             out,
             "activations, planned arena: {} (fused graph, buffers reused; {} without reuse)",
@@ -298,14 +298,14 @@ pub fn table(graph: &Graph, sources: &crate::source::SourceMap, batch: i64) -> S
             scaled_bytes(plan.naive as i64 * F32, batch)
         );
         // What `cnnc build` compiles by default (its `--precision` changes it).
-        let precision = crate::kernels::Precision::default();
-        if let Ok(program) = crate::kernels::lower_with(&fused, sources, precision) {
+        let precision = crate::back::kernel_ir::Precision::default();
+        if let Ok(program) = crate::back::kernel_ir::lower_with(&fused, sources, precision) {
             let _ = writeln!(out, "GPU arithmetic:     {}", program.precision_line());
         }
         let peak = graph.peak_live_elements();
         let arena = plan.arena as i64;
         if arena > peak {
-            let live = crate::memory::live_peak(&plan) as i64;
+            let live = crate::back::memory::live_peak(&plan) as i64;
             let mut why = Vec::new();
             if live > peak {
                 why.push(format!(

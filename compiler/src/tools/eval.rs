@@ -7,8 +7,8 @@
 //! f64 accumulation in contiguous inner loops and running independent
 //! (image, channel) planes in parallel.
 
+use crate::ir::weights::BoundWeights;
 use crate::ir::{Activation, Epilogue, Graph, Node, Op, PaddingMode, Prologue, Shape};
-use crate::weights::BoundWeights;
 use rayon::prelude::*;
 
 /// A batch of values: `n` images of `shape`, NCHW, in f64.

@@ -115,7 +115,7 @@ fn mm(
 
 /// Where padded coordinate `i` reads from (PyTorch's padding modes): the
 /// reference evaluator's rule, shared.
-pub use crate::eval::source_index;
+pub use crate::tools::eval::source_index;
 
 /// A convolution's geometry.
 #[derive(Clone, Copy, Debug)]

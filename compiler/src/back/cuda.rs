@@ -6,8 +6,8 @@
 //! deterministic: kernels in launch order, no hash-map iteration, user names
 //! only as sanitised identifiers or cleaned comments.
 
+use crate::back::kernel_ir::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
 use crate::ir::{Activation, Epilogue, Op, Shape};
-use crate::kernels::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
 use std::fmt::Write;
 
 /// The device library every generated file starts with.
@@ -36,7 +36,7 @@ pub fn print(program: &KernelProgram) -> Result<String, String> {
         out,
         "// Layout NCHW, float32; `batch` is the only runtime size.\n"
     );
-    if program.precision != crate::kernels::Precision::Fp32 {
+    if program.precision != crate::back::kernel_ir::Precision::Fp32 {
         let _ = writeln!(
             out,
             "// Precision {}.\n// The tensor-core kernels (gemm_tc) need sm_80 or newer.\n",
@@ -94,7 +94,7 @@ pub fn compile_units(program: &KernelProgram) -> Result<(Vec<CompileUnit>, Symbo
             .nth(1)
             .filter(|s| !s.is_empty())
             .unwrap_or("k");
-        let digest = crate::cache::fnv1a128(canonical.as_bytes());
+        let digest = crate::back::cache::fnv1a128(canonical.as_bytes());
         let symbol = format!("{kind}_{:016x}", (digest >> 64) as u64 ^ digest as u64);
         let text = format!("{PRELUDE}\n{}", canonical.replace(placeholder, &symbol));
         let index = match units.iter().position(|u| u.symbol == symbol) {

@@ -5,8 +5,8 @@
 //! offset and size, which keeps buffers disjoint. Views (flatten, concat in
 //! place) have no buffer of their own: they extend the life of their owner's.
 
+use crate::back::kernel_ir::TensorRef;
 use crate::ir::Graph;
-use crate::kernels::TensorRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {

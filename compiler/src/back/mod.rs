@@ -1,0 +1,15 @@
+//! The back end: a fused graph to a built binary.
+//!
+//! [`kernel_ir`] lowers the fused graph to kernels with their schedules,
+//! [`cuda`] prints them as CUDA C++ (device library in `cuda_prelude.cuh`),
+//! [`memory`] places every tensor in a few arenas, [`plan`] turns kernels and
+//! placements into the runtime's execution plan, and [`build`] writes the
+//! driver crate, compiles the kernels with nvcc (cached by [`cache`]) and
+//! runs cargo.
+
+pub mod build;
+pub mod cache;
+pub mod cuda;
+pub mod kernel_ir;
+pub mod memory;
+pub mod plan;
