@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 mod common;
-use common::{npy_f32, randomize_batchnorm, small_size};
+use common::{npy_f32, randomize_batchnorm, small_model};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 8] = [32, 64, 96, 128, 160, 193, 224, 227];
@@ -151,7 +151,7 @@ fn every_fixture_matches_the_evaluator_and_pytorch() {
 #[test]
 fn every_zoo_model_matches_the_evaluator() {
     let start = Instant::now();
-    let mut models: Vec<(PathBuf, i64, i64)> = std::fs::read_dir("models")
+    let mut models: Vec<(PathBuf, common::SmallModel, i64)> = std::fs::read_dir("models")
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
@@ -163,11 +163,11 @@ fn every_zoo_model_matches_the_evaluator() {
             })
         })
         .map(|path| {
-            let size = small_size(&path, &SIZES)
+            let small = small_model(&path, &SIZES)
                 .unwrap_or_else(|| panic!("{}: no small size checks", path.display()));
-            let c = cnnc::compile_file_at(&path, &BTreeMap::new(), Some((size, size))).unwrap();
+            let c = cnnc::compile_file_at(&path, &small.settings, small.input_hw).unwrap();
             let macs = c.models[0].graph.as_ref().unwrap().total_macs();
-            (path, size, macs)
+            (path, small, macs)
         })
         .collect();
     if std::env::var_os("CNNC_EMU_MODELS").is_none() {
@@ -178,9 +178,9 @@ fn every_zoo_model_matches_the_evaluator() {
     // Models with big classifiers (the VGGs: 130M parameters, 2 GB while checked)
     // take turns, so that the test fits in the memory of a small CI machine.
     let heavy = Mutex::new(());
-    let failures = in_parallel(&models, |(path, size, macs)| {
-        let compilation =
-            cnnc::compile_file_at(path, &BTreeMap::new(), Some((*size, *size))).unwrap();
+    let failures = in_parallel(&models, |(path, small, macs)| {
+        let compilation = cnnc::compile_file_at(path, &small.settings, small.input_hw).unwrap();
+        let size = small.size;
         let graph = compilation.models[0].graph.as_ref().unwrap();
         let _turn = (graph.total_params() > 50_000_000)
             .then(|| heavy.lock().unwrap_or_else(|e| e.into_inner()));

@@ -38,6 +38,39 @@ pub fn randomize_scales(file: &mut WeightFile, seed: u64) {
     }
 }
 
+/// `--set` values, as `cnnc::compile_file_at` takes them.
+pub type Settings = BTreeMap<String, cnnc::front::check::Value>;
+
+/// A zoo model's small form: `cnnc::compile_file_at(path, &settings, input_hw)`.
+pub struct SmallModel {
+    pub settings: Settings,
+    pub input_hw: Option<(i64, i64)>,
+    pub size: i64,
+}
+
+/// How to check a zoo model small: a model that declares a `size`
+/// parameter (the chapter's models, whose pools are sized from it) gets
+/// `--set size=N` with the first of `sizes` it accepts; any other model gets
+/// its input height and width replaced by the first size it checks at.
+pub fn small_model(path: &Path, sizes: &[i64]) -> Option<SmallModel> {
+    if cnnc::declared_parameters(path).is_some_and(|p| p.iter().any(|n| n == "size")) {
+        return sizes.iter().copied().find_map(|s| {
+            let settings = cnnc::parse_settings(&[format!("size={s}")]).ok()?;
+            let c = cnnc::compile_file_at(path, &settings, None).ok()?;
+            (!c.has_errors()).then_some(SmallModel {
+                settings,
+                input_hw: None,
+                size: s,
+            })
+        });
+    }
+    small_size(path, sizes).map(|s| SmallModel {
+        settings: BTreeMap::new(),
+        input_hw: Some((s, s)),
+        size: s,
+    })
+}
+
 /// The first of `sizes` at which a model checks with that input height and width.
 pub fn small_size(path: &Path, sizes: &[i64]) -> Option<i64> {
     sizes.iter().copied().find(|&s| {
