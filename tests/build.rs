@@ -11,11 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::npy_f32;
+use crate::common::npy_f32;
 
 fn cnnc() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    let mut c = crate::common::cnnc();
     // One cache for every driver crate built by the tests (shared with
     // tests/reliability_build.rs): the runtime and its dependencies compile
     // once, in the cache's own target directory.

@@ -9,7 +9,7 @@
 //! - nvcc compiles every model's CUDA for sm_80 and sm_90 with no warnings, and
 //!   ptxas reports no spills (skipped without nvcc, unless `CI` is set).
 //!
-//! Accept changed snapshots with `INSTA_UPDATE=always cargo test --test codegen`
+//! Accept changed snapshots with `INSTA_UPDATE=always cargo test --test it codegen::`
 //! (or `cargo insta review`), after reading the diff.
 
 use cnnc::back::kernel_ir::{KernelKind, KernelProgram, Precision, Schedule};
@@ -222,7 +222,9 @@ fn split_cuda<'a>(cuda: &'a str, program: &'a KernelProgram) -> (&'a str, Vec<(&
 fn cuda_full(cuda: &str, program: &KernelProgram) -> String {
     let (header, chunks) = split_cuda(cuda, program);
     let mut out = header.to_string();
-    out.push_str("// [cnnc::back::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n");
+    out.push_str(
+        "// [cnnc::back::cuda::PRELUDE here: see snapshot it__codegen__cuda_prelude.snap]\n",
+    );
     for (_, text) in chunks {
         out.push_str(text);
     }
@@ -234,7 +236,7 @@ fn cuda_digests(cuda: &str, program: &KernelProgram) -> String {
     let (header, chunks) = split_cuda(cuda, program);
     let mut out = header.to_string();
     out.push_str(
-        "// [cnnc::back::cuda::PRELUDE here: see snapshot codegen__cuda_prelude.snap]\n\n",
+        "// [cnnc::back::cuda::PRELUDE here: see snapshot it__codegen__cuda_prelude.snap]\n\n",
     );
     out.push_str(&format!(
         "{} kernels; whole file fnv1a64 {:016x}\n\n",
@@ -445,7 +447,7 @@ fn emitting_twice_gives_identical_text() {
 
 /// `cnnc emit FILE --stage STAGE [-o OUT]` run in `cwd`; its standard output (or `OUT`).
 fn emit_in(cwd: &Path, file: &Path, stage: &str, out: Option<&Path>) -> Vec<u8> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    let mut cmd = crate::common::cnnc();
     cmd.current_dir(cwd)
         .arg("emit")
         .arg(file)

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The documents whose examples are checked, relative to the repository root.
 const DOCUMENTS: &[&str] = &[
@@ -286,7 +285,7 @@ fn expand(file: &str) -> Vec<String> {
 /// What the `cnnc` binary prints (standard output, then standard error) when
 /// run from the repository root with `args`; only repository files may be named.
 fn run_binary(args: &[&str]) -> Result<String, String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+    let output = crate::common::cnnc()
         .args(args)
         .current_dir(root())
         .env("NO_COLOR", "1")
@@ -464,3 +463,4 @@ fn training_configs_parse() {
         }
     }
 }
+

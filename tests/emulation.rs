@@ -4,21 +4,20 @@
 //! execution plan exactly as the CUDA driver runs it, and compared with the
 //! reference evaluator: max |a − b| ≤ 1e-4 · max(1, |b|). See docs/testing.md.
 
-#[path = "emulation/harness.rs"]
-mod harness;
+use crate::harness;
 
+use crate::harness::{check, Arg, Case, Module, TOLERANCE};
 use cnnc::ir::Graph;
 use cnnc_runtime::input::{load, InputOptions};
 use cnnc_runtime::weights::WeightFile;
-use harness::{check, Arg, Case, Module, TOLERANCE};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-mod common;
-use common::{npy_f32, randomize_batchnorm, small_model};
+use crate::common;
+use crate::common::{npy_f32, randomize_batchnorm, small_model};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 8] = [32, 64, 96, 128, 160, 193, 224, 227];
@@ -801,7 +800,12 @@ fn a_crash_in_a_kernel_names_it() {
     let source = std::fs::read_to_string("tests/emulation/selftest.cu").unwrap();
     Module::build("selftest", &source).unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_in_a_kernel", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "emulation::crash_in_a_kernel",
+            "--nocapture",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn error_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir("tests/errors")
@@ -71,11 +70,7 @@ fn several_errors_are_reported_in_one_run() {
 }
 
 fn cnnc(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("cnnc runs");
+    let output = crate::common::run_cnnc(args);
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

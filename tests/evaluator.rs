@@ -8,8 +8,7 @@ use cnnc_runtime::weights::WeightFile;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-mod common;
-use common::npy_f32;
+use crate::common::npy_f32;
 
 /// Runs one fixture; returns (max scaled error, number of outputs).
 fn run_fixture(name: &str) -> (f64, usize) {

@@ -4,8 +4,7 @@
 //! decoders. Every input a fuzzer kept (crashes included) stays fixed
 //! without a fuzzer.
 
-#[path = "../fuzz/checks.rs"]
-mod checks;
+use crate::fuzz_checks as checks;
 
 use std::path::Path;
 

@@ -7,7 +7,6 @@ use cnnc::ir::Graph;
 use cnnc::tools::draw::{self, Fate, Format, Kind, Options};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 fn model(path: &str) -> Graph {
     let compilation = cnnc::compile_file(Path::new(path), &BTreeMap::new()).expect("readable");
@@ -436,12 +435,7 @@ fn snapshots() {
     );
 }
 
-fn cnnc(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .output()
-        .expect("run cnnc")
-}
+use crate::common::run_cnnc as cnnc;
 
 #[test]
 fn cli_is_deterministic_and_writes_atomically() {
@@ -507,7 +501,7 @@ fn cli_errors() {
 }
 
 /// Writes PNGs of a few models for people to look at:
-/// `CNNC_GRAPH_PNG=/tmp/graphs cargo test --test graph -- --ignored pngs`.
+/// `CNNC_GRAPH_PNG=/tmp/graphs cargo test --test it graph::pngs -- --ignored`.
 #[test]
 #[ignore]
 fn pngs() {

@@ -11,8 +11,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-mod common;
-use common::{randomize_batchnorm, small_size};
+use crate::common::{randomize_batchnorm, small_size};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];

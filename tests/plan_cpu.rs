@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-mod common;
-use common::{npy_f32, randomize_batchnorm, small_size};
+use crate::common;
+use crate::common::{npy_f32, randomize_batchnorm, small_size};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];
@@ -551,7 +551,7 @@ model wide_padding {
 /// `tests/fixtures/make_full_parity.py`) named after a zoo model, runs
 /// `weights.safetensors` on `input.npy` and prints the largest difference
 /// from `expected.npy`.
-/// `CNNC_PARITY_DIR=/tmp/cnnc-parity cargo test --test plan_cpu -- --ignored full_size --nocapture`
+/// `CNNC_PARITY_DIR=/tmp/cnnc-parity cargo test --test it plan_cpu::full_size -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn full_size_parity_with_pytorch() {

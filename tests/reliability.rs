@@ -12,8 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-mod common;
-use common::npy_f32;
+use crate::common::npy_f32;
 
 const NAN: &str = "tests/fixtures/reliability/nan";
 
@@ -25,14 +24,12 @@ fn scratch(test: &str) -> PathBuf {
 }
 
 fn cnnc() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    let mut c = crate::common::cnnc();
     // `cnnc build` unpacks its runtime into the cache: the tests' own, not the user's.
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .env(
-            "CNNC_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache"),
-        );
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env(
+        "CNNC_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache"),
+    );
     c
 }
 

@@ -12,15 +12,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::npy_f32;
+use crate::common::npy_f32;
 
 const MODEL: &str = "tests/fixtures/reliability/hostile/model.cnn";
 
 fn cnnc() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    let mut c = crate::common::cnnc();
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
         .env(
             "CNNC_CACHE_DIR",
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-cache"),

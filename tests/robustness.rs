@@ -2,7 +2,7 @@
 //! exits 0 (fine), 1 (the model has errors) or 2 (bad command line).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// A fresh directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
@@ -18,12 +18,7 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .output()
-        .expect("run cnnc")
-}
+use crate::common::run_cnnc as cnnc;
 
 /// Runs `cnnc` and checks the exit code and that stderr has a message but no panic.
 fn expect(args: &[&str], code: i32) -> Output {

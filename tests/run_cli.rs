@@ -4,10 +4,8 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-mod common;
-use common::npy_f32;
+use crate::common::npy_f32;
 
 /// A scratch directory of its own for each test, removed afterwards.
 struct Scratch {
@@ -67,7 +65,7 @@ impl std::fmt::Display for Out {
 }
 
 fn cnnc<S: AsRef<OsStr>>(args: &[S]) -> Out {
-    let output = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+    let output = crate::common::cnnc()
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("NO_COLOR", "1")
@@ -1021,7 +1019,7 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
         "emit models/resnet50.cnn --stage cuda",
         "summary models/resnet50.cnn",
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        let mut child = crate::common::cnnc()
             .args(args.split(' '))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(std::process::Stdio::piped())

@@ -689,12 +689,7 @@ fn residual_and_concat_gradients_match_finite_differences() {
     );
 }
 
-fn cnnc(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::common::run_cnnc as cnnc;
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("cnnc-train-{tag}-{}", std::process::id()));
@@ -1917,7 +1912,7 @@ fn a_batch_that_does_not_fit_is_refused_with_one_that_does() {
         ]
     };
     let with_limit = |args: Vec<String>, limit: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        crate::common::cnnc()
             .args(args)
             .env("CNNC_MEMORY_LIMIT", limit)
             .output()

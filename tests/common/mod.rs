@@ -1,11 +1,26 @@
-//! Helpers shared by the integration tests that run whole models.
+//! Helpers shared by the integration tests: the `cnnc` binary, fixtures,
+//! small zoo models, random weights.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)] // not every helper is used by every configuration
 
 use cnnc_runtime::weights::{Data, WeightFile};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::{Command, Output};
+
+/// The `cnnc` binary under test, with colour off (the command's output is
+/// compared as text).
+pub fn cnnc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Runs the `cnnc` binary with `args` and waits for it.
+pub fn run_cnnc(args: &[&str]) -> Output {
+    cnnc().args(args).output().expect("run cnnc")
+}
 
 /// Random batch-norm statistics (and 1-D weights and biases), so that folding
 /// and the batch-norm kernels are exercised with non-trivial values.

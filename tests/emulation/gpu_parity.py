@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the launches the emulation harness exported on a real GPU and compares.
 
-    CNNC_EMU_EXPORT=/tmp/emu-export cargo test --test emulation   # any machine
+    CNNC_EMU_EXPORT=/tmp/emu-export cargo test --test it emulation::   # any machine
     python3 tests/emulation/gpu_parity.py /tmp/emu-export           # a GPU machine
 
 Each exported model directory holds the printed model.cu, plan.json (every
