@@ -268,7 +268,7 @@ mod tests {
     fn reads_are_bounded_by_the_header() {
         let e = read(Path::new("/dev/zero")).unwrap_err().0;
         assert!(e.contains("type code 0x00"), "{e}");
-        let dir = std::env::temp_dir().join(format!("cnnc-idx-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cnnc-idx-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let huge = dir.join("huge.idx");
         let mut b = vec![0, 0, 8, 2];
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn gzip_and_pairs() {
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("cnnc-idx-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cnnc-idx-gzip-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let raw = images(3, 2, 2, 0);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
