@@ -28,12 +28,19 @@ fn main() {
     // A directory makes cargo rerun this script when any file under it changes.
     println!("cargo:rerun-if-changed=runtime/Cargo.toml");
     println!("cargo:rerun-if-changed=runtime/src");
+    println!("cargo:rerun-if-changed=runtime/kernels/Cargo.toml");
+    println!("cargo:rerun-if-changed=runtime/kernels/src");
     println!("cargo:rerun-if-changed=Cargo.lock");
-    let mut list = vec![PathBuf::from("Cargo.toml")];
+    // The runtime and the kernels crate inside it (a path dependency).
+    let mut list = vec![
+        PathBuf::from("Cargo.toml"),
+        PathBuf::from("kernels").join("Cargo.toml"),
+    ];
     files(&runtime, &runtime.join("src"), &mut list);
+    files(&runtime, &runtime.join("kernels").join("src"), &mut list);
     list.sort();
     let mut code = String::from(
-        "/// The runtime crate's files: (path relative to the crate, contents).\n\
+        "/// The runtime crate's files and its kernels crate's: (path relative to the runtime crate, contents).\n\
          pub static RUNTIME_FILES: &[(&str, &[u8])] = &[\n",
     );
     for relative in &list {

@@ -1,9 +1,9 @@
-//! The table of activations (`cnnc_runtime::activation`) holds every backend to one f64 formula: the evaluator, the trainer's f32 forward and derivative, the CPU executor's scalar and vectorised forms, and the CUDA device library run through the emulation header, NaN and ±∞ included.
+//! The table of activations (`cnnc_kernels::activation`) holds every backend to one f64 formula: the evaluator, the trainer's f32 forward and derivative, the CPU executor's scalar and vectorised forms, and the CUDA device library run through the emulation header, NaN and ±∞ included.
 
 use crate::harness::{Arg, Module};
 use cnnc::ir::{Activation, F64};
-use cnnc_runtime::activation::{Kind, TABLE};
-use cnnc_runtime::cpu::apply_slice;
+use cnnc_kernels::act::apply_slice;
+use cnnc_kernels::activation::{Kind, TABLE};
 
 /// Every activation of the IR, with parameters away from their defaults.
 fn activations() -> Vec<Activation> {

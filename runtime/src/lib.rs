@@ -5,7 +5,8 @@
 //! Nothing here knows about `.cnn` files or the graph IR; the compiler crate
 //! binds these values to a model.
 
-pub mod activation;
+/// The one table of activations (in the kernels crate, which the trainer shares).
+pub use cnnc_kernels::activation;
 pub mod app;
 pub mod cpu;
 pub mod cuda;

@@ -7,7 +7,8 @@
 //! Addressing: a batch of `b` images; element (n, c, p) of a [`Place`] is
 //! `arena[place.offset·b + ((n·channels_total + channel_offset + c)·H·W + p)]`.
 
-use crate::activation::Kind;
+/// The activations a step applies (defined beside their CPU kernels).
+pub use cnnc_kernels::act::Act;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,48 +177,6 @@ impl Place {
         self.offset * batch
             + (n * self.channels_total + self.channel_offset + c) * self.h * self.w
             + p
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Act {
-    Relu,
-    Relu6,
-    LeakyRelu(f32),
-    Elu(f32),
-    Tanh,
-    Sigmoid,
-    Silu,
-    Gelu,
-    GeluTanh,
-    Hardsigmoid,
-    Hardswish,
-}
-
-impl Act {
-    /// This activation's row in the table (`crate::activation`) and its parameter.
-    #[inline(always)]
-    pub fn kind(self) -> (Kind, f32) {
-        match self {
-            Act::Relu => (Kind::Relu, 0.0),
-            Act::Relu6 => (Kind::Relu6, 0.0),
-            Act::LeakyRelu(s) => (Kind::LeakyRelu, s),
-            Act::Elu(a) => (Kind::Elu, a),
-            Act::Tanh => (Kind::Tanh, 0.0),
-            Act::Sigmoid => (Kind::Sigmoid, 0.0),
-            Act::Silu => (Kind::Silu, 0.0),
-            Act::Gelu => (Kind::Gelu, 0.0),
-            Act::GeluTanh => (Kind::GeluTanh, 0.0),
-            Act::Hardsigmoid => (Kind::Hardsigmoid, 0.0),
-            Act::Hardswish => (Kind::Hardswish, 0.0),
-        }
-    }
-
-    /// The table's formula in f32, with libm's functions.
-    #[inline]
-    pub fn apply(self, v: f32) -> f32 {
-        let (kind, p) = self.kind();
-        kind.forward(p, v)
     }
 }
 

@@ -195,7 +195,7 @@ mod tests {
     fn the_embedded_runtime_is_the_checkout_s() {
         let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
         let mut on_disk = Vec::new();
-        let mut stack = vec![runtime.join("src")];
+        let mut stack = vec![runtime.join("src"), runtime.join("kernels").join("src")];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).expect("readable") {
                 let path = entry.expect("entry").path();
@@ -207,6 +207,7 @@ mod tests {
             }
         }
         on_disk.push(runtime.join("Cargo.toml"));
+        on_disk.push(runtime.join("kernels").join("Cargo.toml"));
         assert_eq!(on_disk.len(), RUNTIME_FILES.len(), "files added or removed");
         for (path, bytes) in RUNTIME_FILES {
             let actual = std::fs::read(runtime.join(path)).expect("embedded file exists");

@@ -15,7 +15,7 @@ pub mod passes;
 pub mod weights;
 
 use crate::front::source::Span;
-use cnnc_runtime::activation::Kind;
+use cnnc_kernels::activation::Kind;
 use serde::Serialize;
 use std::fmt;
 
@@ -125,7 +125,7 @@ impl Activation {
         self.kind().0.entry().name
     }
 
-    /// Its row in the table of activations (`cnnc_runtime::activation`),
+    /// Its row in the table of activations (`cnnc_kernels::activation`),
     /// which holds every backend's formula, and its parameter (0 for none).
     pub fn kind(&self) -> (Kind, f64) {
         match *self {

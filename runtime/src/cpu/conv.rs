@@ -24,9 +24,10 @@
 //! with `copy_from_slice` (stride 1) or a strided loop. Padding modes other
 //! than zeros go through `source_index` per element.
 
-use super::act::apply_slice;
-use super::{depthwise, direct, winograd, Arena, Scratch};
+use super::{Arena, Scratch};
 use crate::plan::{Epi, Gemm, Place, Step};
+use cnnc_kernels::act::apply_slice;
+use cnnc_kernels::{copy_short, depthwise, direct, winograd};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -725,33 +726,6 @@ fn gather_zeros(
             }
         }
         oy += 1;
-    }
-}
-
-/// `dst.copy_from_slice(src)`, without a `memcpy` call for the short rows of
-/// small maps (a call costs more than copying 20 floats): below 64 values,
-/// two overlapping copies of a fixed size, which compile to vector moves.
-/// (Also `cnnc train`'s im2col.)
-#[inline(always)]
-pub fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    assert_eq!(n, src.len());
-    macro_rules! two {
-        ($c:literal) => {{
-            dst[..$c].copy_from_slice(&src[..$c]);
-            dst[n - $c..].copy_from_slice(&src[n - $c..]);
-        }};
-    }
-    match n {
-        0 => {}
-        1 => dst[0] = src[0],
-        2 => two!(1),
-        3 => two!(2),
-        4..=7 => two!(4),
-        8..=15 => two!(8),
-        16..=31 => two!(16),
-        32..=63 => two!(32),
-        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -14,75 +14,16 @@
 //! Run it on a rayon worker thread (a pool built with `use_current_thread`,
 //! as built binaries do) to avoid a cross-thread hand-off per parallel step.
 
-/// Calls `$f::<vb, n>($args)`: a register block of `vb` 16-lane vectors by
-/// `n` pixels, taps or tiles, at most 24 accumulators (vb 1 or 2: n ≤ 12;
-/// vb 4: n ≤ 6). The AVX-512 kernels of `direct` and `winograd` share it.
-macro_rules! blocks {
-    ($vb:expr, $n:expr, $f:ident, ($($arg:expr),*)) => {
-        match ($vb, $n) {
-            (1, 12) => $f::<1, 12>($($arg),*),
-            (1, 11) => $f::<1, 11>($($arg),*),
-            (1, 10) => $f::<1, 10>($($arg),*),
-            (1, 9) => $f::<1, 9>($($arg),*),
-            (1, 8) => $f::<1, 8>($($arg),*),
-            (1, 7) => $f::<1, 7>($($arg),*),
-            (1, 6) => $f::<1, 6>($($arg),*),
-            (1, 5) => $f::<1, 5>($($arg),*),
-            (1, 4) => $f::<1, 4>($($arg),*),
-            (1, 3) => $f::<1, 3>($($arg),*),
-            (1, 2) => $f::<1, 2>($($arg),*),
-            (1, 1) => $f::<1, 1>($($arg),*),
-            (2, 12) => $f::<2, 12>($($arg),*),
-            (2, 11) => $f::<2, 11>($($arg),*),
-            (2, 10) => $f::<2, 10>($($arg),*),
-            (2, 9) => $f::<2, 9>($($arg),*),
-            (2, 8) => $f::<2, 8>($($arg),*),
-            (2, 7) => $f::<2, 7>($($arg),*),
-            (2, 6) => $f::<2, 6>($($arg),*),
-            (2, 5) => $f::<2, 5>($($arg),*),
-            (2, 4) => $f::<2, 4>($($arg),*),
-            (2, 3) => $f::<2, 3>($($arg),*),
-            (2, 2) => $f::<2, 2>($($arg),*),
-            (2, 1) => $f::<2, 1>($($arg),*),
-            (4, 6) => $f::<4, 6>($($arg),*),
-            (4, 5) => $f::<4, 5>($($arg),*),
-            (4, 4) => $f::<4, 4>($($arg),*),
-            (4, 3) => $f::<4, 3>($($arg),*),
-            (4, 2) => $f::<4, 2>($($arg),*),
-            (4, 1) => $f::<4, 1>($($arg),*),
-            _ => unreachable!("no block of {} by {}", $vb, $n),
-        }
-    };
-}
-
-pub(crate) mod act;
 mod conv;
-pub mod depthwise;
-pub mod direct;
-pub mod winograd;
 
-pub use act::apply_slice;
-pub use conv::copy_short;
+pub use cnnc_kernels::{act::apply_slice, copy_short};
+use cnnc_kernels::{depthwise, direct, taps, winograd};
 
 use crate::plan::{Epi, Gemm, Place, Plan, Step, StepOp};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Mutex;
-
-/// Values in [−0.5, 0.5) from an xorshift generator, for the kernels' tests.
-#[cfg(test)]
-fn test_data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 /// One thread's scratch for the GEMM steps.
 #[derive(Default)]
@@ -878,20 +819,6 @@ fn pool(
             out[oy * ow + ox] = r;
         }
     }
-}
-
-/// The taps k in [k0, k1) of a window starting at `start` (dilation `d`)
-/// that land inside 0..size.
-#[inline]
-fn taps(start: isize, k: usize, d: usize, size: isize) -> (usize, usize) {
-    let d = d as isize;
-    let k0 = if start >= 0 { 0 } else { (-start + d - 1) / d };
-    let k1 = if start >= size {
-        0
-    } else {
-        ((size - 1 - start) / d + 1).min(k as isize)
-    };
-    (k0 as usize, (k1.max(k0)) as usize)
 }
 
 /// `pool` without padding: no bounds to check; 2×2 windows of stride 2 (the

@@ -9,7 +9,7 @@
 //! within a chunk does.
 
 use crate::ir::{Activation, PaddingMode};
-use cnnc_runtime::cpu::{copy_short, direct, winograd};
+use cnnc_kernels::{copy_short, direct, winograd};
 use rayon::prelude::*;
 
 /// Evaluates `$call` inside a function compiled with AVX2 when the CPU has
@@ -1765,7 +1765,7 @@ pub fn activation_grad_in_place(a: Activation, dy: &mut [f32], x: &[f32]) {
         });
 }
 
-/// One activation in f32: the table's formula (`cnnc_runtime::activation`).
+/// One activation in f32: the table's formula (`cnnc_kernels::activation`).
 pub fn activate(a: Activation, v: f32) -> f32 {
     let (kind, p) = a.kind();
     kind.forward(p as f32, v)

@@ -12,7 +12,49 @@
 //! GELU keep libm (`expm1f`, `erff`).
 
 use crate::activation::{Fast, Kind};
-use crate::plan::Act;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Act {
+    Relu,
+    Relu6,
+    LeakyRelu(f32),
+    Elu(f32),
+    Tanh,
+    Sigmoid,
+    Silu,
+    Gelu,
+    GeluTanh,
+    Hardsigmoid,
+    Hardswish,
+}
+
+impl Act {
+    /// This activation's row in the table (`crate::activation`) and its parameter.
+    #[inline(always)]
+    pub fn kind(self) -> (Kind, f32) {
+        match self {
+            Act::Relu => (Kind::Relu, 0.0),
+            Act::Relu6 => (Kind::Relu6, 0.0),
+            Act::LeakyRelu(s) => (Kind::LeakyRelu, s),
+            Act::Elu(a) => (Kind::Elu, a),
+            Act::Tanh => (Kind::Tanh, 0.0),
+            Act::Sigmoid => (Kind::Sigmoid, 0.0),
+            Act::Silu => (Kind::Silu, 0.0),
+            Act::Gelu => (Kind::Gelu, 0.0),
+            Act::GeluTanh => (Kind::GeluTanh, 0.0),
+            Act::Hardsigmoid => (Kind::Hardsigmoid, 0.0),
+            Act::Hardswish => (Kind::Hardswish, 0.0),
+        }
+    }
+
+    /// The table's formula in f32, with libm's functions.
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        let (kind, p) = self.kind();
+        kind.forward(p, v)
+    }
+}
 
 /// Applies `act` to every element of `v`.
 pub fn apply_slice(act: Act, v: &mut [f32]) {

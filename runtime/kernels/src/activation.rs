@@ -2,9 +2,9 @@
 //!
 //! The reference evaluator runs [`Kind::forward`] in f64, the trainer
 //! [`Kind::forward`] and [`Kind::derivative`] in f32, the CPU executor
-//! [`Kind::forward`] in f32 ([`crate::plan::Act::apply`]) or over
+//! [`Kind::forward`] in f32 ([`crate::act::Act::apply`]) or over
 //! [`Fast`] (the same formula with a polynomial `exp` that vectorises, in
-//! `cpu::act`), and the CUDA printer the [`Entry::cuda_call`] of each entry,
+//! `act`), and the CUDA printer the [`Entry::cuda_call`] of each entry,
 //! whose device function ([`Entry::cuda`]) is in the device library
 //! `compiler/src/back/cuda_prelude.cuh` verbatim (a test checks it). One test
 //! (`tests/activations.rs`) holds every one of these forms to the f64
@@ -201,7 +201,7 @@ impl Real for f32 {
 }
 
 /// An f32 whose `exp` and `tanh` are the branch-free polynomials of
-/// `cpu::act`, so that a formula over it vectorises; `exp_m1` and `erf`
+/// `act`, so that a formula over it vectorises; `exp_m1` and `erf`
 /// stay libm's.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub struct Fast(pub f32);
@@ -237,7 +237,7 @@ impl Real for Fast {
     }
     #[inline(always)]
     fn exp(self) -> Fast {
-        Fast(crate::cpu::act::exp(self.0))
+        Fast(crate::act::exp(self.0))
     }
     #[inline(always)]
     fn exp_m1(self) -> Fast {
@@ -245,7 +245,7 @@ impl Real for Fast {
     }
     #[inline(always)]
     fn tanh(self) -> Fast {
-        Fast(crate::cpu::act::tanh(self.0))
+        Fast(crate::act::tanh(self.0))
     }
     #[inline(always)]
     fn erf(self) -> Fast {
