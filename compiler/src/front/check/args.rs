@@ -1,5 +1,6 @@
-//! Arguments of built-in layers: matching them to a layer's specs and
-//! reading typed values.
+//! Arguments of built-in layers (and of `split` and `vgg`): their
+//! definitions, matching a call's arguments to them, and reading typed
+//! values with defaults.
 
 use super::suggest::closest;
 use super::values::{Env, Val, Value};
@@ -8,44 +9,258 @@ use crate::front::diag::Diagnostic;
 use crate::front::source::Span;
 use crate::front::syntax::Arg;
 
-/// One accepted argument of a built-in layer.
-pub(super) struct Spec {
+/// How an argument's value is read, and its default.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Kind {
+    /// An integer, at least `min`.
+    Int {
+        default: i64,
+        min: i64,
+    },
+    /// A size (at least 1) without a default, absent unless written: one
+    /// checked against the inferred size (`in_channels`), or `output_width`.
+    Size,
+    /// An integer (for both) or a pair `(h, w)`, each at least `min`.
+    Pair {
+        default: PairDefault,
+        min: i64,
+    },
+    /// A convolution's padding: an integer, a pair, `same` or `valid`.
+    Padding,
+    Bool(bool),
+    /// A number from `min` to `max`.
+    Float {
+        default: f64,
+        min: f64,
+        max: f64,
+    },
+    /// A keyword, one of `choices`.
+    Choice {
+        default: &'static str,
+        choices: &'static [&'static str],
+    },
+}
+
+/// The default of a pair argument.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PairDefault {
+    Fixed(i64, i64),
+    /// The value of the layer's `kernel_size` (a pooling stride).
+    KernelSize,
+}
+
+/// A convolution's padding as written.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PadSpec {
+    Explicit(i64, i64),
+    Same,
+}
+
+/// One accepted argument of a built-in layer: its name, its short names,
+/// and how it is read. Positional arguments fill these in order.
+#[derive(Debug)]
+pub(super) struct ArgDef {
     pub(super) name: &'static str,
     pub(super) aliases: &'static [&'static str],
     pub(super) required: bool,
+    pub(super) kind: Kind,
 }
 
-impl Spec {
-    pub(super) const fn req(name: &'static str, aliases: &'static [&'static str]) -> Spec {
-        Spec {
+impl ArgDef {
+    pub(super) const fn req(
+        name: &'static str,
+        aliases: &'static [&'static str],
+        kind: Kind,
+    ) -> ArgDef {
+        ArgDef {
             name,
             aliases,
             required: true,
+            kind,
         }
     }
-    pub(super) const fn opt(name: &'static str, aliases: &'static [&'static str]) -> Spec {
-        Spec {
+    pub(super) const fn opt(
+        name: &'static str,
+        aliases: &'static [&'static str],
+        kind: Kind,
+    ) -> ArgDef {
+        ArgDef {
             name,
             aliases,
             required: false,
+            kind,
         }
     }
 }
 
-/// Arguments matched to a layer's specs, by position in the spec list.
-pub(super) struct Bound {
-    pub(super) values: Vec<Option<(Value, Span)>>,
+/// An argument's value as read, by its [`Kind`].
+#[derive(Clone, Copy, Debug)]
+enum Read {
+    Int(i64),
+    Size(Option<i64>),
+    Pair(i64, i64),
+    Padding(PadSpec),
+    Bool(bool),
+    Float(f64),
+    Choice(&'static str),
+}
+
+/// A call's arguments, read by their definitions (defaults filled in), by name.
+pub(super) struct Args {
+    defs: &'static [ArgDef],
+    values: Vec<Read>,
+    /// Where each argument was written, if it was.
+    spans: Vec<Option<Span>>,
+}
+
+impl Args {
+    fn index(&self, name: &str) -> usize {
+        self.defs
+            .iter()
+            .position(|d| d.name == name)
+            .unwrap_or_else(|| panic!("the layer has no argument `{name}` in its definition"))
+    }
+
+    fn read(&self, name: &str) -> Read {
+        self.values[self.index(name)]
+    }
+
+    pub(super) fn int(&self, name: &str) -> i64 {
+        match self.read(name) {
+            Read::Int(v) => v,
+            other => panic!("`{name}` is read as {other:?}, not an integer"),
+        }
+    }
+
+    /// A [`Kind::Size`] argument with where it was written, if it was.
+    pub(super) fn size(&self, name: &str) -> Option<(i64, Span)> {
+        match self.read(name) {
+            Read::Size(v) => v.zip(self.span(name)),
+            other => panic!("`{name}` is read as {other:?}, not a size"),
+        }
+    }
+
+    pub(super) fn pair(&self, name: &str) -> (i64, i64) {
+        match self.read(name) {
+            Read::Pair(h, w) => (h, w),
+            other => panic!("`{name}` is read as {other:?}, not a pair"),
+        }
+    }
+
+    pub(super) fn padding(&self, name: &str) -> PadSpec {
+        match self.read(name) {
+            Read::Padding(p) => p,
+            other => panic!("`{name}` is read as {other:?}, not a padding"),
+        }
+    }
+
+    pub(super) fn bool(&self, name: &str) -> bool {
+        match self.read(name) {
+            Read::Bool(v) => v,
+            other => panic!("`{name}` is read as {other:?}, not a boolean"),
+        }
+    }
+
+    pub(super) fn float(&self, name: &str) -> f64 {
+        match self.read(name) {
+            Read::Float(v) => v,
+            other => panic!("`{name}` is read as {other:?}, not a number"),
+        }
+    }
+
+    pub(super) fn choice(&self, name: &str) -> &'static str {
+        match self.read(name) {
+            Read::Choice(v) => v,
+            other => panic!("`{name}` is read as {other:?}, not a choice"),
+        }
+    }
+
+    /// Where the argument was written, if it was.
+    pub(super) fn span(&self, name: &str) -> Option<Span> {
+        self.spans[self.index(name)]
+    }
+}
+
+/// Arguments matched to a layer's definitions, by position in the list.
+struct Bound {
+    values: Vec<Option<(Value, Span)>>,
     /// The argument names, for messages.
-    pub(super) names: Vec<&'static str>,
+    names: Vec<&'static str>,
     /// Parameters in scope, for "did you mean" on an unknown name.
-    pub(super) scope: Vec<String>,
+    scope: Vec<String>,
 }
 
 impl Elab<'_> {
-    pub(super) fn bind(
+    /// Matches a call's arguments to `defs` and reads each in order (so
+    /// errors come in the order of the definitions); `None` when they do not
+    /// match (reported).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn args(
         &mut self,
         op: &str,
-        specs: &[Spec],
+        defs: &'static [ArgDef],
+        args: &[Arg],
+        env: &Env,
+        input: &Val,
+        span: Span,
+    ) -> Option<Args> {
+        let bound = self.bind(op, defs, args, env, input, span)?;
+        let mut values = Vec::with_capacity(defs.len());
+        let mut kernel = (1, 1);
+        for (i, def) in defs.iter().enumerate() {
+            let read = match def.kind {
+                Kind::Int { default, min } => Read::Int(self.get_int(&bound, i, default, min)),
+                Kind::Size => Read::Size(
+                    bound.values[i]
+                        .is_some()
+                        .then(|| self.get_int(&bound, i, 1, 1)),
+                ),
+                Kind::Pair { default, min } => {
+                    let default = match default {
+                        PairDefault::Fixed(h, w) => (h, w),
+                        PairDefault::KernelSize => kernel,
+                    };
+                    let what = def.name.replace('_', " ");
+                    let (h, w) = self.get_pair(&bound, i, default, min, &what);
+                    if def.name == "kernel_size" {
+                        kernel = (h, w);
+                    }
+                    Read::Pair(h, w)
+                }
+                Kind::Padding => Read::Padding(match &bound.values[i] {
+                    Some((Value::Sym(s), _)) if s == "same" => PadSpec::Same,
+                    Some((Value::Sym(s), _)) if s == "valid" => PadSpec::Explicit(0, 0),
+                    _ => {
+                        let (h, w) = self.get_pair(&bound, i, (0, 0), 0, "padding");
+                        PadSpec::Explicit(h, w)
+                    }
+                }),
+                Kind::Bool(default) => Read::Bool(self.get_bool(&bound, i, default)),
+                Kind::Float { default, min, max } => {
+                    Read::Float(self.get_float(&bound, i, default, (min, max)))
+                }
+                Kind::Choice { default, choices } => {
+                    Read::Choice(self.get_choice(&bound, i, default, choices))
+                }
+            };
+            values.push(read);
+        }
+        let spans = bound
+            .values
+            .iter()
+            .map(|v| v.as_ref().map(|(_, s)| *s))
+            .collect();
+        Some(Args {
+            defs,
+            values,
+            spans,
+        })
+    }
+
+    fn bind(
+        &mut self,
+        op: &str,
+        specs: &[ArgDef],
         args: &[Arg],
         env: &Env,
         input: &Val,
@@ -233,7 +448,7 @@ impl Elab<'_> {
         }
     }
 
-    pub(super) fn get_int(&mut self, bound: &Bound, i: usize, default: i64, min: i64) -> i64 {
+    fn get_int(&mut self, bound: &Bound, i: usize, default: i64, min: i64) -> i64 {
         match &bound.values[i] {
             None => default,
             Some((Value::Int(v), span)) => {
@@ -258,7 +473,7 @@ impl Elab<'_> {
         }
     }
 
-    pub(super) fn get_pair(
+    fn get_pair(
         &mut self,
         bound: &Bound,
         i: usize,
@@ -312,7 +527,7 @@ impl Elab<'_> {
         }
     }
 
-    pub(super) fn get_bool(&mut self, bound: &Bound, i: usize, default: bool) -> bool {
+    fn get_bool(&mut self, bound: &Bound, i: usize, default: bool) -> bool {
         match &bound.values[i] {
             None => default,
             Some((Value::Bool(b), _)) => *b,
@@ -325,13 +540,7 @@ impl Elab<'_> {
         }
     }
 
-    pub(super) fn get_float(
-        &mut self,
-        bound: &Bound,
-        i: usize,
-        default: f64,
-        range: (f64, f64),
-    ) -> f64 {
+    fn get_float(&mut self, bound: &Bound, i: usize, default: f64, range: (f64, f64)) -> f64 {
         let (v, span) = match &bound.values[i] {
             None => return default,
             Some((Value::Int(v), span)) => (*v as f64, *span),
@@ -368,7 +577,7 @@ impl Elab<'_> {
     }
 
     /// A keyword argument (`padding_mode = reflect`), one of `choices`.
-    pub(super) fn get_choice(
+    fn get_choice(
         &mut self,
         bound: &Bound,
         i: usize,

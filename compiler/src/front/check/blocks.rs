@@ -1,7 +1,8 @@
 //! Blocks: calls with their arguments, and parameters used as layers.
 
 use super::items::{Scope, ScopeKind};
-use super::suggest::{closest, LAYERS};
+use super::suggest::closest;
+use super::table::{find_layer, layer_names};
 use super::values::{Env, Val, Value};
 use super::{Declarations, Elab, MAX_BLOCK_DEPTH};
 use crate::front::diag::Diagnostic;
@@ -13,7 +14,7 @@ use crate::ir::BlockInstance;
 /// into nested structures but not into other blocks. A name that is itself a
 /// layer or block is that layer or block, never a parameter.
 pub(super) fn used_as_layer(decls: &Declarations, items: &[Item], name: &str) -> Option<Span> {
-    if LAYERS.contains(&name) || decls.blocks.contains_key(name) {
+    if find_layer(name).is_some() || decls.blocks.contains_key(name) {
         return None;
     }
     used_as_layer_in(items, name)
@@ -39,7 +40,7 @@ pub(super) fn used_as_layer_in(items: &[Item], name: &str) -> Option<Span> {
 impl Elab<'_> {
     /// Whether `name` is a built-in layer or a declared block.
     pub(super) fn is_layer_or_block(&self, name: &str) -> bool {
-        LAYERS.contains(&name) || self.decls.blocks.contains_key(name)
+        find_layer(name).is_some() || self.decls.blocks.contains_key(name)
     }
 
     /// Checks the value of a parameter that `owner` uses as a layer (at
@@ -63,11 +64,8 @@ impl Elab<'_> {
                     format!("`{param}` is used as a layer"),
                 )
                 .with_secondary(used, format!("`{owner}` uses `{param}` as a layer here"));
-                let candidates: Vec<&str> = LAYERS
-                    .iter()
-                    .copied()
-                    .chain(self.decls.blocks.keys().map(String::as_str))
-                    .collect();
+                let mut candidates: Vec<&str> = layer_names().collect();
+                candidates.extend(self.decls.blocks.keys().map(String::as_str));
                 if let Some(s) = closest(layer, candidates.into_iter()) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }

@@ -1,9 +1,9 @@
 //! Built-in layers: the dispatch on a layer's name and the layers' elaboration.
 
-use super::args::Spec;
+use super::args::PadSpec;
 use super::items::{place_name, Place};
-use super::suggest::{closest, LAYERS, PYTORCH_NAMES};
-use super::values::{Env, PShape, Val, Value};
+use super::table::{find_layer, Rule};
+use super::values::{Env, PShape, Val};
 use super::Elab;
 use crate::front::diag::Diagnostic;
 use crate::front::source::Span;
@@ -15,11 +15,6 @@ pub(super) struct Call<'c> {
     pub(super) args: &'c [Arg],
     pub(super) args_span: Span,
     pub(super) item_span: Span,
-}
-
-pub(super) enum PadSpec {
-    Explicit(i64, i64),
-    Same,
 }
 
 pub(super) struct ConvArgs {
@@ -35,6 +30,8 @@ pub(super) struct ConvArgs {
 }
 
 impl Elab<'_> {
+    /// A built-in layer: looked up in the table by its name or an alias, its
+    /// arguments read by the table's definitions, then its rule applied.
     pub(super) fn layer(
         &mut self,
         call: &Call,
@@ -45,74 +42,21 @@ impl Elab<'_> {
     ) -> Val {
         let op = call.name.text.as_str();
         let span = call.item_span;
-        macro_rules! bind {
-            ($specs:expr) => {
-                match self.bind(op, &$specs, call.args, env, &input, call.args_span) {
-                    Some(b) => b,
-                    None => return self.unknown(span),
-                }
-            };
-        }
-        let activation = |a: Activation| Some(a);
-        let act = match op {
-            "relu" => activation(Activation::Relu),
-            "relu6" => activation(Activation::Relu6),
-            "tanh" => activation(Activation::Tanh),
-            "sigmoid" => activation(Activation::Sigmoid),
-            "silu" => activation(Activation::Silu),
-            "hardsigmoid" => activation(Activation::Hardsigmoid),
-            "hardswish" => activation(Activation::Hardswish),
-            _ => None,
+        let Some(def) = find_layer(op) else {
+            return self.unknown_layer(call);
         };
-        if let Some(a) = act {
-            let b = bind!([Spec::opt("inplace", &[])]);
-            // Accepted for PyTorch familiarity; it changes nothing here.
-            self.get_bool(&b, 0, false);
-            return self.simple(Op::Activation(a), input, span, &place);
-        }
-        match op {
-            "conv" | "conv2d" => {
-                let b = bind!([
-                    Spec::req("out_channels", &["out"]),
-                    Spec::req("kernel_size", &["k", "kernel"]),
-                    Spec::opt("stride", &["s"]),
-                    Spec::opt("padding", &["p"]),
-                    Spec::opt("dilation", &["d"]),
-                    Spec::opt("groups", &["g"]),
-                    Spec::opt("bias", &[]),
-                    Spec::opt("padding_mode", &["mode"]),
-                    Spec::opt("in_channels", &["in"]),
-                ]);
-                let out = self.get_int(&b, 0, 1, 1);
-                let kernel = self.get_pair(&b, 1, (1, 1), 1, "kernel size");
-                let stride = self.get_pair(&b, 2, (1, 1), 1, "stride");
-                let padding = match &b.values[3] {
-                    Some((Value::Sym(s), _)) if s == "same" => PadSpec::Same,
-                    Some((Value::Sym(s), _)) if s == "valid" => PadSpec::Explicit(0, 0),
-                    _ => {
-                        let (h, w) = self.get_pair(&b, 3, (0, 0), 0, "padding");
-                        PadSpec::Explicit(h, w)
-                    }
-                };
-                let dilation = self.get_pair(&b, 4, (1, 1), 1, "dilation");
-                let groups = self.get_int(&b, 5, 1, 1);
-                let bias = self.get_bool(&b, 6, true);
-                let mode = match self.get_choice(
-                    &b,
-                    7,
-                    "zeros",
-                    &["zeros", "reflect", "replicate", "circular"],
-                ) {
-                    "reflect" => PaddingMode::Reflect,
-                    "replicate" => PaddingMode::Replicate,
-                    "circular" => PaddingMode::Circular,
-                    _ => PaddingMode::Zeros,
-                };
-                let in_check = b.values[8]
-                    .as_ref()
-                    .map(|(_, s)| (self.get_int(&b, 8, 1, 1), *s));
+        let Some(a) = self.args(op, def.args, call.args, env, &input, call.args_span) else {
+            return self.unknown(span);
+        };
+        match def.rule {
+            Rule::Activation(act) => self.simple(Op::Activation(act), input, span, &place),
+            Rule::Conv => {
+                let kernel = a.pair("kernel_size");
+                let stride = a.pair("stride");
+                let padding = a.padding("padding");
+                let dilation = a.pair("dilation");
                 if matches!(padding, PadSpec::Same) && stride != (1, 1) {
-                    let s = b.values[3].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    let s = a.span("padding").unwrap_or(span);
                     self.error(
                         Diagnostic::error("`padding = same` needs stride 1", s, "with a stride above 1")
                             .with_note(format!("the stride here is {}", pair_text(stride)))
@@ -126,61 +70,39 @@ impl Elab<'_> {
                     );
                     return self.unknown(span);
                 }
+                let mode = match a.choice("padding_mode") {
+                    "reflect" => PaddingMode::Reflect,
+                    "replicate" => PaddingMode::Replicate,
+                    "circular" => PaddingMode::Circular,
+                    _ => PaddingMode::Zeros,
+                };
                 let conv = ConvArgs {
-                    out,
+                    out: a.int("out_channels"),
                     kernel,
                     stride,
                     padding,
                     dilation,
-                    groups,
-                    bias,
+                    groups: a.int("groups"),
+                    bias: a.bool("bias"),
                     mode,
-                    in_check,
+                    in_check: a.size("in_channels"),
                 };
                 self.conv_layer(&conv, &place, span, input, call.args_span, unused)
             }
-            "maxpool" | "avgpool" => {
-                let max = op == "maxpool";
-                let b = if max {
-                    bind!([
-                        Spec::req("kernel_size", &["k", "kernel"]),
-                        Spec::opt("stride", &["s"]),
-                        Spec::opt("padding", &["p"]),
-                        Spec::opt("dilation", &["d"]),
-                        Spec::opt("ceil_mode", &["ceil"]),
-                    ])
+            Rule::MaxPool | Rule::AvgPool => {
+                let max = matches!(def.rule, Rule::MaxPool);
+                let (dilation, include_pad) = if max {
+                    (a.pair("dilation"), true)
                 } else {
-                    bind!([
-                        Spec::req("kernel_size", &["k", "kernel"]),
-                        Spec::opt("stride", &["s"]),
-                        Spec::opt("padding", &["p"]),
-                        Spec::opt("ceil_mode", &["ceil"]),
-                        Spec::opt("count_include_pad", &[]),
-                    ])
-                };
-                let kernel = self.get_pair(&b, 0, (1, 1), 1, "kernel size");
-                let stride = self.get_pair(&b, 1, kernel, 1, "stride");
-                let padding = self.get_pair(&b, 2, (0, 0), 0, "padding");
-                let (dilation, ceil, include_pad) = if max {
-                    (
-                        self.get_pair(&b, 3, (1, 1), 1, "dilation"),
-                        self.get_bool(&b, 4, false),
-                        true,
-                    )
-                } else {
-                    (
-                        (1, 1),
-                        self.get_bool(&b, 3, false),
-                        self.get_bool(&b, 4, true),
-                    )
+                    ((1, 1), a.bool("count_include_pad"))
                 };
                 self.pool_layer(
                     max,
-                    kernel,
-                    stride,
-                    padding,
+                    a.pair("kernel_size"),
+                    a.pair("stride"),
+                    a.pair("padding"),
                     dilation,
-                    ceil,
+                    a.bool("ceil_mode"),
                     include_pad,
                     &place,
                     span,
@@ -188,28 +110,24 @@ impl Elab<'_> {
                     call.args_span,
                 )
             }
-            "adaptive_avgpool" | "adaptive_maxpool" | "global_avgpool" | "global_maxpool" => {
-                let output = if op.starts_with("global") {
-                    let _ = bind!([]);
-                    (1, 1)
-                } else {
-                    let b = bind!([
-                        Spec::req("output_size", &["size"]),
-                        Spec::opt("output_width", &[])
-                    ]);
-                    let (h, w) = self.get_pair(&b, 0, (1, 1), 1, "output size");
-                    match &b.values[1] {
-                        Some(_) => (h, self.get_int(&b, 1, 1, 1)),
-                        None => (h, w),
+            Rule::AdaptivePool { max } | Rule::GlobalPool { max } => {
+                let output = match def.rule {
+                    Rule::AdaptivePool { .. } => {
+                        let (h, w) = a.pair("output_size");
+                        match a.size("output_width") {
+                            Some((width, _)) => (h, width),
+                            None => (h, w),
+                        }
                     }
+                    _ => (1, 1),
                 };
                 let PShape::Chw(c, _, _) = self.needs_maps(op, &input, span) else {
                     return self.unknown(span);
                 };
-                let node_op = if op.contains("avg") {
-                    Op::AdaptiveAvgPool2d { output }
-                } else {
+                let node_op = if max {
                     Op::AdaptiveMaxPool2d { output }
+                } else {
+                    Op::AdaptiveAvgPool2d { output }
                 };
                 self.push(
                     node_op,
@@ -219,58 +137,40 @@ impl Elab<'_> {
                     span,
                 )
             }
-            "batchnorm" => {
-                let b = bind!([
-                    Spec::opt("num_features", &["features"]),
-                    Spec::opt("eps", &[]),
-                    Spec::opt("momentum", &[]),
-                ]);
-                let check = b.values[0]
-                    .as_ref()
-                    .map(|(_, s)| (self.get_int(&b, 0, 1, 1), *s));
-                let eps = self.get_float(&b, 1, 1e-5, (0.0, 1.0));
-                let momentum = self.get_float(&b, 2, 0.1, (0.0, 1.0));
-                self.batchnorm_layer(eps, momentum, check, &place, span, input, unused)
-            }
-            "lrn" | "local_response_norm" => {
-                let b = bind!([
-                    Spec::req("size", &[]),
-                    Spec::opt("alpha", &[]),
-                    Spec::opt("beta", &[]),
-                    Spec::opt("k", &[]),
-                ]);
-                let size = self.get_int(&b, 0, 1, 1);
-                let alpha = self.get_float(&b, 1, 1e-4, (0.0, f64::MAX));
-                let beta = self.get_float(&b, 2, 0.75, (0.0, f64::MAX));
-                let k = self.get_float(&b, 3, 1.0, (0.0, f64::MAX));
+            Rule::BatchNorm => self.batchnorm_layer(
+                a.float("eps"),
+                a.float("momentum"),
+                a.size("num_features"),
+                &place,
+                span,
+                input,
+                unused,
+            ),
+            Rule::Lrn => {
                 let op = Op::LocalResponseNorm {
-                    size,
-                    alpha: F64(alpha),
-                    beta: F64(beta),
-                    k: F64(k),
+                    size: a.int("size"),
+                    alpha: F64(a.float("alpha")),
+                    beta: F64(a.float("beta")),
+                    k: F64(a.float("k")),
                 };
                 self.needs_maps("lrn", &input, span);
                 self.simple(op, input, span, &place)
             }
-            "dropout" | "dropout2d" => {
-                let b = bind!([Spec::opt("p", &[]), Spec::opt("inplace", &[])]);
-                let p = F64(self.get_float(&b, 0, 0.5, (0.0, 1.0)));
-                self.get_bool(&b, 1, false);
-                if op == "dropout2d" {
-                    self.needs_maps(op, &input, span);
-                    self.simple(Op::Dropout2d { p }, input, span, &place)
-                } else {
-                    self.simple(Op::Dropout { p }, input, span, &place)
-                }
+            Rule::Dropout => {
+                let p = F64(a.float("p"));
+                self.simple(Op::Dropout { p }, input, span, &place)
             }
-            "stochastic_depth" => {
-                let b = bind!([Spec::req("p", &[]), Spec::opt("mode", &[])]);
-                let p = F64(self.get_float(&b, 0, 0.0, (0.0, 1.0)));
-                let row = self.get_choice(&b, 1, "row", &["row", "batch"]) == "row";
+            Rule::Dropout2d => {
+                let p = F64(a.float("p"));
+                self.needs_maps(op, &input, span);
+                self.simple(Op::Dropout2d { p }, input, span, &place)
+            }
+            Rule::StochasticDepth => {
+                let p = F64(a.float("p"));
+                let row = a.choice("mode") == "row";
                 self.simple(Op::StochasticDepth { p, row }, input, span, &place)
             }
-            "flatten" => {
-                let _ = bind!([]);
+            Rule::Flatten => {
                 let shape = match input.shape {
                     PShape::Chw(c, h, w) => match (c, h, w) {
                         (Some(c), Some(h), Some(w)) => {
@@ -313,29 +213,19 @@ impl Elab<'_> {
                 };
                 self.push(Op::Flatten, &[input], shape, place_name(&place), span)
             }
-            "linear" => {
-                let b = bind!([
-                    Spec::req("out_features", &["out"]),
-                    Spec::opt("bias", &[]),
-                    Spec::opt("in_features", &["in"]),
-                    Spec::opt("per_pixel", &[]),
-                ]);
-                let out = self.get_int(&b, 0, 1, 1);
-                let bias = self.get_bool(&b, 1, true);
-                let in_check = b.values[2]
-                    .as_ref()
-                    .map(|(_, s)| (self.get_int(&b, 2, 1, 1), *s));
-                if self.get_bool(&b, 3, false) {
+            Rule::Linear => {
+                let (out, bias) = (a.int("out_features"), a.bool("bias"));
+                let in_check = a.size("in_features");
+                if a.bool("per_pixel") {
                     return self
                         .pixel_linear_layer(out, bias, in_check, &place, span, input, unused);
                 }
                 self.linear_layer(out, bias, in_check, &place, span, input, unused)
             }
-            "softmax" | "log_softmax" => {
-                let b = bind!([Spec::opt("dim", &[])]);
-                let dim = self.get_int(&b, 0, 1, i64::MIN);
+            Rule::Softmax { log } => {
+                let dim = a.int("dim");
                 if dim != 1 && dim != -1 {
-                    let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    let s = a.span("dim").unwrap_or(span);
                     self.error(
                         Diagnostic::error(format!("`{op}` over dimension {dim} is not supported"), s, "only dim = 1")
                             .with_note("cnnc normalises over the class (channel) dimension, dim = 1, as classifiers do")
@@ -348,7 +238,7 @@ impl Elab<'_> {
                     return self.unknown(span);
                 }
                 if dim == -1 && matches!(input.shape, PShape::Chw(..)) {
-                    let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                    let s = a.span("dim").unwrap_or(span);
                     self.error(
                         Diagnostic::error(
                             format!(
@@ -367,41 +257,24 @@ impl Elab<'_> {
                     );
                     return self.unknown(span);
                 }
-                let node_op = if op == "softmax" {
-                    Op::Softmax
-                } else {
-                    Op::LogSoftmax
-                };
+                let node_op = if log { Op::LogSoftmax } else { Op::Softmax };
                 self.simple(node_op, input, span, &place)
             }
-            "leaky_relu" => {
-                let b = bind!([
-                    Spec::opt("negative_slope", &["slope"]),
-                    Spec::opt("inplace", &[])
-                ]);
-                let slope = self.get_float(&b, 0, 0.01, (f64::MIN, f64::MAX));
-                self.get_bool(&b, 1, false);
+            Rule::LeakyRelu => {
+                let slope = F64(a.float("negative_slope"));
                 self.simple(
-                    Op::Activation(Activation::LeakyRelu(F64(slope))),
+                    Op::Activation(Activation::LeakyRelu(slope)),
                     input,
                     span,
                     &place,
                 )
             }
-            "elu" => {
-                let b = bind!([Spec::opt("alpha", &[]), Spec::opt("inplace", &[])]);
-                let alpha = self.get_float(&b, 0, 1.0, (f64::MIN, f64::MAX));
-                self.get_bool(&b, 1, false);
-                self.simple(
-                    Op::Activation(Activation::Elu(F64(alpha))),
-                    input,
-                    span,
-                    &place,
-                )
+            Rule::Elu => {
+                let alpha = F64(a.float("alpha"));
+                self.simple(Op::Activation(Activation::Elu(alpha)), input, span, &place)
             }
-            "gelu" => {
-                let b = bind!([Spec::opt("approximate", &[])]);
-                let tanh = self.get_choice(&b, 0, "none", &["none", "tanh"]) == "tanh";
+            Rule::Gelu => {
+                let tanh = a.choice("approximate") == "tanh";
                 self.simple(
                     Op::Activation(Activation::Gelu {
                         tanh_approximation: tanh,
@@ -411,26 +284,14 @@ impl Elab<'_> {
                     &place,
                 )
             }
-            "identity" => {
-                let _ = bind!([]);
-                self.simple(Op::Identity, input, span, &place)
-            }
-            "layer_norm" => {
-                let b = bind!([Spec::opt("eps", &[])]);
-                let eps = self.get_float(&b, 0, 1e-5, (0.0, 1.0));
-                self.layer_norm_layer(eps, &place, span, input, unused)
-            }
-            "scale" => {
-                let b = bind!([Spec::opt("init", &[])]);
-                let init = self.get_float(&b, 0, 1.0, (f64::MIN, f64::MAX));
-                self.scale_layer(init, &place, span, input, unused)
-            }
-            "channel_shuffle" => {
-                let b = bind!([Spec::req("groups", &["g"])]);
-                let groups = self.get_int(&b, 0, 1, 1);
+            Rule::Identity => self.simple(Op::Identity, input, span, &place),
+            Rule::LayerNorm => self.layer_norm_layer(a.float("eps"), &place, span, input, unused),
+            Rule::Scale => self.scale_layer(a.float("init"), &place, span, input, unused),
+            Rule::ChannelShuffle => {
+                let groups = a.int("groups");
                 if let PShape::Chw(Some(c), _, _) = self.needs_maps(op, &input, span) {
                     if c % groups != 0 {
-                        let s = b.values[0].as_ref().map(|(_, s)| *s).unwrap_or(span);
+                        let s = a.span("groups").unwrap_or(span);
                         self.error(
                             Diagnostic::error(
                                 format!("`channel_shuffle` cannot interleave {c} channels in {groups} groups"),
@@ -447,36 +308,6 @@ impl Elab<'_> {
                     }
                 }
                 self.simple(Op::ChannelShuffle { groups }, input, span, &place)
-            }
-            _ => {
-                let mut candidates: Vec<&str> = LAYERS.to_vec();
-                candidates.extend(self.decls.blocks.keys().map(|k| k.as_str()));
-                if self.decls.lost_blocks.contains(op)
-                    || (self.decls.missing_includes
-                        && closest(op, candidates.iter().copied()).is_none())
-                {
-                    return self.unknown(span);
-                }
-                let mut d = Diagnostic::error(
-                    format!("unknown layer or block `{op}`"),
-                    call.name.span,
-                    "not defined",
-                );
-                if let Some((_, layer, usage)) =
-                    PYTORCH_NAMES.iter().find(|(torch, _, _)| *torch == op)
-                {
-                    d = d.with_help(if usage.is_empty() {
-                        format!("`{op}` is PyTorch's name; here it is `{layer}`")
-                    } else {
-                        format!("`{op}` is PyTorch's name; here it is {usage}")
-                    });
-                } else if let Some(s) = closest(op, candidates.into_iter()) {
-                    d = d.with_help(format!("did you mean `{s}`?"));
-                } else {
-                    d = d.with_note("docs/language.md lists the layers; blocks are declared with `block name(...) { ... }`");
-                }
-                self.error(d);
-                self.unknown(span)
             }
         }
     }

@@ -37,6 +37,7 @@ mod items;
 mod layers;
 mod structure;
 mod suggest;
+mod table;
 mod values;
 mod windows;
 

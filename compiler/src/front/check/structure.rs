@@ -1,9 +1,9 @@
 //! Structures that combine branches: `concat`, `split`, `residual`, `gate`,
 //! and `vgg` lists.
 
-use super::args::Spec;
+use super::args::{ArgDef, Kind, PadSpec};
 use super::items::{join, Place, Scope, ScopeKind};
-use super::layers::{ConvArgs, PadSpec};
+use super::layers::ConvArgs;
 use super::suggest::closest;
 use super::values::{Env, PShape, Val, Value};
 use super::Elab;
@@ -11,6 +11,15 @@ use crate::front::diag::Diagnostic;
 use crate::front::source::Span;
 use crate::front::syntax::{Arg, Expr, Item, Term};
 use crate::ir::{Activation, Op, PaddingMode, Shape};
+
+/// `split(chunks)`.
+const SPLIT_ARGS: &[ArgDef] = &[ArgDef::req("chunks", &[], Kind::Int { default: 1, min: 1 })];
+
+/// `vgg(batch_norm, kernel_size) [...]`.
+const VGG_ARGS: &[ArgDef] = &[
+    ArgDef::opt("batch_norm", &["bn"], Kind::Bool(false)),
+    ArgDef::opt("kernel_size", &["k"], Kind::Int { default: 3, min: 1 }),
+];
 
 impl Elab<'_> {
     /// The outputs of a `concat`'s or `split`'s branches, each fed `input`,
@@ -85,15 +94,9 @@ impl Elab<'_> {
         env: &Env,
         input: Val,
     ) -> Option<(i64, Span)> {
-        let b = self.bind(
-            "split",
-            &[Spec::req("chunks", &[])],
-            args,
-            env,
-            &input,
-            args_span,
-        )?;
-        let n = self.get_int(&b, 0, 1, 1);
+        let n = self
+            .args("split", SPLIT_ARGS, args, env, &input, args_span)?
+            .int("chunks");
         let mut count = 0usize;
         for branch in branches {
             count += self.copies(branch, env, &input)?;
@@ -325,15 +328,10 @@ impl Elab<'_> {
         input: Val,
         span: Span,
     ) -> Val {
-        let specs = [
-            Spec::opt("batch_norm", &["bn"]),
-            Spec::opt("kernel_size", &["k"]),
-        ];
-        let Some(bound) = self.bind("vgg", &specs, args, env, &input, span) else {
+        let Some(a) = self.args("vgg", VGG_ARGS, args, env, &input, span) else {
             return self.unknown(span);
         };
-        let bn = self.get_bool(&bound, 0, false);
-        let k = self.get_int(&bound, 1, 3, 1);
+        let (bn, k) = (a.bool("batch_norm"), a.int("kernel_size"));
         let mut scope = Scope {
             path,
             kind: ScopeKind::Sequential { next: 0 },

@@ -1,108 +1,44 @@
 //! "Did you mean" suggestions: layer names, PyTorch names, and edit distance.
 
-pub(super) const LAYERS: &[&str] = &[
-    "conv",
-    "conv2d",
-    "maxpool",
-    "avgpool",
-    "adaptive_avgpool",
-    "adaptive_maxpool",
-    "global_avgpool",
-    "global_maxpool",
-    "batchnorm",
-    "lrn",
-    "local_response_norm",
-    "dropout",
-    "dropout2d",
-    "stochastic_depth",
-    "flatten",
-    "linear",
-    "softmax",
-    "log_softmax",
-    "relu",
-    "relu6",
-    "leaky_relu",
-    "elu",
-    "tanh",
-    "sigmoid",
-    "silu",
-    "gelu",
-    "hardsigmoid",
-    "hardswish",
-    "identity",
-    "layer_norm",
-    "scale",
-    "channel_shuffle",
-];
+use super::layers::Call;
+use super::table::{layer_names, pytorch_name};
+use super::values::Val;
+use super::Elab;
+use crate::front::diag::Diagnostic;
 
-/// PyTorch module names users write by habit: the layer, and how to call it.
-pub(super) const PYTORCH_NAMES: &[(&str, &str, &str)] = &[
-    (
-        "Conv2d",
-        "conv",
-        "`conv(out_channels, k = ...)`, the input channels are inferred",
-    ),
-    (
-        "BatchNorm2d",
-        "batchnorm",
-        "`batchnorm`, the feature count is inferred",
-    ),
-    (
-        "Linear",
-        "linear",
-        "`linear(out_features)`, the input features are inferred",
-    ),
-    ("MaxPool2d", "maxpool", "`maxpool(k, s = ...)`"),
-    ("AvgPool2d", "avgpool", "`avgpool(k, s = ...)`"),
-    (
-        "AdaptiveAvgPool2d",
-        "adaptive_avgpool",
-        "`adaptive_avgpool(size)`",
-    ),
-    (
-        "AdaptiveMaxPool2d",
-        "adaptive_maxpool",
-        "`adaptive_maxpool(size)`",
-    ),
-    ("LocalResponseNorm", "lrn", "`lrn(size)`"),
-    ("Dropout", "dropout", "`dropout(p)`"),
-    ("Dropout2d", "dropout2d", "`dropout2d(p)`"),
-    (
-        "StochasticDepth",
-        "stochastic_depth",
-        "`stochastic_depth(p, mode = row)`",
-    ),
-    ("Flatten", "flatten", ""),
-    ("Sequential", "seq", "`seq { ... }`"),
-    ("Identity", "identity", ""),
-    (
-        "LayerNorm",
-        "layer_norm",
-        "`layer_norm(eps = ...)`, over the channels at each pixel",
-    ),
-    (
-        "LayerNorm2d",
-        "layer_norm",
-        "`layer_norm(eps = ...)`, over the channels at each pixel",
-    ),
-    (
-        "ChannelShuffle",
-        "channel_shuffle",
-        "`channel_shuffle(groups)`",
-    ),
-    ("ReLU", "relu", ""),
-    ("ReLU6", "relu6", ""),
-    ("LeakyReLU", "leaky_relu", "`leaky_relu(slope)`"),
-    ("ELU", "elu", ""),
-    ("GELU", "gelu", ""),
-    ("SiLU", "silu", ""),
-    ("Tanh", "tanh", ""),
-    ("Sigmoid", "sigmoid", ""),
-    ("Hardsigmoid", "hardsigmoid", ""),
-    ("Hardswish", "hardswish", ""),
-    ("Softmax", "softmax", ""),
-    ("LogSoftmax", "log_softmax", ""),
-];
+impl Elab<'_> {
+    /// Reports a call of a name that is neither a built-in layer nor a block:
+    /// PyTorch's name for a layer, a typo of a layer or block, or unknown.
+    pub(super) fn unknown_layer(&mut self, call: &Call) -> Val {
+        let op = call.name.text.as_str();
+        let span = call.item_span;
+        let mut candidates: Vec<&str> = layer_names().collect();
+        candidates.extend(self.decls.blocks.keys().map(|k| k.as_str()));
+        if self.decls.lost_blocks.contains(op)
+            || (self.decls.missing_includes && closest(op, candidates.iter().copied()).is_none())
+        {
+            return self.unknown(span);
+        }
+        let mut d = Diagnostic::error(
+            format!("unknown layer or block `{op}`"),
+            call.name.span,
+            "not defined",
+        );
+        if let Some((layer, usage)) = pytorch_name(op) {
+            d = d.with_help(if usage.is_empty() {
+                format!("`{op}` is PyTorch's name; here it is `{layer}`")
+            } else {
+                format!("`{op}` is PyTorch's name; here it is {usage}")
+            });
+        } else if let Some(s) = closest(op, candidates.into_iter()) {
+            d = d.with_help(format!("did you mean `{s}`?"));
+        } else {
+            d = d.with_note("docs/language.md lists the layers; blocks are declared with `block name(...) { ... }`");
+        }
+        self.error(d);
+        self.unknown(span)
+    }
+}
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
 pub fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {

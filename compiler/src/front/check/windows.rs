@@ -1,8 +1,9 @@
 //! Sliding-window layers (convolution and pooling): their output sizes and
 //! errors.
 
+use super::args::PadSpec;
 use super::items::{place_name, Place};
-use super::layers::{ConvArgs, PadSpec};
+use super::layers::ConvArgs;
 use super::values::{PShape, Val};
 use super::Elab;
 use crate::front::diag::Diagnostic;
