@@ -427,3 +427,140 @@ pub(super) fn pytorch_name(class: &str) -> Option<(&'static str, &'static str)> 
                 .map(|&(_, name, usage)| (name, usage))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    /// The rows of the layer tables under `## Built-in layers` in
+    /// docs/language.md: the names in the first column, and the second
+    /// column (the arguments).
+    fn documented_rows() -> Vec<(BTreeSet<String>, String)> {
+        let docs = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/language.md"));
+        let start = docs
+            .find("\n## Built-in layers")
+            .expect("docs/language.md has a section `## Built-in layers`");
+        let section = &docs[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let backticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                let names = backticked(cells[0].trim_start_matches("| "));
+                (names.into_iter().collect(), cells[1].to_string())
+            })
+            .collect()
+    }
+
+    fn own_names(layer: &LayerDef) -> BTreeSet<String> {
+        std::iter::once(layer.name)
+            .chain(layer.aliases.iter().copied())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The docs' layer reference and the table list the same layers, each
+    /// with the same aliases, so neither can drift from the other.
+    #[test]
+    fn docs_list_every_layer_and_only_layers() {
+        let documented: Vec<BTreeSet<String>> =
+            documented_rows().into_iter().map(|(n, _)| n).collect();
+        let defined: Vec<BTreeSet<String>> = LAYER_TABLE.iter().map(own_names).collect();
+        for names in &defined {
+            assert!(
+                documented.contains(names),
+                "layer {names:?} has no row of its own in docs/language.md's `## Built-in layers` tables"
+            );
+        }
+        for names in &documented {
+            assert!(
+                defined.contains(names),
+                "docs/language.md documents {names:?}, which is not a layer (with those aliases) in the layer table"
+            );
+        }
+        assert_eq!(
+            documented.len(),
+            defined.len(),
+            "a layer is documented twice"
+        );
+    }
+
+    /// Every argument of a layer, and each of its short names, is mentioned
+    /// in the layer's row of the docs (a row may say "as `other_layer`").
+    #[test]
+    fn docs_mention_every_argument() {
+        let rows = documented_rows();
+        let row_of = |name: &str| -> &str {
+            let (_, args) = rows
+                .iter()
+                .find(|(names, _)| names.contains(name))
+                .unwrap_or_else(|| panic!("no docs row for `{name}`"));
+            args
+        };
+        for layer in LAYER_TABLE {
+            let mut args = row_of(layer.name);
+            if let Some(other) = args.trim().strip_prefix("as `") {
+                args = row_of(other.trim_end_matches('`'));
+            }
+            for arg in layer.args {
+                for name in std::iter::once(arg.name).chain(arg.aliases.iter().copied()) {
+                    assert!(
+                        args.contains(&format!("`{name}`")),
+                        "docs/language.md's row for `{}` does not mention its argument `{name}`",
+                        layer.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_pytorch_classes_are_unique() {
+        let mut names = HashSet::new();
+        for name in layer_names() {
+            assert!(names.insert(name), "`{name}` names two layers");
+        }
+        let mut classes = HashSet::new();
+        for layer in LAYER_TABLE {
+            for t in layer.pytorch {
+                assert!(classes.insert(t.class), "`{}` maps to two layers", t.class);
+            }
+            let mut args = HashSet::new();
+            for arg in layer.args {
+                for name in std::iter::once(arg.name).chain(arg.aliases.iter().copied()) {
+                    assert!(
+                        args.insert(name),
+                        "`{}` has two arguments `{name}`",
+                        layer.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_read_the_table() {
+        assert_eq!(find_layer("conv2d").map(|l| l.name), Some("conv"));
+        assert_eq!(
+            find_layer("local_response_norm").map(|l| l.name),
+            Some("lrn")
+        );
+        assert!(find_layer("Conv2d").is_none());
+        assert_eq!(pytorch_name("ReLU"), Some(("relu", "")));
+        assert_eq!(
+            pytorch_name("LayerNorm2d").map(|(l, _)| l),
+            Some("layer_norm")
+        );
+        assert_eq!(pytorch_name("Sequential").map(|(l, _)| l), Some("seq"));
+        assert_eq!(layer_names().count(), 32);
+    }
+}
