@@ -1,4 +1,5 @@
-//! Built-in layers: the dispatch on a layer's name and the layers' elaboration.
+//! Built-in layers: the dispatch on a layer's rule (from its entry in
+//! `table`) and the elaboration of each layer that is not a sliding window.
 
 use super::args::PadSpec;
 use super::items::{place_name, Place};

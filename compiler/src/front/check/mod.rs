@@ -19,8 +19,10 @@
 //! The files, by concern: `values` (values, partial shapes, expressions),
 //! `items` (items, scopes and `state_dict` places), `structure` (`concat`,
 //! `split`, `residual`, `gate`, `vgg`), `blocks` (block calls, parameters
-//! used as layers), `args` (layer arguments), `layers` (the built-in layers),
-//! `windows` (convolution and pooling sizes) and `suggest` ("did you mean").
+//! used as layers), `args` (layer arguments), `table` (the built-in layers as
+//! data: names, aliases, arguments, PyTorch classes, rules), `layers` (their
+//! elaboration), `windows` (convolution and pooling sizes) and `suggest`
+//! ("did you mean").
 
 use crate::front::diag::Diagnostic;
 use crate::front::source::Span;
