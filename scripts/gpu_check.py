@@ -31,8 +31,11 @@ try:
 except ImportError:  # the MNIST models still run
     torchvision = None
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("CNNC_GPU_BIN", os.path.join(ROOT, "gpu", "bin"))
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import paths  # noqa: E402
+from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
+
+BIN = os.environ.get("CNNC_GPU_BIN", paths.GPU_BIN)
 OUT = os.environ.get("OUT", "/tmp/cnnc-gpu-check")
 WORK = os.path.join(OUT, "work")
 DEADLINE = time.time() + float(os.environ.get("CNNC_GPU_BUDGET_S", "480"))
@@ -81,11 +84,8 @@ def load_safetensors(path):
 
 # --- models -----------------------------------------------------------------
 
-from torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
-
-
 def mnist_digits(n, pad=0):
-    with open(os.path.join(ROOT, "models", "data", "mnist-1000-images.idx"), "rb") as f:
+    with open(os.path.join(paths.DATA, "mnist-1000-images.idx"), "rb") as f:
         raw = f.read()
     count, rows, cols = struct.unpack(">III", raw[4:16])
     x = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 1, rows, cols)[:n].astype(np.float32) / 255.0
@@ -110,12 +110,14 @@ def make(name):
     torch.manual_seed(0)
     if name == "mnist_cnn":
         m = MnistCnn()
-        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")))
-        return m, lambda b: np.resize(mnist_digits(64), (b, 1, 28, 28)).astype(np.float32), os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")
+        weights = os.path.join(paths.WEIGHTS, "mnist_cnn.safetensors")
+        m.load_state_dict(load_safetensors(weights))
+        return m, lambda b: np.resize(mnist_digits(64), (b, 1, 28, 28)).astype(np.float32), weights
     if name == "lenet5":
         m = LeNet5()
-        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "lenet5.safetensors")))
-        return m, lambda b: np.resize(mnist_digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), os.path.join(ROOT, "models", "weights", "lenet5.safetensors")
+        weights = os.path.join(paths.WEIGHTS, "lenet5.safetensors")
+        m.load_state_dict(load_safetensors(weights))
+        return m, lambda b: np.resize(mnist_digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), weights
     if torchvision is None:
         raise RuntimeError("torchvision is not installed")
     if name == "googlenet":

@@ -56,19 +56,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "models", "data"))
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import paths  # noqa: E402
+from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402
+
+sys.path.insert(0, paths.DATA)
 import make_mnist  # noqa: E402
 
 SEED = 0
 EPOCHS = 15
 LR = 1e-3
 BATCH = 256
-OUT = os.path.join(ROOT, "models", "weights")
-
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from torch_models import LeNet5, MnistCnn  # noqa: E402
+OUT = paths.WEIGHTS
 
 
 def seed_everything(seed):
