@@ -23,7 +23,6 @@ with `cnnc train`'s defaults (Adam, lr 2e-4, batch 256, 10 epochs) on the same
 8000/2000 split and prints the held-out accuracy per epoch, as a reference
 for cnnc's.
 """
-import gzip
 import os
 import re
 import statistics
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
-from cnnc_py import paths  # noqa: E402
+from cnnc_py import mnist, paths  # noqa: E402
 from cnnc_py.torch_models import MnistCnn  # noqa: E402
 
 ROUNDS = int(os.environ.get("CNNC_TRAIN_ROUNDS", "5"))
@@ -47,11 +46,7 @@ CNNC = paths.CNNC
 
 
 def load_train():
-    d = paths.DATA
-    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
-    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
-    x = np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28)[2000:].astype(np.float32) / 255
-    y = np.frombuffer(lb, dtype=np.uint8)[2000:].astype(np.int64)
+    x, y, _, _ = mnist.split_10k()
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -163,12 +158,7 @@ def resnet18_main():
 
 
 def load_split():
-    d = paths.DATA
-    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
-    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
-    x = torch.from_numpy(np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28).astype(np.float32) / 255)
-    y = torch.from_numpy(np.frombuffer(lb, dtype=np.uint8).astype(np.int64))
-    return x[2000:], y[2000:], x[:2000], y[:2000]
+    return tuple(torch.from_numpy(a) for a in mnist.split_10k())
 
 
 def accuracy_reference(epochs, lr):

