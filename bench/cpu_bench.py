@@ -101,22 +101,20 @@ def cnnc_peak_mb(binary, weights, batch):
 
 
 TORCH_RSS_CHILD = r"""
-import json, os, resource, struct, sys
-sys.path.insert(0, sys.argv[1])
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])  # scripts/: a -c program has no __file__ for the one-line bootstrap
 import numpy as np, torch
 torch.set_num_threads(os.cpu_count())
 import gpu_check
+from cnnc_py.safetensors_io import DTYPES, read_header
 name, batch, weights = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # The model is built on the meta device and takes the file's tensors, memory-mapped,
 # as its parameters (assign=True): no random init, no second copy of the weights.
-with open(weights, "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-raw = np.memmap(weights, dtype=np.uint8, mode="c", offset=8 + n)
-dt = {"F32": np.float32, "I64": np.int64}
-sd = {k: torch.from_numpy(raw[v["data_offsets"][0]:v["data_offsets"][1]].view(dt[v["dtype"]]).reshape(v["shape"]))
-      for k, v in header.items() if k != "__metadata__"}
+header, start = read_header(weights)
+raw = np.memmap(weights, dtype=np.uint8, mode="c", offset=start)
+sd = {k: torch.from_numpy(raw[v["data_offsets"][0]:v["data_offsets"][1]].view(DTYPES[v["dtype"]]).reshape(v["shape"]))
+      for k, v in header.items()}
 with torch.device("meta"):
     if name == "mnist_cnn":
         m = gpu_check.MnistCnn()

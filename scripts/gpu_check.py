@@ -13,10 +13,8 @@ torch.compile on the same GPU, same weights, batch 1 and 64.
 Needs: torch, torchvision, numpy. Writes a Markdown report to stdout and to
 OUT/report.md. Nothing is downloaded.
 """
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ except ImportError:  # the MNIST models still run
 
 import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
 from cnnc_py import mnist, paths  # noqa: E402
+from cnnc_py.safetensors_io import load as load_safetensors, save as save_safetensors  # noqa: E402
 from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
 
 BIN = os.environ.get("CNNC_GPU_BIN", paths.GPU_BIN)
@@ -45,41 +44,6 @@ LINES = []
 def say(line=""):
     print(line, flush=True)
     LINES.append(line)
-
-
-# --- safetensors without the safetensors package -----------------------------
-
-def save_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        dt = {"F32": np.float32, "I64": np.int64, "F16": np.float16, "F64": np.float64}[info["dtype"]]
-        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"]).copy())
-    return out
 
 
 # --- models -----------------------------------------------------------------

