@@ -10,8 +10,9 @@ PyTorch; runs compute-sanitizer (memcheck, racecheck) where it is installed;
 and benchmarks the binary against PyTorch eager (strict FP32 and TF32) and
 torch.compile on the same GPU, same weights, batch 1 and 64.
 
-Needs: torch, torchvision, numpy. Writes a Markdown report to stdout and to
-OUT/report.md. Nothing is downloaded.
+Needs: torch, torchvision, numpy, and scripts/cnnc_py/ beside it (the tree as
+committed, plus gpu/). Writes a Markdown report to stdout and to OUT/report.md.
+Nothing is downloaded.
 """
 import os
 import shutil
