@@ -38,18 +38,18 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CNNC = os.path.join(ROOT, "target", "release", "cnnc")
+import numpy as np
+import torch
+
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import paths  # noqa: E402
+
 OUT = os.environ.get("CNNC_BENCH_OUT", "/tmp/cnnc-cpu-bench")
 os.environ["OUT"] = OUT  # gpu_check.make writes random weights under $OUT/work
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import gpu_check  # noqa: E402  (scripts/gpu_check.py: the line above put scripts/ on the path)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import gpu_check  # noqa: E402
-
-BIN = os.environ.get("CNNC_BIN", os.path.join(ROOT, "gpu", "bin"))
+CNNC = paths.CNNC
+BIN = os.environ.get("CNNC_BIN", paths.GPU_BIN)
 WORK = os.path.join(OUT, "work")
 ROUNDS = int(os.environ.get("CNNC_BENCH_ROUNDS", "5"))
 ROUND_S = float(os.environ.get("CNNC_BENCH_ROUND_S", "1.0"))
@@ -101,22 +101,20 @@ def cnnc_peak_mb(binary, weights, batch):
 
 
 TORCH_RSS_CHILD = r"""
-import json, os, resource, struct, sys
-sys.path.insert(0, sys.argv[1])
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])  # scripts/: a -c program has no __file__ for the one-line bootstrap
 import numpy as np, torch
 torch.set_num_threads(os.cpu_count())
 import gpu_check
+from cnnc_py.safetensors_io import DTYPES, read_header
 name, batch, weights = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # The model is built on the meta device and takes the file's tensors, memory-mapped,
 # as its parameters (assign=True): no random init, no second copy of the weights.
-with open(weights, "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-raw = np.memmap(weights, dtype=np.uint8, mode="c", offset=8 + n)
-dt = {"F32": np.float32, "I64": np.int64}
-sd = {k: torch.from_numpy(raw[v["data_offsets"][0]:v["data_offsets"][1]].view(dt[v["dtype"]]).reshape(v["shape"]))
-      for k, v in header.items() if k != "__metadata__"}
+header, start = read_header(weights)
+raw = np.memmap(weights, dtype=np.uint8, mode="c", offset=start)
+sd = {k: torch.from_numpy(raw[v["data_offsets"][0]:v["data_offsets"][1]].view(DTYPES[v["dtype"]]).reshape(v["shape"]))
+      for k, v in header.items()}
 with torch.device("meta"):
     if name == "mnist_cnn":
         m = gpu_check.MnistCnn()
@@ -140,7 +138,7 @@ def torch_peak_mb(name, batch, weights):
     /usr/bin/time like the binary: its own getrusage would count this (large) process, whose
     peak Linux carries into a vfork()ed child across execve."""
     p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", TORCH_RSS_CHILD,
-                        os.path.join(ROOT, "scripts"), name, str(batch), weights],
+                        paths.SCRIPTS, name, str(batch), weights],
                        capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip()[-500:])
@@ -182,7 +180,7 @@ def main():
         err = gpu_check.rel_err(ours, ref)
         evalp = os.path.join(WORK, f"{name}_{nb}_eval.npy")
         if not os.path.exists(evalp) or os.path.getmtime(evalp) < os.path.getmtime(inp):
-            p = subprocess.run([CNNC, "run", os.path.join(ROOT, "models", f"{name}.cnn"), "--weights", weights,
+            p = subprocess.run([CNNC, "run", paths.model(name), "--weights", weights,
                                 "--input", inp, "--output", evalp, "--show", "0"],
                                capture_output=True, text=True, timeout=1800)
             if p.returncode != 0:

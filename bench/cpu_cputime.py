@@ -8,12 +8,12 @@ Usage (after bench/cpu.sh has built gpu/bin and the weights):
   python3 bench/cpu_cputime.py mnist_cnn:1:1000 lenet5:256:10 resnet18:1:5
 """
 import os, sys, time, subprocess, statistics
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import paths
 os.environ.setdefault("OUT", os.environ.get("CNNC_BENCH_OUT", "/tmp/cnnc-cpu-bench"))
 import torch; torch.set_num_threads(1)
 import gpu_check
-B = os.environ.get("CNNC_BIN", os.path.join(ROOT, "gpu", "bin"))
+B = os.environ.get("CNNC_BIN", paths.GPU_BIN)
 def cnnc_cpu(name, w, b, n):
     def tc(k):
         p = subprocess.run(["perf", "stat", "-x,", "-e", "task-clock", f"{B}/{name}", "--weights", w, "--device", "cpu",

@@ -23,7 +23,6 @@ with `cnnc train`'s defaults (Adam, lr 2e-4, batch 256, 10 epochs) on the same
 8000/2000 split and prints the held-out accuracy per epoch, as a reference
 for cnnc's.
 """
-import gzip
 import os
 import re
 import statistics
@@ -36,23 +35,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import mnist, paths  # noqa: E402
+from cnnc_py.torch_models import MnistCnn  # noqa: E402
+
 ROUNDS = int(os.environ.get("CNNC_TRAIN_ROUNDS", "5"))
 STEPS = int(os.environ.get("CNNC_TRAIN_STEPS", "20"))
 BATCH = 256
-CNNC = os.path.join(ROOT, "target", "release", "cnnc")
-
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from torch_models import MnistCnn  # noqa: E402
+CNNC = paths.CNNC
 
 
 def load_train():
-    d = os.path.join(ROOT, "models", "data")
-    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
-    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
-    x = np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28)[2000:].astype(np.float32) / 255
-    y = np.frombuffer(lb, dtype=np.uint8)[2000:].astype(np.int64)
+    x, y, _, _ = mnist.split_10k()
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -77,7 +71,7 @@ def torch_round(x, y):
 
 def cnnc_round(tmp):
     out = subprocess.run(
-        [CNNC, "train", os.path.join(ROOT, "models", "mnist_cnn.cnn"), "--epochs", "1",
+        [CNNC, "train", paths.model("mnist_cnn"), "--epochs", "1",
          "--max-steps", str(STEPS + 1), "--batch", str(BATCH), "-o", os.path.join(tmp, "w.safetensors")],
         check=True, capture_output=True, text=True).stdout
     m = re.search(r"([0-9.]+) samples/s", out)
@@ -122,7 +116,7 @@ def r18_torch_round(x, y, steps):
 
 def r18_cnnc_round(tmp, data, steps):
     out = subprocess.run(
-        [CNNC, "train", os.path.join(ROOT, "models", "resnet18.cnn"), "--set", "size=32",
+        [CNNC, "train", paths.model("resnet18"), "--set", "size=32",
          "--set", "num_classes=10", "--data", data, "--holdout", str(R18_BATCH), "--epochs", "1",
          "--max-steps", str(steps + 1), "--batch", str(R18_BATCH), "--optimizer", "sgd",
          "--lr", "0.01", "--momentum", "0.9", "-o", os.path.join(tmp, "w.safetensors")],
@@ -164,12 +158,7 @@ def resnet18_main():
 
 
 def load_split():
-    d = os.path.join(ROOT, "models", "data")
-    im = gzip.open(os.path.join(d, "mnist-10k-images.idx.gz")).read()[16:]
-    lb = gzip.open(os.path.join(d, "mnist-10k-labels.idx.gz")).read()[8:]
-    x = torch.from_numpy(np.frombuffer(im, dtype=np.uint8).reshape(-1, 1, 28, 28).astype(np.float32) / 255)
-    y = torch.from_numpy(np.frombuffer(lb, dtype=np.uint8).astype(np.int64))
-    return x[2000:], y[2000:], x[:2000], y[:2000]
+    return tuple(torch.from_numpy(a) for a in mnist.split_10k())
 
 
 def accuracy_reference(epochs, lr):

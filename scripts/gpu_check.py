@@ -10,13 +10,12 @@ PyTorch; runs compute-sanitizer (memcheck, racecheck) where it is installed;
 and benchmarks the binary against PyTorch eager (strict FP32 and TF32) and
 torch.compile on the same GPU, same weights, batch 1 and 64.
 
-Needs: torch, torchvision, numpy. Writes a Markdown report to stdout and to
-OUT/report.md. Nothing is downloaded.
+Needs: torch, torchvision, numpy, and scripts/cnnc_py/ beside it (the tree as
+committed, plus gpu/). Writes a Markdown report to stdout and to OUT/report.md.
+Nothing is downloaded.
 """
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -31,8 +30,12 @@ try:
 except ImportError:  # the MNIST models still run
     torchvision = None
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("CNNC_GPU_BIN", os.path.join(ROOT, "gpu", "bin"))
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import mnist, paths  # noqa: E402
+from cnnc_py.safetensors_io import load as load_safetensors, save as save_safetensors  # noqa: E402
+from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
+
+BIN = os.environ.get("CNNC_GPU_BIN", paths.GPU_BIN)
 OUT = os.environ.get("OUT", "/tmp/cnnc-gpu-check")
 WORK = os.path.join(OUT, "work")
 DEADLINE = time.time() + float(os.environ.get("CNNC_GPU_BUDGET_S", "480"))
@@ -44,55 +47,7 @@ def say(line=""):
     LINES.append(line)
 
 
-# --- safetensors without the safetensors package -----------------------------
-
-def save_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        dt = {"F32": np.float32, "I64": np.int64, "F16": np.float16, "F64": np.float64}[info["dtype"]]
-        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"]).copy())
-    return out
-
-
 # --- models -----------------------------------------------------------------
-
-from torch_models import LeNet5, MnistCnn  # noqa: E402,F401  (bench/cpu_bench.py uses them from here)
-
-
-def mnist_digits(n, pad=0):
-    with open(os.path.join(ROOT, "models", "data", "mnist-1000-images.idx"), "rb") as f:
-        raw = f.read()
-    count, rows, cols = struct.unpack(">III", raw[4:16])
-    x = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 1, rows, cols)[:n].astype(np.float32) / 255.0
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    return np.ascontiguousarray(x)
-
 
 def randomize_bn(model, seed):
     g = torch.Generator().manual_seed(seed)
@@ -110,12 +65,14 @@ def make(name):
     torch.manual_seed(0)
     if name == "mnist_cnn":
         m = MnistCnn()
-        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")))
-        return m, lambda b: np.resize(mnist_digits(64), (b, 1, 28, 28)).astype(np.float32), os.path.join(ROOT, "models", "weights", "mnist_cnn.safetensors")
+        weights = os.path.join(paths.WEIGHTS, "mnist_cnn.safetensors")
+        m.load_state_dict(load_safetensors(weights))
+        return m, lambda b: np.resize(mnist.digits(64), (b, 1, 28, 28)).astype(np.float32), weights
     if name == "lenet5":
         m = LeNet5()
-        m.load_state_dict(load_safetensors(os.path.join(ROOT, "models", "weights", "lenet5.safetensors")))
-        return m, lambda b: np.resize(mnist_digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), os.path.join(ROOT, "models", "weights", "lenet5.safetensors")
+        weights = os.path.join(paths.WEIGHTS, "lenet5.safetensors")
+        m.load_state_dict(load_safetensors(weights))
+        return m, lambda b: np.resize(mnist.digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), weights
     if torchvision is None:
         raise RuntimeError("torchvision is not installed")
     if name == "googlenet":

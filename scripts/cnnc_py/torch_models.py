@@ -3,10 +3,9 @@ that needs them (reference data, fixtures, the bundled weights' training, the
 GPU check, benchmarks), so the module paths that name the state_dict entries
 are written once.
 
-Import from a script in another directory with:
+    from cnnc_py.torch_models import MnistCnn, LeNet5
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from torch_models import MnistCnn, LeNet5
+(after the one line that puts scripts/ on the path: see __init__.py).
 """
 import torch
 import torch.nn as nn
