@@ -464,3 +464,69 @@ fn training_configs_parse() {
     }
 }
 
+/// Every source file of the three crates, relative to the repository root.
+fn source_files() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = ["compiler/src", "runtime/src", "runtime/kernels/src"]
+        .iter()
+        .map(|d| root().join(d))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "cuh") {
+                let relative = path.strip_prefix(root()).unwrap();
+                out.push(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// docs/architecture.md's code map names every source file: by its path,
+/// or, inside a folder the map describes under a heading of its own
+/// (`runtime/src/cpu/`), by its file name in that section. Renaming or adding a file
+/// without telling the map fails here.
+#[test]
+fn the_code_map_names_every_source_file() {
+    let map = read("docs/architecture.md");
+    // The text under the heading that names `folder/`, up to the next heading.
+    let section = |folder: &str| -> Option<&str> {
+        let heading = map.find(&format!("# `{folder}/`"))?;
+        let body = &map[heading..];
+        let end = body[1..].find("\n#").map_or(body.len(), |e| e + 1);
+        Some(&body[..end])
+    };
+    let missing: Vec<String> = source_files()
+        .into_iter()
+        .filter(|file| {
+            let (folder, name) = file.rsplit_once('/').unwrap();
+            !(map.contains(&format!("`{file}`"))
+                || section(folder).is_some_and(|s| s.contains(&format!("`{name}`"))))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md's code map does not name:\n  {}",
+        missing.join("\n  ")
+    );
+    // And names no file that is gone.
+    let mut gone = Vec::new();
+    for prefix in ["compiler/src/", "runtime/src/", "runtime/kernels/"] {
+        for (i, _) in map.match_indices(&format!("`{prefix}")) {
+            let path: String = map[i + 1..].chars().take_while(|&c| c != '`').collect();
+            let path = path.split_whitespace().next().unwrap_or("").to_string();
+            if !root().join(&path).exists() {
+                gone.push(path);
+            }
+        }
+    }
+    assert!(
+        gone.is_empty(),
+        "docs/architecture.md names paths that do not exist:\n  {}",
+        gone.join("\n  ")
+    );
+}
