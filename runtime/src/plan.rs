@@ -380,16 +380,34 @@ pub enum KernelArg {
     Counters,
 }
 
-impl Step {
+/// The parameter lists of the kernels: one per kind of step. The CUDA
+/// printer writes each kernel's signature from [`Signature::args`] (types
+/// and order; the names are the kernel body's), the CUDA executor and the
+/// emulation harness launch with the same list ([`Step::kernel_args`]), so
+/// the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signature {
+    /// x, weights, bias, residual, y, batch, split-K workspace and counters
+    /// (GEMMs, GEMVs, depthwise convolutions).
+    Gemm,
+    /// x, two per-channel tensors (scale and shift, or weight and bias), y, batch.
+    Affine,
+    /// x, a second operand, y, batch.
+    Binary,
+    /// x, y, batch.
+    Unary,
+}
+
+impl Signature {
     /// The kernel's arguments in order: x, then by kind the weights, bias and
     /// residual, or scale and shift, or the second operand; y; the batch
     /// size; for GEMMs the split-K workspace and counters. Activation
     /// pointers are buffer bases (`arena + place.offset·batch`): channel
     /// offsets are compiled into the kernels.
-    pub fn kernel_args(&self) -> &'static [KernelArg] {
+    pub fn args(self) -> &'static [KernelArg] {
         use KernelArg::*;
-        match self.op {
-            StepOp::Gemm(_) => &[
+        match self {
+            Signature::Gemm => &[
                 Input(0),
                 Param(0),
                 Param(1),
@@ -399,12 +417,41 @@ impl Step {
                 Workspace,
                 Counters,
             ],
-            StepOp::ChannelAffine | StepOp::LayerNorm { .. } => {
-                &[Input(0), Param(0), Param(1), Output, Batch]
-            }
-            StepOp::Add | StepOp::Mul => &[Input(0), Input(1), Output, Batch],
-            _ => &[Input(0), Output, Batch],
+            Signature::Affine => &[Input(0), Param(0), Param(1), Output, Batch],
+            Signature::Binary => &[Input(0), Input(1), Output, Batch],
+            Signature::Unary => &[Input(0), Output, Batch],
         }
+    }
+}
+
+impl KernelArg {
+    /// The argument's CUDA C type in a kernel's parameter list.
+    pub fn cuda_type(self) -> &'static str {
+        match self {
+            KernelArg::Input(_) | KernelArg::Param(_) => "const float* __restrict__",
+            KernelArg::Output | KernelArg::Workspace => "float* __restrict__",
+            KernelArg::Batch => "int",
+            KernelArg::Counters => "unsigned* __restrict__",
+        }
+    }
+}
+
+impl StepOp {
+    /// The parameter list of this step's kernel.
+    pub fn signature(&self) -> Signature {
+        match self {
+            StepOp::Gemm(_) => Signature::Gemm,
+            StepOp::ChannelAffine | StepOp::LayerNorm { .. } => Signature::Affine,
+            StepOp::Add | StepOp::Mul => Signature::Binary,
+            _ => Signature::Unary,
+        }
+    }
+}
+
+impl Step {
+    /// The kernel's arguments in order ([`Signature::args`]).
+    pub fn kernel_args(&self) -> &'static [KernelArg] {
+        self.op.signature().args()
     }
 
     /// Blocks along x of the batch-1 kernel.

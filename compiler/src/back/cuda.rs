@@ -8,6 +8,7 @@
 
 use crate::back::kernel_ir::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
 use crate::ir::{Activation, Epilogue, Op, Shape};
+use cnnc_runtime::plan::Signature;
 use std::fmt::Write;
 
 /// The device library every generated file starts with.
@@ -164,6 +165,39 @@ fn header(out: &mut String, k: &Kernel) {
     }
 }
 
+/// The names the kernel bodies give the arguments of a GEMM-shaped kernel.
+const GEMM_NAMES: &[&str] = &["x", "w", "bias", "r0", "y", "batch", "ws", "counters"];
+/// ... and of a one-input kernel.
+const UNARY: &[&str] = &["x", "y", "batch"];
+
+/// Which parameter list a kernel kind has: the runtime's [`Signature`],
+/// which its launches follow (`Step::kernel_args`). `plan::compile` checks
+/// that each step's op has the signature its kernel was printed with.
+pub fn signature(kind: &KernelKind) -> Signature {
+    match kind {
+        KernelKind::Gemm(_) => Signature::Gemm,
+        KernelKind::ChannelAffine | KernelKind::LayerNorm { .. } => Signature::Affine,
+        KernelKind::Add | KernelKind::Mul => Signature::Binary,
+        _ => Signature::Unary,
+    }
+}
+
+/// A kernel's parameter list: the types and order of `signature`'s
+/// arguments, with the names the kernel body uses.
+fn parameters(signature: Signature, names: &[&str]) -> String {
+    let args = signature.args();
+    assert_eq!(
+        args.len(),
+        names.len(),
+        "{signature:?}: a name per argument"
+    );
+    args.iter()
+        .zip(names)
+        .map(|(a, n)| format!("{} {n}", a.cuda_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
     header(out, k);
     let i0 = k
@@ -176,11 +210,12 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
         "{}, {}, {}, {}",
         i0.channels_total, i0.channel_offset, o.channels_total, o.channel_offset
     );
-    let elementwise_head = |out: &mut String, name: &str, extra: &str| {
+    let elementwise_head = |out: &mut String, name: &str, names: &[&str]| {
         let _ = writeln!(
             out,
-            "extern \"C\" __global__ void __launch_bounds__({}) {name}(const float* __restrict__ x,{extra} float* __restrict__ y, int batch) {{",
-            k.block
+            "extern \"C\" __global__ void __launch_bounds__({}) {name}({}) {{",
+            k.block,
+            parameters(signature(&k.kind), names)
         );
     };
     match &k.kind {
@@ -211,7 +246,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
                 ),
                 other => return Err(format!("{} is not a pool", other.name())),
             };
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  cnnc::pool<{c}, {ih}, {iw}, {h}, {w}, {}, {}, {}, {}, {}, {}, {}, {}, {max}, {count_pad}, {place}>(x, y, batch);\n}}",
@@ -220,15 +255,11 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
         }
         KernelKind::AdaptivePool { max, .. } => {
             let (_, ih, iw) = chw(i0);
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(out, "  cnnc::adaptive_pool<{c}, {ih}, {iw}, {h}, {w}, {max}, {place}>(x, y, batch);\n}}");
         }
         KernelKind::ChannelAffine => {
-            elementwise_head(
-                out,
-                &k.name,
-                " const float* __restrict__ scale, const float* __restrict__ shift,",
-            );
+            elementwise_head(out, &k.name, &["x", "scale", "shift", "y", "batch"]);
             let _ = writeln!(
                 out,
                 "  cnnc::channel_affine<{c}, {h}, {w}, {place}>(x, scale, shift, y, batch);\n}}"
@@ -240,7 +271,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
             beta,
             k: kk,
         } => {
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  cnnc::lrn<{c}, {h}, {w}, {size}, {place}>(x, y, batch, {}, {}, {});\n}}",
@@ -250,14 +281,14 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
             );
         }
         KernelKind::Softmax { log } => {
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  cnnc::softmax<{c}, {h}, {w}, {log}, {place}>(x, y, batch);\n}}"
             );
         }
         KernelKind::Activation(a) => {
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  long from, to;\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(cnnc::global_thread(), batch, from, to)) return;\n  y[to] = {};\n}}",
@@ -269,7 +300,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
                 .inputs
                 .get(1)
                 .ok_or_else(|| format!("{} has one input", k.name))?;
-            elementwise_head(out, &k.name, " const float* __restrict__ x2,");
+            elementwise_head(out, &k.name, &["x", "x2", "y", "batch"]);
             let _ = writeln!(
                 out,
                 "  long from, to, from2, unused;\n  const long i = cnnc::global_thread();\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(i, batch, from, to)) return;\n  cnnc::element<{c}, {h}, {w}, {}, {}, {}, {}>(i, batch, from2, unused);\n  y[to] = x[from] + x2[from2];\n}}",
@@ -287,7 +318,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
                 Shape::Chw(_, 1, 1) if (h, w) != (1, 1) => format!("x2[from2 / {}]", h * w),
                 _ => "x2[from2]".to_string(),
             };
-            elementwise_head(out, &k.name, " const float* __restrict__ x2,");
+            elementwise_head(out, &k.name, &["x", "x2", "y", "batch"]);
             let _ = writeln!(
                 out,
                 "  long from, to, from2, unused;\n  const long i = cnnc::global_thread();\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(i, batch, from, to)) return;\n  cnnc::element<{c}, {h}, {w}, {}, {}, {}, {}>(i, batch, from2, unused);\n  y[to] = x[from] * {factor};\n}}",
@@ -295,11 +326,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
             );
         }
         KernelKind::LayerNorm { eps } => {
-            elementwise_head(
-                out,
-                &k.name,
-                " const float* __restrict__ weight, const float* __restrict__ bias,",
-            );
+            elementwise_head(out, &k.name, &["x", "weight", "bias", "y", "batch"]);
             let _ = writeln!(
                 out,
                 "  cnnc::layer_norm<{c}, {h}, {w}, {place}>(x, weight, bias, y, batch, {});\n}}",
@@ -307,14 +334,14 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
             );
         }
         KernelKind::ChannelShuffle { groups } => {
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  cnnc::channel_shuffle<{c}, {h}, {w}, {groups}, {place}>(x, y, batch);\n}}"
             );
         }
         KernelKind::CopySlice => {
-            elementwise_head(out, &k.name, "");
+            elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
                 out,
                 "  long from, to;\n  if (!cnnc::element<{c}, {h}, {w}, {place}>(cnnc::global_thread(), batch, from, to)) return;\n  y[to] = x[from];\n}}"
@@ -418,8 +445,9 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         };
         let _ = writeln!(
             out,
-            "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ r0, float* __restrict__ y, int batch, float* __restrict__ ws, unsigned* __restrict__ counters) {{",
+            "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}({}) {{",
             schedule.threads(),
+            parameters(Signature::Gemm, GEMM_NAMES),
         );
         if i == 0 {
             let _ = writeln!(

@@ -247,6 +247,16 @@ fn step(
     params: Vec<usize>,
     memory: &MemoryPlan,
 ) -> Result<rt::Step, String> {
+    // The kernel was printed with the parameter list of its kind; the step
+    // will be launched with its op's.
+    if op.signature() != crate::back::cuda::signature(&k.kind) {
+        return Err(format!(
+            "{}: printed with the {:?} parameter list, launched as {:?} (internal error)",
+            k.name,
+            crate::back::cuda::signature(&k.kind),
+            op.signature()
+        ));
+    }
     let epilogue = k
         .epilogue
         .iter()
