@@ -585,8 +585,13 @@ pub struct Depthwise {
 impl Depthwise {
     /// Rows and columns of one channel's staged input tile (the output tile plus its halo).
     pub fn input_tile(&self, tile: &DwTile) -> (u64, u64) {
+        // Saturating: a checked graph may have a huge stride or dilation,
+        // and then the tile is refused (`choose_depthwise`), not overflowed.
         let span = |t: u32, s: i64, k: i64, d: i64| {
-            (t as u64 - 1) * s as u64 + (k as u64 - 1) * d as u64 + 1
+            (t as u64 - 1)
+                .saturating_mul(s as u64)
+                .saturating_add((k as u64 - 1).saturating_mul(d as u64))
+                .saturating_add(1)
         };
         (
             span(tile.th, self.stride.0, self.kernel.0, self.dilation.0),
@@ -599,8 +604,11 @@ impl Depthwise {
     /// reads at once start in different banks).
     pub fn shared_bytes(&self, tile: &DwTile) -> u64 {
         let (h, w) = self.input_tile(tile);
-        let pitch = w + (4 - (w + 3) % 4) % 4;
-        tile.ch as u64 * h * pitch * 4
+        let pitch = w.saturating_add((4 - w.saturating_add(3) % 4) % 4);
+        (tile.ch as u64)
+            .saturating_mul(h)
+            .saturating_mul(pitch)
+            .saturating_mul(4)
     }
 
     /// Threads per block and grid.
@@ -634,8 +642,8 @@ impl Depthwise {
 /// keeps two blocks per SM at batch 1.
 pub fn choose_depthwise(conv: &Depthwise) -> Option<DwTile> {
     let tx = 4u32;
-    let ow = conv.out_w.max(1) as u32;
-    let oh = conv.out_h.max(1) as u32;
+    let ow = conv.out_w.max(1) as u64;
+    let oh = conv.out_h.max(1) as u64;
     let mut tw = if ow <= 4 {
         4
     } else if ow <= 8 {
@@ -645,7 +653,7 @@ pub fn choose_depthwise(conv: &Depthwise) -> Option<DwTile> {
     } else {
         32
     };
-    let mut th = oh.min(DW_MAX_THREADS / (tw / tx));
+    let mut th = oh.min((DW_MAX_THREADS / (tw / tx)) as u64) as u32;
     let fits = |t: &DwTile| conv.shared_bytes(t) <= DW_MAX_SHARED;
     loop {
         let t = DwTile { ch: 1, th, tw, tx };
@@ -661,22 +669,28 @@ pub fn choose_depthwise(conv: &Depthwise) -> Option<DwTile> {
         }
     }
     let channels = conv.channels.max(1) as u64;
-    let tiles = |th: u32| (oh as u64).div_ceil(th as u64) * (ow as u64).div_ceil(tw as u64);
+    let tiles = |th: u32| {
+        oh.div_ceil(th as u64)
+            .saturating_mul(ow.div_ceil(tw as u64))
+    };
     // Too few blocks for the GPU: shorter tiles, while a block keeps DW_MIN_THREADS.
-    while channels * tiles(th) < 2 * TARGET_SMS && th.div_ceil(2) * (tw / tx) >= DW_MIN_THREADS {
+    while channels.saturating_mul(tiles(th)) < 2 * TARGET_SMS
+        && th.div_ceil(2) * (tw / tx) >= DW_MIN_THREADS
+    {
         th = th.div_ceil(2);
     }
     let plane = th * (tw / tx);
     let tiles = tiles(th);
-    let mut ch = DW_MIN_THREADS.div_ceil(plane).min(channels as u32).max(1);
-    while ch < channels as u32 {
+    let most = channels.min(DW_MAX_THREADS as u64) as u32;
+    let mut ch = DW_MIN_THREADS.div_ceil(plane).min(most).max(1);
+    while ch < most {
         let next = DwTile {
             ch: ch + 1,
             th,
             tw,
             tx,
         };
-        let blocks = channels.div_ceil(next.ch as u64) * tiles;
+        let blocks = channels.div_ceil(next.ch as u64).saturating_mul(tiles);
         if next.threads() > DW_MAX_THREADS || blocks < 2 * TARGET_SMS || !fits(&next) {
             break;
         }
@@ -1712,6 +1726,26 @@ mod tests {
             }
         }
         assert_eq!(tiles, 7 * 12 * 5);
+        // A dilation too large for any tile: refused, not overflowed.
+        let huge = Depthwise {
+            channels: 8,
+            in_h: 1 << 40,
+            in_w: 1 << 40,
+            out_h: 2,
+            out_w: 2,
+            kernel: (3, 3),
+            stride: (1, 1),
+            pad: (0, 0),
+            dilation: (1 << 39, 1 << 39),
+            bias: false,
+            tile: DwTile {
+                ch: 1,
+                th: 1,
+                tw: 4,
+                tx: 4,
+            },
+        };
+        assert_eq!(choose_depthwise(&huge), None);
     }
 
     #[test]
