@@ -383,6 +383,15 @@ fn features(k: &cnnc::back::kernel_ir::Kernel) -> Vec<String> {
             if g.groups > 1 { ", grouped" } else { "" },
             if g.bias { "" } else { ", no bias" }
         ),
+        KernelKind::Depthwise(d) => format!(
+            "depthwise{}{}",
+            if d.tile.ch > 1 {
+                ", several channels a block"
+            } else {
+                ""
+            },
+            if d.bias { "" } else { ", no bias" }
+        ),
         KernelKind::Pool {
             op: Op::MaxPool2d { .. },
         } => "maxpool".into(),
@@ -427,6 +436,8 @@ fn every_kernel_kind_is_generated_somewhere() {
         "gemm Zeros padding, grouped",
         "gemm Zeros padding, global pool prologue",
         "gemm Zeros padding, no bias",
+        "depthwise",
+        "depthwise, several channels a block",
         "maxpool",
         "avgpool",
         "adaptive pool max=true",

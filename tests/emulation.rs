@@ -1171,3 +1171,175 @@ fn an_unswizzled_read_of_a_swizzled_buffer_is_reported() {
         "{error}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Depthwise convolutions (their own kernel, not a grouped GEMM)
+// ---------------------------------------------------------------------------
+
+/// Depthwise convolutions of every shape the kernel handles: 3×3, 5×5 and
+/// 7×7 filters, stride 1 and 2, dilation 2, odd map sizes (7×9, 37×41),
+/// padding wider than the filter's half and unequal padding, 37 channels
+/// (not a multiple of the channels a block takes), with and without bias,
+/// with folded batch norms, relu6 and silu, residual adds in the epilogue,
+/// a depthwise conv written into its slice of a concat, and maps wide and
+/// tall enough for several tiles per map.
+const DEPTHWISE: &str = "
+model depthwise {
+  input [37, 7, 9]
+  a = conv(37, k=3, p=1, groups=37)                     # 3×3, bias
+  relu6
+  b = residual { conv = conv(37, k=5, p=2, groups=37, bias=false) bn = batchnorm }
+  c = conv(37, k=7, p=(3, 4), groups=37)                # 7×7, unequal padding: [37, 7, 11]
+  silu
+  d = conv(37, k=3, s=2, p=4, d=2, groups=37)           # dilation 2, wide padding: [37, 6, 8]
+  e = conv(37, k=5, s=2, p=2, groups=37, bias=false)    # [37, 3, 4]
+  e_bn = batchnorm
+  relu6
+  f = residual { conv = conv(37, k=7, p=3, groups=37) silu }   # 7×7 on a 3×4 map
+  cat = concat {
+    g = conv(37, k=3, p=1, groups=37)                   # into channels 0..37 of 42
+    h = conv(5, k=1)
+  }
+  i = conv(42, k=3, p=2, d=2, groups=42)
+  global_avgpool
+  flatten
+  fc = linear(6)
+}
+
+model depthwise_large {
+  input [5, 37, 41]
+  a = conv(5, k=3, p=1, groups=5)                       # 2×2 tiles of 32×32
+  relu6
+  b = conv(5, k=3, s=2, p=1, groups=5, bias=false)      # [5, 19, 21]
+  b_bn = batchnorm
+  silu
+  c = residual { conv = conv(5, k=7, p=6, d=2, groups=5) }   # dilation 2, 7×7
+  d = conv(5, k=5, s=2, p=3, groups=5)                  # [5, 11, 12]
+  global_avgpool
+  flatten
+  fc = linear(4)
+}
+";
+
+/// The depthwise test models, compiled, with random weights and batch-norm statistics.
+fn depthwise_models() -> (cnnc::Compilation, Vec<cnnc_runtime::weights::WeightFile>) {
+    let compilation = cnnc::compile_source("depthwise.cnn", DEPTHWISE, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let weights = compilation
+        .models
+        .iter()
+        .map(|m| {
+            let graph = m.graph.as_ref().unwrap();
+            let mut w =
+                cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
+            randomize_batchnorm(&mut w, 5);
+            w
+        })
+        .collect();
+    (compilation, weights)
+}
+
+#[test]
+fn depthwise_kernels_match_the_evaluator() {
+    use cnnc::back::kernel_ir::KernelKind;
+    let (compilation, weights) = depthwise_models();
+    // What the models exercise: every conv above is a depthwise kernel, some
+    // blocks take several channels (37 not a multiple of them), some maps
+    // several tiles along each axis, one kernel writes a concat's slice.
+    let (mut several, mut partial, mut rows, mut columns, mut slice) =
+        (false, false, false, false, false);
+    let mut count = 0;
+    for m in &compilation.models {
+        let graph = m.graph.as_ref().unwrap();
+        let (_, program, _) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
+        for k in &program.kernels {
+            if let KernelKind::Depthwise(d) = &k.kind {
+                count += 1;
+                several |= d.tile.ch > 1;
+                partial |= d.channels % d.tile.ch as i64 != 0;
+                rows |= k.grid.y > 1;
+                columns |= k.grid.z > 1;
+                slice |= k.output.channels_total != d.channels;
+            }
+        }
+    }
+    assert_eq!(count, 12, "every depthwise conv on the depthwise kernel");
+    assert!(several && partial && rows && columns && slice);
+    let jobs: Vec<(usize, usize)> = (0..compilation.models.len())
+        .flat_map(|m| [(m, 1), (m, 3)])
+        .collect();
+    let failures = in_parallel(&jobs, |&(m, batch)| {
+        let graph = compilation.models[m].graph.as_ref().unwrap();
+        let per = graph.input_shape().numel() as usize;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21 + batch as u64);
+        let case = Case {
+            tag: format!("{}-b{batch}", graph.name),
+            graph,
+            sources: &compilation.sources,
+            weights: &weights[m],
+            input: (0..batch * per)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect(),
+            batch,
+            both_orders: true,
+            tile: None,
+            batch1_kernels_only: false,
+            precision: cnnc::back::kernel_ir::Precision::Fp32,
+            tensor_tile: None,
+        };
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_depthwise_halo_off_by_one_is_reported() {
+    // The staged input tile starts one column too far right: every output
+    // reads its neighbour's inputs.
+    let (compilation, weights) = depthwise_models();
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let per = graph.input_shape().numel() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+    let case = Case {
+        tag: "depthwise".into(),
+        graph,
+        sources: &compilation.sources,
+        weights: &weights[0],
+        input: (0..2 * per).map(|_| rng.random_range(-2.0..2.0)).collect(),
+        batch: 2,
+        both_orders: false,
+        tile: None,
+        batch1_kernels_only: false,
+        precision: cnnc::back::kernel_ir::Precision::Fp32,
+        tensor_tile: None,
+    };
+    let right = "const int iy0 = oy0 * D::SH - D::PT, ix0 = ox0 * D::SW - D::PL;";
+    let wrong = "const int iy0 = oy0 * D::SH - D::PT, ix0 = ox0 * D::SW - D::PL + 1;";
+    let error = match check(&case, &|cuda| {
+        assert_eq!(cuda.matches(right).count(), 1);
+        cuda.replace(right, wrong)
+    }) {
+        Ok(c) => panic!(
+            "the planted bug went unnoticed (worst scaled error {:e})",
+            c.worst
+        ),
+        Err(e) => e,
+    };
+    println!("the planted bug is reported as:\n{error}\n");
+    let (_, program, _) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
+    let first = &program.kernels[0];
+    assert!(matches!(
+        first.kind,
+        cnnc::back::kernel_ir::KernelKind::Depthwise(_)
+    ));
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{}`", first.name)),
+        "{error}"
+    );
+}

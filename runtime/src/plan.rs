@@ -187,7 +187,10 @@ pub enum Epi {
     AddInput(usize),
 }
 
-/// A convolution as an implicit GEMM (a linear layer is a 1×1 conv on 1×1 maps).
+/// A convolution (a linear layer is a 1×1 conv on 1×1 maps). On the GPU an
+/// implicit GEMM, or for a depthwise convolution (groups = in = out channels,
+/// zero padding) the depthwise kernel, which takes the same arguments; the
+/// CPU executor picks its own kernel from the geometry either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gemm {
     pub in_channels: usize,
@@ -401,7 +404,8 @@ pub enum Signature {
 impl Signature {
     /// The kernel's arguments in order: x, then by kind the weights, bias and
     /// residual, or scale and shift, or the second operand; y; the batch
-    /// size; for GEMMs the split-K workspace and counters. Activation
+    /// size; for convolutions the split-K workspace and counters (which a
+    /// depthwise kernel and an unsplit GEMM leave alone). Activation
     /// pointers are buffer bases (`arena + place.offset·batch`): channel
     /// offsets are compiled into the kernels.
     pub fn args(self) -> &'static [KernelArg] {

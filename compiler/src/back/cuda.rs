@@ -6,7 +6,9 @@
 //! deterministic: kernels in launch order, no hash-map iteration, user names
 //! only as sanitised identifiers or cleaned comments.
 
-use crate::back::kernel_ir::{clean, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef};
+use crate::back::kernel_ir::{
+    clean, Depthwise, Gemm, Kernel, KernelKind, KernelProgram, Schedule, TensorRef,
+};
 use crate::ir::{Activation, Epilogue, Op, Shape};
 use cnnc_runtime::plan::Signature;
 use std::fmt::Write;
@@ -175,7 +177,9 @@ const UNARY: &[&str] = &["x", "y", "batch"];
 /// that each step's op has the signature its kernel was printed with.
 pub fn signature(kind: &KernelKind) -> Signature {
     match kind {
-        KernelKind::Gemm(_) => Signature::Gemm,
+        // A depthwise convolution's step is a GEMM step (the CPU runs it as
+        // one); its kernel takes the same arguments.
+        KernelKind::Gemm(_) | KernelKind::Depthwise(_) => Signature::Gemm,
         KernelKind::ChannelAffine | KernelKind::LayerNorm { .. } => Signature::Affine,
         KernelKind::Add | KernelKind::Mul => Signature::Binary,
         _ => Signature::Unary,
@@ -220,6 +224,7 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
     };
     match &k.kind {
         KernelKind::Gemm(g) => gemm_kernel(out, k, g)?,
+        KernelKind::Depthwise(d) => depthwise_kernel(out, k, d)?,
         KernelKind::Pool { op } => {
             let (_, ih, iw) = chw(i0);
             let (kernel, stride, pad, dil, max, count_pad) = match op {
@@ -351,10 +356,9 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
     Ok(())
 }
 
-fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
-    let i0 = &k.inputs[0];
-    let o = &k.output;
-    // The epilogue, spelled out: bias is added by the GEMM, the rest here.
+/// The epilogue struct of a GEMM or depthwise kernel, spelled out (bias is
+/// added by the kernel, the rest here); returns its name.
+fn epilogue_struct(out: &mut String, k: &Kernel) -> Result<String, String> {
     let epi = format!("{}_epilogue", k.name);
     let _ = writeln!(out, "struct {epi} {{");
     let _ = writeln!(
@@ -393,6 +397,13 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         let _ = writeln!(out, "    (void)image; (void)c; (void)p; (void)r0;");
     }
     let _ = writeln!(out, "    return v;\n  }}\n}};");
+    Ok(epi)
+}
+
+fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
+    let i0 = &k.inputs[0];
+    let o = &k.output;
+    let epi = epilogue_struct(out, k)?;
     let mode = match g.padding_mode {
         crate::ir::PaddingMode::Zeros => 0,
         crate::ir::PaddingMode::Reflect => 1,
@@ -489,5 +500,54 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// A depthwise convolution: the GEMM kernels' arguments (so the plan launches
+/// it as the convolution step it is; the split-K workspace is unused).
+fn depthwise_kernel(out: &mut String, k: &Kernel, d: &Depthwise) -> Result<(), String> {
+    let i0 = &k.inputs[0];
+    let o = &k.output;
+    let epi = epilogue_struct(out, k)?;
+    let t = &d.tile;
+    let _ = writeln!(
+        out,
+        "extern \"C\" __global__ void __launch_bounds__({}) {}({}) {{",
+        t.threads(),
+        k.name,
+        parameters(Signature::Gemm, GEMM_NAMES)
+    );
+    let _ = writeln!(
+        out,
+        "  // Depthwise<C, IH, IW, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, IN_CT, IN_CO>"
+    );
+    let _ = writeln!(
+        out,
+        "  using D = cnnc::Depthwise<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>;",
+        d.channels,
+        d.in_h,
+        d.in_w,
+        d.out_h,
+        d.out_w,
+        d.kernel.0,
+        d.kernel.1,
+        d.stride.0,
+        d.stride.1,
+        d.pad.0,
+        d.pad.1,
+        d.dilation.0,
+        d.dilation.1,
+        i0.channels_total,
+        i0.channel_offset
+    );
+    let _ = writeln!(
+        out,
+        "  // depthwise<D, CH, TH, TW, TX, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>"
+    );
+    let _ = writeln!(
+        out,
+        "  (void)ws; (void)counters;\n  cnnc::depthwise<D, {}, {}, {}, {}, {epi}, {}, {}, {}>(x, w, bias, r0, y, batch);\n}}",
+        t.ch, t.th, t.tw, t.tx, d.bias, o.channels_total, o.channel_offset
+    );
     Ok(())
 }

@@ -376,6 +376,90 @@ __device__ __forceinline__ void gemv(const float* __restrict__ x, const float* _
   }
 }
 
+// A depthwise convolution (groups = input channels = output channels, zero
+// padding): output channel c is input channel c convolved with its own KH x KW
+// filter (weights [C][KH * KW]).
+template <int C_, int IH_, int IW_, int OH_, int OW_, int KH_, int KW_, int SH_, int SW_, int PT_, int PL_,
+          int DH_, int DW_, int IN_CT_, int IN_CO_>
+struct Depthwise {
+  static constexpr int C = C_, IH = IH_, IW = IW_, OH = OH_, OW = OW_, KH = KH_, KW = KW_;
+  static constexpr int SH = SH_, SW = SW_, PT = PT_, PL = PL_, DH = DH_, DW = DW_;
+  static constexpr int IN_CT = IN_CT_, IN_CO = IN_CO_;
+  static constexpr int P = OH * OW;
+};
+
+// The depthwise kernel: block (x, y, z) = (image * GROUPS + channel group,
+// tile row, tile column) computes a TH x TW output tile of CH consecutive
+// channels. It stages each channel's input tile with its halo in shared
+// memory (zeros for the padding; consecutive threads read consecutive columns,
+// coalesced along W; rows PITCH floats apart, PITCH % 4 == 1, so the four rows
+// a warp reads at once start in different banks), then each thread keeps its
+// channel's KH * KW weights in registers and computes TX adjacent outputs of
+// one row: per filter row it reads the SPAN inputs those outputs need into
+// registers once, then KW * TX FMAs. Bias and epilogue run in registers before
+// the only write. grid = [batch * ceil(C / CH), ceil(OH / TH), ceil(OW / TW)].
+template <class D, int CH, int TH, int TW, int TX, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void depthwise(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, const float* __restrict__ r0,
+                                          float* __restrict__ y, int batch) {
+  static_assert(TW % TX == 0, "a row of the tile is whole threads");
+  constexpr int ROW_THREADS = TW / TX;
+  constexpr int PLANE_THREADS = TH * ROW_THREADS;
+  constexpr int THREADS = CH * PLANE_THREADS;
+  constexpr int IN_H = (TH - 1) * D::SH + (D::KH - 1) * D::DH + 1;  // the tile and its halo
+  constexpr int IN_W = (TW - 1) * D::SW + (D::KW - 1) * D::DW + 1;
+  constexpr int PITCH = IN_W + ((1 - IN_W) % 4 + 4) % 4;
+  constexpr int SPAN = (TX - 1) * D::SW + (D::KW - 1) * D::DW + 1;  // inputs of a thread's outputs, per filter row
+  constexpr int GROUPS = (D::C + CH - 1) / CH;
+  constexpr int TAPS = D::KH * D::KW;
+  __shared__ float xs[CH * IN_H * PITCH];
+  const int image = blockIdx.x / GROUPS;
+  const int c0 = (blockIdx.x - image * GROUPS) * CH;
+  if (image >= batch) return;
+  const int oy0 = blockIdx.y * TH, ox0 = blockIdx.z * TW;
+  const int iy0 = oy0 * D::SH - D::PT, ix0 = ox0 * D::SW - D::PL;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < CH * IN_H * IN_W; i += THREADS) {
+    const int cc = i / (IN_H * IN_W);
+    const int r = i - cc * (IN_H * IN_W);
+    const int yy = r / IN_W, xx = r - (r / IN_W) * IN_W;
+    const int c = c0 + cc, iy = iy0 + yy, ix = ix0 + xx;
+    const bool in = c < D::C && iy >= 0 && iy < D::IH && ix >= 0 && ix < D::IW;
+    xs[(cc * IN_H + yy) * PITCH + xx] =
+        in ? x[((long)image * D::IN_CT + D::IN_CO + c) * (D::IH * D::IW) + iy * D::IW + ix] : 0.0f;
+  }
+  __syncthreads();
+  const int cc = tid / PLANE_THREADS;
+  const int t = tid - cc * PLANE_THREADS;
+  const int ty = t / ROW_THREADS, tx = t - (t / ROW_THREADS) * ROW_THREADS;
+  const int c = c0 + cc, oy = oy0 + ty, ox = ox0 + tx * TX;
+  if (cc >= CH || c >= D::C || oy >= D::OH || ox >= D::OW) return;
+  float wr[TAPS];
+#pragma unroll
+  for (int k = 0; k < TAPS; ++k) wr[k] = w[(long)c * TAPS + k];
+  float acc[TX];
+#pragma unroll
+  for (int j = 0; j < TX; ++j) acc[j] = 0.0f;
+  const float* in = xs + (cc * IN_H + ty * D::SH) * PITCH + tx * TX * D::SW;
+#pragma unroll
+  for (int ky = 0; ky < D::KH; ++ky) {
+    float row[SPAN];
+#pragma unroll
+    for (int i = 0; i < SPAN; ++i) row[i] = in[ky * D::DH * PITCH + i];
+#pragma unroll
+    for (int kx = 0; kx < D::KW; ++kx)
+#pragma unroll
+      for (int j = 0; j < TX; ++j) acc[j] = fmaf(wr[ky * D::KW + kx], row[j * D::SW + kx * D::DW], acc[j]);
+  }
+  const float b = HAS_BIAS ? bias[c] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < TX; ++j) {
+    if (ox + j >= D::OW) break;
+    const int p = oy * D::OW + ox + j;
+    y[((long)image * OUT_CT + OUT_CO + c) * D::P + p] = Epi::apply(acc[j] + b, image, c, p, r0);
+  }
+}
+
 // Decomposes a flat output index into (image, channel, y, x).
 struct Index4 {
   int image, c, y, x;

@@ -519,6 +519,189 @@ impl Gemm {
     }
 }
 
+/// The tile of a depthwise convolution kernel ([`Depthwise`]): each block
+/// computes a `th`×`tw` tile of the output maps of `ch` consecutive channels
+/// of one image, each thread `tx` adjacent outputs of one row of one channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DwTile {
+    pub ch: u32,
+    pub th: u32,
+    pub tw: u32,
+    pub tx: u32,
+}
+
+/// The most shared memory a depthwise block stages (the 48 KiB a kernel
+/// gets without opting in to more).
+pub const DW_MAX_SHARED: u64 = 48 * 1024;
+/// Threads per depthwise block: at most this many...
+pub const DW_MAX_THREADS: u32 = 256;
+/// ...and, where the channels allow, at least this many (small maps).
+pub const DW_MIN_THREADS: u32 = 64;
+
+impl DwTile {
+    /// Threads per block: `tw/tx` per output row, `th` rows, `ch` channels.
+    pub fn threads(&self) -> u32 {
+        self.ch * self.th * (self.tw / self.tx)
+    }
+}
+
+/// A depthwise convolution (groups = input channels = output channels, zero
+/// padding): every output channel is one input channel convolved with its
+/// own KH×KW filter, K = KH·KW terms per output (9, 25 or 49), too few for a
+/// GEMM tile (and tensor cores, which need 8 per step and a real M).
+///
+/// Schedule ([`DwTile`], chosen by [`choose_depthwise`]): block
+/// (x, y, z) = (image·⌈C/ch⌉ + channel group, tile row, tile column) computes
+/// a th×tw output tile of `ch` channels. The block first stages each
+/// channel's input tile with its halo, ((th−1)·SH + (KH−1)·DH + 1) ×
+/// ((tw−1)·SW + (KW−1)·DW + 1) floats with zeros for the padding, in shared
+/// memory, consecutive threads reading consecutive columns of a row
+/// (coalesced along W), each row padded to a pitch of 1 mod 4 floats so
+/// that the rows a warp reads at once start in different banks; one
+/// barrier. Each thread then reads its channel's KH·KW weights (the same
+/// for every thread of the channel: broadcast loads) into registers, and
+/// computes `tx` adjacent outputs of one row:
+/// for each filter row it reads the (tx−1)·SW + (KW−1)·DW + 1 inputs its
+/// outputs need from shared memory into registers once and does KW·tx FMAs
+/// on them; bias and the epilogue (activations, a residual add) are applied
+/// in registers before the only write. The schedule does not depend on the
+/// batch (the grid's x grows with it), so there are no batch-bucket variants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Depthwise {
+    pub channels: i64,
+    pub in_h: i64,
+    pub in_w: i64,
+    pub out_h: i64,
+    pub out_w: i64,
+    pub kernel: (i64, i64),
+    pub stride: (i64, i64),
+    /// Top and left padding (bottom and right follow from the output size).
+    pub pad: (i64, i64),
+    pub dilation: (i64, i64),
+    pub bias: bool,
+    pub tile: DwTile,
+}
+
+impl Depthwise {
+    /// Rows and columns of one channel's staged input tile (the output tile plus its halo).
+    pub fn input_tile(&self, tile: &DwTile) -> (u64, u64) {
+        // Saturating: a checked graph may have a huge stride or dilation,
+        // and then the tile is refused (`choose_depthwise`), not overflowed.
+        let span = |t: u32, s: i64, k: i64, d: i64| {
+            (t as u64 - 1)
+                .saturating_mul(s as u64)
+                .saturating_add((k as u64 - 1).saturating_mul(d as u64))
+                .saturating_add(1)
+        };
+        (
+            span(tile.th, self.stride.0, self.kernel.0, self.dilation.0),
+            span(tile.tw, self.stride.1, self.kernel.1, self.dilation.1),
+        )
+    }
+
+    /// Bytes of shared memory a block of `tile` stages: each row of an
+    /// input tile is padded to a pitch of 1 mod 4 floats (so the rows a warp
+    /// reads at once start in different banks).
+    pub fn shared_bytes(&self, tile: &DwTile) -> u64 {
+        let (h, w) = self.input_tile(tile);
+        let pitch = w.saturating_add((4 - w.saturating_add(3) % 4) % 4);
+        (tile.ch as u64)
+            .saturating_mul(h)
+            .saturating_mul(pitch)
+            .saturating_mul(4)
+    }
+
+    /// Threads per block and grid.
+    pub fn launch(&self) -> (u32, Grid) {
+        let t = &self.tile;
+        (
+            t.threads(),
+            Grid {
+                per_image: (self.channels as u64).div_ceil(t.ch as u64),
+                per_block: 1,
+                y: (self.out_h as u64).div_ceil(t.th as u64),
+                z: (self.out_w as u64).div_ceil(t.tw as u64),
+            },
+        )
+    }
+}
+
+/// The depthwise tile for `conv` (its `tile` field ignored), or `None` when
+/// even the smallest tile's input does not fit in shared memory (a huge
+/// dilation or stride: the convolution then stays a grouped GEMM).
+///
+/// The rule: 4 outputs per thread along a row; the tile as wide as the
+/// output row rounded up to 4, 8, 16 or 32 columns (wider rows take several
+/// tiles), and as many rows as the map has, up to 256 threads per block.
+/// While the staged input exceeds 48 KiB the tile loses half its rows, then
+/// half its columns; while the grid has fewer than two blocks per SM at
+/// batch 1 it loses half its rows as long as a block keeps 64 threads (a
+/// 28×28 map of 144 channels: 28×32 tiles give 144 blocks, 14×32 tiles
+/// 288). Small maps (a 7×7 map is 14 threads) put several channels in a
+/// block, enough for at least 64 threads, more up to 256 while the grid
+/// keeps two blocks per SM at batch 1.
+pub fn choose_depthwise(conv: &Depthwise) -> Option<DwTile> {
+    let tx = 4u32;
+    let ow = conv.out_w.max(1) as u64;
+    let oh = conv.out_h.max(1) as u64;
+    let mut tw = if ow <= 4 {
+        4
+    } else if ow <= 8 {
+        8
+    } else if ow <= 16 {
+        16
+    } else {
+        32
+    };
+    let mut th = oh.min((DW_MAX_THREADS / (tw / tx)) as u64) as u32;
+    let fits = |t: &DwTile| conv.shared_bytes(t) <= DW_MAX_SHARED;
+    loop {
+        let t = DwTile { ch: 1, th, tw, tx };
+        if fits(&t) {
+            break;
+        }
+        if th > 1 {
+            th = th.div_ceil(2);
+        } else if tw > tx {
+            tw /= 2;
+        } else {
+            return None;
+        }
+    }
+    let channels = conv.channels.max(1) as u64;
+    let tiles = |th: u32| {
+        oh.div_ceil(th as u64)
+            .saturating_mul(ow.div_ceil(tw as u64))
+    };
+    // Too few blocks for the GPU: shorter tiles, while a block keeps DW_MIN_THREADS.
+    while channels.saturating_mul(tiles(th)) < 2 * TARGET_SMS
+        && th.div_ceil(2) * (tw / tx) >= DW_MIN_THREADS
+    {
+        th = th.div_ceil(2);
+    }
+    let plane = th * (tw / tx);
+    let tiles = tiles(th);
+    let most = channels.min(DW_MAX_THREADS as u64) as u32;
+    let mut ch = DW_MIN_THREADS.div_ceil(plane).min(most).max(1);
+    while ch < most {
+        let next = DwTile {
+            ch: ch + 1,
+            th,
+            tw,
+            tx,
+        };
+        let blocks = channels.div_ceil(next.ch as u64).saturating_mul(tiles);
+        if next.threads() > DW_MAX_THREADS || blocks < 2 * TARGET_SMS || !fits(&next) {
+            break;
+        }
+        ch += 1;
+    }
+    while ch > 1 && !fits(&DwTile { ch, th, tw, tx }) {
+        ch -= 1;
+    }
+    Some(DwTile { ch, th, tw, tx })
+}
+
 /// A kernel tuned for batches from `min_batch` on (see [`BATCH_BUCKETS`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Variant {
@@ -557,6 +740,8 @@ pub fn bucket_schedules(gemm: &Gemm, name: &str, precision: Precision) -> (Sched
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelKind {
     Gemm(Gemm),
+    /// A depthwise convolution on its own kernel (not a grouped GEMM).
+    Depthwise(Depthwise),
     /// Max or average pooling, one thread per output.
     Pool {
         op: Op,
@@ -658,9 +843,19 @@ impl KernelProgram {
                 _ => None,
             })
             .collect();
+        let depthwise = self
+            .kernels
+            .iter()
+            .filter(|k| matches!(k.kind, KernelKind::Depthwise(_)))
+            .count();
+        let depthwise = match depthwise {
+            0 => String::new(),
+            1 => "; 1 depthwise convolution on its own FP32 kernel".to_string(),
+            n => format!("; {n} depthwise convolutions on their own FP32 kernel"),
+        };
         if !self.precision.tensor_cores() {
             return format!(
-                "{}: all {} GEMMs in FP32 on CUDA cores",
+                "{}: all {} GEMMs in FP32 on CUDA cores{depthwise}",
                 self.precision.name(),
                 gemms.len()
             );
@@ -679,7 +874,7 @@ impl KernelProgram {
             })
             .count();
         format!(
-            "{}: {on_tc} of {} GEMMs on tensor cores at some batch size (`cnnc emit --stage kernels` says which and why)",
+            "{}: {on_tc} of {} GEMMs on tensor cores at some batch size{depthwise} (`cnnc emit --stage kernels` says which and why)",
             self.precision.name(),
             gemms.len()
         )
@@ -801,26 +996,46 @@ pub fn lower_with(
                 if has_bias {
                     params.push(format!("{}.bias", node.name));
                 }
-                let gemm = Gemm {
-                    in_channels: *in_channels,
-                    in_h: ih,
-                    in_w: iw,
-                    out_channels: *out_channels,
-                    out_h: oh,
-                    out_w: ow,
-                    kernel: *kernel,
-                    stride: *stride,
-                    pad: (padding.top, padding.left),
-                    dilation: *dilation,
-                    groups: *groups,
-                    padding_mode: *padding_mode,
-                    global_pool: false,
-                    bias: has_bias,
-                    linear: false,
-                    // Chosen per batch bucket once the kernel has its name (below).
-                    schedule: Schedule::tiled(TILES[0], 1),
-                };
-                (KernelKind::Gemm(gemm), 0, one_per_output(1))
+                if *groups == *in_channels
+                    && *groups == *out_channels
+                    && *padding_mode == PaddingMode::Zeros
+                {
+                    let mut dw = Depthwise {
+                        channels: *out_channels,
+                        in_h: ih,
+                        in_w: iw,
+                        out_h: oh,
+                        out_w: ow,
+                        kernel: *kernel,
+                        stride: *stride,
+                        pad: (padding.top, padding.left),
+                        dilation: *dilation,
+                        bias: has_bias,
+                        tile: DwTile {
+                            ch: 1,
+                            th: 1,
+                            tw: 4,
+                            tx: 4,
+                        },
+                    };
+                    if let Some(tile) = choose_depthwise(&dw) {
+                        dw.tile = tile;
+                        let (block, grid) = dw.launch();
+                        (KernelKind::Depthwise(dw), block, grid)
+                    } else {
+                        (
+                            KernelKind::Gemm(conv_gemm(node, ih, iw, oh, ow, has_bias)?),
+                            0,
+                            one_per_output(1),
+                        )
+                    }
+                } else {
+                    (
+                        KernelKind::Gemm(conv_gemm(node, ih, iw, oh, ow, has_bias)?),
+                        0,
+                        one_per_output(1),
+                    )
+                }
             }
             Op::Linear {
                 in_features,
@@ -1046,6 +1261,51 @@ pub fn lower_with(
         output: refs[g.output],
         kernels,
         precision,
+    })
+}
+
+/// The implicit GEMM of convolution `node` on an IH×IW input with an OH×OW
+/// output (its schedule chosen later, per batch bucket).
+fn conv_gemm(
+    node: &crate::ir::Node,
+    ih: i64,
+    iw: i64,
+    oh: i64,
+    ow: i64,
+    bias: bool,
+) -> Result<Gemm, String> {
+    let Op::Conv2d {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+        ..
+    } = &node.op
+    else {
+        return Err(format!("{} is not a convolution", node.op.name()));
+    };
+    Ok(Gemm {
+        in_channels: *in_channels,
+        in_h: ih,
+        in_w: iw,
+        out_channels: *out_channels,
+        out_h: oh,
+        out_w: ow,
+        kernel: *kernel,
+        stride: *stride,
+        pad: (padding.top, padding.left),
+        dilation: *dilation,
+        groups: *groups,
+        padding_mode: *padding_mode,
+        global_pool: false,
+        bias,
+        linear: false,
+        // Chosen per batch bucket once the kernel has its name.
+        schedule: Schedule::tiled(TILES[0], 1),
     })
 }
 
@@ -1293,6 +1553,28 @@ fn loop_nest(schedule: &Schedule) -> String {
 fn describe_kind(kind: &KernelKind) -> String {
     match kind {
         KernelKind::Gemm(_) => "gemm".to_string(),
+        KernelKind::Depthwise(d) => {
+            let t = &d.tile;
+            let (ih, iw) = d.input_tile(t);
+            format!(
+                "depthwise {}×{} conv, stride {}×{}, dilation {}×{}, {} channels{}: tile {} channel{} × {}×{} outputs, {} per thread along a row ({} threads); input tile {ih}×{iw} per channel in shared memory ({} B), weights in registers",
+                d.kernel.0,
+                d.kernel.1,
+                d.stride.0,
+                d.stride.1,
+                d.dilation.0,
+                d.dilation.1,
+                d.channels,
+                if d.bias { ", bias" } else { "" },
+                t.ch,
+                if t.ch == 1 { "" } else { "s" },
+                t.th,
+                t.tw,
+                t.tx,
+                t.threads(),
+                d.shared_bytes(t)
+            )
+        }
         KernelKind::Pool { op } => format!("{}, one thread per output", op.describe()),
         KernelKind::AdaptivePool { max, output } => {
             format!(
@@ -1384,6 +1666,86 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_depthwise_tile_fits_its_limits() {
+        // Maps 1 to 120 wide, the zoo's filters and some odd ones, strides
+        // 1 to 3, dilation 1 to 3, 1 to 1200 channels.
+        let mut tiles = 0;
+        for (k, s, d) in [
+            (3, 1, 1),
+            (3, 2, 1),
+            (5, 2, 1),
+            (7, 1, 1),
+            (3, 1, 2),
+            (5, 3, 3),
+            (11, 2, 1),
+        ] {
+            for o in [1, 2, 3, 7, 9, 14, 17, 28, 33, 56, 112, 120] {
+                for c in [1, 5, 37, 96, 1152] {
+                    let i = (o - 1) * s + (k - 1) * d + 1 - 2 * (k / 2);
+                    let mut conv = Depthwise {
+                        channels: c,
+                        in_h: i.max(1),
+                        in_w: i.max(1),
+                        out_h: o,
+                        out_w: o,
+                        kernel: (k, k),
+                        stride: (s, s),
+                        pad: (k / 2, k / 2),
+                        dilation: (d, d),
+                        bias: true,
+                        tile: DwTile {
+                            ch: 1,
+                            th: 1,
+                            tw: 4,
+                            tx: 4,
+                        },
+                    };
+                    let t = choose_depthwise(&conv).expect("a tile");
+                    conv.tile = t;
+                    let what = format!("k {k} s {s} d {d} o {o} c {c}: {t:?}");
+                    assert!(t.threads() >= 1 && t.threads() <= DW_MAX_THREADS, "{what}");
+                    assert!(conv.shared_bytes(&t) <= DW_MAX_SHARED, "{what}");
+                    assert!(
+                        t.tw.is_multiple_of(t.tx) && t.th >= 1 && t.ch >= 1,
+                        "{what}"
+                    );
+                    assert!(t.ch as i64 <= c && t.th as i64 <= o, "{what}");
+                    // Small maps: several channels make a block of at least
+                    // DW_MIN_THREADS, unless one more would not fit.
+                    let more = DwTile { ch: t.ch + 1, ..t };
+                    if (t.ch as i64) < c && conv.shared_bytes(&more) <= DW_MAX_SHARED {
+                        assert!(t.threads() >= DW_MIN_THREADS, "{what}");
+                    }
+                    let (_, grid) = conv.launch();
+                    assert_eq!(grid.per_image, (c as u64).div_ceil(t.ch as u64));
+                    tiles += 1;
+                }
+            }
+        }
+        assert_eq!(tiles, 7 * 12 * 5);
+        // A dilation too large for any tile: refused, not overflowed.
+        let huge = Depthwise {
+            channels: 8,
+            in_h: 1 << 40,
+            in_w: 1 << 40,
+            out_h: 2,
+            out_w: 2,
+            kernel: (3, 3),
+            stride: (1, 1),
+            pad: (0, 0),
+            dilation: (1 << 39, 1 << 39),
+            bias: false,
+            tile: DwTile {
+                ch: 1,
+                th: 1,
+                tw: 4,
+                tx: 4,
+            },
+        };
+        assert_eq!(choose_depthwise(&huge), None);
     }
 
     #[test]

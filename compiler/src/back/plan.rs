@@ -64,42 +64,7 @@ pub fn build(
         let mut params = Vec::new();
         let op = match &k.kind {
             KernelKind::Gemm(g) => {
-                let weight = format!("{}.weight", node.name);
-                let own_bias = match node.op {
-                    Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => bias,
-                    _ => false,
-                };
-                let bias_key = own_bias.then(|| format!("{}.bias", node.name));
-                match &node.fusion.folded_batchnorm {
-                    None if node.fusion.folded_scale.is_some() => {
-                        let scale = node.fusion.folded_scale.clone().unwrap_or_default();
-                        params.push(push(rt::Prepared::ScaledWeight {
-                            weight,
-                            scale: scale.clone(),
-                        }));
-                        if let Some(bias) = bias_key {
-                            params.push(push(rt::Prepared::ScaledBias { bias, scale }));
-                        }
-                    }
-                    Some(bn) => {
-                        params.push(push(rt::Prepared::FoldedWeight {
-                            weight,
-                            bn: bn.name.clone(),
-                            eps: bn.eps.0,
-                        }));
-                        params.push(push(rt::Prepared::FoldedBias {
-                            bias: bias_key,
-                            bn: bn.name.clone(),
-                            eps: bn.eps.0,
-                        }));
-                    }
-                    None => {
-                        params.push(push(rt::Prepared::Tensor { key: weight }));
-                        if let Some(key) = bias_key {
-                            params.push(push(rt::Prepared::Tensor { key }));
-                        }
-                    }
-                }
+                params = conv_params(node, &mut push);
                 let mode = match g.padding_mode {
                     crate::ir::PaddingMode::Zeros => 0,
                     crate::ir::PaddingMode::Reflect => 1,
@@ -117,6 +82,23 @@ pub fn build(
                     padding_mode: mode,
                     global_pool: g.global_pool,
                     bias: g.bias,
+                })
+            }
+            KernelKind::Depthwise(d) => {
+                // The same function as the grouped GEMM it replaces: the CPU
+                // executor runs it on its depthwise kernel.
+                params = conv_params(node, &mut push);
+                rt::StepOp::Gemm(rt::Gemm {
+                    in_channels: d.channels as usize,
+                    out_channels: d.channels as usize,
+                    kernel: (d.kernel.0 as usize, d.kernel.1 as usize),
+                    stride: (d.stride.0 as usize, d.stride.1 as usize),
+                    pad: (d.pad.0 as usize, d.pad.1 as usize),
+                    dilation: (d.dilation.0 as usize, d.dilation.1 as usize),
+                    groups: d.channels as usize,
+                    padding_mode: 0,
+                    global_pool: false,
+                    bias: d.bias,
                 })
             }
             KernelKind::Pool { op } => match op {
@@ -238,6 +220,49 @@ pub fn build(
         ends_in,
         precision: program.precision,
     })
+}
+
+/// The prepared weight (and bias, when there is one) of a convolution or
+/// linear layer `node`, with a folded batch norm or `scale` applied.
+fn conv_params(node: &crate::ir::Node, push: &mut impl FnMut(rt::Prepared) -> usize) -> Vec<usize> {
+    let mut params = Vec::new();
+    let weight = format!("{}.weight", node.name);
+    let own_bias = match node.op {
+        Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => bias,
+        _ => false,
+    };
+    let bias_key = own_bias.then(|| format!("{}.bias", node.name));
+    match &node.fusion.folded_batchnorm {
+        None if node.fusion.folded_scale.is_some() => {
+            let scale = node.fusion.folded_scale.clone().unwrap_or_default();
+            params.push(push(rt::Prepared::ScaledWeight {
+                weight,
+                scale: scale.clone(),
+            }));
+            if let Some(bias) = bias_key {
+                params.push(push(rt::Prepared::ScaledBias { bias, scale }));
+            }
+        }
+        Some(bn) => {
+            params.push(push(rt::Prepared::FoldedWeight {
+                weight,
+                bn: bn.name.clone(),
+                eps: bn.eps.0,
+            }));
+            params.push(push(rt::Prepared::FoldedBias {
+                bias: bias_key,
+                bn: bn.name.clone(),
+                eps: bn.eps.0,
+            }));
+        }
+        None => {
+            params.push(push(rt::Prepared::Tensor { key: weight }));
+            if let Some(key) = bias_key {
+                params.push(push(rt::Prepared::Tensor { key }));
+            }
+        }
+    }
+    params
 }
 
 /// One step of the plan: kernel `k` running `op` with prepared tensors `params`.
