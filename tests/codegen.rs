@@ -83,20 +83,15 @@ fn models() -> Vec<Model> {
             }
         })
         .collect();
-    let mut fixtures: Vec<Model> = std::fs::read_dir("tests/fixtures")
-        .expect("tests/fixtures/")
-        .map(|e| e.expect("entry").path())
-        .filter(|d| d.join("model.cnn").is_file())
-        .map(|d| {
-            let name = d.file_name().unwrap().to_string_lossy().into_owned();
-            Model {
-                id: format!("fixture_{name}"),
-                path: PathBuf::from("tests/fixtures")
-                    .join(&name)
-                    .join("model.cnn"),
-                name,
-                inline: None,
-            }
+    let mut fixtures: Vec<Model> = crate::common::fixture_names()
+        .into_iter()
+        .map(|name| Model {
+            id: format!("fixture_{name}"),
+            path: PathBuf::from("tests/fixtures")
+                .join(&name)
+                .join("model.cnn"),
+            name,
+            inline: None,
         })
         .collect();
     zoo.sort_by(|a, b| a.id.cmp(&b.id));

@@ -7,9 +7,6 @@
 use crate::harness;
 
 use crate::harness::{check, Arg, Case, Module, TOLERANCE};
-use cnnc::ir::Graph;
-use cnnc_runtime::input::{load, InputOptions};
-use cnnc_runtime::weights::WeightFile;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::common;
-use crate::common::{npy_f32, randomize_batchnorm, small_model};
+use crate::common::{fixture_names, randomize_batchnorm, small_model, Fixture};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 8] = [32, 64, 96, 128, 160, 193, 224, 227];
@@ -52,53 +49,20 @@ fn report(tag: &str, batch: usize, c: &harness::Checked) {
     );
 }
 
-fn fixture_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("tests/fixtures")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|d| d.join("model.cnn").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-struct Fixture {
-    name: String,
-    compilation: cnnc::Compilation,
-    weights: WeightFile,
-    input: Vec<f32>,
-    batch: usize,
-    expected: (Vec<usize>, Vec<f32>),
-}
-
+/// A fixture by its folder's path (`tests/fixtures/NAME`).
 fn fixture(dir: &Path) -> Fixture {
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
-    let graph = compilation.models[0].graph.as_ref().unwrap();
-    let weights = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
-    let dims = graph.input_shape().dims();
-    let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
-    let input = load(&[dir.join("input.npy")], chw, &InputOptions::default()).unwrap();
-    Fixture {
-        name,
-        compilation,
-        weights,
-        batch: input.shape[0],
-        input: input.data,
-        expected: npy_f32(&dir.join("expected.npy")),
-    }
+    Fixture::load(&dir.file_name().unwrap().to_string_lossy())
+}
+
+/// The fixtures' folders.
+fn fixture_dirs() -> Vec<PathBuf> {
+    fixture_names()
+        .iter()
+        .map(|n| Path::new("tests/fixtures").join(n))
+        .collect()
 }
 
 impl Fixture {
-    fn graph(&self) -> &Graph {
-        self.compilation.models[0].graph.as_ref().unwrap()
-    }
-
     fn case(&self) -> Case<'_> {
         Case {
             tag: self.name.clone(),

@@ -40,12 +40,8 @@ fn run_fixture(name: &str) -> (f64, usize) {
 
 #[test]
 fn evaluator_matches_pytorch_on_every_fixture() {
-    let manifest: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/manifest.json").unwrap())
-            .unwrap();
-    assert!(manifest.len() >= 7);
-    for name in manifest.keys() {
-        let (worst, count) = run_fixture(name);
+    for name in crate::common::fixture_names() {
+        let (worst, count) = run_fixture(&name);
         assert!(count > 0);
         assert!(worst <= 1e-4, "{name}: max scaled error {worst:e}");
     }

@@ -38,20 +38,10 @@ fn fused_vs_unfused(graph: &Graph, file: &WeightFile, sources: &SourceMap, n: us
 
 #[test]
 fn fused_equals_unfused_on_fixtures() {
-    for entry in std::fs::read_dir("tests/fixtures").unwrap() {
-        let dir = entry.unwrap().path();
-        if !dir.join("model.cnn").exists() {
-            continue;
-        }
-        let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
-        let graph = compilation.models[0].graph.as_ref().unwrap();
-        let file = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
-        let worst = fused_vs_unfused(graph, &file, &compilation.sources, 2);
-        assert!(
-            worst <= 1e-5,
-            "{}: fused differs by {worst:e}",
-            dir.display()
-        );
+    for name in crate::common::fixture_names() {
+        let f = crate::common::Fixture::load(&name);
+        let worst = fused_vs_unfused(f.graph(), &f.weights, &f.compilation.sources, 2);
+        assert!(worst <= 1e-5, "{name}: fused differs by {worst:e}");
     }
 }
 

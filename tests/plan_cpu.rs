@@ -6,14 +6,13 @@
 use cnnc::front::source::SourceMap;
 use cnnc::ir::Graph;
 use cnnc_runtime::cpu::CpuExecutor;
-use cnnc_runtime::input::{load, InputOptions};
 use cnnc_runtime::weights::WeightFile;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::common;
-use crate::common::{npy_f32, randomize_batchnorm, small_size};
+use crate::common::{fixture_names, npy_f32, randomize_batchnorm, small_size, Fixture};
 
 /// Input sizes tried, smallest first, for running zoo models quickly.
 const SIZES: [i64; 6] = [32, 64, 96, 128, 227, 224];
@@ -83,58 +82,22 @@ fn reference(
         .data
 }
 
-struct Fixture {
-    name: String,
-    graph: Graph,
-    sources: SourceMap,
-    file: WeightFile,
-    input: Vec<f32>,
-    n: usize,
-}
-
 fn fixture(name: &str) -> Fixture {
-    let dir = PathBuf::from("tests/fixtures").join(name);
-    let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
-    let graph = compilation.models[0].graph.clone().unwrap();
-    let file = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
-    let dims = graph.input_shape().dims();
-    let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
-    let input = load(&[dir.join("input.npy")], chw, &InputOptions::default()).unwrap();
-    Fixture {
-        name: name.to_string(),
-        graph,
-        sources: compilation.sources,
-        file,
-        n: input.shape[0],
-        input: input.data,
-    }
-}
-
-fn fixture_names() -> Vec<String> {
-    let manifest: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/manifest.json").unwrap())
-            .unwrap();
-    assert!(manifest.len() >= 7);
-    manifest.into_keys().collect()
+    Fixture::load(name)
 }
 
 #[test]
 fn cpu_matches_pytorch_and_the_evaluator_on_every_fixture() {
     for name in fixture_names() {
         let f = fixture(&name);
-        let mut exec = executor(&f.graph, &f.sources, &f.file, f.n);
-        let out = exec.run(&f.input, f.n).unwrap().to_vec();
+        let mut exec = executor(f.graph(), &f.compilation.sources, &f.weights, f.batch);
+        let out = exec.run(&f.input, f.batch).unwrap().to_vec();
         let (shape, expected) = npy_f32(
             &PathBuf::from("tests/fixtures")
                 .join(&name)
                 .join("expected.npy"),
         );
-        let mut dims = vec![f.n];
+        let mut dims = vec![f.batch];
         dims.extend(&exec.plan().output_shape);
         assert_eq!(dims, shape, "{name}: output shape");
         let vs_pytorch = worst_scaled(&out, expected.iter().map(|&v| v as f64));
@@ -144,7 +107,13 @@ fn cpu_matches_pytorch_and_the_evaluator_on_every_fixture() {
         );
         let vs_eval = worst_scaled(
             &out,
-            reference(&f.graph, &f.sources, &f.file, f.n, &f.input),
+            reference(
+                f.graph(),
+                &f.compilation.sources,
+                &f.weights,
+                f.batch,
+                &f.input,
+            ),
         );
         assert!(
             vs_eval <= 1e-4,
@@ -320,8 +289,8 @@ fn the_arena_is_reused_across_batch_sizes() {
     // Concats in place, residual epilogues, every layer kind.
     for name in ["inception_tiny", "kitchen_sink", "resnet_tiny"] {
         let f = fixture(name);
-        let per = f.input.len() / f.n;
-        let mut exec = executor(&f.graph, &f.sources, &f.file, 3);
+        let per = f.input.len() / f.batch;
+        let mut exec = executor(f.graph(), &f.compilation.sources, &f.weights, 3);
         let out_per = exec.plan().output_shape.iter().product::<usize>();
         let first = exec.run(&f.input[..per], 1).unwrap().to_vec();
         // Image 0 between two others; the arena now holds stale values of batch 1.
@@ -360,8 +329,8 @@ fn the_arena_is_reused_across_batch_sizes() {
 #[test]
 fn batch_and_input_errors_are_clear() {
     let f = fixture("mnist_cnn");
-    let per = f.input.len() / f.n;
-    let mut exec = executor(&f.graph, &f.sources, &f.file, 2);
+    let per = f.input.len() / f.batch;
+    let mut exec = executor(f.graph(), &f.compilation.sources, &f.weights, 2);
     let three: Vec<f32> = f.input.iter().chain(&f.input[..per]).copied().collect();
     let err = exec.run(&three, 3).unwrap_err().to_string();
     assert!(err.contains("batch 3") && err.contains("1..=2"), "{err}");
@@ -371,8 +340,8 @@ fn batch_and_input_errors_are_clear() {
     assert!(err.contains("input has 784 values"), "{err}");
     // Still usable after the errors.
     exec.run(&f.input, 2).unwrap();
-    let (_, _, plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
-    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(f.graph(), &f.compilation.sources).unwrap();
+    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.weights).unwrap();
     assert!(CpuExecutor::new(plan.clone(), prepared.clone(), 0).is_err());
     assert!(CpuExecutor::new(plan.clone(), prepared[1..].to_vec(), 1).is_err());
 }
@@ -382,8 +351,8 @@ fn a_plan_that_writes_what_it_reads_is_refused() {
     // The executor shares the arena between parallel tasks on the strength of
     // this check: no step's output may overlap its inputs.
     let f = fixture("resnet_tiny");
-    let (_, _, mut plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
-    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.file).unwrap();
+    let (_, _, mut plan) = cnnc::back::plan::compile(f.graph(), &f.compilation.sources).unwrap();
+    let prepared = cnnc_runtime::prepare::prepare(&plan, &f.weights).unwrap();
     let step = plan
         .steps
         .iter_mut()
@@ -396,7 +365,7 @@ fn a_plan_that_writes_what_it_reads_is_refused() {
         .to_string();
     assert!(err.contains("overlaps its input 1"), "{err}");
     // And a place outside the arena.
-    let (_, _, mut plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, mut plan) = cnnc::back::plan::compile(f.graph(), &f.compilation.sources).unwrap();
     plan.steps[0].output.offset = plan.arena_per_image;
     let err = CpuExecutor::new(plan, prepared, 1)
         .err()
@@ -495,7 +464,7 @@ fn the_split_k_workspace_fits_every_batch() {
     // batch 2: conv2 launches ceil(800/32)·2·5 = 250 blocks (128,000 floats,
     // 50 tiles), conv3 ceil(72/32)·4·10 = 120 (61,440 floats, 12 tiles).
     let f = fixture("mnist_cnn");
-    let (_, _, plan) = cnnc::back::plan::compile(&f.graph, &f.sources).unwrap();
+    let (_, _, plan) = cnnc::back::plan::compile(f.graph(), &f.compilation.sources).unwrap();
     let splits: Vec<u32> = plan.steps.iter().map(|s| s.split_k).collect();
     assert_eq!(splits, [1, 5, 1, 10, 1, 1, 1]);
     let two = plan.workspace(2);

@@ -170,3 +170,73 @@ model shuffle_norm {
   fc = linear(5)
 }
 "#;
+
+/// The committed PyTorch fixtures (tests/fixtures/README.md), by name: the
+/// manifest's entries, which must be exactly the folders that hold a model.
+pub fn fixture_names() -> Vec<String> {
+    let manifest: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/manifest.json").unwrap())
+            .unwrap();
+    let names: Vec<String> = manifest.into_keys().collect();
+    let mut folders: Vec<String> = std::fs::read_dir("tests/fixtures")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.join("model.cnn").is_file())
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(
+        names, folders,
+        "tests/fixtures/manifest.json lists every fixture folder"
+    );
+    assert!(names.len() >= 7, "the seven fixtures");
+    names
+}
+
+/// One fixture, loaded: its model checked, PyTorch's weights, its input
+/// batch and PyTorch's output.
+pub struct Fixture {
+    pub name: String,
+    pub dir: std::path::PathBuf,
+    pub compilation: cnnc::Compilation,
+    pub weights: WeightFile,
+    pub input: Vec<f32>,
+    pub batch: usize,
+    /// PyTorch's output: shape and values.
+    pub expected: (Vec<usize>, Vec<f32>),
+}
+
+impl Fixture {
+    pub fn load(name: &str) -> Fixture {
+        let dir = Path::new("tests/fixtures").join(name);
+        let compilation = cnnc::compile_file(&dir.join("model.cnn"), &BTreeMap::new()).unwrap();
+        assert!(
+            !compilation.has_errors(),
+            "{}",
+            compilation.render_diagnostics()
+        );
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let weights = WeightFile::load(&dir.join("weights.safetensors")).unwrap();
+        let dims = graph.input_shape().dims();
+        let chw = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
+        let input = cnnc_runtime::input::load(
+            &[dir.join("input.npy")],
+            chw,
+            &cnnc_runtime::input::InputOptions::default(),
+        )
+        .unwrap();
+        Fixture {
+            name: name.to_string(),
+            expected: npy_f32(&dir.join("expected.npy")),
+            dir,
+            compilation,
+            weights,
+            batch: input.shape[0],
+            input: input.data,
+        }
+    }
+
+    pub fn graph(&self) -> &cnnc::ir::Graph {
+        self.compilation.models[0].graph.as_ref().unwrap()
+    }
+}
