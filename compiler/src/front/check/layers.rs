@@ -489,34 +489,8 @@ impl Elab<'_> {
             bias,
         };
         let shape = PShape::Flat(Some(out_features));
-        let out = if unused {
-            Val {
-                node: None,
-                shape,
-                span,
-            }
-        } else {
-            self.push(op, &[input], shape, &place.path, span)
-        };
-        if named {
-            self.add_param(
-                &place.path,
-                ParamKind::Weight,
-                vec![Some(out_features), in_features],
-                out.node,
-                span,
-            );
-            if bias {
-                self.add_param(
-                    &place.path,
-                    ParamKind::Bias,
-                    vec![Some(out_features)],
-                    out.node,
-                    span,
-                );
-            }
-        }
-        out
+        let weight = vec![Some(out_features), in_features];
+        self.push_linear(op, input, shape, place, span, (unused, named), weight, bias)
     }
 
     /// `layer_norm`: over the channels at each pixel (torchvision's
@@ -655,6 +629,35 @@ impl Elab<'_> {
             padding_mode: PaddingMode::Zeros,
         };
         let shape = PShape::Chw(Some(out_features), h, w);
+        let weight = vec![Some(out_features), in_features];
+        self.push_linear(op, input, shape, place, span, (unused, named), weight, bias)
+    }
+}
+
+pub(super) fn pair_text(p: (i64, i64)) -> String {
+    if p.0 == p.1 {
+        p.0.to_string()
+    } else {
+        format!("({}, {})", p.0, p.1)
+    }
+}
+
+impl Elab<'_> {
+    /// A linear layer's node (flat, or a 1×1 convolution on maps) and its
+    /// `weight` (and `bias`) entries; an `unused` layer gets its entries
+    /// and no node, an unnamed one (`named` false) a node and no entries.
+    #[allow(clippy::too_many_arguments)]
+    fn push_linear(
+        &mut self,
+        op: Op,
+        input: Val,
+        shape: PShape,
+        place: &Place,
+        span: Span,
+        (unused, named): (bool, bool),
+        weight: Vec<Option<i64>>,
+        bias: bool,
+    ) -> Val {
         let out = if unused {
             Val {
                 node: None,
@@ -665,31 +668,18 @@ impl Elab<'_> {
             self.push(op, &[input], shape, &place.path, span)
         };
         if named {
-            self.add_param(
-                &place.path,
-                ParamKind::Weight,
-                vec![Some(out_features), in_features],
-                out.node,
-                span,
-            );
+            let out_features = weight[0];
+            self.add_param(&place.path, ParamKind::Weight, weight, out.node, span);
             if bias {
                 self.add_param(
                     &place.path,
                     ParamKind::Bias,
-                    vec![Some(out_features)],
+                    vec![out_features],
                     out.node,
                     span,
                 );
             }
         }
         out
-    }
-}
-
-pub(super) fn pair_text(p: (i64, i64)) -> String {
-    if p.0 == p.1 {
-        p.0.to_string()
-    } else {
-        format!("({}, {})", p.0, p.1)
     }
 }
