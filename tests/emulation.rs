@@ -9,7 +9,7 @@ use crate::harness;
 use crate::harness::{check, Arg, Case, Module, TOLERANCE};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -49,19 +49,6 @@ fn report(tag: &str, batch: usize, c: &harness::Checked) {
     );
 }
 
-/// A fixture by its folder's path (`tests/fixtures/NAME`).
-fn fixture(dir: &Path) -> Fixture {
-    Fixture::load(&dir.file_name().unwrap().to_string_lossy())
-}
-
-/// The fixtures' folders.
-fn fixture_dirs() -> Vec<PathBuf> {
-    fixture_names()
-        .iter()
-        .map(|n| Path::new("tests/fixtures").join(n))
-        .collect()
-}
-
 impl Fixture {
     fn case(&self) -> Case<'_> {
         Case {
@@ -82,10 +69,9 @@ impl Fixture {
 
 #[test]
 fn every_fixture_matches_the_evaluator_and_pytorch() {
-    let dirs = fixture_dirs();
-    assert!(dirs.len() >= 7, "expected the 7 committed fixtures");
-    let failures = in_parallel(&dirs, |dir| {
-        let f = fixture(dir);
+    let names = fixture_names();
+    let failures = in_parallel(&names, |name| {
+        let f = Fixture::load(name);
         let checked = check(&f.case(), &|cuda| cuda)?;
         report(&f.name, f.batch, &checked);
         // And against PyTorch's own output.
@@ -198,7 +184,7 @@ fn every_gemm_tile_computes_the_same_numbers() {
         jobs.push((name, *cnnc::back::kernel_ir::TILES.last().unwrap(), 16));
     }
     let failures = in_parallel(&jobs, |(name, tile, split)| {
-        let f = fixture(&Path::new("tests/fixtures").join(name));
+        let f = Fixture::load(name);
         let mut case = f.case();
         case.tag = format!(
             "{name}-tile{}x{}x{}-{}x{}-split{split}",
@@ -363,7 +349,7 @@ fn planted_with(
     schedule: Option<(cnnc::back::kernel_ir::GemmTile, u32)>,
     edit: &dyn Fn(String) -> String,
 ) -> String {
-    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    let f = Fixture::load("resnet_tiny");
     assert_eq!(f.batch, 2);
     let mut case = f.case();
     case.tile = schedule;
@@ -380,7 +366,7 @@ fn planted_with(
 }
 
 fn resnet_tiny_program() -> cnnc::back::kernel_ir::KernelProgram {
-    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    let f = Fixture::load("resnet_tiny");
     cnnc::back::plan::compile(f.graph(), &f.compilation.sources)
         .unwrap()
         .1
@@ -822,28 +808,24 @@ fn every_batch_bucket_variant_matches_the_evaluator() {
     // blocks. Batch 9 also runs in reverse thread order (the race check).
     // (About 30 s on two cores: batch 64 only on the fixtures that run it quickly.)
     let mut jobs = Vec::new();
-    for dir in fixture_dirs() {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if matches!(
-            name.as_str(),
-            "train" | "reliability" | "kitchen_sink_softmax"
-        ) {
+    for name in fixture_names() {
+        if name == "kitchen_sink_softmax" {
             continue;
         }
-        jobs.push((dir.clone(), 9, false));
+        jobs.push((name.clone(), 9, false));
         if matches!(
             name.as_str(),
             "mnist_cnn" | "lenet5" | "kitchen_sink" | "inception_tiny"
         ) {
-            jobs.push((dir.clone(), 64, false));
+            jobs.push((name.clone(), 64, false));
         }
         if matches!(name.as_str(), "mnist_cnn" | "lenet5" | "kitchen_sink") {
-            jobs.push((dir, 9, true));
+            jobs.push((name, 9, true));
         }
     }
     let launched = Mutex::new(std::collections::BTreeSet::new());
-    let failures = in_parallel(&jobs, |(dir, batch, batch1_only)| {
-        let f = fixture(dir);
+    let failures = in_parallel(&jobs, |(name, batch, batch1_only)| {
+        let f = Fixture::load(name);
         let mut case = f.case();
         case.tag = format!(
             "{}-b{batch}{}",
@@ -1058,7 +1040,7 @@ fn every_tensor_core_tile_matches_the_evaluator() {
         ));
     }
     let failures = in_parallel(&jobs, |(name, tile, precision)| {
-        let f = fixture(&Path::new("tests/fixtures").join(name));
+        let f = Fixture::load(name);
         let case = tensor_case(&f, *tile, *precision);
         let checked = check(&case, &|cuda| cuda)?;
         report(&case.tag, f.batch, &checked);
@@ -1071,7 +1053,7 @@ fn every_tensor_core_tile_matches_the_evaluator() {
 /// tensor-core tile, in TF32, and `right` (once in the printed CUDA)
 /// replaced by `wrong`. Returns the error and the first tensor-core kernel.
 fn planted_in_tensor_tile(right: &str, wrong: &str) -> (String, String) {
-    let f = fixture(Path::new("tests/fixtures/resnet_tiny"));
+    let f = Fixture::load("resnet_tiny");
     let case = tensor_case(
         &f,
         *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
