@@ -464,23 +464,7 @@ impl Elab<'_> {
         };
         if let (false, Some((expected, s)), Some(n)) = (unused, in_check, in_features) {
             if expected != n {
-                self.error(
-                    Diagnostic::error(
-                        format!(
-                            "`linear` expects {expected} input features, but its input has {n}"
-                        ),
-                        s,
-                        format!("the input has {n} features"),
-                    )
-                    .with_secondary(
-                        input.span,
-                        format!("the input becomes {} here", input.shape.show()),
-                    )
-                    .with_help(
-                        "input features are inferred; drop `in_features`, or fix the layers before",
-                    ),
-                );
-                return self.unknown(span);
+                return self.in_features_mismatch(expected, s, n, "", &input, span);
             }
         }
         let op = Op::Linear {
@@ -598,23 +582,7 @@ impl Elab<'_> {
         };
         if let (false, Some((expected, s)), Some(n)) = (unused, in_check, in_features) {
             if expected != n {
-                self.error(
-                    Diagnostic::error(
-                        format!(
-                            "`linear` expects {expected} input features, but its input has {n} channels"
-                        ),
-                        s,
-                        format!("the input has {n} channels"),
-                    )
-                    .with_secondary(
-                        input.span,
-                        format!("the input becomes {} here", input.shape.show()),
-                    )
-                    .with_help(
-                        "input features are inferred; drop `in_features`, or fix the layers before",
-                    ),
-                );
-                return self.unknown(span);
+                return self.in_features_mismatch(expected, s, n, " channels", &input, span);
             }
         }
         let op = Op::Conv2d {
@@ -681,5 +649,32 @@ impl Elab<'_> {
             }
         }
         out
+    }
+
+    /// `linear(in_features = expected)` on an input with `n` features (or,
+    /// on maps, `n` channels: `unit` is " channels").
+    fn in_features_mismatch(
+        &mut self,
+        expected: i64,
+        at: Span,
+        n: i64,
+        unit: &str,
+        input: &Val,
+        span: Span,
+    ) -> Val {
+        let label_unit = if unit.is_empty() { " features" } else { unit };
+        self.error(
+            Diagnostic::error(
+                format!("`linear` expects {expected} input features, but its input has {n}{unit}"),
+                at,
+                format!("the input has {n}{label_unit}"),
+            )
+            .with_secondary(
+                input.span,
+                format!("the input becomes {} here", input.shape.show()),
+            )
+            .with_help("input features are inferred; drop `in_features`, or fix the layers before"),
+        );
+        self.unknown(span)
     }
 }
