@@ -269,7 +269,9 @@ fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
 }
 
 /// Emulates `graph` at `batch` on inputs drawn uniformly from ±`range` with
-/// `seed`, in both thread orders, against the evaluator; panics on a failure.
+/// `seed`, image i shifted by i·`range`/2 (so per-image values such as a
+/// gate's factor differ between images), in both thread orders, against the
+/// evaluator; panics on a failure.
 fn check_on_random_input(
     tag: &str,
     graph: &cnnc::ir::Graph,
@@ -280,7 +282,7 @@ fn check_on_random_input(
     let per = graph.input_shape().numel() as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let input: Vec<f32> = (0..batch * per)
-        .map(|_| rng.random_range(-range..range))
+        .map(|i| rng.random_range(-range..range) + (i / per) as f32 * range / 2.0)
         .collect();
     let case = Case {
         tag: tag.into(),
@@ -311,6 +313,44 @@ fn gates_match_the_evaluator() {
     let weights =
         cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     check_on_random_input("gates", graph, &compilation.sources, &weights, (3, 12, 2.0));
+    // Two gated convolutions (one with a residual add) straight after the
+    // input, whose factors differ by image.
+    let compilation = cnnc::compile_source("gated.cnn", common::GATED_CONVS, &BTreeMap::new());
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let weights =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 4).unwrap();
+    check_on_random_input(
+        "gated_convs",
+        graph,
+        &compilation.sources,
+        &weights,
+        (3, 13, 2.0),
+    );
+    // The same on the smallest tensor-core tile (the 1x1 projection; the
+    // grouped conv stays on CUDA cores), which scales B in shared memory.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let per = graph.input_shape().numel() as usize;
+    let case = Case {
+        tag: "gated_convs-tc".into(),
+        graph,
+        sources: &compilation.sources,
+        weights: &weights,
+        input: (0..3 * per)
+            .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
+            .collect(),
+        batch: 3,
+        both_orders: true,
+        tile: None,
+        batch1_kernels_only: false,
+        precision: cnnc::back::kernel_ir::Precision::Tf32,
+        tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
+    };
+    let checked = check(&case, &|cuda| {
+        assert!(cuda.contains("cnnc::gemm_tc<C") && cuda.contains("batch, s);"));
+        cuda
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    report(&case.tag, 3, &checked);
 }
 
 #[test]

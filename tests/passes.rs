@@ -93,3 +93,38 @@ fn the_pipeline_fuses_what_it_should() {
     assert_eq!(gemms, 21);
     assert!(logs.iter().all(|l| !l.pass.is_empty()));
 }
+
+#[test]
+fn every_squeeze_excitation_multiply_runs_inside_the_projection_that_reads_it() {
+    use cnnc::ir::{Op, Prologue};
+    // efficientnet_b0 has 16 MBConv blocks, mobilenet_v3_large 8 with SE;
+    // each SE gate's map is read only by the block's 1x1 projection.
+    for (model, gates) in [("efficientnet_b0", 16), ("mobilenet_v3_large", 8)] {
+        let path = format!("models/{model}.cnn");
+        let compilation = cnnc::compile_file(Path::new(&path), &BTreeMap::new()).unwrap();
+        let graph = compilation.models[0].graph.as_ref().unwrap();
+        let muls = |g: &cnnc::ir::Graph| g.nodes.iter().filter(|n| n.op == Op::Mul).count();
+        assert_eq!(muls(graph), gates, "{model}: gates before the passes");
+        let (fused, _) = cnnc::ir::passes::optimize(graph).unwrap();
+        let scaled: Vec<_> = fused
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.fusion.prologue, Some(Prologue::ChannelScale { .. })))
+            .collect();
+        assert_eq!((muls(&fused), scaled.len()), (0, gates), "{model}");
+        for n in scaled {
+            assert!(
+                matches!(
+                    n.op,
+                    Op::Conv2d {
+                        kernel: (1, 1),
+                        groups: 1,
+                        ..
+                    }
+                ),
+                "{model}: {} is not a 1x1 projection",
+                n.name
+            );
+        }
+    }
+}

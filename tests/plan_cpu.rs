@@ -204,9 +204,32 @@ fn cpu_gates_match_the_evaluator() {
         .iter()
         .filter(|s| matches!(s.op, StepOp::Mul))
         .count();
-    assert_eq!(muls, 3, "one multiply step per gate");
+    let gated = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, StepOp::Gemm(g) if g.input_scale))
+        .count();
+    // Of six gates, two multiply inside the convolution that reads them
+    // (`stage.project`, `head`); the CPU executor runs those as a multiply
+    // and the plain convolution.
+    assert_eq!(
+        (muls, gated),
+        (4, 2),
+        "multiply steps and gated convolutions"
+    );
     let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     cpu_matches_evaluator("gates", graph, &compilation.sources, &file, &[1, 3], 12);
+    let compilation = cnnc::compile_source("gated.cnn", common::GATED_CONVS, &BTreeMap::new());
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 4).unwrap();
+    cpu_matches_evaluator(
+        "gated_convs",
+        graph,
+        &compilation.sources,
+        &file,
+        &[1, 3],
+        13,
+    );
 }
 
 #[test]

@@ -243,6 +243,7 @@ impl CudaExecutor {
             .iter()
             .map(|arg| match *arg {
                 KernelArg::Input(i) => step.inputs.get(i).map_or(0, |p| ptr(p.offset)),
+                KernelArg::Factor => step.inputs.last().map_or(0, |p| ptr(p.offset)),
                 KernelArg::Param(k) => step
                     .params
                     .get(k)

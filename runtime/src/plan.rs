@@ -204,6 +204,11 @@ pub struct Gemm {
     pub padding_mode: u8,
     /// Average the input maps first (a linear layer after global average pooling).
     pub global_pool: bool,
+    /// Scale each input channel by a per-(image, channel) factor as it is
+    /// read: a gate's multiply, fused in. The factor is the step's last
+    /// input, [C, 1, 1].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub input_scale: bool,
     pub bias: bool,
 }
 
@@ -381,6 +386,8 @@ pub enum KernelArg {
     /// The split-K workspace (`float*`) and its tile counters (`unsigned*`).
     Workspace,
     Counters,
+    /// A gate's factor (`const float*`): the step's last input.
+    Factor,
 }
 
 /// The parameter lists of the kernels: one per kind of step. The CUDA
@@ -393,6 +400,8 @@ pub enum Signature {
     /// x, weights, bias, residual, y, batch, split-K workspace and counters
     /// (GEMMs, GEMVs, depthwise convolutions).
     Gemm,
+    /// A GEMM's arguments, then the factor its input is scaled by.
+    GatedGemm,
     /// x, two per-channel tensors (scale and shift, or weight and bias), y, batch.
     Affine,
     /// x, a second operand, y, batch.
@@ -421,6 +430,17 @@ impl Signature {
                 Workspace,
                 Counters,
             ],
+            Signature::GatedGemm => &[
+                Input(0),
+                Param(0),
+                Param(1),
+                Input(1),
+                Output,
+                Batch,
+                Workspace,
+                Counters,
+                Factor,
+            ],
             Signature::Affine => &[Input(0), Param(0), Param(1), Output, Batch],
             Signature::Binary => &[Input(0), Input(1), Output, Batch],
             Signature::Unary => &[Input(0), Output, Batch],
@@ -432,7 +452,9 @@ impl KernelArg {
     /// The argument's CUDA C type in a kernel's parameter list.
     pub fn cuda_type(self) -> &'static str {
         match self {
-            KernelArg::Input(_) | KernelArg::Param(_) => "const float* __restrict__",
+            KernelArg::Input(_) | KernelArg::Param(_) | KernelArg::Factor => {
+                "const float* __restrict__"
+            }
             KernelArg::Output | KernelArg::Workspace => "float* __restrict__",
             KernelArg::Batch => "int",
             KernelArg::Counters => "unsigned* __restrict__",
@@ -444,6 +466,7 @@ impl StepOp {
     /// The parameter list of this step's kernel.
     pub fn signature(&self) -> Signature {
         match self {
+            StepOp::Gemm(g) if g.input_scale => Signature::GatedGemm,
             StepOp::Gemm(_) => Signature::Gemm,
             StepOp::ChannelAffine | StepOp::LayerNorm { .. } => Signature::Affine,
             StepOp::Add | StepOp::Mul => Signature::Binary,

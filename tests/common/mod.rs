@@ -129,10 +129,36 @@ model gates {
       hardsigmoid
     }
   }
+  # Gates whose map only a convolution reads: the multiply moves into that
+  # convolution (a grouped 3x3 one with a residual add, a 1x1 one), but not
+  # into a depthwise one.
+  stage = residual {
+    se = gate { avgpool = adaptive_avgpool(1) fc1 = conv(3, k=1) relu fc2 = conv(12, k=1) sigmoid }
+    project = conv(12, k=3, p=1, groups=2)
+  }
+  se_dw = gate { avgpool = adaptive_avgpool(1) fc = conv(12, k=1) hardsigmoid }
+  dw = conv(12, k=3, p=1, groups=12)
+  se_head = gate { avgpool = adaptive_avgpool(1) fc = conv(12, k=1) sigmoid }
   head = conv(6, k=1)
   global_avgpool
   flatten
   fc = linear(5)
+}
+";
+
+/// Gates right after the input, each read only by a convolution (so their
+/// multiplies run inside it): images with different means get clearly
+/// different factors, which a kernel applying one image's factor to another
+/// gets wrong by far more than rounding.
+pub const GATED_CONVS: &str = "
+model gated_convs {
+  input [6, 5, 5]
+  se = gate { avgpool = adaptive_avgpool(1) fc = conv(6, k=1) sigmoid }
+  conv = conv(6, k=3, p=1, groups=2)
+  stage = residual {
+    se = gate { avgpool = adaptive_avgpool(1) fc = conv(6, k=1) sigmoid }
+    project = conv(6, k=1)
+  }
 }
 ";
 

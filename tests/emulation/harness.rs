@@ -582,6 +582,12 @@ pub fn driver_args(step: &Step, batch: usize) -> Vec<(Source, bool)> {
                     .map_or(Source::Null, |&i| Source::Param(i)),
                 false,
             ),
+            KernelArg::Factor => (
+                step.inputs
+                    .last()
+                    .map_or(Source::Null, |p| Source::Arena(p.offset * batch)),
+                false,
+            ),
             KernelArg::Output => (Source::Arena(step.output.offset * batch), true),
             KernelArg::Batch => (Source::Batch, false),
             KernelArg::Workspace => (Source::Workspace, true),

@@ -169,6 +169,8 @@ fn header(out: &mut String, k: &Kernel) {
 
 /// The names the kernel bodies give the arguments of a GEMM-shaped kernel.
 const GEMM_NAMES: &[&str] = &["x", "w", "bias", "r0", "y", "batch", "ws", "counters"];
+/// ... of a GEMM whose input a gate's factor scales ...
+const GATED_GEMM_NAMES: &[&str] = &["x", "w", "bias", "r0", "y", "batch", "ws", "counters", "s"];
 /// ... and of a one-input kernel.
 const UNARY: &[&str] = &["x", "y", "batch"];
 
@@ -179,6 +181,7 @@ pub fn signature(kind: &KernelKind) -> Signature {
     match kind {
         // A depthwise convolution's step is a GEMM step (the CPU runs it as
         // one); its kernel takes the same arguments.
+        KernelKind::Gemm(g) if g.input_scale => Signature::GatedGemm,
         KernelKind::Gemm(_) | KernelKind::Depthwise(_) => Signature::Gemm,
         KernelKind::ChannelAffine | KernelKind::LayerNorm { .. } => Signature::Affine,
         KernelKind::Add | KernelKind::Mul => Signature::Binary,
@@ -445,6 +448,14 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
             format!("// batch {} and up\n", v.min_batch),
         ));
     }
+    if g.input_scale
+        && wrappers
+            .iter()
+            .any(|(_, s, _)| matches!(s, Schedule::Gemv(_)))
+    {
+        return Err(format!("{}: a gated GEMM has no GEMV form", k.name));
+    }
+    let gate_arg = if g.input_scale { ", s" } else { "" };
     for (i, (name, schedule, note)) in wrappers.iter().enumerate() {
         // Tiles state how many blocks per SM they are made for: without it,
         // ptxas caps some tiles at 64 registers and spills (alexnet's 11x11
@@ -458,7 +469,11 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
             out,
             "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}({}) {{",
             schedule.threads(),
-            parameters(Signature::Gemm, GEMM_NAMES),
+            if g.input_scale {
+                parameters(Signature::GatedGemm, GATED_GEMM_NAMES)
+            } else {
+                parameters(Signature::Gemm, GEMM_NAMES)
+            },
         );
         if i == 0 {
             let _ = writeln!(
@@ -466,7 +481,12 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 "  // Conv<IC, IH, IW, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, GROUPS, MODE, GLOBAL_POOL, IN_CT, IN_CO>"
             );
         }
-        let _ = writeln!(out, "  using C = {conv};");
+        if g.input_scale {
+            // The gated operand: each input channel times s[image, channel].
+            let _ = writeln!(out, "  using C = cnnc::Gated<{conv}>;");
+        } else {
+            let _ = writeln!(out, "  using C = {conv};");
+        }
         match schedule {
             Schedule::Tile {
                 tile: t,
@@ -478,7 +498,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 }
                 let _ = writeln!(
                     out,
-                    "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {split}, {tail}>(x, w, bias, r0, y, batch, ws, counters);\n}}",
+                    "  cnnc::gemm<C, {}, {}, {}, {}, {}, {vec_a}, {split}, {tail}>(x, w, bias, r0, y, batch, ws, counters{gate_arg});\n}}",
                     t.bm, t.bn, t.bk, t.tm, t.tn
                 );
             }
@@ -486,7 +506,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 let _ = writeln!(out, "  // gemm_tc<C, BM, BN, WM, WN, STAGES, X3, VEC_A, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {}", if *x3 { "3xTF32" } else { "TF32" });
                 let _ = writeln!(
                     out,
-                    "  (void)ws; (void)counters;\n  cnnc::gemm_tc<C, {}, {}, {}, {}, {}, {x3}, {vec_a}, {tail}>(x, w, bias, r0, y, batch);\n}}",
+                    "  (void)ws; (void)counters;\n  cnnc::gemm_tc<C, {}, {}, {}, {}, {}, {x3}, {vec_a}, {tail}>(x, w, bias, r0, y, batch{gate_arg});\n}}",
                     t.bm, t.bn, t.wm, t.wn, t.stages
                 );
             }

@@ -49,6 +49,7 @@ struct Conv {
   static constexpr int K = GLOBAL_POOL ? IC : ICG * KH * KW;
   static constexpr int P = OH * OW;
   static constexpr bool GLOBAL_POOL_B = GLOBAL_POOL;
+  static constexpr bool SCALED = false;  // see Gated
   // B[k][n] for group g.
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
@@ -79,6 +80,24 @@ struct Conv {
     const int ix = source_index<MODE>(ox * SW - PL + (tap % KW) * DW, IW);
     if (iy < 0 || ix < 0) return nullptr;
     return x + ((long)image * IN_CT + IN_CO + ic) * (IH * IW) + iy * IW + ix;
+  }
+};
+
+// A convolution whose input channels are scaled as they are read: B[k][n]
+// times s[image, channel of k], with s one value per (image, input channel)
+// (a gate's [C, 1, 1] factor, so its multiply never writes the gated map).
+template <class Base>
+struct Gated : Base {
+  static constexpr bool SCALED = true;
+  // The factor of B[k][n] of group g: that of column n's image and row k's channel.
+  static __device__ __forceinline__ float factor(const float* __restrict__ s, int g, int k, int n) {
+    constexpr int TAPS = Base::K / Base::ICG;
+    const int image = n / Base::P;
+    return s[(long)image * (Base::G * Base::ICG) + g * Base::ICG + k / TAPS];
+  }
+  static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
+                                                 int k, int n) {
+    return Base::load_b(x, g, k, n) * factor(s, g, k, n);
   }
 };
 
@@ -128,7 +147,7 @@ template <class C, int BM, int BN, int BK, int TM, int TN, bool VEC_A, int SPLIT
 __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* __restrict__ w,
                                      const float* __restrict__ bias, const float* __restrict__ r0,
                                      float* __restrict__ y, int batch, float* __restrict__ ws,
-                                     unsigned* __restrict__ counters) {
+                                     unsigned* __restrict__ counters, const float* __restrict__ s = nullptr) {
   constexpr int THREADS = (BM / TM) * (BN / TN);
   constexpr int SLICES = (C::K + BK - 1) / BK;
   constexpr int PER_SPLIT = (SLICES + SPLIT - 1) / SPLIT;  // slices per split
@@ -175,7 +194,11 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       const int i = tid + j * THREADS;
       const int kk = i / BN, nn = i % BN;
       const int k = k0 + kk, n = n0 + nn;
-      rb[j] = (i < BK * BN && k < k_end && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
+      if constexpr (C::SCALED) {
+        rb[j] = (i < BK * BN && k < k_end && n < n_total) ? C::load_b(x, s, g, k, n) : 0.0f;
+      } else {
+        rb[j] = (i < BK * BN && k < k_end && n < n_total) ? C::load_b(x, g, k, n) : 0.0f;
+      }
     }
   };
   auto store = [&](int buf) {
@@ -751,7 +774,7 @@ template <class C, int BM, int BN, int WM, int WN, int STAGES, bool X3, bool VEC
           int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float* __restrict__ w,
                                         const float* __restrict__ bias, const float* __restrict__ r0,
-                                        float* __restrict__ y, int batch) {
+                                        float* __restrict__ y, int batch, const float* __restrict__ s = nullptr) {
   static_assert(!C::GLOBAL_POOL_B, "the pooled operand is computed, not copied: CUDA-core tiles only");
   constexpr int BK = 16;
   constexpr int WARPS_N = BN / WN;
@@ -814,6 +837,18 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
     __syncthreads();              // everyone's have, and buffer (t - 1) % STAGES is read: free
     if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
     cp_async_commit();
+    if constexpr (C::SCALED) {
+      // A gate's factor: cp.async copies, so slice t of B is scaled in
+      // shared memory once it has landed, each element by the thread that
+      // copied it, and read by the others after a second barrier.
+      float* bw = Bs[t % STAGES];
+      for (int i = tid; i < BN * BK; i += THREADS) {
+        const int kk = i / BN, nn = i % BN;
+        const int k = t * BK + kk, n = n0 + nn;
+        if (k < C::K && n < n_total) bw[swizzle(nn, kk)] *= C::factor(s, g, k, n);
+      }
+      __syncthreads();
+    }
     const float* as = As[t % STAGES];
     const float* bs = Bs[t % STAGES];
 #pragma unroll

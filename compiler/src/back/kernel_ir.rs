@@ -419,6 +419,9 @@ pub struct Gemm {
     pub padding_mode: PaddingMode,
     /// The input is averaged over its H×W maps before the GEMM (linear only).
     pub global_pool: bool,
+    /// Each input channel is multiplied by a per-(image, channel) factor as
+    /// it is read (a gate's multiply, the kernel's last input).
+    pub input_scale: bool,
     pub bias: bool,
     /// Whether this is a linear layer (a GEMV candidate at small batches).
     pub linear: bool,
@@ -515,6 +518,7 @@ impl Gemm {
             // cp.async copy cannot do.
             return Err("global-pool prologue: the pooled operand is computed, not copied");
         }
+
         choose_tc_tile(self.m() as u64, n, self.groups as u64)
     }
 }
@@ -999,6 +1003,7 @@ pub fn lower_with(
                 if *groups == *in_channels
                     && *groups == *out_channels
                     && *padding_mode == PaddingMode::Zeros
+                    && node.fusion.prologue.is_none()
                 {
                     let mut dw = Depthwise {
                         channels: *out_channels,
@@ -1063,6 +1068,7 @@ pub fn lower_with(
                     groups: 1,
                     padding_mode: PaddingMode::Zeros,
                     global_pool,
+                    input_scale: false,
                     bias: has_bias,
                     linear: true,
                     schedule: Schedule::tiled(TILES[0], 1),
@@ -1302,6 +1308,7 @@ fn conv_gemm(
         groups: *groups,
         padding_mode: *padding_mode,
         global_pool: false,
+        input_scale: matches!(node.fusion.prologue, Some(Prologue::ChannelScale { .. })),
         bias,
         linear: false,
         // Chosen per batch bucket once the kernel has its name.

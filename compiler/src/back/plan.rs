@@ -81,6 +81,7 @@ pub fn build(
                     groups: g.groups as usize,
                     padding_mode: mode,
                     global_pool: g.global_pool,
+                    input_scale: g.input_scale,
                     bias: g.bias,
                 })
             }
@@ -98,6 +99,7 @@ pub fn build(
                     groups: d.channels as usize,
                     padding_mode: 0,
                     global_pool: false,
+                    input_scale: false,
                     bias: d.bias,
                 })
             }

@@ -510,7 +510,8 @@ pub struct Fusion {
     /// per-channel parameter (w·s and b·s per output channel).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded_scale: Option<String>,
-    /// Reductions applied to the input before the op (only global average pooling before `linear`).
+    /// Work on the input as the op reads it: global average pooling before
+    /// `linear`, or a gate's per-channel factor before a convolution.
     pub prologue: Option<Prologue>,
     /// Applied in order to each output element after the op (and bias).
     pub epilogue: Vec<Epilogue>,
@@ -532,6 +533,10 @@ pub struct FoldedBatchNorm {
 pub enum Prologue {
     /// Mean over each channel's H×W map of the input (adaptive_avgpool(1) then flatten).
     GlobalAvgPool,
+    /// Each input channel times `inputs[factor]`, one value per (image,
+    /// channel): a gate's multiply moved into the convolution that reads
+    /// the gated map, which scales its input as it reads it.
+    ChannelScale { factor: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -767,7 +772,11 @@ impl Graph {
                 .epilogue
                 .iter()
                 .filter(|e| matches!(e, Epilogue::AddInput(_)))
-                .count();
+                .count()
+                + usize::from(matches!(
+                    node.fusion.prologue,
+                    Some(Prologue::ChannelScale { .. })
+                ));
             let expected_inputs = match node.op {
                 Op::Input => 0..=0,
                 Op::Add | Op::Mul => 2..=2,
@@ -814,6 +823,22 @@ impl Graph {
                 (Op::Conv2d { .. }, _) => false,
                 _ => true,
             };
+            if let Some(Prologue::ChannelScale { factor }) = node.fusion.prologue {
+                let scales = matches!(node.op, Op::Conv2d { .. })
+                    && factor >= 1
+                    && factor < node.inputs.len()
+                    && !node.fusion.epilogue.contains(&Epilogue::AddInput(factor))
+                    && matches!(
+                        (self.nodes[node.inputs[0]].shape, self.nodes[node.inputs[factor]].shape),
+                        (Shape::Chw(c, _, _), Shape::Chw(fc, 1, 1)) if fc == c
+                    );
+                if !scales {
+                    return Err(format!(
+                        "node {id} ({}) scales its input by a factor that is not one value per input channel",
+                        node.op.name()
+                    ));
+                }
+            }
             if node.op == Op::Mul {
                 let (x, f) = (
                     self.nodes[node.inputs[0]].shape,

@@ -30,6 +30,10 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fuse activations into epilogues", fuse_activations),
     ("fuse residual adds into epilogues", fuse_residual_adds),
     ("fuse activations after residual adds", fuse_activations),
+    (
+        "gate multiply into the next convolution",
+        gate_into_next_conv,
+    ),
     ("global average pool into linear", global_pool_into_linear),
     ("flatten as a view", flatten_as_view),
     ("concat in place", concat_in_place),
@@ -345,6 +349,78 @@ fn fuse_residual_adds(g: &mut Graph, log: &mut PassLog) {
     remove(g, &dead, &replacement);
 }
 
+/// A gate's multiply by a [C, 1, 1] factor, `x · f`, whose only reader is a
+/// convolution: that convolution reads `x` and `f` and scales each input
+/// channel as it reads it, so the gated map never goes through memory. (The
+/// multiply cannot be the epilogue of the layer that wrote `x`: the factor is
+/// computed from the whole of `x`.) Not into a depthwise convolution, whose
+/// kernel has no such prologue.
+fn gate_into_next_conv(g: &mut Graph, log: &mut PassLog) {
+    let readers = consumers(g);
+    let mut dead = vec![false; g.nodes.len()];
+    let mut replacement: Vec<NodeId> = (0..g.nodes.len()).collect();
+    for id in 0..g.nodes.len() {
+        if g.nodes[id].op != Op::Mul {
+            continue;
+        }
+        let (x, factor) = (g.nodes[id].inputs[0], g.nodes[id].inputs[1]);
+        if !matches!(g.nodes[factor].shape, Shape::Chw(_, 1, 1)) {
+            continue;
+        }
+        let conv = match readers[id][..] {
+            [r] if r != usize::MAX => r,
+            _ => {
+                log.not_fused.push(format!(
+                    "{}: its output is read by {} consumers, so it is computed once, by its own kernel",
+                    label(g, id),
+                    readers[id].len()
+                ));
+                continue;
+            }
+        };
+        let c = &g.nodes[conv];
+        let reason = match c.op {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                groups,
+                ..
+            } if groups > 1 && groups == in_channels && in_channels == out_channels => {
+                Some("the depthwise kernel that reads it has no input-scaling prologue")
+            }
+            Op::Conv2d { .. } if c.fusion.prologue.is_some() => {
+                Some("the convolution that reads it has a prologue already")
+            }
+            Op::Conv2d { .. } if c.inputs[1..].contains(&id) => {
+                Some("the convolution that reads it also adds it as a residual")
+            }
+            Op::Conv2d { .. } => None,
+            _ => Some("its reader is not a convolution"),
+        };
+        if let Some(r) = reason {
+            log.not_fused
+                .push(format!("{}: {r}; it runs as its own kernel", label(g, id)));
+            continue;
+        }
+        log.fused.push(format!(
+            "{} into the prologue of {}: it scales each input channel as it reads it",
+            label(g, id),
+            label(g, conv)
+        ));
+        let m = merged(g, id);
+        let c = &mut g.nodes[conv];
+        c.inputs[0] = x;
+        c.inputs.push(factor);
+        c.fusion.prologue = Some(Prologue::ChannelScale {
+            factor: c.inputs.len() - 1,
+        });
+        c.fusion.merged.insert(0, m);
+        dead[id] = true;
+        replacement[id] = x;
+    }
+    remove(g, &dead, &replacement);
+}
+
 /// `adaptive_avgpool(1)`, `flatten`, `linear`: the linear layer averages its
 /// input maps itself, so the pooled vector never goes through memory.
 fn global_pool_into_linear(g: &mut Graph, log: &mut PassLog) {
@@ -455,7 +531,7 @@ fn concat_in_place(g: &mut Graph, log: &mut PassLog) {
 }
 
 /// Pooling other than a global average before a linear layer is not fused,
-/// nor is a gate's multiply; say why, so the report accounts for every
+/// nor is a multiply by a map-sized factor; say why, so the report accounts for every
 /// kernel. (One pass for both keeps the report's pass list as it was.)
 fn report_pooling(g: &mut Graph, log: &mut PassLog) {
     for id in 0..g.nodes.len() {
@@ -465,9 +541,8 @@ fn report_pooling(g: &mut Graph, log: &mut PassLog) {
             }
             Op::AdaptiveAvgPool2d { .. } | Op::AdaptiveMaxPool2d { .. } => "it does not feed a flatten and linear layer; it runs as its own kernel",
             Op::Mul => match g.nodes[g.nodes[id].inputs[1]].shape {
-                Shape::Chw(_, 1, 1) => {
-                    "a gate's [C, 1, 1] factor is known only after its body has read the whole input map, so the multiply cannot be the epilogue of the layer that wrote the map, and the factor's own last layer writes one value per channel, not the map; scaling the next convolution's input as it is read is not implemented; it runs as its own kernel"
-                }
+                // The gate pass said why it stayed.
+                Shape::Chw(_, 1, 1) => continue,
                 _ => {
                     "a multiply by a map-sized factor could be the epilogue of the factor's last layer, reading the gate's input as a second operand, but that epilogue step is not implemented; it runs as its own kernel"
                 }

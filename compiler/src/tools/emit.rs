@@ -100,8 +100,12 @@ pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
         if let Some(scale) = &n.fusion.folded_scale {
             let _ = write!(extra, " +scale({scale})");
         }
-        if n.fusion.prologue == Some(Prologue::GlobalAvgPool) {
-            extra.push_str(" <global_avgpool");
+        match n.fusion.prologue {
+            Some(Prologue::GlobalAvgPool) => extra.push_str(" <global_avgpool"),
+            Some(Prologue::ChannelScale { factor }) => {
+                let _ = write!(extra, " <scale(%{})", n.inputs[factor]);
+            }
+            None => {}
         }
         for e in &n.fusion.epilogue {
             let _ = match e {

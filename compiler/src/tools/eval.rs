@@ -57,12 +57,33 @@ pub fn evaluate(
             })
             .collect::<Result<_, _>>()?;
         let in_shapes: Vec<Shape> = node.inputs.iter().map(|&i| graph.nodes[i].shape).collect();
-        let mut out = if node.fusion.prologue == Some(Prologue::GlobalAvgPool) {
-            let pooled = global_average(inputs[0], n, in_shapes[0]);
-            let flat = Shape::Flat(in_shapes[0].channels());
-            run_node(&node.op, node, weights, n, &[&pooled], &[flat], node.shape)?
-        } else {
-            run_node(&node.op, node, weights, n, &inputs, &in_shapes, node.shape)?
+        let mut out = match node.fusion.prologue {
+            Some(Prologue::GlobalAvgPool) => {
+                let pooled = global_average(inputs[0], n, in_shapes[0]);
+                let flat = Shape::Flat(in_shapes[0].channels());
+                run_node(&node.op, node, weights, n, &[&pooled], &[flat], node.shape)?
+            }
+            Some(Prologue::ChannelScale { factor }) => {
+                // Each (image, channel) map times its factor, as the unfused multiply.
+                let plane = in_shapes[0].numel() as usize / in_shapes[0].channels() as usize;
+                let scaled: Vec<f64> = inputs[0]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * inputs[factor][i / plane])
+                    .collect();
+                let mut scaled_inputs = inputs.clone();
+                scaled_inputs[0] = &scaled;
+                run_node(
+                    &node.op,
+                    node,
+                    weights,
+                    n,
+                    &scaled_inputs,
+                    &in_shapes,
+                    node.shape,
+                )?
+            }
+            None => run_node(&node.op, node, weights, n, &inputs, &in_shapes, node.shape)?,
         };
         for e in &node.fusion.epilogue {
             match *e {

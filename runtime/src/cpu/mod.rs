@@ -91,6 +91,7 @@ impl CpuExecutor {
                 prepared.len()
             )));
         }
+        let plan = split_gated_steps(plan)?;
         let arena_len = plan.arena_per_image.checked_mul(max_batch).ok_or_else(|| {
             Error(format!(
                 "a batch of {max_batch} images does not fit in memory"
@@ -320,6 +321,67 @@ fn same_shape(a: &Place, b: &Place) -> bool {
 
 fn gemm_k_total(g: &Gemm) -> usize {
     conv::k_total(g)
+}
+
+/// The CPU's convolution kernels have no input-scaling prologue: a GEMM step
+/// that scales its input by a gate's factor (`input_scale`) runs here as the
+/// multiply, into a region added after the arena, then the plain
+/// convolution reading that region. The GPU kernel does both in one pass.
+fn split_gated_steps(mut plan: Plan) -> Result<Plan> {
+    let gated = |s: &Step| matches!(s.op, StepOp::Gemm(g) if g.input_scale);
+    let Some(region) = plan
+        .steps
+        .iter()
+        .filter(|s| gated(s))
+        .map(|s| s.inputs[0].numel())
+        .max()
+    else {
+        return Ok(plan);
+    };
+    let offset = plan.arena_per_image;
+    plan.arena_per_image += region;
+    let mut steps = Vec::with_capacity(plan.steps.len() + 1);
+    for mut step in std::mem::take(&mut plan.steps) {
+        let StepOp::Gemm(g) = &mut step.op else {
+            steps.push(step);
+            continue;
+        };
+        if !g.input_scale {
+            steps.push(step);
+            continue;
+        }
+        if step.inputs.len() < 2 {
+            return Err(Error(format!(
+                "step `{}`: scales its input but has no factor input",
+                step.kernel
+            )));
+        }
+        g.input_scale = false;
+        let factor = step.inputs.pop().expect("two inputs");
+        let x = step.inputs[0];
+        let gated_x = Place {
+            offset,
+            channel_offset: 0,
+            channels_total: x.c,
+            ..x
+        };
+        steps.push(Step {
+            kernel: format!("{}_gate", step.kernel),
+            op: StepOp::Mul,
+            inputs: vec![x, factor],
+            output: gated_x,
+            epilogue: Vec::new(),
+            params: Vec::new(),
+            variants: Vec::new(),
+            split_k: 1,
+            partial_floats: 0,
+            ..step.clone()
+        });
+        step.inputs[0] = gated_x;
+        steps.push(step);
+    }
+    plan.steps = steps;
+    Ok(plan)
 }
 
 fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::Result<(), String> {
