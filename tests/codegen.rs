@@ -903,12 +903,30 @@ fn check_sass(
                 .filter(|(m, _)| m.starts_with("HMMA"))
                 .map(|(_, n)| n)
                 .sum();
-            let tf32 = counts.get("HMMA.1688.F32.TF32").copied().unwrap_or(0);
-            let tensor = matches!(schedule, Some(Schedule::Tensor { .. }));
-            if tensor && tf32 == 0 {
-                problems.push(format!(
-                    "{model} {arch} {name}: on tensor cores in the kernel IR, but no HMMA.1688.F32.TF32 in its SASS"
-                ));
+            // The MMA each precision's tiles must contain (mnemonics as
+            // cuobjdump 13 prints them: m16n8k8 TF32, m16n8k16 BF16 and FP16,
+            // all with FP32 accumulation).
+            let want = match schedule {
+                Some(Schedule::Tensor { half: None, .. }) => Some("HMMA.1688.F32.TF32"),
+                Some(Schedule::Tensor {
+                    half: Some(cnnc::back::kernel_ir::HalfFormat::Bf16),
+                    ..
+                }) => Some("HMMA.16816.F32.BF16"),
+                Some(Schedule::Tensor {
+                    half: Some(cnnc::back::kernel_ir::HalfFormat::Fp16),
+                    ..
+                }) => Some("HMMA.16816.F32"),
+                _ => None,
+            };
+            let tensor = want.is_some();
+            if let Some(want) = want {
+                let found = counts.get(want).copied().unwrap_or(0);
+                let others = hmma - found;
+                if found == 0 || others != 0 {
+                    problems.push(format!(
+                        "{model} {arch} {name}: on tensor cores in the kernel IR, but {found} {want} and {others} other HMMA in its SASS"
+                    ));
+                }
             }
             if !tensor && hmma != 0 {
                 problems.push(format!(
@@ -1089,6 +1107,45 @@ fn nvcc_compiles_every_model_without_spills() {
         for &arch in ARCHS {
             jobs.push(Job {
                 id: m.id.clone(),
+                arch,
+                cu: cu.clone(),
+                size: cuda.len(),
+                program: program.clone(),
+            });
+        }
+    }
+    // --precision bf16 and fp16: the first three of resnet18's GEMM kernels
+    // with a 16-bit tensor-core variant (gemm_tc16 at its three warp-tile
+    // sizes), through ptxas and the SASS check; their CUDA-core variants are
+    // the TF32 build's, compiled above.
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let m = models()
+            .into_iter()
+            .find(|m| m.id == "zoo_resnet18")
+            .expect("resnet18 is in the zoo");
+        let mut program = program_in(&m, precision);
+        let sixteen = |k: &cnnc::back::kernel_ir::Kernel| match &k.kind {
+            KernelKind::Gemm(g) => std::iter::once(&g.schedule)
+                .chain(k.variants.iter().map(|v| &v.schedule))
+                .any(|s| matches!(s, Schedule::Tensor { half: Some(_), .. })),
+            _ => false,
+        };
+        let chosen: Vec<_> = program
+            .kernels
+            .iter()
+            .filter(|k| sixteen(k))
+            .take(3)
+            .cloned()
+            .collect();
+        assert_eq!(chosen.len(), 3, "resnet18 in {}", precision.name());
+        program.kernels = chosen;
+        let (program, cuda) = only_new_kernels(program, &mut seen);
+        let id = format!("zoo_resnet18_{}", precision.name());
+        let cu = dir.join(format!("{id}.cu"));
+        std::fs::write(&cu, &cuda).unwrap();
+        for &arch in ARCHS {
+            jobs.push(Job {
+                id: id.clone(),
                 arch,
                 cu: cu.clone(),
                 size: cuda.len(),

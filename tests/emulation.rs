@@ -327,30 +327,34 @@ fn gates_match_the_evaluator() {
         (3, 13, 2.0),
     );
     // The same on the smallest tensor-core tile (the 1x1 projection; the
-    // grouped conv stays on CUDA cores), which scales B in shared memory.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-    let per = graph.input_shape().numel() as usize;
-    let case = Case {
-        tag: "gated_convs-tc".into(),
-        graph,
-        sources: &compilation.sources,
-        weights: &weights,
-        input: (0..3 * per)
-            .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
-            .collect(),
-        batch: 3,
-        both_orders: true,
-        tile: None,
-        batch1_kernels_only: false,
-        precision: cnnc::back::kernel_ir::Precision::Tf32,
-        tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
-    };
-    let checked = check(&case, &|cuda| {
-        assert!(cuda.contains("cnnc::gemm_tc<C") && cuda.contains("batch, s);"));
-        cuda
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    report(&case.tag, 3, &checked);
+    // grouped conv stays on CUDA cores), which scales B in shared memory,
+    // with TF32 and 16-bit operands.
+    use cnnc::back::kernel_ir::Precision;
+    for precision in [Precision::Tf32, Precision::Bf16, Precision::Fp16] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let per = graph.input_shape().numel() as usize;
+        let case = Case {
+            tag: format!("gated_convs-tc-{}", precision.name()),
+            graph,
+            sources: &compilation.sources,
+            weights: &weights,
+            input: (0..3 * per)
+                .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
+                .collect(),
+            batch: 3,
+            both_orders: true,
+            tile: None,
+            batch1_kernels_only: false,
+            precision,
+            tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
+        };
+        let checked = check(&case, &|cuda| {
+            assert!(cuda.contains("cnnc::gemm_tc") && cuda.contains("batch, s);"));
+            cuda
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        report(&case.tag, 3, &checked);
+    }
 }
 
 #[test]
@@ -1039,6 +1043,129 @@ fn the_emulated_tensor_core_instructions_follow_the_ptx_isa() {
         )
         .unwrap();
     assert_eq!(out, [7.0, 100.0, 7.0, 107.0, 7.0, 0.0, 0.0]);
+
+    sixteen_bit_tensor_core_instructions(&module, &mut rng);
+}
+
+/// The 16-bit half of the check above: `cvt.rn.{bf16,f16}x2.f32` against the
+/// `half` crate's round-to-nearest-even conversions (and hand-picked ties,
+/// overflows and subnormals), and `mma.m16n8k16` against a triple loop over
+/// the operands as converted by `half`, decoded exactly, plus C.
+fn sixteen_bit_tensor_core_instructions(module: &Module, rng: &mut rand_chacha::ChaCha8Rng) {
+    use cnnc_runtime::plan::HalfFormat;
+    let p = |e: i32| 2f32.powi(e);
+    // Values at the edges: ties to even at 1 (bf16: step 2^-7, fp16: 2^-10),
+    // the largest FP16 and the midpoint above it, FP16 subnormals and their
+    // ties, FLT_MAX (bf16 rounds it up to infinity), infinities.
+    let mut x: Vec<f32> = vec![
+        1.0 + p(-8),
+        1.0 + 3.0 * p(-8),
+        1.0 + p(-11),
+        1.0 + 3.0 * p(-11),
+        -(1.0 + p(-8) + p(-20)),
+        65504.0,
+        65519.0,
+        65520.0,
+        -65520.0,
+        1e6,
+        p(-25),
+        3.0 * p(-25),
+        p(-24) * 1.25,
+        -p(-30),
+        p(-14) - p(-25),
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE / 3.0,
+    ];
+    while x.len() < 256 {
+        let magnitude = p(rng.random_range(-30..20));
+        x.push(rng.random_range(-1.0f32..1.0) * magnitude);
+    }
+    for (fp16, format) in [(0, HalfFormat::Bf16), (1, HalfFormat::Fp16)] {
+        let mut out = vec![f32::NAN; x.len() / 2];
+        module
+            .launch(
+                "cvt16",
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[
+                    Arg::In(x.as_ptr()),
+                    Arg::Out(out.as_mut_ptr()),
+                    Arg::Int(out.len() as i32),
+                    Arg::Int(fp16),
+                ],
+            )
+            .unwrap();
+        for (i, packed) in out.iter().enumerate() {
+            let packed = packed.to_bits();
+            let (lo, hi) = ((packed & 0xffff) as u16, (packed >> 16) as u16);
+            assert_eq!(
+                lo,
+                format.bits(x[2 * i]),
+                "{}: {:e}",
+                format.name(),
+                x[2 * i]
+            );
+            assert_eq!(
+                hi,
+                format.bits(x[2 * i + 1]),
+                "{}: {:e}",
+                format.name(),
+                x[2 * i + 1]
+            );
+        }
+    }
+    // The hand-picked cases, by value: ties go to even, FP16 overflows at
+    // the midpoint 65520, 1.25 subnormal steps round to 1.
+    let value = |f: HalfFormat, v: f32| f.value(f.bits(v));
+    assert_eq!(value(HalfFormat::Bf16, 1.0 + p(-8)), 1.0);
+    assert_eq!(
+        value(HalfFormat::Bf16, 1.0 + 3.0 * p(-8)),
+        1.0 + p(-6) as f64
+    );
+    assert_eq!(value(HalfFormat::Fp16, 1.0 + p(-11)), 1.0);
+    assert_eq!(value(HalfFormat::Fp16, 65519.0), 65504.0);
+    assert_eq!(value(HalfFormat::Fp16, 65520.0), f64::INFINITY);
+    assert_eq!(value(HalfFormat::Fp16, 3.0 * p(-25)), p(-23) as f64);
+    assert_eq!(value(HalfFormat::Bf16, f32::MAX), f64::INFINITY);
+
+    // mma.m16n8k16: operands spread over magnitudes so that a wrong lane,
+    // half or register shows.
+    for (fp16, format) in [(0, HalfFormat::Bf16), (1, HalfFormat::Fp16)] {
+        let a: Vec<f32> = (0..256).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b: Vec<f32> = (0..128).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let c: Vec<f32> = (0..128).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut d = c.clone();
+        module
+            .launch(
+                "mma16_tile",
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[
+                    Arg::In(a.as_ptr()),
+                    Arg::In(b.as_ptr()),
+                    Arg::Out(d.as_mut_ptr()),
+                    Arg::Int(fp16),
+                ],
+            )
+            .unwrap();
+        let op = |v: f32| format.value(format.bits(v));
+        for m in 0..16 {
+            for n in 0..8 {
+                let want = c[m * 8 + n] as f64
+                    + (0..16)
+                        .map(|k| op(a[m * 16 + k]) * op(b[k * 8 + n]))
+                        .sum::<f64>();
+                // One rounding of the exact sum to f32 (the emulator's model).
+                assert_eq!(d[m * 8 + n], want as f32, "{}: D[{m}][{n}]", format.name());
+            }
+        }
+    }
 }
 
 /// A fixture with every GEMM that can on the tensor-core `tile`.
@@ -1087,6 +1214,96 @@ fn every_tensor_core_tile_matches_the_evaluator() {
         Ok(())
     });
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_16_bit_tensor_core_tile_matches_the_evaluator() {
+    // The bf16 and fp16 tiles (gemm_tc16) forced as above, on the smallest
+    // and the largest tile (the warp tiles of the others lie between), against
+    // the evaluator within the tolerances docs/testing.md derives.
+    let tiles = cnnc::back::kernel_ir::TC_TILES;
+    let mut jobs = Vec::new();
+    for name in ["resnet_tiny", "kitchen_sink", "mnist_cnn"] {
+        for precision in [
+            cnnc::back::kernel_ir::Precision::Bf16,
+            cnnc::back::kernel_ir::Precision::Fp16,
+        ] {
+            jobs.push((name, *tiles.last().unwrap(), precision));
+        }
+    }
+    jobs.push((
+        "resnet_tiny",
+        tiles[0],
+        cnnc::back::kernel_ir::Precision::Bf16,
+    ));
+    let failures = in_parallel(&jobs, |(name, tile, precision)| {
+        let f = Fixture::load(name);
+        let case = tensor_case(&f, *tile, *precision);
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, f.batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// [`planted`] with every eligible GEMM of resnet_tiny on the smallest
+/// tensor-core tile in `precision`, and `right` (once in the printed CUDA)
+/// replaced by `wrong`. Returns the error and the first tensor-core kernel.
+fn planted_in_16_bit_tile(
+    precision: cnnc::back::kernel_ir::Precision,
+    right: &str,
+    wrong: &str,
+) -> (String, String) {
+    let f = Fixture::load("resnet_tiny");
+    let case = tensor_case(
+        &f,
+        *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
+        precision,
+    );
+    let first = resnet_tiny_program().kernels[0].name.clone();
+    match check(&case, &|cuda| {
+        assert_eq!(cuda.matches(right).count(), 1, "{right}");
+        cuda.replace(right, wrong)
+    }) {
+        Ok(c) => panic!(
+            "the planted bug went unnoticed (worst scaled error {:e})",
+            c.worst
+        ),
+        Err(e) => {
+            println!("the planted bug is reported as:\n{e}\n");
+            (e, first)
+        }
+    }
+}
+
+#[test]
+fn a_swapped_half_in_the_k16_b_fragment_is_reported() {
+    // b0 packed with its two k's swapped: the lane's B[2t][g] and B[2t+1][g]
+    // meet the wrong A columns.
+    let (error, first) = planted_in_16_bit_tile(
+        cnnc::back::kernel_ir::Precision::Bf16,
+        "b[j][0] = to_16x2<FP16>(__uint_as_float(f[0]), __uint_as_float(f[1]));",
+        "b[j][0] = to_16x2<FP16>(__uint_as_float(f[1]), __uint_as_float(f[0]));",
+    );
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_16_bit_tile_read_without_its_swizzle_is_reported() {
+    // The A fragments (16-bit rows) read as if stored row by row: rows 4-7 of
+    // every 8 get the other half of their K-slice.
+    let (error, first) = planted_in_16_bit_tile(
+        cnnc::back::kernel_ir::Precision::Fp16,
+        "ldmatrix(a[i], &as[swizzle16(wm0 + i * 16 + a16_row, a16_col)]);",
+        "ldmatrix(a[i], &as[(wm0 + i * 16 + a16_row) * 16 + a16_col]);",
+    );
+    assert!(
+        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
 }
 
 /// [`planted`] with every eligible GEMM of resnet_tiny on the smallest

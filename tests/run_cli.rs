@@ -996,20 +996,32 @@ fn precision_defaults_to_tf32_is_carried_by_the_plan_and_rejects_what_is_not_bui
         "fp32",
     ]);
     assert!(!fp32.stdout.contains("tensor core"), "{fp32}");
-    for (value, says) in [
-        (
-            "bf16",
-            "`bf16` is not implemented yet; choose fp32, tf32 or tf32x3",
-        ),
-        ("f32", "expected one of fp32, tf32, tf32x3, bf16, fp16"),
-    ] {
-        let out = cnnc(&["build", "models/mnist_cnn.cnn", "--precision", value]);
-        assert_eq!(out.code, 2, "{out}");
-        assert!(out.stderr.contains(says), "{out}");
-    }
+    let out = cnnc(&["build", "models/mnist_cnn.cnn", "--precision", "f32"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr
+            .contains("expected one of fp32, tf32, tf32x3, bf16, fp16"),
+        "{out}"
+    );
     let help = cnnc(&["build", "--help"]);
     assert!(help.stdout.contains("--precision"), "{help}");
     assert!(help.stdout.contains("tf32x3"), "{help}");
+    assert!(help.stdout.contains("bf16 or fp16"), "{help}");
+    // bf16 and fp16 say so in the kernel listing.
+    for (precision, says) in [("bf16", "tensor cores BF16"), ("fp16", "tensor cores FP16")] {
+        let out = cnnc(&[
+            "emit",
+            "models/resnet50.cnn",
+            "--stage",
+            "kernels",
+            "--precision",
+            precision,
+        ]);
+        assert!(
+            out.stdout.contains(says) && out.stdout.contains("mma.m16n8k16"),
+            "{out}"
+        );
+    }
 }
 
 #[test]

@@ -134,8 +134,10 @@ enum Command {
         /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
         /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
         /// (FP32-level accuracy on tensor cores: three products per
-        /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
-        /// always computes in FP32.
+        /// multiply), bf16 or fp16 (weights stored in 16 bits, inputs
+        /// rounded to 16 bits as the tensor cores read them, FP32 sums and
+        /// FP32 activations in memory), or fp32 (strict FP32 on CUDA cores).
+        /// The CPU path always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
         precision: cnnc::back::kernel_ir::Precision,
     },
@@ -186,8 +188,10 @@ enum Command {
         /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
         /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
         /// (FP32-level accuracy on tensor cores: three products per
-        /// multiply), or fp32 (strict FP32 on CUDA cores). The CPU path
-        /// always computes in FP32.
+        /// multiply), bf16 or fp16 (weights stored in 16 bits, inputs
+        /// rounded to 16 bits as the tensor cores read them, FP32 sums and
+        /// FP32 activations in memory), or fp32 (strict FP32 on CUDA cores).
+        /// The CPU path always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
         precision: cnnc::back::kernel_ir::Precision,
     },
@@ -627,16 +631,12 @@ fn init(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--precision`: one of the implemented precisions, by name.
+/// `--precision`: one of the precisions, by name.
 fn parse_precision(text: &str) -> Result<cnnc::back::kernel_ir::Precision, String> {
     use cnnc::back::kernel_ir::Precision;
     let names = Precision::ALL.map(|p| p.name()).join(", ");
     match Precision::parse(text) {
-        Some(p) if p.implemented() => Ok(p),
-        Some(p) => Err(format!(
-            "`{}` is not implemented yet; choose fp32, tf32 or tf32x3",
-            p.name()
-        )),
+        Some(p) => Ok(p),
         None => Err(format!("expected one of {names}")),
     }
 }

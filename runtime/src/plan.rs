@@ -52,9 +52,12 @@ pub enum Precision {
     /// Each operand split into a big and a small TF32 part, three tensor-core
     /// products: about FP32's accuracy at tensor-core speed.
     Tf32x3,
-    /// 16-bit brain-float storage and tensor-core products (not implemented yet).
+    /// Weights stored in bfloat16 for the tensor cores, the input operand
+    /// rounded to bfloat16 as it is read, products on tensor cores
+    /// (`mma.m16n8k16`), FP32 accumulation; activations stay FP32 in memory.
     Bf16,
-    /// 16-bit IEEE half storage and tensor-core products (not implemented yet).
+    /// The same with IEEE half (FP16) operands; a weight beyond FP16's range
+    /// is an error at load.
     Fp16,
 }
 
@@ -82,14 +85,18 @@ impl Precision {
         Precision::ALL.into_iter().find(|p| p.name() == text)
     }
 
-    /// Whether the compiler can generate kernels for it yet.
-    pub fn implemented(self) -> bool {
-        matches!(self, Precision::Fp32 | Precision::Tf32 | Precision::Tf32x3)
-    }
-
     /// Whether GEMMs may run on tensor cores.
     pub fn tensor_cores(self) -> bool {
-        matches!(self, Precision::Tf32 | Precision::Tf32x3)
+        !matches!(self, Precision::Fp32)
+    }
+
+    /// The 16-bit format of the tensor cores' weights, for bf16 and fp16.
+    pub fn half_format(self) -> Option<HalfFormat> {
+        match self {
+            Precision::Bf16 => Some(HalfFormat::Bf16),
+            Precision::Fp16 => Some(HalfFormat::Fp16),
+            _ => None,
+        }
     }
 
     /// One line for reports: what the GPU kernels compute in.
@@ -102,8 +109,12 @@ impl Precision {
             Precision::Tf32x3 => {
                 "tf32x3 (convolutions and linear layers on tensor cores: operands split into two TF32 parts, three products, FP32 accumulation)"
             }
-            Precision::Bf16 => "bf16 (not implemented)",
-            Precision::Fp16 => "fp16 (not implemented)",
+            Precision::Bf16 => {
+                "bf16 (convolutions and linear layers on tensor cores: weights stored in BF16, inputs rounded to BF16 as read, FP32 accumulation; activations FP32 in memory)"
+            }
+            Precision::Fp16 => {
+                "fp16 (convolutions and linear layers on tensor cores: weights stored in FP16, inputs rounded to FP16 as read, FP32 accumulation; activations FP32 in memory)"
+            }
         }
     }
 }
@@ -152,6 +163,77 @@ pub enum Prepared {
     ScaledWeight { weight: String, scale: String },
     /// The matching bias: b·s.
     ScaledBias { bias: String, scale: String },
+    /// `weight` (a [rows][K] GEMM weight: a conv's [out][in/groups·kh·kw] or
+    /// a linear layer's [out][in]) as f32 for the kernels on CUDA cores,
+    /// followed by a 16-bit copy for the tensor-core kernels: the f32 values,
+    /// zeros up to a multiple of 4 floats (so the copy starts 16-byte
+    /// aligned), then the values rounded to `format` (nearest, ties to even)
+    /// as [rows][K rounded up to a multiple of 8] with zeros in the padding
+    /// (so every row starts 16-byte aligned), two per float, the even column
+    /// in the lower 16 bits (a little-endian u16 array). An FP16 value that
+    /// would overflow to infinity is an error naming the tensor.
+    WithHalf {
+        weight: Box<Prepared>,
+        format: HalfFormat,
+        rows: usize,
+    },
+}
+
+impl Prepared {
+    /// The `state_dict` entry a weight is computed from, for messages.
+    pub fn weight_key(&self) -> Option<&str> {
+        match self {
+            Prepared::Tensor { key } => Some(key),
+            Prepared::FoldedWeight { weight, .. } | Prepared::ScaledWeight { weight, .. } => {
+                Some(weight)
+            }
+            Prepared::WithHalf { weight, .. } => weight.weight_key(),
+            _ => None,
+        }
+    }
+}
+
+/// Floats of the f32 part of a [`Prepared::WithHalf`] tensor of `len` weights
+/// before its 16-bit copy starts.
+pub fn half_offset(len: usize) -> usize {
+    len.div_ceil(4) * 4
+}
+
+/// A 16-bit floating-point format of the weights the tensor cores read
+/// (`--precision bf16` and `fp16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HalfFormat {
+    /// 8 exponent bits (FP32's range), 7 stored mantissa bits.
+    Bf16,
+    /// IEEE binary16: 5 exponent bits (largest finite 65504), 10 mantissa bits.
+    Fp16,
+}
+
+impl HalfFormat {
+    /// `v` rounded to the nearest value of the format (ties to even, as
+    /// `cvt.rn` does; FP16 overflows to infinity), as its bits.
+    pub fn bits(self, v: f32) -> u16 {
+        match self {
+            HalfFormat::Bf16 => half::bf16::from_f32(v).to_bits(),
+            HalfFormat::Fp16 => half::f16::from_f32(v).to_bits(),
+        }
+    }
+
+    /// The value of 16 bits of the format (exact).
+    pub fn value(self, bits: u16) -> f64 {
+        match self {
+            HalfFormat::Bf16 => half::bf16::from_bits(bits).to_f64(),
+            HalfFormat::Fp16 => half::f16::from_bits(bits).to_f64(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfFormat::Bf16 => "bf16",
+            HalfFormat::Fp16 => "fp16",
+        }
+    }
 }
 
 /// Where a tensor lives in the arena.

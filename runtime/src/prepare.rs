@@ -3,7 +3,7 @@
 //! `load_state_dict` does), then the tensors the kernels read, with batch
 //! norms folded in f64 element by element (the results are f32).
 
-use crate::plan::{Plan, Prepared, StateEntry};
+use crate::plan::{HalfFormat, Plan, Prepared, StateEntry};
 use crate::weights::{Data, WeightFile};
 use crate::{shape_text, Error, Result};
 
@@ -127,6 +127,7 @@ fn reads(p: &Prepared, key: &str) -> bool {
         Prepared::FoldedBias { bias, bn, .. } => bias.as_deref() == Some(key) || bn_reads(bn),
         Prepared::BnScale { bn, .. } | Prepared::BnShift { bn, .. } => bn_reads(bn),
         Prepared::Zeros { .. } => false,
+        Prepared::WithHalf { weight, .. } => reads(weight, key),
         Prepared::ScaledWeight { weight: t, scale } | Prepared::ScaledBias { bias: t, scale } => {
             t == key || scale == key
         }
@@ -155,6 +156,11 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
     };
     let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
     Ok(match p {
+        Prepared::WithHalf {
+            weight,
+            format,
+            rows,
+        } => with_half(compute(weight, file)?, *format, *rows, weight)?,
         Prepared::Tensor { key } => tensor(key)?.to_f32(),
         Prepared::FoldedWeight { weight, bn, eps } => {
             let s = scale(bn, *eps)?;
@@ -221,6 +227,44 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
     })
 }
 
+/// `values` ([rows][K] f32) followed by its 16-bit copy, as
+/// [`Prepared::WithHalf`] lays it out.
+fn with_half(
+    mut values: Vec<f32>,
+    format: HalfFormat,
+    rows: usize,
+    weight: &Prepared,
+) -> Result<Vec<f32>> {
+    let len = values.len();
+    let k = len / rows.max(1);
+    let padded_k = k.div_ceil(8) * 8;
+    let mut half = vec![0u16; rows * padded_k];
+    for (r, row) in values.chunks(k.max(1)).enumerate().take(rows) {
+        for (c, &v) in row.iter().enumerate() {
+            let bits = format.bits(v);
+            if format == HalfFormat::Fp16 && v.is_finite() && format.value(bits).is_infinite() {
+                let key = weight.weight_key().unwrap_or("a weight");
+                let folded = match weight {
+                    Prepared::FoldedWeight { bn, .. } => {
+                        format!(" (with batch norm `{bn}` folded in)")
+                    }
+                    Prepared::ScaledWeight { scale, .. } => format!(" (scaled by `{scale}`)"),
+                    _ => String::new(),
+                };
+                return Err(Error(format!(
+                    "`{key}`{folded} holds {v:e} at [{r}][{c}], beyond FP16's largest value 65504: --precision fp16 would compute with an infinity\nhelp: build with --precision bf16 (FP32's range) or tf32"
+                )));
+            }
+            half[r * padded_k + c] = bits;
+        }
+    }
+    values.resize(crate::plan::half_offset(len), 0.0);
+    values.extend(half.chunks(2).map(|pair| {
+        f32::from_bits(pair[0] as u32 | (pair.get(1).copied().unwrap_or(0) as u32) << 16)
+    }));
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +286,55 @@ mod tests {
             shape: shape.to_vec(),
             data: Data::F32(v),
         }
+    }
+
+    #[test]
+    fn a_16_bit_copy_follows_the_f32_weights_and_fp16_overflow_is_an_error() {
+        // A [2][3] weight: f32 values, two floats of padding (to 8), then rows
+        // of 8 halves (3 values, 5 zeros), two halves per float.
+        let w = vec![1.0f32, -2.0, 1.0 + 2f32.powi(-9), 0.25, 1e-3, -7.0];
+        let mut file = WeightFile::default();
+        file.tensors
+            .insert("w".into(), f32_tensor(&[2, 3], w.clone()));
+        let with_half = |format| Prepared::WithHalf {
+            weight: Box::new(Prepared::Tensor { key: "w".into() }),
+            format,
+            rows: 2,
+        };
+        for format in [HalfFormat::Bf16, HalfFormat::Fp16] {
+            let v = compute(&with_half(format), &file).unwrap();
+            assert_eq!(v.len(), 8 + 2 * 8 / 2);
+            assert_eq!(&v[6..8], &[0.0, 0.0]);
+            assert_eq!(&v[..6], &w[..]);
+            let halves: Vec<u16> = v[8..]
+                .iter()
+                .flat_map(|f| [f.to_bits() as u16, (f.to_bits() >> 16) as u16])
+                .collect();
+            for r in 0..2 {
+                for c in 0..8 {
+                    let want = if c < 3 { format.bits(w[r * 3 + c]) } else { 0 };
+                    assert_eq!(halves[r * 8 + c], want, "{} [{r}][{c}]", format.name());
+                }
+            }
+        }
+        // 1 + 2^-9 is a tie in bf16 (rounds to 1) but exact in fp16.
+        assert_eq!(HalfFormat::Bf16.value(HalfFormat::Bf16.bits(w[2])), 1.0);
+        assert_eq!(
+            HalfFormat::Fp16.value(HalfFormat::Fp16.bits(w[2])),
+            w[2] as f64
+        );
+        // 70000 is beyond FP16: an error naming the tensor and the element;
+        // bf16 holds it.
+        let mut big = w.clone();
+        big[4] = 70000.0;
+        file.tensors.insert("w".into(), f32_tensor(&[2, 3], big));
+        let error = compute(&with_half(HalfFormat::Fp16), &file).unwrap_err().0;
+        assert!(
+            error.starts_with("`w` holds 7e4 at [1][1], beyond FP16's largest value 65504")
+                && error.contains("help: build with --precision bf16"),
+            "{error}"
+        );
+        assert!(compute(&with_half(HalfFormat::Bf16), &file).is_ok());
     }
 
     #[test]

@@ -50,6 +50,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <math.h>
 #include <mutex>
 #include <signal.h>
@@ -555,6 +556,114 @@ inline void mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, con
         const uint64_t* hb = lane(col * 4 + k % 4);        // holds B[k][col]
         const double av = tf32_operand(static_cast<uint32_t>(ha[(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]));
         const double bv = tf32_operand(static_cast<uint32_t>(hb[4 + (k >= 4 ? 1 : 0)]));
+        sum += av * bv;
+      }
+      d[i] = static_cast<float>(sum);
+    }
+  });
+}
+
+// `cvt.rn.bf16x2.f32 d, hi, lo` and `cvt.rn.f16x2.f32 d, hi, lo` (PTX ISA,
+// "cvt"): each f32 rounded to the nearest 16-bit value, ties to even; the
+// value converted from the first source goes to the upper half of d, the
+// second to the lower half. Overflow: bf16 has f32's exponent range, so only
+// a value within half a bf16 step of FLT_MAX rounds up to infinity; FP16's
+// largest finite value is 65504, and .rn without .satfinite turns anything
+// from 65520 (the midpoint to 2^16, which rounds to even, up) into ±inf.
+// Infinities stay infinities; a NaN becomes the canonical NaN 0x7fff (the
+// kernels never convert a NaN on purpose; the emulator's shared memory
+// starts as NaN, so one read too early stays visible).
+inline uint16_t cvt_rn_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+  // Adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even;
+  // a carry out of the mantissa correctly bumps the exponent (up to inf).
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+inline uint16_t cvt_rn_f16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t mag = bits & 0x7fffffffu;
+  if (mag > 0x7f800000u) return 0x7fffu;                  // NaN
+  if (mag >= 0x477ff000u) return sign | 0x7c00u;          // >= 65520 (and inf): inf
+  if (mag < 0x38800000u) {                                // below 2^-14: subnormal or zero
+    // In units of FP16's subnormal step 2^-24 (scaling by a power of two is
+    // exact), rounded to the nearest integer, ties to even (the default
+    // rounding mode of nearbyint); 1024 is the smallest normal's encoding.
+    float magnitude;
+    std::memcpy(&magnitude, &mag, 4);
+    return sign | static_cast<uint16_t>(std::nearbyint(static_cast<double>(magnitude) * 16777216.0));
+  }
+  const uint32_t exponent = (mag >> 23) - 127 + 15, mantissa = mag & 0x7fffffu;
+  uint32_t h = (exponent << 10) | (mantissa >> 13);
+  const uint32_t rest = mantissa & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry bumps the exponent
+  return sign | static_cast<uint16_t>(h);
+}
+
+inline uint32_t cvt_rn_bf16x2(float hi, float lo) {
+  return (static_cast<uint32_t>(cvt_rn_bf16(hi)) << 16) | cvt_rn_bf16(lo);
+}
+inline uint32_t cvt_rn_f16x2(float hi, float lo) {
+  return (static_cast<uint32_t>(cvt_rn_f16(hi)) << 16) | cvt_rn_f16(lo);
+}
+
+// A .bf16 or .f16 operand as the tensor core reads it, exactly (every such
+// value is a double).
+inline double bf16_operand(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return static_cast<double>(f);
+}
+inline double f16_operand(uint16_t h) {
+  const int exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+  if (exponent == 0x1f) return mantissa ? std::numeric_limits<double>::quiet_NaN() : sign * INFINITY;
+  if (exponent == 0) return sign * std::ldexp(static_cast<double>(mantissa), -24);
+  return sign * std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
+}
+
+// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, c` (and
+// `.f32.f16.f16.f32` with `fp16`): D = A·B + C on a 16×8×16 tile. The
+// fragments follow the PTX ISA's "Matrix Fragments for mma.m16n8k16 with
+// floating point type" (under "Warp Level Matrix Multiply-Accumulate
+// Instructions", mma): with groupID
+// g = lane / 4 and t = lane % 4, A's four registers each hold two 16-bit
+// elements, a0 a1 in register 0 ... a6 a7 in register 3, element i at row g
+// (i < 2 or 4 <= i < 6; else g + 8) and column 2t + (i & 1) (+ 8 for i >= 4),
+// the lower index in the lower half: register 0 A[g][2t..2t+1], 1
+// A[g+8][2t..2t+1], 2 A[g][2t+8..2t+9], 3 A[g+8][2t+8..2t+9]. B's two
+// registers hold b0..b3, element i at row (k) 2t + (i & 1) (+ 8 for i >= 2)
+// and column g: register 0 B[2t..2t+1][g], 1 B[2t+8..2t+9][g]. C and D are
+// the m16n8k8 layout (four f32: [g][2t], [g][2t+1], [g+8][2t], [g+8][2t+1]).
+// Operands are decoded exactly and products of 16-bit values are exact in
+// double; as for TF32, the PTX ISA leaves the order and internal precision of
+// the FP32 accumulation open, so this model adds the 16 products and C in
+// double and rounds once to f32 (docs/testing.md bounds the difference).
+inline void mma_m16n8k16(bool fp16, float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  uint64_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  float acc[4] = {c[0], c[1], c[2], c[3]};
+  auto operand = [&](uint32_t reg, int half) {
+    const uint16_t h = static_cast<uint16_t>(half ? reg >> 16 : reg & 0xffffu);
+    return fp16 ? f16_operand(h) : bf16_operand(h);
+  };
+  collective(mine, 6, [&](auto lane) {
+    const int l = static_cast<int>(lane_id()), g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+      double sum = acc[i];
+      for (int k = 0; k < 16; ++k) {
+        // A[row][k] is in lane (row % 8)·4 + (k % 8) / 2, register
+        // (row >= 8) + 2·(k >= 8), half k % 2; B[k][col] in lane
+        // col·4 + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
+        const uint64_t* ha = lane((row % 8) * 4 + (k % 8) / 2);
+        const uint64_t* hb = lane(col * 4 + (k % 8) / 2);
+        const double av = operand(static_cast<uint32_t>(ha[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)]), k % 2);
+        const double bv = operand(static_cast<uint32_t>(hb[4 + (k >= 8 ? 1 : 0)]), k % 2);
         sum += av * bv;
       }
       d[i] = static_cast<float>(sum);

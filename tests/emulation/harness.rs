@@ -807,6 +807,8 @@ pub fn compare(got: &[f32], want: &[f64]) -> (f64, Option<Mismatch>) {
 pub fn tolerance(precision: cnnc::back::kernel_ir::Precision) -> f64 {
     match precision {
         cnnc::back::kernel_ir::Precision::Tf32 => TF32_TOLERANCE,
+        cnnc::back::kernel_ir::Precision::Bf16 => BF16_TOLERANCE,
+        cnnc::back::kernel_ir::Precision::Fp16 => FP16_TOLERANCE,
         _ => TOLERANCE,
     }
 }
@@ -814,6 +816,13 @@ pub fn tolerance(precision: cnnc::back::kernel_ir::Precision) -> f64 {
 /// The tolerance for `--precision tf32`: 8 · 2u, u = 2^-11 the unit roundoff
 /// of TF32 (see docs/testing.md).
 pub const TF32_TOLERANCE: f64 = 8.0 * 2.0 / 2048.0;
+
+/// The tolerance for `--precision bf16`: 8 · 2u with u = 2^-8, BF16's unit
+/// roundoff (both operands of every product rounded once; docs/testing.md).
+pub const BF16_TOLERANCE: f64 = 8.0 * 2.0 / 256.0;
+/// The tolerance for `--precision fp16`: 8 · 2u with u = 2^-11 (FP16 keeps
+/// TF32's 10 mantissa bits, so the same bound as tf32).
+pub const FP16_TOLERANCE: f64 = 8.0 * 2.0 / 2048.0;
 
 /// [`compare`] with tolerance `tolerance`.
 pub fn compare_within(got: &[f32], want: &[f64], tolerance: f64) -> (f64, Option<Mismatch>) {
@@ -959,17 +968,13 @@ pub fn retile(program: &mut KernelProgram, tile: cnnc::back::kernel_ir::GemmTile
 /// Gives every GEMM that can run on tensor cores (no global-pool prologue,
 /// one group) the tensor-core `tile` at every batch size.
 pub fn retile_tensor(program: &mut KernelProgram, tile: cnnc::back::kernel_ir::TcTile) {
-    let x3 = program.precision == cnnc::back::kernel_ir::Precision::Tf32x3;
+    let precision = program.precision;
     for k in &mut program.kernels {
         if let cnnc::back::kernel_ir::KernelKind::Gemm(g) = &mut k.kind {
             if g.global_pool || g.groups > 1 {
                 continue;
             }
-            g.schedule = cnnc::back::kernel_ir::Schedule::Tensor {
-                tile,
-                x3,
-                vec_a: g.k() % 4 == 0,
-            };
+            g.schedule = cnnc::back::kernel_ir::Schedule::tensor(tile, precision, g.k());
             (k.block, k.grid) = g.launch(&g.schedule);
             k.variants.clear();
         }

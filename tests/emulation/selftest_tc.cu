@@ -64,3 +64,44 @@ extern "C" __global__ void __launch_bounds__(32) cp_async_groups(const float* __
   out[5] = s[8];                            // zero-filled
   out[6] = s[11];
 }
+
+// One warp: D (16x8) += A (16x16, row-major) * B (16x8, [k][n]) with 16-bit
+// operands (bf16, or fp16 when `fp16`), each converted with cvt.rn. Each lane
+// packs its fragments by the PTX ISA's m16n8k16 layout (g = lane / 4,
+// t = lane % 4; the lower k in the lower half): a0 A[g][2t..2t+1], a1
+// A[g+8][2t..], a2 A[g][2t+8..], a3 A[g+8][2t+8..]; b0 B[2t..2t+1][g], b1
+// B[2t+8..2t+9][g]; D as for m16n8k8.
+extern "C" __global__ void __launch_bounds__(32) mma16_tile(const float* __restrict__ a, const float* __restrict__ b,
+                                                            float* __restrict__ d, int fp16) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  const int ar[4] = {g, g + 8, g, g + 8}, ac[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+  unsigned af[4], bf[2];
+  for (int i = 0; i < 4; ++i) {
+    const float lo = a[ar[i] * 16 + ac[i]], hi = a[ar[i] * 16 + ac[i] + 1];
+    af[i] = fp16 ? cnnc::to_16x2<true>(lo, hi) : cnnc::to_16x2<false>(lo, hi);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const int k = 2 * t + 8 * i;
+    bf[i] = fp16 ? cnnc::to_16x2<true>(b[k * 8 + g], b[(k + 1) * 8 + g])
+                 : cnnc::to_16x2<false>(b[k * 8 + g], b[(k + 1) * 8 + g]);
+  }
+  float acc[4] = {d[g * 8 + 2 * t], d[g * 8 + 2 * t + 1], d[(g + 8) * 8 + 2 * t], d[(g + 8) * 8 + 2 * t + 1]};
+  if (fp16) {
+    cnnc::mma_16<true>(acc, af, bf);
+  } else {
+    cnnc::mma_16<false>(acc, af, bf);
+  }
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+// cvt.rn.{bf16,f16}x2.f32 of x[2i] (low half) and x[2i+1] (high half) for
+// i < n, the packed 32 bits written to out[i] (as a float's bits).
+extern "C" __global__ void __launch_bounds__(32) cvt16(const float* __restrict__ x, float* __restrict__ out, int n,
+                                                       int fp16) {
+  for (int i = threadIdx.x; i < n; i += 32)
+    out[i] = __uint_as_float(fp16 ? cnnc::to_16x2<true>(x[2 * i], x[2 * i + 1])
+                                  : cnnc::to_16x2<false>(x[2 * i], x[2 * i + 1]));
+}

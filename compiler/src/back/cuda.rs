@@ -502,7 +502,25 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                     t.bm, t.bn, t.bk, t.tm, t.tn
                 );
             }
-            Schedule::Tensor { tile: t, x3, vec_a } => {
+            Schedule::Tensor {
+                tile: t,
+                half: Some(h),
+                ..
+            } => {
+                let fp16 = *h == crate::back::kernel_ir::HalfFormat::Fp16;
+                let _ = writeln!(out, "  // gemm_tc16<C, BM, BN, WM, WN, STAGES, FP16, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {} (16-bit weights after the f32 ones in w)", if fp16 { "FP16" } else { "BF16" });
+                let _ = writeln!(
+                    out,
+                    "  (void)ws; (void)counters;\n  cnnc::gemm_tc16<C, {}, {}, {}, {}, {}, {fp16}, {tail}>(x, w, bias, r0, y, batch{gate_arg});\n}}",
+                    t.bm, t.bn, t.wm, t.wn, t.stages
+                );
+            }
+            Schedule::Tensor {
+                tile: t,
+                x3,
+                vec_a,
+                half: None,
+            } => {
                 let _ = writeln!(out, "  // gemm_tc<C, BM, BN, WM, WN, STAGES, X3, VEC_A, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {}", if *x3 { "3xTF32" } else { "TF32" });
                 let _ = writeln!(
                     out,

@@ -685,10 +685,54 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], 
 #endif
 }
 
+// cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32: lo and hi rounded to the nearest
+// 16-bit value (ties to even; FP16 overflows to infinity), packed with lo in
+// the lower half (the PTX operand order is d, hi, lo).
+template <bool FP16>
+__device__ __forceinline__ unsigned to_16x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  if constexpr (FP16) {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+#elif defined(CNNC_EMULATION)
+  return FP16 ? cnnc_emu::cvt_rn_f16x2(hi, lo) : cnnc_emu::cvt_rn_bf16x2(hi, lo);
+#else
+  (void)hi;
+  return __float_as_uint(lo);
+#endif
+}
+
+// d += a·b on a 16x8x16 tile of 16-bit operands, FP32 accumulation
+// (mma.sync.aligned.m16n8k16.row.col.f32.{bf16.bf16,f16.f16}.f32).
+template <bool FP16>
+__device__ __forceinline__ void mma_16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (FP16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#elif defined(CNNC_EMULATION)
+  cnnc_emu::mma_m16n8k16(FP16, d, a, b, d);
+#else
+  (void)d; (void)a; (void)b;
+#endif
+}
+
 // ldmatrix.sync.aligned.m8n8.x{N}.shared.b16: lanes 8i..8i+7 give the 16-byte
 // rows of matrix i; r[i] receives this lane's part of it.
-template <int N>
-__device__ __forceinline__ void ldmatrix(unsigned (&r)[N], const float* row) {
+template <int N, class T>
+__device__ __forceinline__ void ldmatrix(unsigned (&r)[N], const T* row) {
   static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
 #if defined(__CUDA_ARCH__)
   if constexpr (N == 1) {
@@ -755,6 +799,30 @@ __device__ __forceinline__ void cp_async_wait() {
 // r and r+2 share banks (a 64-byte row is half the 32 banks), a 4-way
 // conflict; swizzled, the 8 rows cover all 32 banks once.
 __device__ __forceinline__ int swizzle(int r, int k) { return r * 16 + ((((k >> 2) ^ (r >> 1)) & 3) << 2) + (k & 3); }
+
+// Where B's k-th element of a K-slice goes in its f32 row so that the f32
+// ldmatrix reads of gemm_tc hand each lane the pairs the m16n8k16 B fragment
+// wants: lane (g, t) receives, from the four 8x4 f32 matrices at columns 0,
+// 4, 8 and 12, columns t, t + 4, t + 8 and t + 12 of row g, which must hold
+// k = 2t, 2t + 1, 2t + 8 and 2t + 9. So k goes to column
+// (k & 8) | ((k & 1) << 2) | ((k >> 1) & 3). The reads are those of the TF32
+// tile, on the same swizzled layout: free of bank conflicts.
+__device__ __forceinline__ int b16_column(int k) { return (k & 8) | ((k & 1) << 2) | ((k >> 1) & 3); }
+
+// A gate's factor on slice t of B in shared memory, for the tensor-core tiles
+// (they copy B with cp.async, so it cannot be scaled on the way): each
+// element is scaled by the thread that copied it, once its copy has landed;
+// the caller's barrier then makes the slice visible to every warp. B16: the
+// column order of gemm_tc16's B rows.
+template <class C, int BN, int BK, int THREADS, bool B16>
+__device__ __forceinline__ void scale_b_slice(float* bw, const float* __restrict__ s, int g, int t, int n0,
+                                              int n_total, int tid) {
+  for (int i = tid; i < BN * BK; i += THREADS) {
+    const int kk = i / BN, nn = i % BN;
+    const int k = t * BK + kk, n = n0 + nn;
+    if (k < C::K && n < n_total) bw[swizzle(nn, B16 ? b16_column(kk) : kk)] *= C::factor(s, g, k, n);
+  }
+}
 
 // The implicit GEMM on tensor cores (TF32 in, FP32 accumulation), for
 // --precision tf32 and tf32x3. Each block computes a BM x BN output tile with
@@ -838,15 +906,7 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
     if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
     cp_async_commit();
     if constexpr (C::SCALED) {
-      // A gate's factor: cp.async copies, so slice t of B is scaled in
-      // shared memory once it has landed, each element by the thread that
-      // copied it, and read by the others after a second barrier.
-      float* bw = Bs[t % STAGES];
-      for (int i = tid; i < BN * BK; i += THREADS) {
-        const int kk = i / BN, nn = i % BN;
-        const int k = t * BK + kk, n = n0 + nn;
-        if (k < C::K && n < n_total) bw[swizzle(nn, kk)] *= C::factor(s, g, k, n);
-      }
+      scale_b_slice<C, BN, BK, THREADS, false>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
       __syncthreads();
     }
     const float* as = As[t % STAGES];
@@ -903,6 +963,133 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
   cp_async_wait<0>();  // the trailing groups are empty; nothing is left in flight
   // Accumulator e of tile (i, j) is row g + 8 (e / 2), column 2 t + e % 2 of
   // that 16x8 tile, with g = lane / 4 and t = lane % 4 (the mma's C layout).
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = m0 + wm0 + i * 16 + lane / 4 + (e / 2) * 8;
+      if (m >= C::M) continue;
+      const int oc = g * C::M + m;
+      const float bv = HAS_BIAS ? bias[oc] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < NI; ++j) {
+        const int n = n0 + wn0 + j * 8 + (lane % 4) * 2 + e % 2;
+        if (n >= n_total) continue;
+        const int image = n / C::P;
+        const int p = n - image * C::P;
+        y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = Epi::apply(acc[i][j][e] + bv, image, oc, p, r0);
+      }
+    }
+}
+
+
+// Where element (r, k) of a 16-bit shared-memory operand tile lives: rows of
+// BK = 16 halves (two 16-byte chunks, 32 bytes), chunk k/8 stored at chunk
+// (k/8) ^ ((r/4) % 2). An ldmatrix phase reads one chunk of 8 consecutive
+// rows (8 x 16 bytes): unswizzled, rows r and r+4 are 128 bytes apart and
+// share banks, a 2-way conflict; swizzled, rows 0-3 take one half of each
+// 128-byte line and rows 4-7 the other, so the 8 rows cover all 32 banks
+// once. The 16-byte cp.async stores of a row's two chunks stay within its
+// own 32 bytes, so 8 consecutive threads still fill whole 128-byte lines.
+__device__ __forceinline__ int swizzle16(int r, int k) { return r * 16 + ((((k >> 3) ^ (r >> 2)) & 1) << 3) + (k & 7); }
+
+// The implicit GEMM on tensor cores with 16-bit operands (--precision bf16,
+// FP16 = false, or fp16), FP32 accumulation. The block, warp and pipeline
+// structure is gemm_tc's; what differs:
+// - A, the weights, is read from its 16-bit copy, which the runtime stores
+//   in the same tensor after the f32 weights (Prepared::WithHalf: at float
+//   offset ceil(G*M*K / 4) * 4, rows of KP = K rounded up to 8 halves, zeros
+//   in the padding), so every row starts 16-byte aligned and A always goes
+//   to shared memory by 16-byte cp.async copies, into the swizzle16 layout;
+//   ldmatrix.x4 on it gives each lane its m16n8k16 A fragment directly.
+// - B, the input under each filter tap, stays FP32 in global and shared
+//   memory (activations are FP32 everywhere); it is copied as in gemm_tc but
+//   into column b16_column(k) of its row, read with the same f32 ldmatrix,
+//   and rounded to 16 bits (cvt.rn, ties to even) pair by pair.
+// - One mma.m16n8k16 per K-slice of 16 for each 16x8 tile.
+template <class C, int BM, int BN, int WM, int WN, int STAGES, bool FP16, class Epi, bool HAS_BIAS, int OUT_CT,
+          int OUT_CO>
+__device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, const float* __restrict__ r0,
+                                          float* __restrict__ y, int batch, const float* __restrict__ s = nullptr) {
+  static_assert(!C::GLOBAL_POOL_B, "the pooled operand is computed, not copied: CUDA-core tiles only");
+  constexpr int BK = 16;
+  constexpr int KP = (C::K + 7) / 8 * 8;
+  constexpr long HALF_AT = ((long)C::G * C::M * C::K + 3) / 4 * 4;
+  constexpr int WARPS_N = BN / WN;
+  constexpr int THREADS = 32 * (BM / WM) * WARPS_N;
+  constexpr int MI = WM / 16, NI = WN / 8;
+  constexpr int SLICES = (C::K + BK - 1) / BK;
+  static_assert(STAGES >= 2, "a pipeline has at least two stages");
+  __align__(128) __shared__ unsigned short As[STAGES][BM * BK];
+  __align__(128) __shared__ float Bs[STAGES][BN * BK];
+  const unsigned short* w16 = reinterpret_cast<const unsigned short*>(w + HALF_AT);
+  const int n_total = batch * C::P;
+  const int g = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int n0 = blockIdx.x * BN;
+  const int tid = threadIdx.x;
+  const int lane = tid % 32, warp = tid / 32;
+  const int wm0 = (warp / WARPS_N) * WM, wn0 = (warp % WARPS_N) * WN;
+  // Issues the copies of K-slice k0 into buffer s.
+  auto load = [&](int s, int k0) {
+    for (int f = tid; f < BM * 2; f += THREADS) {  // 8 halves (16 bytes) a copy
+      const int mm = f / 2, kk = (f % 2) * 8;
+      const int m = m0 + mm, k = k0 + kk;
+      cp_async16(reinterpret_cast<float*>(&As[s][swizzle16(mm, kk)]),
+                 m < C::M && k < C::K ? reinterpret_cast<const float*>(w16 + ((long)g * C::M + m) * KP + k) : nullptr);
+    }
+    for (int i = tid; i < BN * BK; i += THREADS) {
+      const int kk = i / BN, nn = i % BN;
+      const int k = k0 + kk, n = n0 + nn;
+      cp_async4(&Bs[s][swizzle(nn, b16_column(kk))], k < C::K && n < n_total ? C::src_b(x, g, k, n) : nullptr);
+    }
+  };
+  float acc[MI][NI][4];
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < SLICES) load(s, s * BK);
+    cp_async_commit();
+  }
+  // ldmatrix addresses: A's x4 loads rows 0-7 / 8-15 at k 0-7, then at k
+  // 8-15 (registers a0 a1 a2 a3 of the fragment); B's x4 loads f32 columns
+  // 0-3, 4-7, 8-11, 12-15 of rows 0-7 (k pairs (2t, 2t+1), (2t+8, 2t+9)).
+  const int a16_row = lane % 16, a16_col = (lane / 16) * 8;
+  const int b16_row = lane % 8, b16_col = (lane / 8) * 4;
+  for (int t = 0; t < SLICES; ++t) {
+    cp_async_wait<STAGES - 2>();  // slice t's copies (this thread's) have landed
+    __syncthreads();              // everyone's, and buffer (t - 1) % STAGES is free
+    if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
+    cp_async_commit();
+    if constexpr (C::SCALED) {
+      scale_b_slice<C, BN, BK, THREADS, true>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
+      __syncthreads();
+    }
+    const unsigned short* as = As[t % STAGES];
+    const float* bs = Bs[t % STAGES];
+    unsigned a[MI][4], b[NI][2];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) ldmatrix(a[i], &as[swizzle16(wm0 + i * 16 + a16_row, a16_col)]);
+#pragma unroll
+    for (int j = 0; j < NI; ++j) {
+      unsigned f[4];
+      ldmatrix(f, &bs[swizzle(wn0 + j * 8 + b16_row, b16_col)]);
+      b[j][0] = to_16x2<FP16>(__uint_as_float(f[0]), __uint_as_float(f[1]));
+      b[j][1] = to_16x2<FP16>(__uint_as_float(f[2]), __uint_as_float(f[3]));
+    }
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int j = 0; j < NI; ++j) mma_16<FP16>(acc[i][j], a[i], b[j]);
+  }
+  cp_async_wait<0>();
+  // The accumulators are in the m16n8k8 C layout (the same for m16n8k16).
 #pragma unroll
   for (int i = 0; i < MI; ++i)
 #pragma unroll

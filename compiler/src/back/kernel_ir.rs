@@ -108,10 +108,31 @@ pub enum Schedule {
     /// TF32 parts, three MMAs per product (FP32-level accuracy). `vec_a`: the
     /// weights are copied 16 bytes at a time (K a multiple of 4). K is never
     /// split: a GEMM too small to fill the GPU stays on CUDA cores.
-    Tensor { tile: TcTile, x3: bool, vec_a: bool },
+    /// `half` (`--precision bf16` or `fp16`): `mma.sync.m16n8k16` on 16-bit
+    /// operands instead, the weights read from their 16-bit copy
+    /// ([`cnnc_runtime::plan::Prepared::WithHalf`], rows padded to 8, so always
+    /// 16-byte copies), the input rounded to 16 bits as its fragments are read.
+    Tensor {
+        tile: TcTile,
+        x3: bool,
+        vec_a: bool,
+        half: Option<HalfFormat>,
+    },
 }
 
 impl Schedule {
+    /// The tensor-core schedule on `tile` for a GEMM with `k` terms per
+    /// output in `precision`.
+    pub fn tensor(tile: TcTile, precision: Precision, k: i64) -> Schedule {
+        let half = precision.half_format();
+        Schedule::Tensor {
+            tile,
+            x3: precision == Precision::Tf32x3,
+            vec_a: half.is_some() || k % 4 == 0,
+            half,
+        }
+    }
+
     /// The tile schedule for a GEMM with `k` terms per output, with the weight
     /// loads vectorised where [`Schedule::Tile`] allows, K not split.
     pub fn tiled(tile: GemmTile, k: i64) -> Schedule {
@@ -165,7 +186,7 @@ impl Schedule {
 
 /// The arithmetic a build asks for: defined with the plan, which carries it
 /// to the built binary.
-pub use cnnc_runtime::plan::Precision;
+pub use cnnc_runtime::plan::{HalfFormat, Precision};
 
 /// A tensor-core tile: a BM×BN output tile per block, computed by
 /// (BM/WM)×(BN/WN) warps, each a WM×WN tile of 16×8 MMA tiles, with K-slices
@@ -191,7 +212,11 @@ impl TcTile {
     }
     /// Bytes of shared memory (all stages of both operands).
     pub fn shared_bytes(&self) -> u32 {
-        (self.bm + self.bn) * TC_BK * 4 * self.stages
+        self.shared_bytes_for(false)
+    }
+    /// ... with 16-bit weights (`half`): A takes 2 bytes an element, B stays f32.
+    pub fn shared_bytes_for(&self, half: bool) -> u32 {
+        (self.bm * if half { 2 } else { 4 } + self.bn * 4) * TC_BK * self.stages
     }
     /// Resident blocks per SM the kernel asks ptxas to allow for: each warp
     /// keeps WM·WN/32 accumulators plus its A and B fragments in registers.
@@ -495,11 +520,7 @@ impl Gemm {
         );
         if precision.tensor_cores() {
             if let Ok(tile) = self.tensor_core_tile(n) {
-                return Schedule::Tensor {
-                    tile,
-                    x3: precision == Precision::Tf32x3,
-                    vec_a: self.k() % 4 == 0,
-                };
+                return Schedule::tensor(tile, precision, self.k());
             }
         }
         let tile = choose_tile(m, n, groups);
@@ -960,12 +981,6 @@ pub fn lower_with(
     sources: &SourceMap,
     precision: Precision,
 ) -> Result<KernelProgram, String> {
-    if !precision.implemented() {
-        return Err(format!(
-            "precision `{}` is not implemented yet (fp32, tf32 and tf32x3 are)",
-            precision.name()
-        ));
-    }
     let refs = placements(g);
     let mut kernels = Vec::new();
     for (id, node) in g.nodes.iter().enumerate().skip(1) {
@@ -1496,17 +1511,32 @@ pub fn describe_schedule(schedule: &Schedule) -> String {
                 String::new()
             }
         ),
-        Schedule::Tensor { tile: t, x3, vec_a } => format!(
-            "tensor cores {}: tile BM={} BN={} BK={TC_BK}, warp tiles {}×{} of mma.m16n8k8, {}-stage cp.async pipeline, {} B shared ({} threads){}",
-            if *x3 { "3xTF32" } else { "TF32" },
+        Schedule::Tensor {
+            tile: t,
+            x3,
+            vec_a,
+            half,
+        } => format!(
+            "tensor cores {}: tile BM={} BN={} BK={TC_BK}, warp tiles {}×{} of mma.m16n8k{}, {}-stage cp.async pipeline, {} B shared ({} threads){}",
+            match half {
+                Some(HalfFormat::Bf16) => "BF16",
+                Some(HalfFormat::Fp16) => "FP16",
+                None if *x3 => "3xTF32",
+                None => "TF32",
+            },
             t.bm,
             t.bn,
             t.wm,
             t.wn,
+            if half.is_some() { 16 } else { 8 },
             t.stages,
-            t.shared_bytes(),
+            t.shared_bytes_for(half.is_some()),
             t.threads(),
-            if *vec_a { ", weights by 16-byte copies" } else { "" },
+            match (half, vec_a) {
+                (Some(h), _) => format!(", {} weights by 16-byte copies", h.name()),
+                (None, true) => ", weights by 16-byte copies".to_string(),
+                (None, false) => String::new(),
+            },
         ),
         Schedule::Gemv(v) => format!(
             "GEMV {} warps × {} rows, ≤{} images, chunks of {}{} ({} threads)",
@@ -1522,6 +1552,22 @@ pub fn describe_schedule(schedule: &Schedule) -> String {
 
 fn loop_nest(schedule: &Schedule) -> String {
     match schedule {
+        Schedule::Tensor {
+            tile: t,
+            half: Some(h),
+            ..
+        } => format!(
+            "cp.async slices 0..{s1} of A[{bm}×{TC_BK}] ({h} weights), B[{TC_BK}×{bn}] (f32) to swizzled shared buffers; for k0 in 0..K step {TC_BK}: wait for slice k0, copy slice k0+{s1} into buffer (k0/{TC_BK}+{s1}) % {s}, ldmatrix A[{wm}×{TC_BK}], B[{TC_BK}×{wn}] per warp, round B to {h}, {mi}×{ni} mma.m16n8k16",
+            s1 = t.stages - 1,
+            s = t.stages,
+            bm = t.bm,
+            bn = t.bn,
+            wm = t.wm,
+            wn = t.wn,
+            mi = t.wm / 16,
+            ni = t.wn / 8,
+            h = h.name(),
+        ),
         Schedule::Tensor { tile: t, x3, .. } => format!(
             "cp.async slices 0..{s1} of A[{bm}×{TC_BK}], B[{TC_BK}×{bn}] to swizzled shared buffers; for k0 in 0..K step {TC_BK}: wait for slice k0, copy slice k0+{s1} into buffer (k0/{TC_BK}+{s1}) % {s}, for k in 0..{TC_BK} step 8: ldmatrix A[{wm}×8], B[8×{wn}] per warp, round to TF32{split}, {mi}×{ni} mma.m16n8k8{times}",
             s1 = t.stages - 1,

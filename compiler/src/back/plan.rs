@@ -1,7 +1,7 @@
 //! Lowers kernels and the memory plan to the runtime's execution plan
 //! (`cnnc_runtime::plan`), the data both executors run.
 
-use crate::back::kernel_ir::{KernelKind, KernelProgram, TensorRef};
+use crate::back::kernel_ir::{KernelKind, KernelProgram, Schedule, TensorRef};
 use crate::back::memory::MemoryPlan;
 use crate::front::source::SourceMap;
 use crate::ir::{Activation, Epilogue, Graph, Op, Shape};
@@ -59,12 +59,24 @@ pub fn build(
         prepared.len() - 1
     };
     let mut steps = Vec::new();
+    // Weights whose GEMM runs on 16-bit tensor cores at some batch size:
+    // (prepared index, format, rows), given their 16-bit copy below.
+    let mut halves: Vec<(usize, rt::HalfFormat, usize)> = Vec::new();
     for k in &program.kernels {
         let node = &graph.nodes[k.node];
         let mut params = Vec::new();
         let op = match &k.kind {
             KernelKind::Gemm(g) => {
                 params = conv_params(node, &mut push);
+                let half = std::iter::once(&g.schedule)
+                    .chain(k.variants.iter().map(|v| &v.schedule))
+                    .find_map(|s| match s {
+                        Schedule::Tensor { half, .. } => *half,
+                        _ => None,
+                    });
+                if let (Some(format), Some(&weight)) = (half, params.first()) {
+                    halves.push((weight, format, g.out_channels as usize));
+                }
                 let mode = match g.padding_mode {
                     crate::ir::PaddingMode::Zeros => 0,
                     crate::ir::PaddingMode::Reflect => 1,
@@ -191,6 +203,14 @@ pub fn build(
             },
         };
         steps.push(step(k, op, params, memory)?);
+    }
+    for (i, format, rows) in halves {
+        let weight = Box::new(prepared[i].clone());
+        prepared[i] = rt::Prepared::WithHalf {
+            weight,
+            format,
+            rows,
+        };
     }
     let state_dict = crate::ir::weights::state_entries(graph, sources);
     let ends_in = match graph.nodes[graph.output].op {

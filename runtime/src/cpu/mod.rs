@@ -91,6 +91,24 @@ impl CpuExecutor {
                 prepared.len()
             )));
         }
+        // The CPU computes in FP32 whatever the plan's precision: a weight
+        // with a 16-bit copy for the GPU's tensor cores keeps only its f32 part.
+        let mut prepared = prepared;
+        for step in &plan.steps {
+            if let (StepOp::Gemm(g), Some(&i)) = (&step.op, step.params.first()) {
+                if let (Some(crate::plan::Prepared::WithHalf { .. }), Some(t)) =
+                    (plan.prepared.get(i), prepared.get_mut(i))
+                {
+                    let k = if g.global_pool {
+                        g.in_channels
+                    } else {
+                        g.in_channels / g.groups.max(1) * g.kernel.0 * g.kernel.1
+                    };
+                    t.truncate(g.out_channels * k);
+                    t.shrink_to_fit();
+                }
+            }
+        }
         let plan = split_gated_steps(plan)?;
         let arena_len = plan.arena_per_image.checked_mul(max_batch).ok_or_else(|| {
             Error(format!(
