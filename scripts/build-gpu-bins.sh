@@ -14,11 +14,17 @@ cargo build --release --locked --quiet
 export CARGO_TARGET_DIR="${CNNC_BUILD_TARGET_DIR:-$PWD/target/cnnc-build}"
 mkdir -p gpu/bin
 # gpu/bin/<model> is the default build (--precision tf32); <model>.fp32 and
-# <model>.tf32x3 are the strict and the split-operand builds, which
+# <model>.tf32x3 are the strict and the split-operand builds, <model>.bf16 and
+# <model>.fp16 the 16-bit tensor-core builds (only for the models of
+# CNNC_GPU_HALF_MODELS, to keep the GPU check within its time), which
 # scripts/gpu_check.py compares and times side by side.
-precisions="${CNNC_GPU_PRECISIONS:-tf32 fp32 tf32x3}"
+precisions="${CNNC_GPU_PRECISIONS:-tf32 fp32 tf32x3 bf16 fp16}"
+half_models=" ${CNNC_GPU_HALF_MODELS:-resnet50 vgg16 mobilenet_v2} "
 for m in $models; do
   for p in $precisions; do
+    case "$p" in
+      bf16 | fp16) [[ "$half_models" == *" $m "* ]] || continue ;;
+    esac
     suffix=".$p"
     [ "$p" = tf32 ] && suffix=""
     echo "building $m ($p)"
