@@ -285,6 +285,27 @@ fn fusion_report_snapshots() {
     });
 }
 
+#[test]
+fn roofline_snapshot() {
+    // ResNet-50 as `cnnc build` compiles it by default (tf32): per kernel its
+    // work, traffic and bound at batch 1 and 64, so a schedule or cost-model
+    // change shows here.
+    let c = cnnc::compile_file(Path::new("models/resnet50.cnn"), &BTreeMap::new()).unwrap();
+    let graph = c.models[0].graph.as_ref().unwrap();
+    let text = cnnc::tools::emit::stage_text(
+        graph,
+        &c.sources,
+        cnnc::tools::emit::Stage::Roofline,
+        cnnc::back::kernel_ir::Precision::Tf32,
+    )
+    .unwrap();
+    snapshot(
+        "zoo_resnet50_roofline",
+        "cnnc emit models/resnet50.cnn --stage roofline",
+        &text,
+    );
+}
+
 /// The kernel IR snapshot for big models: the listing's header, then per
 /// kernel its name, what it computes (its first op line), and a digest of
 /// its whole block, so a schedule change shows as the kernels it changed.

@@ -106,11 +106,12 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda, driver or plan.
+    /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda, driver, plan or roofline.
     Emit {
         file: PathBuf,
         /// What to print: the parse tree, the graph IR, the fusion report, the
-        /// kernel IR, the CUDA C source, or the Rust driver `cnnc build` writes.
+        /// kernel IR, the CUDA C source, the Rust driver `cnnc build` writes,
+        /// its execution plan, or each kernel's roofline bound on an H100/H200.
         #[arg(long, value_enum)]
         stage: cnnc::tools::emit::Stage,
         /// Write to this file instead of standard output.

@@ -5,7 +5,8 @@
 //! [`memory`] places every tensor in a few arenas, [`plan`] turns kernels and
 //! placements into the runtime's execution plan, and [`build`] writes the
 //! driver crate, compiles the kernels with nvcc (cached by [`cache`]) and
-//! runs cargo.
+//! runs cargo. [`roofline`] bounds each kernel's time from its work and
+//! traffic (`cnnc emit --stage roofline`).
 
 pub mod build;
 pub mod cache;
@@ -13,3 +14,4 @@ pub mod cuda;
 pub mod kernel_ir;
 pub mod memory;
 pub mod plan;
+pub mod roofline;

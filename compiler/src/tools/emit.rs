@@ -1,5 +1,6 @@
 //! `cnnc emit`: each stage of the pipeline as text (AST, IR, fusion report,
-//! kernel IR, CUDA). Every stage is deterministic.
+//! kernel IR, CUDA, driver, plan, and the kernels' roofline bounds). Every
+//! stage is deterministic.
 
 use crate::front::source::SourceMap;
 use crate::front::syntax::SourceFile;
@@ -23,6 +24,9 @@ pub enum Stage {
     Driver,
     /// The execution plan the driver embeds (plan.json of the generated crate).
     Plan,
+    /// Per kernel: FLOPs, compulsory bytes and the H100/H200 roofline bound
+    /// at batch 1 and 64, then the totals (no GPU needed).
+    Roofline,
 }
 
 /// A stage other than [`Stage::Ast`] of a checked model, as `cnnc emit`
@@ -46,13 +50,13 @@ pub fn stage_text(
     let (optimized, logs) = crate::ir::passes::optimize(graph).map_err(internal)?;
     match stage {
         Stage::Fused => Ok(fused(graph, &optimized, &logs, sources)),
-        Stage::Kernels | Stage::Cuda => {
+        Stage::Kernels | Stage::Cuda | Stage::Roofline => {
             let program = crate::back::kernel_ir::lower_with(&optimized, sources, precision)
                 .map_err(internal)?;
-            if stage == Stage::Kernels {
-                Ok(crate::back::kernel_ir::render(&program))
-            } else {
-                crate::back::cuda::print(&program).map_err(internal)
+            match stage {
+                Stage::Kernels => Ok(crate::back::kernel_ir::render(&program)),
+                Stage::Roofline => Ok(crate::back::roofline::render(&program)),
+                _ => crate::back::cuda::print(&program).map_err(internal),
             }
         }
         Stage::Driver | Stage::Plan => {
