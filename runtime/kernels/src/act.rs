@@ -61,6 +61,12 @@ pub fn apply_slice(act: Act, v: &mut [f32]) {
     match act {
         Act::Tanh | Act::Sigmoid | Act::Silu | Act::GeluTanh => {
             #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (just checked).
+                unsafe { transcendental_avx512(act, v) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU has AVX2 (just checked).
                 unsafe { transcendental_avx2(act, v) };
@@ -78,14 +84,26 @@ unsafe fn transcendental_avx2(act: Act, v: &mut [f32]) {
     transcendental(act, v)
 }
 
+/// The same loops 16 lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transcendental_avx512(act: Act, v: &mut [f32]) {
+    transcendental(act, v)
+}
+
 /// One loop per activation, each with its kind a constant, so that the
 /// formula inlines into a loop without a branch on the kind.
 #[inline(always)]
 fn transcendental(act: Act, v: &mut [f32]) {
+    // A `for` loop, not `for_each`: the loop body must be compiled inside
+    // `transcendental_avx2` to get its target features. With `for_each` the
+    // loop stayed in a separate baseline (SSE2) function that LLVM left
+    // scalar: 59% of efficientnet_b0's CPU time at batch 1 was scalar SiLU.
     #[inline(always)]
     fn each(kind: Kind, v: &mut [f32]) {
-        v.iter_mut()
-            .for_each(|x| *x = kind.forward(Fast(0.0), Fast(*x)).0)
+        for x in v.iter_mut() {
+            *x = kind.forward(Fast(0.0), Fast(*x)).0;
+        }
     }
     match act {
         Act::Tanh => each(Kind::Tanh, v),
