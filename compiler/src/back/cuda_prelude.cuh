@@ -809,6 +809,34 @@ __device__ __forceinline__ int swizzle(int r, int k) { return r * 16 + ((((k >> 
 // tile, on the same swizzled layout: free of bank conflicts.
 __device__ __forceinline__ int b16_column(int k) { return (k & 8) | ((k & 1) << 2) | ((k >> 1) & 3); }
 
+// The epilogue of the tensor-core tiles: a warp's MI x NI accumulator tiles
+// (its rows from m0, columns from n0) through bias and Epi to y. Accumulator
+// e of tile (i, j) is row g + 8 (e / 2), column 2 t + e % 2 of that 16x8
+// tile, with g = lane / 4 and t = lane % 4 (the mma's C layout, the same for
+// m16n8k8 and m16n8k16).
+template <class C, int MI, int NI, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void store_tc_tile(const float (&acc)[MI][NI][4], const float* __restrict__ bias,
+                                              const float* __restrict__ r0, float* __restrict__ y, int g, int m0,
+                                              int n0, int n_total, int lane) {
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = m0 + i * 16 + lane / 4 + (e / 2) * 8;
+      if (m >= C::M) continue;
+      const int oc = g * C::M + m;
+      const float bv = HAS_BIAS ? bias[oc] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < NI; ++j) {
+        const int n = n0 + j * 8 + (lane % 4) * 2 + e % 2;
+        if (n >= n_total) continue;
+        const int image = n / C::P;
+        const int p = n - image * C::P;
+        y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = Epi::apply(acc[i][j][e] + bv, image, oc, p, r0);
+      }
+    }
+}
+
 // A gate's factor on slice t of B in shared memory, for the tensor-core tiles
 // (they copy B with cp.async, so it cannot be scaled on the way): each
 // element is scaled by the thread that copied it, once its copy has landed;
@@ -961,25 +989,7 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
     }
   }
   cp_async_wait<0>();  // the trailing groups are empty; nothing is left in flight
-  // Accumulator e of tile (i, j) is row g + 8 (e / 2), column 2 t + e % 2 of
-  // that 16x8 tile, with g = lane / 4 and t = lane % 4 (the mma's C layout).
-#pragma unroll
-  for (int i = 0; i < MI; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int m = m0 + wm0 + i * 16 + lane / 4 + (e / 2) * 8;
-      if (m >= C::M) continue;
-      const int oc = g * C::M + m;
-      const float bv = HAS_BIAS ? bias[oc] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        const int n = n0 + wn0 + j * 8 + (lane % 4) * 2 + e % 2;
-        if (n >= n_total) continue;
-        const int image = n / C::P;
-        const int p = n - image * C::P;
-        y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = Epi::apply(acc[i][j][e] + bv, image, oc, p, r0);
-      }
-    }
+  store_tc_tile<C, MI, NI, Epi, HAS_BIAS, OUT_CT, OUT_CO>(acc, bias, r0, y, g, m0 + wm0, n0 + wn0, n_total, lane);
 }
 
 
@@ -1090,23 +1100,7 @@ __device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const flo
   }
   cp_async_wait<0>();
   // The accumulators are in the m16n8k8 C layout (the same for m16n8k16).
-#pragma unroll
-  for (int i = 0; i < MI; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int m = m0 + wm0 + i * 16 + lane / 4 + (e / 2) * 8;
-      if (m >= C::M) continue;
-      const int oc = g * C::M + m;
-      const float bv = HAS_BIAS ? bias[oc] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        const int n = n0 + wn0 + j * 8 + (lane % 4) * 2 + e % 2;
-        if (n >= n_total) continue;
-        const int image = n / C::P;
-        const int p = n - image * C::P;
-        y[((long)image * OUT_CT + OUT_CO + oc) * C::P + p] = Epi::apply(acc[i][j][e] + bv, image, oc, p, r0);
-      }
-    }
+  store_tc_tile<C, MI, NI, Epi, HAS_BIAS, OUT_CT, OUT_CO>(acc, bias, r0, y, g, m0 + wm0, n0 + wn0, n_total, lane);
 }
 
 }  // namespace cnnc
