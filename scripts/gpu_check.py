@@ -158,7 +158,7 @@ def target(name, batch, ours_ms, eager_strict_ms):
 
 def main():
     os.makedirs(WORK, exist_ok=True)
-    models = os.environ.get("CNNC_GPU_MODELS", "mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2").split()
+    models = os.environ.get("CNNC_GPU_MODELS", "mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2 efficientnet_b0").split()
     gpu = torch.cuda.get_device_name(0)
     say(f"## GPU check: {gpu}")
     say("")
