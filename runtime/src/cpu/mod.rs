@@ -99,12 +99,7 @@ impl CpuExecutor {
                 if let (Some(crate::plan::Prepared::WithHalf { .. }), Some(t)) =
                     (plan.prepared.get(i), prepared.get_mut(i))
                 {
-                    let k = if g.global_pool {
-                        g.in_channels
-                    } else {
-                        g.in_channels / g.groups.max(1) * g.kernel.0 * g.kernel.1
-                    };
-                    t.truncate(g.out_channels * k);
+                    t.truncate(g.out_channels * (gemm_k_total(g) / g.groups.max(1)));
                     t.shrink_to_fit();
                 }
             }
