@@ -368,11 +368,15 @@ fn unchanged_kernels_are_not_compiled_again() {
     let log = dir.join("nvcc.log");
     let nvcc = dir.join("fake-nvcc");
     // The last two arguments are `-o`'s value and the source; the "cubin"
-    // names the source it came from.
+    // names the source it came from. Like `nvcc -Xptxas -v`, it reports
+    // each entry function of the source (half the architecture's number of
+    // registers, 2 KiB of shared memory) on standard error.
     std::fs::write(
         &nvcc,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nwhile [ $# -gt 2 ]; do shift; done\nbasename \"$2\" > \"$1\"\n",
+            "#!/bin/sh\necho \"$*\" >> '{}'\narch=$(echo \"$*\" | sed -n 's/.*-arch=sm_\\([0-9]*\\).*/\\1/p')\nwhile [ $# -gt 2 ]; do shift; done\nbasename \"$2\" > \"$1\"\n\
+             sed -n -E 's/.*__global__ void (__launch_bounds__\\([0-9, ]*\\) )?([A-Za-z0-9_]+)\\(.*/\\2/p' \"$2\" | while read f; do\n\
+             printf \"ptxas info    : Compiling entry function '%s' for 'sm_%s'\\nptxas info    : Used %s registers, 2048 bytes smem\\n\" \"$f\" \"$arch\" $((arch / 2)) >&2\ndone\n",
             log.display()
         ),
     )
@@ -430,6 +434,28 @@ fn unchanged_kernels_are_not_compiled_again() {
     }
     // The scratch sources are gone once every compile succeeded.
     assert!(!dir.join("a/kernels/.nvcc").exists());
+    // ptxas's figures for every launched function, per architecture.
+    let resources =
+        |out: &str| std::fs::read_to_string(dir.join(out).join("kernels/resources.txt")).unwrap();
+    let report = resources("a");
+    assert!(!report.contains("not reported"), "{report}");
+    let rows = |arch: &str| -> Vec<String> {
+        report
+            .split("\nsm_")
+            .find(|section| section.starts_with(arch))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with('k'))
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+            .collect()
+    };
+    // 7 kernels and 5 batch variants, with the registers of their architecture.
+    assert_eq!(rows("80"), vec!["40"; 12], "{report}");
+    assert_eq!(rows("90"), vec!["45"; 12], "{report}");
+    assert!(
+        first.contains("sm_90: 45–45 registers, no local memory"),
+        "{first}"
+    );
 
     // The same model into another folder: every cubin from the cache.
     let again = build(mnist, "b");
@@ -439,6 +465,8 @@ fn unchanged_kernels_are_not_compiled_again() {
         "{again}"
     );
     assert_eq!(embedded("b"), cubins);
+    // The figures came from the cache with the cubins.
+    assert_eq!(resources("b"), report);
 
     // One layer edited (the first linear layer's activation): one kernel
     // compiles again, for both architectures; its old cubins leave `a`.

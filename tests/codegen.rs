@@ -701,54 +701,6 @@ fn find_nvcc() -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
-/// One function's line from `ptxas -v`.
-#[derive(Debug)]
-struct PtxasFunction {
-    name: String,
-    stack: u64,
-    spill_stores: u64,
-    spill_loads: u64,
-}
-
-/// Parses `ptxas -v`: the entry functions compiled, and each function's properties.
-fn parse_ptxas(log: &str) -> (Vec<(String, String)>, Vec<PtxasFunction>) {
-    let quoted = |s: &str| -> Vec<String> {
-        s.split('\'')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_string)
-            .collect()
-    };
-    let number_before = |line: &str, what: &str| -> Option<u64> {
-        let at = line.find(what)?;
-        line[..at]
-            .split([' ', ','])
-            .rfind(|w| !w.is_empty())?
-            .parse()
-            .ok()
-    };
-    let mut entries = Vec::new();
-    let mut functions = Vec::new();
-    let mut lines = log.lines();
-    while let Some(line) = lines.next() {
-        if line.contains("Compiling entry function") {
-            let q = quoted(line);
-            if q.len() == 2 {
-                entries.push((q[0].clone(), q[1].clone()));
-            }
-        } else if let Some(name) = line.split("Function properties for ").nth(1) {
-            let props = lines.next().unwrap_or("");
-            functions.push(PtxasFunction {
-                name: name.trim().to_string(),
-                stack: number_before(props, "bytes stack frame").unwrap_or(u64::MAX),
-                spill_stores: number_before(props, "bytes spill stores").unwrap_or(u64::MAX),
-                spill_loads: number_before(props, "bytes spill loads").unwrap_or(u64::MAX),
-            });
-        }
-    }
-    (entries, functions)
-}
-
 /// The program reduced to the kernels whose compile unit (as `cnnc build`
 /// compiles them: `cnnc::back::cuda::compile_units`, named by a digest of their
 /// code) is not in `seen`, which gains them, renamed as in their cubins;
@@ -1007,57 +959,51 @@ fn the_sass_reader_counts_mnemonics_per_function() {
     assert_eq!(mix.len(), 2);
 }
 
+/// Every kernel of `program` compiled, without local memory, and resident
+/// on an SM of its architecture (`cnnc::back::resources`: ptxas's registers
+/// and shared memory against the occupancy calculator's limits; a kernel
+/// that does not fit is refused at launch).
 fn check_ptxas(model: &str, arch: &str, log: &str, program: &KernelProgram) -> Vec<String> {
-    let (entries, functions) = parse_ptxas(log);
-    let mut problems = Vec::new();
+    use cnnc::back::resources::{launches, parse_ptxas, problems, SM80, SM90};
+    let functions = parse_ptxas(log);
+    let number: u32 = arch.trim_start_matches("sm_").parse().unwrap();
+    let mut found = Vec::new();
     for k in &program.kernels {
-        if !entries.iter().any(|(n, a)| *n == k.name && a == arch) {
-            problems.push(format!(
+        match functions.iter().find(|f| f.name == k.name) {
+            None => found.push(format!(
                 "{model} {arch} {}: ptxas did not compile it",
                 k.name
-            ));
-        }
-        if !functions.iter().any(|f| f.name == k.name) {
-            problems.push(format!(
-                "{model} {arch} {}: no `Function properties` from ptxas -v",
+            )),
+            Some(f) if f.arch != Some(number) || f.registers.is_none() => found.push(format!(
+                "{model} {arch} {}: no entry or no `Used … registers` from ptxas -v: {f:?}",
                 k.name
-            ));
+            )),
+            Some(_) => {}
         }
     }
     for f in &functions {
         if f.spill_stores != 0 || f.spill_loads != 0 {
-            problems.push(format!(
+            found.push(format!(
                 "{model} {arch} {}: {} bytes spill stores, {} bytes spill loads",
                 f.name, f.spill_stores, f.spill_loads
             ));
         }
         if f.stack != 0 {
-            problems.push(format!(
+            found.push(format!(
                 "{model} {arch} {}: {} bytes stack frame (local memory)",
                 f.name, f.stack
             ));
         }
     }
-    problems
-}
-
-#[test]
-fn ptxas_parser_reads_spills() {
-    let log = "ptxas info    : Compiling entry function 'k00_conv' for 'sm_80'\n\
-               ptxas info    : Function properties for k00_conv\n    \
-               0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n\
-               ptxas info    : Used 255 registers, used 1 barriers, 3072 bytes smem\n";
-    let (entries, functions) = parse_ptxas(log);
-    assert_eq!(entries, [("k00_conv".to_string(), "sm_80".to_string())]);
-    assert_eq!(functions.len(), 1);
-    assert_eq!(
-        (
-            functions[0].stack,
-            functions[0].spill_stores,
-            functions[0].spill_loads
-        ),
-        (0, 8, 12)
+    // The program's kernels are named as in the cubin already.
+    let sm = if number == 80 { SM80 } else { SM90 };
+    let all = launches(program, &BTreeMap::new());
+    found.extend(
+        problems(&all, &functions, &sm)
+            .into_iter()
+            .map(|p| format!("{model} {arch}: {p}")),
     );
+    found
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! embedded and compiled on first run with NVRTC), builds the crate with
 //! cargo, and moves the binary into place only when everything succeeded.
 
+use crate::back::resources::{parse_ptxas, PtxasFunction};
 use cnnc_runtime::plan::Plan;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -124,27 +126,39 @@ pub fn find_nvcc() -> Option<PathBuf> {
     default.is_file().then_some(default)
 }
 
-/// Compiles `cu` to a cubin for `sm_{arch}`.
-/// The flags of every nvcc run besides `-arch` and the files.
-const NVCC_FLAGS: &[&str] = &["-cubin", "-O3"];
+/// The flags of every nvcc run besides `-arch` and the files: `-Xptxas -v`
+/// makes ptxas report each kernel's registers, shared and local memory
+/// (see [`crate::back::resources`]).
+const NVCC_FLAGS: &[&str] = &["-cubin", "-O3", "-Xptxas", "-v"];
 
-pub fn nvcc_cubin(nvcc: &Path, cu: &Path, arch: u32, out: &Path) -> Result<(), String> {
+/// Compiles `cu` to a cubin for `sm_{arch}`; returns ptxas's report.
+pub fn nvcc_cubin(nvcc: &Path, cu: &Path, arch: u32, out: &Path) -> Result<String, String> {
     let result = Command::new(nvcc)
-        .arg(NVCC_FLAGS[0])
+        .args(NVCC_FLAGS)
         .arg(format!("-arch=sm_{arch}"))
-        .arg(NVCC_FLAGS[1])
         .arg("-o")
         .arg(out)
         .arg(cu)
         .output()
         .map_err(|e| format!("cannot run `{}`: {e}", nvcc.display()))?;
+    let log = String::from_utf8_lossy(&result.stderr).into_owned();
     if !result.status.success() {
-        return Err(format!(
-            "nvcc failed for sm_{arch}:\n{}",
-            String::from_utf8_lossy(&result.stderr)
-        ));
+        // ptxas's `info` lines are noise beside an error.
+        let mut errors = String::new();
+        let mut lines = log.lines();
+        while let Some(line) = lines.next() {
+            if line.starts_with("ptxas info") {
+                if line.contains("Function properties for") {
+                    lines.next();
+                }
+            } else {
+                errors.push_str(line);
+                errors.push('\n');
+            }
+        }
+        return Err(format!("nvcc failed for sm_{arch}:\n{errors}"));
     }
-    Ok(())
+    Ok(log)
 }
 
 pub struct BuildOptions {
@@ -249,16 +263,31 @@ pub struct KernelSources {
     pub source: String,
     pub units: Vec<crate::back::cuda::CompileUnit>,
     pub symbols: crate::back::cuda::SymbolTable,
+    /// Every launched function with its block and grid, for the resource
+    /// report; the model's name and GEMM precision head it.
+    pub launches: Vec<crate::back::resources::Launch>,
+    pub model: String,
+    pub precision: &'static str,
+    /// `cnnc emit --stage roofline`'s text, written beside the cubins.
+    pub roofline: String,
 }
 
 impl KernelSources {
     pub fn new(program: &crate::back::kernel_ir::KernelProgram) -> Result<KernelSources, String> {
         let source = crate::back::cuda::print(program)?;
         let (units, symbols) = crate::back::cuda::compile_units(program)?;
+        let names: BTreeMap<String, String> = symbols
+            .iter()
+            .map(|(name, _, symbol)| (name.clone(), symbol.clone()))
+            .collect();
         Ok(KernelSources {
             source,
             units,
             symbols,
+            launches: crate::back::resources::launches(program, &names),
+            model: program.model.clone(),
+            precision: program.precision.name(),
+            roofline: crate::back::roofline::render(program),
         })
     }
 }
@@ -315,14 +344,16 @@ fn group_size(misses: usize, threads: usize) -> usize {
 /// folder it is built for, and a one-layer edit compiles only the kernels it
 /// changed. The others run as parallel nvcc processes, one per core, in
 /// groups of [`group_size`] units per cubin. Cubins of earlier builds that
-/// the model no longer uses are removed from `kernels/`.
+/// the model no longer uses are removed from `kernels/`. Returns the cubins
+/// and ptxas's figures for every function in them (kept in the cache beside
+/// each cubin, `<key>.ptxas`, so a cached kernel has them too).
 fn compile_cubins(
     nvcc: &Path,
     kernels: &Path,
     sources: &KernelSources,
     cache: Option<&Path>,
     log: &mut dyn FnMut(&str),
-) -> Result<Cubins, String> {
+) -> Result<(Cubins, Vec<PtxasFunction>), String> {
     let started = Instant::now();
     let units = &sources.units;
     let prefix = format!("{}\n", crate::back::cuda::PRELUDE);
@@ -352,6 +383,8 @@ fn compile_cubins(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut jobs = Vec::new();
     let mut cubins: Cubins = Vec::new();
+    // ptxas's report of each cubin, by its cache key (or file).
+    let mut reports: BTreeMap<String, String> = BTreeMap::new();
     let mut from_cache = 0;
     let mut missing = 0;
     for &arch in ARCHS {
@@ -367,10 +400,13 @@ fn compile_cubins(
                 let line = std::fs::read_to_string(d.join(&key)).ok()?;
                 let (cubin_key, name) = line.trim().split_once(' ')?;
                 let bytes = std::fs::read(cache?.join(format!("{cubin_key}.cubin"))).ok()?;
-                Some((name.to_string(), bytes))
+                let report =
+                    std::fs::read_to_string(cache?.join(format!("{cubin_key}.ptxas"))).ok()?;
+                Some((name.to_string(), bytes, cubin_key.to_string(), report))
             });
             match hit {
-                Some((name, bytes)) => {
+                Some((name, bytes, cubin_key, report)) => {
+                    reports.insert(cubin_key, report);
                     let file = dir.join(format!("{name}.cubin"));
                     if std::fs::read(&file).map_or(true, |old| old != bytes) {
                         write(&file, &bytes)?;
@@ -439,6 +475,7 @@ fn compile_cubins(
             archs.join(" and "),
         ));
     } else {
+        let compiled = std::sync::Mutex::new(Vec::new());
         let threads = threads.min(jobs.len());
         log(&format!(
             "compiling {missing} of {total} kernels ({} distinct, for {}; {from_cache} taken from the cache) into {} cubin{} with {} on {threads} thread{}",
@@ -469,16 +506,18 @@ fn compile_cubins(
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let done_tx = done_tx.clone();
-                let (jobs, next, scratch, index_dir) = (&jobs, &next, &scratch, &index_dir);
+                let (jobs, next, scratch, index_dir, compiled) =
+                    (&jobs, &next, &scratch, &index_dir, &compiled);
                 scope.spawn(move || loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
                     let cu = scratch.join(format!("{}.cu", job.name));
                     let tmp = job.file.with_extension("cubin.tmp");
                     let result = nvcc_cubin(nvcc, &cu, job.arch, &tmp)
-                        .and_then(|()| {
+                        .and_then(|report| {
                             std::fs::rename(&tmp, &job.file)
-                                .map_err(|e| format!("cannot move the cubin into place: {e}"))
+                                .map_err(|e| format!("cannot move the cubin into place: {e}"))?;
+                            Ok(report)
                         })
                         .map_err(|e| {
                             let _ = std::fs::remove_file(&tmp);
@@ -496,12 +535,13 @@ fn compile_cubins(
                     // The cache is an optimisation: failing to fill it is no
                     // error. The cubin first, then the index lines that
                     // point at it.
-                    if let (Ok(()), Some(cached), Some(index_dir)) =
+                    if let (Ok(report), Some(cached), Some(index_dir)) =
                         (&result, &job.cached, index_dir)
                     {
                         let filed = std::fs::read(&job.file).is_ok_and(|bytes| {
                             std::fs::create_dir_all(index_dir).is_ok()
                                 && write(cached, &bytes).is_ok()
+                                && write(&cached.with_extension("ptxas"), report.as_bytes()).is_ok()
                         });
                         let cubin_key = cached.file_stem().unwrap_or_default().to_string_lossy();
                         if filed {
@@ -511,6 +551,11 @@ fn compile_cubins(
                             }
                         }
                     }
+                    let result = result.map(|report| {
+                        if let Ok(mut c) = compiled.lock() {
+                            c.push((job.file.display().to_string(), report));
+                        }
+                    });
                     if done_tx.send((i, result)).is_err() {
                         break;
                     }
@@ -552,9 +597,60 @@ fn compile_cubins(
         }
         let _ = std::fs::remove_dir_all(&scratch);
         log(&format!("  kernels compiled in {}", elapsed(started)));
+        reports.extend(compiled.into_inner().unwrap_or_default());
     }
     remove_stale_cubins(kernels, &cubins);
-    Ok(cubins)
+    // A function in several cubins (a grouped and a cached copy) once.
+    let mut functions: Vec<PtxasFunction> = Vec::new();
+    for report in reports.values() {
+        for f in parse_ptxas(report) {
+            if !functions
+                .iter()
+                .any(|g| g.name == f.name && g.arch == f.arch)
+            {
+                functions.push(f);
+            }
+        }
+    }
+    Ok((cubins, functions))
+}
+
+/// The resource report's file in `kernels/` (written when nvcc compiled).
+pub const RESOURCES_FILE: &str = "resources.txt";
+/// The roofline report's file in `kernels/` (every build).
+pub const ROOFLINE_FILE: &str = "roofline.txt";
+
+/// Writes ptxas's figures and the occupancy of every launched function to
+/// `path` and logs one line per architecture; a kernel that could not be
+/// resident on an SM (the GPU would refuse its launch) fails the build.
+fn resource_report(
+    sources: &KernelSources,
+    functions: &[PtxasFunction],
+    path: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    use crate::back::resources::{problems, render, summary, SM80, SM90};
+    let archs = [(SM80, functions.to_vec()), (SM90, functions.to_vec())];
+    let found: Vec<String> = archs
+        .iter()
+        .flat_map(|(sm, f)| problems(&sources.launches, f, sm))
+        .collect();
+    if !found.is_empty() {
+        return Err(format!(
+            "the compiled kernels do not fit the GPU:\n  {}",
+            found.join("\n  ")
+        ));
+    }
+    let text = render(&sources.model, sources.precision, &sources.launches, &archs);
+    write(path, text.as_bytes())?;
+    for (sm, f) in &archs {
+        log(&summary(&sources.launches, sm, f));
+    }
+    log(&format!(
+        "  registers, shared memory and occupancy of every kernel: {}",
+        path.display()
+    ));
+    Ok(())
 }
 
 /// Removes the cubins in `kernels/` that `cubins` does not list: those of an
@@ -613,20 +709,31 @@ pub fn build(
     let source_file = "model.cu";
     let cu = dir.join("kernels").join(source_file);
     write(&cu, sources.source.as_bytes())?;
+    let report = dir.join("kernels").join(RESOURCES_FILE);
     let cubins = match &opts.nvcc {
-        Some(nvcc) => compile_cubins(
-            nvcc,
-            &dir.join("kernels"),
-            sources,
-            opts.cubin_cache.as_deref(),
-            log,
-        )?,
+        Some(nvcc) => {
+            let (cubins, functions) = compile_cubins(
+                nvcc,
+                &dir.join("kernels"),
+                sources,
+                opts.cubin_cache.as_deref(),
+                log,
+            )?;
+            resource_report(sources, &functions, &report, log)?;
+            cubins
+        }
         None => {
             log("nvcc not found: the CUDA source is embedded and compiled with NVRTC on first run");
             remove_stale_cubins(&dir.join("kernels"), &Vec::new());
+            let _ = std::fs::remove_file(&report);
             Vec::new()
         }
     };
+    // The reports join the kernels once they compiled.
+    write(
+        &dir.join("kernels").join(ROOFLINE_FILE),
+        sources.roofline.as_bytes(),
+    )?;
     write(&dir.join(PLAN_FILE), plan_json(plan)?.as_bytes())?;
     let driver = driver_source(plan, source_file, &cubins, &sources.symbols)?;
     write(&dir.join("src").join("main.rs"), driver.as_bytes())?;

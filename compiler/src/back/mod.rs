@@ -6,7 +6,9 @@
 //! placements into the runtime's execution plan, and [`build`] writes the
 //! driver crate, compiles the kernels with nvcc (cached by [`cache`]) and
 //! runs cargo. [`roofline`] bounds each kernel's time from its work and
-//! traffic (`cnnc emit --stage roofline`).
+//! traffic (`cnnc emit --stage roofline`); [`resources`] reads ptxas's
+//! registers and shared memory of each compiled kernel and computes its
+//! occupancy (`kernels/resources.txt` of a build).
 
 pub mod build;
 pub mod cache;
@@ -14,4 +16,5 @@ pub mod cuda;
 pub mod kernel_ir;
 pub mod memory;
 pub mod plan;
+pub mod resources;
 pub mod roofline;
