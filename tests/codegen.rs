@@ -792,44 +792,6 @@ fn program_in(model: &Model, precision: Precision) -> KernelProgram {
     cnnc::back::kernel_ir::lower_with(&fused, &compilation.sources, precision).expect("lowering")
 }
 
-/// SASS instruction counts per function of a cubin (`cuobjdump -sass`):
-/// function name → (mnemonic → count).
-fn sass_mix(sass: &str) -> BTreeMap<String, BTreeMap<String, usize>> {
-    let mut mix: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in sass.lines() {
-        if let Some(name) = line.trim().strip_prefix("Function : ") {
-            current = Some(name.trim().to_string());
-            continue;
-        }
-        // `        /*0070*/                   HMMA.1688.F32.TF32 R68, ... ;`
-        let Some(f) = &current else { continue };
-        let Some(rest) = line.trim().strip_prefix("/*") else {
-            continue;
-        };
-        let Some((_, code)) = rest.split_once("*/") else {
-            continue;
-        };
-        let code = code.trim_start().trim_start_matches(['@', '!']);
-        let code = match code.split_once(' ') {
-            // A predicate (`@P0 BRA`) comes before the mnemonic.
-            Some((p, rest)) if p.starts_with('P') || p == "PT" => rest.trim_start(),
-            _ => code,
-        };
-        let Some(mnemonic) = code.split([' ', ';']).next().filter(|m| !m.is_empty()) else {
-            continue;
-        };
-        if mnemonic.starts_with("0x") {
-            continue;
-        }
-        *mix.entry(f.clone())
-            .or_default()
-            .entry(mnemonic.to_string())
-            .or_default() += 1;
-    }
-    mix
-}
-
 /// Every kernel (and batch variant) the kernel IR puts on tensor cores has
 /// TF32 MMAs (`HMMA.1688.F32.TF32`) in its SASS, and no other kernel has any
 /// MMA. Writes each kernel's instruction mix next to the cubin.
@@ -855,7 +817,7 @@ fn check_sass(
             )]
         }
     };
-    let mix = sass_mix(&out);
+    let mix = cnnc::back::resources::sass_mix(&out);
     let mut problems = Vec::new();
     let mut report = String::new();
     for k in &program.kernels {
@@ -906,57 +868,14 @@ fn check_sass(
                     "{model} {arch} {name}: on CUDA cores in the kernel IR, but {hmma} HMMA in its SASS"
                 ));
             }
-            // Static counts: the instructions a kernel's code holds (its main
-            // loop unrolled), grouped by what they do.
-            let count = |prefixes: &[&str]| -> usize {
-                counts
-                    .iter()
-                    .filter(|(m, _)| prefixes.iter().any(|p| m.starts_with(p)))
-                    .map(|(_, n)| n)
-                    .sum()
-            };
-            let total: usize = counts.values().sum();
             let _ = std::fmt::Write::write_fmt(
                 &mut report,
-                format_args!(
-                    "{name}: {total} instructions; HMMA {hmma}, FFMA {}, LDSM {}, LDGSTS {}, LDS {}, LDG {}, STS {}, STG {}, BAR {}, integer {}\n",
-                    count(&["FFMA"]),
-                    count(&["LDSM"]),
-                    count(&["LDGSTS"]),
-                    count(&["LDS."]) + counts.get("LDS").copied().unwrap_or(0),
-                    count(&["LDG.E"]),
-                    count(&["STS"]),
-                    count(&["STG"]),
-                    count(&["BAR"]),
-                    count(&["IMAD", "IADD", "LOP3", "SHF", "LEA", "VIADD", "ISETP", "SEL"]),
-                ),
+                format_args!("{name}: {}\n", cnnc::back::resources::mix_line(counts)),
             );
         }
     }
     let _ = std::fs::write(cubin.with_extension("sass-mix.txt"), report);
     problems
-}
-
-#[test]
-fn the_sass_reader_counts_mnemonics_per_function() {
-    let sass = "
-\tcode for sm_90
-\t\tFunction : k00_conv
-\t.headerflags\t@\"EF_CUDA_SM90\"
-        /*0000*/                   LDC R1, c[0x0][0x28] ;            /* 0x00000a00ff017b82 */
-                                                                     /* 0x000fe20000000800 */
-        /*0010*/                   HMMA.1688.F32.TF32 R68, R8.reuse, R94, R68 ;
-        /*0020*/              @!P0 BRA 0x70 ;
-        /*0030*/                   HMMA.1688.F32.TF32 R64, R8, R92, R64 ;
-\t\tFunction : k01_pool
-        /*0000*/                   FMNMX R0, R1, R2, !PT ;
-";
-    let mix = sass_mix(sass);
-    assert_eq!(mix["k00_conv"]["HMMA.1688.F32.TF32"], 2);
-    assert_eq!(mix["k00_conv"]["LDC"], 1);
-    assert_eq!(mix["k00_conv"]["BRA"], 1);
-    assert_eq!(mix["k01_pool"]["FMNMX"], 1);
-    assert_eq!(mix.len(), 2);
 }
 
 /// Every kernel of `program` compiled, without local memory, and resident

@@ -620,12 +620,77 @@ pub const RESOURCES_FILE: &str = "resources.txt";
 /// The roofline report's file in `kernels/` (every build).
 pub const ROOFLINE_FILE: &str = "roofline.txt";
 
+/// The static SASS instruction mix of every function in the build's cubins,
+/// by architecture and symbol, when `cuobjdump` is beside nvcc (it is in
+/// every CUDA toolkit): one `cuobjdump -sass` per cubin, kept in the cache
+/// by the digest of the cubin so a cached kernel is not disassembled again.
+fn sass_mixes(
+    nvcc: &Path,
+    kernels: &Path,
+    cubins: &Cubins,
+    cache: Option<&Path>,
+) -> BTreeMap<(u32, String), String> {
+    let mut out = BTreeMap::new();
+    let tool = nvcc.with_file_name("cuobjdump");
+    if !tool.is_file() {
+        return out;
+    }
+    for arch in cubins {
+        for file in &arch.files {
+            let Ok(bytes) = std::fs::read(kernels.join(file)) else {
+                continue;
+            };
+            let key = format!("{:032x}", crate::back::cache::fnv1a128(&bytes));
+            let cached = cache.map(|c| c.join("sass").join(format!("{key}.txt")));
+            let text = match cached
+                .as_ref()
+                .and_then(|c| std::fs::read_to_string(c).ok())
+            {
+                Some(text) => text,
+                None => {
+                    let Ok(run) = Command::new(&tool)
+                        .arg("-sass")
+                        .arg(kernels.join(file))
+                        .output()
+                    else {
+                        continue;
+                    };
+                    if !run.status.success() {
+                        continue;
+                    }
+                    let mix =
+                        crate::back::resources::sass_mix(&String::from_utf8_lossy(&run.stdout));
+                    let text: String = mix
+                        .iter()
+                        .map(|(f, counts)| {
+                            format!("{f}\t{}\n", crate::back::resources::mix_line(counts))
+                        })
+                        .collect();
+                    if let Some(c) = &cached {
+                        let _ = std::fs::create_dir_all(c.parent().unwrap_or(c))
+                            .map(|()| write(c, text.as_bytes()));
+                    }
+                    text
+                }
+            };
+            for line in text.lines() {
+                if let Some((f, mix)) = line.split_once('\t') {
+                    out.insert((arch.arch, f.to_string()), mix.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Writes ptxas's figures and the occupancy of every launched function to
-/// `path` and logs one line per architecture; a kernel that could not be
-/// resident on an SM (the GPU would refuse its launch) fails the build.
+/// `path` (and their SASS instruction mix, where `mixes` has it) and logs
+/// one line per architecture; a kernel that could not be resident on an SM
+/// (the GPU would refuse its launch) fails the build.
 fn resource_report(
     sources: &KernelSources,
     functions: &[PtxasFunction],
+    mixes: &BTreeMap<(u32, String), String>,
     path: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
@@ -641,7 +706,13 @@ fn resource_report(
             found.join("\n  ")
         ));
     }
-    let text = render(&sources.model, sources.precision, &sources.launches, &archs);
+    let text = render(
+        &sources.model,
+        sources.precision,
+        &sources.launches,
+        &archs,
+        mixes,
+    );
     write(path, text.as_bytes())?;
     for (sm, f) in &archs {
         log(&summary(&sources.launches, sm, f));
@@ -719,7 +790,13 @@ pub fn build(
                 opts.cubin_cache.as_deref(),
                 log,
             )?;
-            resource_report(sources, &functions, &report, log)?;
+            let mixes = sass_mixes(
+                nvcc,
+                &dir.join("kernels"),
+                &cubins,
+                opts.cubin_cache.as_deref(),
+            );
+            resource_report(sources, &functions, &mixes, &report, log)?;
             cubins
         }
         None => {

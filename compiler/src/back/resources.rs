@@ -320,12 +320,14 @@ pub fn problems(launches: &[Launch], functions: &[PtxasFunction], sm: &Sm) -> Ve
 
 /// The table `cnnc build` writes to `kernels/resources.txt`: for each SM
 /// kind in `archs` (with its functions from ptxas), a row per launched
-/// function.
+/// function, then each function's static instruction mix where `mixes`
+/// (architecture and cubin symbol → [`mix_line`]) has it.
 pub fn render(
     model: &str,
     precision: &str,
     launches: &[Launch],
     archs: &[(Sm, Vec<PtxasFunction>)],
+    mixes: &BTreeMap<(u32, String), String>,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -405,6 +407,20 @@ pub fn render(
                 at64
             );
         }
+        let with_mix: Vec<(&Launch, &String)> = launches
+            .iter()
+            .filter_map(|l| mixes.get(&(sm.arch, l.symbol.clone())).map(|m| (l, m)))
+            .collect();
+        if !with_mix.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nsm_{} instruction mix (static counts from cuobjdump -sass: the code, its loops unrolled, not what runs)",
+                sm.arch
+            );
+            for (l, mix) in with_mix {
+                let _ = writeln!(out, "{:<44} {mix}", l.name);
+            }
+        }
     }
     out
 }
@@ -459,6 +475,72 @@ pub fn summary(launches: &[Launch], sm: &Sm, functions: &[PtxasFunction]) -> Str
         100.0 * frac,
         l.name,
         limit.name()
+    )
+}
+
+/// SASS instruction counts per function of a cubin, from the text of
+/// `cuobjdump -sass`: function name → (mnemonic → count). A predicate
+/// (`@P0 BRA`) is not part of the mnemonic.
+pub fn sass_mix(sass: &str) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut mix: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in sass.lines() {
+        if let Some(name) = line.trim().strip_prefix("Function : ") {
+            current = Some(name.trim().to_string());
+            continue;
+        }
+        // `        /*0070*/                   HMMA.1688.F32.TF32 R68, ... ;`
+        let Some(f) = &current else { continue };
+        let Some(rest) = line.trim().strip_prefix("/*") else {
+            continue;
+        };
+        let Some((_, code)) = rest.split_once("*/") else {
+            continue;
+        };
+        let code = code.trim_start().trim_start_matches(['@', '!']);
+        let code = match code.split_once(' ') {
+            Some((p, rest)) if p.starts_with('P') || p == "PT" => rest.trim_start(),
+            _ => code,
+        };
+        let Some(mnemonic) = code.split([' ', ';']).next().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        if mnemonic.starts_with("0x") {
+            continue;
+        }
+        *mix.entry(f.clone())
+            .or_default()
+            .entry(mnemonic.to_string())
+            .or_default() += 1;
+    }
+    mix
+}
+
+/// A function's static instruction mix (its main loop unrolled, not what
+/// runs), grouped by what the instructions do: tensor-core MMAs, FP32 FMAs,
+/// `ldmatrix`, `cp.async`, shared and global loads and stores, barriers and
+/// integer arithmetic (addressing).
+pub fn mix_line(counts: &BTreeMap<String, usize>) -> String {
+    let count = |prefixes: &[&str]| -> usize {
+        counts
+            .iter()
+            .filter(|(m, _)| prefixes.iter().any(|p| m.starts_with(p)))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let total: usize = counts.values().sum();
+    format!(
+        "{total} instructions; HMMA {}, FFMA {}, LDSM {}, LDGSTS {}, LDS {}, LDG {}, STS {}, STG {}, BAR {}, integer {}",
+        count(&["HMMA"]),
+        count(&["FFMA"]),
+        count(&["LDSM"]),
+        count(&["LDGSTS"]),
+        count(&["LDS."]) + counts.get("LDS").copied().unwrap_or(0),
+        count(&["LDG.E"]),
+        count(&["STS"]),
+        count(&["STG"]),
+        count(&["BAR"]),
+        count(&["IMAD", "IADD", "LOP3", "SHF", "LEA", "VIADD", "ISETP", "SEL"]),
     )
 }
 
@@ -581,7 +663,15 @@ ptxas info    : Compile time = 1.2 ms
             },
         ];
         let launches = [ok.clone(), heavy, missing];
-        let text = render("m", "fp32", &launches, &[(SM90, fns.clone())]);
+        let mut mixes = BTreeMap::new();
+        mixes.insert(
+            (90, "sym_k0_conv".to_string()),
+            "12 instructions".to_string(),
+        );
+        mixes.insert((80, "sym_k1_conv".to_string()), "not this arch".to_string());
+        let text = render("m", "fp32", &launches, &[(SM90, fns.clone())], &mixes);
+        assert!(text.contains("\nk0_conv                                      12 instructions\n"));
+        assert!(!text.contains("not this arch"));
         // k0: 2 blocks per SM, 25 %; 66·2 = 132 blocks at batch 1 over
         // 2·132 resident: 0.5 waves; 64·132 blocks at batch 64: 32 waves.
         let row = text.lines().find(|l| l.starts_with("k0_conv")).unwrap();
@@ -614,5 +704,31 @@ ptxas info    : Compile time = 1.2 ms
         // Only ptxas figures of the table's architecture count.
         assert!(problems(&launches, &fns, &SM80).is_empty());
         assert!(summary(&[ok], &SM80, &fns).contains("reported no figures"));
+    }
+
+    #[test]
+    fn the_sass_reader_counts_mnemonics_per_function() {
+        let sass = "
+\tcode for sm_90
+\t\tFunction : k00_conv
+\t.headerflags\t@\"EF_CUDA_SM90\"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;            /* 0x00000a00ff017b82 */
+                                                                     /* 0x000fe20000000800 */
+        /*0010*/                   HMMA.1688.F32.TF32 R68, R8.reuse, R94, R68 ;
+        /*0020*/              @!P0 BRA 0x70 ;
+        /*0030*/                   HMMA.1688.F32.TF32 R64, R8, R92, R64 ;
+\t\tFunction : k01_pool
+        /*0000*/                   FMNMX R0, R1, R2, !PT ;
+";
+        let mix = sass_mix(sass);
+        assert_eq!(mix["k00_conv"]["HMMA.1688.F32.TF32"], 2);
+        assert_eq!(mix["k00_conv"]["LDC"], 1);
+        assert_eq!(mix["k00_conv"]["BRA"], 1);
+        assert_eq!(mix["k01_pool"]["FMNMX"], 1);
+        assert_eq!(mix.len(), 2);
+        assert_eq!(
+            mix_line(&mix["k00_conv"]),
+            "4 instructions; HMMA 2, FFMA 0, LDSM 0, LDGSTS 0, LDS 0, LDG 0, STS 0, STG 0, BAR 0, integer 0"
+        );
     }
 }
