@@ -200,9 +200,8 @@ impl Real for f32 {
     }
 }
 
-/// An f32 whose `exp` and `tanh` are the branch-free polynomials of
-/// `act`, so that a formula over it vectorises; `exp_m1` and `erf`
-/// stay libm's.
+/// An f32 whose `exp`, `tanh` and `erf` are the branch-free polynomials
+/// of `act`, so that a formula over it vectorises; `exp_m1` stays libm's.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub struct Fast(pub f32);
 
@@ -249,7 +248,7 @@ impl Real for Fast {
     }
     #[inline(always)]
     fn erf(self) -> Fast {
-        Fast(libm::erff(self.0))
+        Fast(crate::act::erf(self.0))
     }
 }
 
