@@ -281,6 +281,20 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
         &[1, 3],
         12,
     );
+    // A map of 23×17 = 391 pixels: the layer norm's tiles of 256 pixels,
+    // one whole and one partial, per image.
+    let larger = common::SHUFFLE_NORM.replace("input [6, 9, 7]", "input [6, 23, 17]");
+    assert_ne!(larger, common::SHUFFLE_NORM);
+    let compilation = cnnc::compile_source("shuffle_norm_391.cnn", &larger, &BTreeMap::new());
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    cpu_matches_evaluator(
+        "shuffle_norm_391",
+        graph,
+        &compilation.sources,
+        &file,
+        &[1, 2],
+        13,
+    );
 }
 
 #[test]

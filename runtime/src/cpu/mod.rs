@@ -807,26 +807,51 @@ fn run_step(
             })
         }
         StepOp::LayerNorm { eps } => {
-            // One task per (image, pixel), over channels, as the CUDA kernel:
-            // the mean, then the mean squared deviation (biased), in f32.
+            // One task per image and tile of pixels, channel planes read
+            // whole rows at a time (the pixel loops vectorise; a loop over
+            // channels per pixel reads with a stride of a plane and was
+            // 12% of ConvNeXt-Tiny's CPU time). Per pixel the arithmetic is
+            // the CUDA kernel's, in its order: the mean over channels, then
+            // the mean squared deviation (biased), in f32.
+            const TILE: usize = 256;
             let (weight, bias) = (param(0), param(1));
             let hw = y.h * y.w;
-            let pixel = |i: usize| {
-                let (n, p) = (i / hw, i % hw);
-                let at = |c: usize| arena.plane(x, n, c)[p];
-                let mean = (0..x.c).map(at).sum::<f32>() / x.c as f32;
-                let var = (0..x.c)
-                    .map(|c| (at(c) - mean) * (at(c) - mean))
-                    .sum::<f32>()
-                    / x.c as f32;
-                let inv = 1.0 / (var + eps).sqrt();
+            let tiles = hw.div_ceil(TILE);
+            let channels = x.c as f32;
+            let tile = |i: usize| {
+                let (n, p0) = (i / tiles, (i % tiles) * TILE);
+                let len = TILE.min(hw - p0);
+                let (mut mean, mut inv) = ([0f32; TILE], [0f32; TILE]);
+                let (mean, inv) = (&mut mean[..len], &mut inv[..len]);
+                let row = |c: usize| &arena.plane(x, n, c)[p0..p0 + len];
                 for c in 0..x.c {
-                    let v = (at(c) - mean) * inv * weight[c] + bias[c];
-                    // SAFETY: each task owns pixel p of image n in every output channel.
-                    unsafe { arena.set(y, n, c, p, v) };
+                    for (m, v) in mean.iter_mut().zip(row(c)) {
+                        *m += v;
+                    }
+                }
+                for m in mean.iter_mut() {
+                    *m /= channels;
+                }
+                for c in 0..x.c {
+                    for ((s, m), v) in inv.iter_mut().zip(mean.iter()).zip(row(c)) {
+                        *s += (v - m) * (v - m);
+                    }
+                }
+                for s in inv.iter_mut() {
+                    *s = 1.0 / (*s / channels + eps).sqrt();
+                }
+                for c in 0..x.c {
+                    let (w, b) = (weight[c], bias[c]);
+                    // SAFETY: each task owns its pixels of image n in every output channel.
+                    let out = &mut unsafe { arena.plane_mut(y, n, c) }[p0..p0 + len];
+                    for (((o, v), m), s) in
+                        out.iter_mut().zip(row(c)).zip(mean.iter()).zip(inv.iter())
+                    {
+                        *o = (v - m) * s * w + b;
+                    }
                 }
             };
-            for_each_pixel(b * hw, y.c, pixel);
+            for_each_pixel(b * tiles, y.c * TILE, tile);
         }
     }
 }
