@@ -219,6 +219,20 @@ fn cpu_gates_match_the_evaluator() {
     );
     let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
     cpu_matches_evaluator("gates", graph, &compilation.sources, &file, &[1, 3], 12);
+    // `--profile` times the steps of the plan (what the table prints next
+    // to), not the executor's: a gated convolution's multiply counts in its
+    // step. (Indexed by the executor's steps, every time after the first
+    // gated convolution was another step's.)
+    let mut exec = executor(graph, &compilation.sources, &file, 1);
+    assert_eq!(exec.plan().steps.len(), plan.steps.len() + gated);
+    exec.profile_steps(true);
+    let input = vec![0.5f32; graph.input_shape().numel() as usize];
+    for _ in 0..3 {
+        exec.run(&input, 1).unwrap();
+    }
+    let ms = exec.step_ms().unwrap();
+    assert_eq!(ms.len(), plan.steps.len());
+    assert!(ms.iter().all(|&t| t > 0.0), "every step timed: {ms:?}");
     let compilation = cnnc::compile_source("gated.cnn", common::GATED_CONVS, &BTreeMap::new());
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let file = cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 4).unwrap();

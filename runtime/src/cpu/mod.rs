@@ -70,7 +70,11 @@ pub struct CpuExecutor {
     direct_w: Vec<Option<conv::DirectWeights>>,
     /// Per step: the plane geometry where the step runs on [`depthwise`].
     depthwise: Vec<Option<depthwise::Geometry>>,
-    /// With profiling on: milliseconds spent in each step, summed over runs.
+    /// For each step, the step of the plan it was given that it belongs to
+    /// (a gated convolution is two steps here: [`split_gated_steps`]).
+    origin: Vec<usize>,
+    /// With profiling on: milliseconds spent in each step of the plan it
+    /// was given, summed over runs.
     step_ms: Option<Vec<f64>>,
 }
 
@@ -104,7 +108,9 @@ impl CpuExecutor {
                 }
             }
         }
-        let plan = split_gated_steps(plan)?;
+        let given = plan.steps.len();
+        let (plan, origin) = split_gated_steps(plan)?;
+        debug_assert_eq!(origin.last().map_or(0, |o| o + 1), given);
         let arena_len = plan.arena_per_image.checked_mul(max_batch).ok_or_else(|| {
             Error(format!(
                 "a batch of {max_batch} images does not fit in memory"
@@ -187,6 +193,7 @@ impl CpuExecutor {
             max_batch,
             direct_w,
             depthwise,
+            origin,
             step_ms: None,
         })
     }
@@ -211,10 +218,13 @@ impl CpuExecutor {
 
     /// Starts (from zero) or stops timing each step of every run.
     pub fn profile_steps(&mut self, on: bool) {
-        self.step_ms = on.then(|| vec![0.0; self.plan.steps.len()]);
+        let given = self.origin.last().map_or(0, |o| o + 1);
+        self.step_ms = on.then(|| vec![0.0; given]);
     }
 
-    /// Milliseconds spent in each step since profiling started, summed over runs.
+    /// Milliseconds spent in each step of the plan the executor was made
+    /// from (not of [`CpuExecutor::plan`], which may have more) since
+    /// profiling started, summed over runs.
     pub fn step_ms(&self) -> Option<&[f64]> {
         self.step_ms.as_deref()
     }
@@ -239,6 +249,7 @@ impl CpuExecutor {
             direct_w,
             depthwise,
             step_ms,
+            origin,
             ..
         } = self;
         let per = plan.input.numel();
@@ -270,7 +281,7 @@ impl CpuExecutor {
             };
             run_step(step, prepared, path, shared, scratch);
             if let (Some(ms), Some(start)) = (step_ms.as_mut(), start) {
-                ms[i] += start.elapsed().as_secs_f64() * 1e3;
+                ms[origin[i]] += start.elapsed().as_secs_f64() * 1e3;
             }
         }
         let y = plan.output;
@@ -340,7 +351,8 @@ fn gemm_k_total(g: &Gemm) -> usize {
 /// that scales its input by a gate's factor (`input_scale`) runs here as the
 /// multiply, into a region added after the arena, then the plain
 /// convolution reading that region. The GPU kernel does both in one pass.
-fn split_gated_steps(mut plan: Plan) -> Result<Plan> {
+/// Also returns, for each step, the index of the given step it came from.
+fn split_gated_steps(mut plan: Plan) -> Result<(Plan, Vec<usize>)> {
     let gated = |s: &Step| matches!(s.op, StepOp::Gemm(g) if g.input_scale);
     let Some(region) = plan
         .steps
@@ -349,18 +361,22 @@ fn split_gated_steps(mut plan: Plan) -> Result<Plan> {
         .map(|s| s.inputs[0].numel())
         .max()
     else {
-        return Ok(plan);
+        let origin = (0..plan.steps.len()).collect();
+        return Ok((plan, origin));
     };
     let offset = plan.arena_per_image;
     plan.arena_per_image += region;
     let mut steps = Vec::with_capacity(plan.steps.len() + 1);
-    for mut step in std::mem::take(&mut plan.steps) {
+    let mut origin = Vec::with_capacity(plan.steps.len() + 1);
+    for (given, mut step) in std::mem::take(&mut plan.steps).into_iter().enumerate() {
         let StepOp::Gemm(g) = &mut step.op else {
             steps.push(step);
+            origin.push(given);
             continue;
         };
         if !g.input_scale {
             steps.push(step);
+            origin.push(given);
             continue;
         }
         if step.inputs.len() < 2 {
@@ -392,9 +408,10 @@ fn split_gated_steps(mut plan: Plan) -> Result<Plan> {
         });
         step.inputs[0] = gated_x;
         steps.push(step);
+        origin.extend([given, given]);
     }
     plan.steps = steps;
-    Ok(plan)
+    Ok((plan, origin))
 }
 
 fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::Result<(), String> {
