@@ -55,17 +55,51 @@ impl Geometry {
         (self.w + 2 * self.pad.1).div_ceil(self.stride.1)
     }
 
-    /// Floats of the laid-out input plane ([`split_phases`]).
+    /// Whether the plane runs flat: stride 1, where output pixels (oy, ox)
+    /// and (oy, ox + 1) read adjacent inputs across rows too if rows are
+    /// padded (see [`plane`]).
+    fn flat(&self) -> bool {
+        self.stride == (1, 1)
+    }
+
+    /// Floats of the padded input of the flat layout: every row padded,
+    /// PH zero rows above and below, and the zeros the last row's padding
+    /// columns read past the end.
+    fn flat_input_len(&self) -> usize {
+        let len = self.phase_len();
+        (self.h + 2 * self.pad.0) * len + (self.kernel.1 - 1) * self.dilation.1
+    }
+
+    /// Floats of scratch [`split_phases`] and [`plane`] use: the laid-out
+    /// input plane and, for a flat plane, its output with padded rows.
     pub fn scratch_len(&self) -> usize {
-        self.h * self.stride.1 * self.phase_len()
+        if self.flat() {
+            self.flat_input_len() + self.oh * self.phase_len()
+        } else {
+            self.h * self.stride.1 * self.phase_len()
+        }
     }
 }
 
 /// Lays out input plane `x` (H×W) in `s` as H rows of `SW` phases: phase r
 /// of row y holds columns r, r + SW, … of the row padded with PW zeros on
-/// each side (zeros past its end too).
+/// each side (zeros past its end too). A flat plane (stride 1) gets PH zero
+/// rows above and below as well, and zeros after them.
 pub fn split_phases(g: &Geometry, x: &[f32], s: &mut [f32]) {
     let (sw, pw, len) = (g.stride.1, g.pad.1, g.phase_len());
+    if g.flat() {
+        let s = &mut s[..g.flat_input_len()];
+        let (top, rest) = s.split_at_mut(g.pad.0 * len);
+        top.fill(0.0);
+        let (rows, bottom) = rest.split_at_mut(g.h * len);
+        for (row, src) in rows.chunks_exact_mut(len).zip(x.chunks_exact(g.w)) {
+            row[..pw].fill(0.0);
+            row[pw..pw + g.w].copy_from_slice(src);
+            row[pw + g.w..].fill(0.0);
+        }
+        bottom.fill(0.0);
+        return;
+    }
     let s = &mut s[..g.scratch_len()];
     for (y, rows) in s.chunks_exact_mut(sw * len).enumerate() {
         let src = &x[y * g.w..(y + 1) * g.w];
@@ -90,63 +124,136 @@ pub fn split_phases(g: &Geometry, x: &[f32], s: &mut [f32]) {
 /// `out[oy·OW + ox] = bias + Σ_taps w · x` for the whole output plane, from
 /// the input laid out by [`split_phases`] and the channel's KH·KW weights.
 /// Panics when the geometry is not [`Geometry::valid`] or a slice is short.
-pub fn plane(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+///
+/// A flat plane (stride 1) is computed as one row: with the input rows
+/// padded (PH zero rows too), output pixel t = oy·L + ox of a plane whose
+/// rows are L = W + 2·PW long reads input t + ky·DH·L + kx·DW for every
+/// tap, so the whole plane (OH·L outputs, the last 2·PW of each row
+/// discarded) goes through the chunks of 64 at once. A 7×7 map with a 5×5
+/// kernel is then 77 outputs in chunks of 64, 8, 4 and 1 instead of seven
+/// rows of 4, 2 and 1: the small maps of EfficientNet's last stages were
+/// a few per cent of the CPU's peak. The output rows are copied out of the
+/// scratch after it.
+pub fn plane(g: &Geometry, s: &mut [f32], w: &[f32], bias: f32, out: &mut [f32]) {
     assert!(g.valid(), "depthwise geometry {g:?} does not fit");
     let (s, w, out) = (
-        &s[..g.scratch_len()],
+        &mut s[..g.scratch_len()],
         &w[..g.kernel.0 * g.kernel.1],
         &mut out[..g.oh * g.ow],
     );
+    if g.flat() {
+        let len = g.phase_len();
+        let (input, flat) = s.split_at_mut(g.flat_input_len());
+        let one_row = Geometry {
+            h: 1,
+            w: flat.len(),
+            oh: 1,
+            ow: flat.len(),
+            ..*g
+        };
+        plane_isa(&one_row, input, w, bias, flat, Some(len));
+        for (row, from) in out.chunks_exact_mut(g.ow).zip(flat.chunks_exact(len)) {
+            row.copy_from_slice(&from[..g.ow]);
+        }
+        return;
+    }
+    plane_isa(g, s, w, bias, out, None)
+}
+
+/// [`plane_any`] for the widest instruction set this CPU has.
+fn plane_isa(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32], flat: Option<usize>) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::direct::avx512() {
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`avx512` checks).
-            unsafe { plane_avx512(g, s, w, bias, out) };
+            unsafe { plane_avx512(g, s, w, bias, out, flat) };
             return;
         }
         if super::direct::available() {
             // SAFETY: the CPU has AVX2 and FMA (just checked).
-            unsafe { plane_avx2(g, s, w, bias, out) };
+            unsafe { plane_avx2(g, s, w, bias, out, flat) };
             return;
         }
     }
-    plane_any::<false>(g, s, w, bias, out)
+    plane_any::<false>(g, s, w, bias, out, flat)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn plane_avx512(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
-    plane_any::<true>(g, s, w, bias, out)
+unsafe fn plane_avx512(
+    g: &Geometry,
+    s: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+    flat: Option<usize>,
+) {
+    plane_any::<true>(g, s, w, bias, out, flat)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
-    plane_any::<true>(g, s, w, bias, out)
+unsafe fn plane_avx2(
+    g: &Geometry,
+    s: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+    flat: Option<usize>,
+) {
+    plane_any::<true>(g, s, w, bias, out, flat)
 }
 
 /// The kernel, compiled once per instruction set. `FMA`: fused multiply-add
 /// (only where the CPU has it: elsewhere `mul_add` is a libm call).
+/// `flat: Some(L)`: `g` is the one row of a flat plane whose padded input
+/// rows are L long ([`plane`]); every tap row lies inside it.
 #[inline(always)]
-fn plane_any<const FMA: bool>(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+fn plane_any<const FMA: bool>(
+    g: &Geometry,
+    s: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+    flat: Option<usize>,
+) {
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.stride;
     let (dh, dw) = g.dilation;
     let len = g.phase_len();
     for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
-        // The taps whose input row lies inside the map.
-        let (k0, k1) = super::taps((oy * sh) as isize - g.pad.0 as isize, kh, dh, g.h as isize);
-        let rows = Rows {
-            s,
-            w,
-            row0: oy * sh + k0 * dh - g.pad.0,
-            taps: (k0, k1),
-            kw,
-            dh,
-            dw_phase: dw % sw,
-            dw_entry: dw / sw,
-            sw,
-            len,
+        let rows = match flat {
+            // Tap row ky starts ky·DH padded rows further on: a "row" of
+            // DH·L entries, all of them stored.
+            Some(l) => Rows {
+                s,
+                w,
+                row0: 0,
+                taps: (0, kh),
+                kw,
+                dh: dh * l,
+                dw_phase: 0,
+                dw_entry: dw,
+                sw: 1,
+                len: 1,
+            },
+            None => {
+                // The taps whose input row lies inside the map.
+                let (k0, k1) =
+                    super::taps((oy * sh) as isize - g.pad.0 as isize, kh, dh, g.h as isize);
+                Rows {
+                    s,
+                    w,
+                    row0: oy * sh + k0 * dh - g.pad.0,
+                    taps: (k0, k1),
+                    kw,
+                    dh,
+                    dw_phase: dw % sw,
+                    dw_entry: dw / sw,
+                    sw,
+                    len,
+                }
+            }
         };
         let mut x0 = 0;
         while g.ow - x0 >= 64 {
@@ -270,7 +377,7 @@ mod tests {
             let mut scratch = vec![f32::NAN; g.scratch_len()];
             split_phases(&g, &x, &mut scratch);
             let mut y = vec![f32::NAN; g.oh * g.ow];
-            plane(&g, &scratch, &wt, 0.25, &mut y);
+            plane(&g, &mut scratch, &wt, 0.25, &mut y);
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     let mut want = 0.25f64;
