@@ -11,7 +11,7 @@
 # Run it on a quiet machine: the load average is printed with the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cases="${CNNC_BENCH_CASES:-mnist_cnn:1 mnist_cnn:256 lenet5:1 lenet5:256 resnet18:1 resnet18:16 resnet50:1 resnet50:16 vgg16:1 mobilenet_v2:1 efficientnet_b0:1}"
+cases="${CNNC_BENCH_CASES:-mnist_cnn:1 mnist_cnn:256 lenet5:1 lenet5:256 resnet18:1 resnet18:16 resnet50:1 resnet50:16 vgg16:1 mobilenet_v2:1 efficientnet_b0:1 convnext_tiny:1}"
 export CNNC_BENCH_CASES="$cases"
 models="$(for c in $cases; do echo "${c%%:*}"; done | sort -u | tr '\n' ' ')"
 missing=""

@@ -54,12 +54,14 @@ WORK = os.path.join(OUT, "work")
 ROUNDS = int(os.environ.get("CNNC_BENCH_ROUNDS", "5"))
 ROUND_S = float(os.environ.get("CNNC_BENCH_ROUND_S", "1.0"))
 DEFAULT_CASES = ("mnist_cnn:1 mnist_cnn:256 lenet5:1 lenet5:256 resnet18:1 resnet18:16 resnet50:1 resnet50:16 vgg16:1 "
-                 "mobilenet_v2:1 efficientnet_b0:1")
+                 "mobilenet_v2:1 efficientnet_b0:1 convnext_tiny:1")
 # (model, batch) -> minimum PyTorch/cnnc speed ratio the issue asks for.
 TARGETS = {("mnist_cnn", 1): 3.0, ("lenet5", 1): 3.0, ("mnist_cnn", 256): 1.0, ("lenet5", 256): 1.0,
            ("resnet18", 1): 0.8, ("resnet50", 1): 0.8,
            # Issue 19 (depthwise convolutions): at least as fast as PyTorch.
-           ("mobilenet_v2", 1): 1.0, ("efficientnet_b0", 1): 1.0}
+           ("mobilenet_v2", 1): 1.0, ("efficientnet_b0", 1): 1.0,
+           # Issue 19 (no cliff on the new shapes): layer norm, 7x7 depthwise, GELU.
+           ("convnext_tiny", 1): 1.0}
 INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32)}  # the others: 3×224×224
 
 
