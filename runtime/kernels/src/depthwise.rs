@@ -2,16 +2,22 @@
 //! padding, any kernel, stride and dilation), one (image, channel) plane at
 //! a time: no im2col matrix and no GEMM, whose K would be the 9 or 25 taps.
 //!
-//! The output row runs along the vector lanes. For each row the kernel
-//! keeps a chunk of up to 64 output pixels in registers (chunks of 64, then
-//! one each of 32, 16, … 1 for the rest, so nothing is computed twice and
-//! nothing is read past the row) and adds every tap's weight times a
-//! contiguous run of input values. Contiguous because the input plane is
-//! first laid out by [`split_phases`]: each input row padded left and right
-//! with zeros and split into `SW` phases (columns ≡ r mod SW), so that the
-//! inputs of output pixels ox, ox + 1, … for one tap are adjacent whatever
-//! the stride and dilation. Rows above and below the map are not stored:
-//! the taps that would read them are skipped ([`super::taps`]).
+//! The input plane is first laid out by [`split_phases`] as SH·SW phase
+//! planes: phase (a, b) holds the zero-padded input's rows ≡ a (mod SH) and
+//! columns ≡ b (mod SW), each row L entries long. Output pixel (oy, ox) reads
+//! for tap (ky, kx) the entry (oy + ⌊ky·DH/SH⌋, ox + ⌊kx·DW/SW⌋) of phase
+//! ((ky·DH) mod SH, (kx·DW) mod SW). Numbered t = oy·L + ox, the output
+//! pixels of the whole plane then read, for each tap, the contiguous run
+//! starting t + ⌊ky·DH/SH⌋·L + ⌊kx·DW/SW⌋ of one phase: the plane is one
+//! long row (OH·L outputs, the last L − OW of each row computed and
+//! dropped) whatever the stride and dilation. The kernel keeps a chunk of
+//! up to 64 outputs in registers (chunks of 64, then one each of 32, 16, …
+//! 1, so nothing is computed twice and nothing is read past the layout) and
+//! adds every tap's weight times a run of inputs; the output rows are then
+//! copied out. A 7×7 map with a 5×5 kernel is 77 outputs in chunks of 64,
+//! 8, 4 and 1: computed row by row (4, 2 and 1 seven times, as before
+//! 2026-12-03) EfficientNet's small maps ran at a few per cent of the
+//! CPU's peak.
 //!
 //! The chunk loop is plain Rust over fixed-size arrays; the x86-64 build
 //! compiles it again for AVX2+FMA and for AVX-512 and picks one at run time
@@ -50,71 +56,65 @@ impl Geometry {
             && fits(self.ow, sw, kw, dw, self.w, self.pad.1)
     }
 
-    /// Floats in one phase of a padded input row.
-    fn phase_len(&self) -> usize {
-        (self.w + 2 * self.pad.1).div_ceil(self.stride.1)
+    /// Entries in a row of a phase plane: the output row and the furthest
+    /// column offset a tap adds.
+    fn row_len(&self) -> usize {
+        self.ow + (self.kernel.1 - 1) * self.dilation.1 / self.stride.1
     }
 
-    /// Whether the plane runs flat: stride 1, where output pixels (oy, ox)
-    /// and (oy, ox + 1) read adjacent inputs across rows too if rows are
-    /// padded (see [`plane`]).
-    fn flat(&self) -> bool {
-        self.stride == (1, 1)
+    /// Rows of a phase plane: the output rows, the furthest row offset a
+    /// tap adds, and one row of zeros that the last row's dropped columns
+    /// read into.
+    fn phase_rows(&self) -> usize {
+        self.oh + (self.kernel.0 - 1) * self.dilation.0 / self.stride.0 + 1
     }
 
-    /// Floats of the padded input of the flat layout: every row padded,
-    /// PH zero rows above and below, and the zeros the last row's padding
-    /// columns read past the end.
-    fn flat_input_len(&self) -> usize {
-        let len = self.phase_len();
-        (self.h + 2 * self.pad.0) * len + (self.kernel.1 - 1) * self.dilation.1
+    /// Floats of the phase planes.
+    fn input_len(&self) -> usize {
+        self.stride.0 * self.stride.1 * self.phase_rows() * self.row_len()
     }
 
-    /// Floats of scratch [`split_phases`] and [`plane`] use: the laid-out
-    /// input plane and, for a flat plane, its output with padded rows.
+    /// Floats of scratch that [`split_phases`] and [`plane`] use: the
+    /// phase planes and the output with its rows L long.
     pub fn scratch_len(&self) -> usize {
-        if self.flat() {
-            self.flat_input_len() + self.oh * self.phase_len()
-        } else {
-            self.h * self.stride.1 * self.phase_len()
-        }
+        self.input_len() + self.oh * self.row_len()
     }
 }
 
-/// Lays out input plane `x` (H×W) in `s` as H rows of `SW` phases: phase r
-/// of row y holds columns r, r + SW, … of the row padded with PW zeros on
-/// each side (zeros past its end too). A flat plane (stride 1) gets PH zero
-/// rows above and below as well, and zeros after them.
+/// Lays out input plane `x` (H×W) in `s` as the SH·SW phase planes of the
+/// zero-padded input (see the module's documentation): entry (r, e) of
+/// phase (a, b) is padded row r·SH + a, column e·SW + b, zero outside the map.
 pub fn split_phases(g: &Geometry, x: &[f32], s: &mut [f32]) {
-    let (sw, pw, len) = (g.stride.1, g.pad.1, g.phase_len());
-    if g.flat() {
-        let s = &mut s[..g.flat_input_len()];
-        let (top, rest) = s.split_at_mut(g.pad.0 * len);
-        top.fill(0.0);
-        let (rows, bottom) = rest.split_at_mut(g.h * len);
-        for (row, src) in rows.chunks_exact_mut(len).zip(x.chunks_exact(g.w)) {
-            row[..pw].fill(0.0);
-            row[pw..pw + g.w].copy_from_slice(src);
-            row[pw + g.w..].fill(0.0);
-        }
-        bottom.fill(0.0);
-        return;
-    }
-    let s = &mut s[..g.scratch_len()];
-    for (y, rows) in s.chunks_exact_mut(sw * len).enumerate() {
-        let src = &x[y * g.w..(y + 1) * g.w];
-        if sw == 1 {
-            rows[..pw].fill(0.0);
-            rows[pw..pw + g.w].copy_from_slice(src);
-            rows[pw + g.w..].fill(0.0);
-        } else {
-            // Phase r, entry i: padded column i·SW + r, input column i·SW + r − PW.
-            for (r, phase) in rows.chunks_exact_mut(len).enumerate() {
-                for (i, d) in phase.iter_mut().enumerate() {
-                    *d = (i * sw + r)
-                        .checked_sub(pw)
-                        .and_then(|j| src.get(j))
-                        .map_or(0.0, |&v| v);
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.pad;
+    let (rows, len) = (g.phase_rows(), g.row_len());
+    let s = &mut s[..g.input_len()];
+    for (phase, plane) in s.chunks_exact_mut(rows * len).enumerate() {
+        let (a, b) = (phase / sw, phase % sw);
+        for (r, row) in plane.chunks_exact_mut(len).enumerate() {
+            let Some(src) = (r * sh + a)
+                .checked_sub(ph)
+                .filter(|&y| y < g.h)
+                .map(|y| &x[y * g.w..(y + 1) * g.w])
+            else {
+                row.fill(0.0);
+                continue;
+            };
+            // Entry e is input column e·SW + b − PW: the entries e0..e1
+            // inside the row, zeros on either side.
+            let e0 = (pw.saturating_sub(b)).div_ceil(sw).min(len);
+            let e1 = ((g.w + pw).saturating_sub(b)).div_ceil(sw).clamp(e0, len);
+            row[..e0].fill(0.0);
+            row[e1..].fill(0.0);
+            let first = e0 * sw + b - pw;
+            if e1 == e0 {
+                continue;
+            }
+            if sw == 1 {
+                row[e0..e1].copy_from_slice(&src[first..first + (e1 - e0)]);
+            } else {
+                for (d, &v) in row[e0..e1].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                    *d = v;
                 }
             }
         }
@@ -122,18 +122,9 @@ pub fn split_phases(g: &Geometry, x: &[f32], s: &mut [f32]) {
 }
 
 /// `out[oy·OW + ox] = bias + Σ_taps w · x` for the whole output plane, from
-/// the input laid out by [`split_phases`] and the channel's KH·KW weights.
+/// the input laid out by [`split_phases`] and the channel's KH·KW weights
+/// (the output is computed into the end of the scratch, then copied).
 /// Panics when the geometry is not [`Geometry::valid`] or a slice is short.
-///
-/// A flat plane (stride 1) is computed as one row: with the input rows
-/// padded (PH zero rows too), output pixel t = oy·L + ox of a plane whose
-/// rows are L = W + 2·PW long reads input t + ky·DH·L + kx·DW for every
-/// tap, so the whole plane (OH·L outputs, the last 2·PW of each row
-/// discarded) goes through the chunks of 64 at once. A 7×7 map with a 5×5
-/// kernel is then 77 outputs in chunks of 64, 8, 4 and 1 instead of seven
-/// rows of 4, 2 and 1: the small maps of EfficientNet's last stages were
-/// a few per cent of the CPU's peak. The output rows are copied out of the
-/// scratch after it.
 pub fn plane(g: &Geometry, s: &mut [f32], w: &[f32], bias: f32, out: &mut [f32]) {
     assert!(g.valid(), "depthwise geometry {g:?} does not fit");
     let (s, w, out) = (
@@ -141,184 +132,117 @@ pub fn plane(g: &Geometry, s: &mut [f32], w: &[f32], bias: f32, out: &mut [f32])
         &w[..g.kernel.0 * g.kernel.1],
         &mut out[..g.oh * g.ow],
     );
-    if g.flat() {
-        let len = g.phase_len();
-        let (input, flat) = s.split_at_mut(g.flat_input_len());
-        let one_row = Geometry {
-            h: 1,
-            w: flat.len(),
-            oh: 1,
-            ow: flat.len(),
-            ..*g
-        };
-        plane_isa(&one_row, input, w, bias, flat, Some(len));
-        for (row, from) in out.chunks_exact_mut(g.ow).zip(flat.chunks_exact(len)) {
-            row.copy_from_slice(&from[..g.ow]);
-        }
-        return;
+    let (input, flat) = s.split_at_mut(g.input_len());
+    plane_isa(g, input, w, bias, flat);
+    let len = g.row_len();
+    for (row, from) in out.chunks_exact_mut(g.ow).zip(flat.chunks_exact(len)) {
+        row.copy_from_slice(&from[..g.ow]);
     }
-    plane_isa(g, s, w, bias, out, None)
 }
 
 /// [`plane_any`] for the widest instruction set this CPU has.
-fn plane_isa(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32], flat: Option<usize>) {
+fn plane_isa(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::direct::avx512() {
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`avx512` checks).
-            unsafe { plane_avx512(g, s, w, bias, out, flat) };
+            unsafe { plane_avx512(g, s, w, bias, out) };
             return;
         }
         if super::direct::available() {
             // SAFETY: the CPU has AVX2 and FMA (just checked).
-            unsafe { plane_avx2(g, s, w, bias, out, flat) };
+            unsafe { plane_avx2(g, s, w, bias, out) };
             return;
         }
     }
-    plane_any::<false>(g, s, w, bias, out, flat)
+    plane_any::<false>(g, s, w, bias, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn plane_avx512(
-    g: &Geometry,
-    s: &[f32],
-    w: &[f32],
-    bias: f32,
-    out: &mut [f32],
-    flat: Option<usize>,
-) {
-    plane_any::<true>(g, s, w, bias, out, flat)
+unsafe fn plane_avx512(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+    plane_any::<true>(g, s, w, bias, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(
-    g: &Geometry,
-    s: &[f32],
-    w: &[f32],
-    bias: f32,
-    out: &mut [f32],
-    flat: Option<usize>,
-) {
-    plane_any::<true>(g, s, w, bias, out, flat)
+unsafe fn plane_avx2(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+    plane_any::<true>(g, s, w, bias, out)
 }
 
-/// The kernel, compiled once per instruction set. `FMA`: fused multiply-add
-/// (only where the CPU has it: elsewhere `mul_add` is a libm call).
-/// `flat: Some(L)`: `g` is the one row of a flat plane whose padded input
-/// rows are L long ([`plane`]); every tap row lies inside it.
+/// The kernel, compiled once per instruction set, over the OH·L outputs of
+/// the plane as one row. `FMA`: fused multiply-add (only where the CPU has
+/// it: elsewhere `mul_add` is a libm call).
 #[inline(always)]
-fn plane_any<const FMA: bool>(
-    g: &Geometry,
-    s: &[f32],
-    w: &[f32],
-    bias: f32,
-    out: &mut [f32],
-    flat: Option<usize>,
-) {
-    let (kh, kw) = g.kernel;
+fn plane_any<const FMA: bool>(g: &Geometry, s: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+    // Where each tap's run starts, relative to the chunk: tap (ky, kx) reads
+    // phase ((ky·DH) mod SH, (kx·DW) mod SW) from ⌊ky·DH/SH⌋ rows and
+    // ⌊kx·DW/SW⌋ entries further on. Worked out once per plane (in the
+    // chunk, a division per tap made a plane a third slower).
     let (sh, sw) = g.stride;
     let (dh, dw) = g.dilation;
-    let len = g.phase_len();
-    for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
-        let rows = match flat {
-            // Tap row ky starts ky·DH padded rows further on: a "row" of
-            // DH·L entries, all of them stored.
-            Some(l) => Rows {
-                s,
-                w,
-                row0: 0,
-                taps: (0, kh),
-                kw,
-                dh: dh * l,
-                dw_phase: 0,
-                dw_entry: dw,
-                sw: 1,
-                len: 1,
-            },
-            None => {
-                // The taps whose input row lies inside the map.
-                let (k0, k1) =
-                    super::taps((oy * sh) as isize - g.pad.0 as isize, kh, dh, g.h as isize);
-                Rows {
-                    s,
-                    w,
-                    row0: oy * sh + k0 * dh - g.pad.0,
-                    taps: (k0, k1),
-                    kw,
-                    dh,
-                    dw_phase: dw % sw,
-                    dw_entry: dw / sw,
-                    sw,
-                    len,
-                }
-            }
-        };
-        let mut x0 = 0;
-        while g.ow - x0 >= 64 {
-            rows.chunk::<64, FMA>(x0, bias, &mut row[x0..x0 + 64]);
-            x0 += 64;
+    let (len, phase) = (g.row_len(), g.phase_rows() * g.row_len());
+    let start = |ky: usize, kx: usize| {
+        let (a, rows) = ((ky * dh) % sh, (ky * dh) / sh);
+        let (b, cols) = ((kx * dw) % sw, (kx * dw) / sw);
+        (a * sw + b) * phase + rows * len + cols
+    };
+    let n = g.kernel.0 * g.kernel.1;
+    let mut fixed = [0usize; 128];
+    let heap: Vec<usize>;
+    let offsets: &[usize] = if n <= fixed.len() {
+        for (i, o) in fixed[..n].iter_mut().enumerate() {
+            *o = start(i / g.kernel.1, i % g.kernel.1);
         }
-        macro_rules! tail {
-            ($($v:literal)*) => {$(
-                if g.ow - x0 >= $v {
-                    rows.chunk::<$v, FMA>(x0, bias, &mut row[x0..x0 + $v]);
-                    x0 += $v;
-                }
-            )*};
-        }
-        tail!(32 16 8 4 2 1);
-        debug_assert_eq!(x0, g.ow);
+        &fixed[..n]
+    } else {
+        heap = (0..n)
+            .map(|i| start(i / g.kernel.1, i % g.kernel.1))
+            .collect();
+        &heap
+    };
+    let taps = Taps { s, w, offsets };
+    let total = g.oh * g.row_len();
+    let out = &mut out[..total];
+    let mut x0 = 0;
+    while total - x0 >= 64 {
+        taps.chunk::<64, FMA>(x0, bias, &mut out[x0..x0 + 64]);
+        x0 += 64;
     }
+    macro_rules! tail {
+        ($($v:literal)*) => {$(
+            if total - x0 >= $v {
+                taps.chunk::<$v, FMA>(x0, bias, &mut out[x0..x0 + $v]);
+                x0 += $v;
+            }
+        )*};
+    }
+    tail!(32 16 8 4 2 1);
+    debug_assert_eq!(x0, total);
 }
 
-/// What the chunks of one output row read.
-struct Rows<'a> {
+/// What the chunks of a plane read: the phase planes, and each tap's
+/// weight and the start of its run relative to the chunk's first output.
+struct Taps<'a> {
     s: &'a [f32],
     w: &'a [f32],
-    /// The input row of tap `taps.0`.
-    row0: usize,
-    /// The kernel rows that land inside the map, `k0..k1`.
-    taps: (usize, usize),
-    kw: usize,
-    /// The row dilation.
-    dh: usize,
-    /// The column dilation as phases and entries: DW mod SW, DW / SW.
-    dw_phase: usize,
-    dw_entry: usize,
-    sw: usize,
-    len: usize,
+    offsets: &'a [usize],
 }
 
-impl Rows<'_> {
-    /// Output pixels `x0..x0 + V` of the row into `out`.
+impl Taps<'_> {
+    /// Outputs `t0..t0 + V` of the plane (rows L long) into `out`.
     #[inline(always)]
-    fn chunk<const V: usize, const FMA: bool>(&self, x0: usize, bias: f32, out: &mut [f32]) {
+    fn chunk<const V: usize, const FMA: bool>(&self, t0: usize, bias: f32, out: &mut [f32]) {
         let mut acc = [bias; V];
-        let dh = self.dh;
-        for ky in self.taps.0..self.taps.1 {
-            let y = self.row0 + (ky - self.taps.0) * dh;
-            let base = y * self.sw * self.len + x0;
-            // Tap kx reads column x·SW + kx·DW of the padded row: phase
-            // (kx·DW) mod SW, entry x + (kx·DW) / SW; kept as (phase, entry
-            // offset) and stepped by DW without a division.
-            let (mut phase, mut entry) = (0, 0);
-            for kx in 0..self.kw {
-                let wv = self.w[ky * self.kw + kx];
-                let at = base + phase * self.len + entry;
-                (phase, entry) = (phase + self.dw_phase, entry + self.dw_entry);
-                if phase >= self.sw {
-                    (phase, entry) = (phase - self.sw, entry + 1);
-                }
-                let x = &self.s[at..at + V];
-                for j in 0..V {
-                    acc[j] = if FMA {
-                        x[j].mul_add(wv, acc[j])
-                    } else {
-                        acc[j] + x[j] * wv
-                    };
-                }
+        for (&wv, &offset) in self.w.iter().zip(self.offsets) {
+            let at = offset + t0;
+            let x = &self.s[at..at + V];
+            for j in 0..V {
+                acc[j] = if FMA {
+                    x[j].mul_add(wv, acc[j])
+                } else {
+                    acc[j] + x[j] * wv
+                };
             }
         }
         out[..V].copy_from_slice(&acc);
@@ -355,6 +279,9 @@ mod tests {
             (10, 23, (3, 3), (1, 3), (2, 1), (2, 3)),
             (7, 7, (3, 5), (3, 1), (0, 2), (1, 1)),
             (1, 1, (5, 5), (1, 1), (2, 2), (1, 1)),
+            (1, 2, (3, 3), (3, 3), (1, 1), (1, 1)),
+            (14, 14, (5, 5), (2, 2), (2, 2), (1, 1)),
+            (7, 7, (3, 3), (2, 2), (1, 1), (2, 2)),
             (2, 2, (3, 3), (2, 2), (1, 1), (1, 1)),
             (2, 2, (3, 3), (1, 1), (3, 3), (2, 2)),
             (1, 1, (1, 1), (1, 1), (0, 0), (1, 1)),
