@@ -724,9 +724,7 @@ fn run_step(
             for_each_plane(b, y.c, y.h * y.w, |n, c| {
                 // SAFETY: each task owns output plane (n, c).
                 let out = unsafe { arena.plane_mut(y, n, c) };
-                for (o, v) in out.iter_mut().zip(arena.plane(x, n, c)) {
-                    *o = v.mul_add(scale[c], shift[c]);
-                }
+                affine(out, arena.plane(x, n, c), scale[c], shift[c]);
             })
         }
         StepOp::Lrn {
@@ -870,6 +868,34 @@ fn run_step(
             };
             for_each_pixel(b * tiles, y.c * TILE, tile);
         }
+    }
+}
+
+/// `out[i] = x[i]·scale + shift` in one rounding (`mul_add`, as the CUDA
+/// kernel's `fmaf`), in a function compiled with FMA where the CPU has it:
+/// in baseline x86-64 code `mul_add` is a call to libm's `fmaf` per
+/// element, which was a fifth of DenseNet-121's CPU time (its batch norms
+/// before each convolution run as channel affines).
+fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has FMA and AVX2 (just checked).
+        unsafe { affine_fma(out, x, scale, shift) };
+        return;
+    }
+    affine_any(out, x, scale, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+unsafe fn affine_fma(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    affine_any(out, x, scale, shift)
+}
+
+#[inline(always)]
+fn affine_any(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.mul_add(scale, shift);
     }
 }
 
