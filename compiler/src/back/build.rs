@@ -695,10 +695,10 @@ fn resource_report(
     log: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
     use crate::back::resources::{problems, render, summary, SM80, SM90};
-    let archs = [(SM80, functions.to_vec()), (SM90, functions.to_vec())];
-    let found: Vec<String> = archs
+    let sms = [SM80, SM90];
+    let found: Vec<String> = sms
         .iter()
-        .flat_map(|(sm, f)| problems(&sources.launches, f, sm))
+        .flat_map(|sm| problems(&sources.launches, functions, sm))
         .collect();
     if !found.is_empty() {
         return Err(format!(
@@ -710,12 +710,13 @@ fn resource_report(
         &sources.model,
         sources.precision,
         &sources.launches,
-        &archs,
+        &sms,
+        functions,
         mixes,
     );
     write(path, text.as_bytes())?;
-    for (sm, f) in &archs {
-        log(&summary(&sources.launches, sm, f));
+    for sm in &sms {
+        log(&summary(&sources.launches, sm, functions));
     }
     log(&format!(
         "  registers, shared memory and occupancy of every kernel: {}",

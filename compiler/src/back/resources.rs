@@ -319,14 +319,15 @@ pub fn problems(launches: &[Launch], functions: &[PtxasFunction], sm: &Sm) -> Ve
 }
 
 /// The table `cnnc build` writes to `kernels/resources.txt`: for each SM
-/// kind in `archs` (with its functions from ptxas), a row per launched
-/// function, then each function's static instruction mix where `mixes`
+/// kind in `sms`, a row per launched function with its figures from
+/// `functions` (ptxas's, of every architecture), then each function's static instruction mix where `mixes`
 /// (architecture and cubin symbol → [`mix_line`]) has it.
 pub fn render(
     model: &str,
     precision: &str,
     launches: &[Launch],
-    archs: &[(Sm, Vec<PtxasFunction>)],
+    sms: &[Sm],
+    functions: &[PtxasFunction],
     mixes: &BTreeMap<(u32, String), String>,
 ) -> String {
     let mut out = String::new();
@@ -343,7 +344,7 @@ pub fn render(
         out,
         "waves: blocks of the launch / (resident blocks per SM × SMs), at the first batch a function serves and at batch 64; below 1 part of the GPU idles, and a fraction above 1 is a partial last wave"
     );
-    for (sm, functions) in archs {
+    for sm in sms {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -669,7 +670,7 @@ ptxas info    : Compile time = 1.2 ms
             "12 instructions".to_string(),
         );
         mixes.insert((80, "sym_k1_conv".to_string()), "not this arch".to_string());
-        let text = render("m", "fp32", &launches, &[(SM90, fns.clone())], &mixes);
+        let text = render("m", "fp32", &launches, &[SM90], &fns, &mixes);
         assert!(text.contains("\nk0_conv                                      12 instructions\n"));
         assert!(!text.contains("not this arch"));
         // k0: 2 blocks per SM, 25 %; 66·2 = 132 blocks at batch 1 over
