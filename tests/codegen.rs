@@ -389,10 +389,15 @@ fn features(k: &cnnc::back::kernel_ir::Kernel) -> Vec<String> {
     use cnnc::ir::{Epilogue, Op};
     let mut f = vec![match &k.kind {
         KernelKind::Gemm(g) => format!(
-            "gemm {:?} padding{}{}{}",
+            "gemm {:?} padding{}{}{}{}",
             g.padding_mode,
             if g.global_pool {
                 ", global pool prologue"
+            } else {
+                ""
+            },
+            if g.input_norm {
+                ", layer norm prologue"
             } else {
                 ""
             },
@@ -421,6 +426,7 @@ fn features(k: &cnnc::back::kernel_ir::Kernel) -> Vec<String> {
         KernelKind::Mul => "gate multiply kernel".into(),
         KernelKind::CopySlice => "copy into slice".into(),
         KernelKind::LayerNorm { .. } => "layer norm".into(),
+        KernelKind::LayerNormStats { .. } => "layer norm statistics".into(),
         KernelKind::ChannelShuffle { .. } => "channel shuffle".into(),
     }];
     if k.epilogue
@@ -466,6 +472,8 @@ fn every_kernel_kind_is_generated_somewhere() {
         "add kernel",
         "copy into slice",
         "layer norm",
+        "layer norm statistics",
+        "gemm Zeros padding, layer norm prologue",
         "channel shuffle",
         "residual epilogue",
         "writes a channel slice",

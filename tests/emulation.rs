@@ -457,6 +457,35 @@ fn shuffle_and_norm_kernels_match_the_evaluator() {
         &weights,
         (3, 13, 2.0),
     );
+    // The layer norms that run inside their pointwise convolutions (`pre`
+    // into `mix`, `ln` into `pw1`) on the smallest tensor-core tile, which
+    // normalises B in shared memory, with TF32 and 16-bit operands.
+    use cnnc::back::kernel_ir::Precision;
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let per = graph.input_shape().numel() as usize;
+        let case = Case {
+            tag: format!("shuffle_norm-tc-{}", precision.name()),
+            graph,
+            sources: &compilation.sources,
+            weights: &weights,
+            input: (0..3 * per)
+                .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
+                .collect(),
+            batch: 3,
+            both_orders: true,
+            tile: None,
+            batch1_kernels_only: false,
+            precision,
+            tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
+        };
+        let checked = check(&case, &|cuda| {
+            assert!(cuda.contains("cnnc::gemm_tc") && cuda.contains("cnnc::Normed<"));
+            cuda
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        report(&case.tag, 3, &checked);
+    }
 }
 
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.

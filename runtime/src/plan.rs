@@ -163,6 +163,17 @@ pub enum Prepared {
     ScaledWeight { weight: String, scale: String },
     /// The matching bias: b·s.
     ScaledBias { bias: String, scale: String },
+    /// A pointwise conv or per-pixel linear weight ([out][in], any trailing
+    /// 1×1) with the layer norm `ln` it normalises by folded in:
+    /// w[o][i]·γ[i], γ = `ln.weight`.
+    LnWeight { weight: String, ln: String },
+    /// The matching bias: b[o] + Σᵢ w[o][i]·β[i], β = `ln.bias`, b = 0 when
+    /// the layer has no bias.
+    LnBias {
+        weight: String,
+        bias: Option<String>,
+        ln: String,
+    },
     /// `weight` (a [rows][K] GEMM weight: a conv's [out][in/groups·kh·kw] or
     /// a linear layer's [out][in]) as f32 for the kernels on CUDA cores,
     /// followed by a 16-bit copy for the tensor-core kernels: the f32 values,
@@ -184,9 +195,9 @@ impl Prepared {
     pub fn weight_key(&self) -> Option<&str> {
         match self {
             Prepared::Tensor { key } => Some(key),
-            Prepared::FoldedWeight { weight, .. } | Prepared::ScaledWeight { weight, .. } => {
-                Some(weight)
-            }
+            Prepared::FoldedWeight { weight, .. }
+            | Prepared::ScaledWeight { weight, .. }
+            | Prepared::LnWeight { weight, .. } => Some(weight),
             Prepared::WithHalf { weight, .. } => weight.weight_key(),
             _ => None,
         }
@@ -291,6 +302,14 @@ pub struct Gemm {
     /// input, [C, 1, 1].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub input_scale: bool,
+    /// Normalise each input pixel as it is read: (x − mean)·inv, the
+    /// pixel's mean and inverse deviation at channels 0 and 1 of the step's
+    /// last input (a [`StepOp::LayerNormStats`] map): a layer norm fused
+    /// in, its weight and bias folded into the prepared weight and bias
+    /// ([`Prepared::LnWeight`], [`Prepared::LnBias`]). Only on 1×1,
+    /// stride-1, unpadded, ungrouped convolutions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub input_norm: bool,
     pub bias: bool,
 }
 
@@ -329,6 +348,18 @@ pub enum StepOp {
     LayerNorm {
         eps: f32,
     },
+    /// A layer norm's statistics for the convolution that normalises as it
+    /// reads ([`Gemm::input_norm`]): per (image, pixel), the mean over the
+    /// input's channels at output channel 0 and 1/√(biased var + eps) at 1.
+    LayerNormStats {
+        eps: f32,
+    },
+    /// y = (x − mean)·inv per (image, channel, pixel), the pixel's mean and
+    /// inverse deviation at channels 0 and 1 of `inputs[1]`: the first half
+    /// of a normalising convolution ([`Gemm::input_norm`]) as the CPU
+    /// executor runs it, in two steps. The compiler does not emit it; no
+    /// CUDA kernel has it.
+    Normalize,
     /// Output channel j·groups + i is input channel i·(C / groups) + j.
     ChannelShuffle {
         groups: usize,
@@ -548,7 +579,7 @@ impl StepOp {
     /// The parameter list of this step's kernel.
     pub fn signature(&self) -> Signature {
         match self {
-            StepOp::Gemm(g) if g.input_scale => Signature::GatedGemm,
+            StepOp::Gemm(g) if g.input_scale || g.input_norm => Signature::GatedGemm,
             StepOp::Gemm(_) => Signature::Gemm,
             StepOp::ChannelAffine | StepOp::LayerNorm { .. } => Signature::Affine,
             StepOp::Add | StepOp::Mul => Signature::Binary,

@@ -131,6 +131,10 @@ fn reads(p: &Prepared, key: &str) -> bool {
         Prepared::ScaledWeight { weight: t, scale } | Prepared::ScaledBias { bias: t, scale } => {
             t == key || scale == key
         }
+        Prepared::LnWeight { weight, ln } => weight == key || bn_reads(ln),
+        Prepared::LnBias { weight, bias, ln } => {
+            weight == key || bias.as_deref() == Some(key) || bn_reads(ln)
+        }
     }
 }
 
@@ -224,6 +228,36 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             let mean = get(&format!("{bn}.running_mean"))?;
             narrow((0..s.len()).map(|o| beta[o] - mean[o] * s[o]).collect())
         }
+        Prepared::LnWeight { weight, ln } => {
+            // Element i of a [out][in] tensor is column i % in.
+            let gamma = get(&format!("{ln}.weight"))?;
+            let w = get(weight)?;
+            let inputs = gamma.len().max(1);
+            narrow(
+                w.iter()
+                    .enumerate()
+                    .map(|(i, v)| v * gamma[i % inputs])
+                    .collect(),
+            )
+        }
+        Prepared::LnBias { weight, bias, ln } => {
+            let beta = get(&format!("{ln}.bias"))?;
+            let w = get(weight)?;
+            let inputs = beta.len().max(1);
+            let outputs = w.len() / inputs;
+            let b = match bias {
+                Some(key) => get(key)?,
+                None => vec![0.0; outputs],
+            };
+            narrow(
+                (0..outputs)
+                    .map(|o| {
+                        let row = &w[o * inputs..(o + 1) * inputs];
+                        b[o] + row.iter().zip(&beta).map(|(w, b)| w * b).sum::<f64>()
+                    })
+                    .collect(),
+            )
+        }
     })
 }
 
@@ -249,6 +283,9 @@ fn with_half(
                         format!(" (with batch norm `{bn}` folded in)")
                     }
                     Prepared::ScaledWeight { scale, .. } => format!(" (scaled by `{scale}`)"),
+                    Prepared::LnWeight { ln, .. } => {
+                        format!(" (with layer norm `{ln}`'s weight folded in)")
+                    }
                     _ => String::new(),
                 };
                 return Err(Error(format!(

@@ -166,7 +166,9 @@ model gated_convs {
 /// and a branch (and a split into three), `channel_shuffle`, `layer_norm`
 /// over channels (on maps and on a flat vector), `linear(per_pixel = true)`,
 /// `gelu` and a `scale` (layer_scale) inside a residual (folded into the
-/// convolution before it) and one after a layer norm (a channel affine).
+/// convolution before it) and one after a layer norm (a channel affine);
+/// two layer norms run inside the pointwise convolution that reads them
+/// (`ln` into `pw1`, with a bias, and `pre` into `mix`, without).
 pub const SHUFFLE_NORM: &str = r#"
 model shuffle_norm {
   input [6, 9, 7]
@@ -180,6 +182,8 @@ model shuffle_norm {
   widen = conv(9, k=1)
   three = split(3) { identity  a = conv(5, k=1)  b = seq { conv(1, k=3, p=1) relu } }
   channel_shuffle(3)
+  pre = layer_norm
+  mix = conv(9, k=1, bias=false)
   norm = layer_norm(eps=1e-6)
   post_layer_scale = scale
   "block" = residual {

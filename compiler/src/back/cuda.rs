@@ -169,7 +169,8 @@ fn header(out: &mut String, k: &Kernel) {
 
 /// The names the kernel bodies give the arguments of a GEMM-shaped kernel.
 const GEMM_NAMES: &[&str] = &["x", "w", "bias", "r0", "y", "batch", "ws", "counters"];
-/// ... of a GEMM whose input a gate's factor scales ...
+/// ... of a GEMM whose input a gate's factor scales (`s`), or which
+/// normalises its input with a layer norm's statistics (`s`) ...
 const GATED_GEMM_NAMES: &[&str] = &["x", "w", "bias", "r0", "y", "batch", "ws", "counters", "s"];
 /// ... and of a one-input kernel.
 const UNARY: &[&str] = &["x", "y", "batch"];
@@ -181,7 +182,7 @@ pub fn signature(kind: &KernelKind) -> Signature {
     match kind {
         // A depthwise convolution's step is a GEMM step (the CPU runs it as
         // one); its kernel takes the same arguments.
-        KernelKind::Gemm(g) if g.input_scale => Signature::GatedGemm,
+        KernelKind::Gemm(g) if g.input_scale || g.input_norm => Signature::GatedGemm,
         KernelKind::Gemm(_) | KernelKind::Depthwise(_) => Signature::Gemm,
         KernelKind::ChannelAffine | KernelKind::LayerNorm { .. } => Signature::Affine,
         KernelKind::Add | KernelKind::Mul => Signature::Binary,
@@ -341,6 +342,15 @@ fn kernel(out: &mut String, k: &Kernel) -> Result<(), String> {
                 float(*eps)
             );
         }
+        KernelKind::LayerNormStats { eps } => {
+            elementwise_head(out, &k.name, UNARY);
+            let (c, h, w) = chw(i0);
+            let _ = writeln!(
+                out,
+                "  cnnc::layer_norm_stats<{c}, {h}, {w}, {place}>(x, y, batch, {});\n}}",
+                float(*eps)
+            );
+        }
         KernelKind::ChannelShuffle { groups } => {
             elementwise_head(out, &k.name, UNARY);
             let _ = writeln!(
@@ -448,14 +458,18 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
             format!("// batch {} and up\n", v.min_batch),
         ));
     }
-    if g.input_scale
+    let transformed = g.input_scale || g.input_norm;
+    if transformed
         && wrappers
             .iter()
             .any(|(_, s, _)| matches!(s, Schedule::Gemv(_)))
     {
-        return Err(format!("{}: a gated GEMM has no GEMV form", k.name));
+        return Err(format!(
+            "{}: a GEMM that scales or normalises its input has no GEMV form",
+            k.name
+        ));
     }
-    let gate_arg = if g.input_scale { ", s" } else { "" };
+    let gate_arg = if transformed { ", s" } else { "" };
     for (i, (name, schedule, note)) in wrappers.iter().enumerate() {
         // Tiles state how many blocks per SM they are made for: without it,
         // ptxas caps some tiles at 64 registers and spills (alexnet's 11x11
@@ -469,7 +483,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
             out,
             "{note}extern \"C\" __global__ void __launch_bounds__({}{min_blocks}) {name}({}) {{",
             schedule.threads(),
-            if g.input_scale {
+            if transformed {
                 parameters(Signature::GatedGemm, GATED_GEMM_NAMES)
             } else {
                 parameters(Signature::Gemm, GEMM_NAMES)
@@ -484,6 +498,18 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
         if g.input_scale {
             // The gated operand: each input channel times s[image, channel].
             let _ = writeln!(out, "  using C = cnnc::Gated<{conv}>;");
+        } else if g.input_norm {
+            // The normalised operand: (x - mean) * inv with each pixel's
+            // statistics from s, the layer norm's last input.
+            let stats = k
+                .inputs
+                .last()
+                .ok_or_else(|| format!("{}: no statistics input", k.name))?;
+            let _ = writeln!(
+                out,
+                "  using C = cnnc::Normed<{conv}, {}, {}>;  // Normed<Conv, S_CT, S_CO>",
+                stats.channels_total, stats.channel_offset
+            );
         } else {
             let _ = writeln!(out, "  using C = {conv};");
         }

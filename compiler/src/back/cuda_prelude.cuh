@@ -49,7 +49,11 @@ struct Conv {
   static constexpr int K = GLOBAL_POOL ? IC : ICG * KH * KW;
   static constexpr int P = OH * OW;
   static constexpr bool GLOBAL_POOL_B = GLOBAL_POOL;
-  static constexpr bool SCALED = false;  // see Gated
+  static constexpr bool SCALED = false;  // see Gated and Normed
+  // Whether B[k][n] is input channel k at output pixel n's own position (a
+  // 1x1 convolution, stride 1, no padding): what Normed needs.
+  static constexpr bool POINTWISE =
+      !GLOBAL_POOL && GROUPS == 1 && KH == 1 && KW == 1 && PT == 0 && PL == 0 && IH == OH && IW == OW;
   // B[k][n] for group g.
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
@@ -86,6 +90,8 @@ struct Conv {
 // A convolution whose input channels are scaled as they are read: B[k][n]
 // times s[image, channel of k], with s one value per (image, input channel)
 // (a gate's [C, 1, 1] factor, so its multiply never writes the gated map).
+// SCALED kernels transform B with transform(): as each value is read
+// (gemm), or in shared memory once a slice has landed (transform_b_slice).
 template <class Base>
 struct Gated : Base {
   static constexpr bool SCALED = true;
@@ -95,9 +101,36 @@ struct Gated : Base {
     const int image = n / Base::P;
     return s[(long)image * (Base::G * Base::ICG) + g * Base::ICG + k / TAPS];
   }
+  static __device__ __forceinline__ float transform(float v, const float* __restrict__ s, int g, int k, int n) {
+    return v * factor(s, g, k, n);
+  }
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
                                                  int k, int n) {
-    return Base::load_b(x, g, k, n) * factor(s, g, k, n);
+    return transform(Base::load_b(x, g, k, n), s, g, k, n);
+  }
+};
+
+// A pointwise convolution that normalises its input as it reads it: a layer
+// norm over channels moved into its reader. B[k][n] becomes
+// (B[k][n] - mean) * inv, with column n's pixel's mean and 1/sqrt(var + eps)
+// at channels 0 and 1 of s, a [2, H, W] map per image (S_CT channels in its
+// buffer from S_CO); the layer norm's weight and bias are folded into the
+// convolution's weights and bias at load. The same arithmetic as the layer
+// norm kernel's (x - mean) * inv before its weight and bias.
+template <class Base, int S_CT, int S_CO>
+struct Normed : Base {
+  static_assert(Base::POINTWISE, "normalising a padded, strided or grouped convolution's input is not supported");
+  static constexpr bool SCALED = true;
+  static __device__ __forceinline__ float transform(float v, const float* __restrict__ s, int g, int k, int n) {
+    (void)g; (void)k;
+    const int image = n / Base::P;
+    const int p = n - image * Base::P;
+    const float* at = s + ((long)image * S_CT + S_CO) * Base::P + p;
+    return (v - at[0]) * at[Base::P];
+  }
+  static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
+                                                 int k, int n) {
+    return transform(Base::load_b(x, g, k, n), s, g, k, n);
   }
 };
 
@@ -620,6 +653,27 @@ __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const fl
   for (int c = 0; c < C; ++c) out[(long)c * H * W] = (in[(long)c * H * W] - mean) * inv * weight[c] + bias[c];
 }
 
+// A layer norm's statistics for the convolution that normalises as it reads
+// (Normed): per (image, pixel), the mean over channels at channel 0 of y and
+// 1/sqrt(var + eps) at channel 1, computed as layer_norm computes them.
+template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ void layer_norm_stats(const float* __restrict__ x, float* __restrict__ y, int batch,
+                                                 float eps) {
+  const long i = global_thread();
+  if (i >= (long)batch * H * W) return;
+  const int image = (int)(i / (H * W));
+  const long p = i - (long)image * H * W;
+  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
+  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  float s = 0.0f;
+  for (int c = 0; c < C; ++c) s += in[(long)c * H * W];
+  const float mean = s / (float)C;
+  float v = 0.0f;
+  for (int c = 0; c < C; ++c) { const float d = in[(long)c * H * W] - mean; v += d * d; }
+  out[0] = mean;
+  out[H * W] = 1.0f / sqrtf(v / (float)C + eps);
+}
+
 // ShuffleNet's channel shuffle: output channel j * GROUPS + i is input channel
 // i * (C / GROUPS) + j; one thread per output element.
 template <int C, int H, int W, int GROUPS, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
@@ -837,18 +891,23 @@ __device__ __forceinline__ void store_tc_tile(const float (&acc)[MI][NI][4], con
     }
 }
 
-// A gate's factor on slice t of B in shared memory, for the tensor-core tiles
-// (they copy B with cp.async, so it cannot be scaled on the way): each
-// element is scaled by the thread that copied it, once its copy has landed;
-// the caller's barrier then makes the slice visible to every warp. B16: the
-// column order of gemm_tc16's B rows.
+// A SCALED kernel's transform (a gate's factor, a layer norm's
+// normalisation) on slice t of B in shared memory, for the tensor-core tiles
+// (they copy B with cp.async, so it cannot be transformed on the way): each
+// element is transformed by the thread that copied it, once its copy has
+// landed; the caller's barrier then makes the slice visible to every warp.
+// Zeros past K or the last column stay zeros. B16: the column order of
+// gemm_tc16's B rows.
 template <class C, int BN, int BK, int THREADS, bool B16>
-__device__ __forceinline__ void scale_b_slice(float* bw, const float* __restrict__ s, int g, int t, int n0,
-                                              int n_total, int tid) {
+__device__ __forceinline__ void transform_b_slice(float* bw, const float* __restrict__ s, int g, int t, int n0,
+                                                  int n_total, int tid) {
   for (int i = tid; i < BN * BK; i += THREADS) {
     const int kk = i / BN, nn = i % BN;
     const int k = t * BK + kk, n = n0 + nn;
-    if (k < C::K && n < n_total) bw[swizzle(nn, B16 ? b16_column(kk) : kk)] *= C::factor(s, g, k, n);
+    if (k < C::K && n < n_total) {
+      float& v = bw[swizzle(nn, B16 ? b16_column(kk) : kk)];
+      v = C::transform(v, s, g, k, n);
+    }
   }
 }
 
@@ -934,7 +993,7 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
     if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
     cp_async_commit();
     if constexpr (C::SCALED) {
-      scale_b_slice<C, BN, BK, THREADS, false>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
+      transform_b_slice<C, BN, BK, THREADS, false>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
       __syncthreads();
     }
     const float* as = As[t % STAGES];
@@ -1078,7 +1137,7 @@ __device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const flo
     if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
     cp_async_commit();
     if constexpr (C::SCALED) {
-      scale_b_slice<C, BN, BK, THREADS, true>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
+      transform_b_slice<C, BN, BK, THREADS, true>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
       __syncthreads();
     }
     const unsigned short* as = As[t % STAGES];

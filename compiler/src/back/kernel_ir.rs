@@ -447,6 +447,11 @@ pub struct Gemm {
     /// Each input channel is multiplied by a per-(image, channel) factor as
     /// it is read (a gate's multiply, the kernel's last input).
     pub input_scale: bool,
+    /// Each input pixel is normalised as it is read, (x − mean)·inv with
+    /// the pixel's statistics from the kernel's last input (a layer norm's
+    /// [`KernelKind::LayerNormStats`]; its weight and bias are folded into
+    /// this GEMM's). Only on 1×1, stride-1, unpadded convolutions.
+    pub input_norm: bool,
     pub bias: bool,
     /// Whether this is a linear layer (a GEMV candidate at small batches).
     pub linear: bool,
@@ -799,6 +804,13 @@ pub enum KernelKind {
     LayerNorm {
         eps: f64,
     },
+    /// A layer norm's statistics for the convolution that normalises its
+    /// input as it reads it ([`Gemm::input_norm`]): per (image, pixel), the
+    /// mean over channels and 1/√(var + eps), written as a [2, H, W] map;
+    /// one thread per (image, pixel), as [`KernelKind::LayerNorm`].
+    LayerNormStats {
+        eps: f64,
+    },
     /// Output channel j·groups + i is input channel i·(C / groups) + j.
     ChannelShuffle {
         groups: i64,
@@ -1010,7 +1022,10 @@ pub fn lower_with(
                 padding_mode,
             } => {
                 let (_, ih, iw) = chw(inputs[0].shape);
-                let has_bias = *bias || node.fusion.folded_batchnorm.is_some();
+                // A folded batch norm or layer norm leaves a bias.
+                let has_bias = *bias
+                    || node.fusion.folded_batchnorm.is_some()
+                    || node.fusion.folded_layernorm.is_some();
                 params.push(format!("{}.weight", node.name));
                 if has_bias {
                     params.push(format!("{}.bias", node.name));
@@ -1084,6 +1099,7 @@ pub fn lower_with(
                     padding_mode: PaddingMode::Zeros,
                     global_pool,
                     input_scale: false,
+                    input_norm: false,
                     bias: has_bias,
                     linear: true,
                     schedule: Schedule::tiled(TILES[0], 1),
@@ -1171,6 +1187,11 @@ pub fn lower_with(
                     one_per_output((oh * ow) as u64),
                 )
             }
+            Op::LayerNormStats { eps } => (
+                KernelKind::LayerNormStats { eps: eps.0 },
+                256,
+                one_per_output((oh * ow) as u64),
+            ),
             Op::ChannelShuffle { groups } => (
                 KernelKind::ChannelShuffle { groups: *groups },
                 256,
@@ -1324,6 +1345,7 @@ fn conv_gemm(
         padding_mode: *padding_mode,
         global_pool: false,
         input_scale: matches!(node.fusion.prologue, Some(Prologue::ChannelScale { .. })),
+        input_norm: matches!(node.fusion.prologue, Some(Prologue::Normalize { .. })),
         bias,
         linear: false,
         // Chosen per batch bucket once the kernel has its name.
@@ -1412,6 +1434,18 @@ pub fn render(program: &KernelProgram) -> String {
                     gm.pixels(),
                     gm.k(),
                 );
+                let stats = k.inputs.len() - 1;
+                if gm.input_norm {
+                    let _ = writeln!(
+                        out,
+                        "  prologue: B normalised per pixel, (x − mean)·inv from in{stats} (a layer norm's statistics; its weight and bias folded into this GEMM's), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
+                    );
+                } else if gm.input_scale {
+                    let _ = writeln!(
+                        out,
+                        "  prologue: B scaled per (image, channel) by in{stats} (a gate's factor), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
+                    );
+                }
                 // "batch 8–63" or "batch 64 and up".
                 let range = |first: u64, i: usize| match k.variants.get(i) {
                     Some(next) => format!("batch {first}–{}", next.min_batch - 1),
@@ -1655,6 +1689,9 @@ fn describe_kind(kind: &KernelKind) -> String {
         KernelKind::CopySlice => "copy into a channel slice, one thread per element".to_string(),
         KernelKind::LayerNorm { .. } => {
             "layer norm over channels, one thread per (image, pixel)".to_string()
+        }
+        KernelKind::LayerNormStats { .. } => {
+            "layer norm statistics (mean, inverse deviation) for the next convolution, one thread per (image, pixel)".to_string()
         }
         KernelKind::ChannelShuffle { groups } => {
             format!("channel shuffle in {groups} groups, one thread per element")

@@ -94,6 +94,7 @@ pub fn build(
                     padding_mode: mode,
                     global_pool: g.global_pool,
                     input_scale: g.input_scale,
+                    input_norm: g.input_norm,
                     bias: g.bias,
                 })
             }
@@ -112,6 +113,7 @@ pub fn build(
                     padding_mode: 0,
                     global_pool: false,
                     input_scale: false,
+                    input_norm: false,
                     bias: d.bias,
                 })
             }
@@ -198,6 +200,7 @@ pub fn build(
                 }));
                 rt::StepOp::LayerNorm { eps: *eps as f32 }
             }
+            KernelKind::LayerNormStats { eps } => rt::StepOp::LayerNormStats { eps: *eps as f32 },
             KernelKind::ChannelShuffle { groups } => rt::StepOp::ChannelShuffle {
                 groups: *groups as usize,
             },
@@ -245,7 +248,8 @@ pub fn build(
 }
 
 /// The prepared weight (and bias, when there is one) of a convolution or
-/// linear layer `node`, with a folded batch norm or `scale` applied.
+/// linear layer `node`, with a folded batch norm, `scale` or layer norm
+/// applied.
 fn conv_params(node: &crate::ir::Node, push: &mut impl FnMut(rt::Prepared) -> usize) -> Vec<usize> {
     let mut params = Vec::new();
     let weight = format!("{}.weight", node.name);
@@ -254,6 +258,20 @@ fn conv_params(node: &crate::ir::Node, push: &mut impl FnMut(rt::Prepared) -> us
         _ => false,
     };
     let bias_key = own_bias.then(|| format!("{}.bias", node.name));
+    if let Some(ln) = &node.fusion.folded_layernorm {
+        // The fusion pass folds a layer norm only into a layer with nothing
+        // else folded in; the IR verifier holds it to that.
+        params.push(push(rt::Prepared::LnWeight {
+            weight: weight.clone(),
+            ln: ln.clone(),
+        }));
+        params.push(push(rt::Prepared::LnBias {
+            weight,
+            bias: bias_key,
+            ln: ln.clone(),
+        }));
+        return params;
+    }
     match &node.fusion.folded_batchnorm {
         None if node.fusion.folded_scale.is_some() => {
             let scale = node.fusion.folded_scale.clone().unwrap_or_default();

@@ -251,6 +251,14 @@ pub enum Op {
         features: i64,
         eps: F64,
     },
+    /// The statistics half of a layer norm whose normalisation moved into
+    /// the convolution that reads it (see [`Prologue::Normalize`]): per
+    /// pixel, channel 0 the mean over the input's channels and channel 1
+    /// 1/√(variance + eps), so the output is [2, H, W]. Only the fusion
+    /// passes make it; the node keeps the layer norm's name and parameters.
+    LayerNormStats {
+        eps: F64,
+    },
     /// A learned per-channel factor held as a bare parameter (ConvNeXt's
     /// `layer_scale`): y = x · s[c], the key the layer's own path, shape [C, 1, 1].
     Scale {
@@ -296,6 +304,7 @@ impl Op {
             Op::Concat => "concat",
             Op::Mul => "mul",
             Op::LayerNorm { .. } => "layer_norm",
+            Op::LayerNormStats { .. } => "layer_norm_stats",
             Op::Scale { .. } => "scale",
             Op::ChannelShuffle { .. } => "channel_shuffle",
             Op::ChannelSlice { .. } => "chunk",
@@ -430,6 +439,7 @@ impl Op {
                     format!("layer_norm {features} eps={eps}")
                 }
             }
+            Op::LayerNormStats { eps } => format!("layer_norm_stats eps={eps}"),
             Op::Scale { channels, .. } => format!("scale {channels}"),
             Op::ChannelShuffle { groups } => format!("channel_shuffle groups={groups}"),
             Op::ChannelSlice { offset, channels } => {
@@ -511,8 +521,14 @@ pub struct Fusion {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded_scale: Option<String>,
     /// Work on the input as the op reads it: global average pooling before
-    /// `linear`, or a gate's per-channel factor before a convolution.
+    /// `linear`, a gate's per-channel factor or a layer norm's
+    /// normalisation before a convolution.
     pub prologue: Option<Prologue>,
+    /// The layer norm (its module path) whose normalisation this
+    /// convolution applies to its input ([`Prologue::Normalize`]); its
+    /// weight and bias are folded into this layer's weights and bias.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_layernorm: Option<String>,
     /// Applied in order to each output element after the op (and bias).
     pub epilogue: Vec<Epilogue>,
     /// The output aliases memory that other nodes write: a flatten (a
@@ -537,6 +553,14 @@ pub enum Prologue {
     /// channel): a gate's multiply moved into the convolution that reads
     /// the gated map, which scales its input as it reads it.
     ChannelScale { factor: usize },
+    /// A layer norm over the input's channels, applied as the convolution
+    /// reads its input: each pixel's values minus the mean, times
+    /// 1/√(var + eps), both read from `inputs[stats]` (a
+    /// [`Op::LayerNormStats`] node), then the layer norm's weight and bias
+    /// per channel (`fusion.folded_layernorm`). Only on 1×1 convolutions
+    /// with stride 1 and no padding, so every value read is a pixel of the
+    /// input and its statistics are those of the output pixel.
+    Normalize { stats: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -775,7 +799,7 @@ impl Graph {
                 .count()
                 + usize::from(matches!(
                     node.fusion.prologue,
-                    Some(Prologue::ChannelScale { .. })
+                    Some(Prologue::ChannelScale { .. } | Prologue::Normalize { .. })
                 ));
             let expected_inputs = match node.op {
                 Op::Input => 0..=0,
@@ -839,6 +863,41 @@ impl Graph {
                     ));
                 }
             }
+            if let Some(Prologue::Normalize { stats }) = node.fusion.prologue {
+                let pointwise = matches!(
+                    node.op,
+                    Op::Conv2d { kernel: (1, 1), stride: (1, 1), padding, groups: 1, .. }
+                        if padding == Padding::symmetric(0, 0)
+                );
+                let normalizes = pointwise
+                    && node.fusion.folded_layernorm.is_some()
+                    && stats >= 1
+                    && stats < node.inputs.len()
+                    && !node.fusion.epilogue.contains(&Epilogue::AddInput(stats))
+                    && matches!(self.nodes[node.inputs[stats]].op, Op::LayerNormStats { .. })
+                    && matches!(
+                        (self.nodes[node.inputs[0]].shape, self.nodes[node.inputs[stats]].shape),
+                        (Shape::Chw(_, h, w), Shape::Chw(2, sh, sw)) if (h, w) == (sh, sw)
+                    )
+                    && node.shape.dims()[1..] == self.nodes[node.inputs[0]].shape.dims()[1..];
+                if !normalizes {
+                    return Err(format!(
+                        "node {id} ({}) normalises its input but is not a pointwise convolution reading that input's statistics",
+                        node.op.name()
+                    ));
+                }
+                if node.fusion.folded_batchnorm.is_some() || node.fusion.folded_scale.is_some() {
+                    return Err(format!(
+                        "node {id} ({}) folds a layer norm and a batch norm or scale",
+                        node.op.name()
+                    ));
+                }
+            } else if node.fusion.folded_layernorm.is_some() {
+                return Err(format!(
+                    "node {id} ({}) folds a layer norm without normalising its input",
+                    node.op.name()
+                ));
+            }
             if node.op == Op::Mul {
                 let (x, f) = (
                     self.nodes[node.inputs[0]].shape,
@@ -873,6 +932,13 @@ impl Graph {
                 }
                 (Op::LayerNorm { .. } | Op::Scale { .. }, Some(x)) if node.shape != x => {
                     return Err(format!("node {id} changes the shape {x}"));
+                }
+                (Op::LayerNormStats { .. }, Some(x)) if !matches!((x, node.shape), (Shape::Chw(_, h, w), Shape::Chw(2, sh, sw)) if (h, w) == (sh, sw)) =>
+                {
+                    return Err(format!(
+                        "node {id} holds statistics of {x} as {}",
+                        node.shape
+                    ));
                 }
                 _ => {}
             }

@@ -5,7 +5,9 @@
 //! after each. What a pass could not fuse is recorded with the reason, for
 //! `cnnc emit --stage fused`.
 
-use crate::ir::{Epilogue, FoldedBatchNorm, Graph, MergedLayer, NodeId, Op, Prologue, Shape};
+use crate::ir::{
+    Epilogue, FoldedBatchNorm, Graph, MergedLayer, NodeId, Op, Padding, Prologue, Shape,
+};
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,6 +35,10 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     (
         "gate multiply into the next convolution",
         gate_into_next_conv,
+    ),
+    (
+        "layer norm into the next pointwise convolution",
+        layer_norm_into_next_conv,
     ),
     ("global average pool into linear", global_pool_into_linear),
     ("flatten as a view", flatten_as_view),
@@ -421,6 +427,89 @@ fn gate_into_next_conv(g: &mut Graph, log: &mut PassLog) {
     remove(g, &dead, &replacement);
 }
 
+/// `layer_norm` read only by a 1×1 convolution with stride 1 and no padding
+/// (ConvNeXt's `linear(per_pixel = true)` after its layer norm): the layer
+/// norm keeps only its statistics, a [2, H, W] map of each pixel's mean and
+/// 1/√(var + eps), and the convolution normalises its input as it reads it,
+/// with the layer norm's weight and bias folded into its own. The
+/// normalised map is never written: one write and one read of the whole
+/// input saved for a write and read of two values per pixel. Not where the
+/// convolution already has a prologue or a folded batch norm or `scale`,
+/// or reads more than one pixel per output (a padded or strided one would
+/// normalise its zero padding or need other pixels' statistics).
+fn layer_norm_into_next_conv(g: &mut Graph, log: &mut PassLog) {
+    let readers = consumers(g);
+    for (id, read_by) in readers.iter().enumerate() {
+        let Op::LayerNorm { eps, .. } = g.nodes[id].op else {
+            continue;
+        };
+        let conv = match read_by[..] {
+            [r] if r != usize::MAX => r,
+            _ => {
+                log.not_fused.push(format!(
+                    "{}: its output is read by {} consumers, so it is written once, by its own kernel",
+                    label(g, id),
+                    read_by.len()
+                ));
+                continue;
+            }
+        };
+        let c = &g.nodes[conv];
+        let reason = match c.op {
+            Op::Conv2d { .. } if c.inputs[0] != id || c.inputs[1..].contains(&id) => {
+                Some("the convolution that reads it also adds it as a residual")
+            }
+            Op::Conv2d {
+                kernel: (1, 1),
+                stride: (1, 1),
+                padding,
+                groups: 1,
+                ..
+            } if padding == Padding::symmetric(0, 0) => {
+                if c.fusion.prologue.is_some() {
+                    Some("the convolution that reads it has a prologue already")
+                } else if c.fusion.folded_batchnorm.is_some() || c.fusion.folded_scale.is_some() {
+                    Some("the convolution that reads it has a batch norm or scale folded in already")
+                } else {
+                    None
+                }
+            }
+            Op::Conv2d { .. } => Some(
+                "the convolution that reads it is not pointwise (1×1, stride 1, no padding, one group): it would normalise its padding or read other pixels' statistics",
+            ),
+            _ => Some("its reader is not a convolution"),
+        };
+        if let Some(r) = reason {
+            log.not_fused
+                .push(format!("{}: {r}; it runs as its own kernel", label(g, id)));
+            continue;
+        }
+        log.fused.push(format!(
+            "{} into the prologue of {}: the layer norm writes only each pixel's mean and inverse deviation, the convolution normalises its input as it reads it (weight and bias folded into its own)",
+            label(g, id),
+            label(g, conv)
+        ));
+        let m = merged(g, id);
+        let x = g.nodes[id].inputs[0];
+        let (h, w) = match g.nodes[id].shape {
+            Shape::Chw(_, h, w) => (h, w),
+            Shape::Flat(_) => (1, 1),
+        };
+        let ln_name = g.nodes[id].name.clone();
+        let stats = &mut g.nodes[id];
+        stats.op = Op::LayerNormStats { eps };
+        stats.shape = Shape::Chw(2, h, w);
+        let c = &mut g.nodes[conv];
+        c.inputs[0] = x;
+        c.inputs.push(id);
+        c.fusion.prologue = Some(Prologue::Normalize {
+            stats: c.inputs.len() - 1,
+        });
+        c.fusion.folded_layernorm = Some(ln_name);
+        c.fusion.merged.insert(0, m);
+    }
+}
+
 /// `adaptive_avgpool(1)`, `flatten`, `linear`: the linear layer averages its
 /// input maps itself, so the pooled vector never goes through memory.
 fn global_pool_into_linear(g: &mut Graph, log: &mut PassLog) {
@@ -547,9 +636,6 @@ fn report_pooling(g: &mut Graph, log: &mut PassLog) {
                     "a multiply by a map-sized factor could be the epilogue of the factor's last layer, reading the gate's input as a second operand, but that epilogue step is not implemented; it runs as its own kernel"
                 }
             },
-            Op::LayerNorm { .. } => {
-                "it normalises over every channel of a pixel, which the epilogue of the layer before sees one channel at a time; it runs as its own kernel, one thread per pixel"
-            }
             Op::ChannelShuffle { .. } => {
                 "a permutation of channels; writing the layer before in shuffled order is not implemented; it runs as a copy kernel"
             }

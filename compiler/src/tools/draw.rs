@@ -70,6 +70,7 @@ impl Kind {
             Op::BatchNorm { .. }
             | Op::LocalResponseNorm { .. }
             | Op::LayerNorm { .. }
+            | Op::LayerNormStats { .. }
             | Op::Scale { .. } => Kind::Norm,
             Op::Activation(_) | Op::Softmax | Op::LogSoftmax => Kind::Activation,
             Op::Add | Op::Concat | Op::Mul => Kind::Merge,

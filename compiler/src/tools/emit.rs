@@ -109,6 +109,14 @@ pub fn ir(graph: &Graph, sources: &SourceMap) -> String {
             Some(Prologue::ChannelScale { factor }) => {
                 let _ = write!(extra, " <scale(%{})", n.inputs[factor]);
             }
+            Some(Prologue::Normalize { stats }) => {
+                let _ = write!(
+                    extra,
+                    " <layer_norm(%{}, {})",
+                    n.inputs[stats],
+                    n.fusion.folded_layernorm.as_deref().unwrap_or("?")
+                );
+            }
             None => {}
         }
         for e in &n.fusion.epilogue {

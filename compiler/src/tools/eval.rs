@@ -83,6 +83,44 @@ pub fn evaluate(
                     node.shape,
                 )?
             }
+            Some(Prologue::Normalize { stats }) => {
+                // The layer norm as it was: each pixel's values minus the
+                // mean, times the inverse deviation, then weight and bias.
+                let ln = node
+                    .fusion
+                    .folded_layernorm
+                    .as_deref()
+                    .ok_or("a normalising prologue without its layer norm")?;
+                let get = |suffix: &str| {
+                    weights
+                        .get(&format!("{ln}.{suffix}"))
+                        .ok_or_else(|| format!("missing {suffix} of `{ln}`"))
+                };
+                let (gamma, beta) = (get("weight")?, get("bias")?);
+                let (c, h, w) = chw(in_shapes[0]);
+                let hw = h * w;
+                let s = inputs[stats];
+                let normed: Vec<f64> = inputs[0]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let (image, ch, p) = (i / (c * hw), (i / hw) % c, i % hw);
+                        let (mean, inv) = (s[image * 2 * hw + p], s[(image * 2 + 1) * hw + p]);
+                        (v - mean) * inv * gamma[ch] + beta[ch]
+                    })
+                    .collect();
+                let mut normed_inputs = inputs.clone();
+                normed_inputs[0] = &normed;
+                run_node(
+                    &node.op,
+                    node,
+                    weights,
+                    n,
+                    &normed_inputs,
+                    &in_shapes,
+                    node.shape,
+                )?
+            }
             None => run_node(&node.op, node, weights, n, &inputs, &in_shapes, node.shape)?,
         };
         for e in &node.fusion.epilogue {
@@ -332,6 +370,23 @@ fn run_node(
                     for ch in 0..c {
                         y[at(ch)] = (x[at(ch)] - mean) * inv * gamma[ch] + beta[ch];
                     }
+                }
+            }
+            y
+        }
+        Op::LayerNormStats { eps } => {
+            // Per (image, pixel): the mean over channels, then 1/√(var + eps)
+            // with the biased variance, as the layer norm computes them.
+            let (c, h, w) = chw(in_shapes[0]);
+            let hw = h * w;
+            let mut y = vec![0.0; n * 2 * hw];
+            for i in 0..n {
+                for p in 0..hw {
+                    let at = |ch: usize| (i * c + ch) * hw + p;
+                    let mean = (0..c).map(|ch| x[at(ch)]).sum::<f64>() / c as f64;
+                    let var = (0..c).map(|ch| (x[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
+                    y[i * 2 * hw + p] = mean;
+                    y[(i * 2 + 1) * hw + p] = 1.0 / (var + eps.0).sqrt();
                 }
             }
             y

@@ -71,7 +71,8 @@ pub struct CpuExecutor {
     /// Per step: the plane geometry where the step runs on [`depthwise`].
     depthwise: Vec<Option<depthwise::Geometry>>,
     /// For each step, the step of the plan it was given that it belongs to
-    /// (a gated convolution is two steps here: [`split_gated_steps`]).
+    /// (a gated or normalising convolution is two steps here:
+    /// [`split_gated_steps`]).
     origin: Vec<usize>,
     /// With profiling on: milliseconds spent in each step of the plan it
     /// was given, summed over runs.
@@ -347,13 +348,14 @@ fn gemm_k_total(g: &Gemm) -> usize {
     conv::k_total(g)
 }
 
-/// The CPU's convolution kernels have no input-scaling prologue: a GEMM step
-/// that scales its input by a gate's factor (`input_scale`) runs here as the
-/// multiply, into a region added after the arena, then the plain
+/// The CPU's convolution kernels have no input prologue: a GEMM step that
+/// scales its input by a gate's factor (`input_scale`) or normalises it by
+/// a layer norm's statistics (`input_norm`) runs here as the multiply or
+/// the normalisation, into a region added after the arena, then the plain
 /// convolution reading that region. The GPU kernel does both in one pass.
 /// Also returns, for each step, the index of the given step it came from.
 fn split_gated_steps(mut plan: Plan) -> Result<(Plan, Vec<usize>)> {
-    let gated = |s: &Step| matches!(s.op, StepOp::Gemm(g) if g.input_scale);
+    let gated = |s: &Step| matches!(s.op, StepOp::Gemm(g) if g.input_scale || g.input_norm);
     let Some(region) = plan
         .steps
         .iter()
@@ -374,18 +376,24 @@ fn split_gated_steps(mut plan: Plan) -> Result<(Plan, Vec<usize>)> {
             origin.push(given);
             continue;
         };
-        if !g.input_scale {
+        if !g.input_scale && !g.input_norm {
             steps.push(step);
             origin.push(given);
             continue;
         }
-        if step.inputs.len() < 2 {
+        if step.inputs.len() < 2 || (g.input_scale && g.input_norm) {
             return Err(Error(format!(
-                "step `{}`: scales its input but has no factor input",
+                "step `{}`: scales or normalises its input but has no factor or statistics input",
                 step.kernel
             )));
         }
+        let (op, suffix) = if g.input_norm {
+            (StepOp::Normalize, "norm")
+        } else {
+            (StepOp::Mul, "gate")
+        };
         g.input_scale = false;
+        g.input_norm = false;
         let factor = step.inputs.pop().expect("two inputs");
         let x = step.inputs[0];
         let gated_x = Place {
@@ -395,8 +403,8 @@ fn split_gated_steps(mut plan: Plan) -> Result<(Plan, Vec<usize>)> {
             ..x
         };
         steps.push(Step {
-            kernel: format!("{}_gate", step.kernel),
-            op: StepOp::Mul,
+            kernel: format!("{}_{suffix}", step.kernel),
+            op,
             inputs: vec![x, factor],
             output: gated_x,
             epilogue: Vec::new(),
@@ -416,7 +424,7 @@ fn split_gated_steps(mut plan: Plan) -> Result<(Plan, Vec<usize>)> {
 
 fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::Result<(), String> {
     let inputs_needed = match step.op {
-        StepOp::Add | StepOp::Mul => 2,
+        StepOp::Add | StepOp::Mul | StepOp::Normalize => 2,
         _ => 1,
     };
     if step.inputs.len() < inputs_needed {
@@ -508,6 +516,17 @@ fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::R
             }
             param(0, y.c, "weight")?;
             param(1, y.c, "bias")?;
+        }
+        StepOp::LayerNormStats { .. } => {
+            if (y.c, y.h, y.w) != (2, x.h, x.w) {
+                return Err("its statistics are not a [2, H, W] map of its input's pixels".into());
+            }
+        }
+        StepOp::Normalize => {
+            let s = &step.inputs[1];
+            if !same_shape(x, y) || (s.c, s.h, s.w) != (2, x.h, x.w) {
+                return Err("normalises by statistics of another shape".into());
+            }
         }
         StepOp::ChannelShuffle { groups } => {
             let groups = *groups;
@@ -828,33 +847,16 @@ fn run_step(
             // 12% of ConvNeXt-Tiny's CPU time). Per pixel the arithmetic is
             // the CUDA kernel's, in its order: the mean over channels, then
             // the mean squared deviation (biased), in f32.
-            const TILE: usize = 256;
             let (weight, bias) = (param(0), param(1));
             let hw = y.h * y.w;
-            let tiles = hw.div_ceil(TILE);
-            let channels = x.c as f32;
+            let tiles = hw.div_ceil(LN_TILE);
             let tile = |i: usize| {
-                let (n, p0) = (i / tiles, (i % tiles) * TILE);
-                let len = TILE.min(hw - p0);
-                let (mut mean, mut inv) = ([0f32; TILE], [0f32; TILE]);
+                let (n, p0) = (i / tiles, (i % tiles) * LN_TILE);
+                let len = LN_TILE.min(hw - p0);
+                let (mut mean, mut inv) = ([0f32; LN_TILE], [0f32; LN_TILE]);
                 let (mean, inv) = (&mut mean[..len], &mut inv[..len]);
                 let row = |c: usize| &arena.plane(x, n, c)[p0..p0 + len];
-                for c in 0..x.c {
-                    for (m, v) in mean.iter_mut().zip(row(c)) {
-                        *m += v;
-                    }
-                }
-                for m in mean.iter_mut() {
-                    *m /= channels;
-                }
-                for c in 0..x.c {
-                    for ((s, m), v) in inv.iter_mut().zip(mean.iter()).zip(row(c)) {
-                        *s += (v - m) * (v - m);
-                    }
-                }
-                for s in inv.iter_mut() {
-                    *s = 1.0 / (*s / channels + eps).sqrt();
-                }
+                layer_norm_stats(x.c, row, eps, mean, inv);
                 for c in 0..x.c {
                     let (w, b) = (weight[c], bias[c]);
                     // SAFETY: each task owns its pixels of image n in every output channel.
@@ -866,8 +868,73 @@ fn run_step(
                     }
                 }
             };
-            for_each_pixel(b * tiles, y.c * TILE, tile);
+            for_each_pixel(b * tiles, y.c * LN_TILE, tile);
         }
+        StepOp::LayerNormStats { eps } => {
+            // The layer norm's first half, on its tiles: mean and inverse
+            // deviation into planes 0 and 1 of the output.
+            let hw = x.h * x.w;
+            let tiles = hw.div_ceil(LN_TILE);
+            let tile = |i: usize| {
+                let (n, p0) = (i / tiles, (i % tiles) * LN_TILE);
+                let len = LN_TILE.min(hw - p0);
+                // SAFETY: each task owns its pixels of image n in both output planes.
+                let mean = &mut unsafe { arena.plane_mut(y, n, 0) }[p0..p0 + len];
+                let inv = &mut unsafe { arena.plane_mut(y, n, 1) }[p0..p0 + len];
+                mean.fill(0.0);
+                inv.fill(0.0);
+                let row = |c: usize| &arena.plane(x, n, c)[p0..p0 + len];
+                layer_norm_stats(x.c, row, eps, mean, inv);
+            };
+            for_each_pixel(b * tiles, x.c * LN_TILE, tile);
+        }
+        StepOp::Normalize => {
+            let s = &step.inputs[1];
+            for_each_plane(b, y.c, y.h * y.w, |n, c| {
+                let (mean, inv) = (arena.plane(s, n, 0), arena.plane(s, n, 1));
+                // SAFETY: each task owns output plane (n, c).
+                let out = unsafe { arena.plane_mut(y, n, c) };
+                for (((o, v), m), r) in out.iter_mut().zip(arena.plane(x, n, c)).zip(mean).zip(inv)
+                {
+                    *o = (v - m) * r;
+                }
+            });
+        }
+    }
+}
+
+/// Pixels per task of the layer norm kernels: channel rows of this many
+/// pixels are read whole (the pixel loops vectorise; a loop over channels
+/// per pixel reads with a stride of a plane and was 12% of ConvNeXt-Tiny's
+/// CPU time).
+const LN_TILE: usize = 256;
+
+/// The statistics of a tile of pixels over `channels` channel rows
+/// (`row(c)`), into `mean` and `inv` (zeroed by the caller): the mean, then
+/// 1/√(mean squared deviation + eps), in f32, in the CUDA kernels' order.
+fn layer_norm_stats<'r>(
+    channels: usize,
+    row: impl Fn(usize) -> &'r [f32],
+    eps: f32,
+    mean: &mut [f32],
+    inv: &mut [f32],
+) {
+    let count = channels as f32;
+    for c in 0..channels {
+        for (m, v) in mean.iter_mut().zip(row(c)) {
+            *m += v;
+        }
+    }
+    for m in mean.iter_mut() {
+        *m /= count;
+    }
+    for c in 0..channels {
+        for ((s, m), v) in inv.iter_mut().zip(mean.iter()).zip(row(c)) {
+            *s += (v - m) * (v - m);
+        }
+    }
+    for s in inv.iter_mut() {
+        *s = 1.0 / (*s / count + eps).sqrt();
     }
 }
 

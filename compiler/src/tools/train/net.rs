@@ -629,6 +629,12 @@ impl Net {
                     _ => xin.clone(),
                 },
                 Op::Flatten | Op::Identity => xin.clone(),
+                Op::LayerNormStats { .. } => {
+                    return Err(
+                        "training runs the checked graph; layer norm statistics are a fusion"
+                            .into(),
+                    )
+                }
                 Op::LayerNorm { eps, .. } => {
                     let gamma = self.param(slots.weight, node, "weight")?;
                     let beta = self.param(slots.bias, node, "bias")?;
@@ -915,6 +921,12 @@ impl Net {
                     }
                 }
                 Op::Flatten | Op::Identity => add(&mut grads, src, dy),
+                Op::LayerNormStats { .. } => {
+                    return Err(
+                        "training runs the checked graph; layer norm statistics are a fusion"
+                            .into(),
+                    )
+                }
                 Op::LayerNorm { eps, .. } => {
                     // x̂ = (x − μ)·r, y = γ·x̂ + β over the C channels of a
                     // pixel: dx = r/C·(C·g − Σg − x̂·Σ(g·x̂)), g = dy·γ.
