@@ -259,9 +259,10 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
     let (_, _, plan) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     use cnnc_runtime::plan::StepOp;
     let count = |f: &dyn Fn(&StepOp) -> bool| plan.steps.iter().filter(|s| f(&s.op)).count();
-    // `pre` and `ln` run inside the pointwise convolutions that read them:
-    // their steps write statistics only, and those convolutions normalise
-    // as they read, the layer norms' weights and biases folded into theirs.
+    // `pre`, `ln` and `down_norm` run inside the convolutions that read
+    // them: their steps write statistics only, and those convolutions
+    // normalise as they read, the layer norms' weights and biases folded
+    // into theirs.
     assert_eq!(
         count(&|o| matches!(o, StepOp::LayerNorm { .. })),
         2,
@@ -269,13 +270,13 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
     );
     assert_eq!(
         count(&|o| matches!(o, StepOp::LayerNormStats { .. })),
-        2,
-        "two layer norms' statistics"
+        3,
+        "three layer norms' statistics"
     );
     assert_eq!(
         count(&|o| matches!(o, StepOp::Gemm(g) if g.input_norm)),
-        2,
-        "two normalising convolutions"
+        3,
+        "three normalising convolutions"
     );
     let ln_biases: Vec<_> = plan
         .prepared
@@ -287,8 +288,8 @@ fn cpu_shuffle_and_norm_match_the_evaluator() {
         .collect();
     assert_eq!(
         ln_biases,
-        [false, true],
-        "`mix` has no bias of its own, `pw1` has"
+        [false, true, true],
+        "`mix` has no bias of its own, `pw1` and `down` have"
     );
     assert_eq!(
         count(&|o| matches!(o, StepOp::ChannelShuffle { .. })),

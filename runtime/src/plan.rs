@@ -163,12 +163,12 @@ pub enum Prepared {
     ScaledWeight { weight: String, scale: String },
     /// The matching bias: b·s.
     ScaledBias { bias: String, scale: String },
-    /// A pointwise conv or per-pixel linear weight ([out][in], any trailing
-    /// 1×1) with the layer norm `ln` it normalises by folded in:
-    /// w[o][i]·γ[i], γ = `ln.weight`.
+    /// A conv or per-pixel linear weight ([out][in][kh][kw] or [out][in])
+    /// with the layer norm `ln` it normalises by folded in:
+    /// w[o][i][t]·γ[i], γ = `ln.weight`.
     LnWeight { weight: String, ln: String },
-    /// The matching bias: b[o] + Σᵢ w[o][i]·β[i], β = `ln.bias`, b = 0 when
-    /// the layer has no bias.
+    /// The matching bias: b[o] + Σᵢ Σₜ w[o][i][t]·β[i], β = `ln.bias`, b = 0
+    /// when the layer has no bias.
     LnBias {
         weight: String,
         bias: Option<String>,
@@ -306,8 +306,9 @@ pub struct Gemm {
     /// pixel's mean and inverse deviation at channels 0 and 1 of the step's
     /// last input (a [`StepOp::LayerNormStats`] map): a layer norm fused
     /// in, its weight and bias folded into the prepared weight and bias
-    /// ([`Prepared::LnWeight`], [`Prepared::LnBias`]). Only on 1×1,
-    /// stride-1, unpadded, ungrouped convolutions.
+    /// ([`Prepared::LnWeight`], [`Prepared::LnBias`]). Only on unpadded,
+    /// ungrouped convolutions (each value read is an input pixel,
+    /// normalised with that pixel's statistics).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub input_norm: bool,
     pub bias: bool,

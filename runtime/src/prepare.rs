@@ -159,6 +159,14 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             .collect())
     };
     let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    // Filter taps of a conv weight [out][in][kh][kw] (1 for a linear layer's).
+    let taps = |key: &str| -> Result<usize> {
+        let t = file
+            .tensors
+            .get(key)
+            .ok_or_else(|| Error(format!("missing `{key}`")))?;
+        Ok(t.shape.iter().skip(2).product::<usize>().max(1))
+    };
     Ok(match p {
         Prepared::WithHalf {
             weight,
@@ -229,22 +237,26 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             narrow((0..s.len()).map(|o| beta[o] - mean[o] * s[o]).collect())
         }
         Prepared::LnWeight { weight, ln } => {
-            // Element i of a [out][in] tensor is column i % in.
+            // Element i of an [out][in][taps] tensor is input channel
+            // (i / taps) % in.
             let gamma = get(&format!("{ln}.weight"))?;
+            let taps = taps(weight)?;
             let w = get(weight)?;
             let inputs = gamma.len().max(1);
             narrow(
                 w.iter()
                     .enumerate()
-                    .map(|(i, v)| v * gamma[i % inputs])
+                    .map(|(i, v)| v * gamma[(i / taps) % inputs])
                     .collect(),
             )
         }
         Prepared::LnBias { weight, bias, ln } => {
+            // b[o] + the sum over input channels i and taps t of w[o][i][t]·β[i].
             let beta = get(&format!("{ln}.bias"))?;
+            let taps = taps(weight)?;
             let w = get(weight)?;
-            let inputs = beta.len().max(1);
-            let outputs = w.len() / inputs;
+            let row_len = (beta.len() * taps).max(1);
+            let outputs = w.len() / row_len;
             let b = match bias {
                 Some(key) => get(key)?,
                 None => vec![0.0; outputs],
@@ -252,8 +264,12 @@ fn compute(p: &Prepared, file: &WeightFile) -> Result<Vec<f32>> {
             narrow(
                 (0..outputs)
                     .map(|o| {
-                        let row = &w[o * inputs..(o + 1) * inputs];
-                        b[o] + row.iter().zip(&beta).map(|(w, b)| w * b).sum::<f64>()
+                        let row = &w[o * row_len..(o + 1) * row_len];
+                        b[o] + row
+                            .iter()
+                            .enumerate()
+                            .map(|(i, w)| w * beta[i / taps])
+                            .sum::<f64>()
                     })
                     .collect(),
             )

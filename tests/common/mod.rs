@@ -167,8 +167,10 @@ model gated_convs {
 /// over channels (on maps and on a flat vector), `linear(per_pixel = true)`,
 /// `gelu` and a `scale` (layer_scale) inside a residual (folded into the
 /// convolution before it) and one after a layer norm (a channel affine);
-/// two layer norms run inside the pointwise convolution that reads them
-/// (`ln` into `pw1`, with a bias, and `pre` into `mix`, without).
+/// three layer norms run inside the convolution that reads them (`pre` into
+/// the 1×1 `mix`, without a bias; `ln` into `pw1`, with one; `down_norm`
+/// into the strided, dilated 3×3 `down`, which reads each input pixel
+/// under several taps).
 pub const SHUFFLE_NORM: &str = r#"
 model shuffle_norm {
   input [6, 9, 7]
@@ -194,6 +196,8 @@ model shuffle_norm {
     pw2 = linear(9, per_pixel=true)
     layer_scale = scale(init=0.5)
   }
+  down_norm = layer_norm
+  down = conv(7, k=3, s=2, d=2)
   global_avgpool
   head_norm = layer_norm
   flatten

@@ -50,10 +50,18 @@ struct Conv {
   static constexpr int P = OH * OW;
   static constexpr bool GLOBAL_POOL_B = GLOBAL_POOL;
   static constexpr bool SCALED = false;  // see Gated and Normed
-  // Whether B[k][n] is input channel k at output pixel n's own position (a
-  // 1x1 convolution, stride 1, no padding): what Normed needs.
-  static constexpr bool POINTWISE =
-      !GLOBAL_POOL && GROUPS == 1 && KH == 1 && KW == 1 && PT == 0 && PL == 0 && IH == OH && IW == OW;
+  static constexpr int IN_P = IH * IW;
+  // Whether every B[k][n] is a pixel of the input, none padding, and rows
+  // are whole input channels (one group): what Normed needs.
+  static constexpr bool UNPADDED = !GLOBAL_POOL && GROUPS == 1 && PT == 0 && PL == 0 &&
+                                   (OH - 1) * SH + (KH - 1) * DH < IH && (OW - 1) * SW + (KW - 1) * DW < IW;
+  // The input pixel (y * IW + x) that B[k][n] reads, for an UNPADDED convolution.
+  static __device__ __forceinline__ int source_pixel(int k, int n) {
+    const int p = n % P;
+    const int tap = k % (KH * KW);
+    const int oy = p / OW, ox = p - (p / OW) * OW;
+    return (oy * SH + (tap / KW) * DH) * IW + ox * SW + (tap % KW) * DW;
+  }
   // B[k][n] for group g.
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
@@ -110,23 +118,23 @@ struct Gated : Base {
   }
 };
 
-// A pointwise convolution that normalises its input as it reads it: a layer
-// norm over channels moved into its reader. B[k][n] becomes
-// (B[k][n] - mean) * inv, with column n's pixel's mean and 1/sqrt(var + eps)
-// at channels 0 and 1 of s, a [2, H, W] map per image (S_CT channels in its
+// A convolution that normalises its input as it reads it: a layer norm over
+// channels moved into its reader. B[k][n] becomes (B[k][n] - mean) * inv,
+// with the mean and 1/sqrt(var + eps) of the input pixel it reads, at
+// channels 0 and 1 of s, a [2, IH, IW] map per image (S_CT channels in its
 // buffer from S_CO); the layer norm's weight and bias are folded into the
 // convolution's weights and bias at load. The same arithmetic as the layer
-// norm kernel's (x - mean) * inv before its weight and bias.
+// norm kernel's (x - mean) * inv before its weight and bias. Only without
+// padding (a padded zero would be normalised) and with one group.
 template <class Base, int S_CT, int S_CO>
 struct Normed : Base {
-  static_assert(Base::POINTWISE, "normalising a padded, strided or grouped convolution's input is not supported");
+  static_assert(Base::UNPADDED, "normalising a padded or grouped convolution's input is not supported");
   static constexpr bool SCALED = true;
   static __device__ __forceinline__ float transform(float v, const float* __restrict__ s, int g, int k, int n) {
-    (void)g; (void)k;
+    (void)g;
     const int image = n / Base::P;
-    const int p = n - image * Base::P;
-    const float* at = s + ((long)image * S_CT + S_CO) * Base::P + p;
-    return (v - at[0]) * at[Base::P];
+    const float* at = s + ((long)image * S_CT + S_CO) * Base::IN_P + Base::source_pixel(k, n);
+    return (v - at[0]) * at[Base::IN_P];
   }
   static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
                                                  int k, int n) {

@@ -450,7 +450,7 @@ pub struct Gemm {
     /// Each input pixel is normalised as it is read, (x − mean)·inv with
     /// the pixel's statistics from the kernel's last input (a layer norm's
     /// [`KernelKind::LayerNormStats`]; its weight and bias are folded into
-    /// this GEMM's). Only on 1×1, stride-1, unpadded convolutions.
+    /// this GEMM's). Only on unpadded, ungrouped convolutions.
     pub input_norm: bool,
     pub bias: bool,
     /// Whether this is a linear layer (a GEMV candidate at small batches).
@@ -1438,7 +1438,7 @@ pub fn render(program: &KernelProgram) -> String {
                 if gm.input_norm {
                     let _ = writeln!(
                         out,
-                        "  prologue: B normalised per pixel, (x − mean)·inv from in{stats} (a layer norm's statistics; its weight and bias folded into this GEMM's), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
+                        "  prologue: B normalised per input pixel, (x − mean)·inv from in{stats} (a layer norm's statistics; its weight and bias folded into this GEMM's), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
                     );
                 } else if gm.input_scale {
                     let _ = writeln!(

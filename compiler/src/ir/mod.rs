@@ -557,9 +557,9 @@ pub enum Prologue {
     /// reads its input: each pixel's values minus the mean, times
     /// 1/√(var + eps), both read from `inputs[stats]` (a
     /// [`Op::LayerNormStats`] node), then the layer norm's weight and bias
-    /// per channel (`fusion.folded_layernorm`). Only on 1×1 convolutions
-    /// with stride 1 and no padding, so every value read is a pixel of the
-    /// input and its statistics are those of the output pixel.
+    /// per channel (`fusion.folded_layernorm`). Only on convolutions with
+    /// no padding and one group, so every value read is a pixel of the
+    /// input, normalised with that pixel's statistics.
     Normalize { stats: usize },
 }
 
@@ -864,12 +864,11 @@ impl Graph {
                 }
             }
             if let Some(Prologue::Normalize { stats }) = node.fusion.prologue {
-                let pointwise = matches!(
+                let unpadded = matches!(
                     node.op,
-                    Op::Conv2d { kernel: (1, 1), stride: (1, 1), padding, groups: 1, .. }
-                        if padding == Padding::symmetric(0, 0)
+                    Op::Conv2d { padding, groups: 1, .. } if padding == Padding::symmetric(0, 0)
                 );
-                let normalizes = pointwise
+                let normalizes = unpadded
                     && node.fusion.folded_layernorm.is_some()
                     && stats >= 1
                     && stats < node.inputs.len()
@@ -878,11 +877,10 @@ impl Graph {
                     && matches!(
                         (self.nodes[node.inputs[0]].shape, self.nodes[node.inputs[stats]].shape),
                         (Shape::Chw(_, h, w), Shape::Chw(2, sh, sw)) if (h, w) == (sh, sw)
-                    )
-                    && node.shape.dims()[1..] == self.nodes[node.inputs[0]].shape.dims()[1..];
+                    );
                 if !normalizes {
                     return Err(format!(
-                        "node {id} ({}) normalises its input but is not a pointwise convolution reading that input's statistics",
+                        "node {id} ({}) normalises its input but is not an unpadded convolution reading that input's statistics",
                         node.op.name()
                     ));
                 }

@@ -37,7 +37,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
         gate_into_next_conv,
     ),
     (
-        "layer norm into the next pointwise convolution",
+        "layer norm into the convolution that reads it",
         layer_norm_into_next_conv,
     ),
     ("global average pool into linear", global_pool_into_linear),
@@ -427,16 +427,17 @@ fn gate_into_next_conv(g: &mut Graph, log: &mut PassLog) {
     remove(g, &dead, &replacement);
 }
 
-/// `layer_norm` read only by a 1×1 convolution with stride 1 and no padding
-/// (ConvNeXt's `linear(per_pixel = true)` after its layer norm): the layer
-/// norm keeps only its statistics, a [2, H, W] map of each pixel's mean and
-/// 1/√(var + eps), and the convolution normalises its input as it reads it,
-/// with the layer norm's weight and bias folded into its own. The
-/// normalised map is never written: one write and one read of the whole
-/// input saved for a write and read of two values per pixel. Not where the
-/// convolution already has a prologue or a folded batch norm or `scale`,
-/// or reads more than one pixel per output (a padded or strided one would
-/// normalise its zero padding or need other pixels' statistics).
+/// `layer_norm` read only by a convolution without padding and with one
+/// group (ConvNeXt's `linear(per_pixel = true)` after its layer norm, and
+/// its 2×2 stride-2 downsampling convolutions): the layer norm keeps only
+/// its statistics, a [2, H, W] map of each pixel's mean and 1/√(var + eps),
+/// and the convolution normalises each value as it reads it with the
+/// statistics of the pixel it comes from, the layer norm's weight and bias
+/// folded into its own. The normalised map is never written: one write and
+/// one read of the whole input saved for a write and read of two values per
+/// pixel. Not where the convolution already has a prologue or a folded
+/// batch norm or `scale`, pads its input (the zero padding would be
+/// normalised) or is grouped (the folded weight is per input channel).
 fn layer_norm_into_next_conv(g: &mut Graph, log: &mut PassLog) {
     let readers = consumers(g);
     for (id, read_by) in readers.iter().enumerate() {
@@ -460,11 +461,7 @@ fn layer_norm_into_next_conv(g: &mut Graph, log: &mut PassLog) {
                 Some("the convolution that reads it also adds it as a residual")
             }
             Op::Conv2d {
-                kernel: (1, 1),
-                stride: (1, 1),
-                padding,
-                groups: 1,
-                ..
+                padding, groups: 1, ..
             } if padding == Padding::symmetric(0, 0) => {
                 if c.fusion.prologue.is_some() {
                     Some("the convolution that reads it has a prologue already")
@@ -475,7 +472,7 @@ fn layer_norm_into_next_conv(g: &mut Graph, log: &mut PassLog) {
                 }
             }
             Op::Conv2d { .. } => Some(
-                "the convolution that reads it is not pointwise (1×1, stride 1, no padding, one group): it would normalise its padding or read other pixels' statistics",
+                "the convolution that reads it pads its input (the padding would be normalised) or is grouped",
             ),
             _ => Some("its reader is not a convolution"),
         };
