@@ -4,7 +4,7 @@
 # scripts/cuda-toolkit.sh installs from PyPI); cubins for sm_80 and sm_90.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-models="${*:-mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2 efficientnet_b0}"
+models="${*:-mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2 efficientnet_b0 convnext_tiny}"
 if [ -z "${CNNC_NVCC:-}" ] && ! command -v nvcc >/dev/null; then
   CNNC_NVCC="$(bash scripts/cuda-toolkit.sh)"
   export CNNC_NVCC

@@ -58,6 +58,17 @@ def randomize_bn(model, seed):
             m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+        elif isinstance(m, nn.LayerNorm):
+            # torchvision initialises layer norms to the identity, which
+            # would hide a wrong fold of their weight and bias into the
+            # convolution that reads them (ConvNeXt).
+            c = m.weight.numel()
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+        if isinstance(getattr(m, "layer_scale", None), nn.Parameter):
+            # ConvNeXt's 1e-6 would make every block's branch vanish.
+            s = m.layer_scale
+            s.data.copy_(torch.rand(s.shape, generator=g) * 0.5 + 0.25)
 
 
 def make(name):
@@ -158,7 +169,7 @@ def target(name, batch, ours_ms, eager_strict_ms):
 
 def main():
     os.makedirs(WORK, exist_ok=True)
-    models = os.environ.get("CNNC_GPU_MODELS", "mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2 efficientnet_b0").split()
+    models = os.environ.get("CNNC_GPU_MODELS", "mnist_cnn lenet5 resnet18 resnet50 googlenet vgg16 alexnet mobilenet_v2 efficientnet_b0 convnext_tiny").split()
     gpu = torch.cuda.get_device_name(0)
     say(f"## GPU check: {gpu}")
     say("")
