@@ -125,6 +125,11 @@ with torch.device("meta"):
     else:
         import torchvision
         m = getattr(torchvision.models, name)(weights=None)
+# Module versions (torchvision's MNASNet refuses a state_dict without its
+# `_metadata`, which safetensors does not carry): the freshly built model's.
+from collections import OrderedDict
+sd = OrderedDict(sd)
+sd._metadata = m.state_dict()._metadata
 m.load_state_dict(sd, assign=True)
 m.eval()
 shape = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32)}.get(name, (3, 224, 224))
