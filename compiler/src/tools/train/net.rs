@@ -640,13 +640,14 @@ impl Net {
                     let beta = self.param(slots.bias, node, "bias")?;
                     let mut y = vec![0.0; xin.len()];
                     let hw = h * w;
-                    for i in 0..n {
-                        for p in 0..hw {
-                            let (mean, inv) = layer_norm_stats(xin, c, hw, i, p, eps.0);
-                            for ch in 0..c {
-                                let at = (i * c + ch) * hw + p;
-                                y[at] =
-                                    ((xin[at] as f64 - mean) * inv) as f32 * gamma[ch] + beta[ch];
+                    for (x, y) in xin.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
+                        let (mean, inv) = layer_norm_stats(x, c, hw, eps.0);
+                        for ch in 0..c {
+                            let rows = x[ch * hw..(ch + 1) * hw]
+                                .iter()
+                                .zip(&mut y[ch * hw..(ch + 1) * hw]);
+                            for (((&v, o), &m), &r) in rows.zip(&mean).zip(&inv) {
+                                *o = ((v as f64 - m) * r) as f32 * gamma[ch] + beta[ch];
                             }
                         }
                     }
@@ -932,29 +933,39 @@ impl Net {
                     // pixel: dx = r/C·(C·g − Σg − x̂·Σ(g·x̂)), g = dy·γ.
                     let gamma = self.param(slots.weight, node, "weight")?;
                     let hw = h * w;
+                    // Channel rows of whole maps at a time (a loop over a
+                    // pixel's channels reads a plane apart); per pixel and
+                    // per channel the sums run in the same order as a
+                    // pixel-by-pixel loop, so the results are the same.
                     let mut dx = vec![0.0f32; x.len()];
                     let mut dg = vec![0.0f64; c];
                     let mut db = vec![0.0f64; c];
-                    let mut xhat = vec![0.0f64; c];
-                    let mut gx = vec![0.0f64; c];
+                    let cf = c as f64;
                     for i in 0..n {
-                        for p in 0..hw {
-                            let (mean, inv) = layer_norm_stats(x, c, hw, i, p, eps.0);
-                            let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-                            for ch in 0..c {
-                                let at = (i * c + ch) * hw + p;
-                                xhat[ch] = (x[at] as f64 - mean) * inv;
-                                gx[ch] = dy[at] as f64 * gamma[ch] as f64;
-                                sum_g += gx[ch];
-                                sum_gx += gx[ch] * xhat[ch];
-                                dg[ch] += dy[at] as f64 * xhat[ch];
-                                db[ch] += dy[at] as f64;
+                        let at = |ch: usize| (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                        let (mean, inv) =
+                            layer_norm_stats(&x[i * c * hw..(i + 1) * c * hw], c, hw, eps.0);
+                        let (mut sum_g, mut sum_gx) = (vec![0.0f64; hw], vec![0.0f64; hw]);
+                        for ch in 0..c {
+                            let g = gamma[ch] as f64;
+                            let (xs, ds) = (&x[at(ch)], &dy[at(ch)]);
+                            for p in 0..hw {
+                                let (v, d) = (xs[p] as f64, ds[p] as f64);
+                                let xhat = (v - mean[p]) * inv[p];
+                                let gx = d * g;
+                                sum_g[p] += gx;
+                                sum_gx[p] += gx * xhat;
+                                dg[ch] += d * xhat;
+                                db[ch] += d;
                             }
-                            let cf = c as f64;
-                            for ch in 0..c {
-                                let at = (i * c + ch) * hw + p;
-                                dx[at] =
-                                    (inv / cf * (cf * gx[ch] - sum_g - xhat[ch] * sum_gx)) as f32;
+                        }
+                        for ch in 0..c {
+                            let g = gamma[ch] as f64;
+                            let (xs, ds) = (&x[at(ch)], &dy[at(ch)]);
+                            for (p, o) in dx[at(ch)].iter_mut().enumerate() {
+                                let xhat = (xs[p] as f64 - mean[p]) * inv[p];
+                                let gx = ds[p] as f64 * g;
+                                *o = (inv[p] / cf * (cf * gx - sum_g[p] - xhat * sum_gx[p])) as f32;
                             }
                         }
                     }
@@ -1083,11 +1094,26 @@ impl Net {
 
 /// Mean and 1/√(var + ε) over the `c` channels of pixel `p` of image `i`
 /// (biased variance, as nn.LayerNorm), in f64.
-fn layer_norm_stats(x: &[f32], c: usize, hw: usize, i: usize, p: usize, eps: f64) -> (f64, f64) {
-    let at = |ch: usize| x[(i * c + ch) * hw + p] as f64;
-    let mean = (0..c).map(at).sum::<f64>() / c as f64;
-    let var = (0..c).map(|ch| (at(ch) - mean).powi(2)).sum::<f64>() / c as f64;
-    (mean, 1.0 / (var + eps).sqrt())
+/// Per pixel of one image's [c][hw] map: the mean over channels and
+/// 1/√(biased variance + eps), in f64, summed over channels in order.
+fn layer_norm_stats(x: &[f32], c: usize, hw: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut mean, mut var) = (vec![0.0f64; hw], vec![0.0f64; hw]);
+    for row in x.chunks(hw).take(c) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= c as f64);
+    for row in x.chunks(hw).take(c) {
+        for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
+            *s += (v as f64 - m).powi(2);
+        }
+    }
+    let inv = var
+        .iter()
+        .map(|s| 1.0 / (s / c as f64 + eps).sqrt())
+        .collect();
+    (mean, inv)
 }
 
 /// Dropout multipliers: 0 with probability p, else 1/(1−p); one draw per
