@@ -108,10 +108,14 @@ pub enum Term {
     Seq(Vec<Item>),
     /// `residual [when cond] { body } [shortcut [name] [when cond] { ... }]`:
     /// body(x) + shortcut(x); with a condition that is false, body(x) alone.
+    /// The shortcut may also be written before the body
+    /// (`shortcut_first`): the same sum, the shortcut's modules registered
+    /// (and their `state_dict` entries listed) first.
     Residual {
         condition: Option<Expr>,
         body: Vec<Item>,
         shortcut: Option<Shortcut>,
+        shortcut_first: bool,
     },
     /// `split(n) { branch ... }`: the input's channels in `n` equal chunks,
     /// chunk i fed to branch i, the outputs joined along channels.
@@ -1212,11 +1216,17 @@ impl Builder {
                 let mut body = Vec::new();
                 let mut shortcut = None;
                 let mut condition = None;
+                let mut seen_body = false;
+                let mut shortcut_first = false;
                 for p in pair.into_inner() {
                     match p.as_rule() {
                         Rule::condition => condition = self.condition(p, diags),
-                        Rule::body => body = self.body(p, diags),
+                        Rule::body => {
+                            seen_body = true;
+                            body = self.body(p, diags)
+                        }
                         Rule::shortcut => {
+                            shortcut_first = !seen_body;
                             let span = self.span(&p);
                             let mut name = None;
                             let mut condition = None;
@@ -1256,6 +1266,7 @@ impl Builder {
                     condition,
                     body,
                     shortcut,
+                    shortcut_first,
                 }
             }
             Rule::split => {

@@ -463,6 +463,7 @@ impl Elab<'_> {
                 condition,
                 body,
                 shortcut,
+                shortcut_first,
             } => {
                 let mut scope = Scope {
                     path: place.path.clone(),
@@ -480,7 +481,12 @@ impl Elab<'_> {
                         }
                     }
                 }
-                let main = self.items(body, &mut scope, env, input);
+                // Modules are registered in the order they are written:
+                // the body first, or the shortcut when it comes first.
+                let mut main = None;
+                if !*shortcut_first {
+                    main = Some(self.items(body, &mut scope, env, input));
+                }
                 let mut short = input;
                 let mut projected = false;
                 if let Some(sc) = shortcut {
@@ -515,6 +521,10 @@ impl Elab<'_> {
                         };
                     }
                 }
+                let main = match main {
+                    Some(main) => main,
+                    None => self.items(body, &mut scope, env, input),
+                };
                 let keyword = Span {
                     end: item.term_span.start + "residual".len(),
                     ..item.term_span
