@@ -112,7 +112,7 @@ fn every_model_matches_pytorch() {
         assert_eq!(layers, expected_layers, "{name}: conv/linear layers differ");
         checked += 1;
     }
-    assert_eq!(checked, 36);
+    assert_eq!(checked, 37);
 }
 
 #[test]

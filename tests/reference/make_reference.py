@@ -314,6 +314,7 @@ MODELS = {
     "densenet121": (lambda: TV.densenet121(weights=None), IN224),
     "regnet_y_400mf": (lambda: TV.regnet_y_400mf(weights=None), IN224),
     "regnet_x_400mf": (lambda: TV.regnet_x_400mf(weights=None), IN224),
+    "efficientnet_v2_s": (lambda: TV.efficientnet_v2_s(weights=None), [3, 384, 384]),
     "inception_v3": (lambda: TV.inception_v3(weights=None, aux_logits=False, init_weights=True), [3, 299, 299]),
     "mnist_cnn": (MnistCNN, [1, 28, 28]),
     "lenet5": (LeNet5, [1, 32, 32]),
