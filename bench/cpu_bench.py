@@ -62,7 +62,8 @@ TARGETS = {("mnist_cnn", 1): 3.0, ("lenet5", 1): 3.0, ("mnist_cnn", 256): 1.0, (
            ("mobilenet_v2", 1): 1.0, ("efficientnet_b0", 1): 1.0,
            # Issue 19 (no cliff on the new shapes): layer norm, 7x7 depthwise, GELU.
            ("convnext_tiny", 1): 1.0}
-INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32)}  # the others: 3×224×224
+INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32),
+               "inception_v3": (3, 299, 299), "efficientnet_v2_s": (3, 384, 384)}  # the others: 3×224×224
 
 
 def log(msg):
@@ -117,14 +118,23 @@ header, start = read_header(weights)
 raw = np.memmap(weights, dtype=np.uint8, mode="c", offset=start)
 sd = {k: torch.from_numpy(raw[v["data_offsets"][0]:v["data_offsets"][1]].view(DTYPES[v["dtype"]]).reshape(v["shape"]))
       for k, v in header.items()}
-with torch.device("meta"):
+def build():
     if name == "mnist_cnn":
-        m = gpu_check.MnistCnn()
-    elif name == "lenet5":
-        m = gpu_check.LeNet5()
-    else:
-        import torchvision
-        m = getattr(torchvision.models, name)(weights=None)
+        return gpu_check.MnistCnn()
+    if name == "lenet5":
+        return gpu_check.LeNet5()
+    import torchvision
+    if name in ("googlenet", "inception_v3"):
+        return getattr(torchvision.models, name)(weights=None, aux_logits=False, init_weights=False)
+    return getattr(torchvision.models, name)(weights=None)
+try:
+    with torch.device("meta"):
+        m = build()
+except NotImplementedError:
+    # RegNet computes its widths with tensors while it is built, which the
+    # meta device cannot: build it for real (its random initial weights
+    # count in the peak, then the file's replace them).
+    m = build()
 # Module versions (torchvision's MNASNet refuses a state_dict without its
 # `_metadata`, which safetensors does not carry): the freshly built model's.
 from collections import OrderedDict
@@ -132,7 +142,8 @@ sd = OrderedDict(sd)
 sd._metadata = m.state_dict()._metadata
 m.load_state_dict(sd, assign=True)
 m.eval()
-shape = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32)}.get(name, (3, 224, 224))
+shape = {"mnist_cnn": (1, 28, 28), "lenet5": (1, 32, 32), "inception_v3": (3, 299, 299),
+         "efficientnet_v2_s": (3, 384, 384)}.get(name, (3, 224, 224))
 x = torch.full((batch,) + shape, 0.5)
 with torch.inference_mode():
     m(x)

@@ -86,18 +86,24 @@ def make(name):
         return m, lambda b: np.resize(mnist.digits(64, pad=2), (b, 1, 32, 32)).astype(np.float32), weights
     if torchvision is None:
         raise RuntimeError("torchvision is not installed")
-    if name == "googlenet":
-        m = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    if name in ("googlenet", "inception_v3"):
+        m = getattr(torchvision.models, name)(weights=None, aux_logits=False, init_weights=True)
     else:
         m = getattr(torchvision.models, name)(weights=None)
     randomize_bn(m, 1)
     path = os.path.join(WORK, name + ".safetensors")
     save_safetensors(path, m.state_dict())
+    size = IMAGE_SIZE.get(name, 224)
 
     def images(b):
         g = np.random.default_rng(2)
-        return g.standard_normal((b, 3, 224, 224), dtype=np.float32)
+        return g.standard_normal((b, 3, size, size), dtype=np.float32)
     return m, images, path
+
+
+# The input size of the zoo's models that do not take 224x224 images
+# (models/<name>.cnn's `input`).
+IMAGE_SIZE = {"inception_v3": 299, "efficientnet_v2_s": 384}
 
 
 def run(cmd, timeout=300):
