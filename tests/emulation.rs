@@ -406,14 +406,37 @@ fn gates_match_the_evaluator() {
     // grouped conv stays on CUDA cores), which scales B in shared memory,
     // with TF32 and 16-bit operands.
     use cnnc::back::kernel_ir::Precision;
-    for precision in [Precision::Tf32, Precision::Bf16, Precision::Fp16] {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    check_on_tensor_cores(
+        "gated_convs",
+        graph,
+        &compilation.sources,
+        &weights,
+        &[Precision::Tf32, Precision::Bf16, Precision::Fp16],
+        (13, "batch, s);"),
+    );
+}
+
+/// `graph` on 3 images, every GEMM that can forced onto the smallest
+/// tensor-core tile, in each of `precisions`, against the evaluator; the
+/// printed CUDA must call a tensor-core GEMM and contain `expect`. Each
+/// image's inputs are shifted by its index, so kernels that mix images up
+/// fail.
+fn check_on_tensor_cores(
+    tag: &str,
+    graph: &cnnc::ir::Graph,
+    sources: &cnnc::front::source::SourceMap,
+    weights: &cnnc_runtime::weights::WeightFile,
+    precisions: &[cnnc::back::kernel_ir::Precision],
+    (seed, expect): (u64, &str),
+) {
+    for &precision in precisions {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let per = graph.input_shape().numel() as usize;
         let case = Case {
-            tag: format!("gated_convs-tc-{}", precision.name()),
+            tag: format!("{tag}-tc-{}", precision.name()),
             graph,
-            sources: &compilation.sources,
-            weights: &weights,
+            sources,
+            weights,
             input: (0..3 * per)
                 .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
                 .collect(),
@@ -425,7 +448,7 @@ fn gates_match_the_evaluator() {
             tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
         };
         let checked = check(&case, &|cuda| {
-            assert!(cuda.contains("cnnc::gemm_tc") && cuda.contains("batch, s);"));
+            assert!(cuda.contains("cnnc::gemm_tc") && cuda.contains(expect));
             cuda
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -461,31 +484,14 @@ fn shuffle_and_norm_kernels_match_the_evaluator() {
     // into `mix`, `ln` into `pw1`) on the smallest tensor-core tile, which
     // normalises B in shared memory, with TF32 and 16-bit operands.
     use cnnc::back::kernel_ir::Precision;
-    for precision in [Precision::Tf32, Precision::Bf16] {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
-        let per = graph.input_shape().numel() as usize;
-        let case = Case {
-            tag: format!("shuffle_norm-tc-{}", precision.name()),
-            graph,
-            sources: &compilation.sources,
-            weights: &weights,
-            input: (0..3 * per)
-                .map(|i| rng.random_range(-2.0..2.0) + (i / per) as f32)
-                .collect(),
-            batch: 3,
-            both_orders: true,
-            tile: None,
-            batch1_kernels_only: false,
-            precision,
-            tensor_tile: Some(*cnnc::back::kernel_ir::TC_TILES.last().unwrap()),
-        };
-        let checked = check(&case, &|cuda| {
-            assert!(cuda.contains("cnnc::gemm_tc") && cuda.contains("cnnc::Normed<"));
-            cuda
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        report(&case.tag, 3, &checked);
-    }
+    check_on_tensor_cores(
+        "shuffle_norm",
+        graph,
+        &compilation.sources,
+        &weights,
+        &[Precision::Tf32, Precision::Bf16],
+        (14, "cnnc::Normed<"),
+    );
 }
 
 /// resnet_tiny with a bug planted in its printed CUDA: the error must name the kernel.

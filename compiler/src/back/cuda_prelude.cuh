@@ -640,8 +640,21 @@ __device__ __forceinline__ void softmax(const float* __restrict__ x, float* __re
   }
 }
 
-// Layer norm over channels, one thread per (image, pixel): the mean, then the
-// mean squared deviation (biased, as nn.LayerNorm), then weight and bias.
+// The statistics of one pixel over the C channels at `in` (a plane of HW
+// apart): the mean, then 1/sqrt(mean squared deviation + eps) (biased, as
+// nn.LayerNorm).
+template <int C, int HW>
+__device__ __forceinline__ void pixel_stats(const float* __restrict__ in, float eps, float& mean, float& inv) {
+  float s = 0.0f;
+  for (int c = 0; c < C; ++c) s += in[(long)c * HW];
+  mean = s / (float)C;
+  float v = 0.0f;
+  for (int c = 0; c < C; ++c) { const float d = in[(long)c * HW] - mean; v += d * d; }
+  inv = 1.0f / sqrtf(v / (float)C + eps);
+}
+
+// Layer norm over channels, one thread per (image, pixel): the pixel's
+// statistics, then weight and bias.
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
                                            const float* __restrict__ bias, float* __restrict__ y, int batch,
@@ -652,12 +665,8 @@ __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const fl
   const long p = i - (long)image * H * W;
   const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
   float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
-  float s = 0.0f;
-  for (int c = 0; c < C; ++c) s += in[(long)c * H * W];
-  const float mean = s / (float)C;
-  float v = 0.0f;
-  for (int c = 0; c < C; ++c) { const float d = in[(long)c * H * W] - mean; v += d * d; }
-  const float inv = 1.0f / sqrtf(v / (float)C + eps);
+  float mean, inv;
+  pixel_stats<C, H * W>(in, eps, mean, inv);
   for (int c = 0; c < C; ++c) out[(long)c * H * W] = (in[(long)c * H * W] - mean) * inv * weight[c] + bias[c];
 }
 
@@ -673,13 +682,10 @@ __device__ __forceinline__ void layer_norm_stats(const float* __restrict__ x, fl
   const long p = i - (long)image * H * W;
   const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
   float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
-  float s = 0.0f;
-  for (int c = 0; c < C; ++c) s += in[(long)c * H * W];
-  const float mean = s / (float)C;
-  float v = 0.0f;
-  for (int c = 0; c < C; ++c) { const float d = in[(long)c * H * W] - mean; v += d * d; }
+  float mean, inv;
+  pixel_stats<C, H * W>(in, eps, mean, inv);
   out[0] = mean;
-  out[H * W] = 1.0f / sqrtf(v / (float)C + eps);
+  out[H * W] = inv;
 }
 
 // ShuffleNet's channel shuffle: output channel j * GROUPS + i is input channel

@@ -403,24 +403,18 @@ fn gate_into_next_conv(g: &mut Graph, log: &mut PassLog) {
             Op::Conv2d { .. } => None,
             _ => Some("its reader is not a convolution"),
         };
-        if let Some(r) = reason {
-            log.not_fused
-                .push(format!("{}: {r}; it runs as its own kernel", label(g, id)));
+        let moved = into_prologue(
+            g,
+            log,
+            (id, conv),
+            reason,
+            "it scales each input channel as it reads it",
+            (x, factor),
+            |factor| Prologue::ChannelScale { factor },
+        );
+        if !moved {
             continue;
         }
-        log.fused.push(format!(
-            "{} into the prologue of {}: it scales each input channel as it reads it",
-            label(g, id),
-            label(g, conv)
-        ));
-        let m = merged(g, id);
-        let c = &mut g.nodes[conv];
-        c.inputs[0] = x;
-        c.inputs.push(factor);
-        c.fusion.prologue = Some(Prologue::ChannelScale {
-            factor: c.inputs.len() - 1,
-        });
-        c.fusion.merged.insert(0, m);
         dead[id] = true;
         replacement[id] = x;
     }
@@ -476,35 +470,60 @@ fn layer_norm_into_next_conv(g: &mut Graph, log: &mut PassLog) {
             ),
             _ => Some("its reader is not a convolution"),
         };
-        if let Some(r) = reason {
-            log.not_fused
-                .push(format!("{}: {r}; it runs as its own kernel", label(g, id)));
+        let x = g.nodes[id].inputs[0];
+        let moved = into_prologue(
+            g,
+            log,
+            (id, conv),
+            reason,
+            "the layer norm writes only each pixel's mean and inverse deviation, the convolution normalises its input as it reads it (weight and bias folded into its own)",
+            (x, id),
+            |stats| Prologue::Normalize { stats },
+        );
+        if !moved {
             continue;
         }
-        log.fused.push(format!(
-            "{} into the prologue of {}: the layer norm writes only each pixel's mean and inverse deviation, the convolution normalises its input as it reads it (weight and bias folded into its own)",
-            label(g, id),
-            label(g, conv)
-        ));
-        let m = merged(g, id);
-        let x = g.nodes[id].inputs[0];
         let (h, w) = match g.nodes[id].shape {
             Shape::Chw(_, h, w) => (h, w),
             Shape::Flat(_) => (1, 1),
         };
-        let ln_name = g.nodes[id].name.clone();
         let stats = &mut g.nodes[id];
         stats.op = Op::LayerNormStats { eps };
         stats.shape = Shape::Chw(2, h, w);
-        let c = &mut g.nodes[conv];
-        c.inputs[0] = x;
-        c.inputs.push(id);
-        c.fusion.prologue = Some(Prologue::Normalize {
-            stats: c.inputs.len() - 1,
-        });
-        c.fusion.folded_layernorm = Some(ln_name);
-        c.fusion.merged.insert(0, m);
+        g.nodes[conv].fusion.folded_layernorm = Some(g.nodes[id].name.clone());
     }
+}
+
+/// Moves node `id`'s work into the prologue of `conv`, its only reader, or
+/// logs `reason` for leaving it: `conv` then reads `x` as its input and
+/// `operand` as its last input, and `prologue` is made from that input's
+/// index. Returns whether it moved; the caller rewrites or removes `id`.
+fn into_prologue(
+    g: &mut Graph,
+    log: &mut PassLog,
+    (id, conv): (NodeId, NodeId),
+    reason: Option<&str>,
+    how: &str,
+    (x, operand): (NodeId, NodeId),
+    prologue: impl Fn(usize) -> Prologue,
+) -> bool {
+    if let Some(r) = reason {
+        log.not_fused
+            .push(format!("{}: {r}; it runs as its own kernel", label(g, id)));
+        return false;
+    }
+    log.fused.push(format!(
+        "{} into the prologue of {}: {how}",
+        label(g, id),
+        label(g, conv)
+    ));
+    let m = merged(g, id);
+    let c = &mut g.nodes[conv];
+    c.inputs[0] = x;
+    c.inputs.push(operand);
+    c.fusion.prologue = Some(prologue(c.inputs.len() - 1));
+    c.fusion.merged.insert(0, m);
+    true
 }
 
 /// `adaptive_avgpool(1)`, `flatten`, `linear`: the linear layer averages its
