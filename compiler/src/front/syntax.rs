@@ -617,6 +617,34 @@ fn unclosed_bracket(
 }
 
 /// How many brackets are open at the end of `text`, skipping comments and strings.
+/// Whether `before` ends with a closed `residual [when …] shortcut … { … }`:
+/// a shortcut written first, whose body should come next.
+fn shortcut_written_first(before: &str) -> bool {
+    let Some(r) = before.rfind("residual") else {
+        return false;
+    };
+    let after = &before[r + "residual".len()..];
+    let head = after.split('{').next().unwrap_or("");
+    // Brace groups closed since: the shortcut's alone.
+    let (mut depth, mut groups) = (0usize, 0usize);
+    for c in after.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 1 => {
+                depth = 0;
+                groups += 1;
+            }
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    head.split_whitespace().any(|w| w == "shortcut")
+        && before.trim_end().ends_with('}')
+        && depth == 0
+        && groups == 1
+        && bracket_depth(&before[r..]) == 0
+}
+
 fn bracket_depth(text: &str) -> usize {
     let mut depth = 0usize;
     for line in text.lines() {
@@ -779,6 +807,12 @@ fn syntax_help(text: &str, at: usize, expects_input: bool) -> Option<String> {
             return Some(format!("write the sizes in brackets: `input [{sizes}]`"));
         }
         return Some("a model has one `input` line, and it comes first".to_string());
+    }
+    if shortcut_written_first(&text[..at]) {
+        return Some(
+            "a residual whose shortcut is written first takes its body next: `residual shortcut proj { … } { body }`"
+                .to_string(),
+        );
     }
     if rest.starts_with('=') && !rest.starts_with("==") && line_before.contains("when ") {
         return Some(
