@@ -165,10 +165,35 @@ def torch_peak_mb(name, batch, weights):
     return peak / 1024.0, base / 1024.0
 
 
+def busy_elsewhere(seconds=2.0):
+    """The fraction of all CPUs' time that other processes used over `seconds`
+    while this one sleeps (from /proc/stat; None where there is none). The
+    load average lags by a minute and counts the benchmark's own threads;
+    this is what a competing process costs: cnnc's steps wait for their
+    slowest thread, so one busy neighbour slowed efficientnet_v2_s 1.57x and
+    PyTorch 1.08x (bench/RESULTS.md, 2026-12-04)."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
     torch.set_num_threads(os.cpu_count())
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in os.environ.get("CNNC_BENCH_CASES", DEFAULT_CASES).split()]
+    busy = busy_elsewhere()
+    if busy is not None and busy > 0.1:
+        log(f"WARNING: other processes kept the CPUs {busy:.0%} busy before the run; "
+            f"the ratios below will favour PyTorch (cnnc waits for its slowest thread). "
+            f"Figures of record need a quiet machine.")
     started = time.time()
     load0 = os.getloadavg()
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mkldnn available "
@@ -248,7 +273,9 @@ def main():
         os.environ.get("CNNC_BENCH_MACHINE", ""),
         f"torch {torch.__version__} ({torch.get_num_threads()} threads, oneDNN/mkldnn available: "
         f"{torch.backends.mkldnn.is_available()}); {ROUNDS} alternating rounds per case; "
-        f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end; total {time.time() - started:.0f} s",
+        f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end; "
+        f"CPUs busy with other processes before the start: {'unknown' if busy is None else f'{busy:.0%}'}; "
+        f"total {time.time() - started:.0f} s",
         "",
         "| model | batch | cnnc ms | PyTorch ms | ratio (PyTorch/cnnc) | target | met? | cnnc peak MB | PyTorch peak MB "
         "| max rel err vs PyTorch | vs evaluator | K |",
