@@ -620,15 +620,26 @@ __device__ __forceinline__ void lrn(const float* __restrict__ x, float* __restri
   y[((long)o.image * OUT_CT + OUT_CO + o.c) * (H * W) + p] = v / powf(k + alpha * s / SIZE, beta);
 }
 
+// The kernels that run one thread per (image, pixel) over its channels:
+// where this thread's pixel starts in x and in y (its channels a plane of
+// H * W apart); false past the last pixel.
+template <int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
+__device__ __forceinline__ bool pixel_of_thread(const float* x, float* y, int batch, const float*& in, float*& out) {
+  const long i = global_thread();
+  if (i >= (long)batch * H * W) return false;
+  const int image = (int)(i / (H * W));
+  const long p = i - (long)image * H * W;
+  in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
+  out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  return true;
+}
+
 // Softmax or log-softmax over channels, one thread per (image, pixel).
 template <int C, int H, int W, bool LOG, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void softmax(const float* __restrict__ x, float* __restrict__ y, int batch) {
-  const long i = global_thread();
-  if (i >= (long)batch * H * W) return;
-  const int image = (int)(i / (H * W));
-  const long p = i - (long)image * H * W;
-  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
-  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  const float* in;
+  float* out;
+  if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float m = negative_infinity();
   for (int c = 0; c < C; ++c) m = fmaxf(m, in[(long)c * H * W]);
   float s = 0.0f;
@@ -659,12 +670,9 @@ template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
                                            const float* __restrict__ bias, float* __restrict__ y, int batch,
                                            float eps) {
-  const long i = global_thread();
-  if (i >= (long)batch * H * W) return;
-  const int image = (int)(i / (H * W));
-  const long p = i - (long)image * H * W;
-  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
-  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  const float* in;
+  float* out;
+  if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float mean, inv;
   pixel_stats<C, H * W>(in, eps, mean, inv);
   for (int c = 0; c < C; ++c) out[(long)c * H * W] = (in[(long)c * H * W] - mean) * inv * weight[c] + bias[c];
@@ -676,12 +684,9 @@ __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const fl
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void layer_norm_stats(const float* __restrict__ x, float* __restrict__ y, int batch,
                                                  float eps) {
-  const long i = global_thread();
-  if (i >= (long)batch * H * W) return;
-  const int image = (int)(i / (H * W));
-  const long p = i - (long)image * H * W;
-  const float* in = x + ((long)image * IN_CT + IN_CO) * (H * W) + p;
-  float* out = y + ((long)image * OUT_CT + OUT_CO) * (H * W) + p;
+  const float* in;
+  float* out;
+  if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float mean, inv;
   pixel_stats<C, H * W>(in, eps, mean, inv);
   out[0] = mean;

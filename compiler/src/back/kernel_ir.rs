@@ -1434,16 +1434,17 @@ pub fn render(program: &KernelProgram) -> String {
                     gm.pixels(),
                     gm.k(),
                 );
-                let stats = k.inputs.len() - 1;
+                // A prologue's operand is the kernel's last input.
+                let last = k.inputs.len() - 1;
                 if gm.input_norm {
                     let _ = writeln!(
                         out,
-                        "  prologue: B normalised per input pixel, (x − mean)·inv from in{stats} (a layer norm's statistics; its weight and bias folded into this GEMM's), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
+                        "  prologue: B normalised per input pixel, (x − mean)·inv from in{last} (a layer norm's statistics; its weight and bias folded into this GEMM's), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
                     );
                 } else if gm.input_scale {
                     let _ = writeln!(
                         out,
-                        "  prologue: B scaled per (image, channel) by in{stats} (a gate's factor), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
+                        "  prologue: B scaled per (image, channel) by in{last} (a gate's factor), as B is read on CUDA cores, in shared memory once a slice lands on tensor cores"
                     );
                 }
                 // "batch 8–63" or "batch 64 and up".

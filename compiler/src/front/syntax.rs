@@ -616,7 +616,6 @@ fn unclosed_bracket(
     )
 }
 
-/// How many brackets are open at the end of `text`, skipping comments and strings.
 /// Whether `before` ends with a closed `residual [when …] shortcut … { … }`:
 /// a shortcut written first, whose body should come next.
 fn shortcut_written_first(before: &str) -> bool {
@@ -625,26 +624,26 @@ fn shortcut_written_first(before: &str) -> bool {
     };
     let after = &before[r + "residual".len()..];
     let head = after.split('{').next().unwrap_or("");
-    // Brace groups closed since: the shortcut's alone.
-    let (mut depth, mut groups) = (0usize, 0usize);
+    // Top-level brace groups closed since: the shortcut's alone.
+    let mut depth = 0usize;
+    let mut groups = 0;
     for c in after.chars() {
         match c {
             '{' => depth += 1,
-            '}' if depth == 1 => {
-                depth = 0;
-                groups += 1;
+            '}' => {
+                depth = depth.saturating_sub(1);
+                groups += usize::from(depth == 0);
             }
-            '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
     head.split_whitespace().any(|w| w == "shortcut")
         && before.trim_end().ends_with('}')
-        && depth == 0
         && groups == 1
         && bracket_depth(&before[r..]) == 0
 }
 
+/// How many brackets are open at the end of `text`, skipping comments and strings.
 fn bracket_depth(text: &str) -> usize {
     let mut depth = 0usize;
     for line in text.lines() {

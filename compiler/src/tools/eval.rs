@@ -147,6 +147,15 @@ pub fn evaluate(
     })
 }
 
+/// The mean over the `c` channels of pixel `p` of image `i` and
+/// 1/√(biased variance + eps), as nn.LayerNorm computes them.
+fn pixel_stats(x: &[f64], c: usize, hw: usize, i: usize, p: usize, eps: f64) -> (f64, f64) {
+    let at = |ch: usize| x[(i * c + ch) * hw + p];
+    let mean = (0..c).map(at).sum::<f64>() / c as f64;
+    let var = (0..c).map(|ch| (at(ch) - mean).powi(2)).sum::<f64>() / c as f64;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 fn chw(shape: Shape) -> (usize, usize, usize) {
     match shape {
         Shape::Chw(c, h, w) => (c as usize, h as usize, w as usize),
@@ -364,9 +373,7 @@ fn run_node(
             for i in 0..n {
                 for p in 0..hw {
                     let at = |ch: usize| (i * c + ch) * hw + p;
-                    let mean = (0..c).map(|ch| x[at(ch)]).sum::<f64>() / c as f64;
-                    let var = (0..c).map(|ch| (x[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
-                    let inv = 1.0 / (var + eps.0).sqrt();
+                    let (mean, inv) = pixel_stats(x, c, hw, i, p, eps.0);
                     for ch in 0..c {
                         y[at(ch)] = (x[at(ch)] - mean) * inv * gamma[ch] + beta[ch];
                     }
@@ -382,11 +389,9 @@ fn run_node(
             let mut y = vec![0.0; n * 2 * hw];
             for i in 0..n {
                 for p in 0..hw {
-                    let at = |ch: usize| (i * c + ch) * hw + p;
-                    let mean = (0..c).map(|ch| x[at(ch)]).sum::<f64>() / c as f64;
-                    let var = (0..c).map(|ch| (x[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
+                    let (mean, inv) = pixel_stats(x, c, hw, i, p, eps.0);
                     y[i * 2 * hw + p] = mean;
-                    y[(i * 2 + 1) * hw + p] = 1.0 / (var + eps.0).sqrt();
+                    y[(i * 2 + 1) * hw + p] = inv;
                 }
             }
             y

@@ -841,12 +841,8 @@ fn run_step(
             })
         }
         StepOp::LayerNorm { eps } => {
-            // One task per image and tile of pixels, channel planes read
-            // whole rows at a time (the pixel loops vectorise; a loop over
-            // channels per pixel reads with a stride of a plane and was
-            // 12% of ConvNeXt-Tiny's CPU time). Per pixel the arithmetic is
-            // the CUDA kernel's, in its order: the mean over channels, then
-            // the mean squared deviation (biased), in f32.
+            // One task per image and tile of `LN_TILE` pixels; per pixel
+            // the arithmetic is the CUDA kernel's, in its order.
             let (weight, bias) = (param(0), param(1));
             let hw = y.h * y.w;
             let tiles = hw.div_ceil(LN_TILE);
@@ -881,8 +877,6 @@ fn run_step(
                 // SAFETY: each task owns its pixels of image n in both output planes.
                 let mean = &mut unsafe { arena.plane_mut(y, n, 0) }[p0..p0 + len];
                 let inv = &mut unsafe { arena.plane_mut(y, n, 1) }[p0..p0 + len];
-                mean.fill(0.0);
-                inv.fill(0.0);
                 let row = |c: usize| &arena.plane(x, n, c)[p0..p0 + len];
                 layer_norm_stats(x.c, row, eps, mean, inv);
             };
@@ -910,8 +904,8 @@ fn run_step(
 const LN_TILE: usize = 256;
 
 /// The statistics of a tile of pixels over `channels` channel rows
-/// (`row(c)`), into `mean` and `inv` (zeroed by the caller): the mean, then
-/// 1/√(mean squared deviation + eps), in f32, in the CUDA kernels' order.
+/// (`row(c)`), into `mean` and `inv`: the mean, then 1/√(mean squared
+/// deviation + eps), in f32, in the CUDA kernels' order.
 fn layer_norm_stats<'r>(
     channels: usize,
     row: impl Fn(usize) -> &'r [f32],
@@ -920,6 +914,8 @@ fn layer_norm_stats<'r>(
     inv: &mut [f32],
 ) {
     let count = channels as f32;
+    mean.fill(0.0);
+    inv.fill(0.0);
     for c in 0..channels {
         for (m, v) in mean.iter_mut().zip(row(c)) {
             *m += v;

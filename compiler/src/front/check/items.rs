@@ -483,10 +483,7 @@ impl Elab<'_> {
                 }
                 // Modules are registered in the order they are written:
                 // the body first, or the shortcut when it comes first.
-                let mut main = None;
-                if !*shortcut_first {
-                    main = Some(self.items(body, &mut scope, env, input));
-                }
+                let main = (!*shortcut_first).then(|| self.items(body, &mut scope, env, input));
                 let mut short = input;
                 let mut projected = false;
                 if let Some(sc) = shortcut {
@@ -521,10 +518,7 @@ impl Elab<'_> {
                         };
                     }
                 }
-                let main = match main {
-                    Some(main) => main,
-                    None => self.items(body, &mut scope, env, input),
-                };
+                let main = main.unwrap_or_else(|| self.items(body, &mut scope, env, input));
                 let keyword = Span {
                     end: item.term_span.start + "residual".len(),
                     ..item.term_span

@@ -1092,8 +1092,6 @@ impl Net {
     }
 }
 
-/// Mean and 1/√(var + ε) over the `c` channels of pixel `p` of image `i`
-/// (biased variance, as nn.LayerNorm), in f64.
 /// Per pixel of one image's [c][hw] map: the mean over channels and
 /// 1/√(biased variance + eps), in f64, summed over channels in order.
 fn layer_norm_stats(x: &[f32], c: usize, hw: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
