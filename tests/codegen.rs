@@ -383,6 +383,29 @@ fn cuda_snapshots() {
     });
 }
 
+#[test]
+fn a_16_bit_build_snapshot() {
+    // resnet_tiny built with --precision bf16: the activation type defined
+    // before the device library, every activation pointer a `cnnc::act*`,
+    // the batch-8 variants on gemm_tc16 (its residual adds read 16-bit
+    // activations too).
+    let path = Path::new("tests/fixtures/resnet_tiny/model.cnn");
+    let compilation = cnnc::compile_file(path, &BTreeMap::new()).expect("readable");
+    let graph = compilation.models[0].graph.as_ref().expect("graph");
+    let (fused, _) = cnnc::ir::passes::optimize(graph).expect("passes");
+    let program = cnnc::back::kernel_ir::lower_with(&fused, &compilation.sources, Precision::Bf16)
+        .expect("lowering");
+    let cuda = cnnc::back::cuda::print(&program).expect("printing");
+    assert!(cuda.contains("#define CNNC_ACT16 1"));
+    assert!(cuda.contains("cnnc::gemm_tc16<"), "no tensor-core variant");
+    assert!(!cuda.contains("const float* __restrict__ x,"));
+    snapshot(
+        "fixture_resnet_tiny_bf16_cuda",
+        "cnnc emit tests/fixtures/resnet_tiny/model.cnn --stage cuda --precision bf16",
+        &cuda_full(&cuda, &program),
+    );
+}
+
 /// What a kernel exercises in the CUDA printer and the prelude.
 fn features(k: &cnnc::back::kernel_ir::Kernel) -> Vec<String> {
     use cnnc::back::kernel_ir::KernelKind;
@@ -718,7 +741,8 @@ fn only_new_kernels(
     seen: &mut std::collections::HashSet<String>,
 ) -> (KernelProgram, String) {
     let (units, table) = cnnc::back::cuda::compile_units(&program).unwrap();
-    let mut out = cnnc::back::cuda::PRELUDE.to_string();
+    let library = cnnc::back::cuda::library(program.precision);
+    let mut out = library.clone();
     let mut kept = program.clone();
     kept.kernels.clear();
     for mut k in program.kernels {
@@ -731,7 +755,7 @@ fn only_new_kernels(
         }
         let code = units[*unit]
             .text
-            .strip_prefix(cnnc::back::cuda::PRELUDE)
+            .strip_prefix(library.as_str())
             .expect("a unit starts with the device library");
         out.push_str(code);
         for v in &mut k.variants {
@@ -790,6 +814,17 @@ fn identical_kernels_are_compiled_once() {
     }
     let (again, _) = only_new_kernels(program, &mut seen);
     assert!(again.kernels.is_empty());
+}
+
+/// Any model's kernels (an inline source's too) with the GEMMs in `precision`.
+fn any_program_in(model: &Model, precision: Precision) -> KernelProgram {
+    let compilation = match model.inline {
+        Some(text) => cnnc::compile_source(&model.path.to_string_lossy(), text, &BTreeMap::new()),
+        None => cnnc::compile_file(&model.path, &BTreeMap::new()).expect("readable"),
+    };
+    let graph = compilation.models[0].graph.as_ref().expect("graph");
+    let (fused, _) = cnnc::ir::passes::optimize(graph).expect("passes");
+    cnnc::back::kernel_ir::lower_with(&fused, &compilation.sources, precision).expect("lowering")
 }
 
 /// A model's kernels with the GEMMs in `precision`.
@@ -1008,33 +1043,61 @@ fn nvcc_compiles_every_model_without_spills() {
             });
         }
     }
-    // --precision bf16 and fp16: the first three of resnet18's GEMM kernels
-    // with a 16-bit tensor-core variant (gemm_tc16 at its three warp-tile
-    // sizes), through ptxas and the SASS check; their CUDA-core variants are
-    // the TF32 build's, compiled above.
+    // --precision bf16 and fp16, whose kernels store activations in 16 bits
+    // (every kernel differs from the TF32 build's): in each, the first
+    // kernel of the zoo and fixtures that exercises something no kernel
+    // chosen before did (a kernel kind or epilogue of `features`, a gated
+    // input, a 16-bit tensor-core variant at a warp tile, with a residual,
+    // a gate or a layer norm), through ptxas and the SASS check.
     for precision in [Precision::Bf16, Precision::Fp16] {
-        let m = models()
-            .into_iter()
-            .find(|m| m.id == "zoo_resnet18")
-            .expect("resnet18 is in the zoo");
-        let mut program = program_in(&m, precision);
-        let sixteen = |k: &cnnc::back::kernel_ir::Kernel| match &k.kind {
-            KernelKind::Gemm(g) => std::iter::once(&g.schedule)
-                .chain(k.variants.iter().map(|v| &v.schedule))
-                .any(|s| matches!(s, Schedule::Tensor { half: Some(_), .. })),
-            _ => false,
-        };
-        let chosen: Vec<_> = program
-            .kernels
-            .iter()
-            .filter(|k| sixteen(k))
-            .take(3)
-            .cloned()
-            .collect();
-        assert_eq!(chosen.len(), 3, "resnet18 in {}", precision.name());
+        let mut covered = std::collections::BTreeSet::new();
+        let mut chosen = Vec::new();
+        let mut template = None;
+        for m in models() {
+            let program = any_program_in(&m, precision);
+            for k in &program.kernels {
+                let mut keys = features(k);
+                if let KernelKind::Gemm(g) = &k.kind {
+                    if g.input_scale {
+                        keys.push("gated input".into());
+                    }
+                    for s in
+                        std::iter::once(&g.schedule).chain(k.variants.iter().map(|v| &v.schedule))
+                    {
+                        if let Schedule::Tensor {
+                            half: Some(_),
+                            tile,
+                            ..
+                        } = s
+                        {
+                            keys.push(format!("gemm_tc16 warp tile {}x{}", tile.wm, tile.wn));
+                            keys.push(format!("gemm_tc16 with {}", keys[0]));
+                            if g.input_scale {
+                                keys.push("gemm_tc16 gated".into());
+                            }
+                        }
+                    }
+                }
+                if keys
+                    .into_iter()
+                    .fold(false, |new, key| covered.insert(key) | new)
+                {
+                    chosen.push(k.clone());
+                }
+            }
+            template.get_or_insert(program);
+        }
+        let mut program = template.expect("models");
+        let (kernels_before, chosen_count) = (chosen.len(), chosen.len());
         program.kernels = chosen;
         let (program, cuda) = only_new_kernels(program, &mut seen);
-        let id = format!("zoo_resnet18_{}", precision.name());
+        assert_eq!(
+            program.kernels.len(),
+            kernels_before,
+            "every chosen 16-bit kernel is new"
+        );
+        eprintln!("nvcc: {chosen_count} kernels in {}", precision.name());
+        let id = format!("every_kind_{}", precision.name());
         let cu = dir.join(format!("{id}.cu"));
         std::fs::write(&cu, &cuda).unwrap();
         for &arch in ARCHS {

@@ -205,7 +205,8 @@ fn every_zoo_model_matches_the_evaluator() {
 /// ConvNeXt-Tiny in BF16 (per-pixel linear layers between layer norms), the
 /// layers the fixtures lack, within about 25 s of two cores.
 /// `CNNC_EMU_MODELS=all` (or a list of stems) runs those models in all four
-/// precisions (the whole zoo by hand: docs/testing.md).
+/// precisions, or in those `CNNC_EMU_PRECISIONS` lists (the whole zoo by
+/// hand: docs/testing.md).
 #[test]
 fn the_zoo_matches_the_evaluator_on_tensor_cores_in_every_precision() {
     use cnnc::back::kernel_ir::Precision;
@@ -217,12 +218,18 @@ fn the_zoo_matches_the_evaluator_on_tensor_cores_in_every_precision() {
         Precision::Fp16,
     ];
     let by_hand = std::env::var_os("CNNC_EMU_MODELS").is_some();
+    // CNNC_EMU_PRECISIONS=bf16,fp16 narrows a run by hand to those precisions.
+    let chosen: Vec<Precision> = std::env::var("CNNC_EMU_PRECISIONS")
+        .map(|list| list.split(',').filter_map(Precision::parse).collect())
+        .unwrap_or_else(|_| every.to_vec());
     let models = zoo_models(Some(&["efficientnet_b0", "convnext_tiny"]));
     let tile = *cnnc::back::kernel_ir::TC_TILES.last().unwrap();
     let mut jobs = Vec::new();
     for m in &models {
         let stem = m.0.file_stem().unwrap().to_string_lossy();
-        let precisions: &[Precision] = if by_hand || stem == "efficientnet_b0" {
+        let precisions: &[Precision] = if by_hand {
+            &chosen
+        } else if stem == "efficientnet_b0" {
             &every
         } else {
             &[Precision::Bf16]
@@ -1357,6 +1364,88 @@ fn every_16_bit_tensor_core_tile_matches_the_evaluator() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
 
+/// A bf16 or fp16 build with the schedules the compiler picks, at `batch`:
+/// a layer with a 16-bit tensor-core variant (for batch 8 and up) keeps only
+/// its 16-bit weights on the GPU, so its batch-1 kernel on CUDA cores
+/// (`gemm` with `Weights16`) reads them too.
+fn own_schedule_case(
+    f: &Fixture,
+    precision: cnnc::back::kernel_ir::Precision,
+    batch: usize,
+) -> Case<'_> {
+    let mut case = f.case();
+    case.tag = format!("{}-{}-b{batch}", f.name, precision.name());
+    case.precision = precision;
+    if batch != f.batch {
+        case.batch = batch;
+        case.input = batch_of(f, batch, 23);
+    }
+    case
+}
+
+#[test]
+fn sixteen_bit_builds_match_the_evaluator_with_their_own_schedules() {
+    // Batch 2 runs the batch-1 kernels (CUDA cores, 16-bit weights where
+    // the layer has a 16-bit copy), batch 9 the variants for 8 and up
+    // (gemm_tc16 where the compiler chose tensor cores).
+    let mut jobs = Vec::new();
+    for name in ["resnet_tiny", "kitchen_sink"] {
+        for precision in [
+            cnnc::back::kernel_ir::Precision::Bf16,
+            cnnc::back::kernel_ir::Precision::Fp16,
+        ] {
+            jobs.push((name, precision, 2));
+            jobs.push((name, precision, 9));
+        }
+    }
+    let failures = in_parallel(&jobs, |(name, precision, batch)| {
+        let f = Fixture::load(name);
+        let case = own_schedule_case(&f, *precision, *batch);
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, *batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+    // The cases above do run CUDA-core kernels on 16-bit weights.
+    let f = Fixture::load("resnet_tiny");
+    let program = cnnc::back::kernel_ir::lower_with(
+        &cnnc::ir::passes::optimize(f.graph()).unwrap().0,
+        &f.compilation.sources,
+        cnnc::back::kernel_ir::Precision::Bf16,
+    )
+    .unwrap();
+    assert!(program.kernels.iter().any(|k| k.half_weights().is_some()
+        && matches!(&k.kind, cnnc::back::kernel_ir::KernelKind::Gemm(g)
+            if matches!(g.schedule, cnnc::back::kernel_ir::Schedule::Tile { .. }))));
+}
+
+#[test]
+fn sixteen_bit_weights_unpacked_out_of_order_are_reported() {
+    // The 8-byte load of four 16-bit weights with its first two swapped: a
+    // CUDA-core kernel of a layer with a 16-bit copy multiplies the wrong
+    // weights (resnet_tiny in bf16 at batch 2: layer2.0.conv1 is the first).
+    let f = Fixture::load("resnet_tiny");
+    let case = own_schedule_case(&f, cnnc::back::kernel_ir::Precision::Bf16, 2);
+    let right = "return make_float4(from16(v & 0xffffu), from16((v >> 16) & 0xffffu),";
+    let wrong = "return make_float4(from16((v >> 16) & 0xffffu), from16(v & 0xffffu),";
+    match check(&case, &|cuda| {
+        assert_eq!(cuda.matches(right).count(), 1, "{right}");
+        cuda.replace(right, wrong)
+    }) {
+        Ok(c) => panic!(
+            "the planted bug went unnoticed (worst scaled error {:e})",
+            c.worst
+        ),
+        Err(e) => {
+            println!("the planted bug is reported as:\n{e}\n");
+            assert!(
+                e.contains("first wrong kernel: step 5, `k05_conv_layer2_0_conv1`"),
+                "{e}"
+            );
+        }
+    }
+}
+
 /// [`planted`] with every eligible GEMM of resnet_tiny on the smallest
 /// tensor-core tile in `precision`, and `right` (once in the printed CUDA)
 /// replaced by `wrong`. Returns the error and the first tensor-core kernel.
@@ -1388,16 +1477,36 @@ fn planted_in_16_bit_tile(
 }
 
 #[test]
-fn a_swapped_half_in_the_k16_b_fragment_is_reported() {
-    // b0 packed with its two k's swapped: the lane's B[2t][g] and B[2t+1][g]
-    // meet the wrong A columns.
+fn swapped_k_halves_in_the_k16_b_fragment_are_reported() {
+    // B's ldmatrix.x2 with its two matrices' rows swapped: register b0 gets
+    // k 8-15 and b1 k 0-7, so each lane's B pairs meet the wrong A columns.
     let (error, first) = planted_in_16_bit_tile(
         cnnc::back::kernel_ir::Precision::Bf16,
-        "b[j][0] = to_16x2<FP16>(__uint_as_float(f[0]), __uint_as_float(f[1]));",
-        "b[j][0] = to_16x2<FP16>(__uint_as_float(f[1]), __uint_as_float(f[0]));",
+        "b16_col = ((lane / 8) % 2) * 8;",
+        "b16_col = (1 - (lane / 8) % 2) * 8;",
     );
     assert!(
         error.contains(&format!("first wrong kernel: step 0, `{first}`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_staged_b_slice_stored_into_the_buffer_in_use_is_reported() {
+    // The 16-bit B slice staged in registers stored into the buffer the
+    // block is multiplying (t % STAGES) instead of the free one: warps still
+    // reading it see the next slice, and the slice it was meant for never
+    // lands. The stem (K = 27: two slices, both loaded before the loop)
+    // never stages a slice in the loop; the next kernel (K = 144) is the
+    // first that does.
+    let (error, _) = planted_in_16_bit_tile(
+        cnnc::back::kernel_ir::Precision::Fp16,
+        "if (more) put_b((t + STAGES - 1) % STAGES);",
+        "if (more) put_b(t % STAGES);",
+    );
+    let second = resnet_tiny_program().kernels[1].name.clone();
+    assert!(
+        error.contains(&format!("first wrong kernel: step 1, `{second}`")),
         "{error}"
     );
 }

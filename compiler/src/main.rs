@@ -135,9 +135,10 @@ enum Command {
         /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
         /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
         /// (FP32-level accuracy on tensor cores: three products per
-        /// multiply), bf16 or fp16 (weights stored in 16 bits, inputs
-        /// rounded to 16 bits as the tensor cores read them, FP32 sums and
-        /// FP32 activations in memory), or fp32 (strict FP32 on CUDA cores).
+        /// multiply), bf16 or fp16 (weights and every activation stored in
+        /// 16 bits on the GPU: half the memory and traffic; tensor cores
+        /// with FP32 sums, FP32 arithmetic inside each kernel), or fp32
+        /// (strict FP32 on CUDA cores).
         /// The CPU path always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
         precision: cnnc::back::kernel_ir::Precision,
@@ -189,9 +190,10 @@ enum Command {
         /// (the default, as PyTorch's convolutions and TensorRT: tensor cores,
         /// operands rounded to TF32's 10-bit mantissa, FP32 sums), tf32x3
         /// (FP32-level accuracy on tensor cores: three products per
-        /// multiply), bf16 or fp16 (weights stored in 16 bits, inputs
-        /// rounded to 16 bits as the tensor cores read them, FP32 sums and
-        /// FP32 activations in memory), or fp32 (strict FP32 on CUDA cores).
+        /// multiply), bf16 or fp16 (weights and every activation stored in
+        /// 16 bits on the GPU: half the memory and traffic; tensor cores
+        /// with FP32 sums, FP32 arithmetic inside each kernel), or fp32
+        /// (strict FP32 on CUDA cores).
         /// The CPU path always computes in FP32.
         #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
         precision: cnnc::back::kernel_ir::Precision,

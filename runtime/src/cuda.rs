@@ -1,13 +1,17 @@
 //! The CUDA executor: runs a plan's kernels on an NVIDIA GPU through the
 //! driver API (cudarc, loaded at run time, so binaries start without CUDA).
 //!
-//! Weights are uploaded once (already prepared: batch norms folded); the
-//! activation arena is allocated once for the largest batch; the forward pass
+//! Weights are uploaded once (already prepared: batch norms folded; a layer
+//! with a 16-bit copy as that copy alone, [`Plan::device_weights`]); the
+//! activation arena is allocated once for the largest batch, 4 bytes an
+//! activation, or 2 in a bf16 or fp16 build, whose kernels store activations
+//! in 16 bits (the input is rounded to 16 bits here before it is copied in,
+//! the output widened to f32 after it is copied out); the forward pass
 //! for a batch size is captured once as a CUDA graph and replayed. Any CUDA
 //! error ends the run with a message naming the kernel and its layers; a
 //! sticky error is not retried.
 
-use crate::plan::{KernelArg, Plan};
+use crate::plan::{KernelArg, Plan, Precision};
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -53,6 +57,47 @@ pub fn probe() -> Result<()> {
     }
 }
 
+/// Activations as the arena holds them: each f32 as its two 16-bit halves
+/// (low first), or rounded to the build's 16-bit format (nearest, ties to
+/// even, as the kernels round). An FP16 input value that would round to
+/// infinity is an error naming it, never a silent infinity.
+pub fn to_words(precision: Precision, values: &[f32]) -> Result<Vec<u16>> {
+    match precision.half_format() {
+        None => Ok(values
+            .iter()
+            .flat_map(|v| {
+                let b = v.to_bits();
+                [b as u16, (b >> 16) as u16]
+            })
+            .collect()),
+        Some(format) => values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let bits = format.bits(v);
+                if format.value(bits).is_infinite() && v.is_finite() {
+                    return Err(Error(format!(
+                        "input value {v} (element {i}) is beyond {}'s range (largest finite 65504); build with --precision bf16 or tf32 for such inputs",
+                        format.name()
+                    )));
+                }
+                Ok(bits)
+            })
+            .collect(),
+    }
+}
+
+/// The inverse of [`to_words`]: the arena's words as f32 values (exact).
+pub fn from_words(precision: Precision, words: &[u16]) -> Vec<f32> {
+    match precision.half_format() {
+        None => words
+            .chunks_exact(2)
+            .map(|w| f32::from_bits(w[0] as u32 | (w[1] as u32) << 16))
+            .collect(),
+        Some(format) => words.iter().map(|&b| format.value(b) as f32).collect(),
+    }
+}
+
 pub struct CudaExecutor {
     plan: Plan,
     ctx: Arc<CudaContext>,
@@ -60,7 +105,9 @@ pub struct CudaExecutor {
     /// Per step: the batch-1 kernel, then its variants, in plan order.
     functions: Vec<Vec<CudaFunction>>,
     params: Vec<CudaSlice<f32>>,
-    arena: CudaSlice<f32>,
+    /// The activations, as 16-bit words: an f32 activation is two of them
+    /// (little-endian), a 16-bit one one ([`Precision::activation_bytes`]).
+    arena: CudaSlice<u16>,
     /// Split-K partial sums and tile counters (zeroed once; every split-K
     /// kernel leaves its counters at zero again).
     workspace: CudaSlice<f32>,
@@ -162,7 +209,7 @@ impl CudaExecutor {
             .new_stream()
             .map_err(cuda_err("cannot create a CUDA stream"))?;
         let mut params = Vec::new();
-        for (i, values) in prepared.iter().enumerate() {
+        for (i, values) in plan.device_weights(prepared)?.into_iter().enumerate() {
             let slice = stream.clone_htod(values).map_err(|e| {
                 Error(format!(
                     "cannot upload weight tensor {i} ({} bytes): {e}",
@@ -171,14 +218,15 @@ impl CudaExecutor {
             })?;
             params.push(slice);
         }
-        let floats = plan
+        let words = plan
             .arena_per_image
             .checked_mul(max_batch)
+            .and_then(|n| n.checked_mul(plan.precision.activation_bytes() / 2))
             .ok_or_else(|| Error("arena size overflows".to_string()))?;
-        let arena = stream.alloc_zeros::<f32>(floats.max(1)).map_err(|e| {
+        let arena = stream.alloc_zeros::<u16>(words.max(1)).map_err(|e| {
             Error(format!(
                 "out of memory: the activation arena for batch {max_batch} needs {} bytes: {e}",
-                floats * 4
+                words * 2
             ))
         })?;
         let need = plan.workspace(max_batch);
@@ -224,7 +272,8 @@ impl CudaExecutor {
     fn enqueue_step(&self, i: usize, batch: usize) -> Result<()> {
         let (step, funcs) = (&self.plan.steps[i], &self.functions[i]);
         let (base, _sync) = self.arena.device_ptr(&self.stream);
-        let ptr = |offset: usize| base + (offset * batch * 4) as u64;
+        let bytes = self.plan.precision.activation_bytes();
+        let ptr = |offset: usize| base + (offset * batch * bytes) as u64;
         let batch_arg = batch as i32;
         let workspace = self.workspace.device_ptr(&self.stream).0;
         let counters = self.counters.device_ptr(&self.stream).0;
@@ -293,11 +342,12 @@ impl CudaExecutor {
                 batch * per
             )));
         }
-        let start = self.plan.input.offset * batch;
+        let words = to_words(self.plan.precision, input)?;
+        let start = self.plan.input.offset * batch * self.plan.precision.activation_bytes() / 2;
         {
-            let mut view = self.arena.slice_mut(start..start + batch * per);
+            let mut view = self.arena.slice_mut(start..start + words.len());
             self.stream
-                .memcpy_htod(input, &mut view)
+                .memcpy_htod(&words, &mut view)
                 .map_err(cuda_err("copying the input to the GPU failed"))?;
         }
         // Capture the forward pass once per batch size, then replay it.
@@ -329,13 +379,17 @@ impl CudaExecutor {
             ))
         })?;
         let out = self.plan.output;
-        let start = out.offset * batch;
+        let per_word = self.plan.precision.activation_bytes() / 2;
+        let start = out.offset * batch * per_word;
         let count = batch * out.channels_total * out.h * out.w;
-        let view = self.arena.slice(start..start + count);
-        let full = self
-            .stream
-            .clone_dtoh(&view)
-            .map_err(cuda_err("copying the output from the GPU failed"))?;
+        let view = self.arena.slice(start..start + count * per_word);
+        let full = from_words(
+            self.plan.precision,
+            &self
+                .stream
+                .clone_dtoh(&view)
+                .map_err(cuda_err("copying the output from the GPU failed"))?,
+        );
         // The output place may be a channel slice of a wider buffer.
         let mut result = Vec::with_capacity(batch * out.numel());
         let hw = out.h * out.w;
@@ -416,5 +470,57 @@ impl CudaExecutor {
             times.push(start.elapsed_ms(&end).map_err(cuda_err("event"))? as f64);
         }
         Ok(times)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_activations_travel_as_their_two_halves() {
+        let values = [1.5f32, -0.0, f32::MAX, f32::MIN_POSITIVE, 3.0e-42, f32::NAN];
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Tf32x3] {
+            let words = to_words(p, &values).unwrap();
+            assert_eq!(words.len(), 2 * values.len());
+            assert_eq!((words[0], words[1]), (0x0000, 0x3fc0)); // 1.5 = 0x3fc00000, low half first
+            let back = from_words(p, &words);
+            for (a, b) in values.iter().zip(&back) {
+                assert_eq!(a.to_bits(), b.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_activations_are_rounded_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values: ties to even, down
+        // to 1; 1 + 3·2^-8 rounds up to 1 + 2^-6 (0x3f82).
+        let words = to_words(
+            Precision::Bf16,
+            &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.0],
+        )
+        .unwrap();
+        assert_eq!(words, [0x3f80, 0x3f82, 0xc000]);
+        assert_eq!(
+            from_words(Precision::Bf16, &words),
+            [1.0, 1.0 + 1.0 / 64.0, -2.0]
+        );
+        // FP16: 65504 is its largest value; 2^-24 its smallest subnormal.
+        let words = to_words(Precision::Fp16, &[65504.0, 5.960_464_5e-8, 0.1]).unwrap();
+        assert_eq!(words, [0x7bff, 0x0001, 0x2e66]);
+        assert_eq!(from_words(Precision::Fp16, &words)[0], 65504.0);
+        // bf16 has f32's range: a large input is fine there.
+        assert!(to_words(Precision::Bf16, &[1e30]).is_ok());
+    }
+
+    #[test]
+    fn an_fp16_input_beyond_its_range_is_an_error_naming_it() {
+        let e = to_words(Precision::Fp16, &[1.0, 2.0, 70000.0])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("input value 70000 (element 2)"), "{e}");
+        assert!(e.contains("fp16") && e.contains("65504"), "{e}");
+        // An infinity that was asked for stays one.
+        assert!(to_words(Precision::Fp16, &[f32::INFINITY]).is_ok());
     }
 }

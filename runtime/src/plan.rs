@@ -52,12 +52,14 @@ pub enum Precision {
     /// Each operand split into a big and a small TF32 part, three tensor-core
     /// products: about FP32's accuracy at tensor-core speed.
     Tf32x3,
-    /// Weights stored in bfloat16 for the tensor cores, the input operand
-    /// rounded to bfloat16 as it is read, products on tensor cores
-    /// (`mma.m16n8k16`), FP32 accumulation; activations stay FP32 in memory.
+    /// Weights stored in bfloat16 for the tensor cores and every activation
+    /// stored in bfloat16 on the GPU (half the memory and traffic of f32),
+    /// products on tensor cores (`mma.m16n8k16`), FP32 arithmetic and
+    /// accumulation inside each kernel.
     Bf16,
-    /// The same with IEEE half (FP16) operands; a weight beyond FP16's range
-    /// is an error at load.
+    /// The same with IEEE half (FP16); a weight or input value beyond FP16's
+    /// range is an error at load (an activation computed beyond it becomes
+    /// infinity, as under PyTorch's FP16 autocast).
     Fp16,
 }
 
@@ -99,6 +101,16 @@ impl Precision {
         }
     }
 
+    /// Bytes of one activation in the GPU's arena: 2 in bf16 and fp16 builds
+    /// (the CPU path always computes and stores f32).
+    pub fn activation_bytes(self) -> usize {
+        if self.half_format().is_some() {
+            2
+        } else {
+            4
+        }
+    }
+
     /// One line for reports: what the GPU kernels compute in.
     pub fn describe(self) -> &'static str {
         match self {
@@ -110,10 +122,10 @@ impl Precision {
                 "tf32x3 (convolutions and linear layers on tensor cores: operands split into two TF32 parts, three products, FP32 accumulation)"
             }
             Precision::Bf16 => {
-                "bf16 (convolutions and linear layers on tensor cores: weights stored in BF16, inputs rounded to BF16 as read, FP32 accumulation; activations FP32 in memory)"
+                "bf16 (activations and weights stored in BF16; convolutions and linear layers on tensor cores, FP32 accumulation)"
             }
             Precision::Fp16 => {
-                "fp16 (convolutions and linear layers on tensor cores: weights stored in FP16, inputs rounded to FP16 as read, FP32 accumulation; activations FP32 in memory)"
+                "fp16 (activations and weights stored in FP16; convolutions and linear layers on tensor cores, FP32 accumulation)"
             }
         }
     }
@@ -175,8 +187,9 @@ pub enum Prepared {
         ln: String,
     },
     /// `weight` (a [rows][K] GEMM weight: a conv's [out][in/groups·kh·kw] or
-    /// a linear layer's [out][in]) as f32 for the kernels on CUDA cores,
-    /// followed by a 16-bit copy for the tensor-core kernels: the f32 values,
+    /// a linear layer's [out][in]) as f32 for the CPU, followed by a 16-bit
+    /// copy, which the GPU holds alone ([`Plan::device_weights`]) and every
+    /// kernel of the layer reads (`cnnc::Weights16`): the f32 values,
     /// zeros up to a multiple of 4 floats (so the copy starts 16-byte
     /// aligned), then the values rounded to `format` (nearest, ties to even)
     /// as [rows][K rounded up to a multiple of 8] with zeros in the padding
@@ -451,7 +464,43 @@ impl Launch<'_> {
     }
 }
 
+impl Gemm {
+    /// Terms per output over all groups: in_channels·kh·kw, or in_channels
+    /// with a global-pool prologue.
+    pub fn k_total(&self) -> usize {
+        if self.global_pool {
+            self.in_channels
+        } else {
+            self.in_channels * self.kernel.0 * self.kernel.1
+        }
+    }
+}
+
 impl Plan {
+    /// The weight tensors as the GPU holds them: one with a 16-bit copy
+    /// ([`Prepared::WithHalf`]) as that copy alone, since every kernel of its
+    /// layer reads only the copy; every other tensor whole. The CUDA driver
+    /// uploads these, and the emulation harness passes the same.
+    pub fn device_weights<'a>(&self, prepared: &'a [Vec<f32>]) -> crate::Result<Vec<&'a [f32]>> {
+        let mut out: Vec<&[f32]> = prepared.iter().map(Vec::as_slice).collect();
+        for step in &self.steps {
+            if let (StepOp::Gemm(g), Some(&i)) = (&step.op, step.params.first()) {
+                if let (Some(Prepared::WithHalf { .. }), Some(t)) =
+                    (self.prepared.get(i), prepared.get(i))
+                {
+                    let start = half_offset(g.out_channels * (g.k_total() / g.groups.max(1)));
+                    out[i] = t.get(start..).ok_or_else(|| {
+                        crate::Error(format!(
+                            "weight tensor {i} holds {} floats, fewer than its f32 part ({start})",
+                            t.len()
+                        ))
+                    })?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The plan as the JSON a built binary embeds (`plan.json` of the crate
     /// `cnnc build` writes): data, so rustc has nothing to compile for it.
     /// Field order follows the structs, so the text is deterministic.
@@ -566,10 +615,10 @@ impl KernelArg {
     /// The argument's CUDA C type in a kernel's parameter list.
     pub fn cuda_type(self) -> &'static str {
         match self {
-            KernelArg::Input(_) | KernelArg::Param(_) | KernelArg::Factor => {
-                "const float* __restrict__"
-            }
-            KernelArg::Output | KernelArg::Workspace => "float* __restrict__",
+            KernelArg::Input(_) | KernelArg::Factor => "const cnnc::act* __restrict__",
+            KernelArg::Param(_) => "const float* __restrict__",
+            KernelArg::Output => "cnnc::act* __restrict__",
+            KernelArg::Workspace => "float* __restrict__",
             KernelArg::Batch => "int",
             KernelArg::Counters => "unsigned* __restrict__",
         }

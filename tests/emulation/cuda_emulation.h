@@ -485,6 +485,11 @@ namespace cnnc_emu {
   do {                                                                             \
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) ::cnnc_emu::misaligned(p); \
   } while (0)
+// ... and before every 8-byte load of four 16-bit weights.
+#define CNNC_CHECK_ALIGN8(p)                                                                     \
+  do {                                                                                           \
+    if (reinterpret_cast<std::uintptr_t>(p) % 8 != 0) ::cnnc_emu::misaligned(p, 8, "8-byte load"); \
+  } while (0)
 
 // ---------------------------------------------------------------------------
 // Tensor cores (sm_80): mma.sync, ldmatrix, cp.async, cvt to TF32, as the PTX

@@ -27,6 +27,7 @@ import ctypes.util
 import glob
 import json
 import os
+import struct
 import sys
 
 TOLERANCE = 1e-4
@@ -128,6 +129,16 @@ def floats(path, typecode="f"):
     return a
 
 
+def decode(raw, fmt):
+    """The arena's bytes as floats: f32, or 16-bit bf16 / fp16 words."""
+    if fmt == "f32":
+        return memoryview(raw).cast("B").cast("f")
+    words = memoryview(raw).cast("B").cast("H")
+    if fmt == "bf16":
+        return array.array("f", struct.pack(f"<{len(words)}I", *[w << 16 for w in words]))
+    return array.array("f", struct.unpack(f"<{len(words)}e", bytes(raw)))
+
+
 def read_place(arena, place, batch):
     hw = place["h"] * place["w"]
     out = array.array("f")
@@ -158,7 +169,14 @@ def run_model(gpu, d, dry):
     plan = json.load(open(os.path.join(d, "plan.json")))
     batch = plan["batch"]
     params = [floats(os.path.join(d, f"p{i}.bin")) for i in range(plan["params"])]
-    inputs = floats(os.path.join(d, "input.bin"))
+    # The input as the driver copies it into the arena (f32, or already
+    # rounded to the build's 16-bit activations).
+    inputs = open(os.path.join(d, "input.bin"), "rb").read()
+    ab = plan.get("activation_bytes", 4)
+    fmt = plan.get("activation_format", "f32")
+    # The precision's tolerance (docs/testing.md); a 16-bit rounding that
+    # falls the other way on the GPU moves a value by one 16-bit step.
+    tolerance = plan.get("tolerance", TOLERANCE)
     emulated = [floats(os.path.join(d, f"step{i}.bin")) for i in range(len(plan["steps"]))]
     reference = floats(os.path.join(d, "reference.bin"), "d")
     for i, step in enumerate(plan["steps"]):
@@ -168,13 +186,12 @@ def run_model(gpu, d, dry):
         return True, f"{plan['model']}: {len(plan['steps'])} steps, export complete"
     source = open(os.path.join(d, "model.cu")).read()
     module, log = gpu.compile(source, plan["model"] + ".cu")
-    arena_bytes = max(plan["arena_floats"], 1) * 4
+    arena_bytes = max(plan["arena_floats"], 1) * ab
     ptr = ctypes.c_uint64()
     gpu.check(gpu.cu.cuMemAlloc_v2(ctypes.byref(ptr), arena_bytes), "cuMemAlloc arena")
     arena = ptr.value
-    gpu.check(gpu.cu.cuMemsetD8_v2(arena, 0xFF, arena_bytes), "cuMemsetD8")  # NaN, as the harness
-    buf = inputs.tobytes()
-    gpu.check(gpu.cu.cuMemcpyHtoD_v2(arena + plan["input_offset"] * 4, buf, len(buf)), "input copy")
+    gpu.check(gpu.cu.cuMemsetD8_v2(arena, 0xFF, arena_bytes), "cuMemsetD8")  # NaN in every format
+    gpu.check(gpu.cu.cuMemcpyHtoD_v2(arena + plan["input_offset"] * ab, inputs, len(inputs)), "input copy")
     weights = [gpu.upload(p) for p in params]
     # Split-K scratch: partial sums (NaN, as the harness) and counters (zero, as the driver).
     scratch = {}
@@ -183,15 +200,14 @@ def run_model(gpu, d, dry):
         gpu.check(gpu.cu.cuMemAlloc_v2(ctypes.byref(ptr), nbytes), f"cuMemAlloc {key}")
         scratch[key] = ptr.value
         gpu.check(gpu.cu.cuMemsetD8_v2(scratch[key], fill, nbytes), f"cuMemsetD8 {key}")
-    host = (ctypes.c_float * max(plan["arena_floats"], 1))()
-    view = memoryview(host).cast("B").cast("f")
+    host = (ctypes.c_uint8 * arena_bytes)()
     worst_step, identical, total, lines = (0.0, None), 0, 0, []
     for i, step in enumerate(plan["steps"]):
         f = gpu.function(module, step["kernel"])
         values = []
         for a in step["args"]:
             if a[0] == "arena":
-                values.append(ctypes.c_uint64(arena + a[1] * 4))
+                values.append(ctypes.c_uint64(arena + a[1] * ab))
             elif a[0] == "param":
                 values.append(ctypes.c_uint64(weights[a[1]]))
             elif a[0] == "null":
@@ -206,13 +222,14 @@ def run_model(gpu, d, dry):
                   f"launching {step['kernel']}")
         gpu.check(gpu.cu.cuCtxSynchronize(), f"running {step['kernel']}")
         gpu.check(gpu.cu.cuMemcpyDtoH_v2(host, arena, arena_bytes), "cuMemcpyDtoH")
+        view = decode(host, fmt)
         got = read_place(view, step["output"], batch)
         e, at, same = compare(got, emulated[i])
         identical += same
         total += len(got)
         if e > worst_step[0]:
             worst_step = (e, f"step {i} {step['kernel']} element {at}: gpu {got[at]!r} emulated {emulated[i][at]!r}")
-        if e > TOLERANCE:
+        if e > tolerance:
             lines.append(f"  step {i} {step['kernel']}: gpu vs emulator {e:.3e} at element {at}")
     out = read_place(view, plan["output"], batch)
     e_ref, at_ref, _ = compare(out, reference)
@@ -222,7 +239,7 @@ def run_model(gpu, d, dry):
     for p in scratch.values():
         gpu.cu.cuMemFree_v2(p)
     gpu.cu.cuModuleUnload(module)
-    ok = worst_step[0] <= TOLERANCE and e_ref <= TOLERANCE
+    ok = worst_step[0] <= tolerance and e_ref <= tolerance
     text = (f"{'PASS' if ok else 'FAIL'} {plan['model']:<32} {len(plan['steps']):>3} steps  "
             f"bit-identical {100.0 * identical / max(total, 1):6.2f}%  gpu-vs-emulator {worst_step[0]:.2e}  "
             f"gpu-vs-evaluator {e_ref:.2e}")

@@ -21,7 +21,8 @@
 use cnnc::back::kernel_ir::KernelProgram;
 use cnnc::ir::weights::BoundWeights;
 use cnnc::ir::Graph;
-use cnnc_runtime::plan::{KernelArg, Place, Plan, Step};
+use cnnc_runtime::cuda::{from_words, to_words};
+use cnnc_runtime::plan::{KernelArg, Place, Plan, Precision, Step};
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::{c_char, c_void, CStr};
 use std::hash::{Hash, Hasher};
@@ -35,6 +36,8 @@ pub const TOLERANCE: f64 = 1e-4;
 const GUARD: usize = 4096;
 /// The NaN the arena is filled with (a quiet NaN with a recognisable payload).
 const POISON: u32 = 0x7fc0_dead;
+/// ... in a bf16 or fp16 arena: a NaN in both formats.
+const POISON16: u16 = 0x7fde;
 
 /// One parameter of a kernel as printed: `const float* __restrict__ x`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,6 +319,10 @@ pub enum Arg {
     In(*const f32),
     /// `float*`.
     Out(*mut f32),
+    /// `const cnnc::act*`: activations in the arena (may be null).
+    ActIn(*const u8),
+    /// `cnnc::act*`.
+    ActOut(*mut u8),
     /// `unsigned*` (split-K tile counters).
     Counters(*mut u32),
     Int(i32),
@@ -433,6 +440,8 @@ impl Module {
             let want = match a {
                 Arg::In(_) => "const float*",
                 Arg::Out(_) => "float*",
+                Arg::ActIn(_) => "const cnnc::act*",
+                Arg::ActOut(_) => "cnnc::act*",
                 Arg::Counters(_) => "unsigned*",
                 Arg::Int(_) => "int",
             };
@@ -457,6 +466,8 @@ impl Module {
             .map(|a| match *a {
                 Arg::In(p) => p as u64,
                 Arg::Out(p) => p as u64,
+                Arg::ActIn(p) => p as u64,
+                Arg::ActOut(p) => p as u64,
                 Arg::Counters(p) => p as u64,
                 Arg::Int(v) => v as u32 as u64,
             })
@@ -537,12 +548,23 @@ fn in_place(place: &Place, batch: usize, i: usize) -> bool {
     channel >= place.channel_offset && channel < place.channel_offset + place.c
 }
 
-fn read_place(arena: &[f32], place: &Place, batch: usize) -> Vec<f32> {
+/// A place's values, from an arena of 16-bit words (`wpe` words an
+/// activation) as the driver reads them ([`from_words`]).
+fn read_place(
+    arena: &[u16],
+    wpe: usize,
+    precision: Precision,
+    place: &Place,
+    batch: usize,
+) -> Vec<f32> {
     let hw = place.h * place.w;
     let mut out = Vec::with_capacity(batch * place.numel());
     for n in 0..batch {
         let s = index(place, batch, n, 0, 0);
-        out.extend_from_slice(&arena[s..s + place.c * hw]);
+        out.extend(from_words(
+            precision,
+            &arena[s * wpe..(s + place.c * hw) * wpe],
+        ));
     }
     out
 }
@@ -602,31 +624,39 @@ pub struct Scratch {
     pub counters: *mut u32,
 }
 
-/// [`driver_args`] as values for an emulated launch.
+/// [`driver_args`] as values for an emulated launch; activations are
+/// `bytes` bytes each in the arena.
 pub fn step_args(
     step: &Step,
-    arena: *mut f32,
+    arena: *mut u8,
+    bytes: usize,
     scratch: &Scratch,
     prepared: &[Vec<f32>],
     batch: usize,
 ) -> Vec<Arg> {
     driver_args(step, batch)
         .into_iter()
-        .map(|(source, written)| {
+        .zip(step.kernel_args())
+        .map(|((source, written), kind)| {
+            let activation = matches!(
+                kind,
+                KernelArg::Input(_) | KernelArg::Factor | KernelArg::Output
+            );
             // SAFETY (pointer arithmetic only): the plan sizes the arena as
-            // arena_per_image·batch floats, and every offset·batch lies inside it.
+            // arena_per_image·batch activations, and every offset·batch lies inside it.
             let pointer = match source {
-                Source::Arena(offset) => unsafe { arena.add(offset) },
-                Source::Param(i) => prepared[i].as_ptr() as *mut f32,
+                Source::Arena(offset) => unsafe { arena.add(offset * bytes) },
+                Source::Param(i) => prepared[i].as_ptr() as *mut u8,
                 Source::Null => std::ptr::null_mut(),
                 Source::Batch => return Arg::Int(batch as i32),
-                Source::Workspace => scratch.workspace,
+                Source::Workspace => scratch.workspace as *mut u8,
                 Source::Counters => return Arg::Counters(scratch.counters),
             };
-            if written {
-                Arg::Out(pointer)
-            } else {
-                Arg::In(pointer)
+            match (activation, written) {
+                (true, true) => Arg::ActOut(pointer),
+                (true, false) => Arg::ActIn(pointer),
+                (false, true) => Arg::Out(pointer as *mut f32),
+                (false, false) => Arg::In(pointer as *const f32),
             }
         })
         .collect()
@@ -658,30 +688,42 @@ pub fn run_plan(
             }
         }
     }
-    // Weights start 16-byte aligned on the GPU (each is its own allocation),
-    // and the float4 loads rely on it; so they do here (malloc aligns to 16 on
-    // the platforms we test, so this copies nothing in practice).
-    let aligned: Vec<Vec<f32>>;
-    let prepared: &[Vec<f32>] = if prepared
+    // The weights as the driver uploads them (a layer with a 16-bit copy as
+    // that copy alone), each starting 16-byte aligned as each GPU allocation
+    // does; the float4 and 8-byte loads rely on it.
+    // (glibc's malloc aligns to 16; checked, not assumed).
+    let device: Vec<Vec<f32>> = plan
+        .device_weights(prepared)
+        .map_err(|e| e.0)?
+        .into_iter()
+        .map(<[f32]>::to_vec)
+        .collect();
+    if let Some(i) = device
         .iter()
-        .all(|p| (p.as_ptr() as usize).is_multiple_of(16))
+        .position(|p| !(p.as_ptr() as usize).is_multiple_of(16))
     {
-        prepared
-    } else {
-        aligned = prepared
-            .iter()
-            .map(|p| {
-                let mut v = Vec::with_capacity(p.len() + 4);
-                let skip = (16 - v.as_ptr() as usize % 16) % 16 / 4;
-                v.resize(skip, 0.0);
-                v.extend_from_slice(p);
-                v
-            })
-            .collect();
-        &aligned
-    };
+        return Err(format!(
+            "the copy of weight tensor {i} is not 16-byte aligned"
+        ));
+    }
+    let prepared: &[Vec<f32>] = &device;
     let size = plan.arena_per_image * batch;
-    let mut memory = vec![f32::from_bits(POISON); GUARD + size.max(1) + GUARD];
+    // The arena as 16-bit words, as the driver allocates it: an activation
+    // is `wpe` words (2 for f32, 1 in a bf16 or fp16 build).
+    let precision = plan.precision;
+    let bytes = precision.activation_bytes();
+    let wpe = bytes / 2;
+    let poison: Vec<u16> = if wpe == 2 {
+        vec![POISON as u16, (POISON >> 16) as u16]
+    } else {
+        vec![POISON16]
+    };
+    let mut memory: Vec<u16> = poison
+        .iter()
+        .copied()
+        .cycle()
+        .take((GUARD + size.max(1) + GUARD) * wpe)
+        .collect();
     // The split-K workspace, sized as the driver sizes it (here for exactly
     // this batch), between guard zones; poisoned before every launch, so a
     // partial sum read before it was written shows as NaN. Counters start at
@@ -689,9 +731,10 @@ pub fn run_plan(
     let need = plan.workspace(batch);
     let mut workspace = vec![f32::from_bits(POISON); GUARD + need.floats.max(1) + GUARD];
     let mut counters = vec![0u32; GUARD + need.counters.max(1) + GUARD];
-    // The driver copies the input to the start of its place.
-    let start = GUARD + plan.input.offset * batch;
-    memory[start..start + input.len()].copy_from_slice(input);
+    // The driver copies the input, converted as it converts it, to the start of its place.
+    let words = to_words(precision, input).map_err(|e| e.0)?;
+    let start = (GUARD + plan.input.offset * batch) * wpe;
+    memory[start..start + words.len()].copy_from_slice(&words);
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (i, step) in plan.steps.iter().enumerate() {
         // The kernel the driver picks for this batch size.
@@ -709,17 +752,18 @@ pub fn run_plan(
             if in_place(&step.output, batch, a)
                 && !step.inputs.iter().any(|p| in_place(p, batch, a))
             {
-                memory[GUARD + a] = f32::from_bits(POISON);
+                let at = (GUARD + a) * wpe;
+                memory[at..at + wpe].copy_from_slice(&poison);
             }
         }
         let before = memory.clone();
-        let arena = memory[GUARD..].as_mut_ptr();
+        let arena = memory[GUARD * wpe..].as_mut_ptr() as *mut u8;
         workspace.fill(f32::from_bits(POISON));
         let scratch = Scratch {
             workspace: workspace[GUARD..].as_mut_ptr(),
             counters: counters[GUARD..].as_mut_ptr(),
         };
-        let args = step_args(step, arena, &scratch, prepared, batch);
+        let args = step_args(step, arena, bytes, &scratch, prepared, batch);
         let grid = launch.grid;
         let t = std::time::Instant::now();
         module
@@ -734,22 +778,26 @@ pub fn run_plan(
             );
         }
         // Nothing outside the output place may change, guard zones included.
-        for (j, (a, b)) in memory.iter().zip(&before).enumerate() {
-            if a.to_bits() == b.to_bits() {
+        for (w, (a, b)) in memory.iter().zip(&before).enumerate() {
+            if a == b {
                 continue;
             }
+            let j = w / wpe;
             let inside = j >= GUARD && j < GUARD + size && in_place(&step.output, batch, j - GUARD);
             if !inside {
                 let at = if j < GUARD {
-                    format!("{} floats before the arena", GUARD - j)
+                    format!("{} activations before the arena", GUARD - j)
                 } else if j >= GUARD + size {
-                    format!("{} floats past the end of the arena", j - GUARD - size)
+                    format!("{} activations past the end of the arena", j - GUARD - size)
                 } else {
                     format!("arena element {}", j - GUARD)
                 };
+                let value = |m: &[u16]| from_words(precision, &m[j * wpe..(j + 1) * wpe])[0];
                 return Err(format!(
-                    "{}: wrote outside its output place (first at {at}: {b} -> {a})",
-                    name()
+                    "{}: wrote outside its output place (first at {at}: {} -> {})",
+                    name(),
+                    value(&before),
+                    value(&memory)
                 ));
             }
         }
@@ -769,9 +817,15 @@ pub fn run_plan(
                 counters[j]
             ));
         }
-        steps.push(read_place(&memory[GUARD..], &step.output, batch));
+        steps.push(read_place(
+            &memory[GUARD * wpe..],
+            wpe,
+            precision,
+            &step.output,
+            batch,
+        ));
     }
-    let output = read_place(&memory[GUARD..], &plan.output, batch);
+    let output = read_place(&memory[GUARD * wpe..], wpe, precision, &plan.output, batch);
     Ok(Run { output, steps })
 }
 
@@ -1121,7 +1175,9 @@ pub fn export(
     reference: &[f64],
 ) -> Result<(), String> {
     let prepared = cnnc_runtime::prepare::prepare(plan, case.weights).map_err(|e| e.0)?;
-    if prepared.iter().map(Vec::len).sum::<usize>() > 4_000_000 {
+    // The weights as the driver uploads them.
+    let prepared = plan.device_weights(&prepared).map_err(|e| e.0)?;
+    if prepared.iter().map(|p| p.len()).sum::<usize>() > 4_000_000 {
         return Ok(());
     }
     let out = dir.join(&case.tag);
@@ -1131,7 +1187,12 @@ pub fn export(
     };
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     write("model.cu", cuda.as_bytes().to_vec())?;
-    write("input.bin", f32s(&case.input))?;
+    // The input as the driver copies it into the arena.
+    let words = to_words(plan.precision, &case.input).map_err(|e| e.0)?;
+    write(
+        "input.bin",
+        words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+    )?;
     for (i, p) in prepared.iter().enumerate() {
         write(&format!("p{i}.bin"), f32s(p))?;
     }
@@ -1177,6 +1238,9 @@ pub fn export(
         "model": case.tag,
         "batch": case.batch,
         "arena_floats": plan.arena_per_image * case.batch,
+        "activation_bytes": plan.precision.activation_bytes(),
+        "activation_format": plan.precision.half_format().map_or("f32", |h| h.name()),
+        "tolerance": tolerance(case.precision),
         "workspace_floats": plan.workspace(case.batch).floats,
         "counters": plan.workspace(case.batch).counters,
         "input_offset": plan.input.offset * case.batch,

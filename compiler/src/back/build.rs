@@ -268,6 +268,8 @@ pub struct KernelSources {
     pub launches: Vec<crate::back::resources::Launch>,
     pub model: String,
     pub precision: &'static str,
+    /// What every unit's text starts with ([`crate::back::cuda::library`]).
+    pub library: String,
     /// `cnnc emit --stage roofline`'s text, written beside the cubins.
     pub roofline: String,
 }
@@ -287,6 +289,7 @@ impl KernelSources {
             launches: crate::back::resources::launches(program, &names),
             model: program.model.clone(),
             precision: program.precision.name(),
+            library: crate::back::cuda::library(program.precision),
             roofline: crate::back::roofline::render(program),
         })
     }
@@ -356,7 +359,7 @@ fn compile_cubins(
 ) -> Result<(Cubins, Vec<PtxasFunction>), String> {
     let started = Instant::now();
     let units = &sources.units;
-    let prefix = format!("{}\n", crate::back::cuda::PRELUDE);
+    let prefix = format!("{}\n", sources.library);
     let code_of = |unit: usize| units[unit].text.strip_prefix(&prefix).unwrap_or("");
     // The plan's first name for each unit, for messages.
     let kernel_of = |unit: usize| {

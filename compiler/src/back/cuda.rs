@@ -19,6 +19,21 @@ use std::fmt::Write;
 /// readable diffs) and is embedded here byte for byte.
 pub const PRELUDE: &str = include_str!("cuda_prelude.cuh");
 
+/// What every CUDA file of a build starts with: [`PRELUDE`], after the
+/// definition that makes its activation type `cnnc::act` 16-bit in a bf16 or
+/// fp16 build (nothing in the others: `act` is then `float`).
+pub fn library(precision: crate::back::kernel_ir::Precision) -> String {
+    match precision.half_format() {
+        Some(crate::back::kernel_ir::HalfFormat::Bf16) => {
+            format!("#define CNNC_ACT16 1  // activations stored as bfloat16\n{PRELUDE}")
+        }
+        Some(crate::back::kernel_ir::HalfFormat::Fp16) => {
+            format!("#define CNNC_ACT16 2  // activations stored as IEEE half\n{PRELUDE}")
+        }
+        None => PRELUDE.to_string(),
+    }
+}
+
 /// Prints the whole `.cu` file.
 pub fn print(program: &KernelProgram) -> Result<String, String> {
     let mut out = String::new();
@@ -37,16 +52,25 @@ pub fn print(program: &KernelProgram) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "// Layout NCHW, float32; `batch` is the only runtime size.\n"
+        "// Layout NCHW, activations {}; `batch` is the only runtime size.\n",
+        match program.precision.half_format() {
+            Some(h) => format!("{} (cnnc::act)", h.name()),
+            None => "float32".to_string(),
+        }
     );
     if program.precision != crate::back::kernel_ir::Precision::Fp32 {
         let _ = writeln!(
             out,
-            "// Precision {}.\n// The tensor-core kernels (gemm_tc) need sm_80 or newer.\n",
-            program.precision.describe()
+            "// Precision {}.\n// {} need sm_80 or newer.\n",
+            program.precision.describe(),
+            if program.precision.half_format().is_some() {
+                "All kernels (16-bit conversions, gemm_tc16)"
+            } else {
+                "The tensor-core kernels (gemm_tc)"
+            }
         );
     }
-    out.push_str(PRELUDE);
+    out.push_str(&library(program.precision));
     for k in &program.kernels {
         kernel(&mut out, k)?;
     }
@@ -62,7 +86,7 @@ pub struct CompileUnit {
     /// left out. Identical kernels (a ResNet's repeated blocks, a layer two
     /// models share, a layer that only moved) have one name and one cubin.
     pub symbol: String,
-    /// The CUDA file: [`PRELUDE`] and the kernel's code under `symbol`.
+    /// The CUDA file: [`library`] and the kernel's code under `symbol`.
     pub text: String,
 }
 
@@ -79,6 +103,7 @@ pub type SymbolTable = Vec<(String, usize, String)>;
 pub fn compile_units(program: &KernelProgram) -> Result<(Vec<CompileUnit>, SymbolTable), String> {
     let mut units: Vec<CompileUnit> = Vec::new();
     let mut table = Vec::new();
+    let library = library(program.precision);
     for k in &program.kernels {
         let mut section = String::new();
         kernel(&mut section, k)?;
@@ -97,9 +122,12 @@ pub fn compile_units(program: &KernelProgram) -> Result<(Vec<CompileUnit>, Symbo
             .nth(1)
             .filter(|s| !s.is_empty())
             .unwrap_or("k");
-        let digest = crate::back::cache::fnv1a128(canonical.as_bytes());
+        // The same code means another kernel with 16-bit activations.
+        let digest = crate::back::cache::fnv1a128(
+            format!("{}{canonical}", &library[..library.len() - PRELUDE.len()]).as_bytes(),
+        );
         let symbol = format!("{kind}_{:016x}", (digest >> 64) as u64 ^ digest as u64);
-        let text = format!("{PRELUDE}\n{}", canonical.replace(placeholder, &symbol));
+        let text = format!("{library}\n{}", canonical.replace(placeholder, &symbol));
         let index = match units.iter().position(|u| u.symbol == symbol) {
             Some(i) if units[i].text == text => i,
             Some(_) => return Err(format!("two different kernels have the digest {symbol}")),
@@ -376,7 +404,7 @@ fn epilogue_struct(out: &mut String, k: &Kernel) -> Result<String, String> {
     let _ = writeln!(out, "struct {epi} {{");
     let _ = writeln!(
         out,
-        "  static __device__ __forceinline__ float apply(float v, int image, int c, int p, const float* __restrict__ r0) {{"
+        "  static __device__ __forceinline__ float apply(float v, int image, int c, int p, const cnnc::act* __restrict__ r0) {{"
     );
     let mut residuals = 0;
     for e in &k.epilogue {
@@ -495,23 +523,42 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 "  // Conv<IC, IH, IW, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, GROUPS, MODE, GLOBAL_POOL, IN_CT, IN_CO>"
             );
         }
-        if g.input_scale {
-            // The gated operand: each input channel times s[image, channel].
-            let _ = writeln!(out, "  using C = cnnc::Gated<{conv}>;");
+        // The operand: gated (each input channel times s[image, channel]),
+        // normalised ((x - mean) * inv with each pixel's statistics from s,
+        // the layer norm's last input) or as read; its weights 16-bit only
+        // when the layer has a 16-bit copy.
+        let (operand, note) = if g.input_scale {
+            (format!("cnnc::Gated<{conv}>"), "")
         } else if g.input_norm {
-            // The normalised operand: (x - mean) * inv with each pixel's
-            // statistics from s, the layer norm's last input.
             let stats = k
                 .inputs
                 .last()
                 .ok_or_else(|| format!("{}: no statistics input", k.name))?;
-            let _ = writeln!(
-                out,
-                "  using C = cnnc::Normed<{conv}, {}, {}>;  // Normed<Conv, S_CT, S_CO>",
-                stats.channels_total, stats.channel_offset
-            );
+            (
+                format!(
+                    "cnnc::Normed<{conv}, {}, {}>",
+                    stats.channels_total, stats.channel_offset
+                ),
+                "  // Normed<Conv, S_CT, S_CO>",
+            )
         } else {
-            let _ = writeln!(out, "  using C = {conv};");
+            (conv.clone(), "")
+        };
+        match k.half_weights() {
+            Some(h) => {
+                let _ = writeln!(
+                    out,
+                    "  using C = cnnc::Weights16<{operand}>;{note}{}",
+                    if i == 0 {
+                        format!("  // weights: their {} copy only", h.name())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  using C = {operand};{note}");
+            }
         }
         match schedule {
             Schedule::Tile {
@@ -534,7 +581,7 @@ fn gemm_kernel(out: &mut String, k: &Kernel, g: &Gemm) -> Result<(), String> {
                 ..
             } => {
                 let fp16 = *h == crate::back::kernel_ir::HalfFormat::Fp16;
-                let _ = writeln!(out, "  // gemm_tc16<C, BM, BN, WM, WN, STAGES, FP16, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {} (16-bit weights after the f32 ones in w)", if fp16 { "FP16" } else { "BF16" });
+                let _ = writeln!(out, "  // gemm_tc16<C, BM, BN, WM, WN, STAGES, FP16, Epilogue, HAS_BIAS, OUT_CT, OUT_CO>: tensor cores, {}", if fp16 { "FP16" } else { "BF16" });
                 let _ = writeln!(
                     out,
                     "  (void)ws; (void)counters;\n  cnnc::gemm_tc16<C, {}, {}, {}, {}, {}, {fp16}, {tail}>(x, w, bias, r0, y, batch{gate_arg});\n}}",

@@ -3,6 +3,53 @@
 // ---------------------------------------------------------------------------
 namespace cnnc {
 
+// How activations are stored in global memory: `act`. With --precision fp32,
+// tf32 and tf32x3 it is float. A bf16 or fp16 build defines CNNC_ACT16 (1
+// for bfloat16, 2 for IEEE half) before this library: `act` is then a 16-bit
+// value that reads as a float and rounds a float to nearest (ties to even)
+// when one is assigned to it, so a kernel reads and writes activations as it
+// would floats and computes in FP32 between the two. Only the arena's
+// activations have this type: weights, biases and the split-K workspace stay
+// f32.
+//
+// from16: the value of 16 bits in the build's 16-bit format (exact): how a
+// 16-bit activation, and a 16-bit weight (Weights16), reads. Bfloat16 unless
+// CNNC_ACT16 is 2; an f32 build never calls it.
+__device__ __forceinline__ float from16(unsigned short bits) {
+#if !defined(CNNC_ACT16) || CNNC_ACT16 == 1
+  return __uint_as_float(static_cast<unsigned>(bits) << 16);
+#elif defined(__CUDA_ARCH__)
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+  return f;
+#elif defined(CNNC_EMULATION)
+  return static_cast<float>(cnnc_emu::f16_operand(bits));
+#else
+  (void)bits;
+  return 0.0f;
+#endif
+}
+#if !defined(CNNC_ACT16)
+typedef float act;
+#else
+struct act {
+  unsigned short bits;
+  __device__ __forceinline__ operator float() const { return from16(bits); }
+  __device__ __forceinline__ act& operator=(float v) {
+#if defined(__CUDA_ARCH__) && CNNC_ACT16 == 1
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+#elif defined(__CUDA_ARCH__)
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+#elif defined(CNNC_EMULATION)
+    bits = CNNC_ACT16 == 1 ? cnnc_emu::cvt_rn_bf16(v) : cnnc_emu::cvt_rn_f16(v);
+#else
+    (void)v;
+#endif
+    return *this;
+  }
+};
+#endif
+
 // Activations, as PyTorch defines them: each definition is its row's text in
 // the table of activations (runtime/src/activation.rs), which a test checks.
 // Comparisons rather than fmaxf/fminf, which drop NaN: PyTorch's relu, relu6
@@ -50,6 +97,7 @@ struct Conv {
   static constexpr int P = OH * OW;
   static constexpr bool GLOBAL_POOL_B = GLOBAL_POOL;
   static constexpr bool SCALED = false;  // see Gated and Normed
+  static constexpr bool W16 = false;     // see Weights16
   static constexpr int IN_P = IH * IW;
   // Whether every B[k][n] is a pixel of the input, none padding, and rows
   // are whole input channels (one group): what Normed needs.
@@ -63,11 +111,11 @@ struct Conv {
     return (oy * SH + (tap / KW) * DH) * IW + ox * SW + (tap % KW) * DW;
   }
   // B[k][n] for group g.
-  static __device__ __forceinline__ float load_b(const float* __restrict__ x, int g, int k, int n) {
+  static __device__ __forceinline__ float load_b(const act* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
     const int p = n - image * P;
     if (GLOBAL_POOL) {  // the mean of input map k (adaptive_avgpool(1) fused in)
-      const float* map = x + ((long)image * IN_CT + IN_CO + k) * (IH * IW);
+      const act* map = x + ((long)image * IN_CT + IN_CO + k) * (IH * IW);
       float s = 0.0f;
       for (int i = 0; i < IH * IW; ++i) s += map[i];
       return s * (1.0f / (IH * IW));
@@ -82,7 +130,7 @@ struct Conv {
   }
   // Where B[k][n] of group g is read from, or null where it is zero padding
   // (the tensor-core tiles copy it with cp.async; not for GLOBAL_POOL).
-  static __device__ __forceinline__ const float* src_b(const float* __restrict__ x, int g, int k, int n) {
+  static __device__ __forceinline__ const act* src_b(const act* __restrict__ x, int g, int k, int n) {
     const int image = n / P;
     const int p = n - image * P;
     const int ic = g * ICG + k / (KH * KW);
@@ -104,15 +152,15 @@ template <class Base>
 struct Gated : Base {
   static constexpr bool SCALED = true;
   // The factor of B[k][n] of group g: that of column n's image and row k's channel.
-  static __device__ __forceinline__ float factor(const float* __restrict__ s, int g, int k, int n) {
+  static __device__ __forceinline__ float factor(const act* __restrict__ s, int g, int k, int n) {
     constexpr int TAPS = Base::K / Base::ICG;
     const int image = n / Base::P;
     return s[(long)image * (Base::G * Base::ICG) + g * Base::ICG + k / TAPS];
   }
-  static __device__ __forceinline__ float transform(float v, const float* __restrict__ s, int g, int k, int n) {
+  static __device__ __forceinline__ float transform(float v, const act* __restrict__ s, int g, int k, int n) {
     return v * factor(s, g, k, n);
   }
-  static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
+  static __device__ __forceinline__ float load_b(const act* __restrict__ x, const act* __restrict__ s, int g,
                                                  int k, int n) {
     return transform(Base::load_b(x, g, k, n), s, g, k, n);
   }
@@ -130,16 +178,28 @@ template <class Base, int S_CT, int S_CO>
 struct Normed : Base {
   static_assert(Base::UNPADDED, "normalising a padded or grouped convolution's input is not supported");
   static constexpr bool SCALED = true;
-  static __device__ __forceinline__ float transform(float v, const float* __restrict__ s, int g, int k, int n) {
+  static __device__ __forceinline__ float transform(float v, const act* __restrict__ s, int g, int k, int n) {
     (void)g;
     const int image = n / Base::P;
-    const float* at = s + ((long)image * S_CT + S_CO) * Base::IN_P + Base::source_pixel(k, n);
+    const act* at = s + ((long)image * S_CT + S_CO) * Base::IN_P + Base::source_pixel(k, n);
     return (v - at[0]) * at[Base::IN_P];
   }
-  static __device__ __forceinline__ float load_b(const float* __restrict__ x, const float* __restrict__ s, int g,
+  static __device__ __forceinline__ float load_b(const act* __restrict__ x, const act* __restrict__ s, int g,
                                                  int k, int n) {
     return transform(Base::load_b(x, g, k, n), s, g, k, n);
   }
+};
+
+// A GEMM whose weights the GPU holds only as their 16-bit copy: in a bf16
+// or fp16 build, a layer that runs on 16-bit tensor cores at some batch size
+// (Prepared::WithHalf; the driver uploads the copy alone, rows of KP = K
+// rounded up to 8 values, so each row starts 16-byte aligned). Every kernel
+// of the layer reads them from it: gemm_tc16, and gemm and gemv on CUDA
+// cores (4 at a time with one 8-byte load when K is a multiple of 4).
+template <class Base>
+struct Weights16 : Base {
+  static constexpr bool W16 = true;
+  static constexpr int KP = (Base::K + 7) / 8 * 8;
 };
 
 // 16-byte loads. Every call site is aligned by construction (the kernel IR
@@ -152,6 +212,18 @@ struct Normed : Base {
 __device__ __forceinline__ float4 load4(const float* p) {
   CNNC_CHECK_ALIGN(p);
   return *reinterpret_cast<const float4*>(p);
+}
+// 4 consecutive 16-bit weights with one 8-byte load (K a multiple of 4 and
+// each 16-bit row 16-byte aligned, so p is 8-byte aligned; CNNC_CHECK_ALIGN8
+// verifies it in the emulation).
+#ifndef CNNC_CHECK_ALIGN8
+#define CNNC_CHECK_ALIGN8(p)
+#endif
+__device__ __forceinline__ float4 load_half4(const unsigned short* p) {
+  CNNC_CHECK_ALIGN8(p);
+  const unsigned long long v = *reinterpret_cast<const unsigned long long*>(p);
+  return make_float4(from16(v & 0xffffu), from16((v >> 16) & 0xffffu), from16((v >> 32) & 0xffffu),
+                     from16((v >> 48) & 0xffffu));
 }
 __device__ __forceinline__ float component(const float4& v, int e) {
   return e == 0 ? v.x : (e == 1 ? v.y : (e == 2 ? v.z : v.w));
@@ -185,10 +257,10 @@ __device__ __forceinline__ int column(int col, int j) {
 // counter for the next launch (the driver zeroes the counters once).
 template <class C, int BM, int BN, int BK, int TM, int TN, bool VEC_A, int SPLIT, class Epi, bool HAS_BIAS,
           int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void gemm(const float* __restrict__ x, const float* __restrict__ w,
-                                     const float* __restrict__ bias, const float* __restrict__ r0,
-                                     float* __restrict__ y, int batch, float* __restrict__ ws,
-                                     unsigned* __restrict__ counters, const float* __restrict__ s = nullptr) {
+__device__ __forceinline__ void gemm(const act* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ bias, const act* __restrict__ r0,
+                                     act* __restrict__ y, int batch, float* __restrict__ ws,
+                                     unsigned* __restrict__ counters, const act* __restrict__ s = nullptr) {
   constexpr int THREADS = (BM / TM) * (BN / TN);
   constexpr int SLICES = (C::K + BK - 1) / BK;
   constexpr int PER_SPLIT = (SLICES + SPLIT - 1) / SPLIT;  // slices per split
@@ -220,11 +292,20 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
       const int mm = f / (BK / A_VEC), kk = (f % (BK / A_VEC)) * A_VEC;
       const int m = m0 + mm, k = k0 + kk;
       const bool in = f < A_LOADS && m < C::M && k < k_end;
-      const float* p = w + ((long)g * C::M + m) * C::K + k;
-      if (VEC_A) {
-        ra[j] = in ? load4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if constexpr (C::W16) {
+        const unsigned short* p = reinterpret_cast<const unsigned short*>(w) + ((long)g * C::M + m) * C::KP + k;
+        if (VEC_A) {
+          ra[j] = in ? load_half4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        } else {
+          ra[j].x = in ? from16(*p) : 0.0f;
+        }
       } else {
-        ra[j].x = in ? *p : 0.0f;
+        const float* p = w + ((long)g * C::M + m) * C::K + k;
+        if (VEC_A) {
+          ra[j] = in ? load4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        } else {
+          ra[j].x = in ? *p : 0.0f;
+        }
       }
     }
   };
@@ -367,9 +448,9 @@ __device__ __forceinline__ void gemm(const float* __restrict__ x, const float* _
 // applies bias and epilogue. grid = [ceil(batch / IMAGES), ceil(M / (WARPS * ROWS))].
 template <class C, int WARPS, int ROWS, int IMAGES, int CHUNK, bool VEC4, class Epi, bool HAS_BIAS, int OUT_CT,
           int OUT_CO>
-__device__ __forceinline__ void gemv(const float* __restrict__ x, const float* __restrict__ w,
-                                     const float* __restrict__ bias, const float* __restrict__ r0,
-                                     float* __restrict__ y, int batch) {
+__device__ __forceinline__ void gemv(const act* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ bias, const act* __restrict__ r0,
+                                     act* __restrict__ y, int batch) {
   static_assert(C::P == 1, "gemv is for linear layers (1x1 outputs)");
   constexpr int STEP = VEC4 ? 128 : 32;  // floats of a row a warp reads per step
   __align__(16) __shared__ float xs[IMAGES][CHUNK];
@@ -396,8 +477,13 @@ __device__ __forceinline__ void gemv(const float* __restrict__ x, const float* _
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         const int m = min(m_first + r, C::M - 1);  // rows past M compute a copy, never written
-        const float* p = w + (long)m * C::K + k0 + kk;
-        if (VEC4) wv[r] = load4(p); else wv[r].x = *p;
+        if constexpr (C::W16) {
+          const unsigned short* p = reinterpret_cast<const unsigned short*>(w) + (long)m * C::KP + k0 + kk;
+          if (VEC4) wv[r] = load_half4(p); else wv[r].x = from16(*p);
+        } else {
+          const float* p = w + (long)m * C::K + k0 + kk;
+          if (VEC4) wv[r] = load4(p); else wv[r].x = *p;
+        }
       }
 #pragma unroll
       for (int b = 0; b < IMAGES; ++b) {
@@ -463,9 +549,9 @@ struct Depthwise {
 // registers once, then KW * TX FMAs. Bias and epilogue run in registers before
 // the only write. grid = [batch * ceil(C / CH), ceil(OH / TH), ceil(OW / TW)].
 template <class D, int CH, int TH, int TW, int TX, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void depthwise(const float* __restrict__ x, const float* __restrict__ w,
-                                          const float* __restrict__ bias, const float* __restrict__ r0,
-                                          float* __restrict__ y, int batch) {
+__device__ __forceinline__ void depthwise(const act* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, const act* __restrict__ r0,
+                                          act* __restrict__ y, int batch) {
   static_assert(TW % TX == 0, "a row of the tile is whole threads");
   constexpr int ROW_THREADS = TW / TX;
   constexpr int PLANE_THREADS = TH * ROW_THREADS;
@@ -542,11 +628,11 @@ __device__ __forceinline__ float negative_infinity() { return __int_as_float(0xf
 // Max or average pooling, as PyTorch's MaxPool2d / AvgPool2d.
 template <int C, int IH, int IW, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
           bool MAX, bool COUNT_PAD, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void pool(const float* __restrict__ x, float* __restrict__ y, int batch) {
+__device__ __forceinline__ void pool(const act* __restrict__ x, act* __restrict__ y, int batch) {
   const long i = global_thread();
   if (i >= (long)batch * C * OH * OW) return;
   const Index4 o(i, C, OH, OW);
-  const float* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
+  const act* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
   float r;
   if (MAX) {
     r = negative_infinity();
@@ -575,11 +661,11 @@ __device__ __forceinline__ void pool(const float* __restrict__ x, float* __restr
 
 // Adaptive pooling: window [floor(i*I/O), ceil((i+1)*I/O)).
 template <int C, int IH, int IW, int OH, int OW, bool MAX, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void adaptive_pool(const float* __restrict__ x, float* __restrict__ y, int batch) {
+__device__ __forceinline__ void adaptive_pool(const act* __restrict__ x, act* __restrict__ y, int batch) {
   const long i = global_thread();
   if (i >= (long)batch * C * OH * OW) return;
   const Index4 o(i, C, OH, OW);
-  const float* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
+  const act* map = x + ((long)o.image * IN_CT + IN_CO + o.c) * (IH * IW);
   const int y0 = o.y * IH / OH, y1 = ((o.y + 1) * IH + OH - 1) / OH;
   const int x0 = o.x * IW / OW, x1 = ((o.x + 1) * IW + OW - 1) / OW;
   float r = MAX ? negative_infinity() : 0.0f;
@@ -594,8 +680,8 @@ __device__ __forceinline__ void adaptive_pool(const float* __restrict__ x, float
 
 // y = x * scale[c] + shift[c]: a batch norm that was not folded into a layer.
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void channel_affine(const float* __restrict__ x, const float* __restrict__ scale,
-                                               const float* __restrict__ shift, float* __restrict__ y, int batch) {
+__device__ __forceinline__ void channel_affine(const act* __restrict__ x, const float* __restrict__ scale,
+                                               const float* __restrict__ shift, act* __restrict__ y, int batch) {
   const long i = global_thread();
   if (i >= (long)batch * C * H * W) return;
   const Index4 o(i, C, H, W);
@@ -606,13 +692,13 @@ __device__ __forceinline__ void channel_affine(const float* __restrict__ x, cons
 
 // Local response norm across channels, as PyTorch's LocalResponseNorm.
 template <int C, int H, int W, int SIZE, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void lrn(const float* __restrict__ x, float* __restrict__ y, int batch, float alpha,
+__device__ __forceinline__ void lrn(const act* __restrict__ x, act* __restrict__ y, int batch, float alpha,
                                     float beta, float k) {
   const long i = global_thread();
   if (i >= (long)batch * C * H * W) return;
   const Index4 o(i, C, H, W);
   const long p = o.y * W + o.x;
-  const float* base = x + ((long)o.image * IN_CT + IN_CO) * (H * W) + p;
+  const act* base = x + ((long)o.image * IN_CT + IN_CO) * (H * W) + p;
   const int lo = max(o.c - SIZE / 2, 0), hi = min(o.c + (SIZE - 1) / 2, C - 1);
   float s = 0.0f;
   for (int j = lo; j <= hi; ++j) { const float v = base[(long)j * H * W]; s += v * v; }
@@ -624,7 +710,7 @@ __device__ __forceinline__ void lrn(const float* __restrict__ x, float* __restri
 // where this thread's pixel starts in x and in y (its channels a plane of
 // H * W apart); false past the last pixel.
 template <int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ bool pixel_of_thread(const float* x, float* y, int batch, const float*& in, float*& out) {
+__device__ __forceinline__ bool pixel_of_thread(const act* x, act* y, int batch, const act*& in, act*& out) {
   const long i = global_thread();
   if (i >= (long)batch * H * W) return false;
   const int image = (int)(i / (H * W));
@@ -636,9 +722,9 @@ __device__ __forceinline__ bool pixel_of_thread(const float* x, float* y, int ba
 
 // Softmax or log-softmax over channels, one thread per (image, pixel).
 template <int C, int H, int W, bool LOG, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void softmax(const float* __restrict__ x, float* __restrict__ y, int batch) {
-  const float* in;
-  float* out;
+__device__ __forceinline__ void softmax(const act* __restrict__ x, act* __restrict__ y, int batch) {
+  const act* in;
+  act* out;
   if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float m = negative_infinity();
   for (int c = 0; c < C; ++c) m = fmaxf(m, in[(long)c * H * W]);
@@ -655,7 +741,7 @@ __device__ __forceinline__ void softmax(const float* __restrict__ x, float* __re
 // apart): the mean, then 1/sqrt(mean squared deviation + eps) (biased, as
 // nn.LayerNorm).
 template <int C, int HW>
-__device__ __forceinline__ void pixel_stats(const float* __restrict__ in, float eps, float& mean, float& inv) {
+__device__ __forceinline__ void pixel_stats(const act* __restrict__ in, float eps, float& mean, float& inv) {
   float s = 0.0f;
   for (int c = 0; c < C; ++c) s += in[(long)c * HW];
   mean = s / (float)C;
@@ -667,11 +753,11 @@ __device__ __forceinline__ void pixel_stats(const float* __restrict__ in, float 
 // Layer norm over channels, one thread per (image, pixel): the pixel's
 // statistics, then weight and bias.
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
-                                           const float* __restrict__ bias, float* __restrict__ y, int batch,
+__device__ __forceinline__ void layer_norm(const act* __restrict__ x, const float* __restrict__ weight,
+                                           const float* __restrict__ bias, act* __restrict__ y, int batch,
                                            float eps) {
-  const float* in;
-  float* out;
+  const act* in;
+  act* out;
   if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float mean, inv;
   pixel_stats<C, H * W>(in, eps, mean, inv);
@@ -682,10 +768,10 @@ __device__ __forceinline__ void layer_norm(const float* __restrict__ x, const fl
 // (Normed): per (image, pixel), the mean over channels at channel 0 of y and
 // 1/sqrt(var + eps) at channel 1, computed as layer_norm computes them.
 template <int C, int H, int W, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void layer_norm_stats(const float* __restrict__ x, float* __restrict__ y, int batch,
+__device__ __forceinline__ void layer_norm_stats(const act* __restrict__ x, act* __restrict__ y, int batch,
                                                  float eps) {
-  const float* in;
-  float* out;
+  const act* in;
+  act* out;
   if (!pixel_of_thread<H, W, IN_CT, IN_CO, OUT_CT, OUT_CO>(x, y, batch, in, out)) return;
   float mean, inv;
   pixel_stats<C, H * W>(in, eps, mean, inv);
@@ -696,7 +782,7 @@ __device__ __forceinline__ void layer_norm_stats(const float* __restrict__ x, fl
 // ShuffleNet's channel shuffle: output channel j * GROUPS + i is input channel
 // i * (C / GROUPS) + j; one thread per output element.
 template <int C, int H, int W, int GROUPS, int IN_CT, int IN_CO, int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void channel_shuffle(const float* __restrict__ x, float* __restrict__ y, int batch) {
+__device__ __forceinline__ void channel_shuffle(const act* __restrict__ x, act* __restrict__ y, int batch) {
   const long i = global_thread();
   if (i >= (long)batch * C * H * W) return;
   const Index4 o(i, C, H, W);
@@ -873,14 +959,15 @@ __device__ __forceinline__ void cp_async_wait() {
 // conflict; swizzled, the 8 rows cover all 32 banks once.
 __device__ __forceinline__ int swizzle(int r, int k) { return r * 16 + ((((k >> 2) ^ (r >> 1)) & 3) << 2) + (k & 3); }
 
-// Where B's k-th element of a K-slice goes in its f32 row so that the f32
-// ldmatrix reads of gemm_tc hand each lane the pairs the m16n8k16 B fragment
-// wants: lane (g, t) receives, from the four 8x4 f32 matrices at columns 0,
-// 4, 8 and 12, columns t, t + 4, t + 8 and t + 12 of row g, which must hold
-// k = 2t, 2t + 1, 2t + 8 and 2t + 9. So k goes to column
-// (k & 8) | ((k & 1) << 2) | ((k >> 1) & 3). The reads are those of the TF32
-// tile, on the same swizzled layout: free of bank conflicts.
-__device__ __forceinline__ int b16_column(int k) { return (k & 8) | ((k & 1) << 2) | ((k >> 1) & 3); }
+// Where element (r, k) of a 16-bit shared-memory operand tile lives: rows of
+// BK = 16 halves (two 16-byte chunks, 32 bytes), chunk k/8 stored at chunk
+// (k/8) ^ ((r/4) % 2). An ldmatrix phase reads one chunk of 8 consecutive
+// rows (8 x 16 bytes): unswizzled, rows r and r+4 are 128 bytes apart and
+// share banks, a 2-way conflict; swizzled, rows 0-3 take one half of each
+// 128-byte line and rows 4-7 the other, so the 8 rows cover all 32 banks
+// once. The 16-byte cp.async stores of a row's two chunks stay within its
+// own 32 bytes, so 8 consecutive threads still fill whole 128-byte lines.
+__device__ __forceinline__ int swizzle16(int r, int k) { return r * 16 + ((((k >> 3) ^ (r >> 2)) & 1) << 3) + (k & 7); }
 
 // The epilogue of the tensor-core tiles: a warp's MI x NI accumulator tiles
 // (its rows from m0, columns from n0) through bias and Epi to y. Accumulator
@@ -889,7 +976,7 @@ __device__ __forceinline__ int b16_column(int k) { return (k & 8) | ((k & 1) << 
 // m16n8k8 and m16n8k16).
 template <class C, int MI, int NI, class Epi, bool HAS_BIAS, int OUT_CT, int OUT_CO>
 __device__ __forceinline__ void store_tc_tile(const float (&acc)[MI][NI][4], const float* __restrict__ bias,
-                                              const float* __restrict__ r0, float* __restrict__ y, int g, int m0,
+                                              const act* __restrict__ r0, act* __restrict__ y, int g, int m0,
                                               int n0, int n_total, int lane) {
 #pragma unroll
   for (int i = 0; i < MI; ++i)
@@ -912,19 +999,21 @@ __device__ __forceinline__ void store_tc_tile(const float (&acc)[MI][NI][4], con
 
 // A SCALED kernel's transform (a gate's factor, a layer norm's
 // normalisation) on slice t of B in shared memory, for the tensor-core tiles
-// (they copy B with cp.async, so it cannot be transformed on the way): each
-// element is transformed by the thread that copied it, once its copy has
+// (gemm_tc copies B with cp.async, so it cannot be transformed on the way):
+// each element is transformed by the thread that stored it, once it has
 // landed; the caller's barrier then makes the slice visible to every warp.
-// Zeros past K or the last column stay zeros. B16: the column order of
-// gemm_tc16's B rows.
-template <class C, int BN, int BK, int THREADS, bool B16>
-__device__ __forceinline__ void transform_b_slice(float* bw, const float* __restrict__ s, int g, int t, int n0,
+// Zeros past K or the last column stay zeros. T is the shared tile's
+// element: float (gemm_tc, the swizzle layout) or a 16-bit act (gemm_tc16,
+// swizzle16; the transformed value is rounded to 16 bits once, as the
+// fragment would round it).
+template <class C, int BN, int BK, int THREADS, class T>
+__device__ __forceinline__ void transform_b_slice(T* bw, const act* __restrict__ s, int g, int t, int n0,
                                                   int n_total, int tid) {
   for (int i = tid; i < BN * BK; i += THREADS) {
     const int kk = i / BN, nn = i % BN;
     const int k = t * BK + kk, n = n0 + nn;
     if (k < C::K && n < n_total) {
-      float& v = bw[swizzle(nn, B16 ? b16_column(kk) : kk)];
+      T& v = bw[sizeof(T) == 2 ? swizzle16(nn, kk) : swizzle(nn, kk)];
       v = C::transform(v, s, g, k, n);
     }
   }
@@ -946,10 +1035,11 @@ __device__ __forceinline__ void transform_b_slice(float* bw, const float* __rest
 // GPU without splitting.
 template <class C, int BM, int BN, int WM, int WN, int STAGES, bool X3, bool VEC_A, class Epi, bool HAS_BIAS,
           int OUT_CT, int OUT_CO>
-__device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float* __restrict__ w,
-                                        const float* __restrict__ bias, const float* __restrict__ r0,
-                                        float* __restrict__ y, int batch, const float* __restrict__ s = nullptr) {
+__device__ __forceinline__ void gemm_tc(const act* __restrict__ x, const float* __restrict__ w,
+                                        const float* __restrict__ bias, const act* __restrict__ r0,
+                                        act* __restrict__ y, int batch, const act* __restrict__ s = nullptr) {
   static_assert(!C::GLOBAL_POOL_B, "the pooled operand is computed, not copied: CUDA-core tiles only");
+  static_assert(sizeof(act) == 4 || C::K < 0, "gemm_tc copies f32 activations; 16-bit ones go to gemm_tc16");
   constexpr int BK = 16;
   constexpr int WARPS_N = BN / WN;
   constexpr int THREADS = 32 * (BM / WM) * WARPS_N;
@@ -1012,7 +1102,7 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
     if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
     cp_async_commit();
     if constexpr (C::SCALED) {
-      transform_b_slice<C, BN, BK, THREADS, false>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
+      transform_b_slice<C, BN, BK, THREADS>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
       __syncthreads();
     }
     const float* as = As[t % STAGES];
@@ -1071,47 +1161,43 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ x, const float
 }
 
 
-// Where element (r, k) of a 16-bit shared-memory operand tile lives: rows of
-// BK = 16 halves (two 16-byte chunks, 32 bytes), chunk k/8 stored at chunk
-// (k/8) ^ ((r/4) % 2). An ldmatrix phase reads one chunk of 8 consecutive
-// rows (8 x 16 bytes): unswizzled, rows r and r+4 are 128 bytes apart and
-// share banks, a 2-way conflict; swizzled, rows 0-3 take one half of each
-// 128-byte line and rows 4-7 the other, so the 8 rows cover all 32 banks
-// once. The 16-byte cp.async stores of a row's two chunks stay within its
-// own 32 bytes, so 8 consecutive threads still fill whole 128-byte lines.
-__device__ __forceinline__ int swizzle16(int r, int k) { return r * 16 + ((((k >> 3) ^ (r >> 2)) & 1) << 3) + (k & 7); }
-
 // The implicit GEMM on tensor cores with 16-bit operands (--precision bf16,
 // FP16 = false, or fp16), FP32 accumulation. The block, warp and pipeline
 // structure is gemm_tc's; what differs:
-// - A, the weights, is read from its 16-bit copy, which the runtime stores
-//   in the same tensor after the f32 weights (Prepared::WithHalf: at float
-//   offset ceil(G*M*K / 4) * 4, rows of KP = K rounded up to 8 halves, zeros
-//   in the padding), so every row starts 16-byte aligned and A always goes
-//   to shared memory by 16-byte cp.async copies, into the swizzle16 layout;
-//   ldmatrix.x4 on it gives each lane its m16n8k16 A fragment directly.
-// - B, the input under each filter tap, stays FP32 in global and shared
-//   memory (activations are FP32 everywhere); it is copied as in gemm_tc but
-//   into column b16_column(k) of its row, read with the same f32 ldmatrix,
-//   and rounded to 16 bits (cvt.rn, ties to even) pair by pair.
+// - A, the weights, is their 16-bit copy (C is a Weights16: rows of KP = K
+//   rounded up to 8 halves, zeros in the padding), so every row starts
+//   16-byte aligned and A always goes to shared memory by 16-byte cp.async
+//   copies, into the swizzle16 layout; ldmatrix.x4 on it gives each lane its
+//   m16n8k16 A fragment directly.
+// - B, the input under each filter tap, is 16-bit in global memory (the
+//   build's activations, act) and stays 16-bit in shared memory: a row of
+//   BK halves per output column, in A's swizzle16 layout, so ldmatrix.x2
+//   gives each lane its B fragment (B[2t..2t+1][g], B[2t+8..2t+9][g])
+//   directly. cp.async moves at least 4 bytes and two k of a column are not
+//   neighbours in memory, so B goes through registers instead: each thread
+//   loads its elements of slice t + STAGES - 1 before the mma's of slice t
+//   and stores them after them, so the loads are in flight during the
+//   arithmetic (zeros at the padding and past the edges).
 // - One mma.m16n8k16 per K-slice of 16 for each 16x8 tile.
 template <class C, int BM, int BN, int WM, int WN, int STAGES, bool FP16, class Epi, bool HAS_BIAS, int OUT_CT,
           int OUT_CO>
-__device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const float* __restrict__ w,
-                                          const float* __restrict__ bias, const float* __restrict__ r0,
-                                          float* __restrict__ y, int batch, const float* __restrict__ s = nullptr) {
+__device__ __forceinline__ void gemm_tc16(const act* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, const act* __restrict__ r0,
+                                          act* __restrict__ y, int batch, const act* __restrict__ s = nullptr) {
   static_assert(!C::GLOBAL_POOL_B, "the pooled operand is computed, not copied: CUDA-core tiles only");
+  static_assert(sizeof(act) == 2 || C::K < 0, "gemm_tc16 reads 16-bit activations (a bf16 or fp16 build)");
+  static_assert(C::W16, "gemm_tc16 reads the weights' 16-bit copy (Weights16)");
   constexpr int BK = 16;
-  constexpr int KP = (C::K + 7) / 8 * 8;
-  constexpr long HALF_AT = ((long)C::G * C::M * C::K + 3) / 4 * 4;
+  constexpr int KP = C::KP;
   constexpr int WARPS_N = BN / WN;
   constexpr int THREADS = 32 * (BM / WM) * WARPS_N;
   constexpr int MI = WM / 16, NI = WN / 8;
   constexpr int SLICES = (C::K + BK - 1) / BK;
+  constexpr int B_PER = (BN * BK + THREADS - 1) / THREADS;  // B elements a thread moves per slice
   static_assert(STAGES >= 2, "a pipeline has at least two stages");
   __align__(128) __shared__ unsigned short As[STAGES][BM * BK];
-  __align__(128) __shared__ float Bs[STAGES][BN * BK];
-  const unsigned short* w16 = reinterpret_cast<const unsigned short*>(w + HALF_AT);
+  __align__(128) __shared__ act Bs[STAGES][BN * BK];
+  const unsigned short* w16 = reinterpret_cast<const unsigned short*>(w);
   const int n_total = batch * C::P;
   const int g = blockIdx.z;
   const int m0 = blockIdx.y * BM;
@@ -1119,18 +1205,33 @@ __device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const flo
   const int tid = threadIdx.x;
   const int lane = tid % 32, warp = tid / 32;
   const int wm0 = (warp / WARPS_N) * WM, wn0 = (warp % WARPS_N) * WN;
-  // Issues the copies of K-slice k0 into buffer s.
-  auto load = [&](int s, int k0) {
+  // Issues the copies of A's K-slice k0 into buffer s.
+  auto load_a = [&](int s, int k0) {
     for (int f = tid; f < BM * 2; f += THREADS) {  // 8 halves (16 bytes) a copy
       const int mm = f / 2, kk = (f % 2) * 8;
       const int m = m0 + mm, k = k0 + kk;
       cp_async16(reinterpret_cast<float*>(&As[s][swizzle16(mm, kk)]),
                  m < C::M && k < C::K ? reinterpret_cast<const float*>(w16 + ((long)g * C::M + m) * KP + k) : nullptr);
     }
-    for (int i = tid; i < BN * BK; i += THREADS) {
+  };
+  // B's K-slice k0 into registers (consecutive threads read consecutive
+  // output pixels: coalesced), then from them into buffer s.
+  act rb[B_PER];
+  auto fetch_b = [&](int k0) {
+#pragma unroll
+    for (int j = 0; j < B_PER; ++j) {
+      const int i = tid + j * THREADS;
       const int kk = i / BN, nn = i % BN;
       const int k = k0 + kk, n = n0 + nn;
-      cp_async4(&Bs[s][swizzle(nn, b16_column(kk))], k < C::K && n < n_total ? C::src_b(x, g, k, n) : nullptr);
+      const auto* p = i < BN * BK && k < C::K && n < n_total ? C::src_b(x, g, k, n) : nullptr;
+      if (p) rb[j] = *p; else rb[j] = 0.0f;
+    }
+  };
+  auto put_b = [&](int s) {
+#pragma unroll
+    for (int j = 0; j < B_PER; ++j) {
+      const int i = tid + j * THREADS;
+      if (i < BN * BK) Bs[s][swizzle16(i % BN, i / BN)] = rb[j];
     }
   };
   float acc[MI][NI][4];
@@ -1142,39 +1243,45 @@ __device__ __forceinline__ void gemm_tc16(const float* __restrict__ x, const flo
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < SLICES) load(s, s * BK);
+    if (s < SLICES) {
+      load_a(s, s * BK);
+      fetch_b(s * BK);
+      put_b(s);
+    }
     cp_async_commit();
   }
   // ldmatrix addresses: A's x4 loads rows 0-7 / 8-15 at k 0-7, then at k
-  // 8-15 (registers a0 a1 a2 a3 of the fragment); B's x4 loads f32 columns
-  // 0-3, 4-7, 8-11, 12-15 of rows 0-7 (k pairs (2t, 2t+1), (2t+8, 2t+9)).
+  // 8-15 (registers a0 a1 a2 a3 of the fragment); B's x2 loads columns 0-7
+  // at k 0-7, then at k 8-15 (registers b0 b1).
   const int a16_row = lane % 16, a16_col = (lane / 16) * 8;
-  const int b16_row = lane % 8, b16_col = (lane / 8) * 4;
+  const int b16_row = lane % 8, b16_col = ((lane / 8) % 2) * 8;
   for (int t = 0; t < SLICES; ++t) {
     cp_async_wait<STAGES - 2>();  // slice t's copies (this thread's) have landed
     __syncthreads();              // everyone's, and buffer (t - 1) % STAGES is free
-    if (t + STAGES - 1 < SLICES) load((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
+    const bool more = t + STAGES - 1 < SLICES;
+    if (more) {
+      load_a((t + STAGES - 1) % STAGES, (t + STAGES - 1) * BK);
+      fetch_b((t + STAGES - 1) * BK);
+    }
     cp_async_commit();
     if constexpr (C::SCALED) {
-      transform_b_slice<C, BN, BK, THREADS, true>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
+      transform_b_slice<C, BN, BK, THREADS>(Bs[t % STAGES], s, g, t, n0, n_total, tid);
       __syncthreads();
     }
     const unsigned short* as = As[t % STAGES];
-    const float* bs = Bs[t % STAGES];
+    const act* bs = Bs[t % STAGES];
     unsigned a[MI][4], b[NI][2];
 #pragma unroll
     for (int i = 0; i < MI; ++i) ldmatrix(a[i], &as[swizzle16(wm0 + i * 16 + a16_row, a16_col)]);
 #pragma unroll
-    for (int j = 0; j < NI; ++j) {
-      unsigned f[4];
-      ldmatrix(f, &bs[swizzle(wn0 + j * 8 + b16_row, b16_col)]);
-      b[j][0] = to_16x2<FP16>(__uint_as_float(f[0]), __uint_as_float(f[1]));
-      b[j][1] = to_16x2<FP16>(__uint_as_float(f[2]), __uint_as_float(f[3]));
-    }
+    for (int j = 0; j < NI; ++j) ldmatrix(b[j], &bs[swizzle16(wn0 + j * 8 + b16_row, b16_col)]);
 #pragma unroll
     for (int i = 0; i < MI; ++i)
 #pragma unroll
       for (int j = 0; j < NI; ++j) mma_16<FP16>(acc[i][j], a[i], b[j]);
+    // Buffer (t + STAGES - 1) % STAGES was last read in step t - 1, before
+    // this step's barrier: the staged slice can go there.
+    if (more) put_b((t + STAGES - 1) % STAGES);
   }
   cp_async_wait<0>();
   // The accumulators are in the m16n8k8 C layout (the same for m16n8k16).

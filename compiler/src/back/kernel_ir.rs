@@ -111,7 +111,8 @@ pub enum Schedule {
     /// `half` (`--precision bf16` or `fp16`): `mma.sync.m16n8k16` on 16-bit
     /// operands instead, the weights read from their 16-bit copy
     /// ([`cnnc_runtime::plan::Prepared::WithHalf`], rows padded to 8, so always
-    /// 16-byte copies), the input rounded to 16 bits as its fragments are read.
+    /// 16-byte copies), the input 16-bit as every activation of such a build
+    /// is, both operands' slices kept in 16 bits in shared memory.
     Tensor {
         tile: TcTile,
         x3: bool,
@@ -214,9 +215,10 @@ impl TcTile {
     pub fn shared_bytes(&self) -> u32 {
         self.shared_bytes_for(false)
     }
-    /// ... with 16-bit weights (`half`): A takes 2 bytes an element, B stays f32.
+    /// ... in 16 bits (`half`: `gemm_tc16` keeps both operands' slices in
+    /// 16 bits, 2 bytes an element).
     pub fn shared_bytes_for(&self, half: bool) -> u32 {
-        (self.bm * if half { 2 } else { 4 } + self.bn * 4) * TC_BK * self.stages
+        (self.bm + self.bn) * if half { 2 } else { 4 } * TC_BK * self.stages
     }
     /// Resident blocks per SM the kernel asks ptxas to allow for: each warp
     /// keeps WM·WN/32 accumulators plus its A and B fragments in registers.
@@ -853,6 +855,25 @@ pub struct Kernel {
     /// GEMM kernels tuned for larger batches (the fields above serve batch 1
     /// up to the first variant's `min_batch`), by increasing `min_batch`.
     pub variants: Vec<Variant>,
+}
+
+impl Kernel {
+    /// The 16-bit format of a GEMM's weights on the GPU: some batch size
+    /// runs it on 16-bit tensor cores (`--precision bf16` or `fp16`), so the
+    /// runtime prepares a 16-bit copy of its weights
+    /// ([`cnnc_runtime::plan::Prepared::WithHalf`]), uploads only that copy,
+    /// and every kernel of the layer, on CUDA cores too, reads it.
+    pub fn half_weights(&self) -> Option<HalfFormat> {
+        match &self.kind {
+            KernelKind::Gemm(g) => std::iter::once(&g.schedule)
+                .chain(self.variants.iter().map(|v| &v.schedule))
+                .find_map(|s| match s {
+                    Schedule::Tensor { half, .. } => *half,
+                    _ => None,
+                }),
+            _ => None,
+        }
+    }
 }
 
 /// Every kernel of a model, in launch order.
@@ -1592,7 +1613,7 @@ fn loop_nest(schedule: &Schedule) -> String {
             half: Some(h),
             ..
         } => format!(
-            "cp.async slices 0..{s1} of A[{bm}×{TC_BK}] ({h} weights), B[{TC_BK}×{bn}] (f32) to swizzled shared buffers; for k0 in 0..K step {TC_BK}: wait for slice k0, copy slice k0+{s1} into buffer (k0/{TC_BK}+{s1}) % {s}, ldmatrix A[{wm}×{TC_BK}], B[{TC_BK}×{wn}] per warp, round B to {h}, {mi}×{ni} mma.m16n8k16",
+            "slices 0..{s1} of A[{bm}×{TC_BK}] ({h} weights, cp.async) and B[{TC_BK}×{bn}] ({h} activations, through registers) to swizzled shared buffers; for k0 in 0..K step {TC_BK}: wait for slice k0, copy A's slice k0+{s1} into buffer (k0/{TC_BK}+{s1}) % {s} and load B's to registers, ldmatrix A[{wm}×{TC_BK}], B[{TC_BK}×{wn}] per warp, {mi}×{ni} mma.m16n8k16, store B's slice k0+{s1}",
             s1 = t.stages - 1,
             s = t.stages,
             bm = t.bm,

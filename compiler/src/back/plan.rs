@@ -1,7 +1,7 @@
 //! Lowers kernels and the memory plan to the runtime's execution plan
 //! (`cnnc_runtime::plan`), the data both executors run.
 
-use crate::back::kernel_ir::{KernelKind, KernelProgram, Schedule, TensorRef};
+use crate::back::kernel_ir::{KernelKind, KernelProgram, TensorRef};
 use crate::back::memory::MemoryPlan;
 use crate::front::source::SourceMap;
 use crate::ir::{Activation, Epilogue, Graph, Op, Shape};
@@ -68,13 +68,7 @@ pub fn build(
         let op = match &k.kind {
             KernelKind::Gemm(g) => {
                 params = conv_params(node, &mut push);
-                let half = std::iter::once(&g.schedule)
-                    .chain(k.variants.iter().map(|v| &v.schedule))
-                    .find_map(|s| match s {
-                        Schedule::Tensor { half, .. } => *half,
-                        _ => None,
-                    });
-                if let (Some(format), Some(&weight)) = (half, params.first()) {
+                if let (Some(format), Some(&weight)) = (k.half_weights(), params.first()) {
                     halves.push((weight, format, g.out_channels as usize));
                 }
                 let mode = match g.padding_mode {

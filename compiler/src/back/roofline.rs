@@ -115,8 +115,10 @@ fn schedule_at(k: &Kernel, g: &Gemm, batch: u64) -> Schedule {
         .map_or(g.schedule, |v| v.schedule)
 }
 
-/// Work and compulsory traffic of kernel `k` at `batch` images.
-pub fn cost(k: &Kernel, batch: u64) -> Cost {
+/// Work and compulsory traffic of kernel `k` at `batch` images, its
+/// activations `act` bytes each (4, or 2 in a bf16 or fp16 build:
+/// [`Precision::activation_bytes`](crate::back::kernel_ir::Precision::activation_bytes)).
+pub fn cost(k: &Kernel, batch: u64, act: f64) -> Cost {
     let b = batch as f64;
     let out = numel(k.output.shape) * b;
     // Every activation operand read once (the gate factor of a gated GEMM is
@@ -124,19 +126,21 @@ pub fn cost(k: &Kernel, batch: u64) -> Cost {
     let activations: f64 = k.inputs.iter().map(|t| numel(t.shape) * b).sum::<f64>() + out;
     match &k.kind {
         KernelKind::Gemm(g) => {
-            let (unit, weight_bytes) = match schedule_at(k, g, batch) {
-                Schedule::Tensor { half: Some(_), .. } => (Unit::Half, 2.0),
-                Schedule::Tensor { x3: true, .. } => (Unit::Tf32x3, 4.0),
-                Schedule::Tensor { .. } => (Unit::Tf32, 4.0),
-                Schedule::Tile { .. } | Schedule::Gemv(_) => (Unit::CudaCores, 4.0),
+            let unit = match schedule_at(k, g, batch) {
+                Schedule::Tensor { half: Some(_), .. } => Unit::Half,
+                Schedule::Tensor { x3: true, .. } => Unit::Tf32x3,
+                Schedule::Tensor { .. } => Unit::Tf32,
+                Schedule::Tile { .. } | Schedule::Gemv(_) => Unit::CudaCores,
             };
+            // Every kernel of a layer with a 16-bit copy reads only that.
+            let weight_bytes = if k.half_weights().is_some() { 2.0 } else { 4.0 };
             let n = (g.pixels() as u64 * batch) as f64;
             let (m, kk, groups) = (g.m() as f64, g.k() as f64, g.groups as f64);
             let weights = m * kk * groups;
             let bias = if g.bias { m * groups } else { 0.0 };
             Cost {
                 flops: 2.0 * m * kk * n * groups,
-                bytes: weights * weight_bytes + (bias + activations) * 4.0,
+                bytes: weights * weight_bytes + bias * 4.0 + activations * act,
                 unit,
             }
         }
@@ -145,7 +149,7 @@ pub fn cost(k: &Kernel, batch: u64) -> Cost {
             let weights = d.channels as f64 * (taps + if d.bias { 1.0 } else { 0.0 });
             Cost {
                 flops: 2.0 * out * taps,
-                bytes: (weights + activations) * 4.0,
+                bytes: weights * 4.0 + activations * act,
                 unit: Unit::CudaCores,
             }
         }
@@ -157,7 +161,7 @@ pub fn cost(k: &Kernel, batch: u64) -> Cost {
             let params = if k.params.is_empty() { 0.0 } else { params };
             Cost {
                 flops: out,
-                bytes: (activations + params) * 4.0,
+                bytes: activations * act + params * 4.0,
                 unit: Unit::CudaCores,
             }
         }
@@ -170,12 +174,14 @@ pub fn cost(k: &Kernel, batch: u64) -> Cost {
 /// bounds.
 pub fn render(program: &KernelProgram) -> String {
     let mut out = String::new();
+    let act = program.precision.activation_bytes() as f64;
     let gpu = H200;
     let _ = writeln!(
         out,
-        "roofline of {} ({}), {} kernels: max(FLOPs / peak of the unit, compulsory bytes / bandwidth) per kernel",
+        "roofline of {} ({}, activations {} bytes), {} kernels: max(FLOPs / peak of the unit, compulsory bytes / bandwidth) per kernel",
         program.model,
         program.precision.name(),
+        act,
         program.kernels.len()
     );
     let _ = writeln!(
@@ -206,8 +212,8 @@ pub fn render(program: &KernelProgram) -> String {
         "b64 limit"
     );
     for k in &program.kernels {
-        let c1 = cost(k, 1);
-        let c64 = cost(k, 64);
+        let c1 = cost(k, 1, act);
+        let c64 = cost(k, 64, act);
         let (t1, _) = c1.bound(&gpu);
         let (t64, mem64) = c64.bound(&gpu);
         let _ = writeln!(
@@ -234,7 +240,7 @@ pub fn render(program: &KernelProgram) -> String {
         for batch in [1u64, 64, 256] {
             let (mut flops, mut bytes, mut time) = (0.0, 0.0, 0.0);
             for k in &program.kernels {
-                let c = cost(k, batch);
+                let c = cost(k, batch, act);
                 flops += c.flops;
                 bytes += c.bytes;
                 time += c.bound(&g).0;
@@ -255,7 +261,7 @@ pub fn render(program: &KernelProgram) -> String {
     let mut slowest: Vec<(f64, &Kernel)> = program
         .kernels
         .iter()
-        .map(|k| (cost(k, 64).bound(&gpu).0, k))
+        .map(|k| (cost(k, 64, act).bound(&gpu).0, k))
         .collect();
     slowest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.index.cmp(&b.1.index)));
     let total: f64 = slowest.iter().map(|s| s.0).sum();
@@ -299,7 +305,7 @@ mod tests {
         );
         let k = &p.kernels[0];
         for batch in [1u64, 7, 64] {
-            let c = cost(k, batch);
+            let c = cost(k, batch, 4.0);
             let b = batch as f64;
             assert_eq!(c.flops, 2.0 * 32.0 * 144.0 * 64.0 * b);
             assert_eq!(
@@ -319,12 +325,20 @@ mod tests {
         // Large enough that the batch-64 bucket runs on tensor cores.
         let src = "model m { input [256, 28, 28] conv = conv(256, k=3, p=1) }";
         let (tf32, bf16) = (program(src, Precision::Tf32), program(src, Precision::Bf16));
-        let (a, b) = (cost(&tf32.kernels[0], 64), cost(&bf16.kernels[0], 64));
+        let (a, b) = (
+            cost(&tf32.kernels[0], 64, 4.0),
+            cost(&bf16.kernels[0], 64, 2.0),
+        );
         assert_eq!((a.unit, b.unit), (Unit::Tf32, Unit::Half));
         assert_eq!(a.flops, b.flops);
-        assert_eq!(a.bytes - b.bytes, 2.0 * 256.0 * 256.0 * 9.0);
+        // Half the weights' bytes and half the activations' (input and output).
+        let activations = 2.0 * 64.0 * 256.0 * 28.0 * 28.0;
+        assert_eq!(
+            a.bytes - b.bytes,
+            2.0 * 256.0 * 256.0 * 9.0 + 2.0 * activations
+        );
         assert!(a.bound(&H200).0 >= a.flops / H200.tf32);
-        let x3 = cost(&program(src, Precision::Tf32x3).kernels[0], 64);
+        let x3 = cost(&program(src, Precision::Tf32x3).kernels[0], 64, 4.0);
         assert_eq!(x3.unit.peak(&H200), H200.tf32 / 3.0);
         // The H200 has more bandwidth than the H100, never less time bound.
         assert!(a.bound(&H200).0 <= a.bound(&H100_SXM).0);
@@ -338,7 +352,7 @@ mod tests {
         );
         let text = render(&p);
         assert!(
-            text.starts_with("roofline of m (tf32), 2 kernels"),
+            text.starts_with("roofline of m (tf32, activations 4 bytes), 2 kernels"),
             "{text}"
         );
         for k in &p.kernels {

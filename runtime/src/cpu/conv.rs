@@ -55,11 +55,7 @@ pub(super) struct Tiling {
 }
 
 pub(super) fn k_total(g: &Gemm) -> usize {
-    if g.global_pool {
-        g.in_channels
-    } else {
-        g.in_channels * g.kernel.0 * g.kernel.1
-    }
+    g.k_total()
 }
 
 /// A 1×1 convolution with stride 1 and no padding: B is the input planes.
