@@ -399,6 +399,21 @@ fn a_16_bit_build_snapshot() {
     assert!(cuda.contains("#define CNNC_ACT16 1"));
     assert!(cuda.contains("cnnc::gemm_tc16<"), "no tensor-core variant");
     assert!(!cuda.contains("const float* __restrict__ x,"));
+    // The kernel report says which layers keep only 16-bit weights.
+    let report = cnnc::back::kernel_ir::render(&program);
+    let sixteen = program
+        .kernels
+        .iter()
+        .filter(|k| k.half_weights().is_some())
+        .count();
+    assert!(sixteen > 0);
+    assert_eq!(
+        report
+            .matches("weights: only their bf16 copy on the GPU")
+            .count(),
+        sixteen,
+        "{report}"
+    );
     snapshot(
         "fixture_resnet_tiny_bf16_cuda",
         "cnnc emit tests/fixtures/resnet_tiny/model.cnn --stage cuda --precision bf16",

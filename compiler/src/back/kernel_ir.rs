@@ -1510,6 +1510,13 @@ pub fn render(program: &KernelProgram) -> String {
                     let _ = writeln!(out, "    loop nest: {}", loop_nest(&v.schedule));
                     cuda_cores(&mut out, &v.schedule, v.min_batch);
                 }
+                if let Some(h) = k.half_weights() {
+                    let _ = writeln!(
+                        out,
+                        "  weights: only their {} copy on the GPU, read by every batch size's kernel",
+                        h.name()
+                    );
+                }
             }
             other => {
                 let _ = writeln!(out, "  {}", describe_kind(other));
