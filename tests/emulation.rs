@@ -1448,19 +1448,20 @@ fn sixteen_bit_weights_unpacked_out_of_order_are_reported() {
 
 /// [`planted`] with every eligible GEMM of resnet_tiny on the smallest
 /// tensor-core tile in `precision`, and `right` (once in the printed CUDA)
-/// replaced by `wrong`. Returns the error and the first tensor-core kernel.
+/// replaced by `wrong`: the error must name kernel `step` as the first wrong.
 fn planted_in_16_bit_tile(
     precision: cnnc::back::kernel_ir::Precision,
     right: &str,
     wrong: &str,
-) -> (String, String) {
+    step: usize,
+) {
     let f = Fixture::load("resnet_tiny");
     let case = tensor_case(
         &f,
         *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
         precision,
     );
-    let first = resnet_tiny_program().kernels[0].name.clone();
+    let kernel = resnet_tiny_program().kernels[step].name.clone();
     match check(&case, &|cuda| {
         assert_eq!(cuda.matches(right).count(), 1, "{right}");
         cuda.replace(right, wrong)
@@ -1471,7 +1472,10 @@ fn planted_in_16_bit_tile(
         ),
         Err(e) => {
             println!("the planted bug is reported as:\n{e}\n");
-            (e, first)
+            assert!(
+                e.contains(&format!("first wrong kernel: step {step}, `{kernel}`")),
+                "{e}"
+            );
         }
     }
 }
@@ -1480,14 +1484,11 @@ fn planted_in_16_bit_tile(
 fn swapped_k_halves_in_the_k16_b_fragment_are_reported() {
     // B's ldmatrix.x2 with its two matrices' rows swapped: register b0 gets
     // k 8-15 and b1 k 0-7, so each lane's B pairs meet the wrong A columns.
-    let (error, first) = planted_in_16_bit_tile(
+    planted_in_16_bit_tile(
         cnnc::back::kernel_ir::Precision::Bf16,
         "b16_col = ((lane / 8) % 2) * 8;",
         "b16_col = (1 - (lane / 8) % 2) * 8;",
-    );
-    assert!(
-        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
-        "{error}"
+        0,
     );
 }
 
@@ -1499,15 +1500,11 @@ fn a_staged_b_slice_stored_into_the_buffer_in_use_is_reported() {
     // lands. The stem (K = 27: two slices, both loaded before the loop)
     // never stages a slice in the loop; the next kernel (K = 144) is the
     // first that does.
-    let (error, _) = planted_in_16_bit_tile(
+    planted_in_16_bit_tile(
         cnnc::back::kernel_ir::Precision::Fp16,
         "if (more) put_b((t + STAGES - 1) % STAGES);",
         "if (more) put_b(t % STAGES);",
-    );
-    let second = resnet_tiny_program().kernels[1].name.clone();
-    assert!(
-        error.contains(&format!("first wrong kernel: step 1, `{second}`")),
-        "{error}"
+        1,
     );
 }
 
@@ -1515,14 +1512,11 @@ fn a_staged_b_slice_stored_into_the_buffer_in_use_is_reported() {
 fn a_16_bit_tile_read_without_its_swizzle_is_reported() {
     // The A fragments (16-bit rows) read as if stored row by row: rows 4-7 of
     // every 8 get the other half of their K-slice.
-    let (error, first) = planted_in_16_bit_tile(
+    planted_in_16_bit_tile(
         cnnc::back::kernel_ir::Precision::Fp16,
         "ldmatrix(a[i], &as[swizzle16(wm0 + i * 16 + a16_row, a16_col)]);",
         "ldmatrix(a[i], &as[(wm0 + i * 16 + a16_row) * 16 + a16_col]);",
-    );
-    assert!(
-        error.contains(&format!("first wrong kernel: step 0, `{first}`")),
-        "{error}"
+        0,
     );
 }
 
