@@ -87,6 +87,18 @@ pub fn to_words(precision: Precision, values: &[f32]) -> Result<Vec<u16>> {
     }
 }
 
+/// f32 values as the 16-bit words they occupy in memory: what [`to_words`]
+/// returns for an f32 build, without copying.
+fn f32_words(values: &[f32]) -> &[u16] {
+    const _: () = assert!(
+        cfg!(target_endian = "little"),
+        "words are little-endian halves"
+    );
+    // SAFETY: u16 has no invalid bit patterns and an alignment (2) that
+    // divides f32's (4); the slice covers exactly the same bytes.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u16>(), values.len() * 2) }
+}
+
 /// The inverse of [`to_words`]: the arena's words as f32 values (exact).
 pub fn from_words(precision: Precision, words: &[u16]) -> Vec<f32> {
     match precision.half_format() {
@@ -342,12 +354,20 @@ impl CudaExecutor {
                 batch * per
             )));
         }
-        let words = to_words(self.plan.precision, input)?;
+        // f32 activations go as they are (no copy on the host); 16-bit ones
+        // are rounded first.
+        let rounded;
+        let words: &[u16] = if self.plan.precision.half_format().is_none() {
+            f32_words(input)
+        } else {
+            rounded = to_words(self.plan.precision, input)?;
+            &rounded
+        };
         let start = self.plan.input.offset * batch * self.plan.precision.activation_bytes() / 2;
         {
             let mut view = self.arena.slice_mut(start..start + words.len());
             self.stream
-                .memcpy_htod(&words, &mut view)
+                .memcpy_htod(words, &mut view)
                 .map_err(cuda_err("copying the input to the GPU failed"))?;
         }
         // Capture the forward pass once per batch size, then replay it.
@@ -483,6 +503,7 @@ mod tests {
         for p in [Precision::Fp32, Precision::Tf32, Precision::Tf32x3] {
             let words = to_words(p, &values).unwrap();
             assert_eq!(words.len(), 2 * values.len());
+            assert_eq!(words, f32_words(&values));
             assert_eq!((words[0], words[1]), (0x0000, 0x3fc0)); // 1.5 = 0x3fc00000, low half first
             let back = from_words(p, &words);
             for (a, b) in values.iter().zip(&back) {
