@@ -19,7 +19,7 @@ mkdir -p gpu/bin
 # CNNC_GPU_HALF_MODELS, to keep the GPU check within its time), which
 # scripts/gpu_check.py compares and times side by side.
 precisions="${CNNC_GPU_PRECISIONS:-tf32 fp32 tf32x3 bf16 fp16}"
-half_models=" ${CNNC_GPU_HALF_MODELS:-resnet50 vgg16 mobilenet_v2} "
+half_models=" ${CNNC_GPU_HALF_MODELS:-resnet18 resnet50 vgg16 mobilenet_v2 convnext_tiny} "
 for m in $models; do
   for p in $precisions; do
     case "$p" in

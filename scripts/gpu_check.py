@@ -263,14 +263,22 @@ def main():
                 continue
             _, _, weights, variants = prepared[name]
             inp = os.path.join(WORK, name + "_in.npy")
-            for (precision, binary), tool in [(v, t) for v in variants for t in ("memcheck", "racecheck")]:
+            # The bf16 build at batch 9, whose variants run gemm_tc16
+            # (register-staged 16-bit B slices) on a 16-bit arena; fp16 runs
+            # the same code with another conversion, so it is left out (time).
+            inp9 = os.path.join(WORK, name + "_in9.npy")
+            runs = [(v, t, inp9, 9) if v[0] == "bf16" else (v, t, inp, 1)
+                    for v in variants if v[0] != "fp16" for t in ("memcheck", "racecheck")]
+            for (precision, binary), tool, x, b in runs:
                 if time.time() > DEADLINE - 120:
-                    say(f"- {name} {precision} {tool}: skipped (time budget)")
+                    say(f"- {name} {precision} batch {b} {tool}: skipped (time budget)")
                     continue
                 code, so, se, dt = run([san, "--tool", tool, "--error-exitcode", "3", binary, "--weights", weights,
-                                        "--input", inp, "--device", "cuda", "--show", "0"], timeout=240)
+                                        "--input", x, "--batch", str(b), "--device", "cuda", "--show", "0"],
+                                       timeout=240)
                 summary = [l for l in (so + se).splitlines() if "ERROR SUMMARY" in l or "RACECHECK SUMMARY" in l]
-                say(f"- {name} {precision} {tool}: exit {code}, {summary[-1].strip() if summary else 'no summary'} ({dt:.0f} s)")
+                say(f"- {name} {precision} batch {b} {tool}: exit {code}, "
+                    f"{summary[-1].strip() if summary else 'no summary'} ({dt:.0f} s)")
 
     say("")
     say("### Latency (ms per batch, median of GPU-event timings; ratio = PyTorch / cnnc, above 1 means cnnc is faster)")
