@@ -1022,6 +1022,34 @@ fn precision_defaults_to_tf32_is_carried_by_the_plan_and_rejects_what_is_not_bui
             "{out}"
         );
     }
+    // `cnnc summary --precision` describes that build: its arithmetic, and
+    // for bf16 the GPU's arena of 16-bit activations, half the f32 one.
+    let f32_arena = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("activations, planned arena: "))
+            .and_then(|l| l.split(" (").next())
+            .map(str::to_string)
+    };
+    let tf32 = cnnc(&["summary", "models/resnet18.cnn", "--batch", "2"]);
+    let bf16 = cnnc(&[
+        "summary",
+        "models/resnet18.cnn",
+        "--batch",
+        "2",
+        "--precision",
+        "bf16",
+    ]);
+    let one = cnnc(&["summary", "models/resnet18.cnn", "--batch", "1"]);
+    assert_eq!(f32_arena(&tf32.stdout), f32_arena(&bf16.stdout), "{bf16}");
+    assert!(!tf32.stdout.contains("on the GPU in"), "{tf32}");
+    let half = f32_arena(&one.stdout).unwrap();
+    assert!(
+        bf16.stdout.contains(&format!(
+            "  on the GPU in bf16: {half} (16-bit activations; the CPU path keeps f32)"
+        )),
+        "{bf16}\n{one}"
+    );
+    assert!(bf16.stdout.contains("GPU arithmetic:     bf16:"), "{bf16}");
 }
 
 #[test]

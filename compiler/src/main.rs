@@ -105,6 +105,11 @@ enum Command {
         /// Which model, when the file declares several.
         #[arg(long)]
         model: Option<String>,
+        /// The GPU build to describe (`cnnc build --precision`): what its
+        /// convolutions compute in and, for bf16 and fp16, its arena of
+        /// 16-bit activations (half the f32 one the CPU path uses).
+        #[arg(long, value_name = "P", default_value = "tf32", value_parser = parse_precision)]
+        precision: cnnc::back::kernel_ir::Precision,
     },
     /// Print a stage of the compilation: ast, ir, fused (fusion report), kernels, cuda, driver, plan or roofline.
     Emit {
@@ -263,7 +268,15 @@ fn main() -> ExitCode {
             batch,
             json,
             model,
-        } => summarize(&file, &set, &include, batch, json, model.as_deref()),
+            precision,
+        } => summarize(
+            &file,
+            &set,
+            &include,
+            (batch, precision),
+            json,
+            model.as_deref(),
+        ),
         Command::Run(args) => run(&args),
         Command::Train(args) => train(&args),
         Command::Build {
@@ -434,7 +447,7 @@ fn summarize(
     file: &Path,
     set: &[String],
     include: &[PathBuf],
-    batch: i64,
+    (batch, precision): (i64, cnnc::back::kernel_ir::Precision),
     json: bool,
     model: Option<&str>,
 ) -> Result<ExitCode, UsageError> {
@@ -469,7 +482,12 @@ fn summarize(
                 .map_err(|e| UsageError(e.to_string()))?;
             print_out(&format!("{text}\n"));
         } else {
-            print_out(&summary::table(graph, &compilation.sources, batch));
+            print_out(&summary::table_for(
+                graph,
+                &compilation.sources,
+                batch,
+                precision,
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -199,6 +199,23 @@ fn compact(shape: &Shape) -> String {
 
 /// The table printed by `cnnc summary`. Activation memory is for `batch` images in f32.
 pub fn table(graph: &Graph, sources: &crate::front::source::SourceMap, batch: i64) -> String {
+    table_for(
+        graph,
+        sources,
+        batch,
+        crate::back::kernel_ir::Precision::default(),
+    )
+}
+
+/// [`table`] for a GPU build in `precision` (`cnnc summary --precision`):
+/// its arithmetic, and in a bf16 or fp16 build the GPU's arena of 16-bit
+/// activations beside the CPU's f32 one.
+pub fn table_for(
+    graph: &Graph,
+    sources: &crate::front::source::SourceMap,
+    batch: i64,
+    precision: crate::back::kernel_ir::Precision,
+) -> String {
     const F32: i64 = 4;
     let rows = rows(graph);
     let mut name_w = "layer".len();
@@ -297,8 +314,18 @@ pub fn table(graph: &Graph, sources: &crate::front::source::SourceMap, batch: i6
             scaled_bytes(plan.arena as i64 * F32, batch),
             scaled_bytes(plan.naive as i64 * F32, batch)
         );
-        // What `cnnc build` compiles by default (its `--precision` changes it).
-        let precision = crate::back::kernel_ir::Precision::default();
+        if let Some(h) = precision.half_format() {
+            let _ = writeln!(
+                out,
+                "  on the GPU in {}: {} (16-bit activations; the CPU path keeps f32)",
+                h.name(),
+                scaled_bytes(
+                    plan.arena as i64 * precision.activation_bytes() as i64,
+                    batch
+                )
+            );
+        }
+        // What `cnnc build --precision` compiles (tf32 by default).
         if let Ok(program) = crate::back::kernel_ir::lower_with(&fused, sources, precision) {
             let _ = writeln!(out, "GPU arithmetic:     {}", program.precision_line());
         }
