@@ -1068,13 +1068,25 @@ fn nvcc_compiles_every_model_without_spills() {
         let mut covered = std::collections::BTreeSet::new();
         let mut chosen = Vec::new();
         let mut template = None;
-        for m in models() {
+        // A linear layer wide enough for 16-bit tensor cores at batch 64,
+        // whose GEMV for small batches then reads 16-bit weights (no zoo
+        // model has one).
+        let wide = Model {
+            id: "inline_wide_linear".into(),
+            name: "wide".into(),
+            path: PathBuf::from("wide.cnn"),
+            inline: Some("model wide {\n  input [64]\n  fc = linear(8192)\n  relu\n}\n"),
+        };
+        for m in models().into_iter().chain([wide]) {
             let program = any_program_in(&m, precision);
             for k in &program.kernels {
                 let mut keys = features(k);
                 if let KernelKind::Gemm(g) = &k.kind {
                     if g.input_scale {
                         keys.push("gated input".into());
+                    }
+                    if k.half_weights().is_some() && matches!(g.schedule, Schedule::Gemv(_)) {
+                        keys.push("GEMV on 16-bit weights".into());
                     }
                     for s in
                         std::iter::once(&g.schedule).chain(k.variants.iter().map(|v| &v.schedule))

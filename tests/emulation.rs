@@ -1420,6 +1420,74 @@ fn sixteen_bit_builds_match_the_evaluator_with_their_own_schedules() {
 }
 
 #[test]
+fn a_wide_linear_layer_reads_its_16_bit_weights_in_every_form() {
+    // A linear layer wide enough for tensor cores at batch 64 keeps only its
+    // 16-bit weights on the GPU, so its GEMV (batch 1-7) and its CUDA-core
+    // tile (8-63) read them too: all three against the evaluator, in bf16
+    // and fp16.
+    let source =
+        "model wide {\n  input [64]\n  fc = linear(8192)\n  relu\n  head = linear(10)\n}\n";
+    let compilation = cnnc::compile_source("wide.cnn", source, &BTreeMap::new());
+    assert!(
+        !compilation.has_errors(),
+        "{}",
+        compilation.render_diagnostics()
+    );
+    let graph = compilation.models[0].graph.as_ref().unwrap();
+    let weights =
+        cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 4).unwrap();
+    use cnnc::back::kernel_ir::{Precision, Schedule};
+    let (fused, _) = cnnc::ir::passes::optimize(graph).unwrap();
+    let program =
+        cnnc::back::kernel_ir::lower_with(&fused, &compilation.sources, Precision::Bf16).unwrap();
+    let fc = &program.kernels[0];
+    assert!(fc.half_weights().is_some());
+    let schedules: Vec<Schedule> = match &fc.kind {
+        cnnc::back::kernel_ir::KernelKind::Gemm(g) => std::iter::once(g.schedule)
+            .chain(fc.variants.iter().map(|v| v.schedule))
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        schedules.as_slice(),
+        [
+            Schedule::Gemv(_),
+            Schedule::Tile { .. },
+            Schedule::Tensor { half: Some(_), .. }
+        ]
+    ));
+    let mut jobs = Vec::new();
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        for batch in [1, 9, 64] {
+            jobs.push((precision, batch));
+        }
+    }
+    let failures = in_parallel(&jobs, |(precision, batch)| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+        let input: Vec<f32> = (0..batch * 64)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let case = Case {
+            tag: format!("wide-{}-b{batch}", precision.name()),
+            graph,
+            sources: &compilation.sources,
+            weights: &weights,
+            input,
+            batch: *batch,
+            both_orders: false,
+            tile: None,
+            batch1_kernels_only: false,
+            precision: *precision,
+            tensor_tile: None,
+        };
+        let checked = check(&case, &|cuda| cuda)?;
+        report(&case.tag, *batch, &checked);
+        Ok(())
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
 fn sixteen_bit_weights_unpacked_out_of_order_are_reported() {
     // The 8-byte load of four 16-bit weights with its first two swapped: a
     // CUDA-core kernel of a layer with a 16-bit copy multiplies the wrong
