@@ -1473,12 +1473,19 @@ pub fn render(program: &KernelProgram) -> String {
                     Some(next) => format!("batch {first}–{}", next.min_batch - 1),
                     None => format!("batch {first} and up"),
                 };
-                let _ = writeln!(
-                    out,
-                    "  {}: {}",
-                    range(1, 0),
-                    describe_schedule(&gm.schedule)
-                );
+                // A layer with only 16-bit weights on the GPU reads them 4 at
+                // a time with 8-byte loads where the f32 kernels use float4.
+                let describe = |s: &Schedule| {
+                    let text = describe_schedule(s);
+                    match k.half_weights() {
+                        Some(h) => text.replace(
+                            "weights by float4",
+                            &format!("{} weights by 8-byte loads of 4", h.name()),
+                        ),
+                        None => text,
+                    }
+                };
+                let _ = writeln!(out, "  {}: {}", range(1, 0), describe(&gm.schedule));
                 let _ = writeln!(out, "    loop nest: {}", loop_nest(&gm.schedule));
                 let cuda_cores = |out: &mut String, schedule: &Schedule, batch: u64| {
                     if !program.precision.tensor_cores() {
@@ -1505,7 +1512,7 @@ pub fn render(program: &KernelProgram) -> String {
                         grid_x(v.grid.per_image, v.grid.per_block),
                         v.grid.y,
                         v.grid.z,
-                        describe_schedule(&v.schedule)
+                        describe(&v.schedule)
                     );
                     let _ = writeln!(out, "    loop nest: {}", loop_nest(&v.schedule));
                     cuda_cores(&mut out, &v.schedule, v.min_batch);
