@@ -305,13 +305,7 @@ model kernel_coverage {
 
 #[test]
 fn the_kernel_kinds_no_model_uses_match_the_evaluator() {
-    let compilation =
-        cnnc::compile_source("kernel_coverage.cnn", KERNEL_COVERAGE, &BTreeMap::new());
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
+    let compilation = compiled("kernel_coverage.cnn", KERNEL_COVERAGE);
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let (_, program, _) = cnnc::back::plan::compile(graph, &compilation.sources).unwrap();
     let kinds: Vec<String> = program
@@ -384,14 +378,20 @@ fn check_on_random_input(
     report(&case.tag, batch, &checked);
 }
 
-#[test]
-fn gates_match_the_evaluator() {
-    let compilation = cnnc::compile_source("gates.cnn", common::GATES, &BTreeMap::new());
+/// `source` compiled as file `name`, which must have no errors.
+fn compiled(name: &str, source: &str) -> cnnc::Compilation {
+    let compilation = cnnc::compile_source(name, source, &BTreeMap::new());
     assert!(
         !compilation.has_errors(),
         "{}",
         compilation.render_diagnostics()
     );
+    compilation
+}
+
+#[test]
+fn gates_match_the_evaluator() {
+    let compilation = compiled("gates.cnn", common::GATES);
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let weights =
         cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 3).unwrap();
@@ -468,13 +468,7 @@ fn shuffle_and_norm_kernels_match_the_evaluator() {
     // split chunks (copies from a channel range), channel_shuffle,
     // layer_norm (per pixel, and on a 1×1 map), scale (channel affine),
     // per-pixel linear layers (1×1 GEMMs) and gelu.
-    let compilation =
-        cnnc::compile_source("shuffle_norm.cnn", common::SHUFFLE_NORM, &BTreeMap::new());
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
+    let compilation = compiled("shuffle_norm.cnn", common::SHUFFLE_NORM);
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let mut weights =
         cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 5).unwrap();
@@ -1427,12 +1421,7 @@ fn a_wide_linear_layer_reads_its_16_bit_weights_in_every_form() {
     // and fp16.
     let source =
         "model wide {\n  input [64]\n  fc = linear(8192)\n  relu\n  head = linear(10)\n}\n";
-    let compilation = cnnc::compile_source("wide.cnn", source, &BTreeMap::new());
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
+    let compilation = compiled("wide.cnn", source);
     let graph = compilation.models[0].graph.as_ref().unwrap();
     let weights =
         cnnc::ir::weights::init(graph, cnnc::ir::weights::InitScheme::Pytorch, 4).unwrap();
@@ -1493,10 +1482,21 @@ fn sixteen_bit_weights_unpacked_out_of_order_are_reported() {
     // CUDA-core kernel of a layer with a 16-bit copy multiplies the wrong
     // weights (resnet_tiny in bf16 at batch 2: layer2.0.conv1 is the first).
     let f = Fixture::load("resnet_tiny");
-    let case = own_schedule_case(&f, cnnc::back::kernel_ir::Precision::Bf16, 2);
-    let right = "return make_float4(from16(v & 0xffffu), from16((v >> 16) & 0xffffu),";
-    let wrong = "return make_float4(from16((v >> 16) & 0xffffu), from16(v & 0xffffu),";
-    match check(&case, &|cuda| {
+    reported_at(
+        &own_schedule_case(&f, cnnc::back::kernel_ir::Precision::Bf16, 2),
+        "return make_float4(from16(v & 0xffffu), from16((v >> 16) & 0xffffu),",
+        "return make_float4(from16((v >> 16) & 0xffffu), from16(v & 0xffffu),",
+        5,
+    );
+}
+
+/// Runs `case` with `right` (once in the printed CUDA) replaced by `wrong`:
+/// the error must name the kernel of plan step `step` as the first wrong.
+fn reported_at(case: &Case, right: &str, wrong: &str, step: usize) {
+    let (_, program, _) =
+        cnnc::back::plan::compile_with(case.graph, case.sources, case.precision).expect("compiles");
+    let kernel = program.kernels[step].name.clone();
+    match check(case, &|cuda| {
         assert_eq!(cuda.matches(right).count(), 1, "{right}");
         cuda.replace(right, wrong)
     }) {
@@ -1507,7 +1507,7 @@ fn sixteen_bit_weights_unpacked_out_of_order_are_reported() {
         Err(e) => {
             println!("the planted bug is reported as:\n{e}\n");
             assert!(
-                e.contains("first wrong kernel: step 5, `k05_conv_layer2_0_conv1`"),
+                e.contains(&format!("first wrong kernel: step {step}, `{kernel}`")),
                 "{e}"
             );
         }
@@ -1529,23 +1529,7 @@ fn planted_in_16_bit_tile(
         *cnnc::back::kernel_ir::TC_TILES.last().unwrap(),
         precision,
     );
-    let kernel = resnet_tiny_program().kernels[step].name.clone();
-    match check(&case, &|cuda| {
-        assert_eq!(cuda.matches(right).count(), 1, "{right}");
-        cuda.replace(right, wrong)
-    }) {
-        Ok(c) => panic!(
-            "the planted bug went unnoticed (worst scaled error {:e})",
-            c.worst
-        ),
-        Err(e) => {
-            println!("the planted bug is reported as:\n{e}\n");
-            assert!(
-                e.contains(&format!("first wrong kernel: step {step}, `{kernel}`")),
-                "{e}"
-            );
-        }
-    }
+    reported_at(&case, right, wrong, step);
 }
 
 #[test]
@@ -1708,12 +1692,7 @@ model depthwise_large {
 
 /// The depthwise test models, compiled, with random weights and batch-norm statistics.
 fn depthwise_models() -> (cnnc::Compilation, Vec<cnnc_runtime::weights::WeightFile>) {
-    let compilation = cnnc::compile_source("depthwise.cnn", DEPTHWISE, &BTreeMap::new());
-    assert!(
-        !compilation.has_errors(),
-        "{}",
-        compilation.render_diagnostics()
-    );
+    let compilation = compiled("depthwise.cnn", DEPTHWISE);
     let weights = compilation
         .models
         .iter()
