@@ -474,6 +474,11 @@ impl Gemm {
             self.in_channels * self.kernel.0 * self.kernel.1
         }
     }
+
+    /// Values of its f32 weight: out_channels rows of K = k_total / groups.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * (self.k_total() / self.groups.max(1))
+    }
 }
 
 impl Plan {
@@ -488,7 +493,7 @@ impl Plan {
                 if let (Some(Prepared::WithHalf { .. }), Some(t)) =
                     (self.prepared.get(i), prepared.get(i))
                 {
-                    let start = half_offset(g.out_channels * (g.k_total() / g.groups.max(1)));
+                    let start = half_offset(g.weight_len());
                     out[i] = t.get(start..).ok_or_else(|| {
                         crate::Error(format!(
                             "weight tensor {i} holds {} floats, fewer than its f32 part ({start})",

@@ -23,14 +23,19 @@ pub const PRELUDE: &str = include_str!("cuda_prelude.cuh");
 /// definition that makes its activation type `cnnc::act` 16-bit in a bf16 or
 /// fp16 build (nothing in the others: `act` is then `float`).
 pub fn library(precision: crate::back::kernel_ir::Precision) -> String {
+    format!("{}{PRELUDE}", activation_define(precision))
+}
+
+/// The line before [`PRELUDE`] that selects 16-bit activations, if any.
+fn activation_define(precision: crate::back::kernel_ir::Precision) -> &'static str {
     match precision.half_format() {
         Some(crate::back::kernel_ir::HalfFormat::Bf16) => {
-            format!("#define CNNC_ACT16 1  // activations stored as bfloat16\n{PRELUDE}")
+            "#define CNNC_ACT16 1  // activations stored as bfloat16\n"
         }
         Some(crate::back::kernel_ir::HalfFormat::Fp16) => {
-            format!("#define CNNC_ACT16 2  // activations stored as IEEE half\n{PRELUDE}")
+            "#define CNNC_ACT16 2  // activations stored as IEEE half\n"
         }
-        None => PRELUDE.to_string(),
+        None => "",
     }
 }
 
@@ -124,7 +129,7 @@ pub fn compile_units(program: &KernelProgram) -> Result<(Vec<CompileUnit>, Symbo
             .unwrap_or("k");
         // The same code means another kernel with 16-bit activations.
         let digest = crate::back::cache::fnv1a128(
-            format!("{}{canonical}", &library[..library.len() - PRELUDE.len()]).as_bytes(),
+            format!("{}{canonical}", activation_define(program.precision)).as_bytes(),
         );
         let symbol = format!("{kind}_{:016x}", (digest >> 64) as u64 ^ digest as u64);
         let text = format!("{library}\n{}", canonical.replace(placeholder, &symbol));

@@ -54,10 +54,6 @@ pub(super) struct Tiling {
     pub tasks: usize,
 }
 
-pub(super) fn k_total(g: &Gemm) -> usize {
-    g.k_total()
-}
-
 /// A 1×1 convolution with stride 1 and no padding: B is the input planes.
 fn pointwise(g: &Gemm) -> bool {
     !g.global_pool && g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == (0, 0)
@@ -83,7 +79,7 @@ fn direct_b(g: &Gemm, x: &Place, images: usize) -> Option<(usize, usize)> {
 
 pub(super) fn tiling(g: &Gemm, y: &Place, batch: usize, threads: usize) -> Tiling {
     let p = y.h * y.w;
-    let k = k_total(g);
+    let k = g.k_total();
     let threads = threads.max(1);
     if p < COLS_TARGET {
         // Small maps: whole images per task, enough of them for COLS_TARGET
@@ -126,7 +122,7 @@ pub(super) fn scratch_len(g: &Gemm, x: &Place, y: &Place, t: &Tiling) -> (usize,
     let col = if direct_b(g, x, t.images).is_some() {
         0
     } else {
-        k_total(g) * cols
+        g.k_total() * cols
     };
     let product = if t.images > 1 && p > 1 {
         g.out_channels * cols
@@ -165,7 +161,7 @@ pub(super) fn conv(
         arena,
         t,
     };
-    let macs = arena.batch * y.h * y.w * g.out_channels * (k_total(g) / g.groups);
+    let macs = arena.batch * y.h * y.w * g.out_channels * (g.k_total() / g.groups);
     let lock = |i: usize| lock_scratch(scratch, i);
     if macs < SERIAL_MACS || threads == 1 {
         let mut s = lock(rayon::current_thread_index().unwrap_or(0));
@@ -212,7 +208,7 @@ fn task(ctx: &Ctx, i: usize, s: &mut Scratch, parallel: bool) {
         (n, 1, tile * t.pixels, ((tile + 1) * t.pixels).min(p))
     };
     let cols = images * (p1 - p0);
-    let k = k_total(g);
+    let k = g.k_total();
     let (kg, mg) = (k / g.groups, g.out_channels / g.groups);
     let in_hw = x.h * x.w;
 
@@ -377,7 +373,7 @@ pub(super) fn direct_fits(g: &Gemm, x: &Place, y: &Place) -> bool {
         && g.dilation == (1, 1)
         && g.padding_mode == 0
         && g.out_channels.is_multiple_of(16)
-        && k_total(g) <= DIRECT_MAX_TAPS
+        && g.k_total() <= DIRECT_MAX_TAPS
         && g.kernel != (1, 1)
         && !full_window(g, x)
         && direct::available()
@@ -494,7 +490,7 @@ pub(super) fn direct_conv(
         }
     };
     let lock = |i: usize| lock_scratch(scratch, i);
-    let macs = batch * y.h * y.w * g.out_channels * k_total(g);
+    let macs = batch * y.h * y.w * g.out_channels * g.k_total();
     if macs < SERIAL_MACS || threads == 1 || batch * bands == 1 {
         let mut s = lock(rayon::current_thread_index().unwrap_or(0));
         for i in 0..batch * bands {

@@ -19,7 +19,7 @@ mod conv;
 pub use cnnc_kernels::{act::apply_slice, copy_short};
 use cnnc_kernels::{depthwise, direct, taps, winograd};
 
-use crate::plan::{Epi, Gemm, Place, Plan, Step, StepOp};
+use crate::plan::{Epi, Place, Plan, Step, StepOp};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -104,7 +104,7 @@ impl CpuExecutor {
                 if let (Some(crate::plan::Prepared::WithHalf { .. }), Some(t)) =
                     (plan.prepared.get(i), prepared.get_mut(i))
                 {
-                    t.truncate(g.out_channels * (gemm_k_total(g) / g.groups.max(1)));
+                    t.truncate(g.weight_len());
                     t.shrink_to_fit();
                 }
             }
@@ -155,7 +155,7 @@ impl CpuExecutor {
                     winograd::transform_weights(w, g.out_channels, g.in_channels)
                 });
                 conv::DirectWeights {
-                    taps: direct::tap_major(w, g.out_channels, conv::k_total(g)),
+                    taps: direct::tap_major(w, g.out_channels, g.k_total()),
                     winograd,
                 }
             }));
@@ -344,10 +344,6 @@ fn same_shape(a: &Place, b: &Place) -> bool {
     (a.c, a.h, a.w) == (b.c, b.h, b.w)
 }
 
-fn gemm_k_total(g: &Gemm) -> usize {
-    conv::k_total(g)
-}
-
 /// The CPU's convolution kernels have no input prologue: a GEMM step that
 /// scales its input by a gate's factor (`input_scale`) or normalises it by
 /// a layer norm's statistics (`input_norm`) runs here as the multiply or
@@ -470,7 +466,7 @@ fn check_step(plan: &Plan, step: &Step, prepared: &[Vec<f32>]) -> std::result::R
                     "has an unknown padding mode or a pooled output that is not 1×1".into(),
                 );
             }
-            param(0, g.out_channels * (gemm_k_total(g) / g.groups), "weight")?;
+            param(0, g.weight_len(), "weight")?;
             if g.bias {
                 param(1, g.out_channels, "bias")?;
             }
